@@ -1,0 +1,35 @@
+"""Traffic backends: where live traffic is read and written.
+
+`TrafficBackend` is the narrow interface the reconciler needs; `cloudrun.py` implements it on
+the official `google-cloud-run` client.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from reconciler.model import LiveService, ServiceRef, TrafficSplit
+
+
+class BackendError(Exception):
+    """A backend failure an operator can act on (names the resource)."""
+
+
+class NotFound(BackendError):
+    """The service (or a revision) does not exist."""
+
+
+class Conflict(BackendError):
+    """The service changed since it was read (stale etag): re-read and re-plan."""
+
+
+class TrafficBackend(Protocol):
+    """Read and write the traffic of Cloud Run services."""
+
+    def get_service(self, ref: ServiceRef) -> LiveService:
+        """A fresh read of the service, its traffic, etag and revisions."""
+        ...
+
+    def set_traffic(self, ref: ServiceRef, split: TrafficSplit, etag: str) -> LiveService:
+        """Write `split` if the service still has `etag`; wait; return the service as live."""
+        ...

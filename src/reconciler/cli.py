@@ -1,0 +1,110 @@
+"""Command line: parse, call, render, exit code. Heavy imports live inside commands."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import click
+
+from reconciler import __version__
+from reconciler.errors import ReconcileError
+
+
+class App:
+    """What every command shares: the git working tree holding rollout/ and state/."""
+
+    def __init__(self, repo: Path) -> None:
+        self.repo = repo
+
+    @property
+    def rollout_dir(self) -> Path:
+        return self.repo / "rollout"
+
+    @property
+    def state_dir(self) -> Path:
+        return self.repo / "state"
+
+
+pass_app = click.make_pass_decorator(App)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="reconcile")
+@click.option(
+    "--repo",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=".",
+    show_default=True,
+    help="Git working tree holding rollout/ and state/.",
+)
+@click.pass_context
+def cli(ctx: click.Context, repo: Path) -> None:
+    """Declarative canary rollouts for Google Cloud Run, driven from git.
+
+    Desired traffic stages live in rollout/<service>.yaml; `plan` shows what would change on
+    live Cloud Run traffic, `apply` makes the change, gates it on metrics and probes, and
+    commits what it observed to state/.
+
+    \b
+    Start here:
+      reconcile validate            check every rollout file
+      reconcile plan                what would change, like `terraform plan`
+    """
+    ctx.obj = App(repo)
+
+
+@cli.command()
+@click.argument("paths", nargs=-1, type=click.Path(path_type=Path))
+@pass_app
+def validate(app: App, paths: tuple[Path, ...]) -> None:
+    """Check rollout files strictly (default: every file in rollout/).
+
+    Prints `path:line: message` for each invalid file and exits 1.
+
+    \b
+    Example:
+      reconcile validate
+      reconcile validate rollout/ion-api.yaml
+    """
+    from reconciler.loader import SpecError, load_spec
+
+    files = list(paths) or sorted(app.rollout_dir.glob("*.yaml"))
+    if not files:
+        raise ReconcileError(f"{app.rollout_dir}: no rollout files (*.yaml) found")
+    failed = 0
+    for path in files:
+        try:
+            spec = load_spec(path)
+        except SpecError as exc:
+            failed += 1
+            click.echo(str(exc), err=True)
+            continue
+        click.echo(f"{path}: ok ({spec.service}, canary {spec.canary_percent}%)")
+    if failed:
+        raise click.exceptions.Exit(1)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI; returns the exit code (0 ok, 1 error, 2 changes pending, 4 rolled back)."""
+    try:
+        cli.main(args=list(argv) if argv is not None else None, prog_name="reconcile",
+                 standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        return int(exc.exit_code)
+    except click.Abort:
+        click.echo("aborted", err=True)
+        return 1
+    except click.ClickException as exc:
+        exc.show()
+        return exc.exit_code
+    except ReconcileError as exc:
+        click.echo(f"error: {exc}", err=True)
+        return exc.exit_code
+    return 0
+
+
+def run() -> None:
+    """Console-script entry point."""
+    sys.exit(main())

@@ -1,0 +1,183 @@
+"""Value types shared by the pure core and the edges: traffic, live services, stats, verdicts.
+
+Pure: no I/O, no clock, no network. Everything here is immutable.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+
+@dataclass(frozen=True, order=True)
+class ServiceRef:
+    """A Cloud Run service by its coordinates."""
+
+    project: str
+    region: str
+    service: str
+
+    @property
+    def name(self) -> str:
+        """The full resource name used by the Cloud Run Admin API v2."""
+        return f"projects/{self.project}/locations/{self.region}/services/{self.service}"
+
+
+@dataclass(frozen=True, order=True)
+class Target:
+    """One traffic target: a pinned revision, its percent and an optional tag."""
+
+    revision: str
+    percent: int
+    tag: str = ""
+
+
+@dataclass(frozen=True)
+class TrafficSplit:
+    """A traffic split over pinned revisions, kept in a canonical order.
+
+    Targets with the same revision are not merged: Cloud Run allows a 0% tagged target
+    beside a percent-carrying one; `percents()` sums per revision.
+    """
+
+    targets: tuple[Target, ...] = ()
+
+    @classmethod
+    def of(cls, targets: Iterable[Target]) -> TrafficSplit:
+        """Build a split in canonical order (by revision, then tag)."""
+        return cls(tuple(sorted(targets, key=lambda t: (t.revision, t.tag, t.percent))))
+
+    def percents(self) -> dict[str, int]:
+        """Percent per revision (revisions with 0% included when they carry a tag)."""
+        out: dict[str, int] = {}
+        for t in self.targets:
+            out[t.revision] = out.get(t.revision, 0) + t.percent
+        return out
+
+    def tags(self) -> dict[str, str]:
+        """Tag -> revision."""
+        return {t.tag: t.revision for t in self.targets if t.tag}
+
+    def total(self) -> int:
+        """Sum of all percents (100 for a valid split)."""
+        return sum(t.percent for t in self.targets)
+
+    def same_routing(self, other: TrafficSplit) -> bool:
+        """True when both route the same percents to the same revisions with the same tags."""
+        return _routing_key(self) == _routing_key(other)
+
+    def percent_of(self, revision: str) -> int:
+        """Percent routed to `revision` (0 if absent)."""
+        return self.percents().get(revision, 0)
+
+    def describe(self) -> str:
+        """Short human form, e.g. `ion-api-00041-abc=95 ion-api-00042-xyz=5`."""
+        if not self.targets:
+            return "(none)"
+        return " ".join(
+            f"{t.revision}={t.percent}" + (f"[{t.tag}]" if t.tag else "") for t in self.targets
+        )
+
+
+def _routing_key(split: TrafficSplit) -> tuple[tuple[str, int], frozenset[tuple[str, str]]]:
+    pct = tuple(sorted((r, p) for r, p in split.percents().items() if p > 0))
+    return pct, frozenset(split.tags().items())
+
+
+@dataclass(frozen=True)
+class LiveService:
+    """What Cloud Run says a service is right now."""
+
+    ref: ServiceRef
+    traffic: TrafficSplit
+    """The requested traffic (`Service.traffic`)."""
+    statuses: TrafficSplit
+    """The traffic actually serving (`Service.traffic_statuses`)."""
+    etag: str
+    generation: int
+    observed_generation: int
+    uri: str = ""
+    tag_uris: Mapping[str, str] = field(default_factory=dict)
+    revisions: frozenset[str] = frozenset()
+    """Names of the revisions that exist for this service."""
+    latest_ready_revision: str = ""
+    reconciling: bool = False
+
+    def url_for_tag(self, tag: str) -> str | None:
+        """The URL of a tagged target, if Cloud Run reported one."""
+        return self.tag_uris.get(tag)
+
+
+class Outcome(enum.Enum):
+    """Three verdicts, as in every serious canary analysis."""
+
+    PASS = "PASS"
+    FAIL = "FAIL"
+    INCONCLUSIVE = "INCONCLUSIVE"
+
+
+@dataclass(frozen=True)
+class WindowStats:
+    """Measured traffic of one revision over one window.
+
+    `errors` counts 5xx responses; `successes` counts 2xx responses; latencies are in seconds
+    and None when there was nothing to measure.
+    """
+
+    service: str
+    revision: str
+    start: datetime
+    end: datetime
+    requests: int
+    errors: int
+    successes: int
+    p50: float | None = None
+    p95: float | None = None
+    p99: float | None = None
+
+    @property
+    def error_rate(self) -> float | None:
+        """5xx share, None without requests."""
+        return self.errors / self.requests if self.requests else None
+
+    @property
+    def success_rate(self) -> float | None:
+        """2xx share, None without requests."""
+        return self.successes / self.requests if self.requests else None
+
+    @property
+    def window(self) -> timedelta:
+        """Length of the measured window."""
+        return self.end - self.start
+
+
+@dataclass(frozen=True)
+class GateResult:
+    """The judgement of one gate: what was measured, against what, on how many samples."""
+
+    gate: str
+    outcome: Outcome
+    value: float | None
+    threshold: float | None
+    samples: int
+    reason: str
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """The judge's verdict over all gates (and probes) for one canary at one time."""
+
+    outcome: Outcome
+    gates: tuple[GateResult, ...] = ()
+
+    @property
+    def reasons(self) -> list[str]:
+        """The reasons of the gates that did not pass."""
+        return [g.reason for g in self.gates if g.outcome is not Outcome.PASS]
+
+    def summary(self) -> str:
+        """One line: outcome and the failing or inconclusive reasons."""
+        why = "; ".join(self.reasons)
+        return f"{self.outcome.value}" + (f": {why}" if why else "")
