@@ -69,7 +69,8 @@ def judge(
     `canary`: the canary revision's recent, distinct windows, oldest first, of every length
     `gate_windows(gates)` names; each gate uses the windows of its own length. Pass enough of
     them to cover `consecutive_failures` (e.g. the windows of the current stage, or the last
-    hour): the verdict depends only on what is passed.
+    hour): the verdict depends only on what is passed. Windows should not overlap, or one
+    burst of errors would count as several failing windows.
     `stable`: the stable revision's stats for the same windows (matched by start and end),
     for the `vs_stable` gate.
     `probes`: probe runs, oldest first (runs of one probe are matched by name).
@@ -420,19 +421,20 @@ def _probe_gates(
             if run.ok:
                 break
             streak += 1
-        newest = history[-1]
+        failing = f"probe {name} failing" + (
+            f": {history[-1].reason}" if history[-1].reason else ""
+        )
         if streak >= needed:
             outcome = Outcome.FAIL
-            reason = f"probe {name} failing: {newest.reason} ({_plural(streak, 'run')} in a row)"
+            reason = f"{failing} ({_plural(streak, 'run')} in a row)"
         elif streak:
             outcome = Outcome.INCONCLUSIVE
-            reason = (
-                f"probe {name} failing: {newest.reason} ({streak} of {needed} runs needed to fail)"
-            )
+            reason = f"{failing} ({streak} of {needed} runs needed to fail)"
         else:
             outcome = Outcome.PASS
             reason = f"probe {name} ok"
-        out.append(GateResult(gate, outcome, None, None, max(streak, 1), reason, windows=streak))
+        runs_judged = max(streak, 1)
+        out.append(GateResult(gate, outcome, None, None, runs_judged, reason, windows=runs_judged))
     return out
 
 

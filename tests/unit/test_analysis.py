@@ -363,6 +363,8 @@ def test_probe_reasons() -> None:
     assert two.summary() == "FAIL: probe chat-smoke failing: HTTP 500 (2 runs in a row)"
     one = judge([], g, probes=runs("chat-smoke-"))
     assert one.reasons == ["probe chat-smoke failing: HTTP 500 (1 of 2 runs needed to fail)"]
+    silent = judge([], g, probes=[ProbeRun("health", False), ProbeRun("health", False)])
+    assert silent.failures == ["probe health failing (2 runs in a row)"]
     missing = judge([], g, expected_probes=["canary-health"])
     assert missing.reasons == ["probe canary-health not run"]
 
