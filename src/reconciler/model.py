@@ -81,7 +81,9 @@ class TrafficSplit:
         )
 
 
-def _routing_key(split: TrafficSplit) -> tuple[tuple[str, int], frozenset[tuple[str, str]]]:
+def _routing_key(
+    split: TrafficSplit,
+) -> tuple[tuple[tuple[str, int], ...], frozenset[tuple[str, str]]]:
     pct = tuple(sorted((r, p) for r, p in split.percents().items() if p > 0))
     return pct, frozenset(split.tags().items())
 
