@@ -44,6 +44,10 @@ class YamlEditError(ReconcileError):
 # Plain scalars that load back as the same string under YAML 1.1 and 1.2: revision names,
 # providers, simple words. Anything else is double-quoted.
 _PLAIN_SAFE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]*$")
+# Characters that cannot stand unescaped inside a quoted YAML scalar without changing it.
+_NEEDS_ESCAPE = re.compile(
+    "[^\t\x20-\x7e\xa0-\ud7ff\ue000-\ufefe\uff00-\ufffd\U00010000-\U0010ffff]"
+)
 _YAML_KEYWORDS = frozenset(
     {"y", "n", "yes", "no", "on", "off", "true", "false", "null", "nan", "inf"}
 )
@@ -182,8 +186,13 @@ def _find(mapping: yaml.MappingNode, name: str, dotted: str) -> _Entry | None:
     return entry
 
 
-def _walk(root: yaml.MappingNode, path: list[str]) -> tuple[yaml.MappingNode | None, _Entry | None]:
-    """The mapping that holds `path[-1]` (None if a parent is missing) and its entry."""
+def _walk(
+    root: yaml.MappingNode, path: list[str], *, strict: bool = True
+) -> tuple[yaml.MappingNode | None, _Entry | None]:
+    """The mapping that holds `path[-1]` (None if a parent is missing) and its entry.
+
+    A parent that is not a mapping is an error when `strict`, else treated as missing.
+    """
     node: yaml.Node = root
     for depth, name in enumerate(path[:-1]):
         assert isinstance(node, yaml.MappingNode)
@@ -191,6 +200,8 @@ def _walk(root: yaml.MappingNode, path: list[str]) -> tuple[yaml.MappingNode | N
         if entry is None:
             return None, None
         if not isinstance(entry.value, yaml.MappingNode):
+            if not strict:
+                return None, None
             raise YamlEditError(f"cannot edit {'.'.join(path)}: {name} is not a mapping")
         node = entry.value
     assert isinstance(node, yaml.MappingNode)
@@ -227,7 +238,7 @@ def _newline(text: str) -> str:
 
 # --- edits ----------------------------------------------------------------------------------
 def _remove(text: str, path: list[str]) -> str:
-    parent, entry = _walk(_compose(text), path)
+    parent, entry = _walk(_compose(text), path, strict=False)
     if parent is None or entry is None:
         return text
     if parent.flow_style:
@@ -324,7 +335,7 @@ def _flow(value: object) -> str:
 
 
 def _key(key: str) -> str:
-    return key if _PLAIN_SAFE.match(key) and key.lower() not in _YAML_KEYWORDS else json.dumps(key)
+    return key if _plain_ok(key) else _double_quoted(key)
 
 
 def _scalar(value: object, style: str | None) -> str:
@@ -336,13 +347,22 @@ def _scalar(value: object, style: str | None) -> str:
         return repr(plain)
     if not isinstance(plain, str):
         raise TypeError(f"cannot write {type(value).__name__} into a rollout file")
-    if style == "'":
-        return "'" + plain.replace("'", "''") + "'" if "\n" not in plain else json.dumps(plain)
-    if style == '"' or isinstance(value, datetime):
-        return json.dumps(plain, ensure_ascii=False)
-    if _PLAIN_SAFE.match(plain) and plain.lower() not in _YAML_KEYWORDS:
+    if style == "'" and not _NEEDS_ESCAPE.search(plain):
+        return "'" + plain.replace("'", "''") + "'"
+    if style is None and not isinstance(value, datetime) and _plain_ok(plain):
         return plain
-    return json.dumps(plain, ensure_ascii=False)
+    return _double_quoted(plain)
+
+
+def _plain_ok(text: str) -> bool:
+    return bool(_PLAIN_SAFE.match(text)) and text.lower() not in _YAML_KEYWORDS
+
+
+def _double_quoted(text: str) -> str:
+    """A YAML double-quoted scalar: JSON's escapes, plus escapes for the characters YAML
+    reads as line breaks or refuses unescaped (C1 controls, U+2028, BOM ...)."""
+    quoted = json.dumps(text, ensure_ascii=False)
+    return _NEEDS_ESCAPE.sub(lambda m: f"\\u{ord(m.group()):04x}", quoted)
 
 
 def _plain(value: object) -> object:

@@ -50,7 +50,10 @@ def git_environment(home: Path, environ: Mapping[str, str] | None = None) -> dic
 
 
 def run_git(cwd: Path, *args: str) -> str:
-    """Run git as a human would (test identity), return stripped stdout; raise on failure."""
+    """Run git as a human would (test identity); stdout without its final newline.
+
+    Raises RuntimeError on failure.
+    """
     proc = subprocess.run(
         ["git", "-c", f"user.name={TEST_NAME}", "-c", f"user.email={TEST_EMAIL}", *args],
         cwd=cwd,
@@ -60,7 +63,7 @@ def run_git(cwd: Path, *args: str) -> str:
     )
     if proc.returncode != 0:
         raise RuntimeError(f"git {' '.join(args)} failed in {cwd}: {proc.stderr.strip()}")
-    return proc.stdout.strip()
+    return proc.stdout.rstrip("\n")
 
 
 def write(repo: Path, rel: str, text: str) -> Path:
