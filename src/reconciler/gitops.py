@@ -216,7 +216,9 @@ class GitOps:
         try:
             self._repo = git.Repo(Path(repo_path))
         except (git.InvalidGitRepositoryError, git.NoSuchPathError):
-            raise GitOpsError(f"{repo_path}: not a git repository") from None
+            raise GitOpsError(
+                f"{repo_path}: not a git repository (give the top of a working tree)"
+            ) from None
         if self._repo.bare or self._repo.working_tree_dir is None:
             raise GitOpsError(f"{repo_path}: a bare repository has no working tree")
         self.root = Path(self._repo.working_tree_dir)

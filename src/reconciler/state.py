@@ -317,6 +317,8 @@ def _read_lines(path: Path) -> list[str]:
 
 
 def _why(exc: BaseException) -> str:
+    if isinstance(exc, KeyError):
+        return f"missing key {exc.args[0]!r}"
     return " ".join(str(exc).split()) or type(exc).__name__
 
 
@@ -421,8 +423,7 @@ def _status_from_data(d: Any) -> ServiceStatus:
         raise TypeError("not a mapping")
     if d["schema"] != STATUS_SCHEMA:
         raise ValueError(f"schema {d['schema']!r} is not {STATUS_SCHEMA}")
-    verdict, verdict_at = _verdict_from_data(d["verdict"])
-    return ServiceStatus(
+    status = ServiceStatus(
         service=str(d["service"]),
         phase=Phase(d["phase"]),
         stable_revision=str(d["revisions"]["stable"]),
@@ -437,10 +438,10 @@ def _status_from_data(d: Any) -> ServiceStatus:
         observed_generation=_int(d["observed_generation"]),
         last_reconcile=parse_time(d["last_reconcile"]),
         spec_commit=_opt_str(d["spec_commit"]),
-        verdict=verdict,
-        verdict_at=verdict_at,
         windows=tuple(_stats_from_data(w) for w in d["windows"]),
     )
+    verdict, verdict_at = _verdict_from_data(d["verdict"])
+    return replace(status, verdict=verdict, verdict_at=verdict_at)
 
 
 def _verdict_to_data(v: Verdict, at: datetime | None) -> dict[str, Any]:
