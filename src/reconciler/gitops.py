@@ -69,7 +69,9 @@ DEFAULT_NAME = "cloudrun-reconciler[bot]"
 DEFAULT_EMAIL = "cloudrun-reconciler[bot]@users.noreply.github.com"
 SKIP_MARKER = "[skip reconcile]"
 SKIP_TRAILER = "Reconcile-Skip"
-UNION_ATTRIBUTES = "state/**/*.jsonl merge=union\n"
+# Appended logs merge line-wise; a status snapshot written by two concurrent runs keeps the one
+# already pushed (both runs' events still land through the union merge).
+UNION_ATTRIBUTES = "state/**/*.jsonl merge=union\nstate/**/status.yaml merge=reconcile-keep\n"
 
 _TRAILER_KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9-]*$")
 _TRAILER_LINE = re.compile(r"^([A-Za-z0-9][A-Za-z0-9-]*):\s*(.*)$")
@@ -455,6 +457,8 @@ class GitOps:
             status, out, err = self._git(
                 "-c",
                 f"core.attributesFile={attributes}",
+                "-c",
+                "merge.reconcile-keep.driver=true",
                 "rebase",
                 "--autostash",
                 upstream,

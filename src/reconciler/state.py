@@ -41,6 +41,7 @@ import yaml
 
 from reconciler.errors import ReconcileError
 from reconciler.model import GateResult, Outcome, Target, TrafficSplit, Verdict, WindowStats
+from reconciler.plan import Phase
 from reconciler.spec import SERVICE_RE
 
 __all__ = [
@@ -51,6 +52,7 @@ __all__ = [
     "Event",
     "EventKind",
     "Phase",
+    "ProbeRecord",
     "ServiceStatus",
     "StateError",
     "append_events",
@@ -82,15 +84,6 @@ class StateError(ReconcileError):
     """A state file cannot be read or a service name is not usable as a path."""
 
 
-class Phase(enum.Enum):
-    """Where a rollout stands (see DESIGN "Semantics")."""
-
-    PROGRESSING = "progressing"
-    PAUSED = "paused"
-    PROMOTED = "promoted"
-    ROLLED_BACK = "rolled_back"
-
-
 class EventKind(enum.Enum):
     """What the reconciler did."""
 
@@ -101,6 +94,16 @@ class EventKind(enum.Enum):
     PROMOTED = "promoted"
     FINALIZED = "finalized"
     PROBE_FAILED = "probe_failed"
+
+
+@dataclass(frozen=True)
+class ProbeRecord:
+    """One probe run as kept in status.yaml (never with header values)."""
+
+    name: str
+    ok: bool
+    at: datetime
+    reason: str = ""
 
 
 @dataclass(frozen=True)
@@ -126,6 +129,12 @@ class ServiceStatus:
     verdict_at: datetime | None = None
     windows: tuple[WindowStats, ...] = ()
     """Recent windows of the canary and the stable revision, oldest first."""
+    applied: TrafficSplit | None = None
+    """The split the reconciler last applied and verified (drift is measured against it)."""
+    passing_since: datetime | None = None
+    """Since when the verdict has been PASS without a break at `stage` (the bake gate)."""
+    probes: tuple[ProbeRecord, ...] = ()
+    """Recent probe runs, oldest first (bounded like `windows`)."""
 
 
 @dataclass(frozen=True)
@@ -405,9 +414,7 @@ def _status_to_data(s: ServiceStatus) -> dict[str, Any]:
         "revisions": {"stable": s.stable_revision, "canary": s.canary_revision},
         "stage": s.stage,
         "stage_since": None if s.stage_since is None else format_time(s.stage_since),
-        "traffic": [
-            {"revision": t.revision, "percent": t.percent, "tag": t.tag} for t in s.traffic.targets
-        ],
+        "traffic": _split_to_data(s.traffic),
         "etag": s.etag,
         "generation": s.generation,
         "observed_generation": s.observed_generation,
@@ -415,7 +422,23 @@ def _status_to_data(s: ServiceStatus) -> dict[str, Any]:
         "spec_commit": s.spec_commit,
         "verdict": None if s.verdict is None else _verdict_to_data(s.verdict, s.verdict_at),
         "windows": [_stats_to_data(w) for w in s.windows],
+        "applied": None if s.applied is None else _split_to_data(s.applied),
+        "passing_since": None if s.passing_since is None else format_time(s.passing_since),
+        "probes": [
+            {"name": p.name, "ok": p.ok, "at": format_time(p.at), "reason": p.reason}
+            for p in s.probes
+        ],
     }
+
+
+def _split_to_data(split: TrafficSplit) -> list[dict[str, Any]]:
+    return [{"revision": t.revision, "percent": t.percent, "tag": t.tag} for t in split.targets]
+
+
+def _split_from_data(items: Any) -> TrafficSplit:
+    return TrafficSplit.of(
+        Target(str(t["revision"]), _int(t["percent"]), str(t["tag"])) for t in items
+    )
 
 
 def _status_from_data(d: Any) -> ServiceStatus:
@@ -430,15 +453,19 @@ def _status_from_data(d: Any) -> ServiceStatus:
         canary_revision=_opt_str(d["revisions"]["canary"]),
         stage=_int(d["stage"]),
         stage_since=_opt_time(d["stage_since"]),
-        traffic=TrafficSplit.of(
-            Target(str(t["revision"]), _int(t["percent"]), str(t["tag"])) for t in d["traffic"]
-        ),
+        traffic=_split_from_data(d["traffic"]),
         etag=str(d["etag"]),
         generation=_int(d["generation"]),
         observed_generation=_int(d["observed_generation"]),
         last_reconcile=parse_time(d["last_reconcile"]),
         spec_commit=_opt_str(d["spec_commit"]),
         windows=tuple(_stats_from_data(w) for w in d["windows"]),
+        applied=None if d.get("applied") is None else _split_from_data(d["applied"]),
+        passing_since=_opt_time(d.get("passing_since")),
+        probes=tuple(
+            ProbeRecord(str(p["name"]), bool(p["ok"]), parse_time(p["at"]), str(p["reason"]))
+            for p in d.get("probes") or ()
+        ),
     )
     verdict, verdict_at = _verdict_from_data(d["verdict"])
     return replace(status, verdict=verdict, verdict_at=verdict_at)

@@ -136,6 +136,9 @@ def test_status_is_deterministic_and_readable(tmp_path: Path) -> None:
         "spec_commit",
         "verdict",
         "windows",
+        "applied",
+        "passing_since",
+        "probes",
     ]
     assert "stage_since: '2026-05-01T12:00:00Z'\n" in text
     assert "  canary: ion-api-00042-xyz\n" in text
