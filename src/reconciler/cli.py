@@ -381,8 +381,11 @@ def bench(
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the exit code (0 ok, 1 error, 2 changes pending, 4 rolled back)."""
     try:
-        cli.main(args=list(argv) if argv is not None else None, prog_name="reconcile",
-                 standalone_mode=False)
+        cli.main(
+            args=list(argv) if argv is not None else None,
+            prog_name="reconcile",
+            standalone_mode=False,
+        )
     except click.exceptions.Exit as exc:
         return int(exc.exit_code)
     except click.Abort:

@@ -104,6 +104,8 @@ class LiveService:
     """Names of the revisions that exist for this service."""
     latest_ready_revision: str = ""
     reconciling: bool = False
+    annotations: Mapping[str, str] = field(default_factory=dict)
+    """Service annotations; the reconciler stamps its last write here (see reconcile.py)."""
 
     def url_for_tag(self, tag: str) -> str | None:
         """The URL of a tagged target, if Cloud Run reported one."""
