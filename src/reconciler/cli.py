@@ -381,7 +381,9 @@ def bench(
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the exit code (0 ok, 1 error, 2 changes pending, 4 rolled back)."""
     try:
-        cli.main(
+        # Without standalone mode, click returns (not raises) the code of `Exit(n)` raised
+        # inside a command.
+        code = cli.main(
             args=list(argv) if argv is not None else None,
             prog_name="reconcile",
             standalone_mode=False,
@@ -397,7 +399,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ReconcileError as exc:
         click.echo(f"error: {exc}", err=True)
         return exc.exit_code
-    return 0
+    return code if isinstance(code, int) else 0
 
 
 def run() -> None:

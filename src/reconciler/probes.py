@@ -28,10 +28,11 @@ from urllib.parse import urlsplit, urlunsplit
 import httpx
 
 from reconciler.errors import ReconcileError
-from reconciler.model import GateResult, Outcome
+from reconciler.model import GateResult, LiveService, Outcome, ServiceRef
 from reconciler.spec import Check, EnvValue, RolloutSpec
 
 if TYPE_CHECKING:
+    from reconciler.backends import TrafficBackend
     from reconciler.progress import Progress
 
 # A probe reads at most this much of a response body: health and smoke answers are small,
@@ -897,27 +898,29 @@ def bench(
 
 
 # --- where the URLs come from ----------------------------------------------------------------
-def discover_urls(spec: RolloutSpec) -> Urls:
-    """The service URL and the `canary` / `stable` tag URLs Cloud Run reports for `spec`.
-
-    Reads `Service.uri` and `traffic_statuses[].uri` through the Cloud Run Admin API v2
-    (the emulator when `CLOUD_RUN_EMULATOR_HOST` is set).
-    """
-    from google.api_core import exceptions as gexc
-
-    from reconciler.clients import services_client
-    from reconciler.model import ServiceRef
-
-    ref = ServiceRef(spec.project, spec.region, spec.service)
-    try:
-        service = services_client().get_service(name=ref.name)
-    except gexc.NotFound:
-        raise ReconcileError(f"{ref.name}: service not found") from None
-    except gexc.GoogleAPICallError as exc:
-        raise ReconcileError(f"{ref.name}: cannot read the service ({exc.message})") from None
-    tags = {s.tag: s.uri for s in service.traffic_statuses if s.tag and s.uri}
+def urls_of(live: LiveService) -> Urls:
+    """The `canary` / `stable` tag URLs and the service URL of a live service (pure)."""
     return Urls(
-        canary=tags.get("canary"),
-        stable=tags.get("stable"),
-        service=service.uri or None,
+        canary=live.url_for_tag("canary"),
+        stable=live.url_for_tag("stable"),
+        service=live.uri or None,
     )
+
+
+def discover_urls(spec: RolloutSpec, backend: TrafficBackend | None = None) -> Urls:
+    """The URLs Cloud Run reports for `spec`'s service: `Service.uri` and the tag URLs.
+
+    Tag URLs come from `traffic_statuses[].uri`, read through the Cloud Run Admin API v2
+    (the emulator when `CLOUD_RUN_EMULATOR_HOST` is set) unless another backend is given.
+    """
+    from reconciler.backends import BackendError
+
+    if backend is None:
+        from reconciler.backends.cloudrun import CloudRunBackend
+
+        backend = CloudRunBackend()
+    try:
+        live = backend.get_service(ServiceRef(spec.project, spec.region, spec.service))
+    except BackendError as exc:
+        raise ReconcileError(str(exc)) from None
+    return urls_of(live)
