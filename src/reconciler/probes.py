@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import urlsplit, urlunsplit
 
 import httpx
@@ -98,7 +98,8 @@ class ProbeResult:
 
 
 # --- pure judging ----------------------------------------------------------------------------
-_MISSING = object()
+MISSING: Final = object()
+"""Stands for a path that is not in the document (or a body that is not JSON)."""
 
 
 def lookup(document: Any, path: str) -> Any:
@@ -112,20 +113,16 @@ def lookup(document: Any, path: str) -> Any:
     head, dot, rest = path.partition(".")
     if isinstance(document, dict):
         if head not in document:
-            return _MISSING
+            return MISSING
         value = document[head]
     elif isinstance(document, list) and head.isdigit():
         index = int(head)
         if index >= len(document):
-            return _MISSING
+            return MISSING
         value = document[index]
     else:
-        return _MISSING
+        return MISSING
     return lookup(value, rest) if dot else value
-
-
-MISSING = _MISSING
-"""Returned by `lookup` when the path does not exist."""
 
 
 def _same(actual: Any, expected: Any) -> bool:
@@ -167,7 +164,7 @@ def parse_json(exchange: Exchange) -> Any:
     try:
         return json.loads(exchange.body)
     except (ValueError, UnicodeDecodeError):
-        return _MISSING
+        return MISSING
 
 
 def needs_json(check: Check) -> bool:
@@ -177,7 +174,7 @@ def needs_json(check: Check) -> bool:
 
 def _bound(document: Any, path: str, bound: float, word: str) -> list[str]:
     actual = lookup(document, path)
-    if actual is _MISSING:
+    if actual is MISSING:
         return [f"{path} is missing, expected a number ({word} {bound:g})"]
     number = _number(actual)
     if number is None:
@@ -211,12 +208,12 @@ def evaluate(check: Check, exchange: Exchange) -> tuple[str, ...]:
     if exchange.error:  # e.g. the body was too large to read
         return (*reasons, exchange.error)
     document = parse_json(exchange)
-    if document is _MISSING:
+    if document is MISSING:
         kind = exchange.content_type.split(";")[0].strip() or "no content type"
         return (*reasons, f"response is not JSON ({kind}) but expectations need JSON")
     for path, expected in check.expect.items():
         actual = lookup(document, path)
-        if actual is _MISSING:
+        if actual is MISSING:
             reasons.append(f"{path} is missing, expected {_show(expected)}")
         elif not _same(actual, expected):
             reasons.append(f"{path} is {_show(actual)}, expected {_show(expected)}")
@@ -876,13 +873,13 @@ def bench(
             exchange = engine.send(check, url)
             result = result_of(check, url, exchange)
             document = parse_json(exchange)
-            value = lookup(document, field_path) if document is not _MISSING else _MISSING
+            value = lookup(document, field_path) if document is not MISSING else MISSING
             samples.append(
                 BenchSample(
                     ok=result.ok,
                     status=exchange.status,
                     latency=exchange.latency,
-                    confidence=_number(value) if value is not _MISSING else None,
+                    confidence=_number(value) if value is not MISSING else None,
                     reason=result.reason.partition(": ")[2],
                 )
             )
