@@ -122,6 +122,20 @@ def _live_urls(spec: RolloutSpec, needed: set[str], overrides: dict[str, str | N
     )
 
 
+def _require(spec: RolloutSpec, urls: Urls, kinds: set[str]) -> None:
+    """Fail in one line, with the flag that helps, when a needed URL is unknown."""
+    known = {"canary": urls.canary, "stable": urls.stable, "service": urls.service}
+    for kind in sorted(kinds):
+        if known[kind]:
+            continue
+        if kind == "service":
+            raise ReconcileError(f"{spec.service}: Cloud Run reports no service URL")
+        raise ReconcileError(
+            f"{spec.service}: no {kind} URL (no traffic target is tagged {kind!r}); "
+            f"pass --{kind}-url"
+        )
+
+
 def _placeholders(checks: Sequence[Check]) -> set[str]:
     kinds = {"{canary_url}": "canary", "{stable_url}": "stable", "{service_url}": "service"}
     return {kind for c in checks for mark, kind in kinds.items() if c.url.startswith(mark)}
@@ -157,6 +171,7 @@ def _show_results(title: str, results: Sequence[ProbeResult]) -> None:
     "--delay",
     default="1s",
     show_default=True,
+    metavar="DURATION",
     callback=_seconds,
     help="With --compare: pause between rounds (500ms, 1s, ...).",
 )
@@ -212,7 +227,9 @@ def probe(
     checks = [*spec.dependencies, *spec.probes]
     if not checks:
         raise ReconcileError(f"{service}: the rollout file has no probes or dependencies")
-    urls = _live_urls(spec, _placeholders(checks), overrides)
+    needed = _placeholders(checks)
+    urls = _live_urls(spec, needed, overrides)
+    _require(spec, urls, needed)
     results = run_checks(checks, urls)
     deps, probes = results[: len(spec.dependencies)], results[len(spec.dependencies) :]
     if deps:
@@ -245,13 +262,8 @@ def _compare(
             names = ", ".join(c.name for c in spec.probes) or "none"
             raise ReconcileError(f"{spec.service}: no probe named {probe_name!r} (probes: {names})")
     urls = _live_urls(spec, {"canary", "stable"}, overrides)
+    _require(spec, urls, {"canary", "stable"})
     bases = {"canary": urls.canary or "", "stable": urls.stable or ""}
-    for kind, base in bases.items():
-        if not base:
-            raise ReconcileError(
-                f"{spec.service}: no {kind} URL (no traffic target tagged {kind!r}); "
-                f"pass --{kind}-url"
-            )
     with Progress("compare", requests) as progress:
         result = compare(
             bases["canary"],

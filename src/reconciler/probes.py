@@ -263,11 +263,12 @@ def resolve_url(check: Check, urls: Urls) -> str:
     kind = _KIND[m.group(1)]
     base = {"canary": urls.canary, "stable": urls.stable, "service": urls.service}[kind]
     if not base:
-        where = "the service URL" if kind == "service" else f"a traffic target tagged {kind!r}"
-        raise ProbeConfigError(
-            f"{check.name}: url {check.url} needs {{{m.group(1)}}}, but it is not known "
-            f"(no {where})"
+        why = (
+            "the service reports no URL"
+            if kind == "service"
+            else f"no traffic target is tagged {kind!r}"
         )
+        raise ProbeConfigError(f"{check.name}: url {check.url} needs {{{m.group(1)}}}, but {why}")
     return base.rstrip("/") + check.url[m.end() :]
 
 

@@ -73,7 +73,9 @@ def running() -> Iterator[Emulator]:
 @pytest.fixture
 def emu(running: Emulator) -> Iterator[Emulator]:
     yield running
-    for revision in SCENARIO["services"][0]["revisions"]:
+    service = SCENARIO["services"][0]
+    running.drift("ion-api", service["traffic"], service["tags"])
+    for revision in service["revisions"]:
         running.behave(revision["name"], Behavior.model_validate(revision["behavior"]).model_dump())
 
 
@@ -147,6 +149,15 @@ def test_probe_canary_url_override(emu: Emulator, repo: Path) -> None:
     run = reconcile(emu, repo, "probe", "ion-api", "--canary-url", closed)
     assert run.returncode == 1
     assert "canary-health: connection refused" in run.stdout
+
+
+def test_probe_without_a_canary_tag_says_which_flag_helps(emu: Emulator, repo: Path) -> None:
+    emu.drift("ion-api", {STABLE: 100}, {"stable": STABLE})
+    run = reconcile(emu, repo, "probe", "ion-api", "--compare")
+    assert run.returncode == 1
+    assert run.stderr.strip() == (
+        "error: ion-api: no canary URL (no traffic target is tagged 'canary'); pass --canary-url"
+    )
 
 
 def test_compare_pass_then_fail(emu: Emulator, repo: Path) -> None:
