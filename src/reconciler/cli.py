@@ -390,6 +390,11 @@ def bench(
     click.echo(f"baseline saved: {saved}")
 
 
+from reconciler.emulator.cli import emulator  # noqa: E402
+
+cli.add_command(emulator)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the exit code (0 ok, 1 error, 2 changes pending, 4 rolled back)."""
     try:

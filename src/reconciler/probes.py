@@ -27,6 +27,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 
+from reconciler.analysis import ProbeRun
 from reconciler.errors import ReconcileError
 from reconciler.model import GateResult, LiveService, Outcome, ServiceRef
 from reconciler.spec import Check, EnvValue, RolloutSpec
@@ -84,6 +85,15 @@ class ProbeResult:
     """The requested URL without user info."""
     answered: bool = True
     """False when no HTTP response arrived (refused, timeout); `latency` is then time to failure."""
+
+    @property
+    def why(self) -> str:
+        """The reason without the leading check name ("" when the check passed)."""
+        return "" if self.ok else self.reason.removeprefix(f"{self.name}: ")
+
+    def as_run(self) -> ProbeRun:
+        """This result as the judge's input (`analysis.judge(..., probes=[...])`)."""
+        return ProbeRun(name=self.name, ok=self.ok, reason=self.why)
 
     def as_gate(self) -> GateResult:
         """This result as a gate for the judge: a failing probe is a failing gate."""
@@ -371,7 +381,7 @@ def side_stats(label: str, url: str, results: Sequence[ProbeResult]) -> SideStat
         str(r.status) if r.status is not None else "no response" for r in results
     )
     latencies = [r.latency for r in results if r.answered]
-    failures = Counter(r.reason.partition(": ")[2] for r in results if not r.ok)
+    failures = Counter(r.why for r in results if not r.ok)
     return SideStats(
         label=label,
         url=redact_url(url),
@@ -881,7 +891,7 @@ def bench(
                     status=exchange.status,
                     latency=exchange.latency,
                     confidence=_number(value) if value is not MISSING else None,
-                    reason=result.reason.partition(": ")[2],
+                    reason=result.why,
                 )
             )
             if progress is not None:

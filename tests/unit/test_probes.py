@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from reconciler.analysis import ProbeRun
 from reconciler.model import Outcome
 from reconciler.probes import (
     MISSING,
@@ -203,6 +204,8 @@ def test_result_of_reason_names_the_check() -> None:
     assert good.ok and good.reason == "chat-smoke: ok (HTTP 200 in 250ms)"
     gate = bad.as_gate()
     assert gate.outcome is Outcome.FAIL and gate.gate == "probe:chat-smoke"
+    assert bad.as_run() == ProbeRun("chat-smoke", False, "success is false, expected true")
+    assert good.as_run() == ProbeRun("chat-smoke", True, "")
 
 
 @pytest.mark.parametrize(

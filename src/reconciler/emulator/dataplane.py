@@ -84,7 +84,7 @@ class DataPlane:
         self.port = int(self.server.server_address[1])
         self.url = f"http://127.0.0.1:{self.port}"
         self._thread = threading.Thread(
-            target=self.server.serve_forever, name="emulator-http", daemon=True
+            target=self.server.serve_forever, args=(0.05,), name="emulator-http", daemon=True
         )
 
     def start(self) -> None:

@@ -94,7 +94,7 @@ class Emulator:
         if self._stopped.is_set():
             return
         self._stopped.set()
-        self._grpc.stop(grace=0.5).wait(timeout=5)
+        self._grpc.stop(grace=0.1).wait(timeout=5)
         self.plane.stop()
         if self._saver is not None:
             self._saver.join(timeout=5)
@@ -173,7 +173,7 @@ class Emulator:
     # --- counters ---------------------------------------------------------------------------
     @property
     def writes(self) -> int:
-        """Successful UpdateService calls (validate_only included; faulted calls excluded)."""
+        """Successful UpdateService calls (validate_only and refused calls excluded)."""
         return self.world.writes
 
     @property

@@ -27,6 +27,7 @@ from reconciler.emulator.scenario import Behavior, Dependency, Scenario
 
 TAG_RE = re.compile(r"^[a-z](?:[a-z0-9-]{0,44}[a-z0-9])?$")
 REVISION_NAME_RE = re.compile(r"^[a-z](?:[a-z0-9-]{0,61}[a-z0-9])?$")
+_NUMBERED = re.compile(r"^.*-(\d{5})-[a-z0-9]+$")
 # A pending operation completes after its polls, or after this long even if nobody polls.
 PENDING_OPERATION_MAX_SECONDS = 5.0
 # Served requests kept for ListTimeSeries (the oldest are dropped first).
@@ -385,7 +386,9 @@ class World:
 
     def _next_revision(self, svc: Service) -> str:
         suffix = "".join(self.rng.choice("abcdefghijklmnopqrstuvwxyz") for _ in range(3))
-        return f"{svc.name}-{len(svc.revisions) + 1:05d}-{suffix}"
+        # Cloud Run numbers revisions by a per-service counter: continue from the highest.
+        numbers = [int(m.group(1)) for r in svc.revisions if (m := _NUMBERED.match(r))]
+        return f"{svc.name}-{max([len(svc.revisions), *numbers]) + 1:05d}-{suffix}"
 
     def _check_new_revision(self, svc: Service, revision: str) -> None:
         if not REVISION_NAME_RE.match(revision) or not revision.startswith(f"{svc.name}-"):
