@@ -763,15 +763,25 @@ def run_checks(
 
 
 def run_dependencies(
-    spec: RolloutSpec, urls: Urls = Urls(), **kwargs: Any
+    spec: RolloutSpec,
+    urls: Urls = Urls(),
+    *,
+    environ: Mapping[str, str] | None = None,
+    prober: Prober | None = None,
 ) -> tuple[ProbeResult, ...]:
     """Run the rollout file's `dependencies:`; all must pass before any traffic moves."""
-    return run_checks(spec.dependencies, urls, **kwargs)
+    return run_checks(spec.dependencies, urls, environ=environ, prober=prober)
 
 
-def run_probes(spec: RolloutSpec, urls: Urls, **kwargs: Any) -> tuple[ProbeResult, ...]:
+def run_probes(
+    spec: RolloutSpec,
+    urls: Urls,
+    *,
+    environ: Mapping[str, str] | None = None,
+    prober: Prober | None = None,
+) -> tuple[ProbeResult, ...]:
     """Run the rollout file's `probes:` (normally against the canary tag URL)."""
-    return run_checks(spec.probes, urls, **kwargs)
+    return run_checks(spec.probes, urls, environ=environ, prober=prober)
 
 
 def all_ok(results: Iterable[ProbeResult]) -> bool:
