@@ -92,6 +92,16 @@ def parse_spec(data: bytes, path: Path) -> RolloutSpec:
     return spec
 
 
+def parse_yaml(data: bytes, path: Path) -> dict[str, Any]:
+    """The strict YAML reading of `parse_spec` without the rollout model: a mapping of plain
+    values (str, int, float, bool, None, list, dict). Raises SpecError `path:line: message`."""
+    try:
+        tree, _ = _compose(_decode(data))
+    except _Problem as problem:
+        raise SpecError(f"{path}:{problem.line}: {problem.message}") from None
+    return tree
+
+
 # --- bytes -> text -----------------------------------------------------------------------
 def _decode(data: bytes) -> str:
     if len(data) > MAX_BYTES:
@@ -126,6 +136,9 @@ class _Composer(Reader, Scanner, Parser, Composer, BaseResolver):
         BaseResolver.__init__(self)
         self.aliases = 0
         self.depth = 0
+        # (id of a sequence node, index) -> line of an alias used as that item: the shared
+        # node's own mark is its anchor's, far from where the alias is written.
+        self.alias_lines: dict[tuple[int, int], int] = {}
 
     def resolve(self, kind: type[Node], value: Any, implicit: Any) -> str:
         if kind is ScalarNode and implicit[0]:
@@ -141,6 +154,8 @@ class _Composer(Reader, Scanner, Parser, Composer, BaseResolver):
                 raise _Problem(
                     line, f"more than {MAX_ALIASES} aliases (*name); write the values out"
                 )
+            if parent is not None and isinstance(index, int):
+                self.alias_lines[(id(parent), index)] = line
         self.depth += 1
         if self.depth > MAX_DEPTH:
             raise _Problem(line, f"nested more than {MAX_DEPTH} levels deep")
@@ -168,8 +183,8 @@ def _compose(text: str) -> tuple[dict[str, Any], dict[Loc, int]]:
             composer.dispose()
     if root is None:
         raise _Problem(1, "no content, only comments; a rollout file needs at least " + _REQUIRED)
-    builder = _Builder()
-    value = builder.build(root, (), aliased=False)
+    builder = _Builder(composer.alias_lines)
+    value = builder.build(root, (), alias_line=None)
     if not isinstance(value, dict):
         raise _Problem(
             root.start_mark.line + 1,
@@ -187,7 +202,11 @@ def _yaml_error(exc: yaml.MarkedYAMLError) -> tuple[int, str]:
         return line, "a rollout file holds one YAML document; remove the second '---'"
     message = f"YAML syntax error: {problem}"
     if exc.context:
-        message += f" ({exc.context})"
+        ctx_mark = exc.context_mark
+        started = ""
+        if ctx_mark is not None and ctx_mark.line + 1 != line:
+            started = f" started at line {ctx_mark.line + 1}"
+        message += f" ({exc.context}{started})"
     if "'\\t'" in problem:
         message += "; indent with spaces, not tabs"
     return line, message
@@ -207,22 +226,27 @@ def dotted(loc: Loc) -> str:
 class _Builder:
     """Builds Python values from nodes, recording the line of every key and list item."""
 
-    def __init__(self) -> None:
+    def __init__(self, alias_lines: dict[tuple[int, int], int]) -> None:
+        self.alias_lines = alias_lines
         self.lines: dict[Loc, int] = {(): 1}
         self.built: set[int] = set()
         self.active: set[int] = set()
         self.alias_values = 0
 
-    def build(self, node: Node, loc: Loc, *, aliased: bool) -> Any:
+    def build(self, node: Node, loc: Loc, *, alias_line: int | None) -> Any:
+        """The value of `node` at key path `loc`; `alias_line` is set inside an alias's
+        expansion (the line where that alias is used)."""
         # The line of the key or item being built (an aliased node's own mark is the anchor's).
         line = self.lines.get(loc, node.start_mark.line + 1)
         # A node built before is reached again through an alias: count what it expands to.
-        aliased = aliased or id(node) in self.built
-        if aliased:
+        if alias_line is None and id(node) in self.built:
+            alias_line = line
+        if alias_line is not None:
             self.alias_values += 1
             if self.alias_values > MAX_ALIAS_VALUES:
                 raise _Problem(
-                    line, f"aliases expand to more than {MAX_ALIAS_VALUES} values; write them out"
+                    alias_line,
+                    f"aliases expand to more than {MAX_ALIAS_VALUES} values; use fewer aliases",
                 )
         if id(node) in self.active:
             raise _Problem(line, f"{_at(loc)}an alias refers to itself (recursive structure)")
@@ -230,14 +254,16 @@ class _Builder:
         self.active.add(id(node))
         try:
             if isinstance(node, MappingNode):
-                return self._mapping(node, loc, aliased)
+                return self._mapping(node, loc, alias_line)
             if isinstance(node, SequenceNode):
                 if node.tag != _SEQ:
                     raise _Problem(line, _tag_message(node, loc))
                 out: list[Any] = []
                 for i, item in enumerate(node.value):
-                    self.lines[(*loc, i)] = item.start_mark.line + 1
-                    out.append(self.build(item, (*loc, i), aliased=aliased))
+                    self.lines[(*loc, i)] = self.alias_lines.get(
+                        (id(node), i), item.start_mark.line + 1
+                    )
+                    out.append(self.build(item, (*loc, i), alias_line=alias_line))
                 return out
             assert isinstance(node, ScalarNode)
             if node.tag == _PLAIN:
@@ -248,7 +274,7 @@ class _Builder:
         finally:
             self.active.discard(id(node))
 
-    def _mapping(self, node: MappingNode, loc: Loc, aliased: bool) -> dict[str, Any]:
+    def _mapping(self, node: MappingNode, loc: Loc, alias_line: int | None) -> dict[str, Any]:
         if node.tag != _MAP:
             raise _Problem(node.start_mark.line + 1, _tag_message(node, loc))
         out: dict[str, Any] = {}
@@ -267,7 +293,7 @@ class _Builder:
                     line, f"{dotted(where)}: duplicate key (first at line {self.lines[where]})"
                 )
             self.lines[where] = line
-            out[key] = self.build(value_node, where, aliased=aliased)
+            out[key] = self.build(value_node, where, alias_line=alias_line)
         return out
 
 
@@ -339,7 +365,7 @@ def _surprise(value: str) -> str | None:
     if _OTHER_BASE.fullmatch(value):
         return f"{value} is read differently by YAML 1.1 and 1.2; write it in decimal, or {quoted}"
     if _SEXAGESIMAL.fullmatch(value):
-        return f"{value} is a base-60 number in YAML 1.1 (1:30 is 90); {quoted}"
+        return f"{value} is a base-60 number in YAML 1.1 ({_base60(value)}); {quoted}"
     if "_" in value and _UNDERSCORE_NUMBER.fullmatch(value):
         plain = value.replace("_", "")
         return (
@@ -352,6 +378,14 @@ def _surprise(value: str) -> str | None:
             f"signed exponent (like 1.0e+3), or {quoted}"
         )
     return None
+
+
+def _base60(value: str) -> str:
+    sign = -1 if value.startswith("-") else 1
+    total = 0.0
+    for part in value.lstrip("+-").replace("_", "").split(":"):
+        total = total * 60 + float(part or 0)
+    return f"{sign * total:g}"
 
 
 # --- values -> RolloutSpec ------------------------------------------------------------------

@@ -136,11 +136,9 @@ def parse_percent(value: object) -> float:
     return pct / 100.0
 
 
-def _parse_seconds(value: object, pattern: str, example: str, units: str) -> float:
+def _parse_seconds(value: object, pattern: str, what: str, example: str, units: str) -> float:
     if not isinstance(value, str) or not re.fullmatch(pattern, value):
-        raise ValueError(
-            f"expected a duration like {example!r} ({units}), got {describe_value(value)}"
-        )
+        raise ValueError(f"expected {what} like {example!r} ({units}), got {describe_value(value)}")
     m = _NUMBER_UNIT.fullmatch(value)
     assert m is not None  # the pattern above guarantees the shape
     return float(m.group(1)) * _UNIT_SECONDS[m.group(2)]
@@ -148,7 +146,7 @@ def _parse_seconds(value: object, pattern: str, example: str, units: str) -> flo
 
 def parse_latency(value: object) -> float:
     """`"500ms"` -> 0.5, `"20s"` -> 20.0 (seconds); units ms, s, m; must be positive."""
-    seconds = _parse_seconds(value, LATENCY_RE, "500ms", "ms, s, m")
+    seconds = _parse_seconds(value, LATENCY_RE, "a latency", "20s", "ms, s, m")
     if seconds <= 0:
         raise ValueError(f"latency {value!r} must be above 0")
     return seconds
@@ -158,7 +156,9 @@ def parse_duration(value: object) -> timedelta:
     """`"5m"` -> 5 minutes, `"24h"` -> 1 day; units ms, s, m, h, d. A timedelta passes."""
     if isinstance(value, timedelta):
         return value
-    return timedelta(seconds=_parse_seconds(value, DURATION_RE, "5m", "ms, s, m, h, d"))
+    return timedelta(
+        seconds=_parse_seconds(value, DURATION_RE, "a duration", "5m", "ms, s, m, h, d")
+    )
 
 
 def format_duration(value: timedelta) -> str:
@@ -257,7 +257,7 @@ class ErrorRateGate(_Model):
         if self.target is not None and self.target > self.max:
             raise RuleError(
                 ("target",),
-                f"target {format_percent(self.target)} is above max {format_percent(self.max)}",
+                f"{format_percent(self.target)} is above max {format_percent(self.max)}",
             )
         return self
 
@@ -276,7 +276,7 @@ class LatencyGate(_Model):
         if self.target is not None and self.target > self.max:
             raise RuleError(
                 ("target",),
-                f"target {format_latency(self.target)} is above max {format_latency(self.max)}",
+                f"{format_latency(self.target)} is above max {format_latency(self.max)}",
             )
         return self
 
@@ -295,7 +295,7 @@ class SuccessRateGate(_Model):
         if self.target is not None and self.target < self.min:
             raise RuleError(
                 ("target",),
-                f"target {format_percent(self.target)} is below min {format_percent(self.min)}",
+                f"{format_percent(self.target)} is below min {format_percent(self.min)}",
             )
         return self
 
@@ -458,7 +458,10 @@ class RolloutSpec(_Model):
         ge=0, le=100, description="Percent of traffic on the canary now: 0 or one of the stages."
     )
     stages: list[Stage] = Field(
-        min_length=1, description="Canary percents, strictly increasing, ending at 100."
+        min_length=1,
+        description="Canary percents, strictly increasing, ending at 100.",
+        # The closest JSON Schema gets to "increasing, ending at 100", for editors.
+        json_schema_extra={"uniqueItems": True, "contains": {"const": 100}},
     )
     auto_advance: bool = Field(
         default=False, description="Commit the next stage by itself once gates passed for bake."
