@@ -56,7 +56,7 @@ def cli(ctx: click.Context, repo: Path) -> None:
 
 
 @cli.command()
-@click.argument("paths", nargs=-1, type=click.Path(path_type=Path))
+@click.argument("paths", nargs=-1, metavar="[PATH]...", type=click.Path(path_type=Path))
 @pass_app
 def validate(app: App, paths: tuple[Path, ...]) -> None:
     """Check rollout files strictly (default: every rollout/*.yaml).

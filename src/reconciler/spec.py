@@ -554,14 +554,24 @@ class RolloutSpec(_Model):
 
 
 def json_schema() -> dict[str, Any]:
-    """The JSON Schema (draft 2020-12) of a rollout file, for editors and other tools.
+    """The JSON Schema (draft-07) of a rollout file, for editors and other tools.
 
-    Rules spanning several keys (stages strictly increasing, canary_percent one of the
-    stages, ...) are beyond JSON Schema; `reconcile validate` checks them.
+    Draft-07 because that is what yaml-language-server (and so most editors) fully
+    supports. Rules spanning several keys (stages strictly increasing, canary_percent one
+    of the stages, ...) are beyond JSON Schema; `reconcile validate` checks them.
     """
-    schema = RolloutSpec.model_json_schema(by_alias=True, mode="serialization")
+    # Serialization mode only so that defaults show in their written form (`24h`, not
+    # `P1D`); every type here reads and writes the same shape.
+    schema = RolloutSpec.model_json_schema(
+        by_alias=True, mode="serialization", ref_template="#/definitions/{model}"
+    )
+    definitions = schema.pop("$defs", {})
     schema["title"] = "Rollout file (rollout/<service>.yaml)"
-    return {"$schema": "https://json-schema.org/draft/2020-12/schema", **schema}
+    return {
+        "$schema": "http://json-schema.org/draft-07/schema#",
+        **schema,
+        "definitions": definitions,
+    }
 
 
 def schema_text() -> str:

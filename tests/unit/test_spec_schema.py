@@ -20,8 +20,8 @@ BAD = ROOT / "tests" / "data" / "bad"
 
 def validator() -> jsonschema.protocols.Validator:
     schema = json_schema()
-    jsonschema.Draft202012Validator.check_schema(schema)
-    return jsonschema.Draft202012Validator(schema)
+    jsonschema.Draft7Validator.check_schema(schema)
+    return jsonschema.Draft7Validator(schema)
 
 
 def read(path: Path) -> dict[str, Any]:
@@ -34,9 +34,10 @@ def test_committed_schema_is_up_to_date() -> None:
     )
 
 
-def test_schema_is_draft_2020_12_json() -> None:
+def test_schema_is_draft_07_json() -> None:
     schema = json.loads(schema_text())
-    assert schema["$schema"] == "https://json-schema.org/draft/2020-12/schema"
+    assert schema["$schema"] == "http://json-schema.org/draft-07/schema#"
+    assert "$defs" not in json.dumps(schema)
     assert schema["additionalProperties"] is False
     assert set(schema["required"]) == {
         "service",
