@@ -407,15 +407,13 @@ def _explain(errors: list[ErrorDetails], lines: dict[Loc, int]) -> _Problem:
     )
     line, path, err = placed[first]
     # Members of a union (`str | EnvValue`) each report a type error at the same place.
-    kinds = [
-        _TYPE_NOUNS[e["type"]] for ln, p, e in placed if p == path and e["type"] in _TYPE_NOUNS
-    ]
+    kinds = [_TYPE_NOUNS[e["type"]] for _, p, e in placed if p == path and e["type"] in _TYPE_NOUNS]
     if err["type"] in _TYPE_NOUNS and len(set(kinds)) > 1:
         nouns = [n.replace("true or false", "true/false") for n in dict.fromkeys(kinds)]
         expected = ", ".join(nouns[:-1]) + " or " + nouns[-1]
         message = f"expected {expected}, got {describe_value(err['input'])}"
     else:
-        message = _message(err, path)
+        message = _message(err)
     return _Problem(line, f"{_at(path)}{message}")
 
 
@@ -449,7 +447,7 @@ _TYPE_NOUNS = {
 }
 
 
-def _message(err: ErrorDetails, path: Loc) -> str:
+def _message(err: ErrorDetails) -> str:
     kind = err["type"]
     loc: Loc = tuple(err["loc"])
     value = err.get("input")
