@@ -1,0 +1,366 @@
+"""gRPC control plane: Cloud Run Admin v2 Services/Revisions, long-running Operations and
+Monitoring v3 MetricService, served with grpcio generic handlers.
+
+Messages are (de)serialised with the proto-plus classes of the official client packages, so
+what goes over the wire is exactly what `google-cloud-run` and `google-cloud-monitoring`
+send and expect.
+"""
+
+from __future__ import annotations
+
+import base64
+import time
+from collections.abc import Callable, Sequence
+from concurrent import futures
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+import grpc
+from google.cloud import monitoring_v3, run_v2
+from google.longrunning import operations_pb2
+from google.protobuf import any_pb2
+
+from reconciler.emulator import monitoring
+from reconciler.emulator.world import ApiError, Operation, Revision, Route, Service, World
+
+UrlFor = Callable[[Service, str], str]
+"""(service, tag) -> the data-plane URL of the service ('' tag) or of a tag."""
+
+DEFAULT_PAGE_SIZE = 100
+MAX_PAGE_SIZE = 1000
+T = TypeVar("T")
+
+_ALLOCATION = run_v2.TrafficTargetAllocationType
+_SUCCEEDED = run_v2.Condition.State.CONDITION_SUCCEEDED
+_RECONCILING = run_v2.Condition.State.CONDITION_RECONCILING
+
+
+def timestamp(epoch: float) -> datetime:
+    """Epoch seconds -> an aware datetime (what proto-plus takes for Timestamp fields)."""
+    return datetime.fromtimestamp(epoch, tz=UTC)
+
+
+def page(items: Sequence[T], page_size: int, page_token: str) -> tuple[Sequence[T], str]:
+    """One page of `items` and the token of the next page ('' on the last page)."""
+    start = 0
+    if page_token:
+        try:
+            start = int(base64.urlsafe_b64decode(page_token.encode()).decode().split(":")[1])
+        except (ValueError, IndexError, UnicodeDecodeError):
+            raise ApiError("INVALID_ARGUMENT", f"invalid page_token {page_token!r}") from None
+        if not 0 <= start <= len(items):
+            raise ApiError("INVALID_ARGUMENT", f"page_token {page_token!r} is out of range")
+    if page_size < 0:
+        raise ApiError("INVALID_ARGUMENT", "page_size must not be negative")
+    size = min(page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
+    end = start + size
+    token = base64.urlsafe_b64encode(f"offset:{end}".encode()).decode() if end < len(items) else ""
+    return items[start:end], token
+
+
+# --- rendering ---------------------------------------------------------------------------
+def default_template(svc: Service) -> run_v2.RevisionTemplate:
+    """The template of a service created from a scenario (before any template change)."""
+    image = f"{svc.region}-docker.pkg.dev/{svc.project}/{svc.name}/{svc.name}:latest"
+    return run_v2.RevisionTemplate(
+        containers=[run_v2.Container(image=image)], max_instance_request_concurrency=80
+    )
+
+
+def _template(svc: Service) -> run_v2.RevisionTemplate:
+    if svc.template is None:
+        tpl = default_template(svc)
+    else:
+        tpl = run_v2.RevisionTemplate.deserialize(svc.template)
+    tpl.revision = svc.template_revision
+    return tpl
+
+
+def _conditions(svc: Service) -> tuple[run_v2.Condition, list[run_v2.Condition]]:
+    state = _RECONCILING if svc.reconciling else _SUCCEEDED
+    when = timestamp(svc.updated)
+    ready = run_v2.Condition(type_="Ready", state=state, last_transition_time=when)
+    others = [
+        run_v2.Condition(type_=t, state=state, last_transition_time=when)
+        for t in ("ConfigurationsReady", "RoutesReady")
+    ]
+    return ready, others
+
+
+def render_service(svc: Service, url_for: UrlFor) -> run_v2.Service:
+    """A `google.cloud.run.v2.Service` for one emulated service."""
+    terminal, conditions = _conditions(svc)
+    latest = svc.revision_key(svc.latest_revision)
+    uri = url_for(svc, "")
+    return run_v2.Service(
+        name=svc.key,
+        uid=svc.uid,
+        generation=svc.generation,
+        observed_generation=svc.observed_generation,
+        labels=svc.labels,
+        annotations=svc.annotations,
+        description=svc.description,
+        create_time=timestamp(svc.created),
+        update_time=timestamp(svc.updated),
+        creator="deployer@emulator.invalid",
+        last_modifier="deployer@emulator.invalid",
+        ingress=run_v2.IngressTraffic.INGRESS_TRAFFIC_ALL,
+        launch_stage="GA",
+        template=_template(svc),
+        traffic=[_target(r) for r in svc.traffic],
+        traffic_statuses=[
+            run_v2.TrafficTargetStatus(
+                type_=_ALLOCATION.TRAFFIC_TARGET_ALLOCATION_TYPE_LATEST
+                if r.latest
+                else _ALLOCATION.TRAFFIC_TARGET_ALLOCATION_TYPE_REVISION,
+                revision=r.revision,
+                percent=r.percent,
+                tag=r.tag,
+                uri=url_for(svc, r.tag) if r.tag else "",
+            )
+            for r in svc.statuses
+        ],
+        uri=uri,
+        urls=[uri],
+        latest_ready_revision=latest,
+        latest_created_revision=latest,
+        terminal_condition=terminal,
+        conditions=conditions,
+        reconciling=svc.reconciling,
+        etag=svc.etag,
+    )
+
+
+def _target(r: Route) -> run_v2.TrafficTarget:
+    if r.latest:
+        return run_v2.TrafficTarget(
+            type_=_ALLOCATION.TRAFFIC_TARGET_ALLOCATION_TYPE_LATEST, percent=r.percent, tag=r.tag
+        )
+    return run_v2.TrafficTarget(
+        type_=_ALLOCATION.TRAFFIC_TARGET_ALLOCATION_TYPE_REVISION,
+        revision=r.revision,
+        percent=r.percent,
+        tag=r.tag,
+    )
+
+
+def render_revision(rev: Revision, svc: Service) -> run_v2.Revision:
+    """A `google.cloud.run.v2.Revision`."""
+    when = timestamp(rev.created)
+    return run_v2.Revision(
+        name=svc.revision_key(rev.name),
+        uid=f"{svc.uid}-{rev.generation}",
+        generation=1,
+        service=svc.name,
+        create_time=when,
+        update_time=when,
+        launch_stage="GA",
+        containers=_template(svc).containers,
+        max_instance_request_concurrency=80,
+        conditions=[run_v2.Condition(type_="Ready", state=_SUCCEEDED, last_transition_time=when)],
+        observed_generation=1,
+        reconciling=False,
+        etag=f"{svc.uid}-{rev.generation}",
+    )
+
+
+def render_operation(op: Operation, svc: Service, url_for: UrlFor) -> operations_pb2.Operation:
+    """A `google.longrunning.Operation` whose metadata (and response, once done) is the
+    service, as Cloud Run's UpdateService returns."""
+    packed = any_pb2.Any()
+    packed.Pack(run_v2.Service.pb(render_service(svc, url_for)))
+    out = operations_pb2.Operation(name=op.name, done=op.done, metadata=packed)
+    if op.done:
+        out.response.CopyFrom(packed)
+    return out
+
+
+# --- request parsing ---------------------------------------------------------------------
+def _routes(targets: Sequence[run_v2.TrafficTarget]) -> list[Route]:
+    out = []
+    for t in targets:
+        latest = t.type_ == _ALLOCATION.TRAFFIC_TARGET_ALLOCATION_TYPE_LATEST
+        if t.type_ == _ALLOCATION.TRAFFIC_TARGET_ALLOCATION_TYPE_UNSPECIFIED and not t.revision:
+            raise ApiError("INVALID_ARGUMENT", "traffic target without type or revision")
+        out.append(Route(t.revision, t.percent, t.tag, latest))
+    return out
+
+
+class Control:
+    """The gRPC handlers over one `World`."""
+
+    def __init__(self, world: World, url_for: UrlFor) -> None:
+        self.world = world
+        self.url_for = url_for
+
+    # Services
+    def get_service(self, req: run_v2.GetServiceRequest) -> run_v2.Service:
+        return render_service(self.world.get_service(req.name), self.url_for)
+
+    def list_services(self, req: run_v2.ListServicesRequest) -> run_v2.ListServicesResponse:
+        items, token = page(self.world.list_services(req.parent), req.page_size, req.page_token)
+        return run_v2.ListServicesResponse(
+            services=[render_service(s, self.url_for) for s in items], next_page_token=token
+        )
+
+    def update_service(self, req: run_v2.UpdateServiceRequest) -> operations_pb2.Operation:
+        body = req.service
+        if req.allow_missing and not body.name:
+            raise ApiError("INVALID_ARGUMENT", "service.name is required")
+        paths = set(req.update_mask.paths) if req.update_mask else set()
+        unknown = paths - {"traffic", "template", "labels", "annotations", "description"}
+        if unknown:
+            raise ApiError("INVALID_ARGUMENT", f"unsupported update_mask paths: {sorted(unknown)}")
+        every = not paths
+        current = self.world.get_service(body.name)
+        template: bytes | None = None
+        template_revision = ""
+        pb = run_v2.Service.pb(body)
+        if (every or "template" in paths) and pb.HasField("template"):
+            wanted = run_v2.RevisionTemplate(body.template)
+            template_revision = wanted.revision
+            wanted.revision = ""
+            have = _template(current)
+            have.revision = ""
+            if wanted != have:
+                template = run_v2.RevisionTemplate.serialize(wanted)
+        op = self.world.update_service(
+            body.name,
+            etag=body.etag,
+            traffic=_routes(body.traffic) if every or "traffic" in paths else None,
+            template=template,
+            template_revision=template_revision,
+            labels=dict(body.labels) if every or "labels" in paths else None,
+            annotations=dict(body.annotations) if every or "annotations" in paths else None,
+            description=body.description if every or "description" in paths else None,
+            validate_only=req.validate_only,
+        )
+        return self._operation(op)
+
+    def _operation(self, op: Operation) -> operations_pb2.Operation:
+        svc = op.preview or self.world.get_service(op.service)
+        return render_operation(op, svc, self.url_for)
+
+    # Revisions
+    def get_revision(self, req: run_v2.GetRevisionRequest) -> run_v2.Revision:
+        rev, svc = self.world.get_revision(req.name)
+        return render_revision(rev, svc)
+
+    def list_revisions(self, req: run_v2.ListRevisionsRequest) -> run_v2.ListRevisionsResponse:
+        items, token = page(self.world.list_revisions(req.parent), req.page_size, req.page_token)
+        return run_v2.ListRevisionsResponse(
+            revisions=[render_revision(r, s) for r, s in items], next_page_token=token
+        )
+
+    # Operations
+    def get_operation(self, req: operations_pb2.GetOperationRequest) -> operations_pb2.Operation:
+        op, svc = self.world.get_operation(req.name)
+        return render_operation(op, svc, self.url_for)
+
+    # Monitoring
+    def list_time_series(
+        self, req: monitoring_v3.ListTimeSeriesRequest
+    ) -> monitoring_v3.ListTimeSeriesResponse:
+        return monitoring.list_time_series(self.world, req)
+
+    def handlers(self) -> list[grpc.GenericRpcHandler]:
+        """One generic handler per gRPC service."""
+        return [
+            grpc.method_handlers_generic_handler(
+                "google.cloud.run.v2.Services",
+                {
+                    "GetService": self._unary(
+                        "GetService",
+                        self.get_service,
+                        run_v2.GetServiceRequest.deserialize,
+                        run_v2.Service.serialize,
+                    ),
+                    "ListServices": self._unary(
+                        "ListServices",
+                        self.list_services,
+                        run_v2.ListServicesRequest.deserialize,
+                        run_v2.ListServicesResponse.serialize,
+                    ),
+                    "UpdateService": self._unary(
+                        "UpdateService",
+                        self.update_service,
+                        run_v2.UpdateServiceRequest.deserialize,
+                        operations_pb2.Operation.SerializeToString,
+                    ),
+                },
+            ),
+            grpc.method_handlers_generic_handler(
+                "google.cloud.run.v2.Revisions",
+                {
+                    "GetRevision": self._unary(
+                        "GetRevision",
+                        self.get_revision,
+                        run_v2.GetRevisionRequest.deserialize,
+                        run_v2.Revision.serialize,
+                    ),
+                    "ListRevisions": self._unary(
+                        "ListRevisions",
+                        self.list_revisions,
+                        run_v2.ListRevisionsRequest.deserialize,
+                        run_v2.ListRevisionsResponse.serialize,
+                    ),
+                },
+            ),
+            grpc.method_handlers_generic_handler(
+                "google.longrunning.Operations",
+                {
+                    "GetOperation": self._unary(
+                        "GetOperation",
+                        self.get_operation,
+                        operations_pb2.GetOperationRequest.FromString,
+                        operations_pb2.Operation.SerializeToString,
+                    ),
+                },
+            ),
+            grpc.method_handlers_generic_handler(
+                "google.monitoring.v3.MetricService",
+                {
+                    "ListTimeSeries": self._unary(
+                        "ListTimeSeries",
+                        self.list_time_series,
+                        monitoring_v3.ListTimeSeriesRequest.deserialize,
+                        monitoring_v3.ListTimeSeriesResponse.serialize,
+                    ),
+                },
+            ),
+        ]
+
+    def _unary(
+        self,
+        method: str,
+        fn: Callable[[Any], Any],
+        deserialize: Callable[[bytes], Any],
+        serialize: Callable[[Any], bytes],
+    ) -> grpc.RpcMethodHandler:
+        world = self.world
+
+        def handle(request: Any, context: grpc.ServicerContext) -> Any:
+            delay, fail = world.take_fault(method)
+            if delay:
+                time.sleep(delay)
+            if fail:
+                context.abort(grpc.StatusCode.UNAVAILABLE, f"emulator: injected fault in {method}")
+            try:
+                return fn(request)
+            except ApiError as exc:
+                context.abort(grpc.StatusCode[exc.code], exc.message)
+
+        return grpc.unary_unary_rpc_method_handler(
+            handle, request_deserializer=deserialize, response_serializer=serialize
+        )
+
+
+def serve(control: Control, port: int = 0, max_workers: int = 16) -> tuple[grpc.Server, int]:
+    """Start the gRPC server on 127.0.0.1:`port` (0: a free port); returns it and its port."""
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers))
+    server.add_generic_rpc_handlers(control.handlers())
+    bound = server.add_insecure_port(f"127.0.0.1:{port}")
+    if bound == 0:
+        raise OSError(f"cannot bind the emulator gRPC port 127.0.0.1:{port}")
+    server.start()
+    return server, bound

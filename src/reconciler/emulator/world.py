@@ -1,0 +1,701 @@
+"""The emulated world: services, revisions, operations, served requests, faults, counters.
+
+Protocol-free: the gRPC layer (`control.py`) and the HTTP layer (`dataplane.py`) translate to
+and from these objects. Every public method takes the one lock, so both servers can call in
+from their worker threads. Cloud Run's rules live here and fail with `ApiError` carrying a
+gRPC status code name.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import os
+import random
+import re
+import threading
+import time
+import uuid
+from collections import Counter
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from reconciler.emulator.scenario import Behavior, Dependency, Scenario
+
+TAG_RE = re.compile(r"^[a-z](?:[a-z0-9-]{0,44}[a-z0-9])?$")
+REVISION_NAME_RE = re.compile(r"^[a-z](?:[a-z0-9-]{0,61}[a-z0-9])?$")
+_NUMBERED = re.compile(r"^.*-(\d{5})-[a-z0-9]+$")
+# A pending operation completes after its polls, or after this long even if nobody polls.
+PENDING_OPERATION_MAX_SECONDS = 5.0
+# Served requests kept for ListTimeSeries (the oldest are dropped first).
+MAX_RECORDS = 1_000_000
+STATE_VERSION = 1
+
+
+class ApiError(Exception):
+    """A request Cloud Run would refuse; `code` is a `grpc.StatusCode` name."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+@dataclass
+class Route:
+    """A traffic target; `revision` is resolved (never empty) in applied traffic."""
+
+    revision: str
+    percent: int
+    tag: str = ""
+    latest: bool = False
+
+
+@dataclass
+class Revision:
+    """One revision of a service and the behaviour its instances have."""
+
+    name: str
+    service: str
+    behavior: Behavior
+    created: float
+    generation: int = 1
+
+
+@dataclass
+class Service:
+    """One Cloud Run service as the control plane knows it."""
+
+    project: str
+    region: str
+    name: str
+    uid: str
+    created: float
+    updated: float
+    revisions: list[str]
+    """Short revision names, oldest first; the last one is the latest ready revision."""
+    traffic: list[Route]
+    """Requested traffic (`Service.traffic`)."""
+    statuses: list[Route]
+    """Applied traffic (`Service.traffic_statuses`); what the data plane routes by."""
+    generation: int = 1
+    observed_generation: int = 1
+    template: bytes | None = None
+    """Serialised RevisionTemplate without its `revision` field (None: the default one)."""
+    template_revision: str = ""
+    labels: dict[str, str] = field(default_factory=dict)
+    annotations: dict[str, str] = field(default_factory=dict)
+    description: str = ""
+
+    @property
+    def key(self) -> str:
+        """Full resource name."""
+        return f"projects/{self.project}/locations/{self.region}/services/{self.name}"
+
+    @property
+    def parent(self) -> str:
+        """`projects/P/locations/R`."""
+        return f"projects/{self.project}/locations/{self.region}"
+
+    @property
+    def reconciling(self) -> bool:
+        """True while an accepted change is not yet serving."""
+        return self.observed_generation < self.generation
+
+    @property
+    def latest_revision(self) -> str:
+        """Short name of the newest revision."""
+        return self.revisions[-1]
+
+    @property
+    def etag(self) -> str:
+        """Changes with every generation, like Cloud Run's."""
+        return hashlib.sha256(f"{self.uid}/{self.generation}".encode()).hexdigest()[:20]
+
+    def revision_key(self, revision: str) -> str:
+        """Full resource name of one of this service's revisions."""
+        return f"{self.key}/revisions/{revision}"
+
+
+@dataclass
+class Operation:
+    """A long-running UpdateService operation."""
+
+    name: str
+    service: str
+    """Full name of the service it changes."""
+    generation: int
+    done: bool
+    polls_left: int
+    deadline: float
+    preview: Service | None = None
+    """validate_only: the service as it would have become (nothing applied)."""
+
+
+@dataclass(frozen=True)
+class Record:
+    """One request served by the data plane."""
+
+    ts: float
+    project: str
+    region: str
+    service: str
+    revision: str
+    code: int
+    latency_ms: float
+
+
+@dataclass
+class Fault:
+    """Injected trouble for one gRPC method (or `*` for all)."""
+
+    unavailable_rate: float = 0.0
+    latency_ms: float = 0.0
+    times: int | None = None
+    """Fail at most this many calls, then heal (None: until cleared)."""
+
+
+class World:
+    """The whole emulated state behind one lock."""
+
+    def __init__(self, scenario: Scenario, *, clock_offset: float = 0.0) -> None:
+        self._lock = threading.RLock()
+        self.project = scenario.project
+        self.region = scenario.region
+        self.latency_mode = scenario.latency_mode
+        self.latency_scale = scenario.latency_scale
+        self.lro_done = scenario.lro.done
+        self.lro_polls = scenario.lro.polls
+        self.rng = random.Random(scenario.seed)
+        self.clock_offset = clock_offset
+        self.services: dict[str, Service] = {}
+        self.revisions: dict[str, Revision] = {}
+        self.operations: dict[str, Operation] = {}
+        self.records: list[Record] = []
+        self.dependencies: dict[str, Dependency] = {d.name: d for d in scenario.dependencies}
+        self.faults: dict[str, Fault] = {}
+        self.calls: Counter[str] = Counter()
+        self.writes = 0
+        self.write_attempts = 0
+        self.version = 0
+        """Bumped on every change, so the state file is only rewritten when needed."""
+        now = self.now()
+        for spec in scenario.services:
+            project = spec.project or scenario.project
+            region = spec.region or scenario.region
+            names = [r.name for r in spec.revisions]
+            percents = spec.traffic or {names[-1]: 100}
+            routes = [Route(rev, pct) for rev, pct in percents.items()]
+            for tag, rev in spec.tags.items():
+                tagged = next((r for r in routes if r.revision == rev and not r.tag), None)
+                if tagged is not None:
+                    tagged.tag = tag
+                else:
+                    routes.append(Route(rev, 0, tag))
+            svc = Service(
+                project=project,
+                region=region,
+                name=spec.name,
+                uid=str(uuid.uuid5(uuid.NAMESPACE_URL, f"{project}/{region}/{spec.name}")),
+                created=now - 86400.0,
+                updated=now,
+                revisions=names,
+                traffic=routes,
+                statuses=copy.deepcopy(routes),
+                generation=len(names),
+                observed_generation=len(names),
+                template_revision=names[-1],
+            )
+            if svc.key in self.services:
+                raise ApiError("ALREADY_EXISTS", f"scenario: duplicate service {svc.key}")
+            self.services[svc.key] = svc
+            for i, rs in enumerate(spec.revisions):
+                created = now - 3600.0 * (len(spec.revisions) - i)
+                self.revisions[svc.revision_key(rs.name)] = Revision(
+                    rs.name, spec.name, rs.behavior, created, i + 1
+                )
+
+    # --- clock ------------------------------------------------------------------------------
+    def now(self) -> float:
+        """Emulator time in epoch seconds (wall clock plus the admin clock offset)."""
+        return time.time() + self.clock_offset
+
+    def advance_clock(self, seconds: float) -> None:
+        """Move emulator time forward (served requests are stamped with emulator time)."""
+        with self._lock:
+            self.clock_offset += seconds
+            self.version += 1
+
+    # --- reads ------------------------------------------------------------------------------
+    def get_service(self, name: str) -> Service:
+        """A snapshot of one service."""
+        with self._lock:
+            self._settle()
+            return copy.deepcopy(self._service(name))
+
+    def list_services(self, parent: str) -> list[Service]:
+        """Snapshots of the services under `projects/P/locations/R` (`R` may be `-`)."""
+        m = re.fullmatch(r"projects/([^/]+)/locations/([^/]+)", parent)
+        if not m:
+            raise ApiError("INVALID_ARGUMENT", f"invalid parent {parent!r}")
+        project, region = m.groups()
+        with self._lock:
+            self._settle()
+            return [
+                copy.deepcopy(s)
+                for s in sorted(self.services.values(), key=lambda s: s.key)
+                if s.project == project and region in ("-", s.region)
+            ]
+
+    def get_revision(self, name: str) -> tuple[Revision, Service]:
+        """A snapshot of one revision and its service."""
+        with self._lock:
+            rev = self.revisions.get(name)
+            if rev is None:
+                raise ApiError("NOT_FOUND", f"revision {name} not found")
+            svc_key = name.rsplit("/revisions/", 1)[0]
+            return copy.deepcopy(rev), copy.deepcopy(self._service(svc_key))
+
+    def list_revisions(self, parent: str) -> list[tuple[Revision, Service]]:
+        """Snapshots of a service's revisions, newest first (as Cloud Run lists them)."""
+        with self._lock:
+            svc = self._service(parent)
+            return [
+                (copy.deepcopy(self.revisions[svc.revision_key(r)]), copy.deepcopy(svc))
+                for r in reversed(svc.revisions)
+            ]
+
+    def get_operation(self, name: str) -> tuple[Operation, Service]:
+        """Poll an operation: counts the poll, completes it when its polls are used up."""
+        with self._lock:
+            op = self.operations.get(name)
+            if op is None:
+                raise ApiError("NOT_FOUND", f"operation {name} not found")
+            if not op.done:
+                if op.polls_left > 0:
+                    op.polls_left -= 1
+                else:
+                    self._complete(op)
+            self._settle()
+            svc = op.preview or self._service(op.service)
+            return copy.deepcopy(op), copy.deepcopy(svc)
+
+    def _service(self, name: str) -> Service:
+        svc = self.services.get(name)
+        if svc is None:
+            raise ApiError("NOT_FOUND", f"service {name} not found")
+        return svc
+
+    def _settle(self) -> None:
+        now = self.now()
+        for op in self.operations.values():
+            if not op.done and now >= op.deadline:
+                self._complete(op)
+
+    def _complete(self, op: Operation) -> None:
+        op.done = True
+        svc = self.services.get(op.service)
+        if svc is not None and svc.observed_generation < op.generation:
+            svc.observed_generation = svc.generation
+            svc.statuses = self._resolve(svc, svc.traffic)
+            svc.updated = self.now()
+        self.version += 1
+
+    # --- writes -----------------------------------------------------------------------------
+    def update_service(
+        self,
+        name: str,
+        *,
+        etag: str,
+        traffic: list[Route] | None,
+        template: bytes | None,
+        template_revision: str,
+        labels: Mapping[str, str] | None = None,
+        annotations: Mapping[str, str] | None = None,
+        description: str | None = None,
+        validate_only: bool = False,
+    ) -> Operation:
+        """Apply an UpdateService with Cloud Run's rules; returns its operation.
+
+        `traffic=None` and `template=None` leave those fields as they are. A changed template
+        (or a new `template_revision`) creates a revision; a traffic-only change does not.
+        """
+        with self._lock:
+            self._settle()
+            svc = self._service(name)
+            if etag and etag != svc.etag:
+                raise ApiError(
+                    "ABORTED",
+                    f"service {name}: etag {etag!r} is stale (current {svc.etag!r}); "
+                    "re-read the service and retry",
+                )
+            target = copy.deepcopy(svc)
+            new_revision = ""
+            if template is not None or template_revision:
+                tpl = template if template is not None else svc.template
+                named = template_revision and template_revision != svc.template_revision
+                if named or tpl != svc.template:
+                    new_revision = template_revision if named else self._next_revision(svc)
+                    self._check_new_revision(svc, new_revision)
+                    target.revisions.append(new_revision)
+                    target.template = tpl
+                    target.template_revision = new_revision
+            if traffic is not None:
+                routes = traffic or [Route("", 100, latest=True)]
+                self._validate_traffic(target, routes)
+                target.traffic = routes
+            if labels is not None:
+                target.labels = dict(labels)
+            if annotations is not None:
+                target.annotations = dict(annotations)
+            if description is not None:
+                target.description = description
+            changed = _spec(target) != _spec(svc)
+            if changed:
+                target.generation += 1
+                target.updated = self.now()
+            op_name = f"{svc.parent}/operations/{uuid.uuid4()}"
+            if validate_only:
+                op = Operation(op_name, name, target.generation, True, 0, 0.0, preview=target)
+                self.operations[op_name] = op
+                return copy.deepcopy(op)
+            if new_revision:
+                # A revision created through the API starts with the default behaviour.
+                self.revisions[svc.revision_key(new_revision)] = Revision(
+                    new_revision, svc.name, Behavior(), self.now(), target.generation
+                )
+            self.services[name] = target
+            done = self.lro_done or not changed
+            op = Operation(
+                op_name,
+                name,
+                target.generation,
+                done=False,
+                polls_left=self.lro_polls,
+                deadline=self.now() + PENDING_OPERATION_MAX_SECONDS,
+            )
+            self.operations[op_name] = op
+            if done:
+                self._complete(op)
+            self.writes += 1
+            self.version += 1
+            return copy.deepcopy(op)
+
+    def _next_revision(self, svc: Service) -> str:
+        suffix = "".join(self.rng.choice("abcdefghijklmnopqrstuvwxyz") for _ in range(3))
+        # Cloud Run numbers revisions by a per-service counter: continue from the highest.
+        numbers = [int(m.group(1)) for r in svc.revisions if (m := _NUMBERED.match(r))]
+        return f"{svc.name}-{max([len(svc.revisions), *numbers]) + 1:05d}-{suffix}"
+
+    def _check_new_revision(self, svc: Service, revision: str) -> None:
+        if not REVISION_NAME_RE.match(revision) or not revision.startswith(f"{svc.name}-"):
+            raise ApiError(
+                "INVALID_ARGUMENT",
+                f"revision name {revision!r} must start with '{svc.name}-' and use lowercase "
+                "letters, digits and hyphens",
+            )
+        if svc.revision_key(revision) in self.revisions:
+            raise ApiError("ALREADY_EXISTS", f"revision {revision} already exists")
+
+    def _validate_traffic(self, svc: Service, routes: list[Route]) -> None:
+        tags: set[str] = set()
+        for r in routes:
+            if not 0 <= r.percent <= 100:
+                raise ApiError("INVALID_ARGUMENT", f"traffic percent {r.percent} not in 0..100")
+            if r.latest:
+                if r.revision:
+                    raise ApiError(
+                        "INVALID_ARGUMENT",
+                        f"a LATEST traffic target must not name a revision ({r.revision!r})",
+                    )
+            elif not r.revision:
+                raise ApiError("INVALID_ARGUMENT", "a REVISION traffic target needs a revision")
+            elif r.revision not in svc.revisions:
+                raise ApiError(
+                    "NOT_FOUND",
+                    f"revision {r.revision!r} of service {svc.name} not found "
+                    f"(referenced in traffic)",
+                )
+            if r.tag:
+                if not TAG_RE.match(r.tag):
+                    raise ApiError("INVALID_ARGUMENT", f"invalid traffic tag {r.tag!r}")
+                if r.tag in tags:
+                    raise ApiError("INVALID_ARGUMENT", f"duplicate traffic tag {r.tag!r}")
+                tags.add(r.tag)
+        total = sum(r.percent for r in routes)
+        if total != 100:
+            raise ApiError("INVALID_ARGUMENT", f"traffic percents must sum to 100, got {total}")
+
+    def _resolve(self, svc: Service, routes: Iterable[Route]) -> list[Route]:
+        return [
+            Route(svc.latest_revision if r.latest else r.revision, r.percent, r.tag, r.latest)
+            for r in routes
+        ]
+
+    # --- admin ------------------------------------------------------------------------------
+    def find_service(self, service: str) -> Service:
+        """A service by short name (unique in the world) or by full name."""
+        with self._lock:
+            if service in self.services:
+                return self.services[service]
+            found = [s for s in self.services.values() if s.name == service]
+            if len(found) != 1:
+                raise ApiError(
+                    "NOT_FOUND" if not found else "FAILED_PRECONDITION",
+                    f"service {service!r} " + ("not found" if not found else "is ambiguous"),
+                )
+            return found[0]
+
+    def deploy(
+        self, service: str, revision: str | None = None, behavior: Mapping[str, Any] | None = None
+    ) -> str:
+        """Create a new revision serving no traffic (`gcloud run deploy --no-traffic`)."""
+        with self._lock:
+            self._settle()
+            svc = self.find_service(service)
+            name = revision or self._next_revision(svc)
+            self._check_new_revision(svc, name)
+            beh = Behavior().merged(behavior or {})
+            svc.revisions.append(name)
+            svc.template_revision = name
+            svc.generation += 1
+            svc.updated = self.now()
+            # Pinned targets stay put; a LATEST target follows the new revision.
+            self.revisions[svc.revision_key(name)] = Revision(
+                name, svc.name, beh, self.now(), svc.generation
+            )
+            svc.observed_generation = svc.generation
+            svc.statuses = self._resolve(svc, svc.traffic)
+            self.version += 1
+            return name
+
+    def behave(self, revision: str, changes: Mapping[str, Any]) -> Behavior:
+        """Change a revision's behaviour (short or full revision name)."""
+        with self._lock:
+            rev = self._find_revision(revision)
+            rev.behavior = rev.behavior.merged(changes)
+            self.version += 1
+            return rev.behavior
+
+    def _find_revision(self, revision: str) -> Revision:
+        if revision in self.revisions:
+            return self.revisions[revision]
+        found = [r for r in self.revisions.values() if r.name == revision]
+        if len(found) != 1:
+            raise ApiError("NOT_FOUND", f"revision {revision!r} not found")
+        return found[0]
+
+    def drift(
+        self, service: str, traffic: Mapping[str, int], tags: Mapping[str, str] | None = None
+    ) -> None:
+        """Change traffic "by hand" (as someone with gcloud would); not counted as a write."""
+        with self._lock:
+            self._settle()
+            svc = self.find_service(service)
+            routes = [Route(rev, pct) for rev, pct in traffic.items()]
+            for tag, rev in (tags or {}).items():
+                tagged = next((r for r in routes if r.revision == rev and not r.tag), None)
+                if tagged is not None:
+                    tagged.tag = tag
+                else:
+                    routes.append(Route(rev, 0, tag))
+            self._validate_traffic(svc, routes)
+            svc.traffic = routes
+            svc.statuses = self._resolve(svc, routes)
+            svc.generation += 1
+            svc.observed_generation = svc.generation
+            svc.updated = self.now()
+            self.version += 1
+
+    def set_lro(self, done: bool, polls: int = 1) -> None:
+        """How later UpdateService operations complete."""
+        with self._lock:
+            self.lro_done = done
+            self.lro_polls = polls
+
+    def set_fault(
+        self,
+        method: str = "*",
+        unavailable_rate: float = 1.0,
+        latency_ms: float = 0.0,
+        times: int | None = None,
+    ) -> None:
+        """Inject UNAVAILABLE (with probability) and added latency into a gRPC method."""
+        if not 0.0 <= unavailable_rate <= 1.0:
+            raise ApiError("INVALID_ARGUMENT", "unavailable_rate must be within 0..1")
+        with self._lock:
+            self.faults[method] = Fault(unavailable_rate, latency_ms, times)
+
+    def clear_faults(self) -> None:
+        """Remove every injected fault."""
+        with self._lock:
+            self.faults.clear()
+
+    def take_fault(self, method: str) -> tuple[float, bool]:
+        """Count a call of `method`; returns (seconds to delay, whether to fail UNAVAILABLE)."""
+        with self._lock:
+            self.calls[method] += 1
+            if method == "UpdateService":
+                self.write_attempts += 1
+            fault = self.faults.get(method) or self.faults.get("*")
+            if fault is None:
+                return 0.0, False
+            fail = self.rng.random() < fault.unavailable_rate
+            if fail and fault.times is not None:
+                fault.times -= 1
+                if fault.times <= 0:
+                    self.faults = {k: v for k, v in self.faults.items() if v is not fault}
+            return fault.latency_ms / 1000.0, fail
+
+    def reset_counters(self) -> None:
+        """Zero the call and write counters."""
+        with self._lock:
+            self.calls.clear()
+            self.writes = 0
+            self.write_attempts = 0
+
+    def set_dependency(
+        self, name: str, body: Mapping[str, Any] | None = None, status_code: int = 200
+    ) -> None:
+        """Add or change a dependency health endpoint."""
+        with self._lock:
+            self.dependencies[name] = Dependency(
+                name=name, status_code=status_code, body=dict(body or {"status": "healthy"})
+            )
+            self.version += 1
+
+    # --- data plane -------------------------------------------------------------------------
+    def route(self, project: str, region: str, service: str, tag: str) -> Revision:
+        """The revision a request goes to: by tag, else by the applied split (weighted)."""
+        with self._lock:
+            self._settle()
+            key = f"projects/{project}/locations/{region}/services/{service}"
+            svc = self._service(key)
+            if tag:
+                match = [r for r in svc.statuses if r.tag == tag]
+                if not match:
+                    raise ApiError("NOT_FOUND", f"no traffic tag {tag!r} on service {service}")
+                return copy.deepcopy(self.revisions[svc.revision_key(match[0].revision)])
+            live = [r for r in svc.statuses if r.percent > 0]
+            pick = self.rng.uniform(0, sum(r.percent for r in live))
+            for r in live:
+                pick -= r.percent
+                if pick < 0:
+                    break
+            return copy.deepcopy(self.revisions[svc.revision_key(r.revision)])
+
+    def record(
+        self, project: str, region: str, service: str, revision: str, code: int, latency_ms: float
+    ) -> None:
+        """Remember one served request (it feeds ListTimeSeries)."""
+        rec = Record(self.now(), project, region, service, revision, code, latency_ms)
+        with self._lock:
+            self.records.append(rec)
+            if len(self.records) > MAX_RECORDS:
+                del self.records[: len(self.records) - MAX_RECORDS]
+            self.version += 1
+
+    def served(self) -> list[Record]:
+        """A copy of the served-request log."""
+        with self._lock:
+            return list(self.records)
+
+    # --- persistence ------------------------------------------------------------------------
+    def dump(self) -> dict[str, Any]:
+        """Everything needed to restart in the same world (faults are not persisted)."""
+        with self._lock:
+            self._settle()
+            return {
+                "version": STATE_VERSION,
+                "project": self.project,
+                "region": self.region,
+                "latency_mode": self.latency_mode,
+                "latency_scale": self.latency_scale,
+                "lro": {"done": self.lro_done, "polls": self.lro_polls},
+                "clock_offset": self.clock_offset,
+                "services": [_dump_service(s) for s in self.services.values()],
+                "revisions": [
+                    {**asdict(r), "key": k, "behavior": r.behavior.model_dump()}
+                    for k, r in self.revisions.items()
+                ],
+                "records": [list(asdict(r).values()) for r in self.records],
+                "dependencies": [d.model_dump() for d in self.dependencies.values()],
+                "counters": {
+                    "writes": self.writes,
+                    "write_attempts": self.write_attempts,
+                    "calls": dict(self.calls),
+                },
+            }
+
+    def restore(self, state: Mapping[str, Any]) -> None:
+        """Replace the world by a `dump()`."""
+        if state.get("version") != STATE_VERSION:
+            raise ApiError("FAILED_PRECONDITION", "unsupported emulator state file version")
+        with self._lock:
+            self.project = state["project"]
+            self.region = state["region"]
+            self.latency_mode = state["latency_mode"]
+            self.latency_scale = state["latency_scale"]
+            self.lro_done = state["lro"]["done"]
+            self.lro_polls = state["lro"]["polls"]
+            self.clock_offset = state["clock_offset"]
+            self.services = {}
+            for s in state["services"]:
+                svc = _load_service(s)
+                self.services[svc.key] = svc
+            self.revisions = {
+                r["key"]: Revision(
+                    r["name"],
+                    r["service"],
+                    Behavior.model_validate(r["behavior"]),
+                    r["created"],
+                    r["generation"],
+                )
+                for r in state["revisions"]
+            }
+            self.records = [Record(*r) for r in state["records"]]
+            self.dependencies = {
+                d["name"]: Dependency.model_validate(d) for d in state["dependencies"]
+            }
+            self.writes = state["counters"]["writes"]
+            self.write_attempts = state["counters"]["write_attempts"]
+            self.calls = Counter(state["counters"]["calls"])
+            self.operations = {}
+            self.version += 1
+
+    def save(self, path: Path) -> None:
+        """Write the state file atomically."""
+        data = json.dumps(self.dump())
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(data, encoding="utf-8")
+        os.replace(tmp, path)
+
+
+def _spec(svc: Service) -> tuple[Any, ...]:
+    return (
+        [asdict(r) for r in svc.traffic],
+        svc.revisions,
+        svc.template,
+        svc.template_revision,
+        svc.labels,
+        svc.annotations,
+        svc.description,
+    )
+
+
+def _dump_service(svc: Service) -> dict[str, Any]:
+    out = asdict(svc)
+    out["template"] = svc.template.hex() if svc.template is not None else None
+    return out
+
+
+def _load_service(data: Mapping[str, Any]) -> Service:
+    fields = dict(data)
+    fields["traffic"] = [Route(**r) for r in fields["traffic"]]
+    fields["statuses"] = [Route(**r) for r in fields["statuses"]]
+    tpl = fields["template"]
+    fields["template"] = bytes.fromhex(tpl) if tpl is not None else None
+    return Service(**fields)
