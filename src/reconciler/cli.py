@@ -61,24 +61,36 @@ def cli(ctx: click.Context, repo: Path) -> None:
 
 
 @cli.command()
-@click.argument("paths", nargs=-1, type=click.Path(path_type=Path))
+@click.argument("paths", nargs=-1, metavar="[PATH]...", type=click.Path(path_type=Path))
 @pass_app
 def validate(app: App, paths: tuple[Path, ...]) -> None:
-    """Check rollout files strictly (default: every file in rollout/).
+    """Check rollout files strictly (default: every rollout/*.yaml).
 
-    Prints `path:line: message` for each invalid file and exits 1.
+    PATH may be a file or a directory of rollout files. Each invalid file prints one line
+    `path:line: message` on stderr, then a count; exit 1 if any file is invalid, else 0.
+    Units are required (5%, 20s, 5m); unknown or duplicate keys, YAML 1.1 surprises
+    (no, on, 010, 1:30) and a file name that differs from its service are errors.
 
     \b
-    Example:
+    Examples:
       reconcile validate
       reconcile validate rollout/ion-api.yaml
+      reconcile --repo ../infra validate
     """
-    from reconciler.loader import SpecError, load_spec
+    from reconciler.loader import SpecError, find_rollout_files, load_spec
 
-    files = list(paths) or sorted(app.rollout_dir.glob("*.yaml"))
-    if not files:
-        raise ReconcileError(f"{app.rollout_dir}: no rollout files (*.yaml) found")
+    files: list[Path] = []
     failed = 0
+    for path in paths or (app.rollout_dir,):
+        if path.is_dir():
+            found = find_rollout_files(path)
+            if not found:
+                raise ReconcileError(f"{path}: no rollout files (*.yaml) found")
+            files += found
+        elif path.exists() or paths:
+            files.append(path)
+        else:
+            raise ReconcileError(f"{path}: no such directory; run in the repository or use --repo")
     for path in files:
         try:
             spec = load_spec(path)
@@ -88,7 +100,38 @@ def validate(app: App, paths: tuple[Path, ...]) -> None:
             continue
         click.echo(f"{path}: ok ({spec.service}, canary {spec.canary_percent}%)")
     if failed:
-        raise click.exceptions.Exit(1)
+        raise ReconcileError(f"{failed} of {len(files)} rollout files invalid")
+
+
+@cli.command("schema")
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Write the schema to this file instead of stdout.",
+)
+def schema_command(out: Path | None) -> None:
+    """Print the JSON Schema of the rollout file (for editors and other tools).
+
+    Rules that span several keys (stages increasing, canary_percent one of the stages)
+    are beyond JSON Schema: `reconcile validate` checks them. See docs/rollout-file.md,
+    "Editor support", to have yaml-language-server check rollout files as you type.
+
+    \b
+    Examples:
+      reconcile schema > rollout.schema.json
+      reconcile schema --out schema/rollout.schema.json
+    """
+    from reconciler.spec import schema_text
+
+    text = schema_text()
+    if out is None:
+        click.echo(text, nl=False)
+        return
+    try:
+        out.write_text(text, encoding="utf-8")
+    except OSError as exc:
+        raise ReconcileError(f"{out}: cannot write: {exc.strerror or exc}") from None
+    click.echo(f"wrote {out}", err=True)
 
 
 def _rollout_for(app: App, service: str) -> RolloutSpec:
