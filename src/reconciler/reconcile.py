@@ -298,7 +298,9 @@ def merge_windows(
 
 
 # --- probe ------------------------------------------------------------------------------------
-def probe(ctx: Context, spec: RolloutSpec, live: LiveService, now: datetime) -> list[st.ProbeRecord]:
+def probe(
+    ctx: Context, spec: RolloutSpec, live: LiveService, now: datetime
+) -> list[st.ProbeRecord]:
     """Run the canary probes when the canary is live; results as state records."""
     canary = spec.revisions.canary
     if not ctx.run_probes or not spec.probes or canary is None:
@@ -307,10 +309,15 @@ def probe(ctx: Context, spec: RolloutSpec, live: LiveService, now: datetime) -> 
         return []
     from reconciler.probes import run_probes, urls_of
 
+    urls = urls_of(live)
+    if urls.canary is None:
+        # No canary tag URL (e.g. someone re-routed by hand): the probes cannot run this
+        # tick; the judge counts them as INCONCLUSIVE, never as passing.
+        return []
     try:
-        results = run_probes(spec, urls_of(live), environ=ctx.environ)
+        results = run_probes(spec, urls, environ=ctx.environ)
     except ReconcileError as exc:
-        return [st.ProbeRecord(c.name, False, now, f"{c.name}: {exc}") for c in spec.probes]
+        return [st.ProbeRecord(c.name, False, now, str(exc)) for c in spec.probes]
     return [st.ProbeRecord(r.name, r.ok, now, "" if r.ok else r.reason) for r in results]
 
 
@@ -397,11 +404,15 @@ def write_traffic(
     fresh = ctx.backend.get_service(sp.ref)
     again = replan(fresh)
     if again.blocked:
-        raise ReconcileError(f"{sp.ref.name}: changed during apply and is now blocked: {again.blocked}")
+        raise ReconcileError(
+            f"{sp.ref.name}: changed during apply and is now blocked: {again.blocked}"
+        )
     if not again.changes:
         return again, fresh
     try:
-        live = ctx.backend.set_traffic(again.ref, again.after, again.etag, stamp(again, now, reason))
+        live = ctx.backend.set_traffic(
+            again.ref, again.after, again.etag, stamp(again, now, reason)
+        )
     except Conflict as exc:
         raise ReconcileError(
             f"{sp.ref.name}: changed again while applying ({exc}); nothing overwritten, "
@@ -479,7 +490,9 @@ def recover(ctx: Context, run: _Run, spec_commit: str | None) -> None:
     data = read_stamp(run.live)
     if data is None:
         return
-    recorded = run.status is not None and run.status.generation > int(data.get("from_generation", -1))
+    recorded = run.status is not None and run.status.generation > int(
+        data.get("from_generation", -1)
+    )
     if recorded or not run.live.traffic.same_routing(_stamp_split(data)):
         return
     try:
@@ -489,8 +502,11 @@ def recover(ctx: Context, run: _Run, spec_commit: str | None) -> None:
     canary = data.get("canary")
     why = str(data.get("reason", ""))
     log.warning("%s: recording a write that was not committed (%s)", run.spec.service, why)
-    if reason is Reason.ROLLBACK and canary and run.spec.revisions.canary == canary and (
-        run.spec.rolled_back is None
+    if (
+        reason is Reason.ROLLBACK
+        and canary
+        and run.spec.revisions.canary == canary
+        and (run.spec.rolled_back is None)
     ):
         text = yamledit.record_rollback(
             run.path.read_text(encoding="utf-8"), revision=canary, at=run.now, reason=why
@@ -567,8 +583,13 @@ def reconcile_service(
     for p in new_probes:
         if not p.ok:
             run.events.append(
-                st.Event(now, st.EventKind.PROBE_FAILED, ctx.actor, reason=p.reason,
-                         spec_commit=spec_commit)
+                st.Event(
+                    now,
+                    st.EventKind.PROBE_FAILED,
+                    ctx.actor,
+                    reason=p.reason,
+                    spec_commit=spec_commit,
+                )
             )
     if dry_run:
         return ServiceOutcome(spec.service, plan=sp, verdict=verdict)
@@ -580,26 +601,17 @@ def reconcile_service(
             sp, live, applied = _apply(ctx, run, sp, replan, spec_commit)
         except ReconcileError as exc:
             error = str(exc)
-    elif sp.drift:
-        run.events.append(
-            st.Event(now, st.EventKind.DRIFT_CORRECTED if False else st.EventKind.APPLIED,
-                     ctx.actor, before=live.traffic.describe(), after=sp.after.describe(),
-                     reason="drift detected; self_heal is off, not corrected",
-                     spec_commit=spec_commit, details={"corrected": False})
-        ) if False else None
 
     # record: one status write, metrics, events, one commit
     final_spec = load_spec(path) if run.edited else spec
     final_canary = final_spec.revisions.canary
     final_pct = _canary_pct(live.traffic, final_canary)
-    applied_split = (
-        sp.after if applied else (status.applied if status and status.applied else None)
-    )
+    applied_split = sp.after if applied else (status.applied if status and status.applied else None)
     if applied_split is None and not sp.changes and not sp.drift:
         applied_split = live.traffic  # in sync on a first run: that is what git wants
     new_status = st.ServiceStatus(
         service=spec.service,
-        phase=sp.phase if applied or sp.phase is not Phase.PROMOTED else sp.phase,
+        phase=sp.phase,
         stable_revision=final_spec.revisions.stable,
         canary_revision=final_canary,
         stage=final_pct,
@@ -646,7 +658,9 @@ def _apply(
     if sp.changes and moves_toward_canary:
         unhealthy = check_dependencies(ctx, spec, run.live)
         if unhealthy:
-            raise ReconcileError(f"{sp.ref.name}: dependencies unhealthy, no traffic moved: {unhealthy}")
+            raise ReconcileError(
+                f"{sp.ref.name}: dependencies unhealthy, no traffic moved: {unhealthy}"
+            )
     if sp.edit is not None and sp.edit.kind is Reason.ADVANCE:
         # Git first for an advance: the next run then finds the new stage even if we die.
         edit_rollout_file(run.path, sp.edit, spec, now)
@@ -654,7 +668,9 @@ def _apply(
     live = run.live
     if sp.changes:
         sp, live = write_traffic(ctx, spec, sp, replan, now)
-        ctx.progress(f"{sp.ref.service}: traffic {sp.before.describe()} -> {live.traffic.describe()}")
+        ctx.progress(
+            f"{sp.ref.service}: traffic {sp.before.describe()} -> {live.traffic.describe()}"
+        )
     if sp.edit is not None and sp.edit.kind is not Reason.ADVANCE:
         edit_rollout_file(run.path, sp.edit, spec, now)
         run.edited = True
@@ -683,7 +699,7 @@ def _verdict_details(verdict: Verdict | None) -> dict[str, str | int | float | b
         return {}
     out: dict[str, str | int | float | bool | None] = {"verdict": verdict.outcome.value}
     for g in verdict.gates:
-        if g.outcome is not Outcome.PASS:
+        if g.outcome is Outcome.FAIL:
             out[f"{g.gate}.value"] = g.value
             out[f"{g.gate}.threshold"] = g.threshold
             out[f"{g.gate}.samples"] = g.samples
@@ -744,7 +760,9 @@ def _record(
             reconcile_trailers(run.spec.service, action, spec_commit),
         )
     except ReconcileError as exc:
-        raise ReconcileError(f"{run.spec.service}: traffic is applied but the commit failed: {exc}") from None
+        raise ReconcileError(
+            f"{run.spec.service}: traffic is applied but the commit failed: {exc}"
+        ) from None
 
 
 # --- a run ----------------------------------------------------------------------------------------
@@ -785,8 +803,12 @@ def apply_all(
                 path,
                 spec,
                 live,
-                [w for rev in (spec.revisions.canary, spec.revisions.stable) if rev
-                 for w in windows.get((spec.service, rev), [])],
+                [
+                    w
+                    for rev in (spec.revisions.canary, spec.revisions.stable)
+                    if rev
+                    for w in windows.get((spec.service, rev), [])
+                ],
                 metric_errors.get(spec.service),
                 dry_run=dry_run,
             )
@@ -846,9 +868,16 @@ def rollback(ctx: Context, service: str, reason: str) -> ServiceOutcome:
         edit_rollout_file(path, sp.edit, spec, now)
         run.edited = True
     run.events.append(
-        st.Event(now, st.EventKind.ROLLED_BACK, ctx.actor, before=sp.before.describe(),
-                 after=live.traffic.describe(), reason=reason, spec_commit=spec_commit,
-                 details={"manual": True})
+        st.Event(
+            now,
+            st.EventKind.ROLLED_BACK,
+            ctx.actor,
+            before=sp.before.describe(),
+            after=live.traffic.describe(),
+            reason=reason,
+            spec_commit=spec_commit,
+            details={"manual": True},
+        )
     )
     final_spec = load_spec(path)
     new_status = st.ServiceStatus(
@@ -888,19 +917,23 @@ def promote(ctx: Context, service: str, branch: str | None = None) -> tuple[str,
         edit = promote_edit(spec)
     except PlanError as exc:
         raise ReconcileError(str(exc)) from None
-    text = yamledit.set_canary_percent(path.read_text(encoding="utf-8"), int(edit.values["canary_percent"]))
+    text = yamledit.set_canary_percent(
+        path.read_text(encoding="utf-8"), int(edit.values["canary_percent"])
+    )
     if ctx.git is None:
         st.atomic_write_text(path, text)
         return edit.summary, None
     subject = format_subject(spec.service, f"promote {edit.summary}")
-    trailers = reconcile_trailers(spec.service, GitAction.PROMOTE, ctx.git.last_commit_touching(path))
+    trailers = reconcile_trailers(
+        spec.service, GitAction.PROMOTE, ctx.git.last_commit_touching(path)
+    )
     if branch:
         sha = ctx.git.commit_to_branch(
             branch, {path: text}, subject, trailers=trailers, push=ctx.push
         )
         return edit.summary, sha
     st.atomic_write_text(path, text)
-    sha = ctx.git.commit([path], subject, trailers=trailers, skip_reconcile=False)
+    commit = ctx.git.commit([path], subject, trailers=trailers, skip_reconcile=False)
     if ctx.push and ctx.git.has_remote():
         ctx.git.push()
-    return edit.summary, sha
+    return edit.summary, commit
