@@ -149,3 +149,16 @@ def test_clients_follow_the_environment_variable(emulator: Emulator) -> None:
         "ion-api"
     )
     assert emulator.calls["GetService"] == 1
+
+
+def test_unusable_state_file_and_busy_ports_are_reported(
+    tmp_path: Path, emulator: Emulator
+) -> None:
+    state = tmp_path / "state.json"
+    state.write_text("{not json")
+    with pytest.raises(ScenarioError, match=r"state\.json: not a usable emulator state file"):
+        Emulator.start(state=state)
+    with pytest.raises(OSError):
+        Emulator.start(port=emulator.grpc_port)
+    with pytest.raises(OSError):
+        Emulator.start(http_port=emulator.http_port)

@@ -146,7 +146,7 @@ def test_split_and_latencies_are_measured_from_served_traffic(
     assert percentile(stable_d, 0.50) == pytest.approx(120, rel=0.10)
     assert percentile(stable_d, 0.95) == pytest.approx(300, rel=0.15)
     assert percentile(canary_d, 0.50) == pytest.approx(150, rel=0.20)
-    assert percentile(canary_d, 0.95) == pytest.approx(400, rel=0.30)
+    assert percentile(canary_d, 0.95) == pytest.approx(400, rel=0.35)
 
 
 def test_simulated_latency_records_long_latencies_without_waiting() -> None:
@@ -166,7 +166,7 @@ def test_simulated_latency_records_long_latencies_without_waiting() -> None:
         ],
     }
     with Emulator.start(scenario, latency_mode="simulated") as emu:
-        emu.load("slow", 500)
+        emu.load("slow", 1000)
         metrics = clients.metric_client(emu.grpc_target)
         req = request(
             emu,
@@ -176,7 +176,7 @@ def test_simulated_latency_records_long_latencies_without_waiting() -> None:
         )
         [series] = list(metrics.list_time_series(request=req))
         dist = series.points[0].value.distribution_value
-        assert dist.count == 500
+        assert dist.count == 1000
         assert percentile(dist, 0.95) == pytest.approx(25000, rel=0.20)
         assert percentile(dist, 0.50) == pytest.approx(8000, rel=0.15)
         req.aggregation.per_series_aligner = A.ALIGN_PERCENTILE_95

@@ -205,8 +205,6 @@ class Control:
 
     def update_service(self, req: run_v2.UpdateServiceRequest) -> operations_pb2.Operation:
         body = req.service
-        if req.allow_missing and not body.name:
-            raise ApiError("INVALID_ARGUMENT", "service.name is required")
         paths = set(req.update_mask.paths) if req.update_mask else set()
         unknown = paths - {"traffic", "template", "labels", "annotations", "description"}
         if unknown:
@@ -357,9 +355,15 @@ class Control:
 
 def serve(control: Control, port: int = 0, max_workers: int = 16) -> tuple[grpc.Server, int]:
     """Start the gRPC server on 127.0.0.1:`port` (0: a free port); returns it and its port."""
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers))
+    # No SO_REUSEPORT: a second emulator on a busy port must fail, not share it.
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=max_workers), options=[("grpc.so_reuseport", 0)]
+    )
     server.add_generic_rpc_handlers(control.handlers())
-    bound = server.add_insecure_port(f"127.0.0.1:{port}")
+    try:
+        bound = server.add_insecure_port(f"127.0.0.1:{port}")
+    except RuntimeError:  # grpcio's way of saying the port is taken
+        bound = 0
     if bound == 0:
         raise OSError(f"cannot bind the emulator gRPC port 127.0.0.1:{port}")
     server.start()

@@ -93,10 +93,11 @@ class DataPlane:
         self._thread.start()
 
     def stop(self) -> None:
-        """Stop serving and close the socket."""
-        self.server.shutdown()
+        """Stop serving (if started) and close the socket."""
+        if self._thread.is_alive():
+            self.server.shutdown()
+            self._thread.join(timeout=5)
         self.server.server_close()
-        self._thread.join(timeout=5)
 
     def url_for(self, svc: Service, tag: str = "") -> str:
         """The URL of a service, or of one of its tags."""
