@@ -114,10 +114,6 @@ class Emulator:
     ) -> None:
         self.stop()
 
-    def wait(self) -> None:
-        """Block until `stop()` (the CLI's foreground mode)."""
-        self._stopped.wait()
-
     def _save_loop(self) -> None:
         while not self._stopped.wait(STATE_FLUSH_SECONDS):
             self.save()
