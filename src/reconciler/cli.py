@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from reconciler import __version__
 from reconciler.errors import ReconcileError
+
+if TYPE_CHECKING:
+    from reconciler.probes import ProbeResult, SideStats, Urls
+    from reconciler.spec import Check, RolloutSpec
 
 
 class App:
@@ -56,24 +61,36 @@ def cli(ctx: click.Context, repo: Path) -> None:
 
 
 @cli.command()
-@click.argument("paths", nargs=-1, type=click.Path(path_type=Path))
+@click.argument("paths", nargs=-1, metavar="[PATH]...", type=click.Path(path_type=Path))
 @pass_app
 def validate(app: App, paths: tuple[Path, ...]) -> None:
-    """Check rollout files strictly (default: every file in rollout/).
+    """Check rollout files strictly (default: every rollout/*.yaml).
 
-    Prints `path:line: message` for each invalid file and exits 1.
+    PATH may be a file or a directory of rollout files. Each invalid file prints one line
+    `path:line: message` on stderr, then a count; exit 1 if any file is invalid, else 0.
+    Units are required (5%, 20s, 5m); unknown or duplicate keys, YAML 1.1 surprises
+    (no, on, 010, 1:30) and a file name that differs from its service are errors.
 
     \b
-    Example:
+    Examples:
       reconcile validate
       reconcile validate rollout/ion-api.yaml
+      reconcile --repo ../infra validate
     """
-    from reconciler.loader import SpecError, load_spec
+    from reconciler.loader import SpecError, find_rollout_files, load_spec
 
-    files = list(paths) or sorted(app.rollout_dir.glob("*.yaml"))
-    if not files:
-        raise ReconcileError(f"{app.rollout_dir}: no rollout files (*.yaml) found")
+    files: list[Path] = []
     failed = 0
+    for path in paths or (app.rollout_dir,):
+        if path.is_dir():
+            found = find_rollout_files(path)
+            if not found:
+                raise ReconcileError(f"{path}: no rollout files (*.yaml) found")
+            files += found
+        elif path.exists() or paths:
+            files.append(path)
+        else:
+            raise ReconcileError(f"{path}: no such directory; run in the repository or use --repo")
     for path in files:
         try:
             spec = load_spec(path)
@@ -83,7 +100,337 @@ def validate(app: App, paths: tuple[Path, ...]) -> None:
             continue
         click.echo(f"{path}: ok ({spec.service}, canary {spec.canary_percent}%)")
     if failed:
+        raise ReconcileError(f"{failed} of {len(files)} rollout files invalid")
+
+
+@cli.command("schema")
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Write the schema to this file instead of stdout.",
+)
+def schema_command(out: Path | None) -> None:
+    """Print the JSON Schema of the rollout file (for editors and other tools).
+
+    Rules that span several keys (stages increasing, canary_percent one of the stages)
+    are beyond JSON Schema: `reconcile validate` checks them. See docs/rollout-file.md,
+    "Editor support", to have yaml-language-server check rollout files as you type.
+
+    \b
+    Examples:
+      reconcile schema > rollout.schema.json
+      reconcile schema --out schema/rollout.schema.json
+    """
+    from reconciler.spec import schema_text
+
+    text = schema_text()
+    if out is None:
+        click.echo(text, nl=False)
+        return
+    try:
+        out.write_text(text, encoding="utf-8")
+    except OSError as exc:
+        raise ReconcileError(f"{out}: cannot write: {exc.strerror or exc}") from None
+    click.echo(f"wrote {out}", err=True)
+
+
+def _rollout_for(app: App, service: str) -> RolloutSpec:
+    from reconciler.loader import load_spec
+
+    path = app.rollout_dir / f"{service}.yaml"
+    if not path.is_file():
+        raise ReconcileError(f"{path}: no rollout file for service {service!r}")
+    return load_spec(path)
+
+
+def _seconds(ctx: click.Context, param: click.Parameter, value: str) -> float:
+    from reconciler.spec import parse_duration
+
+    try:
+        return parse_duration(value).total_seconds()
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+def _live_urls(spec: RolloutSpec, needed: set[str], overrides: dict[str, str | None]) -> Urls:
+    """The URLs the checks need: the overrides, and Cloud Run for whatever they leave out."""
+    from reconciler.probes import Urls, discover_urls
+
+    given = {kind: url for kind, url in overrides.items() if url}
+    found = discover_urls(spec) if needed - given.keys() else Urls()
+    return Urls(
+        canary=given.get("canary", found.canary),
+        stable=given.get("stable", found.stable),
+        service=given.get("service", found.service),
+    )
+
+
+def _require(spec: RolloutSpec, urls: Urls, kinds: set[str]) -> None:
+    """Fail in one line, with the flag that helps, when a needed URL is unknown."""
+    known = {"canary": urls.canary, "stable": urls.stable, "service": urls.service}
+    for kind in sorted(kinds):
+        if known[kind]:
+            continue
+        if kind == "service":
+            raise ReconcileError(f"{spec.service}: Cloud Run reports no service URL")
+        raise ReconcileError(
+            f"{spec.service}: no {kind} URL (no traffic target is tagged {kind!r}); "
+            f"pass --{kind}-url"
+        )
+
+
+def _placeholders(checks: Sequence[Check]) -> set[str]:
+    kinds = {"{canary_url}": "canary", "{stable_url}": "stable", "{service_url}": "service"}
+    return {kind for c in checks for mark, kind in kinds.items() if c.url.startswith(mark)}
+
+
+def _show_results(title: str, results: Sequence[ProbeResult]) -> None:
+    from reconciler.probes import format_seconds
+
+    click.echo(title)
+    width = max(len(r.name) for r in results)
+    for r in results:
+        status = f"HTTP {r.status}" if r.status is not None else "no answer"
+        click.echo(
+            f"  {'PASS' if r.ok else 'FAIL'}  {r.name:<{width}}  {status:<9}  "
+            f"{format_seconds(r.latency):>6}  {r.url}"
+        )
+        if not r.ok:
+            click.echo(f"        {r.reason}")
+
+
+@cli.command()
+@click.argument("service")
+@click.option("--compare", is_flag=True, help="Canary and stable side by side, with a verdict.")
+@click.option(
+    "--requests",
+    "requests_",
+    type=click.IntRange(1, 1000),
+    default=10,
+    show_default=True,
+    help="With --compare: requests to each side.",
+)
+@click.option(
+    "--delay",
+    default="1s",
+    show_default=True,
+    metavar="DURATION",
+    callback=_seconds,
+    help="With --compare: pause between rounds (500ms, 1s, ...).",
+)
+@click.option(
+    "--path",
+    default="/api/health",
+    show_default=True,
+    help="With --compare: the path to GET on both sides.",
+)
+@click.option(
+    "--probe",
+    "probe_name",
+    metavar="NAME",
+    help="With --compare: send this probe of the rollout file instead of GET --path.",
+)
+@click.option("--canary-url", metavar="URL", help="Use this canary URL, not Cloud Run's tag URL.")
+@click.option("--stable-url", metavar="URL", help="Use this stable URL, not Cloud Run's tag URL.")
+@pass_app
+def probe(
+    app: App,
+    service: str,
+    compare: bool,
+    requests_: int,
+    delay: float,
+    path: str,
+    probe_name: str | None,
+    canary_url: str | None,
+    stable_url: str | None,
+) -> None:
+    """Check a service's canary now: its `dependencies:` and `probes:`, or --compare.
+
+    Without --compare, runs the rollout file's dependency checks and canary probes against
+    the live canary (the URL Cloud Run reports for the tag `canary`); exits 1 when any fails.
+
+    With --compare, sends the same request to canary and stable, one round every --delay,
+    and prints success, status codes and latency p50/p95 per side. Verdict FAIL when the
+    canary's success rate is more than 10 points below the stable's, or its p95 is over
+    1.5x the stable's and 100ms slower; INCONCLUSIVE when neither side succeeded. Exits 0
+    only on PASS.
+
+    \b
+    Example:
+      reconcile probe ion-api
+      reconcile probe ion-api --compare --requests 10 --delay 1s
+    """
+    from reconciler.probes import run_checks
+
+    spec = _rollout_for(app, service)
+    overrides = {"canary": canary_url, "stable": stable_url}
+    if compare:
+        _compare(spec, overrides, requests_, delay, path, probe_name)
+        return
+    checks = [*spec.dependencies, *spec.probes]
+    if not checks:
+        raise ReconcileError(f"{service}: the rollout file has no probes or dependencies")
+    needed = _placeholders(checks)
+    urls = _live_urls(spec, needed, overrides)
+    _require(spec, urls, needed)
+    results = run_checks(checks, urls)
+    deps, probes = results[: len(spec.dependencies)], results[len(spec.dependencies) :]
+    if deps:
+        _show_results("dependencies (must pass before traffic moves):", deps)
+    if probes:
+        where = f" against canary {urls.canary}" if urls.canary else ""
+        _show_results(f"probes{where}:", probes)
+    failed = sum(not r.ok for r in results)
+    click.echo(f"{len(results) - failed} passed, {failed} failed")
+    if failed:
         raise click.exceptions.Exit(1)
+
+
+def _compare(
+    spec: RolloutSpec,
+    overrides: dict[str, str | None],
+    requests: int,
+    delay: float,
+    path: str,
+    probe_name: str | None,
+) -> None:
+    from reconciler.model import Outcome
+    from reconciler.probes import compare, format_seconds
+    from reconciler.progress import Progress
+
+    check = None
+    if probe_name is not None:
+        check = next((c for c in spec.probes if c.name == probe_name), None)
+        if check is None:
+            names = ", ".join(c.name for c in spec.probes) or "none"
+            raise ReconcileError(f"{spec.service}: no probe named {probe_name!r} (probes: {names})")
+    urls = _live_urls(spec, {"canary", "stable"}, overrides)
+    _require(spec, urls, {"canary", "stable"})
+    bases = {"canary": urls.canary or "", "stable": urls.stable or ""}
+    with Progress("compare", requests) as progress:
+        result = compare(
+            bases["canary"],
+            bases["stable"],
+            requests=requests,
+            delay=delay,
+            path=path,
+            check=check,
+            progress=progress,
+        )
+
+    def cell(value: float | None) -> str:
+        return format_seconds(value) if value is not None else "-"
+
+    def share(side: SideStats) -> str:
+        return f"{side.successes}/{side.requests} ({side.success_rate:.0%})"
+
+    def codes(counts: Mapping[str, int]) -> str:
+        return " ".join(f"{code}x{n}" for code, n in counts.items())
+
+    rows = [
+        ("url", result.canary.url, result.stable.url),
+        ("success", share(result.canary), share(result.stable)),
+        ("status", codes(result.canary.status_counts), codes(result.stable.status_counts)),
+        ("p50", cell(result.canary.p50), cell(result.stable.p50)),
+        ("p95", cell(result.canary.p95), cell(result.stable.p95)),
+    ]
+    what = check.name if check is not None else f"{result.method} {result.path}"
+    click.echo(f"{spec.service}: {what}, {requests} requests each, {format_seconds(delay)} apart")
+    left = max(len(r[1]) for r in rows)
+    click.echo(f"  {'':<8}  {'canary':<{left}}  stable")
+    for label, a, b in rows:
+        click.echo(f"  {label:<8}  {a:<{left}}  {b}")
+    for side in (result.canary, result.stable):
+        for why in side.failures:
+            click.echo(f"  {side.label} failure: {why}")
+    click.echo(f"verdict: {result.outcome.value}")
+    for why in result.reasons:
+        click.echo(f"  {why}")
+    click.echo(f"rule: {result.rule.describe()}")
+    if result.outcome is not Outcome.PASS:
+        raise click.exceptions.Exit(1)
+
+
+@cli.command()
+@click.argument("service")
+@click.option(
+    "--iterations",
+    type=click.IntRange(1, 1000),
+    default=5,
+    show_default=True,
+    help="Requests per probe, one after the other.",
+)
+@click.option(
+    "--probe",
+    "probe_names",
+    metavar="NAME",
+    multiple=True,
+    help="Bench only this probe of the rollout file (repeatable; default: all).",
+)
+@click.option(
+    "--path",
+    default="/api/health",
+    show_default=True,
+    help="GET this path when the rollout file has no probes.",
+)
+@click.option("--stable-url", metavar="URL", help="Bench this URL, not Cloud Run's stable tag URL.")
+@pass_app
+def bench(
+    app: App,
+    service: str,
+    iterations: int,
+    probe_names: tuple[str, ...],
+    path: str,
+    stable_url: str | None,
+) -> None:
+    """Take the pre-deploy baseline: the service's probes, --iterations times each.
+
+    Measures the stable revision (its `stable` tag URL, else the service URL): response time
+    per iteration, p50/p95/mean, success rate and the `confidence` field where the answer
+    has one. Saves state/SERVICE/baselines/<UTC time>.json and latest.json, which later
+    stages are compared against.
+
+    \b
+    Example:
+      reconcile bench ion-api --iterations 5
+    """
+    from datetime import UTC, datetime
+
+    from reconciler.probes import Baseline, Urls, bench, save_baseline
+    from reconciler.progress import Progress
+
+    spec = _rollout_for(app, service)
+    checks = list(spec.probes)
+    if probe_names:
+        unknown = sorted(set(probe_names) - {c.name for c in checks})
+        if unknown:
+            names = ", ".join(c.name for c in checks) or "none"
+            raise ReconcileError(f"{service}: no probe named {unknown[0]!r} (probes: {names})")
+        checks = [c for c in checks if c.name in probe_names]
+    found = _live_urls(spec, {"stable"}, {"stable": stable_url})
+    target, base = ("stable", found.stable) if found.stable else ("service", found.service)
+    if not base:
+        raise ReconcileError(f"{service}: Cloud Run reports no URL; pass --stable-url")
+    urls = Urls(canary=base, stable=base, service=base)
+    revision = spec.revisions.stable if target == "stable" else None
+    click.echo(f"{service}: bench of {target} {base}, {iterations} iterations")
+    taken_at = datetime.now(UTC)
+    results = []
+    with Progress("bench", iterations * max(len(checks), 1)) as progress:
+        if not checks:
+            url = base.rstrip("/") + "/" + path.lstrip("/")
+            results.append(bench(url, iterations=iterations, name="health", progress=progress))
+        for check in checks:
+            results.append(bench(check, iterations=iterations, urls=urls, progress=progress))
+    for result in results:
+        click.echo(f"  {result.summary()}")
+        failed = [s.reason for s in result.samples if not s.ok]
+        for why in dict.fromkeys(failed):
+            click.echo(f"    failure: {why}")
+    saved = save_baseline(
+        app.state_dir, Baseline(service, taken_at, target, revision, tuple(results))
+    )
+    click.echo(f"baseline saved: {saved}")
 
 
 from reconciler.emulator.cli import emulator  # noqa: E402
@@ -94,8 +441,13 @@ cli.add_command(emulator)
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the exit code (0 ok, 1 error, 2 changes pending, 4 rolled back)."""
     try:
-        cli.main(args=list(argv) if argv is not None else None, prog_name="reconcile",
-                 standalone_mode=False)
+        # Without standalone mode, click returns (not raises) the code of `Exit(n)` raised
+        # inside a command.
+        code = cli.main(
+            args=list(argv) if argv is not None else None,
+            prog_name="reconcile",
+            standalone_mode=False,
+        )
     except click.exceptions.Exit as exc:
         return int(exc.exit_code)
     except click.Abort:
@@ -107,7 +459,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ReconcileError as exc:
         click.echo(f"error: {exc}", err=True)
         return exc.exit_code
-    return 0
+    return code if isinstance(code, int) else 0
 
 
 def run() -> None:

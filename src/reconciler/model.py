@@ -81,7 +81,9 @@ class TrafficSplit:
         )
 
 
-def _routing_key(split: TrafficSplit) -> tuple[tuple[str, int], frozenset[tuple[str, str]]]:
+def _routing_key(
+    split: TrafficSplit,
+) -> tuple[tuple[tuple[str, int], ...], frozenset[tuple[str, str]]]:
     pct = tuple(sorted((r, p) for r, p in split.percents().items() if p > 0))
     return pct, frozenset(split.tags().items())
 
@@ -104,6 +106,8 @@ class LiveService:
     """Names of the revisions that exist for this service."""
     latest_ready_revision: str = ""
     reconciling: bool = False
+    annotations: Mapping[str, str] = field(default_factory=dict)
+    """Service annotations; the reconciler stamps its last write here (see reconcile.py)."""
 
     def url_for_tag(self, tag: str) -> str | None:
         """The URL of a tagged target, if Cloud Run reported one."""
@@ -163,6 +167,12 @@ class GateResult:
     threshold: float | None
     samples: int
     reason: str
+    target: float | None = None
+    """The promotion target of the gate (not a rollback threshold), if configured."""
+    target_met: bool | None = None
+    """Whether the measured value meets `target`; None without a target or without data."""
+    windows: int = 0
+    """How many windows the result rests on (the failing streak for a FAIL)."""
 
 
 @dataclass(frozen=True)
@@ -176,6 +186,17 @@ class Verdict:
     def reasons(self) -> list[str]:
         """The reasons of the gates that did not pass."""
         return [g.reason for g in self.gates if g.outcome is not Outcome.PASS]
+
+    @property
+    def failures(self) -> list[str]:
+        """The reasons of the gates that failed: what a rollback records."""
+        return [g.reason for g in self.gates if g.outcome is Outcome.FAIL]
+
+    @property
+    def targets_met(self) -> bool | None:
+        """True when every measured target is met, False when one is missed, None if none."""
+        known = [g.target_met for g in self.gates if g.target_met is not None]
+        return all(known) if known else None
 
     def summary(self) -> str:
         """One line: outcome and the failing or inconclusive reasons."""

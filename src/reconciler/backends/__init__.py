@@ -6,6 +6,7 @@ the official `google-cloud-run` client.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Protocol
 
 from reconciler.model import LiveService, ServiceRef, TrafficSplit
@@ -30,6 +31,12 @@ class TrafficBackend(Protocol):
         """A fresh read of the service, its traffic, etag and revisions."""
         ...
 
-    def set_traffic(self, ref: ServiceRef, split: TrafficSplit, etag: str) -> LiveService:
-        """Write `split` if the service still has `etag`; wait; return the service as live."""
+    def set_traffic(
+        self,
+        ref: ServiceRef,
+        split: TrafficSplit,
+        etag: str,
+        annotations: Mapping[str, str] | None = None,
+    ) -> LiveService:
+        """Write `split` (and `annotations`) if the service still has `etag`; wait; verify."""
         ...

@@ -1,0 +1,457 @@
+"""The judge: measured windows and probe runs in, one verdict out.
+
+Pure: no I/O, no clock. The caller measures (metrics providers, probes), keeps recent
+windows in state, and calls `judge()` once per tick.
+
+The rules, per gate:
+- A window with fewer than `gates.min_requests` requests is INCONCLUSIVE: never PASS or FAIL.
+- Rates are judged on a Wilson score interval (95% by default), not the point estimate: an
+  error-rate window FAILs only when the interval's lower bound is above `max`, PASSes only
+  when its upper bound is at or below `max`, and is INCONCLUSIVE in between. So a handful of
+  requests can neither roll a canary back nor promote it. Success rate mirrors this against
+  `min`; canary-vs-stable uses Newcombe's interval of the difference, which accounts for both
+  sample sizes.
+- Latency p95 is compared with `max` directly (the provider already aggregates the whole
+  window); a window without a p95 is INCONCLUSIVE.
+- A gate FAILs once `gates.consecutive_failures` windows failed with no PASS window between
+  them. A PASS resets the count; an INCONCLUSIVE window neither counts nor resets, so a bad
+  canary whose traffic dips below `min_requests` every other window is still caught.
+- A gate PASSes when its newest window passes; otherwise it is INCONCLUSIVE. No data is
+  never a PASS.
+- `target` values are promotion goals, not rollback thresholds: they are reported
+  (`GateResult.target_met`, the reason's "target ... met/missed") and never cause a FAIL.
+- A failing probe counts as a failing gate: each probe is a gate whose runs (one per tick)
+  are its windows, under the same `consecutive_failures` rule.
+- The verdict FAILs when any gate FAILs, PASSes only when every gate PASSes (and there is at
+  least one gate or probe), and is INCONCLUSIVE otherwise.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Collection, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from reconciler.model import GateResult, Outcome, Verdict, WindowStats
+from reconciler.spec import Gates, format_duration
+from reconciler.stats import difference_interval, wilson_interval, z_score
+
+
+@dataclass(frozen=True)
+class ProbeRun:
+    """One run of one probe: its name, whether every expectation held, and why not."""
+
+    name: str
+    ok: bool
+    reason: str = ""
+
+
+def gate_windows(gates: Gates) -> tuple[timedelta, ...]:
+    """The window lengths the configured gates judge on, shortest first.
+
+    The caller measures one series of windows per length and passes them all to `judge()`.
+    """
+    lengths = {rule.window for rule in _rules(gates)}
+    return tuple(sorted(lengths))
+
+
+def judge(
+    canary: Sequence[WindowStats],
+    gates: Gates,
+    *,
+    stable: Sequence[WindowStats] = (),
+    probes: Sequence[ProbeRun] = (),
+    expected_probes: Collection[str] = (),
+    confidence: float = 0.95,
+) -> Verdict:
+    """Judge a canary on its recent windows and probe runs.
+
+    `canary`: the canary revision's recent, distinct windows, oldest first, of every length
+    `gate_windows(gates)` names; each gate uses the windows of its own length. Pass enough of
+    them to cover `consecutive_failures` (e.g. the windows of the current stage, or the last
+    hour): the verdict depends only on what is passed. Windows should not overlap, or one
+    burst of errors would count as several failing windows.
+    `stable`: the stable revision's stats for the same windows (matched by start and end),
+    for the `vs_stable` gate.
+    `probes`: probe runs, oldest first (runs of one probe are matched by name).
+    `expected_probes`: names of the configured probes; one with no run is INCONCLUSIVE, so a
+    probe the caller failed to run can never let a canary pass.
+    `confidence`: two-sided level of the rate intervals.
+    """
+    z = z_score(confidence)
+    ctx = _Context(
+        gates=gates,
+        z=z,
+        level=f"{confidence * 100:g}%",
+        stable={(s.start, s.end): s for s in stable},
+    )
+    by_length: dict[timedelta, list[WindowStats]] = {}
+    for w in sorted(canary, key=lambda w: w.end):
+        by_length.setdefault(w.window, []).append(w)
+
+    results = [_gate(ctx, rule, by_length.get(rule.window, [])) for rule in _rules(gates)]
+    results.extend(_probe_gates(probes, expected_probes, gates.consecutive_failures))
+    return Verdict(outcome=_overall(results), gates=tuple(results) or (_NOTHING,))
+
+
+def _rules(gates: Gates) -> list[_Rule]:
+    """The configured gates, in the rollout file's order."""
+    rules = []
+    if (e := gates.error_rate) is not None:
+        rules.append(
+            _Rule(
+                "error_rate",
+                e.max,
+                e.target,
+                e.window or gates.window,
+                _rate_error,
+                pool=_pool_errors,
+            )
+        )
+    if (lat := gates.latency_p95) is not None:
+        rules.append(
+            _Rule(
+                "latency_p95",
+                lat.max,
+                lat.target,
+                lat.window or gates.window,
+                _latency,
+                pool=_pool_p95,
+                limit=_secs_limit,
+            )
+        )
+    if (s := gates.success_rate) is not None:
+        rules.append(
+            _Rule(
+                "success_rate",
+                s.min,
+                s.target,
+                s.window or gates.window,
+                _rate_success,
+                pool=_pool_successes,
+                worse="<",
+                better=">=",
+            )
+        )
+    if (v := gates.vs_stable) is not None:
+        rules.append(
+            _Rule("vs_stable", v.error_rate_delta, None, gates.window, _vs_stable, pool=_pool_delta)
+        )
+    return rules
+
+
+# --- formatting for human one-liners ----------------------------------------------------------
+def _pct(x: float) -> str:
+    """A measured share: one decimal, two below 0.1% so small rates do not read as zero."""
+    pct = x * 100
+    return f"{pct:.2f}%" if 0 < abs(pct) < 0.1 else f"{pct:.1f}%"
+
+
+def _secs(x: float) -> str:
+    return f"{x * 1000:.0f}ms" if x < 1 else f"{x:.1f}s"
+
+
+def _pct_limit(x: float) -> str:
+    """A configured share, as the rollout file writes it: `5%`, `0.5%`."""
+    return f"{round(x * 100, 6):g}%"
+
+
+def _secs_limit(x: float) -> str:
+    """A configured latency, as the rollout file writes it: `20s`, `500ms`."""
+    return f"{x * 1000:g}ms" if x < 1 else f"{x:g}s"
+
+
+def _plural(n: int, noun: str) -> str:
+    return f"{n:,} {noun}" + ("" if n == 1 else "s")
+
+
+def _requests(seen: list[_Seen]) -> str:
+    text = _plural(sum(s.canary.requests for s in seen), "request")
+    stables = [s.stable for s in seen if s.stable is not None]
+    if stables:
+        text += f" vs {sum(s.requests for s in stables):,} stable"
+    return text
+
+
+# --- per-window judgements ----------------------------------------------------------------
+@dataclass(frozen=True)
+class _Context:
+    gates: Gates
+    z: float
+    level: str
+    stable: dict[tuple[datetime, datetime], WindowStats]
+
+
+@dataclass(frozen=True)
+class _Seen:
+    """One window as one gate saw it."""
+
+    outcome: Outcome
+    canary: WindowStats
+    stable: WindowStats | None = None
+    detail: str = ""
+    """Why the window is INCONCLUSIVE."""
+    enough: bool = True
+    """The window had `min_requests`: its value means something (for targets)."""
+
+
+@dataclass(frozen=True)
+class _Rule:
+    """What distinguishes one gate from another: name, limits, how to judge and report."""
+
+    name: str
+    threshold: float
+    target: float | None
+    window: timedelta
+    measure: Callable[[_Context, _Rule, WindowStats], _Seen]
+    """Judges one window."""
+    pool: Callable[[list[_Seen]], tuple[float | None, str]]
+    """The value over several windows and its text."""
+    limit: Callable[[float], str] = _pct_limit
+    """Formats a configured limit the way the rollout file writes it."""
+    worse: str = ">"
+    """How a failing value compares with the threshold (`>` for a max, `<` for a min)."""
+    better: str = "<="
+
+
+def _low_count(ctx: _Context, w: WindowStats) -> _Seen | None:
+    if w.requests < ctx.gates.min_requests:
+        detail = f"{w.requests:,} requests < min_requests {ctx.gates.min_requests:,}"
+        return _Seen(Outcome.INCONCLUSIVE, w, detail=detail, enough=False)
+    return None
+
+
+def _rate_error(ctx: _Context, rule: _Rule, w: WindowStats) -> _Seen:
+    low = _low_count(ctx, w)
+    if low is not None:
+        return low
+    lo, hi = wilson_interval(w.errors, w.requests, ctx.z)
+    if lo > rule.threshold:
+        return _Seen(Outcome.FAIL, w)
+    if hi <= rule.threshold:
+        return _Seen(Outcome.PASS, w)
+    return _Seen(Outcome.INCONCLUSIVE, w, detail=_straddles(ctx, lo, hi, rule))
+
+
+def _rate_success(ctx: _Context, rule: _Rule, w: WindowStats) -> _Seen:
+    low = _low_count(ctx, w)
+    if low is not None:
+        return low
+    lo, hi = wilson_interval(w.successes, w.requests, ctx.z)
+    if hi < rule.threshold:
+        return _Seen(Outcome.FAIL, w)
+    if lo >= rule.threshold:
+        return _Seen(Outcome.PASS, w)
+    return _Seen(Outcome.INCONCLUSIVE, w, detail=_straddles(ctx, lo, hi, rule))
+
+
+def _latency(ctx: _Context, rule: _Rule, w: WindowStats) -> _Seen:
+    low = _low_count(ctx, w)
+    if low is not None:
+        return low
+    if w.p95 is None:
+        return _Seen(Outcome.INCONCLUSIVE, w, detail="no p95 measured")
+    return _Seen(Outcome.FAIL if w.p95 > rule.threshold else Outcome.PASS, w)
+
+
+def _vs_stable(ctx: _Context, rule: _Rule, w: WindowStats) -> _Seen:
+    low = _low_count(ctx, w)
+    if low is not None:
+        return low
+    s = ctx.stable.get((w.start, w.end))
+    if s is None:
+        return _Seen(Outcome.INCONCLUSIVE, w, detail="no stable stats for the same window")
+    if s.requests < ctx.gates.min_requests:
+        detail = f"stable {s.requests:,} requests < min_requests {ctx.gates.min_requests:,}"
+        return _Seen(Outcome.INCONCLUSIVE, w, s, detail=detail, enough=False)
+    lo, hi = difference_interval(w.errors, w.requests, s.errors, s.requests, ctx.z)
+    if lo > rule.threshold:
+        return _Seen(Outcome.FAIL, w, s)
+    if hi <= rule.threshold:
+        return _Seen(Outcome.PASS, w, s)
+    return _Seen(Outcome.INCONCLUSIVE, w, s, detail=_straddles(ctx, lo, hi, rule))
+
+
+def _straddles(ctx: _Context, lo: float, hi: float, rule: _Rule) -> str:
+    return f"{ctx.level} interval {_pct(lo)}..{_pct(hi)} straddles {rule.limit(rule.threshold)}"
+
+
+# --- from windows to a gate result ----------------------------------------------------------
+def _gate(ctx: _Context, rule: _Rule, windows: list[WindowStats]) -> GateResult:
+    needed = ctx.gates.consecutive_failures
+    if not windows:
+        return GateResult(
+            gate=rule.name,
+            outcome=Outcome.INCONCLUSIVE,
+            value=None,
+            threshold=rule.threshold,
+            samples=0,
+            reason=f"{rule.name} no data (no {format_duration(rule.window)} window measured)",
+            target=rule.target,
+        )
+    seen = [rule.measure(ctx, rule, w) for w in windows]
+    # The failing streak: FAIL windows back from the newest, skipping INCONCLUSIVE ones,
+    # ended by the first PASS.
+    streak: list[_Seen] = []
+    for s in reversed(seen):
+        if s.outcome is Outcome.PASS:
+            break
+        if s.outcome is Outcome.FAIL:
+            streak.append(s)
+    newest = seen[-1]
+
+    if len(streak) >= needed:
+        value, text = rule.pool(streak)
+        return _result(
+            rule,
+            Outcome.FAIL,
+            value,
+            streak,
+            f"{rule.name} {text} {rule.worse} {rule.limit(rule.threshold)}"
+            f" ({_plural(len(streak), 'window')}, {_requests(streak)})",
+        )
+    if newest.outcome is Outcome.PASS:
+        value, text = rule.pool([newest])
+        return _result(
+            rule,
+            Outcome.PASS,
+            value,
+            [newest],
+            f"{rule.name} {text} {rule.better} {rule.limit(rule.threshold)}"
+            f" ({_requests([newest])})",
+        )
+    if streak:
+        value, text = rule.pool(streak)
+        return _result(
+            rule,
+            Outcome.INCONCLUSIVE,
+            value,
+            streak,
+            f"{rule.name} {text} {rule.worse} {rule.limit(rule.threshold)}"
+            f" in {len(streak)} of {needed} windows needed to fail ({_requests(streak)})",
+        )
+    value, text = rule.pool([newest])
+    return _result(
+        rule,
+        Outcome.INCONCLUSIVE,
+        value,
+        [newest],
+        f"{rule.name} {text} inconclusive: {newest.detail}"
+        + (f" ({_requests([newest])})" if newest.enough else ""),
+    )
+
+
+def _result(
+    rule: _Rule, outcome: Outcome, value: float | None, seen: list[_Seen], reason: str
+) -> GateResult:
+    # A target is judged on the reported value, and only when the windows had enough traffic
+    # for that value to mean something.
+    target_met: bool | None = None
+    if rule.target is not None and value is not None and all(s.enough for s in seen):
+        target_met = value >= rule.target if rule.worse == "<" else value <= rule.target
+        # A rollback reason names the breach only; the target is beside the point there.
+        if outcome is not Outcome.FAIL:
+            reason += f"; target {rule.limit(rule.target)} {'met' if target_met else 'missed'}"
+    return GateResult(
+        gate=rule.name,
+        outcome=outcome,
+        value=value,
+        threshold=rule.threshold,
+        samples=sum(s.canary.requests for s in seen),
+        reason=reason,
+        target=rule.target,
+        target_met=target_met,
+        windows=len(seen),
+    )
+
+
+def _pool_errors(seen: list[_Seen]) -> tuple[float | None, str]:
+    rate = _pooled_rate(seen, lambda w: w.errors)
+    return rate, _pct(rate) if rate is not None else "no data"
+
+
+def _pool_successes(seen: list[_Seen]) -> tuple[float | None, str]:
+    rate = _pooled_rate(seen, lambda w: w.successes)
+    return rate, _pct(rate) if rate is not None else "no data"
+
+
+def _pool_p95(seen: list[_Seen]) -> tuple[float | None, str]:
+    # The smallest p95 of a failing streak is the one claim true of every window in it.
+    p95s = [s.canary.p95 for s in seen if s.canary.p95 is not None]
+    return (min(p95s), _secs(min(p95s))) if p95s else (None, "no data")
+
+
+def _pool_delta(seen: list[_Seen]) -> tuple[float | None, str]:
+    canary = _pooled_rate(seen, lambda w: w.errors)
+    pairs = [s.stable for s in seen if s.stable is not None]
+    stable = _rate(sum(w.errors for w in pairs), sum(w.requests for w in pairs))
+    if canary is None:
+        return None, "no data"
+    if stable is None:
+        return None, f"canary error_rate {_pct(canary)} (stable unknown)"
+    delta = canary - stable
+    return delta, f"error_rate {delta * 100:+.1f}% over stable ({_pct(canary)} vs {_pct(stable)})"
+
+
+def _pooled_rate(seen: list[_Seen], count: Callable[[WindowStats], int]) -> float | None:
+    return _rate(sum(count(s.canary) for s in seen), sum(s.canary.requests for s in seen))
+
+
+def _rate(events: int, requests: int) -> float | None:
+    return events / requests if requests else None
+
+
+# --- probes ---------------------------------------------------------------------------------
+def _probe_gates(
+    runs: Sequence[ProbeRun], expected: Collection[str], needed: int
+) -> list[GateResult]:
+    by_name: dict[str, list[ProbeRun]] = {name: [] for name in expected}
+    for run in runs:
+        by_name.setdefault(run.name, []).append(run)
+    out = []
+    for name, history in by_name.items():
+        gate = f"probe:{name}"
+        if not history:
+            out.append(
+                GateResult(gate, Outcome.INCONCLUSIVE, None, None, 0, f"probe {name} not run")
+            )
+            continue
+        streak = 0
+        for run in reversed(history):
+            if run.ok:
+                break
+            streak += 1
+        failing = f"probe {name} failing" + (
+            f": {history[-1].reason}" if history[-1].reason else ""
+        )
+        if streak >= needed:
+            outcome = Outcome.FAIL
+            reason = f"{failing} ({_plural(streak, 'run')} in a row)"
+        elif streak:
+            outcome = Outcome.INCONCLUSIVE
+            reason = f"{failing} ({streak} of {needed} runs needed to fail)"
+        else:
+            outcome = Outcome.PASS
+            reason = f"probe {name} ok"
+        runs_judged = max(streak, 1)
+        out.append(GateResult(gate, outcome, None, None, runs_judged, reason, windows=runs_judged))
+    return out
+
+
+# --- the verdict ----------------------------------------------------------------------------
+_NOTHING = GateResult(
+    gate="gates",
+    outcome=Outcome.INCONCLUSIVE,
+    value=None,
+    threshold=None,
+    samples=0,
+    reason="no gates or probes configured: nothing to judge",
+)
+
+
+def _overall(results: Sequence[GateResult]) -> Outcome:
+    if any(r.outcome is Outcome.FAIL for r in results):
+        return Outcome.FAIL
+    if results and all(r.outcome is Outcome.PASS for r in results):
+        return Outcome.PASS
+    return Outcome.INCONCLUSIVE

@@ -1,0 +1,445 @@
+"""The planner: desired (spec) + live + verdict + history -> a Plan value. Pure: `now` is an input.
+
+The rollout rules live here: which split git wants, when a change is a new stage, drift, a
+rollback or a finalize, when a promotion is blocked by the bake gate, and which edit of the
+rollout file the reconciler commits (rollback, auto-advance, finalize).
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from datetime import datetime
+from typing import Any
+
+from reconciler.model import LiveService, Outcome, ServiceRef, Target, TrafficSplit, Verdict
+from reconciler.spec import RolloutSpec, format_duration
+
+STABLE_TAG = "stable"
+CANARY_TAG = "canary"
+
+
+class Action(enum.Enum):
+    """A change to one traffic target; the value is its display symbol, as in terraform."""
+
+    ADD = "+"
+    CHANGE = "~"
+    REMOVE = "-"
+
+
+class Reason(enum.Enum):
+    """Why a service's traffic changes (or why it does not)."""
+
+    NONE = "no change"
+    STAGE = "new stage"
+    DRIFT = "drift"
+    ROLLBACK = "rollback"
+    ADVANCE = "advance"
+    FINALIZE = "finalize"
+
+
+class Phase(enum.Enum):
+    """Where a rollout stands."""
+
+    STABLE = "stable"
+    PROGRESSING = "progressing"
+    PAUSED = "paused"
+    PROMOTED = "promoted"
+    ROLLED_BACK = "rolled_back"
+
+
+@dataclass(frozen=True)
+class Change:
+    """One target's change: `+` added, `~` percent or tag changed, `-` removed."""
+
+    action: Action
+    revision: str
+    before: int
+    after: int
+    tag_before: str = ""
+    tag_after: str = ""
+
+
+@dataclass(frozen=True)
+class SpecEdit:
+    """An edit of the rollout file the reconciler commits (dotted keys; None removes a key)."""
+
+    kind: Reason
+    values: Mapping[str, Any]
+    summary: str
+
+
+@dataclass(frozen=True)
+class History:
+    """What state/ remembers about a service, as the planner needs it."""
+
+    last_applied: TrafficSplit | None = None
+    """The split the reconciler last applied and verified (None: never)."""
+    passing_since: datetime | None = None
+    """Since when the canary's verdict has been PASS without a break at its current stage."""
+    stage_percent: int | None = None
+    """The canary percent that `passing_since` refers to."""
+
+
+@dataclass(frozen=True)
+class ServicePlan:
+    """The plan for one service: the split before and after, why, and against which state."""
+
+    ref: ServiceRef
+    before: TrafficSplit
+    after: TrafficSplit
+    changes: tuple[Change, ...]
+    reason: Reason
+    phase: Phase
+    etag: str
+    generation: int
+    canary: str | None = None
+    stable: str = ""
+    canary_percent: int = 0
+    edit: SpecEdit | None = None
+    blocked: str | None = None
+    warnings: tuple[str, ...] = ()
+    notes: tuple[str, ...] = ()
+    verdict: Verdict | None = None
+    drift: bool = False
+
+    @property
+    def has_changes(self) -> bool:
+        """True when applying this plan writes traffic or the rollout file."""
+        return self.blocked is None and (bool(self.changes) or self.edit is not None)
+
+    @property
+    def service(self) -> str:
+        return self.ref.service
+
+
+@dataclass(frozen=True)
+class ServiceError:
+    """A service that could not be planned (unreadable spec, API error)."""
+
+    service: str
+    message: str
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Changes for many services, and the state they were computed from (a value)."""
+
+    created_at: datetime
+    services: tuple[ServicePlan, ...] = ()
+    errors: tuple[ServiceError, ...] = ()
+    offline: bool = False
+
+    @property
+    def has_changes(self) -> bool:
+        return any(s.has_changes for s in self.services)
+
+    @property
+    def blocked(self) -> tuple[ServicePlan, ...]:
+        return tuple(s for s in self.services if s.blocked)
+
+
+class PlanError(Exception):
+    """The spec cannot be planned against this live service (a fact an operator must fix)."""
+
+
+# --- the rules -------------------------------------------------------------------------------
+def split_for(stable: str, canary: str | None, canary_percent: int) -> TrafficSplit:
+    """The split git wants: stable gets 100 - p (tag `stable`), canary p (tag `canary`).
+
+    A 0% canary keeps its tag so its URL stays reachable for probes.
+    """
+    if canary is None:
+        return TrafficSplit.of([Target(stable, 100, STABLE_TAG)])
+    return TrafficSplit.of(
+        [
+            Target(stable, 100 - canary_percent, STABLE_TAG),
+            Target(canary, canary_percent, CANARY_TAG),
+        ]
+    )
+
+
+def desired_split(spec: RolloutSpec) -> TrafficSplit:
+    """The split the rollout file asks for; a rolled-back canary gets no target at all."""
+    canary = spec.revisions.canary
+    if canary is not None and spec.rolled_back is not None and spec.rolled_back.revision == canary:
+        canary = None
+    return split_for(spec.revisions.stable, canary, spec.canary_percent if canary else 0)
+
+
+def diff(before: TrafficSplit, after: TrafficSplit) -> tuple[Change, ...]:
+    """Per-revision changes from `before` to `after`, ordered by revision."""
+
+    def index(split: TrafficSplit) -> dict[str, tuple[int, str]]:
+        out: dict[str, tuple[int, str]] = {}
+        for t in split.targets:
+            pct, tag = out.get(t.revision, (0, ""))
+            out[t.revision] = (pct + t.percent, tag or t.tag)
+        return out
+
+    b, a = index(before), index(after)
+    changes: list[Change] = []
+    for rev in sorted(set(b) | set(a)):
+        if rev not in b:
+            pct, tag = a[rev]
+            changes.append(Change(Action.ADD, rev, 0, pct, "", tag))
+        elif rev not in a:
+            pct, tag = b[rev]
+            changes.append(Change(Action.REMOVE, rev, pct, 0, tag, ""))
+        elif b[rev] != a[rev]:
+            changes.append(Change(Action.CHANGE, rev, b[rev][0], a[rev][0], b[rev][1], a[rev][1]))
+    return tuple(changes)
+
+
+def baked(history: History, canary_percent: int, spec: RolloutSpec, now: datetime) -> bool:
+    """True when the current stage's gates have passed without a break for `bake`."""
+    return (
+        history.passing_since is not None
+        and history.stage_percent == canary_percent
+        and now - history.passing_since >= spec.bake
+    )
+
+
+def _live_canary_percent(spec: RolloutSpec, live: LiveService) -> int:
+    canary = spec.revisions.canary
+    return live.traffic.percent_of(canary) if canary else 0
+
+
+def _gate_block(
+    spec: RolloutSpec, live: LiveService, history: History, now: datetime
+) -> str | None:
+    """Why raising canary_percent is not allowed now (None: allowed)."""
+    current = _live_canary_percent(spec, live)
+    wanted = spec.canary_percent
+    if wanted <= current or spec.revisions.canary is None:
+        return None
+    allowed_next = next((s for s in spec.stages if s > current), None)
+    if wanted != allowed_next:
+        return (
+            f"canary_percent {current}% -> {wanted}% skips stage {allowed_next}%: "
+            "stages are promoted one at a time"
+        )
+    if current == 0:
+        return None
+    if not baked(history, current, spec, now):
+        since = history.passing_since if history.stage_percent == current else None
+        held = "never" if since is None else f"only since {since.isoformat()}"
+        return (
+            f"stage {current}% has not passed its gates for bake {format_duration(spec.bake)} "
+            f"(passing: {held})"
+        )
+    return None
+
+
+def plan_service(
+    spec: RolloutSpec,
+    live: LiveService,
+    *,
+    now: datetime,
+    verdict: Verdict | None = None,
+    history: History | None = None,
+    check_revisions: bool = True,
+) -> ServicePlan:
+    """Plan one service. Raises PlanError when the spec names a revision that does not exist."""
+    history = history or History()
+    canary = spec.revisions.canary
+    if check_revisions and live.revisions:
+        missing = [r for r in (spec.revisions.stable, canary) if r and r not in live.revisions]
+        if missing:
+            raise PlanError(
+                f"{live.ref.name}: revision {missing[0]} does not exist "
+                f"(known: {', '.join(sorted(live.revisions)) or 'none'})"
+            )
+    rolled_back = spec.rolled_back is not None and spec.rolled_back.revision == canary
+    phase = _phase(spec, rolled_back)
+    base = ServicePlan(
+        ref=live.ref,
+        before=live.traffic,
+        after=live.traffic,
+        changes=(),
+        reason=Reason.NONE,
+        phase=phase,
+        etag=live.etag,
+        generation=live.generation,
+        canary=canary,
+        stable=spec.revisions.stable,
+        canary_percent=spec.canary_percent,
+        verdict=verdict,
+    )
+    live_canary = _live_canary_percent(spec, live)
+
+    # 1. A failing verdict on a canary that has traffic: roll back, sticky.
+    if (
+        verdict is not None
+        and verdict.outcome is Outcome.FAIL
+        and canary is not None
+        and (live_canary > 0 or spec.canary_percent > 0)
+        and spec.rolled_back is None
+    ):
+        after = split_for(spec.revisions.stable, None, 0)
+        reason_text = "; ".join(verdict.reasons) or "gates failed"
+        edit = SpecEdit(
+            Reason.ROLLBACK,
+            {
+                "canary_percent": 0,
+                "rolled_back": {"revision": canary, "at": now.isoformat(), "reason": reason_text},
+            },
+            f"canary {live_canary}% -> 0% ({canary}): {reason_text}",
+        )
+        return replace(
+            base,
+            after=after,
+            changes=diff(live.traffic, after),
+            reason=Reason.ROLLBACK,
+            phase=Phase.ROLLED_BACK,
+            edit=edit,
+        )
+
+    desired = desired_split(spec)
+    notes: list[str] = []
+    warnings: list[str] = []
+    if spec.force:
+        warnings.append("force: true - the bake gate is skipped for this change")
+
+    # 2. Live already at 100% canary as git wants: finalize (stable := canary).
+    if (
+        canary is not None
+        and not rolled_back
+        and spec.canary_percent == 100
+        and live.traffic.same_routing(desired)
+    ):
+        after = split_for(canary, None, 0)
+        edit = SpecEdit(
+            Reason.FINALIZE,
+            {"revisions.stable": canary, "revisions.canary": None, "canary_percent": 0},
+            f"promoted {canary}: now the stable revision",
+        )
+        return replace(
+            base,
+            after=after,
+            changes=diff(live.traffic, after),
+            reason=Reason.FINALIZE,
+            phase=Phase.PROMOTED,
+            edit=edit,
+            warnings=tuple(warnings),
+        )
+
+    if live.traffic.same_routing(desired):
+        # 3. In sync: maybe advance (auto) or say "ready to promote".
+        nxt = spec.next_stage()
+        if (
+            canary is not None
+            and not rolled_back
+            and spec.canary_percent > 0
+            and nxt is not None
+            and baked(history, spec.canary_percent, spec, now)
+            and (verdict is None or verdict.outcome is Outcome.PASS)
+        ):
+            if spec.auto_advance:
+                after = split_for(spec.revisions.stable, canary, nxt)
+                edit = SpecEdit(
+                    Reason.ADVANCE,
+                    {"canary_percent": nxt},
+                    f"canary {spec.canary_percent}% -> {nxt}% ({canary}): gates passed for "
+                    f"{format_duration(spec.bake)}",
+                )
+                return replace(
+                    base,
+                    after=after,
+                    changes=diff(live.traffic, after),
+                    reason=Reason.ADVANCE,
+                    phase=Phase.PROGRESSING,
+                    edit=edit,
+                    warnings=tuple(warnings),
+                )
+            notes.append(f"ready to promote: {spec.canary_percent}% -> {nxt}% (reconcile promote)")
+        return replace(
+            base,
+            warnings=tuple(warnings),
+            notes=tuple(notes),
+        )
+
+    # 4. Live differs from git: a new stage (git changed) or drift (live changed).
+    drift = history.last_applied is not None and history.last_applied.same_routing(desired)
+    if drift and not spec.self_heal:
+        warnings.append(
+            f"drift: live is {live.traffic.describe()}, git wants {desired.describe()}; "
+            "self_heal is off, so it is reported only"
+        )
+        return replace(
+            base,
+            reason=Reason.DRIFT,
+            warnings=tuple(warnings),
+            drift=True,
+        )
+    reason = Reason.DRIFT if drift else (Reason.ROLLBACK if rolled_back else Reason.STAGE)
+    blocked = None
+    if reason is Reason.STAGE and not spec.force:
+        blocked = _gate_block(spec, live, history, now)
+    return replace(
+        base,
+        after=desired,
+        changes=diff(live.traffic, desired),
+        reason=reason,
+        blocked=blocked,
+        warnings=tuple(warnings),
+        drift=drift,
+    )
+
+
+def _phase(spec: RolloutSpec, rolled_back: bool) -> Phase:
+    if rolled_back:
+        return Phase.ROLLED_BACK
+    if spec.revisions.canary is None:
+        return Phase.STABLE
+    if spec.canary_percent == 100:
+        return Phase.PROMOTED
+    if spec.canary_percent == 0:
+        return Phase.PAUSED
+    return Phase.PROGRESSING
+
+
+def rollback_plan(
+    spec: RolloutSpec, live: LiveService, *, now: datetime, reason: str
+) -> ServicePlan:
+    """A manual rollback: 100% to stable at once, and the sticky `rolled_back` edit."""
+    canary = spec.revisions.canary
+    after = split_for(spec.revisions.stable, None, 0)
+    values: dict[str, Any] = {"canary_percent": 0}
+    if canary is not None:
+        values["rolled_back"] = {"revision": canary, "at": now.isoformat(), "reason": reason}
+    live_canary = _live_canary_percent(spec, live)
+    return ServicePlan(
+        ref=live.ref,
+        before=live.traffic,
+        after=after,
+        changes=diff(live.traffic, after),
+        reason=Reason.ROLLBACK,
+        phase=Phase.ROLLED_BACK,
+        etag=live.etag,
+        generation=live.generation,
+        canary=canary,
+        stable=spec.revisions.stable,
+        canary_percent=0,
+        edit=SpecEdit(
+            Reason.ROLLBACK, values, f"canary {live_canary}% -> 0% ({canary or 'none'}): {reason}"
+        ),
+    )
+
+
+def promote_edit(spec: RolloutSpec) -> SpecEdit:
+    """The edit `reconcile promote` commits: the next stage. Raises PlanError when impossible."""
+    canary = spec.revisions.canary
+    if canary is None:
+        raise PlanError(f"{spec.service}: no canary revision to promote")
+    if spec.rolled_back is not None and spec.rolled_back.revision == canary:
+        raise PlanError(f"{spec.service}: canary {canary} was rolled back; name a new canary")
+    nxt = spec.next_stage()
+    if nxt is None:
+        raise PlanError(f"{spec.service}: already at 100%")
+    return SpecEdit(
+        Reason.STAGE,
+        {"canary_percent": nxt},
+        f"canary {spec.canary_percent}% -> {nxt}% ({canary})",
+    )

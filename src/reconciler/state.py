@@ -1,0 +1,590 @@
+"""The observed state the reconciler commits to git: `state/<service>/`.
+
+```
+state/<service>/status.yaml            what is live and what was judged, rewritten every run
+state/<service>/events.jsonl           what the reconciler did, append-only, newest last
+state/<service>/metrics/YYYY-MM.jsonl  one line per measured window per revision
+```
+
+Diff-friendly: every file has a fixed key order and deterministic formatting, so a run that
+observes nothing new writes identical bytes and a run that does changes only a few lines.
+Times are written in UTC as `2026-05-01T12:00:00Z`.
+
+Bounded growth:
+- `status.yaml` keeps at most `keep` (default 10, never more than `MAX_WINDOWS`) recent
+  windows per revision: enough for the judge's `consecutive_failures`.
+- `events.jsonl` keeps the newest `MAX_EVENTS` events; older ones are dropped from the file
+  (every event was committed, so `git log -p` still has them).
+- metrics go to one file per calendar month (UTC, by window end); only the newest
+  `METRICS_MONTHS` month files are kept, older ones are deleted (again, git history keeps them).
+
+Every write replaces the file atomically (temporary file in the same directory, fsync,
+rename): a crash leaves the old file or the new one, never half a line. Appends rewrite the
+file the same way; the files are bounded, so this stays cheap. Readers sort by time, so lines
+merged by git's `union` merge driver (see `gitops.py`) read back in order.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import os
+import re
+import tempfile
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from reconciler.errors import ReconcileError
+from reconciler.model import GateResult, Outcome, Target, TrafficSplit, Verdict, WindowStats
+from reconciler.plan import Phase
+from reconciler.spec import SERVICE_RE
+
+__all__ = [
+    "MAX_EVENTS",
+    "MAX_WINDOWS",
+    "METRICS_MONTHS",
+    "STATUS_SCHEMA",
+    "Event",
+    "EventKind",
+    "Phase",
+    "ProbeRecord",
+    "ServiceStatus",
+    "StateError",
+    "append_events",
+    "append_metrics",
+    "atomic_write_text",
+    "events_path",
+    "format_time",
+    "keep_windows",
+    "metrics_path",
+    "parse_time",
+    "read_events",
+    "read_metrics",
+    "read_status",
+    "stage_since",
+    "state_dir",
+    "status_path",
+    "with_windows",
+    "write_status",
+]
+
+STATUS_SCHEMA = 1
+MAX_WINDOWS = 100  # the spec caps consecutive_failures at 100
+MAX_EVENTS = 1000
+METRICS_MONTHS = 3
+_SERVICE = re.compile(SERVICE_RE)
+
+
+class StateError(ReconcileError):
+    """A state file cannot be read or a service name is not usable as a path."""
+
+
+class EventKind(enum.Enum):
+    """What the reconciler did."""
+
+    APPLIED = "applied"
+    DRIFT_CORRECTED = "drift_corrected"
+    ADVANCED = "advanced"
+    ROLLED_BACK = "rolled_back"
+    PROMOTED = "promoted"
+    FINALIZED = "finalized"
+    PROBE_FAILED = "probe_failed"
+
+
+@dataclass(frozen=True)
+class ProbeRecord:
+    """One probe run as kept in status.yaml (never with header values)."""
+
+    name: str
+    ok: bool
+    at: datetime
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class ServiceStatus:
+    """`state/<service>/status.yaml`: the live service and the last judgement of its canary."""
+
+    service: str
+    phase: Phase
+    stable_revision: str
+    canary_revision: str | None
+    stage: int
+    """The canary percent live now."""
+    stage_since: datetime | None
+    """When the live split reached `stage` for this canary; the bake timer counts from here."""
+    traffic: TrafficSplit
+    etag: str
+    generation: int
+    observed_generation: int
+    last_reconcile: datetime
+    spec_commit: str | None = None
+    """The commit of `rollout/<service>.yaml` that was applied."""
+    verdict: Verdict | None = None
+    verdict_at: datetime | None = None
+    windows: tuple[WindowStats, ...] = ()
+    """Recent windows of the canary and the stable revision, oldest first."""
+    applied: TrafficSplit | None = None
+    """The split the reconciler last applied and verified (drift is measured against it)."""
+    passing_since: datetime | None = None
+    """Since when the verdict has been PASS without a break at `stage` (the bake gate)."""
+    probes: tuple[ProbeRecord, ...] = ()
+    """Recent probe runs, oldest first (bounded like `windows`)."""
+
+
+@dataclass(frozen=True)
+class Event:
+    """One line of `events.jsonl`.
+
+    `before` and `after` are short human forms (a traffic split's `describe()`, a percent,
+    a revision name); `details` holds anything structured worth keeping (scalars only).
+    """
+
+    time: datetime
+    kind: EventKind
+    actor: str
+    before: str = ""
+    after: str = ""
+    reason: str = ""
+    spec_commit: str | None = None
+    details: Mapping[str, str | int | float | bool | None] = field(default_factory=dict)
+
+
+# --- paths ----------------------------------------------------------------------------------
+def state_dir(root: Path, service: str) -> Path:
+    """`<root>/state/<service>`, after checking `service` is a Cloud Run service id.
+
+    The id rules (lowercase letters, digits, hyphens) already exclude `..`, `/` and every
+    other way out of `state/`; the resolved path is checked as well.
+    """
+    if not isinstance(service, str) or not _SERVICE.match(service):
+        raise StateError(f"{service!r} is not a valid Cloud Run service id")
+    base = (root / "state").resolve()
+    path = (base / service).resolve()
+    if path.parent != base:
+        raise StateError(f"state directory for {service!r} escapes {base}")
+    return root / "state" / service
+
+
+def status_path(root: Path, service: str) -> Path:
+    """`state/<service>/status.yaml`."""
+    return state_dir(root, service) / "status.yaml"
+
+
+def events_path(root: Path, service: str) -> Path:
+    """`state/<service>/events.jsonl`."""
+    return state_dir(root, service) / "events.jsonl"
+
+
+def metrics_path(root: Path, service: str, when: datetime) -> Path:
+    """`state/<service>/metrics/YYYY-MM.jsonl` for the UTC month of `when`."""
+    month = _utc(when).strftime("%Y-%m")
+    return state_dir(root, service) / "metrics" / f"{month}.jsonl"
+
+
+# --- writing --------------------------------------------------------------------------------
+def atomic_write_text(path: Path, text: str) -> None:
+    """Replace `path` with `text` (UTF-8, `\\n` newlines) atomically, creating parents."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        # mkstemp creates 0600; state files are ordinary repository files.
+        os.chmod(tmp, 0o644)
+        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_status(root: Path, status: ServiceStatus) -> Path:
+    """Write `status.yaml` for `status.service`; returns its path."""
+    path = status_path(root, status.service)
+    text = yaml.safe_dump(
+        _status_to_data(status),
+        sort_keys=False,
+        default_flow_style=False,
+        allow_unicode=True,
+        width=100,
+    )
+    atomic_write_text(path, text)
+    return path
+
+
+def append_events(root: Path, service: str, events: Iterable[Event]) -> Path:
+    """Append events to `events.jsonl`, keeping the newest `MAX_EVENTS`; returns its path."""
+    path = events_path(root, service)
+    lines = _read_lines(path)
+    lines.extend(_json_line(_event_to_data(e)) for e in events)
+    atomic_write_text(path, "".join(line + "\n" for line in lines[-MAX_EVENTS:]))
+    return path
+
+
+def append_metrics(root: Path, service: str, stats: Iterable[WindowStats]) -> list[Path]:
+    """Append one line per window to the month file of its end; returns the files written.
+
+    A window already recorded (same revision, start and end) is not written again, so a run
+    that repeats after a failed push records nothing twice. Month files beyond the newest
+    `METRICS_MONTHS` are deleted.
+    """
+    by_path: dict[Path, list[WindowStats]] = {}
+    for s in stats:
+        if s.service != service:
+            raise ValueError(f"window of {s.service} appended to the metrics of {service}")
+        by_path.setdefault(metrics_path(root, service, s.end), []).append(s)
+    written = []
+    for path, new in sorted(by_path.items()):
+        lines = _read_lines(path)
+        seen = {_window_key(_stats_from_line(line, path, n)) for n, line in enumerate(lines, 1)}
+        added = []
+        for s in new:
+            if _window_key(s) not in seen:
+                seen.add(_window_key(s))
+                added.append(s)
+        if not added:
+            continue
+        lines.extend(_json_line(_stats_to_data(s)) for s in added)
+        atomic_write_text(path, "".join(line + "\n" for line in lines))
+        written.append(path)
+    _prune_months(state_dir(root, service) / "metrics")
+    return written
+
+
+def _prune_months(directory: Path) -> None:
+    months = sorted(p for p in directory.glob("*.jsonl") if re.match(r"^\d{4}-\d{2}$", p.stem))
+    for old in months[:-METRICS_MONTHS]:
+        old.unlink()
+
+
+# --- reading --------------------------------------------------------------------------------
+def read_status(root: Path, service: str) -> ServiceStatus | None:
+    """The last written status of `service`, None if there is none yet."""
+    path = status_path(root, service)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise StateError(f"{path}: cannot read: {exc}") from None
+    try:
+        data = yaml.safe_load(text)
+        status = _status_from_data(data)
+    except (yaml.YAMLError, KeyError, TypeError, ValueError) as exc:
+        raise StateError(f"{path}: invalid status file: {_why(exc)}") from None
+    if status.service != service:
+        raise StateError(f"{path}: holds the status of {status.service!r}, not {service!r}")
+    return status
+
+
+def read_events(root: Path, service: str) -> list[Event]:
+    """All events in `events.jsonl`, oldest first."""
+    path = events_path(root, service)
+    events = []
+    for n, line in enumerate(_read_lines(path), start=1):
+        try:
+            events.append(_event_from_data(json.loads(line)))
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+            raise StateError(f"{path}:{n}: invalid event: {_why(exc)}") from None
+    return sorted(events, key=lambda e: e.time)
+
+
+def read_metrics(root: Path, service: str, *, since: datetime | None = None) -> list[WindowStats]:
+    """Recorded windows (optionally those ending after `since`), by end time then revision."""
+    directory = state_dir(root, service) / "metrics"
+    out: list[WindowStats] = []
+    for path in sorted(directory.glob("*.jsonl")):
+        for n, line in enumerate(_read_lines(path), start=1):
+            stats = _stats_from_line(line, path, n)
+            if since is None or stats.end > since:
+                out.append(stats)
+    return sorted(out, key=lambda s: (s.end, s.revision, s.start))
+
+
+def _stats_from_line(line: str, path: Path, n: int) -> WindowStats:
+    try:
+        return _stats_from_data(json.loads(line))
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+        raise StateError(f"{path}:{n}: invalid metrics line: {_why(exc)}") from None
+
+
+def _read_lines(path: Path) -> list[str]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return []
+    except (OSError, UnicodeDecodeError) as exc:
+        raise StateError(f"{path}: cannot read: {exc}") from None
+    return [line for line in text.splitlines() if line.strip()]
+
+
+def _why(exc: BaseException) -> str:
+    if isinstance(exc, KeyError):
+        return f"missing key {exc.args[0]!r}"
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
+# --- helpers for the reconcile loop ---------------------------------------------------------
+def stage_since(
+    previous: ServiceStatus | None, *, canary: str | None, stage: int, now: datetime
+) -> datetime:
+    """When the current stage began: kept from `previous` while canary and stage are unchanged.
+
+    This is what makes the bake timer survive across runs.
+    """
+    if (
+        previous is not None
+        and previous.stage_since is not None
+        and previous.canary_revision == canary
+        and previous.stage == stage
+    ):
+        return previous.stage_since
+    return now
+
+
+def keep_windows(
+    old: Iterable[WindowStats], new: Iterable[WindowStats], *, keep: int = 10
+) -> tuple[WindowStats, ...]:
+    """Merge windows, drop duplicates, keep the newest `keep` per revision, oldest first."""
+    keep = max(1, min(keep, MAX_WINDOWS))
+    merged: dict[tuple[str, datetime, datetime], WindowStats] = {}
+    for s in (*old, *new):
+        merged[_window_key(s)] = s
+    per_revision: dict[str, list[WindowStats]] = {}
+    for s in sorted(merged.values(), key=lambda s: (s.end, s.revision, s.start)):
+        per_revision.setdefault(s.revision, []).append(s)
+    kept = [s for windows in per_revision.values() for s in windows[-keep:]]
+    return tuple(sorted(kept, key=lambda s: (s.end, s.revision, s.start)))
+
+
+def with_windows(
+    status: ServiceStatus, new: Iterable[WindowStats], *, keep: int = 10
+) -> ServiceStatus:
+    """`status` with `new` windows merged into its recent windows (see `keep_windows`)."""
+    return replace(status, windows=keep_windows(status.windows, new, keep=keep))
+
+
+def _window_key(s: WindowStats) -> tuple[str, datetime, datetime]:
+    return (s.revision, s.start, s.end)
+
+
+# --- time -----------------------------------------------------------------------------------
+def format_time(when: datetime) -> str:
+    """`2026-05-01T12:00:00Z`: UTC, seconds (microseconds only when present)."""
+    return _utc(when).isoformat().replace("+00:00", "Z")
+
+
+def parse_time(text: str) -> datetime:
+    """Inverse of `format_time`; a time without a zone is an error."""
+    if not isinstance(text, str):
+        raise TypeError(f"expected a time string, got {text!r}")
+    when = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    if when.tzinfo is None:
+        raise ValueError(f"time {text!r} has no zone")
+    return when.astimezone(UTC)
+
+
+def _utc(when: datetime) -> datetime:
+    if when.tzinfo is None:
+        raise ValueError(f"datetime {when} has no timezone")
+    return when.astimezone(UTC)
+
+
+def _opt_time(text: object) -> datetime | None:
+    return None if text is None else parse_time(str(text))
+
+
+# --- (de)serialization with a fixed key order -----------------------------------------------
+def _json_line(data: Mapping[str, Any]) -> str:
+    return json.dumps(data, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+
+
+def _status_to_data(s: ServiceStatus) -> dict[str, Any]:
+    return {
+        "schema": STATUS_SCHEMA,
+        "service": s.service,
+        "phase": s.phase.value,
+        "revisions": {"stable": s.stable_revision, "canary": s.canary_revision},
+        "stage": s.stage,
+        "stage_since": None if s.stage_since is None else format_time(s.stage_since),
+        "traffic": _split_to_data(s.traffic),
+        "etag": s.etag,
+        "generation": s.generation,
+        "observed_generation": s.observed_generation,
+        "last_reconcile": format_time(s.last_reconcile),
+        "spec_commit": s.spec_commit,
+        "verdict": None if s.verdict is None else _verdict_to_data(s.verdict, s.verdict_at),
+        "windows": [_stats_to_data(w) for w in s.windows],
+        "applied": None if s.applied is None else _split_to_data(s.applied),
+        "passing_since": None if s.passing_since is None else format_time(s.passing_since),
+        "probes": [
+            {"name": p.name, "ok": p.ok, "at": format_time(p.at), "reason": p.reason}
+            for p in s.probes
+        ],
+    }
+
+
+def _split_to_data(split: TrafficSplit) -> list[dict[str, Any]]:
+    return [{"revision": t.revision, "percent": t.percent, "tag": t.tag} for t in split.targets]
+
+
+def _split_from_data(items: Any) -> TrafficSplit:
+    return TrafficSplit.of(
+        Target(str(t["revision"]), _int(t["percent"]), str(t["tag"])) for t in items
+    )
+
+
+def _status_from_data(d: Any) -> ServiceStatus:
+    if not isinstance(d, dict):
+        raise TypeError("not a mapping")
+    if d["schema"] != STATUS_SCHEMA:
+        raise ValueError(f"schema {d['schema']!r} is not {STATUS_SCHEMA}")
+    status = ServiceStatus(
+        service=str(d["service"]),
+        phase=Phase(d["phase"]),
+        stable_revision=str(d["revisions"]["stable"]),
+        canary_revision=_opt_str(d["revisions"]["canary"]),
+        stage=_int(d["stage"]),
+        stage_since=_opt_time(d["stage_since"]),
+        traffic=_split_from_data(d["traffic"]),
+        etag=str(d["etag"]),
+        generation=_int(d["generation"]),
+        observed_generation=_int(d["observed_generation"]),
+        last_reconcile=parse_time(d["last_reconcile"]),
+        spec_commit=_opt_str(d["spec_commit"]),
+        windows=tuple(_stats_from_data(w) for w in d["windows"]),
+        applied=None if d.get("applied") is None else _split_from_data(d["applied"]),
+        passing_since=_opt_time(d.get("passing_since")),
+        probes=tuple(
+            ProbeRecord(str(p["name"]), bool(p["ok"]), parse_time(p["at"]), str(p["reason"]))
+            for p in d.get("probes") or ()
+        ),
+    )
+    verdict, verdict_at = _verdict_from_data(d["verdict"])
+    return replace(status, verdict=verdict, verdict_at=verdict_at)
+
+
+def _verdict_to_data(v: Verdict, at: datetime | None) -> dict[str, Any]:
+    return {
+        "at": None if at is None else format_time(at),
+        "outcome": v.outcome.value,
+        "gates": [
+            {
+                "gate": g.gate,
+                "outcome": g.outcome.value,
+                "value": g.value,
+                "threshold": g.threshold,
+                "samples": g.samples,
+                "reason": g.reason,
+            }
+            for g in v.gates
+        ],
+    }
+
+
+def _verdict_from_data(d: Any) -> tuple[Verdict | None, datetime | None]:
+    if d is None:
+        return None, None
+    gates = tuple(
+        GateResult(
+            gate=str(g["gate"]),
+            outcome=Outcome(g["outcome"]),
+            value=_opt_float(g["value"]),
+            threshold=_opt_float(g["threshold"]),
+            samples=_int(g["samples"]),
+            reason=str(g["reason"]),
+        )
+        for g in d["gates"]
+    )
+    return Verdict(Outcome(d["outcome"]), gates), _opt_time(d["at"])
+
+
+def _stats_to_data(s: WindowStats) -> dict[str, Any]:
+    return {
+        "service": s.service,
+        "revision": s.revision,
+        "start": format_time(s.start),
+        "end": format_time(s.end),
+        "requests": s.requests,
+        "errors": s.errors,
+        "successes": s.successes,
+        "error_rate": s.error_rate,
+        "success_rate": s.success_rate,
+        "p50": s.p50,
+        "p95": s.p95,
+        "p99": s.p99,
+    }
+
+
+def _stats_from_data(d: Any) -> WindowStats:
+    if not isinstance(d, dict):
+        raise TypeError("not a mapping")
+    # error_rate and success_rate are derived: written for readers of the file, not read back.
+    return WindowStats(
+        service=str(d["service"]),
+        revision=str(d["revision"]),
+        start=parse_time(d["start"]),
+        end=parse_time(d["end"]),
+        requests=_int(d["requests"]),
+        errors=_int(d["errors"]),
+        successes=_int(d["successes"]),
+        p50=_opt_float(d["p50"]),
+        p95=_opt_float(d["p95"]),
+        p99=_opt_float(d["p99"]),
+    )
+
+
+def _event_to_data(e: Event) -> dict[str, Any]:
+    return {
+        "time": format_time(e.time),
+        "kind": e.kind.value,
+        "actor": e.actor,
+        "before": e.before,
+        "after": e.after,
+        "reason": e.reason,
+        "spec_commit": e.spec_commit,
+        "details": dict(e.details),
+    }
+
+
+def _event_from_data(d: Any) -> Event:
+    if not isinstance(d, dict):
+        raise TypeError("not a mapping")
+    details = d["details"]
+    if not isinstance(details, dict):
+        raise TypeError("details is not a mapping")
+    return Event(
+        time=parse_time(d["time"]),
+        kind=EventKind(d["kind"]),
+        actor=str(d["actor"]),
+        before=str(d["before"]),
+        after=str(d["after"]),
+        reason=str(d["reason"]),
+        spec_commit=_opt_str(d["spec_commit"]),
+        details=details,
+    )
+
+
+def _int(v: object) -> int:
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise TypeError(f"expected an integer, got {v!r}")
+    return v
+
+
+def _opt_float(v: object) -> float | None:
+    if v is None:
+        return None
+    if isinstance(v, bool) or not isinstance(v, int | float):
+        raise TypeError(f"expected a number, got {v!r}")
+    return float(v)
+
+
+def _opt_str(v: object) -> str | None:
+    return None if v is None else str(v)

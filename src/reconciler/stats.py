@@ -1,0 +1,143 @@
+"""Small statistics the judge and the metrics providers share.
+
+Pure: no I/O, no clock. Confidence intervals for rates (Wilson score, Newcombe's difference)
+and percentiles from a bucketed distribution (Cloud Monitoring `request_latencies`).
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Iterable, Sequence
+from statistics import NormalDist
+
+Z95 = NormalDist().inv_cdf(0.975)
+"""Two-sided 95% normal quantile (1.95996...)."""
+
+
+def z_score(confidence: float) -> float:
+    """The two-sided normal quantile for a confidence level: 0.95 -> 1.95996."""
+    if not 0.0 < confidence < 1.0:
+        raise ValueError(f"confidence must be in (0, 1), got {confidence}")
+    return NormalDist().inv_cdf(0.5 + confidence / 2.0)
+
+
+def wilson_interval(successes: int, n: int, z: float = Z95) -> tuple[float, float]:
+    """Wilson score interval of a binomial proportion `successes / n`.
+
+    Unlike the normal approximation it stays inside [0, 1] and is honest at 0 or n events
+    and at small n, which is exactly where a canary's first windows live. Without samples
+    the interval is the whole [0, 1]: nothing is known.
+    """
+    if n < 0 or not 0 <= successes <= n:
+        raise ValueError(f"need 0 <= successes <= n, got successes={successes}, n={n}")
+    if n == 0:
+        return 0.0, 1.0
+    p = successes / n
+    z2 = z * z
+    denom = 1.0 + z2 / n
+    centre = (p + z2 / (2.0 * n)) / denom
+    half = (z / denom) * math.sqrt(p * (1.0 - p) / n + z2 / (4.0 * n * n))
+    # Rounding can push the bounds a hair past [0, 1] or past p itself at 0 or n events.
+    return max(0.0, min(p, centre - half)), min(1.0, max(p, centre + half))
+
+
+def difference_interval(x1: int, n1: int, x2: int, n2: int, z: float = Z95) -> tuple[float, float]:
+    """Interval of `x1/n1 - x2/n2` from the two Wilson intervals (Newcombe's hybrid score).
+
+    Accounts for both sample sizes: a small canary next to a large stable gets a wide
+    interval, driven by the canary's uncertainty. Needs both n1 and n2 above zero.
+    """
+    if n1 <= 0 or n2 <= 0:
+        raise ValueError(f"need samples on both sides, got n1={n1}, n2={n2}")
+    p1, p2 = x1 / n1, x2 / n2
+    l1, u1 = wilson_interval(x1, n1, z)
+    l2, u2 = wilson_interval(x2, n2, z)
+    d = p1 - p2
+    return (
+        d - math.sqrt((p1 - l1) ** 2 + (u2 - p2) ** 2),
+        d + math.sqrt((u1 - p1) ** 2 + (p2 - l2) ** 2),
+    )
+
+
+# --- bucketed distributions ---------------------------------------------------------------
+# Cloud Monitoring's layout: with bounds b[0] < ... < b[m-1] there are m + 1 buckets,
+# bucket 0 = (-inf, b[0]) (underflow), bucket i = [b[i-1], b[i]), bucket m = [b[m-1], +inf)
+# (overflow). Exponential and linear bucket options are expanded to such bounds.
+
+
+def exponential_bounds(num_finite_buckets: int, growth_factor: float, scale: float) -> list[float]:
+    """Bounds of Cloud Monitoring exponential buckets: `scale * growth_factor**i`, i = 0..N."""
+    if num_finite_buckets < 1 or growth_factor <= 1.0 or scale <= 0.0:
+        raise ValueError(
+            "exponential buckets need num_finite_buckets >= 1, growth_factor > 1, scale > 0, "
+            f"got {num_finite_buckets}, {growth_factor}, {scale}"
+        )
+    return [scale * growth_factor**i for i in range(num_finite_buckets + 1)]
+
+
+def linear_bounds(num_finite_buckets: int, width: float, offset: float) -> list[float]:
+    """Bounds of Cloud Monitoring linear buckets: `offset + width * i`, i = 0..N."""
+    if num_finite_buckets < 1 or width <= 0.0:
+        raise ValueError(
+            f"linear buckets need num_finite_buckets >= 1 and width > 0, "
+            f"got {num_finite_buckets}, {width}"
+        )
+    return [offset + width * i for i in range(num_finite_buckets + 1)]
+
+
+def merge_counts(series: Iterable[Sequence[int]]) -> list[int]:
+    """Sum bucket counts of distributions with the same bucket layout.
+
+    Cloud Monitoring drops trailing zero buckets, so the sequences may differ in length;
+    missing buckets count as zero.
+    """
+    out: list[int] = []
+    for counts in series:
+        if len(counts) > len(out):
+            out.extend([0] * (len(counts) - len(out)))
+        for i, c in enumerate(counts):
+            out[i] += c
+    return out
+
+
+def percentile_from_buckets(
+    bounds: Sequence[float], counts: Sequence[int], q: float
+) -> float | None:
+    """The `q`-quantile (0..1) of a bucketed distribution, None without samples.
+
+    Interpolates linearly inside the bucket that holds the rank. The underflow bucket is
+    taken to start at 0 when its upper bound is positive (latencies are never negative);
+    a rank in the overflow bucket returns the last bound, the most the buckets can say:
+    the true value is at least that.
+    `counts` may be shorter than `len(bounds) + 1` (trailing zeros omitted).
+    """
+    if not 0.0 <= q <= 1.0:
+        raise ValueError(f"quantile must be in [0, 1], got {q}")
+    if not bounds:
+        raise ValueError("need at least one bucket bound")
+    if any(b <= a for a, b in itertools.pairwise(bounds)):
+        raise ValueError("bucket bounds must be strictly increasing")
+    if len(counts) > len(bounds) + 1:
+        raise ValueError(
+            f"{len(counts)} bucket counts for {len(bounds)} bounds (max {len(bounds) + 1})"
+        )
+    if any(c < 0 for c in counts):
+        raise ValueError("bucket counts must not be negative")
+    total = sum(counts)
+    if total == 0:
+        return None
+    rank = q * total
+    cumulative = 0
+    for i, count in enumerate(counts):
+        if count == 0 or cumulative + count < rank:
+            cumulative += count
+            continue
+        if i == len(bounds):  # overflow bucket: no upper bound to interpolate towards
+            return float(bounds[-1])
+        upper = float(bounds[i])
+        # The underflow bucket has no lower bound; latencies start at 0.
+        lower = float(bounds[i - 1]) if i else min(0.0, upper)
+        return lower + (upper - lower) * (rank - cumulative) / count
+    # The last non-empty bucket brings `cumulative` to `total` >= `rank`, so the loop returns.
+    raise AssertionError(f"rank {rank} beyond {total} samples")

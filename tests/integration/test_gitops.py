@@ -1,0 +1,395 @@
+"""GitOps against real repositories: a bare remote and clones in temporary directories."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import threading
+from pathlib import Path
+
+import pytest
+
+from reconciler.gitops import (
+    DEFAULT_NAME,
+    Action,
+    BotIdentity,
+    GitOps,
+    GitOpsError,
+    canary_change,
+    format_subject,
+    is_reconciler_commit,
+    parse_trailers,
+    reconcile_trailers,
+)
+from reconciler.testing.git import clone, git_environment, make_remote, run_git, write
+
+ROLLOUT = "service: ion-api\ncanary_percent: 5  # keep me\n"
+BOT = BotIdentity("reconciler-test[bot]", "bot@example.com")
+
+
+@pytest.fixture(autouse=True)
+def _isolated_git(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    for key, value in git_environment(tmp_path / "home").items():
+        if value is None:
+            monkeypatch.delenv(key)
+        else:
+            monkeypatch.setenv(key, value)
+
+
+@pytest.fixture
+def remote(tmp_path: Path) -> Path:
+    return make_remote(tmp_path, {"rollout/ion-api.yaml": ROLLOUT, "README.md": "hi\n"})
+
+
+def _ops(path: Path) -> GitOps:
+    return GitOps(path, BOT, backoff=0.01)
+
+
+def _remote_log(remote: Path, fmt: str = "%s") -> list[str]:
+    return run_git(remote, "log", f"--format={fmt}", "main").splitlines()
+
+
+def _remote_file(remote: Path, rel: str) -> str:
+    return run_git(remote, "show", f"main:{rel}")
+
+
+# --- commit ---------------------------------------------------------------------------------
+def test_commit_only_the_given_paths_and_leave_other_changes(remote: Path, tmp_path: Path) -> None:
+    work = clone(remote, tmp_path / "a")
+    ops = _ops(work)
+    write(work, "README.md", "edited by a human, not staged\n")
+    write(work, "notes.txt", "staged by a human\n")
+    run_git(work, "add", "notes.txt")
+    write(work, "state/ion-api/status.yaml", "phase: progressing\n")
+
+    sha = ops.commit(["state/ion-api"], format_subject("ion-api", "record state"))
+
+    assert sha == ops.head()
+    changed = run_git(work, "show", "--name-only", "--format=", sha).splitlines()
+    assert changed == ["state/ion-api/status.yaml"]
+    assert (work / "README.md").read_text() == "edited by a human, not staged\n"
+    status = run_git(work, "status", "--porcelain").splitlines()
+    assert " M README.md" in status
+    assert "A  notes.txt" in status
+
+
+def test_commit_returns_none_when_nothing_changed(remote: Path, tmp_path: Path) -> None:
+    work = clone(remote, tmp_path / "a")
+    ops = _ops(work)
+    before = ops.head()
+    assert ops.commit(["rollout/ion-api.yaml"], "reconcile(ion-api): nothing") is None
+    assert ops.commit(["state/never-written"], "reconcile(ion-api): nothing") is None
+    write(work, "state/ion-api/events.jsonl", "{}\n")
+    assert ops.commit(["state/ion-api"], "reconcile(ion-api): first") is not None
+    assert ops.commit(["state/ion-api"], "reconcile(ion-api): again") is None
+    assert run_git(work, "rev-list", "--count", f"{before}..HEAD") == "1"
+
+
+def test_commit_records_deletions_inside_a_directory(remote: Path, tmp_path: Path) -> None:
+    work = clone(remote, tmp_path / "a")
+    ops = _ops(work)
+    write(work, "state/ion-api/metrics/2026-01.jsonl", "{}\n")
+    write(work, "state/ion-api/metrics/2026-02.jsonl", "{}\n")
+    ops.commit(["state/ion-api"], "reconcile(ion-api): metrics")
+    (work / "state/ion-api/metrics/2026-01.jsonl").unlink()
+    sha = ops.commit([work / "state/ion-api"], "reconcile(ion-api): prune")
+    assert sha is not None
+    assert run_git(work, "show", "--name-status", "--format=", sha) == (
+        "D\tstate/ion-api/metrics/2026-01.jsonl"
+    )
+
+
+def test_commit_message_identity_and_trailers(remote: Path, tmp_path: Path) -> None:
+    work = clone(remote, tmp_path / "a")
+    ops = _ops(work)
+    spec_commit = ops.last_commit_touching("rollout/ion-api.yaml")
+    write(work, "rollout/ion-api.yaml", ROLLOUT.replace("5 ", "10"))
+    subject = format_subject("ion-api", canary_change(5, 10, "ion-api-00042-xyz"))
+    sha = ops.commit(
+        ["rollout/ion-api.yaml"],
+        subject,
+        body="error_rate 0.2% <= 1% over 3 windows",
+        trailers=reconcile_trailers("ion-api", Action.ADVANCE, spec_commit),
+    )
+    assert sha is not None
+    message = run_git(work, "log", "-1", "--format=%B", sha)
+    assert message.splitlines()[0] == (
+        "reconcile(ion-api): canary 5% -> 10% (ion-api-00042-xyz) [skip reconcile]"
+    )
+    assert parse_trailers(message) == {
+        "Reconcile-Service": "ion-api",
+        "Reconcile-Action": "advance",
+        "Reconcile-Spec-Commit": str(spec_commit),
+        "Reconcile-Skip": "true",
+    }
+    assert is_reconciler_commit(message)
+    who = run_git(work, "log", "-1", "--format=%an <%ae>|%cn <%ce>", sha)
+    assert who == "reconciler-test[bot] <bot@example.com>|reconciler-test[bot] <bot@example.com>"
+    assert ops.last_commit_touching("rollout/ion-api.yaml") == sha
+    assert ops.last_commit_touching("rollout/other.yaml") is None
+
+
+def test_identity_from_environment(
+    remote: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("RECONCILE_GIT_NAME", "shard-7[bot]")
+    monkeypatch.setenv("RECONCILE_GIT_EMAIL", "shard7@example.com")
+    work = clone(remote, tmp_path / "a")
+    ops = GitOps(work)
+    write(work, "state/ion-api/status.yaml", "x\n")
+    sha = ops.commit(["state/ion-api"], "reconcile(ion-api): record")
+    assert run_git(work, "log", "-1", "--format=%an <%ae>", str(sha)) == (
+        "shard-7[bot] <shard7@example.com>"
+    )
+    monkeypatch.delenv("RECONCILE_GIT_NAME")
+    assert BotIdentity.from_env().name == DEFAULT_NAME
+
+
+def test_promote_commit_has_no_skip_marker(remote: Path, tmp_path: Path) -> None:
+    work = clone(remote, tmp_path / "a")
+    ops = _ops(work)
+    write(work, "rollout/ion-api.yaml", ROLLOUT.replace("5 ", "10"))
+    sha = ops.commit(
+        ["rollout/ion-api.yaml"],
+        format_subject("ion-api", "promote to 10%"),
+        trailers=reconcile_trailers("ion-api", Action.PROMOTE),
+        skip_reconcile=False,
+    )
+    message = run_git(work, "log", "-1", "--format=%B", str(sha))
+    assert not is_reconciler_commit(message)
+    assert parse_trailers(message)["Reconcile-Action"] == "promote"
+
+
+def test_detached_head_is_a_clear_error(remote: Path, tmp_path: Path) -> None:
+    work = clone(remote, tmp_path / "a")
+    run_git(work, "checkout", "--quiet", "--detach")
+    ops = _ops(work)
+    write(work, "state/ion-api/status.yaml", "x\n")
+    with pytest.raises(GitOpsError, match="detached"):
+        ops.commit(["state/ion-api"], "reconcile(ion-api): record")
+    with pytest.raises(GitOpsError, match="detached"):
+        ops.push()
+    with pytest.raises(GitOpsError, match="detached"):
+        ops.pull()
+
+
+def test_not_a_repository(tmp_path: Path) -> None:
+    with pytest.raises(GitOpsError, match="not a git repository"):
+        GitOps(tmp_path)
+
+
+def test_path_outside_the_repository_is_refused(remote: Path, tmp_path: Path) -> None:
+    work = clone(remote, tmp_path / "a")
+    with pytest.raises(GitOpsError, match="outside the repository"):
+        _ops(work).commit([tmp_path / "elsewhere.txt"], "reconcile(x): no")
+    with pytest.raises(GitOpsError, match="not a path inside"):
+        _ops(work).commit(["../elsewhere.txt"], "reconcile(x): no")
+
+
+# --- push -----------------------------------------------------------------------------------
+def test_no_remote_commits_locally_and_warns(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    work = tmp_path / "solo"
+    run_git(tmp_path, "init", "--quiet", "--initial-branch=main", str(work))
+    write(work, "README.md", "x\n")
+    run_git(work, "add", "README.md")
+    run_git(work, "commit", "--quiet", "-m", "init")
+    ops = _ops(work)
+    write(work, "state/ion-api/status.yaml", "x\n")
+    assert ops.commit(["state/ion-api"], "reconcile(ion-api): record") is not None
+    with caplog.at_level(logging.WARNING, logger="reconciler.gitops"):
+        assert ops.push() is False
+        assert ops.pull() == ops.head()
+    assert "no remote" in caplog.text
+
+
+def test_push_creates_the_commit_on_the_remote(remote: Path, tmp_path: Path) -> None:
+    work = clone(remote, tmp_path / "a")
+    ops = _ops(work)
+    write(work, "state/ion-api/status.yaml", "x\n")
+    sha = ops.commit(["state/ion-api"], "reconcile(ion-api): record")
+    assert ops.push() is True
+    assert run_git(remote, "rev-parse", "main") == sha
+
+
+def test_push_rebases_on_a_non_fast_forward(remote: Path, tmp_path: Path) -> None:
+    a, b = _ops(clone(remote, tmp_path / "a")), _ops(clone(remote, tmp_path / "b"))
+    write(a.root, "state/api-a/status.yaml", "a\n")
+    a.commit(["state/api-a"], "reconcile(api-a): record")
+    a.push()
+    write(b.root, "state/api-b/status.yaml", "b\n")
+    b.commit(["state/api-b"], "reconcile(api-b): record")
+    write(b.root, "README.md", "human edit in b, not committed\n")
+    assert b.push() is True
+    assert _remote_log(remote)[:2] == [
+        "reconcile(api-b): record [skip reconcile]",
+        "reconcile(api-a): record [skip reconcile]",
+    ]
+    assert (b.root / "README.md").read_text() == "human edit in b, not committed\n"
+
+
+def _reconcile_loop(ops: GitOps, service: str, rounds: int, start: threading.Barrier) -> None:
+    start.wait(timeout=30)
+    for n in range(rounds):
+        write(ops.root, f"state/{service}/status.yaml", f"round: {n}\n")
+        events = ops.root / "state/shared/events.jsonl"
+        existing = events.read_text() if events.exists() else ""
+        write(ops.root, "state/shared/events.jsonl", existing + f'{{"by":"{service}","n":{n}}}\n')
+        ops.commit([f"state/{service}", "state/shared"], f"reconcile({service}): round {n}")
+        ops.push(retries=20)
+
+
+def test_two_clones_pushing_at_the_same_time_both_land(remote: Path, tmp_path: Path) -> None:
+    """Two reconcilers commit and push concurrently; every record of both reaches the remote.
+
+    Both also append to the same events.jsonl: the union merge during rebase keeps both lines.
+    """
+    rounds = 4
+    clones = {s: _ops(clone(remote, tmp_path / s)) for s in ("api-a", "api-b")}
+    start = threading.Barrier(len(clones))
+    errors: list[BaseException] = []
+
+    def run(service: str) -> None:
+        try:
+            _reconcile_loop(clones[service], service, rounds, start)
+        except BaseException as exc:  # surfaced by the assertion below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(s,)) for s in clones]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert not errors, errors
+    subjects = _remote_log(remote)
+    for service in clones:
+        for n in range(rounds):
+            assert f"reconcile({service}): round {n} [skip reconcile]" in subjects
+        assert _remote_file(remote, f"state/{service}/status.yaml") == f"round: {rounds - 1}"
+    events = _remote_file(remote, "state/shared/events.jsonl").splitlines()
+    assert sorted(events) == sorted(
+        f'{{"by":"{s}","n":{n}}}' for s in clones for n in range(rounds)
+    )
+    # Each clone's own order survives the union merges.
+    for service in clones:
+        mine = [e for e in events if service in e]
+        assert mine == [f'{{"by":"{service}","n":{n}}}' for n in range(rounds)]
+
+
+def test_push_to_an_unreachable_remote_fails_and_the_next_call_recovers(
+    remote: Path, tmp_path: Path
+) -> None:
+    ops = _ops(clone(remote, tmp_path / "a"))
+    write(ops.root, "state/ion-api/status.yaml", "x\n")
+    sha = ops.commit(["state/ion-api"], "reconcile(ion-api): record")
+    moved = tmp_path / "moved.git"
+    shutil.move(remote, moved)
+    with pytest.raises(GitOpsError, match=r"push of main to origin failed after 3 attempts"):
+        ops.push(retries=2)
+    assert ops.head() == sha  # the record is kept locally
+
+    shutil.move(moved, remote)
+    assert ops.push() is True
+    assert run_git(remote, "rev-parse", "main") == sha
+
+
+def test_rebase_conflict_aborts_cleanly_and_keeps_the_local_commit(
+    remote: Path, tmp_path: Path
+) -> None:
+    a, b = _ops(clone(remote, tmp_path / "a")), _ops(clone(remote, tmp_path / "b"))
+    write(a.root, "rollout/ion-api.yaml", ROLLOUT.replace("5 ", "10"))
+    a.commit(["rollout/ion-api.yaml"], "reconcile(ion-api): canary 5% -> 10%")
+    a.push()
+    write(b.root, "rollout/ion-api.yaml", ROLLOUT.replace("5 ", "0 "))
+    mine = b.commit(["rollout/ion-api.yaml"], "reconcile(ion-api): rollback")
+    write(b.root, "README.md", "unrelated human edit\n")
+
+    with pytest.raises(GitOpsError, match=r"conflicts in rollout/ion-api\.yaml.*rebase aborted"):
+        b.push()
+
+    assert b.head() == mine
+    assert b.branch() == "main"
+    assert not (b.root / ".git/rebase-merge").exists()
+    assert (b.root / "rollout/ion-api.yaml").read_text() == ROLLOUT.replace("5 ", "0 ")
+    assert (b.root / "README.md").read_text() == "unrelated human edit\n"
+    assert run_git(b.root, "status", "--porcelain") == " M README.md"
+    assert _remote_file(remote, "rollout/ion-api.yaml") == ROLLOUT.replace("5 ", "10").strip()
+
+
+# --- pull -----------------------------------------------------------------------------------
+def test_pull_fast_forwards_and_keeps_unpushed_commits_on_top(remote: Path, tmp_path: Path) -> None:
+    a, b = _ops(clone(remote, tmp_path / "a")), _ops(clone(remote, tmp_path / "b"))
+    write(a.root, "state/api-a/status.yaml", "a\n")
+    pushed = a.commit(["state/api-a"], "reconcile(api-a): record")
+    a.push()
+
+    assert b.pull() == pushed  # fast-forward
+
+    write(a.root, "state/api-a/status.yaml", "a2\n")
+    a.commit(["state/api-a"], "reconcile(api-a): record 2")
+    a.push()
+    write(b.root, "state/api-b/status.yaml", "b\n")
+    b.commit(["state/api-b"], "reconcile(api-b): unpushed")
+    head = b.pull()
+    assert run_git(b.root, "log", "-2", "--format=%s", head).splitlines() == [
+        "reconcile(api-b): unpushed [skip reconcile]",
+        "reconcile(api-a): record 2 [skip reconcile]",
+    ]
+
+
+def test_pull_with_a_missing_remote_branch_does_nothing(remote: Path, tmp_path: Path) -> None:
+    work = clone(remote, tmp_path / "a")
+    run_git(work, "switch", "--quiet", "-c", "feature")
+    ops = _ops(work)
+    assert ops.pull() == ops.head()
+
+
+def test_pull_from_an_unreachable_remote_is_an_error(remote: Path, tmp_path: Path) -> None:
+    ops = _ops(clone(remote, tmp_path / "a"))
+    shutil.rmtree(remote)
+    with pytest.raises(GitOpsError, match="fetch of main from origin failed"):
+        ops.pull()
+
+
+# --- branch commits -------------------------------------------------------------------------
+def test_commit_to_branch_leaves_the_working_tree_alone(remote: Path, tmp_path: Path) -> None:
+    work = clone(remote, tmp_path / "a")
+    ops = _ops(work)
+    write(work, "README.md", "dirty\n")
+    base = ops.head()
+    new_text = ROLLOUT.replace("5 ", "10")
+    sha = ops.commit_to_branch(
+        "promote/ion-api-10",
+        {"rollout/ion-api.yaml": new_text, work / "rollout/new.yaml": "x: 1\n"},
+        format_subject("ion-api", "promote canary to 10%"),
+        trailers=reconcile_trailers("ion-api", Action.PROMOTE),
+    )
+    assert ops.branch() == "main"
+    assert ops.head() == base
+    assert (work / "rollout/ion-api.yaml").read_text() == ROLLOUT
+    assert run_git(work, "status", "--porcelain") == " M README.md"
+    assert run_git(remote, "rev-parse", "promote/ion-api-10") == sha
+    assert run_git(remote, "rev-parse", "promote/ion-api-10^") == base
+    assert run_git(remote, "show", "promote/ion-api-10:rollout/ion-api.yaml") == new_text.strip()
+    message = run_git(remote, "log", "-1", "--format=%B", sha)
+    assert not is_reconciler_commit(message)
+    assert run_git(remote, "show", "--name-only", "--format=", sha).splitlines() == [
+        "rollout/ion-api.yaml",
+        "rollout/new.yaml",
+    ]
+
+    with pytest.raises(GitOpsError, match="already exists"):
+        ops.commit_to_branch("promote/ion-api-10", {"rollout/ion-api.yaml": "y\n"}, "again")
+    with pytest.raises(GitOpsError, match="not a valid branch name"):
+        ops.commit_to_branch("bad..name", {"rollout/ion-api.yaml": "y\n"}, "again")
+
+
+def test_commit_to_branch_refuses_to_overwrite_a_remote_branch(
+    remote: Path, tmp_path: Path
+) -> None:
+    a, b = _ops(clone(remote, tmp_path / "a")), _ops(clone(remote, tmp_path / "b"))
+    first = a.commit_to_branch("promote/x", {"rollout/ion-api.yaml": "a\n"}, "promote a")
+    with pytest.raises(GitOpsError, match="push of new branch promote/x"):
+        b.commit_to_branch("promote/x", {"rollout/ion-api.yaml": "b\n"}, "promote b")
+    assert run_git(remote, "rev-parse", "promote/x") == first

@@ -1,0 +1,376 @@
+"""The state/<service>/ files: round trips, deterministic bytes, atomic writes, bounded growth."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from reconciler import state
+from reconciler.model import GateResult, Outcome, Target, TrafficSplit, Verdict, WindowStats
+from reconciler.state import (
+    Event,
+    EventKind,
+    Phase,
+    ServiceStatus,
+    StateError,
+    append_events,
+    append_metrics,
+    atomic_write_text,
+    format_time,
+    keep_windows,
+    metrics_path,
+    parse_time,
+    read_events,
+    read_metrics,
+    read_status,
+    stage_since,
+    state_dir,
+    status_path,
+    with_windows,
+    write_status,
+)
+
+T0 = datetime(2026, 5, 1, 12, 0, tzinfo=UTC)
+STABLE, CANARY = "ion-api-00041-abc", "ion-api-00042-xyz"
+
+
+def _window(revision: str, n: int, *, service: str = "ion-api", at: datetime = T0) -> WindowStats:
+    start = at + timedelta(minutes=5 * n)
+    return WindowStats(
+        service=service,
+        revision=revision,
+        start=start,
+        end=start + timedelta(minutes=5),
+        requests=1000 + n,
+        errors=7 * n,
+        successes=990 - n,
+        p50=0.12,
+        p95=0.3 + n / 1000,
+        p99=None if n % 2 else 1.5,
+    )
+
+
+def _status(**changes: Any) -> ServiceStatus:
+    base = ServiceStatus(
+        service="ion-api",
+        phase=Phase.PROGRESSING,
+        stable_revision=STABLE,
+        canary_revision=CANARY,
+        stage=5,
+        stage_since=T0,
+        traffic=TrafficSplit.of(
+            [Target(STABLE, 95, "stable"), Target(CANARY, 5, "canary"), Target(CANARY, 0, "x")]
+        ),
+        etag='W/"abc"',
+        generation=7,
+        observed_generation=7,
+        last_reconcile=T0 + timedelta(minutes=30),
+        spec_commit="0123456789abcdef0123456789abcdef01234567",
+        verdict=Verdict(
+            Outcome.FAIL,
+            (
+                GateResult("error_rate", Outcome.FAIL, 0.071, 0.05, 1002, "error_rate 7.1% > 5%"),
+                GateResult("latency_p95", Outcome.PASS, 0.301, 20.0, 1002, "ok"),
+                GateResult("success_rate", Outcome.INCONCLUSIVE, None, 0.9, 0, "no data"),
+            ),
+        ),
+        verdict_at=T0 + timedelta(minutes=30),
+        windows=(_window(STABLE, 0), _window(CANARY, 0), _window(STABLE, 1), _window(CANARY, 1)),
+    )
+    return replace(base, **changes)
+
+
+# --- status.yaml ----------------------------------------------------------------------------
+STATUSES = [
+    ("full", _status()),
+    (
+        "minimal",
+        _status(
+            canary_revision=None,
+            phase=Phase.PROMOTED,
+            stage=0,
+            stage_since=None,
+            spec_commit=None,
+            verdict=None,
+            verdict_at=None,
+            windows=(),
+            traffic=TrafficSplit.of([Target(STABLE, 100, "stable")]),
+        ),
+    ),
+    ("rolled-back", _status(phase=Phase.ROLLED_BACK, stage=0)),
+    ("non-utc-times", _status(stage_since=T0.astimezone(timezone(timedelta(hours=9))))),
+]
+
+
+@pytest.mark.parametrize("status", [s[1] for s in STATUSES], ids=[s[0] for s in STATUSES])
+def test_status_round_trips(status: ServiceStatus, tmp_path: Path) -> None:
+    path = write_status(tmp_path, status)
+    assert path == tmp_path / "state" / "ion-api" / "status.yaml"
+    assert read_status(tmp_path, "ion-api") == status
+
+
+def test_status_is_deterministic_and_readable(tmp_path: Path) -> None:
+    write_status(tmp_path, _status())
+    first = status_path(tmp_path, "ion-api").read_bytes()
+    write_status(tmp_path, read_status(tmp_path, "ion-api"))  # type: ignore[arg-type]
+    assert status_path(tmp_path, "ion-api").read_bytes() == first
+    text = first.decode()
+    keys = [line.split(":")[0] for line in text.splitlines() if line and line[0].isalpha()]
+    assert keys == [
+        "schema",
+        "service",
+        "phase",
+        "revisions",
+        "stage",
+        "stage_since",
+        "traffic",
+        "etag",
+        "generation",
+        "observed_generation",
+        "last_reconcile",
+        "spec_commit",
+        "verdict",
+        "windows",
+        "applied",
+        "passing_since",
+        "probes",
+    ]
+    assert "stage_since: '2026-05-01T12:00:00Z'\n" in text
+    assert "  canary: ion-api-00042-xyz\n" in text
+
+
+def test_a_new_observation_changes_few_lines(tmp_path: Path) -> None:
+    write_status(tmp_path, _status())
+    before = status_path(tmp_path, "ion-api").read_text().splitlines()
+    write_status(tmp_path, _status(last_reconcile=T0 + timedelta(hours=1), generation=8))
+    after = status_path(tmp_path, "ion-api").read_text().splitlines()
+    assert len(before) == len(after)
+    assert sum(a != b for a, b in zip(before, after, strict=True)) == 2
+
+
+def test_missing_status_reads_as_none(tmp_path: Path) -> None:
+    assert read_status(tmp_path, "ion-api") is None
+
+
+BAD_STATUS = [
+    ("not-yaml", "a: [", "invalid status file"),
+    ("not-a-mapping", "- 1\n", "invalid status file: not a mapping"),
+    ("missing-key", "schema: 1\nservice: ion-api\n", "invalid status file: missing key 'phase'"),
+    ("future-schema", "schema: 2\n", "schema 2 is not 1"),
+]
+
+
+@pytest.mark.parametrize(
+    ("text", "match"), [b[1:] for b in BAD_STATUS], ids=[b[0] for b in BAD_STATUS]
+)
+def test_invalid_status_names_the_file(text: str, match: str, tmp_path: Path) -> None:
+    path = status_path(tmp_path, "ion-api")
+    atomic_write_text(path, text)
+    with pytest.raises(StateError, match=match) as err:
+        read_status(tmp_path, "ion-api")
+    assert str(err.value).startswith(f"{path}: ")
+
+
+def test_status_of_another_service_is_refused(tmp_path: Path) -> None:
+    write_status(tmp_path, _status())
+    os.rename(state_dir(tmp_path, "ion-api"), tmp_path / "state" / "other")
+    with pytest.raises(StateError, match="holds the status of 'ion-api', not 'other'"):
+        read_status(tmp_path, "other")
+
+
+def test_naive_times_are_refused(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="no timezone"):
+        write_status(tmp_path, _status(last_reconcile=datetime(2026, 1, 1)))
+
+
+# --- stage_since and windows ----------------------------------------------------------------
+LATER = T0 + timedelta(hours=3)
+SINCE = [
+    ("first-run", None, CANARY, 5, LATER),
+    ("same-stage-keeps", _status(), CANARY, 5, T0),
+    ("new-stage", _status(), CANARY, 10, LATER),
+    ("new-canary", _status(), "ion-api-00043-new", 5, LATER),
+    ("unknown-since", _status(stage_since=None), CANARY, 5, LATER),
+]
+
+
+@pytest.mark.parametrize(
+    ("previous", "canary", "stage", "expected"), [s[1:] for s in SINCE], ids=[s[0] for s in SINCE]
+)
+def test_stage_since_survives_runs(
+    previous: ServiceStatus | None, canary: str, stage: int, expected: datetime
+) -> None:
+    assert stage_since(previous, canary=canary, stage=stage, now=LATER) == expected
+
+
+def test_keep_windows_is_bounded_per_revision_and_deduplicated() -> None:
+    old = [_window(r, n) for n in range(5) for r in (STABLE, CANARY)]
+    new = [_window(r, n) for n in range(3, 8) for r in (STABLE, CANARY)]  # 3 and 4 repeat
+    kept = keep_windows(old, new, keep=3)
+    assert [(w.revision, w.start) for w in kept] == [
+        (r, _window(r, n).start) for n in (5, 6, 7) for r in sorted((STABLE, CANARY))
+    ]
+    assert len(keep_windows(old, new, keep=10_000)) == 16  # capped at MAX_WINDOWS, 8 each
+    assert len(keep_windows(old, [], keep=0)) == 2  # at least one per revision
+
+
+def test_with_windows_merges_into_the_status(tmp_path: Path) -> None:
+    status = with_windows(_status(), [_window(CANARY, 2)], keep=2)
+    assert [(w.revision, w.start) for w in status.windows] == [
+        (STABLE, _window(STABLE, 0).start),
+        (STABLE, _window(STABLE, 1).start),
+        (CANARY, _window(CANARY, 1).start),
+        (CANARY, _window(CANARY, 2).start),
+    ]
+    write_status(tmp_path, status)
+    assert read_status(tmp_path, "ion-api") == status
+
+
+# --- events.jsonl ---------------------------------------------------------------------------
+def _event(n: int, kind: EventKind = EventKind.ADVANCED) -> Event:
+    return Event(
+        time=T0 + timedelta(minutes=n),
+        kind=kind,
+        actor="cloudrun-reconciler[bot]",
+        before=f"{STABLE}=95 {CANARY}=5",
+        after=f"{STABLE}=90 {CANARY}=10",
+        reason=f"gates passed for 24h ({n})",
+        spec_commit="abc123",
+        details={"windows": 3, "error_rate": 0.002, "forced": False, "note": None},
+    )
+
+
+@pytest.mark.parametrize("kind", list(EventKind), ids=[k.value for k in EventKind])
+def test_event_round_trips(kind: EventKind, tmp_path: Path) -> None:
+    append_events(tmp_path, "ion-api", [_event(1, kind), Event(T0, kind, "alice")])
+    assert read_events(tmp_path, "ion-api") == [Event(T0, kind, "alice"), _event(1, kind)]
+
+
+def test_events_append_one_compact_line_each(tmp_path: Path) -> None:
+    path = append_events(tmp_path, "ion-api", [_event(1)])
+    append_events(tmp_path, "ion-api", [_event(2), _event(3)])
+    lines = path.read_text().splitlines()
+    assert len(lines) == 3
+    assert lines[0] == (
+        '{"time":"2026-05-01T12:01:00Z","kind":"advanced","actor":"cloudrun-reconciler[bot]",'
+        '"before":"ion-api-00041-abc=95 ion-api-00042-xyz=5",'
+        '"after":"ion-api-00041-abc=90 ion-api-00042-xyz=10","reason":"gates passed for 24h (1)",'
+        '"spec_commit":"abc123","details":{"windows":3,"error_rate":0.002,"forced":false,'
+        '"note":null}}'
+    )
+
+
+def test_events_are_capped(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(state, "MAX_EVENTS", 5)
+    for n in range(8):
+        append_events(tmp_path, "ion-api", [_event(n)])
+    assert [e.time for e in read_events(tmp_path, "ion-api")] == [
+        _event(n).time for n in range(3, 8)
+    ]
+
+
+def test_events_read_in_time_order_after_a_union_merge(tmp_path: Path) -> None:
+    append_events(tmp_path, "ion-api", [_event(5), _event(1), _event(3)])
+    assert [e.time for e in read_events(tmp_path, "ion-api")] == [_event(n).time for n in (1, 3, 5)]
+
+
+def test_invalid_event_line_names_file_and_line(tmp_path: Path) -> None:
+    path = append_events(tmp_path, "ion-api", [_event(1)])
+    path.write_text(path.read_text() + '{"time": "x"}\n')
+    with pytest.raises(StateError, match=rf"^{path}:2: invalid event"):
+        read_events(tmp_path, "ion-api")
+
+
+# --- metrics --------------------------------------------------------------------------------
+def test_metrics_go_to_month_files_and_round_trip(tmp_path: Path) -> None:
+    may_end = datetime(2026, 5, 31, 23, 55, tzinfo=UTC)
+    windows = [_window(CANARY, 0, at=may_end), _window(STABLE, 0, at=may_end), _window(CANARY, 1)]
+    written = append_metrics(tmp_path, "ion-api", windows)
+    assert [p.name for p in written] == ["2026-05.jsonl", "2026-06.jsonl"]
+    assert read_metrics(tmp_path, "ion-api") == sorted(
+        windows, key=lambda w: (w.end, w.revision, w.start)
+    )
+    # Windows ending at midnight on 1 June belong to June; `since` keeps later ends only.
+    since = datetime(2026, 5, 15, tzinfo=UTC)
+    assert read_metrics(tmp_path, "ion-api", since=since) == [windows[1], windows[0]]
+
+
+def test_metrics_line_has_rates_and_percentiles(tmp_path: Path) -> None:
+    (path,) = append_metrics(tmp_path, "ion-api", [_window(CANARY, 1)])
+    assert path == metrics_path(tmp_path, "ion-api", _window(CANARY, 1).end)
+    assert path.read_text() == (
+        '{"service":"ion-api","revision":"ion-api-00042-xyz","start":"2026-05-01T12:05:00Z",'
+        '"end":"2026-05-01T12:10:00Z","requests":1001,"errors":7,"successes":989,'
+        '"error_rate":0.006993006993006993,"success_rate":0.988011988011988,'
+        '"p50":0.12,"p95":0.301,"p99":null}\n'
+    )
+
+
+def test_metrics_are_not_recorded_twice(tmp_path: Path) -> None:
+    append_metrics(tmp_path, "ion-api", [_window(CANARY, 0), _window(CANARY, 1)])
+    assert append_metrics(tmp_path, "ion-api", [_window(CANARY, 1), _window(CANARY, 1)]) == []
+    assert append_metrics(tmp_path, "ion-api", [_window(CANARY, 2), _window(CANARY, 2)]) != []
+    assert len(read_metrics(tmp_path, "ion-api")) == 3
+
+
+def test_old_metrics_months_are_pruned(tmp_path: Path) -> None:
+    for month in range(1, 7):
+        append_metrics(
+            tmp_path, "ion-api", [_window(CANARY, 0, at=datetime(2026, month, 2, tzinfo=UTC))]
+        )
+    names = sorted(p.name for p in (state_dir(tmp_path, "ion-api") / "metrics").iterdir())
+    assert names == ["2026-04.jsonl", "2026-05.jsonl", "2026-06.jsonl"]
+
+
+def test_metrics_of_another_service_are_refused(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="window of other appended to the metrics of ion-api"):
+        append_metrics(tmp_path, "ion-api", [_window(CANARY, 0, service="other")])
+
+
+# --- paths and atomic writes ----------------------------------------------------------------
+BAD_NAMES = ["..", "../x", "a/b", "/etc", "", ".", "Ion-Api", "a" * 50, "x-", "-x", "a\x00", "a b"]
+
+
+@pytest.mark.parametrize("name", BAD_NAMES, ids=[repr(n) for n in BAD_NAMES])
+def test_service_names_cannot_escape_state(name: str, tmp_path: Path) -> None:
+    with pytest.raises(StateError, match="not a valid Cloud Run service id"):
+        state_dir(tmp_path, name)
+    with pytest.raises(StateError):
+        append_events(tmp_path, name, [])
+    assert not (tmp_path / "state").exists()
+
+
+def test_atomic_write_leaves_no_temporary_files(tmp_path: Path) -> None:
+    path = tmp_path / "deep" / "dir" / "f.txt"
+    atomic_write_text(path, "one\n")
+    atomic_write_text(path, "two\n")
+    assert path.read_bytes() == b"two\n"
+    assert os.listdir(path.parent) == ["f.txt"]
+    assert path.stat().st_mode & 0o777 == 0o644
+
+
+def test_a_failed_write_keeps_the_old_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "status.yaml"
+    atomic_write_text(path, "old\n")
+
+    def no_rename(src: str, dst: object) -> None:
+        raise OSError("disk full")
+
+    monkeypatch.setattr(os, "replace", no_rename)
+    with pytest.raises(OSError, match="disk full"):
+        atomic_write_text(path, "new\n")
+    assert path.read_text() == "old\n"
+    assert os.listdir(tmp_path) == ["status.yaml"]
+
+
+def test_time_format_round_trips() -> None:
+    when = datetime(2026, 5, 1, 21, 0, 0, 123456, tzinfo=timezone(timedelta(hours=9)))
+    assert format_time(when) == "2026-05-01T12:00:00.123456Z"
+    assert parse_time(format_time(when)) == when
+    with pytest.raises(ValueError, match="no zone"):
+        parse_time("2026-05-01T12:00:00")
