@@ -393,12 +393,16 @@ def write_traffic(
     sp: ServicePlan,
     replan: Callable[[LiveService], ServicePlan],
     now: datetime,
-) -> tuple[ServicePlan, LiveService]:
-    """Set traffic with the plan's etag; on a conflict re-read and re-plan once."""
+) -> tuple[ServicePlan, LiveService, bool]:
+    """Set traffic with the plan's etag; on a conflict re-read and re-plan once.
+
+    Returns the plan carried out, the live service, and whether this run wrote traffic
+    (False when a concurrent writer had already made the change).
+    """
     reason = sp.edit.summary if sp.edit is not None else sp.reason.value
     try:
         live = ctx.backend.set_traffic(sp.ref, sp.after, sp.etag, stamp(sp, now, reason))
-        return sp, live
+        return sp, live, True
     except Conflict as exc:
         log.info("%s: %s; re-reading and re-planning once", sp.ref.name, exc)
     fresh = ctx.backend.get_service(sp.ref)
@@ -408,7 +412,7 @@ def write_traffic(
             f"{sp.ref.name}: changed during apply and is now blocked: {again.blocked}"
         )
     if not again.changes:
-        return again, fresh
+        return again, fresh, False
     try:
         live = ctx.backend.set_traffic(
             again.ref, again.after, again.etag, stamp(again, now, reason)
@@ -418,7 +422,7 @@ def write_traffic(
             f"{sp.ref.name}: changed again while applying ({exc}); nothing overwritten, "
             "run apply again"
         ) from None
-    return again, live
+    return again, live, True
 
 
 def edit_rollout_file(path: Path, edit: SpecEdit, spec: RolloutSpec, now: datetime) -> None:
@@ -666,8 +670,9 @@ def _apply(
         edit_rollout_file(run.path, sp.edit, spec, now)
         run.edited = True
     live = run.live
+    wrote = False
     if sp.changes:
-        sp, live = write_traffic(ctx, spec, sp, replan, now)
+        sp, live, wrote = write_traffic(ctx, spec, sp, replan, now)
         ctx.progress(
             f"{sp.ref.service}: traffic {sp.before.describe()} -> {live.traffic.describe()}"
         )
@@ -677,6 +682,9 @@ def _apply(
     elif sp.reason is Reason.STAGE and spec.force and sp.changes:
         st.atomic_write_text(run.path, yamledit.remove_force(run.path.read_text(encoding="utf-8")))
         run.edited = True
+    run.live = live
+    if not wrote and sp.edit is None:
+        return sp, live, False  # a concurrent reconciler made this change; it records it
     kind = _EVENT_KIND.get(sp.reason, st.EventKind.APPLIED)
     run.events.append(
         st.Event(
@@ -690,7 +698,6 @@ def _apply(
             details=_verdict_details(sp.verdict),
         )
     )
-    run.live = live
     return sp, live, True
 
 
@@ -863,7 +870,7 @@ def rollback(ctx: Context, service: str, reason: str) -> ServiceOutcome:
         return rollback_plan(spec, fresh, now=now, reason=reason)
 
     if sp.changes:
-        sp, live = write_traffic(ctx, spec, sp, replan, now)
+        sp, live, _ = write_traffic(ctx, spec, sp, replan, now)
     if sp.edit is not None and (spec.canary_percent != 0 or spec.rolled_back is None):
         edit_rollout_file(path, sp.edit, spec, now)
         run.edited = True
