@@ -88,6 +88,8 @@ class Context:
     environ: Mapping[str, str] | None = None
     max_workers: int = 16
     window_keep: int = 12
+    recover_after: timedelta = timedelta(minutes=2)
+    """A stamp younger than this may belong to a concurrent run that is still recording it."""
     progress: Callable[[str], None] = lambda _msg: None
 
     @property
@@ -499,6 +501,12 @@ def recover(ctx: Context, run: _Run, spec_commit: str | None) -> None:
     )
     if recorded or not run.live.traffic.same_routing(_stamp_split(data)):
         return
+    try:
+        written_at = st.parse_time(str(data.get("at")))
+    except (ValueError, TypeError):
+        return
+    if run.now - written_at < ctx.recover_after:
+        return  # possibly a concurrent reconciler that has not pushed its record yet
     try:
         reason = Reason(str(data.get("action")))
     except ValueError:

@@ -185,6 +185,7 @@ def test_crash_between_traffic_and_commit_is_recovered(sb: Sandbox) -> None:
     sb.git("clean", "--quiet", "-fdx", "state")
     assert not (sb.repo / "state").exists()
     writes = sb.emu.writes
+    sb.emu.advance_clock(180)  # the stamp is older than a concurrent run's recording takes
     # The next run converges without writing again and records what happened.
     assert apply_all(context(sb)).exit_code == 0
     assert sb.emu.writes == writes
@@ -200,6 +201,7 @@ def test_crashed_rollback_writes_the_sticky_block_on_the_next_run(sb: Sandbox) -
     rollback(crashed, "ion-api", "error burst")
     sb.git("checkout", "--quiet", "--", ".")  # the uncommitted edit is lost with the runner
     assert "rolled_back" not in sb.rollout().read_text(encoding="utf-8")
+    sb.emu.advance_clock(180)
     assert apply_all(context(sb)).exit_code == 0
     assert live_percents(sb) == {STABLE: 100}
     text = sb.remote_file("rollout/ion-api.yaml")
