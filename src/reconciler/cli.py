@@ -698,6 +698,98 @@ def promote(app: App, service: str, branch: str | None, no_push: bool) -> None:
     click.echo(f"promoted {service}: {summary}{where}" + (f" (commit {sha[:10]})" if sha else ""))
 
 
+def _duration(ctx: click.Context, param: click.Parameter, value: str | None) -> object:
+    from reconciler.spec import parse_duration
+
+    if value is None:
+        return None
+    try:
+        return parse_duration(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+@cli.command()
+@service_option
+@click.option(
+    "--interval",
+    default="30m",
+    show_default=True,
+    callback=_duration,
+    help="Time between reconciles (s, m, h).",
+)
+@click.option(
+    "--duration",
+    default="24h",
+    show_default=True,
+    callback=_duration,
+    help="Stop after this long (s, m, h, d).",
+)
+@click.option("--no-commit", is_flag=True, help="Change traffic and write state/, commit nothing.")
+@click.option("--no-push", is_flag=True, help="Commit locally, do not push.")
+@pass_app
+def watch(
+    app: App,
+    services: tuple[str, ...],
+    interval: object,
+    duration: object,
+    no_commit: bool,
+    no_push: bool,
+) -> None:
+    """The monitor loop: apply every --interval for --duration, a line per tick.
+
+    Each tick measures, judges, rolls back or advances exactly like `apply`, and prints the
+    verdict per service. Ctrl-C or SIGTERM stops cleanly after the current tick. Exit 4 if
+    any tick rolled a canary back.
+
+    \b
+    Examples:
+      reconcile watch                              # every 30m for 24h
+      reconcile watch --interval 1m --duration 2h --service ion-api
+    """
+    from datetime import timedelta
+
+    from reconciler.reconcile import apply_all
+    from reconciler.runtime import build_context
+    from reconciler.watch import watch as watch_loop
+
+    assert isinstance(interval, timedelta) and isinstance(duration, timedelta)
+    ctx = build_context(app.repo, commit=not no_commit, push=not no_push, progress=_echo_err)
+    result = watch_loop(
+        lambda: apply_all(ctx, services),
+        interval=interval,
+        duration=duration,
+        clock=ctx.clock,
+        report=lambda line: click.echo(line),
+    )
+    click.echo(f"stopped after {result.ticks} ticks ({result.stopped_by})")
+    raise click.exceptions.Exit(result.exit_code)
+
+
+@cli.command()
+@click.option(
+    "--keep",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Keep the demo's repos in DIR (empty or new) instead of a temp dir.",
+)
+def demo(keep: Path | None) -> None:
+    """The whole story on the embedded emulator, no cloud account (under a minute).
+
+    Starts the Cloud Run emulator in-process and a git repo with a bare remote in a temp
+    dir, then runs the real commands: validate, plan, apply 5%, healthy traffic and an
+    automatic advance, a bad revision and its automatic rollback; prints the git log and
+    the observed state. Leaves nothing behind (unless --keep).
+
+    \b
+    Example:
+      reconcile demo
+      reconcile demo --keep /tmp/reconcile-demo && git -C /tmp/reconcile-demo/work log
+    """
+    from reconciler.demo import run_demo
+
+    raise click.exceptions.Exit(run_demo(keep))
+
+
 from reconciler.emulator.cli import emulator  # noqa: E402
 
 cli.add_command(emulator)
