@@ -1,16 +1,25 @@
 """Metrics providers: measured traffic per revision and window.
 
-`MetricsProvider` is the narrow interface the judge's caller needs; one file per provider.
+`MetricsProvider` is the narrow interface the judge's caller needs; one file per provider
+(`cloud_monitoring.py`, `prometheus.py`), chosen from the rollout file by `provider_for`.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
+from reconciler.errors import ReconcileError
 from reconciler.model import ServiceRef, WindowStats
+
+if TYPE_CHECKING:
+    from reconciler.spec import CloudMonitoringMetrics, PrometheusMetrics
+
+LAG_ENV = "RECONCILE_METRICS_LAG"
+"""Cloud Monitoring ingestion lag, e.g. `3m` (default) or `0s` against the emulator."""
 
 
 class MetricsError(Exception):
@@ -37,3 +46,38 @@ class MetricsProvider(Protocol):
         'no data', never a pass.
         """
         ...
+
+
+def provider_for(
+    metrics: CloudMonitoringMetrics | PrometheusMetrics,
+    *,
+    environ: Mapping[str, str] | None = None,
+) -> MetricsProvider:
+    """The provider a rollout file's `metrics:` block names.
+
+    `cloud-monitoring` reads its ingestion lag from $RECONCILE_METRICS_LAG (a duration like
+    `3m`; default 3 minutes). An unknown provider is an error, never a silent default.
+    """
+    from reconciler.spec import CloudMonitoringMetrics, PrometheusMetrics, parse_duration
+
+    if isinstance(metrics, CloudMonitoringMetrics):
+        from reconciler.metrics.cloud_monitoring import (
+            DEFAULT_INGESTION_LAG,
+            CloudMonitoringProvider,
+        )
+
+        raw = (os.environ if environ is None else environ).get(LAG_ENV, "").strip()
+        try:
+            lag = parse_duration(raw) if raw else DEFAULT_INGESTION_LAG
+        except ValueError as exc:
+            raise ReconcileError(f"${LAG_ENV}: {exc}") from None
+        return CloudMonitoringProvider(ingestion_lag=lag)
+    if isinstance(metrics, PrometheusMetrics):
+        from reconciler.metrics.prometheus import PrometheusProvider
+
+        if metrics.url.startswith("{"):
+            raise ReconcileError(
+                f"metrics.url {metrics.url!r}: a Prometheus server needs a plain http(s) URL"
+            )
+        return PrometheusProvider(metrics.url, metrics.queries)
+    raise ReconcileError(f"unknown metrics provider {type(metrics).__name__}")
