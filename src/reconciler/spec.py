@@ -335,13 +335,7 @@ class CloudMonitoringMetrics(_Model):
 
 
 class PrometheusQueries(_Model):
-    """PromQL per measure; `{service}`, `{revision}` and `{window}` are substituted.
-
-    One query per measure covers a whole batch: `{service}` and `{revision}` become regex
-    alternations of every service and revision asked for (use them with `=~`), `{window}` a
-    PromQL duration. Each query returns an instant vector with `service` and `revision`
-    labels. Unset measures use the defaults of `reconciler.metrics.prometheus`.
-    """
+    """PromQL per measure; `{service}`, `{revision}` and `{window}` are substituted."""
 
     requests: str | None = None
     errors: str | None = None

@@ -6,6 +6,7 @@ from datetime import timedelta
 
 import pytest
 
+from reconciler.clients import EMULATOR_HOST_ENV
 from reconciler.errors import ReconcileError
 from reconciler.metrics import LAG_ENV, provider_for
 from reconciler.metrics.cloud_monitoring import DEFAULT_INGESTION_LAG, CloudMonitoringProvider
@@ -23,8 +24,10 @@ CLOUD = CloudMonitoringMetrics(provider="cloud-monitoring")
         ({LAG_ENV: "0s"}, timedelta(0)),
         ({LAG_ENV: "90s"}, timedelta(seconds=90)),
         ({LAG_ENV: " 5m "}, timedelta(minutes=5)),
+        ({EMULATOR_HOST_ENV: "127.0.0.1:1"}, timedelta(0)),
+        ({EMULATOR_HOST_ENV: "127.0.0.1:1", LAG_ENV: "2m"}, timedelta(minutes=2)),
     ],
-    ids=["unset", "empty", "zero", "90s", "spaces"],
+    ids=["unset", "empty", "zero", "90s", "spaces", "emulator", "emulator-explicit"],
 )
 def test_cloud_monitoring_lag_from_the_environment(environ: dict[str, str], lag: timedelta) -> None:
     provider = provider_for(CLOUD, environ=environ)

@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     from reconciler.spec import CloudMonitoringMetrics, PrometheusMetrics
 
 LAG_ENV = "RECONCILE_METRICS_LAG"
-"""Cloud Monitoring ingestion lag, e.g. `3m` (default) or `0s` against the emulator."""
+"""Cloud Monitoring ingestion lag, e.g. `3m` (the default against Google) or `0s`."""
 
 
 class MetricsError(Exception):
@@ -56,8 +56,11 @@ def provider_for(
     """The provider a rollout file's `metrics:` block names.
 
     `cloud-monitoring` reads its ingestion lag from $RECONCILE_METRICS_LAG (a duration like
-    `3m`; default 3 minutes). An unknown provider is an error, never a silent default.
+    `3m`); unset, it is 3 minutes against Google and 0 against the emulator
+    ($CLOUD_RUN_EMULATOR_HOST set), which has no ingestion delay. An unknown provider is an
+    error, never a silent default.
     """
+    from reconciler.clients import EMULATOR_HOST_ENV
     from reconciler.spec import CloudMonitoringMetrics, PrometheusMetrics, parse_duration
 
     if isinstance(metrics, CloudMonitoringMetrics):
@@ -66,11 +69,14 @@ def provider_for(
             CloudMonitoringProvider,
         )
 
-        raw = (os.environ if environ is None else environ).get(LAG_ENV, "").strip()
+        env = os.environ if environ is None else environ
+        raw = env.get(LAG_ENV, "").strip()
         try:
-            lag = parse_duration(raw) if raw else DEFAULT_INGESTION_LAG
+            lag = parse_duration(raw) if raw else None
         except ValueError as exc:
             raise ReconcileError(f"${LAG_ENV}: {exc}") from None
+        if lag is None:
+            lag = timedelta(0) if env.get(EMULATOR_HOST_ENV) else DEFAULT_INGESTION_LAG
         return CloudMonitoringProvider(ingestion_lag=lag)
     if isinstance(metrics, PrometheusMetrics):
         from reconciler.metrics.prometheus import PrometheusProvider
