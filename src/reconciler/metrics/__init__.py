@@ -1,16 +1,25 @@
 """Metrics providers: measured traffic per revision and window.
 
-`MetricsProvider` is the narrow interface the judge's caller needs; one file per provider.
+`MetricsProvider` is the narrow interface the judge's caller needs; one file per provider
+(`cloud_monitoring.py`, `prometheus.py`), chosen from the rollout file by `provider_for`.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
+from reconciler.errors import ReconcileError
 from reconciler.model import ServiceRef, WindowStats
+
+if TYPE_CHECKING:
+    from reconciler.spec import CloudMonitoringMetrics, PrometheusMetrics
+
+LAG_ENV = "RECONCILE_METRICS_LAG"
+"""Cloud Monitoring ingestion lag, e.g. `3m` (the default against Google) or `0s`."""
 
 
 class MetricsError(Exception):
@@ -37,3 +46,44 @@ class MetricsProvider(Protocol):
         'no data', never a pass.
         """
         ...
+
+
+def provider_for(
+    metrics: CloudMonitoringMetrics | PrometheusMetrics,
+    *,
+    environ: Mapping[str, str] | None = None,
+) -> MetricsProvider:
+    """The provider a rollout file's `metrics:` block names.
+
+    `cloud-monitoring` reads its ingestion lag from $RECONCILE_METRICS_LAG (a duration like
+    `3m`); unset, it is 3 minutes against Google and 0 against the emulator
+    ($CLOUD_RUN_EMULATOR_HOST set), which has no ingestion delay. An unknown provider is an
+    error, never a silent default.
+    """
+    from reconciler.clients import EMULATOR_HOST_ENV
+    from reconciler.spec import CloudMonitoringMetrics, PrometheusMetrics, parse_duration
+
+    if isinstance(metrics, CloudMonitoringMetrics):
+        from reconciler.metrics.cloud_monitoring import (
+            DEFAULT_INGESTION_LAG,
+            CloudMonitoringProvider,
+        )
+
+        env = os.environ if environ is None else environ
+        raw = env.get(LAG_ENV, "").strip()
+        try:
+            lag = parse_duration(raw) if raw else None
+        except ValueError as exc:
+            raise ReconcileError(f"${LAG_ENV}: {exc}") from None
+        if lag is None:
+            lag = timedelta(0) if env.get(EMULATOR_HOST_ENV) else DEFAULT_INGESTION_LAG
+        return CloudMonitoringProvider(ingestion_lag=lag)
+    if isinstance(metrics, PrometheusMetrics):
+        from reconciler.metrics.prometheus import PrometheusProvider
+
+        if metrics.url.startswith("{"):
+            raise ReconcileError(
+                f"metrics.url {metrics.url!r}: a Prometheus server needs a plain http(s) URL"
+            )
+        return PrometheusProvider(metrics.url, metrics.queries)
+    raise ReconcileError(f"unknown metrics provider {type(metrics).__name__}")
