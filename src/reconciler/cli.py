@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Mapping, Sequence
-from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -14,6 +13,8 @@ from reconciler import __version__
 from reconciler.errors import ReconcileError
 
 if TYPE_CHECKING:
+    from datetime import timedelta
+
     from reconciler.probes import ProbeResult, SideStats, Urls
     from reconciler.spec import Check, RolloutSpec
 
@@ -62,24 +63,36 @@ def cli(ctx: click.Context, repo: Path) -> None:
 
 
 @cli.command()
-@click.argument("paths", nargs=-1, type=click.Path(path_type=Path))
+@click.argument("paths", nargs=-1, metavar="[PATH]...", type=click.Path(path_type=Path))
 @pass_app
 def validate(app: App, paths: tuple[Path, ...]) -> None:
-    """Check rollout files strictly (default: every file in rollout/).
+    """Check rollout files strictly (default: every rollout/*.yaml).
 
-    Prints `path:line: message` for each invalid file and exits 1.
+    PATH may be a file or a directory of rollout files. Each invalid file prints one line
+    `path:line: message` on stderr, then a count; exit 1 if any file is invalid, else 0.
+    Units are required (5%, 20s, 5m); unknown or duplicate keys, YAML 1.1 surprises
+    (no, on, 010, 1:30) and a file name that differs from its service are errors.
 
     \b
-    Example:
+    Examples:
       reconcile validate
       reconcile validate rollout/ion-api.yaml
+      reconcile --repo ../infra validate
     """
-    from reconciler.loader import SpecError, load_spec
+    from reconciler.loader import SpecError, find_rollout_files, load_spec
 
-    files = list(paths) or sorted(app.rollout_dir.glob("*.yaml"))
-    if not files:
-        raise ReconcileError(f"{app.rollout_dir}: no rollout files (*.yaml) found")
+    files: list[Path] = []
     failed = 0
+    for path in paths or (app.rollout_dir,):
+        if path.is_dir():
+            found = find_rollout_files(path)
+            if not found:
+                raise ReconcileError(f"{path}: no rollout files (*.yaml) found")
+            files += found
+        elif path.exists() or paths:
+            files.append(path)
+        else:
+            raise ReconcileError(f"{path}: no such directory; run in the repository or use --repo")
     for path in files:
         try:
             spec = load_spec(path)
@@ -89,7 +102,38 @@ def validate(app: App, paths: tuple[Path, ...]) -> None:
             continue
         click.echo(f"{path}: ok ({spec.service}, canary {spec.canary_percent}%)")
     if failed:
-        raise click.exceptions.Exit(1)
+        raise ReconcileError(f"{failed} of {len(files)} rollout files invalid")
+
+
+@cli.command("schema")
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Write the schema to this file instead of stdout.",
+)
+def schema_command(out: Path | None) -> None:
+    """Print the JSON Schema of the rollout file (for editors and other tools).
+
+    Rules that span several keys (stages increasing, canary_percent one of the stages)
+    are beyond JSON Schema: `reconcile validate` checks them. See docs/rollout-file.md,
+    "Editor support", to have yaml-language-server check rollout files as you type.
+
+    \b
+    Examples:
+      reconcile schema > rollout.schema.json
+      reconcile schema --out schema/rollout.schema.json
+    """
+    from reconciler.spec import schema_text
+
+    text = schema_text()
+    if out is None:
+        click.echo(text, nl=False)
+        return
+    try:
+        out.write_text(text, encoding="utf-8")
+    except OSError as exc:
+        raise ReconcileError(f"{out}: cannot write: {exc.strerror or exc}") from None
+    click.echo(f"wrote {out}", err=True)
 
 
 def _rollout_for(app: App, service: str) -> RolloutSpec:
@@ -391,7 +435,366 @@ def bench(
     click.echo(f"baseline saved: {saved}")
 
 
+# --- plan / apply / status / rollback / promote / watch ---------------------------------------
+service_option = click.option(
+    "--service",
+    "-s",
+    "services",
+    multiple=True,
+    metavar="NAME|GLOB",
+    help="Only these services (a name or a glob like 'payments-*'; may repeat). Default: all.",
+)
+
+
+def _echo_err(message: str) -> None:
+    click.echo(message, err=True)
+
+
+@cli.command()
+@service_option
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["text", "markdown", "json"]),
+    default="text",
+    show_default=True,
+    help="text for terminals, markdown for a PR comment, json for machines (and apply PLANFILE).",
+)
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Also write the plan (in --format) to FILE; a json plan can be applied later.",
+)
+@click.option(
+    "--detailed-exitcode",
+    is_flag=True,
+    help="Exit 2 when there are changes to apply (0: none, 1: error or blocked).",
+)
+@click.option(
+    "--offline",
+    is_flag=True,
+    help="Plan against the last observed state in state/ instead of the API (fork PRs).",
+)
+@pass_app
+def plan(
+    app: App,
+    services: tuple[str, ...],
+    fmt: str,
+    out: Path | None,
+    detailed_exitcode: bool,
+    offline: bool,
+) -> None:
+    """Show what apply would change on live Cloud Run traffic, like `terraform plan`.
+
+    Reads each rollout file and the live service (Cloud Run Admin API v2), and prints the
+    changes per service (+ added, ~ changed, - removed), the reason (new stage, drift,
+    rollback, advance, finalize), and the equivalent gcloud command. A change that raises
+    canary_percent past a stage whose gates have not passed for `bake` is BLOCKED (exit 1)
+    unless the rollout file says `force: true`.
+
+    \b
+    Examples:
+      reconcile plan
+      reconcile plan --service ion-api --detailed-exitcode
+      reconcile plan --format markdown --out plan.md      # the PR comment
+      reconcile plan --format json --out plan.json        # then: reconcile apply plan.json
+    """
+    from reconciler.reconcile import plan_all
+    from reconciler.render import plan_text, render_plan
+    from reconciler.runtime import utc_now
+
+    backend = None
+    if not offline:
+        from reconciler.backends.cloudrun import CloudRunBackend
+
+        backend = CloudRunBackend()
+    result = plan_all(app.repo, services, backend, utc_now(), offline=offline)
+    rendered = render_plan(result, fmt)
+    if out is not None:
+        out.write_text(rendered, encoding="utf-8")
+        click.echo(plan_text(result) if fmt != "text" else rendered, nl=False)
+    else:
+        click.echo(rendered, nl=False)
+    if result.errors or result.blocked:
+        raise click.exceptions.Exit(1)
+    if detailed_exitcode and result.has_changes:
+        raise click.exceptions.Exit(2)
+
+
+@cli.command()
+@service_option
+@click.argument("planfile", required=False, type=click.Path(dir_okay=False, path_type=Path))
+@click.option(
+    "--dry-run", is_flag=True, help="Judge and plan, print the gcloud commands, change nothing."
+)
+@click.option(
+    "--no-commit", is_flag=True, help="Change traffic and write state/, but commit nothing."
+)
+@click.option("--no-push", is_flag=True, help="Commit locally, do not push.")
+@pass_app
+def apply(
+    app: App,
+    services: tuple[str, ...],
+    planfile: Path | None,
+    dry_run: bool,
+    no_commit: bool,
+    no_push: bool,
+) -> None:
+    """Reconcile live traffic with git: measure, probe, judge, move traffic, record.
+
+    For each service: read the live split, measure the canary's window (metrics provider),
+    run its probes, judge the gates, then apply the plan: a new stage, drift correction
+    (self_heal), an automatic rollback on FAIL (exit 4), an automatic advance after `bake`
+    (auto_advance), or the finalize at 100%. Every write uses the etag it read, waits for the
+    operation and reads the split back. What was observed is written to state/ and committed
+    with any rollout-file edit, then pushed (fetch-rebase-retry on a race).
+
+    \b
+    Exit codes: 0 ok, 1 error or blocked, 4 a canary was rolled back.
+    \b
+    Examples:
+      reconcile apply
+      reconcile apply --service ion-api --dry-run
+      reconcile apply plan.json          # exactly a saved plan; refused when stale
+    """
+    from reconciler.plan import Plan
+    from reconciler.reconcile import apply_all
+    from reconciler.render import PlanFileError, plan_from_json, plan_text
+    from reconciler.runtime import build_context
+
+    saved = None
+    if planfile is not None:
+        try:
+            saved = plan_from_json(planfile.read_text(encoding="utf-8"))
+        except OSError as exc:
+            raise ReconcileError(f"{planfile}: {exc.strerror}") from None
+        except PlanFileError as exc:
+            raise ReconcileError(
+                f"{planfile}: {exc} (write one with `reconcile plan --format json --out FILE`)"
+            ) from None
+    ctx = build_context(
+        app.repo, commit=not (no_commit or dry_run), push=not no_push, progress=_echo_err
+    )
+    result = apply_all(ctx, services, dry_run=dry_run, saved=saved)
+    if dry_run:
+        plans = tuple(o.plan for o in result.outcomes if o.plan is not None)
+        click.echo(plan_text(Plan(created_at=ctx.clock(), services=plans)), nl=False)
+    for o in result.outcomes:
+        if o.error:
+            _echo_err(
+                f"error: {o.service}: {o.error}"
+                if not o.error.startswith(o.service)
+                else f"error: {o.error}"
+            )
+            continue
+        if dry_run or o.plan is None:
+            continue
+        sp = o.plan
+        commit = f" (commit {o.commit[:10]})" if o.commit else ""
+        if o.rolled_back:
+            click.echo(f"ROLLED BACK {o.service}: {sp.edit.summary if sp.edit else ''}{commit}")
+        elif o.applied:
+            change = f"{sp.before.describe()} -> {sp.after.describe()}"
+            click.echo(f"applied {o.service}: {sp.reason.value}, {change}{commit}")
+        elif sp.blocked:
+            _echo_err(f"blocked {o.service}: {sp.blocked}")
+        else:
+            verdict = f", verdict {o.verdict.summary()}" if o.verdict else ""
+            click.echo(f"ok {o.service}: in sync ({sp.before.describe()}){verdict}")
+        for note in (*sp.notes, *sp.warnings):
+            click.echo(f"  {note}")
+    if result.push_error:
+        _echo_err(f"error: {result.push_error}")
+    raise click.exceptions.Exit(result.exit_code)
+
+
+@cli.command()
+@service_option
+@click.option(
+    "--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True
+)
+@click.option("--offline", is_flag=True, help="From state/ only, without the API.")
+@pass_app
+def status(app: App, services: tuple[str, ...], fmt: str, offline: bool) -> None:
+    """Desired vs live traffic per service: phase, stage, sync, "ready to promote".
+
+    \b
+    Example:
+      reconcile status
+      reconcile status --service 'payments-*' --format json
+    """
+    from reconciler.reconcile import plan_all
+    from reconciler.render import status_json, status_text
+    from reconciler.runtime import utc_now
+
+    backend = None
+    if not offline:
+        from reconciler.backends.cloudrun import CloudRunBackend
+
+        backend = CloudRunBackend()
+    result = plan_all(app.repo, services, backend, utc_now(), offline=offline)
+    render = status_json if fmt == "json" else status_text
+    click.echo(render(list(result.services), list(result.errors)), nl=False)
+    if result.errors:
+        raise click.exceptions.Exit(1)
+
+
+@cli.command()
+@click.argument("service")
+@click.option("--force", is_flag=True, help="Do not ask: the emergency path.")
+@click.option(
+    "--reason", default="manual rollback", show_default=True, help="Recorded in git and state/."
+)
+@click.option("--no-push", is_flag=True, help="Commit locally, do not push.")
+@pass_app
+def rollback(app: App, service: str, force: bool, reason: str, no_push: bool) -> None:
+    """Send 100% of SERVICE's traffic to the stable revision now, and make it stick.
+
+    Then commits `canary_percent: 0` and a `rolled_back` block to the rollout file: the
+    reconciler never routes to that canary again until a human names a new one or deletes
+    the block.
+
+    \b
+    Examples:
+      reconcile rollback ion-api --reason "5xx spike after deploy"
+      reconcile rollback ion-api --force        # no prompt (CI, 3 a.m.)
+    """
+    from reconciler import reconcile
+    from reconciler.runtime import build_context
+
+    if not force:
+        if not sys.stdin.isatty():
+            raise ReconcileError("refusing to prompt without a terminal; pass --force to roll back")
+        click.confirm(f"Roll back {service}: 100% of traffic to its stable revision?", abort=True)
+    ctx = build_context(app.repo, push=not no_push, with_metrics=False)
+    outcome = reconcile.rollback(ctx, service, reason)
+    sp = outcome.plan
+    commit = f" (commit {outcome.commit[:10]})" if outcome.commit else ""
+    if sp is not None:
+        click.echo(
+            f"rolled back {service}: {sp.before.describe()} -> {sp.after.describe()}{commit}"
+        )
+
+
+@cli.command()
+@click.argument("service")
+@click.option("--branch", metavar="NAME", help="Commit on a new branch (for a pull request).")
+@click.option("--no-push", is_flag=True, help="Commit locally, do not push.")
+@pass_app
+def promote(app: App, service: str, branch: str | None, no_push: bool) -> None:
+    """Write SERVICE's next stage into its rollout file and commit it.
+
+    The next `apply` moves the traffic (the bake gate still applies).
+
+    \b
+    Examples:
+      reconcile promote ion-api
+      reconcile promote ion-api --branch promote/ion-api-10   # then open a PR
+    """
+    from reconciler import reconcile
+    from reconciler.runtime import build_context
+
+    ctx = build_context(app.repo, push=not no_push, with_metrics=False)
+    summary, sha = reconcile.promote(ctx, service, branch)
+    where = f" on branch {branch}" if branch else ""
+    click.echo(f"promoted {service}: {summary}{where}" + (f" (commit {sha[:10]})" if sha else ""))
+
+
+def _duration(ctx: click.Context, param: click.Parameter, value: str | None) -> object:
+    from reconciler.spec import parse_duration
+
+    if value is None:
+        return None
+    try:
+        return parse_duration(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+@cli.command()
+@service_option
+@click.option(
+    "--interval",
+    default="30m",
+    show_default=True,
+    callback=_duration,
+    help="Time between reconciles (s, m, h).",
+)
+@click.option(
+    "--duration",
+    default="24h",
+    show_default=True,
+    callback=_duration,
+    help="Stop after this long (s, m, h, d).",
+)
+@click.option("--no-commit", is_flag=True, help="Change traffic and write state/, commit nothing.")
+@click.option("--no-push", is_flag=True, help="Commit locally, do not push.")
+@pass_app
+def watch(
+    app: App,
+    services: tuple[str, ...],
+    interval: object,
+    duration: object,
+    no_commit: bool,
+    no_push: bool,
+) -> None:
+    """The monitor loop: apply every --interval for --duration, a line per tick.
+
+    Each tick measures, judges, rolls back or advances exactly like `apply`, and prints the
+    verdict per service. Ctrl-C or SIGTERM stops cleanly after the current tick. Exit 4 if
+    any tick rolled a canary back.
+
+    \b
+    Examples:
+      reconcile watch                              # every 30m for 24h
+      reconcile watch --interval 1m --duration 2h --service ion-api
+    """
+    from datetime import timedelta
+
+    from reconciler.reconcile import apply_all
+    from reconciler.runtime import build_context
+    from reconciler.watch import watch as watch_loop
+
+    assert isinstance(interval, timedelta) and isinstance(duration, timedelta)
+    ctx = build_context(app.repo, commit=not no_commit, push=not no_push, progress=_echo_err)
+    result = watch_loop(
+        lambda: apply_all(ctx, services),
+        interval=interval,
+        duration=duration,
+        clock=ctx.clock,
+        report=lambda line: click.echo(line),
+    )
+    click.echo(f"stopped after {result.ticks} ticks ({result.stopped_by})")
+    raise click.exceptions.Exit(result.exit_code)
+
+
+@cli.command()
+@click.option(
+    "--keep",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Keep the demo's repos in DIR (empty or new) instead of a temp dir.",
+)
+def demo(keep: Path | None) -> None:
+    """The whole story on the embedded emulator, no cloud account (under a minute).
+
+    Starts the Cloud Run emulator in-process and a git repo with a bare remote in a temp
+    dir, then runs the real commands: validate, plan, apply 5%, healthy traffic and an
+    automatic advance, a bad revision and its automatic rollback; prints the git log and
+    the observed state. Leaves nothing behind (unless --keep).
+
+    \b
+    Example:
+      reconcile demo
+      reconcile demo --keep /tmp/reconcile-demo && git -C /tmp/reconcile-demo/work log
+    """
+    from reconciler.demo import run_demo
+
+    raise click.exceptions.Exit(run_demo(keep))
+
+
 def _since(ctx: click.Context, param: click.Parameter, value: str | None) -> timedelta | None:
+    from datetime import timedelta
+
     from reconciler.spec import parse_duration
 
     if value is None:

@@ -1,29 +1,565 @@
-"""Read rollout files strictly: every error is one line `path:line: message`."""
+"""Read rollout files strictly: every error is one line `path:line: message`.
+
+The YAML is composed into a node tree (which keeps line marks), then built into plain
+Python values by hand, recording the line of every key and list item. That gives us:
+
+- YAML 1.2 core scalars, and a refusal of plain scalars that YAML 1.1 tools read as
+  something else (`no`, `on`, `010`, `1:30`, `1_000` ...), with what to write instead;
+- duplicate keys, merge keys (`<<`) and explicit tags (`!!python/...`) as errors;
+- a cap on aliases, on what aliases expand to, and on nesting depth (no alias bombs);
+- pydantic errors mapped back to the line of the deepest key that exists.
+"""
 
 from __future__ import annotations
 
+import difflib
+import re
+import types
+import typing
 from pathlib import Path
+from typing import Any
 
 import yaml
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
+from pydantic_core import ErrorDetails
+from yaml.composer import Composer
+from yaml.events import AliasEvent
+from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
+from yaml.parser import Parser
+from yaml.reader import Reader
+from yaml.resolver import BaseResolver
+from yaml.scanner import Scanner
 
 from reconciler.errors import ReconcileError
-from reconciler.spec import RolloutSpec
+from reconciler.spec import STRICT_UNITS, Loc, RolloutSpec, RuleError, describe_value
+
+MAX_BYTES = 1024 * 1024
+MAX_ALIASES = 100
+# Values built through aliases; bounds `a: &a [x, x], b: &b [*a, *a], ...` (billion laughs).
+MAX_ALIAS_VALUES = 10_000
+MAX_DEPTH = 50
+
+_STR = "tag:yaml.org,2002:str"
+_SEQ = "tag:yaml.org,2002:seq"
+_MAP = "tag:yaml.org,2002:map"
+# Plain (unquoted, untagged) scalars get this tag from the resolver; `_Builder` resolves
+# them itself, YAML 1.2 core style, and rejects the ones YAML 1.1 reads differently.
+_PLAIN = "!plain"
 
 
 class SpecError(ReconcileError):
     """A rollout file is invalid; the message is `path:line: message`."""
 
 
+class _Problem(Exception):
+    """An error at a line of the file being loaded, turned into a SpecError by `parse_spec`."""
+
+    def __init__(self, line: int, message: str) -> None:
+        super().__init__(message)
+        self.line = line
+        self.message = message
+
+
+def find_rollout_files(directory: Path) -> list[Path]:
+    """The rollout files of a directory (`*.yaml`, and `*.yml` so that a misnamed one is
+    reported rather than silently skipped), sorted."""
+    return sorted(p for p in directory.iterdir() if p.suffix in (".yaml", ".yml") and p.is_file())
+
+
 def load_spec(path: Path) -> RolloutSpec:
-    """Load and validate one rollout file."""
+    """Read and validate one rollout file; raise SpecError (`path:line: message`)."""
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
-        raise SpecError(f"{path}:1: {exc}") from None
+        with path.open("rb") as fh:
+            data = fh.read(MAX_BYTES + 1)
+    except FileNotFoundError:
+        raise SpecError(f"{path}: no such file or directory") from None
+    except IsADirectoryError:
+        raise SpecError(f"{path}: is a directory, not a rollout file") from None
+    except OSError as exc:
+        raise SpecError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    return parse_spec(data, path)
+
+
+def parse_spec(data: bytes, path: Path) -> RolloutSpec:
+    """Validate the bytes of a rollout file named `path` (e.g. read from another git ref)."""
     try:
-        return RolloutSpec.model_validate(data)
+        text = _decode(data)
+        tree, lines = _compose(text)
+        spec = _validate(tree, lines)
+        _check_file_name(spec, path, lines)
+    except _Problem as problem:
+        raise SpecError(f"{path}:{problem.line}: {problem.message}") from None
+    return spec
+
+
+def parse_yaml(data: bytes, path: Path) -> dict[str, Any]:
+    """The strict YAML reading of `parse_spec` without the rollout model: a mapping of plain
+    values (str, int, float, bool, None, list, dict). Raises SpecError `path:line: message`."""
+    try:
+        tree, _ = _compose(_decode(data))
+    except _Problem as problem:
+        raise SpecError(f"{path}:{problem.line}: {problem.message}") from None
+    return tree
+
+
+# --- bytes -> text -----------------------------------------------------------------------
+def _decode(data: bytes) -> str:
+    if len(data) > MAX_BYTES:
+        raise _Problem(1, "file is larger than 1 MiB; a rollout file is a few kB of YAML")
+    nul = data.find(b"\0")
+    if nul >= 0:
+        line = data.count(b"\n", 0, nul) + 1
+        raise _Problem(line, "binary file (NUL byte); a rollout file is UTF-8 text")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise _Problem(line, f"not UTF-8 text (byte 0x{data[exc.start]:02x})") from None
+    text = text.removeprefix("\ufeff")
+    if not text.strip():
+        raise _Problem(1, "empty file; a rollout file needs at least " + _REQUIRED)
+    return text
+
+
+_REQUIRED = "service, project, region, revisions, canary_percent and stages"
+
+
+# --- text -> node tree -> values ------------------------------------------------------------
+class _Composer(Reader, Scanner, Parser, Composer, BaseResolver):
+    """PyYAML's reader, scanner, parser and composer, with no implicit type resolution."""
+
+    def __init__(self, text: str) -> None:
+        Reader.__init__(self, text)
+        Scanner.__init__(self)
+        Parser.__init__(self)
+        Composer.__init__(self)
+        BaseResolver.__init__(self)
+        self.aliases = 0
+        self.depth = 0
+        # (id of a sequence node, index) -> line of an alias used as that item: the shared
+        # node's own mark is its anchor's, far from where the alias is written.
+        self.alias_lines: dict[tuple[int, int], int] = {}
+
+    def resolve(self, kind: type[Node], value: Any, implicit: Any) -> str:
+        if kind is ScalarNode and implicit[0]:
+            return _PLAIN
+        return str(super().resolve(kind, value, implicit))  # type: ignore[no-untyped-call]
+
+    def compose_node(self, parent: Node | None, index: Any) -> Node | None:
+        event = self.peek_event()  # type: ignore[no-untyped-call]
+        line = event.start_mark.line + 1 if event.start_mark is not None else 1
+        if isinstance(event, AliasEvent):
+            self.aliases += 1
+            if self.aliases > MAX_ALIASES:
+                raise _Problem(
+                    line, f"more than {MAX_ALIASES} aliases (*name); write the values out"
+                )
+            if parent is not None and isinstance(index, int):
+                self.alias_lines[(id(parent), index)] = line
+        self.depth += 1
+        if self.depth > MAX_DEPTH:
+            raise _Problem(line, f"nested more than {MAX_DEPTH} levels deep")
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            self.depth -= 1
+
+
+def _compose(text: str) -> tuple[dict[str, Any], dict[Loc, int]]:
+    composer: _Composer | None = None
+    try:
+        # The reader checks for unprintable characters as soon as it is built.
+        composer = _Composer(text)
+        root = composer.get_single_node()
+    except yaml.MarkedYAMLError as exc:
+        raise _Problem(*_yaml_error(exc)) from None
+    except yaml.reader.ReaderError as exc:
+        line = text.count("\n", 0, exc.position) + 1
+        raise _Problem(
+            line, f"special character #x{exc.character:04x} is not allowed in YAML; remove it"
+        ) from None
+    finally:
+        if composer is not None:
+            composer.dispose()
+    if root is None:
+        raise _Problem(1, "no content, only comments; a rollout file needs at least " + _REQUIRED)
+    builder = _Builder(composer.alias_lines)
+    value = builder.build(root, (), alias_line=None)
+    if not isinstance(value, dict):
+        raise _Problem(
+            root.start_mark.line + 1,
+            f"the top level must be a mapping (service: ..., project: ...), got "
+            f"{describe_value(value)}",
+        )
+    return value, builder.lines
+
+
+def _yaml_error(exc: yaml.MarkedYAMLError) -> tuple[int, str]:
+    mark = exc.problem_mark or exc.context_mark
+    line = mark.line + 1 if mark is not None else 1
+    problem = exc.problem or "invalid YAML"
+    if exc.context == "expected a single document in the stream":
+        return line, "a rollout file holds one YAML document; remove the second '---'"
+    message = f"YAML syntax error: {problem}"
+    if exc.context:
+        ctx_mark = exc.context_mark
+        started = ""
+        if ctx_mark is not None and ctx_mark.line + 1 != line:
+            started = f" started at line {ctx_mark.line + 1}"
+        message += f" ({exc.context}{started})"
+    if "'\\t'" in problem:
+        message += "; indent with spaces, not tabs"
+    return line, message
+
+
+def dotted(loc: Loc) -> str:
+    """A key path as written in messages: `gates.error_rate.max`, `probes[1].url`."""
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += f".{part}" if out else part
+    return out
+
+
+class _Builder:
+    """Builds Python values from nodes, recording the line of every key and list item."""
+
+    def __init__(self, alias_lines: dict[tuple[int, int], int]) -> None:
+        self.alias_lines = alias_lines
+        self.lines: dict[Loc, int] = {(): 1}
+        self.built: set[int] = set()
+        self.active: set[int] = set()
+        self.alias_values = 0
+
+    def build(self, node: Node, loc: Loc, *, alias_line: int | None) -> Any:
+        """The value of `node` at key path `loc`; `alias_line` is set inside an alias's
+        expansion (the line where that alias is used)."""
+        # The line of the key or item being built (an aliased node's own mark is the anchor's).
+        line = self.lines.get(loc, node.start_mark.line + 1)
+        # A node built before is reached again through an alias: count what it expands to.
+        if alias_line is None and id(node) in self.built:
+            alias_line = line
+        if alias_line is not None:
+            self.alias_values += 1
+            if self.alias_values > MAX_ALIAS_VALUES:
+                raise _Problem(
+                    alias_line,
+                    f"aliases expand to more than {MAX_ALIAS_VALUES} values; use fewer aliases",
+                )
+        if id(node) in self.active:
+            raise _Problem(line, f"{_at(loc)}an alias refers to itself (recursive structure)")
+        self.built.add(id(node))
+        self.active.add(id(node))
+        try:
+            if isinstance(node, MappingNode):
+                return self._mapping(node, loc, alias_line)
+            if isinstance(node, SequenceNode):
+                if node.tag != _SEQ:
+                    raise _Problem(line, _tag_message(node, loc))
+                out: list[Any] = []
+                for i, item in enumerate(node.value):
+                    self.lines[(*loc, i)] = self.alias_lines.get(
+                        (id(node), i), item.start_mark.line + 1
+                    )
+                    out.append(self.build(item, (*loc, i), alias_line=alias_line))
+                return out
+            assert isinstance(node, ScalarNode)
+            if node.tag == _PLAIN:
+                return _plain(node.value, line, loc)
+            if node.tag == _STR:
+                return node.value
+            raise _Problem(line, _tag_message(node, loc))
+        finally:
+            self.active.discard(id(node))
+
+    def _mapping(self, node: MappingNode, loc: Loc, alias_line: int | None) -> dict[str, Any]:
+        if node.tag != _MAP:
+            raise _Problem(node.start_mark.line + 1, _tag_message(node, loc))
+        out: dict[str, Any] = {}
+        for key_node, value_node in node.value:
+            line = key_node.start_mark.line + 1
+            if not isinstance(key_node, ScalarNode) or key_node.tag not in (_PLAIN, _STR):
+                raise _Problem(line, f"{_at(loc)}a key must be plain text")
+            key = str(key_node.value)
+            if key == "<<" and key_node.tag == _PLAIN:
+                raise _Problem(
+                    line, f"{_at(loc)}merge keys (<<) are not supported; write the keys out"
+                )
+            where = (*loc, key)
+            if key in out:
+                raise _Problem(
+                    line, f"{dotted(where)}: duplicate key (first at line {self.lines[where]})"
+                )
+            self.lines[where] = line
+            out[key] = self.build(value_node, where, alias_line=alias_line)
+        return out
+
+
+def _at(loc: Loc) -> str:
+    return f"{dotted(loc)}: " if loc else ""
+
+
+def _tag_message(node: Node, loc: Loc) -> str:
+    tag = str(node.tag).replace("tag:yaml.org,2002:", "!!")
+    return f"{_at(loc)}YAML tags ({tag}) are not allowed; quote the value if you mean text"
+
+
+# --- plain scalars ---------------------------------------------------------------------------
+_NULL = {"", "~", "null", "Null", "NULL"}
+_BOOL = {"true": True, "True": True, "TRUE": True, "false": False, "False": False, "FALSE": False}
+_BOOL_11 = {
+    **dict.fromkeys(("y", "Y", "yes", "Yes", "YES", "on", "On", "ON"), "true"),
+    **dict.fromkeys(("n", "N", "no", "No", "NO", "off", "Off", "OFF"), "false"),
+}
+_INT = re.compile(r"[-+]?(?:0|[1-9][0-9]*)")
+_LEADING_ZERO = re.compile(r"[-+]?0[0-9]+")
+_UNDERSCORE_NUMBER = re.compile(r"[-+]?(?:[0-9][0-9_]*)?(?:\.[0-9_]*)?(?:[eE][-+]?[0-9]+)?")
+_OTHER_BASE = re.compile(r"[-+]?0(?:b[0-1_]+|o[0-7_]+|x[0-9a-fA-F_]+)")
+_SEXAGESIMAL = re.compile(r"[-+]?[0-9][0-9_]*(?::[0-5]?[0-9])+(?:\.[0-9_]*)?")
+_FLOAT_12 = re.compile(r"[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)(?:[eE][-+]?[0-9]+)?")
+# YAML 1.1 floats need a dot and a signed exponent; `1e3` is text there, 1000.0 in 1.2.
+_FLOAT_11 = re.compile(r"[-+]?(?:[0-9][0-9_]*)?\.[0-9.]*(?:[eE][-+][0-9]+)?")
+_SPECIAL_FLOAT = {
+    **dict.fromkeys((".inf", ".Inf", ".INF", "+.inf", "+.Inf", "+.INF"), float("inf")),
+    **dict.fromkeys(("-.inf", "-.Inf", "-.INF"), float("-inf")),
+    **dict.fromkeys((".nan", ".NaN", ".NAN"), float("nan")),
+}
+
+
+def _plain(value: str, line: int, loc: Loc) -> Any:
+    """Resolve an unquoted scalar per YAML 1.2 core; refuse the ones YAML 1.1 reads otherwise."""
+    if value in _NULL:
+        return None
+    if value in _BOOL:
+        return _BOOL[value]
+    if value in _SPECIAL_FLOAT:
+        return _SPECIAL_FLOAT[value]
+    if _INT.fullmatch(value):
+        return int(value)
+    hint = _surprise(value)
+    if hint is not None:
+        raise _Problem(line, f"{_at(loc)}{hint}")
+    if _FLOAT_12.fullmatch(value):
+        return float(value)
+    return value
+
+
+def _surprise(value: str) -> str | None:
+    """Why a plain scalar is ambiguous between YAML 1.1 and 1.2, and what to write instead."""
+    quoted = f"quote it ('{value}') if you mean the text"
+    if value in _BOOL_11:
+        return (
+            f"{value} is a boolean in YAML 1.1 but text in YAML 1.2; "
+            f"write {_BOOL_11[value]}, or {quoted}"
+        )
+    if _LEADING_ZERO.fullmatch(value):
+        digits = value.lstrip("+-")
+        as_octal = f"octal {int(digits, 8)}" if set(digits) <= set("01234567") else "text"
+        decimal = str(int(value, 10))
+        return (
+            f"{value} has a leading zero: YAML 1.1 reads it as {as_octal}, YAML 1.2 as "
+            f"{decimal}; write {decimal}, or {quoted}"
+        )
+    if _OTHER_BASE.fullmatch(value):
+        return f"{value} is read differently by YAML 1.1 and 1.2; write it in decimal, or {quoted}"
+    if _SEXAGESIMAL.fullmatch(value):
+        return f"{value} is a base-60 number in YAML 1.1 ({_base60(value)}); {quoted}"
+    if "_" in value and _UNDERSCORE_NUMBER.fullmatch(value):
+        plain = value.replace("_", "")
+        return (
+            f"{value} is the number {plain} in YAML 1.1 but text in YAML 1.2; "
+            f"write {plain}, or {quoted}"
+        )
+    if _FLOAT_12.fullmatch(value) and not _FLOAT_11.fullmatch(value):
+        return (
+            f"{value} is a number in YAML 1.2 but text in YAML 1.1; write it with a dot and a "
+            f"signed exponent (like 1.0e+3), or {quoted}"
+        )
+    return None
+
+
+def _base60(value: str) -> str:
+    sign = -1 if value.startswith("-") else 1
+    total = 0.0
+    for part in value.lstrip("+-").replace("_", "").split(":"):
+        total = total * 60 + float(part or 0)
+    return f"{sign * total:g}"
+
+
+# --- values -> RolloutSpec ------------------------------------------------------------------
+def _validate(tree: dict[str, Any], lines: dict[Loc, int]) -> RolloutSpec:
+    try:
+        return RolloutSpec.model_validate(tree, context=STRICT_UNITS, by_alias=True, by_name=False)
     except ValidationError as exc:
-        err = exc.errors()[0]
-        loc = ".".join(str(p) for p in err["loc"])
-        raise SpecError(f"{path}:1: {loc}: {err['msg']}") from None
+        raise _explain(exc.errors(), lines) from None
+
+
+def _explain(errors: list[ErrorDetails], lines: dict[Loc, int]) -> _Problem:
+    """The first error in file order, as a `_Problem` at the line of the deepest known key."""
+    placed = [_place(err, lines) for err in errors]
+    # In file order, deepest first; a missing key last, since its line is only the parent's
+    # and a misspelt key (reported as unknown, with a suggestion) usually explains it.
+    first = min(
+        range(len(placed)),
+        key=lambda i: (placed[i][2]["type"] == "missing", placed[i][0], -len(placed[i][1]), i),
+    )
+    line, path, err = placed[first]
+    # Members of a union (`str | EnvValue`) each report a type error at the same place.
+    kinds = [_TYPE_NOUNS[e["type"]] for _, p, e in placed if p == path and e["type"] in _TYPE_NOUNS]
+    if err["type"] in _TYPE_NOUNS and len(set(kinds)) > 1:
+        nouns = [n.replace("true or false", "true/false") for n in dict.fromkeys(kinds)]
+        expected = ", ".join(nouns[:-1]) + " or " + nouns[-1]
+        message = f"expected {expected}, got {describe_value(err['input'])}"
+    else:
+        message = _message(err)
+    return _Problem(line, f"{_at(path)}{message}")
+
+
+def _place(err: ErrorDetails, lines: dict[Loc, int]) -> tuple[int, Loc, ErrorDetails]:
+    loc: Loc = tuple(err["loc"])
+    ctx = err.get("ctx") or {}
+    error = ctx.get("error")
+    if isinstance(error, RuleError):
+        loc = (*loc, *error.loc)
+    elif err["type"] in ("union_tag_invalid", "union_tag_not_found"):
+        loc = (*loc, str(ctx.get("discriminator", "")).strip("'"))
+    # Skip parts that are not keys of the file (union member names, `[key]`): the deepest
+    # key or item that exists is the line to blame.
+    path: Loc = ()
+    for part in loc:
+        if (*path, part) in lines:
+            path = (*path, part)
+    return lines[path], path, err
+
+
+_TYPE_NOUNS = {
+    "string_type": "a string",
+    "int_type": "an integer",
+    "float_type": "a number",
+    "bool_type": "true or false",
+    "none_required": "null",
+    "dict_type": "a mapping",
+    "model_type": "a mapping",
+    "model_attributes_type": "a mapping",
+    "list_type": "a list",
+}
+
+
+def _message(err: ErrorDetails) -> str:
+    kind = err["type"]
+    loc: Loc = tuple(err["loc"])
+    value = err.get("input")
+    got = describe_value(value)
+    ctx = err.get("ctx") or {}
+    if kind == "missing":
+        return f"missing required key {loc[-1]!r}"
+    if kind == "union_tag_not_found":
+        return f"missing required key {ctx['discriminator']} (one of {_expected_tags(loc)})"
+    if kind == "extra_forbidden":
+        return _unknown_key(loc)
+    if kind == "union_tag_invalid":
+        return f"expected one of {ctx['expected_tags']}, got {ctx['tag']!r}"
+    if kind == "value_error":
+        return str(ctx["error"])
+    if kind == "int_type" and isinstance(value, str) and re.fullmatch(r"\d+%", value):
+        return f"expected a whole number without '%', like {value[:-1]}, got {got}"
+    if kind == "bool_type" and isinstance(value, str) and value.lower() in ("true", "false"):
+        return f"expected true or false without quotes, got {got}"
+    if kind in _TYPE_NOUNS:
+        return f"expected {_TYPE_NOUNS[kind]}, got {got}"
+    if kind == "literal_error":
+        return f"expected one of {ctx['expected']}, got {got}"
+    if kind == "greater_than_equal":
+        return f"must be at least {ctx['ge']}, got {got}"
+    if kind == "less_than_equal":
+        return f"must be at most {ctx['le']}, got {got}"
+    if kind == "too_short":
+        return "must not be empty"
+    if kind.startswith(("datetime", "date")):
+        return f"expected a timestamp like 2026-11-26T12:00:00Z, got {got}"
+    return f"{err['msg']}, got {got}"
+
+
+def _unknown_key(loc: Loc) -> str:
+    key = str(loc[-1])
+    allowed = _keys_at(loc[:-1])
+    close = difflib.get_close_matches(key, allowed, n=1, cutoff=0.6)
+    if close:
+        return f"unknown key {key!r} (did you mean {close[0]!r}?)"
+    if allowed:
+        return f"unknown key {key!r}; allowed here: {', '.join(allowed)}"
+    return f"unknown key {key!r}"
+
+
+def _expected_tags(loc: Loc) -> str:
+    tags: list[str] = []
+    for model in _models_at(loc):
+        for info in model.model_fields.values():
+            if typing.get_origin(info.annotation) is typing.Literal:
+                tags += [repr(a) for a in typing.get_args(info.annotation)]
+    return ", ".join(tags)
+
+
+def _keys_at(loc: Loc) -> list[str]:
+    """The keys the models at `loc` accept, as written in a file (aliases)."""
+    keys: list[str] = []
+    for model in _models_at(loc):
+        keys += [info.alias or name for name, info in model.model_fields.items()]
+    return list(dict.fromkeys(keys))
+
+
+def _models_at(loc: Loc) -> list[type[BaseModel]]:
+    """The models a pydantic error location points into (several for a union)."""
+    current: list[Any] = [RolloutSpec]
+    for part in loc:
+        following: list[Any] = []
+        for tp in _flatten(current):
+            if _is_model(tp) and isinstance(part, str):
+                fields = {info.alias or name: info for name, info in tp.model_fields.items()}
+                if part in fields:
+                    following.append(fields[part].annotation)
+                elif part == tp.__name__ or part in _literals(tp):
+                    following.append(tp)  # a union member or discriminator tag in the loc
+            elif typing.get_origin(tp) is list and isinstance(part, int):
+                following.append(typing.get_args(tp)[0])
+            elif typing.get_origin(tp) is dict and isinstance(part, str):
+                following.append(typing.get_args(tp)[1])
+        current = following
+    return [tp for tp in _flatten(current) if _is_model(tp)]
+
+
+def _flatten(types_: list[Any]) -> list[Any]:
+    out: list[Any] = []
+    for tp in types_:
+        origin = typing.get_origin(tp)
+        if origin is typing.Annotated:
+            out += _flatten([typing.get_args(tp)[0]])
+        elif origin is typing.Union or origin is types.UnionType:
+            out += _flatten(list(typing.get_args(tp)))
+        else:
+            out.append(tp)
+    return out
+
+
+def _is_model(tp: Any) -> bool:
+    return isinstance(tp, type) and issubclass(tp, BaseModel)
+
+
+def _literals(model: type[BaseModel]) -> set[Any]:
+    out: set[Any] = set()
+    for info in model.model_fields.values():
+        if typing.get_origin(info.annotation) is typing.Literal:
+            out |= set(typing.get_args(info.annotation))
+    return out
+
+
+def _check_file_name(spec: RolloutSpec, path: Path, lines: dict[Loc, int]) -> None:
+    expected = f"{spec.service}.yaml"
+    if path.name != expected:
+        raise _Problem(
+            lines[("service",)],
+            f"service: {spec.service} must live in a file named {expected}, not {path.name}; "
+            "rename the file or fix the service",
+        )

@@ -2,10 +2,14 @@
 
 Pure: parsing of units and the rules a rollout file must satisfy. Reading files and mapping
 errors to `path:line` lives in `loader.py`.
+
+Rules that span several keys raise `RuleError`, which carries the key path of the value to
+blame, so the loader can point at the right line.
 """
 
 from __future__ import annotations
 
+import json
 import re
 from datetime import datetime, timedelta
 from typing import Annotated, Any, Literal
@@ -16,24 +20,63 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    PlainSerializer,
+    ValidationInfo,
     WithJsonSchema,
     model_validator,
 )
 
+Loc = tuple[str | int, ...]
+
+# Passed as validation context by the loader: units are then required even where Python
+# callers may hand in already-parsed floats (`ErrorRateGate(max=0.05)`).
+STRICT_UNITS: dict[str, Any] = {"strict_units": True}
+
+
+class RuleError(ValueError):
+    """A rule broken at `loc`, a key path relative to the model whose validator raised it."""
+
+    def __init__(self, loc: Loc, message: str) -> None:
+        super().__init__(message)
+        self.loc = loc
+
+
+def describe_value(value: object) -> str:
+    """How a parsed YAML value reads in a message: `5`, `'5'`, `true`, `null`, `a list`."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, str):
+        return repr(value if len(value) <= 60 else value[:57] + "...")
+    if isinstance(value, list | tuple):
+        return "a list"
+    if isinstance(value, dict):
+        return "a mapping"
+    return type(value).__name__
+
+
 # --- identifiers -------------------------------------------------------------------------
 # Cloud Run service ids: lowercase letters, digits and hyphens, a letter first, no hyphen last.
+# None of these patterns admit `/` or `.`, so an id can never escape `state/` as a path.
 SERVICE_RE = r"^[a-z](?:[a-z0-9-]{0,47}[a-z0-9])?$"
 REVISION_RE = r"^[a-z](?:[a-z0-9-]{0,61}[a-z0-9])?$"
 PROJECT_RE = r"^[a-z][a-z0-9-]{4,28}[a-z0-9]$"
 REGION_RE = r"^[a-z]+(?:-[a-z]+)+[0-9]+$"
+CHECK_NAME_RE = r"^[a-z0-9][a-z0-9_-]{0,62}$"
+ENV_NAME_RE = r"^[A-Za-z_][A-Za-z0-9_]*$"
+HEADER_NAME_RE = r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$"
 
 
-def _matches(pattern: str, what: str) -> Any:
+def _matches(pattern: str, what: str, hint: str) -> Any:
     rx = re.compile(pattern)
 
     def check(value: str) -> str:
-        if not rx.match(value):
-            raise ValueError(f"{value!r} is not a valid {what} ({pattern})")
+        # fullmatch: `$` alone would accept a trailing newline.
+        if not rx.fullmatch(value):
+            raise ValueError(f"{describe_value(value)} is not a valid {what} ({hint})")
         return value
 
     return check
@@ -41,60 +84,81 @@ def _matches(pattern: str, what: str) -> Any:
 
 def _not_latest(value: str) -> str:
     if value.upper() == "LATEST":
-        raise ValueError("LATEST is not allowed: pin a revision name during a canary")
+        raise ValueError("LATEST is not allowed: pin a revision name, like ion-api-00042-xyz")
     return value
 
 
-ServiceId = Annotated[str, AfterValidator(_matches(SERVICE_RE, "Cloud Run service id"))]
-ProjectId = Annotated[str, AfterValidator(_matches(PROJECT_RE, "GCP project id"))]
-RegionId = Annotated[str, AfterValidator(_matches(REGION_RE, "GCP region"))]
+_ID_HINT = "lowercase letters, digits and hyphens, starting with a letter"
+ServiceId = Annotated[
+    str,
+    AfterValidator(_matches(SERVICE_RE, "Cloud Run service id", _ID_HINT + ", at most 49")),
+    WithJsonSchema({"type": "string", "pattern": SERVICE_RE, "examples": ["ion-api"]}),
+]
+ProjectId = Annotated[
+    str,
+    AfterValidator(_matches(PROJECT_RE, "GCP project id", _ID_HINT + ", 6 to 30")),
+    WithJsonSchema({"type": "string", "pattern": PROJECT_RE, "examples": ["naeda-genesis"]}),
+]
+RegionId = Annotated[
+    str,
+    AfterValidator(_matches(REGION_RE, "GCP region", "like us-central1")),
+    WithJsonSchema({"type": "string", "pattern": REGION_RE, "examples": ["us-central1"]}),
+]
 RevisionName = Annotated[
     str,
     AfterValidator(_not_latest),
-    AfterValidator(_matches(REVISION_RE, "Cloud Run revision name")),
+    AfterValidator(_matches(REVISION_RE, "Cloud Run revision name", _ID_HINT + ", at most 63")),
+    WithJsonSchema(
+        {
+            "type": "string",
+            "pattern": REVISION_RE,
+            "not": {"const": "latest"},
+            "examples": ["ion-api-00042-xyz"],
+        }
+    ),
 ]
 
 # --- units -------------------------------------------------------------------------------
-_PERCENT_RE = re.compile(r"^(\d+(?:\.\d+)?)%$")
-_DURATION_RE = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m|h|d)$")
+PERCENT_RE = r"^\d+(?:\.\d+)?%$"
+LATENCY_RE = r"^\d+(?:\.\d+)?(?:ms|s|m)$"
+DURATION_RE = r"^\d+(?:\.\d+)?(?:ms|s|m|h|d)$"
+_NUMBER_UNIT = re.compile(r"(\d+(?:\.\d+)?)([a-z%]+)")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 
 
 def parse_percent(value: object) -> float:
     """`"5%"` -> 0.05. A bare number is an error: the unit is required."""
-    if isinstance(value, bool) or not isinstance(value, str):
-        raise ValueError(f"expected a percentage with its unit, like '5%', got {value!r}")
-    m = _PERCENT_RE.match(value.strip())
-    if not m:
-        raise ValueError(f"expected a percentage like '5%', got {value!r}")
-    pct = float(m.group(1))
+    if not isinstance(value, str) or not re.fullmatch(PERCENT_RE, value):
+        raise ValueError(f"expected a percentage like '5%', got {describe_value(value)}")
+    pct = float(value[:-1])
     if pct > 100:
         raise ValueError(f"percentage {value!r} is over 100%")
     return pct / 100.0
 
 
-def _parse_seconds(value: object, example: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, str):
-        raise ValueError(f"expected a duration with its unit, like {example!r}, got {value!r}")
-    m = _DURATION_RE.match(value.strip())
-    if not m:
-        raise ValueError(f"expected a duration like {example!r} (ms, s, m, h, d), got {value!r}")
+def _parse_seconds(value: object, pattern: str, what: str, example: str, units: str) -> float:
+    if not isinstance(value, str) or not re.fullmatch(pattern, value):
+        raise ValueError(f"expected {what} like {example!r} ({units}), got {describe_value(value)}")
+    m = _NUMBER_UNIT.fullmatch(value)
+    assert m is not None  # the pattern above guarantees the shape
     return float(m.group(1)) * _UNIT_SECONDS[m.group(2)]
 
 
 def parse_latency(value: object) -> float:
-    """`"500ms"` -> 0.5, `"20s"` -> 20.0 (seconds)."""
-    seconds = _parse_seconds(value, "500ms")
+    """`"500ms"` -> 0.5, `"20s"` -> 20.0 (seconds); units ms, s, m; must be positive."""
+    seconds = _parse_seconds(value, LATENCY_RE, "a latency", "20s", "ms, s, m")
     if seconds <= 0:
-        raise ValueError(f"latency {value!r} must be positive")
+        raise ValueError(f"latency {value!r} must be above 0")
     return seconds
 
 
 def parse_duration(value: object) -> timedelta:
-    """`"5m"` -> 5 minutes, `"24h"` -> 1 day."""
+    """`"5m"` -> 5 minutes, `"24h"` -> 1 day; units ms, s, m, h, d. A timedelta passes."""
     if isinstance(value, timedelta):
         return value
-    return timedelta(seconds=_parse_seconds(value, "5m"))
+    return timedelta(
+        seconds=_parse_seconds(value, DURATION_RE, "a duration", "5m", "ms, s, m, h, d")
+    )
 
 
 def format_duration(value: timedelta) -> str:
@@ -103,36 +167,65 @@ def format_duration(value: timedelta) -> str:
     for unit, size in (("h", 3600), ("m", 60), ("s", 1)):
         if seconds >= size and seconds % size == 0:
             return f"{int(seconds // size)}{unit}"
-    return f"{int(seconds * 1000)}ms"
+    return f"{round(seconds * 1000)}ms"
 
 
-def _percent_passthrough(value: object) -> float:
-    if isinstance(value, float):  # already parsed (model_copy / re-validation)
+def format_percent(value: float) -> str:
+    """0.05 -> `5%`, the inverse of `parse_percent`."""
+    return f"{round(value * 100, 6):g}%"
+
+
+def format_latency(seconds: float) -> str:
+    """20.0 -> `20s`, 0.5 -> `500ms`, the inverse of `parse_latency`."""
+    if seconds >= 60 and seconds % 60 == 0:
+        return f"{int(seconds // 60)}m"
+    if seconds >= 1 and seconds % 1 == 0:
+        return f"{int(seconds)}s"
+    return f"{round(seconds * 1000, 3):g}ms"
+
+
+def _strict_units(info: ValidationInfo) -> bool:
+    return isinstance(info.context, dict) and bool(info.context.get("strict_units"))
+
+
+def _percent(value: object, info: ValidationInfo) -> float:
+    # A float is an already-parsed value from Python code; from a file it is a missing unit.
+    if isinstance(value, float) and not _strict_units(info):
         return value
     return parse_percent(value)
 
 
-def _latency_passthrough(value: object) -> float:
-    if isinstance(value, float):
+def _latency(value: object, info: ValidationInfo) -> float:
+    if isinstance(value, float) and not _strict_units(info):
         return value
     return parse_latency(value)
 
 
+def _positive(value: timedelta) -> timedelta:
+    if value <= timedelta(0):
+        raise ValueError(f"window {format_duration(value)} must be above 0")
+    return value
+
+
 Percent = Annotated[
     float,
-    BeforeValidator(_percent_passthrough),
-    WithJsonSchema({"type": "string", "pattern": r"^\d+(\.\d+)?%$", "examples": ["5%"]}),
+    BeforeValidator(_percent),
+    PlainSerializer(format_percent, return_type=str, when_used="json"),
+    WithJsonSchema({"type": "string", "pattern": PERCENT_RE, "examples": ["5%"]}),
 ]
 Latency = Annotated[
     float,
-    BeforeValidator(_latency_passthrough),
-    WithJsonSchema({"type": "string", "pattern": r"^\d+(\.\d+)?(ms|s|m)$", "examples": ["20s"]}),
+    BeforeValidator(_latency),
+    PlainSerializer(format_latency, return_type=str, when_used="json"),
+    WithJsonSchema({"type": "string", "pattern": LATENCY_RE, "examples": ["20s", "500ms"]}),
 ]
 Duration = Annotated[
     timedelta,
     BeforeValidator(parse_duration),
-    WithJsonSchema({"type": "string", "pattern": r"^\d+(\.\d+)?(s|m|h|d)$", "examples": ["5m"]}),
+    PlainSerializer(format_duration, return_type=str, when_used="json"),
+    WithJsonSchema({"type": "string", "pattern": DURATION_RE, "examples": ["5m", "24h"]}),
 ]
+Window = Annotated[Duration, AfterValidator(_positive)]
 
 
 class _Model(BaseModel):
@@ -143,46 +236,92 @@ class _Model(BaseModel):
 class Revisions(_Model):
     """Pinned revision names; never LATEST during a canary."""
 
-    stable: RevisionName
-    canary: RevisionName | None = None
+    stable: RevisionName = Field(description="The revision serving everything but the canary.")
+    canary: RevisionName | None = Field(
+        default=None,
+        description="The new revision (deployed with --no-traffic); unset when no canary runs.",
+    )
 
 
 class ErrorRateGate(_Model):
     """5xx share of the canary's requests."""
 
-    max: Percent
-    target: Percent | None = None
-    window: Duration | None = None
+    max: Percent = Field(description="Roll back when a window's 5xx share is above this.")
+    target: Percent | None = Field(
+        default=None, description="Promotion needs the share at or below this."
+    )
+    window: Window | None = Field(default=None, description="Overrides gates.window.")
+
+    @model_validator(mode="after")
+    def _rules(self) -> ErrorRateGate:
+        if self.target is not None and self.target > self.max:
+            raise RuleError(
+                ("target",),
+                f"{format_percent(self.target)} is above max {format_percent(self.max)}",
+            )
+        return self
 
 
 class LatencyGate(_Model):
     """p95 latency of the canary."""
 
-    max: Latency
-    target: Latency | None = None
-    window: Duration | None = None
+    max: Latency = Field(description="Roll back when a window's p95 latency is above this.")
+    target: Latency | None = Field(
+        default=None, description="Promotion needs p95 at or below this."
+    )
+    window: Window | None = Field(default=None, description="Overrides gates.window.")
+
+    @model_validator(mode="after")
+    def _rules(self) -> LatencyGate:
+        if self.target is not None and self.target > self.max:
+            raise RuleError(
+                ("target",),
+                f"{format_latency(self.target)} is above max {format_latency(self.max)}",
+            )
+        return self
 
 
 class SuccessRateGate(_Model):
     """2xx share of the canary's requests."""
 
-    min: Percent
-    target: Percent | None = None
-    window: Duration | None = None
+    min: Percent = Field(description="Roll back when a window's 2xx share is below this.")
+    target: Percent | None = Field(
+        default=None, description="Promotion needs the share at or above this."
+    )
+    window: Window | None = Field(default=None, description="Overrides gates.window.")
+
+    @model_validator(mode="after")
+    def _rules(self) -> SuccessRateGate:
+        if self.target is not None and self.target < self.min:
+            raise RuleError(
+                ("target",),
+                f"{format_percent(self.target)} is below min {format_percent(self.min)}",
+            )
+        return self
 
 
 class VsStableGate(_Model):
     """The canary compared with the stable revision over the same window."""
 
-    error_rate_delta: Percent
+    error_rate_delta: Percent = Field(
+        description="Roll back when the canary's error rate exceeds stable's by more than this."
+    )
 
 
 class Gates(_Model):
     """Rollback thresholds and promotion targets, judged per window."""
 
-    window: Duration = timedelta(minutes=5)
-    min_requests: int = Field(default=100, ge=1)
-    consecutive_failures: int = Field(default=2, ge=1, le=100)
+    window: Window = Field(
+        default=timedelta(minutes=5), description="Length of one measurement window."
+    )
+    min_requests: int = Field(
+        default=100,
+        ge=1,
+        description="Fewer canary requests in a window: INCONCLUSIVE, never PASS or FAIL.",
+    )
+    consecutive_failures: int = Field(
+        default=2, ge=1, le=100, description="FAIL only after this many failing windows in a row."
+    )
     error_rate: ErrorRateGate | None = None
     latency_p95: LatencyGate | None = None
     success_rate: SuccessRateGate | None = None
@@ -206,115 +345,199 @@ class PrometheusQueries(_Model):
     latency_p99: str | None = None
 
 
+_TEMPLATE_URL = re.compile(r"\{(?:canary_url|stable_url|service_url)\}(?:/\S*)?")
+_HTTP_URL = re.compile(r"https?://[^\s/?#]+(?:[/?#]\S*)?")
+
+
+def _http_url(value: str) -> str:
+    if _TEMPLATE_URL.fullmatch(value) or _HTTP_URL.fullmatch(value):
+        return value
+    raise ValueError(
+        "expected an http(s) URL or one starting with {canary_url} / {stable_url} / "
+        f"{{service_url}}, got {describe_value(value)}"
+    )
+
+
+HttpUrl = Annotated[
+    str,
+    AfterValidator(_http_url),
+    WithJsonSchema(
+        {
+            "type": "string",
+            "pattern": r"^(https?://[^\s/?#]+([/?#]\S*)?|\{(canary_url|stable_url|service_url)\}"
+            r"(/\S*)?)$",
+            "examples": ["{canary_url}/api/health", "http://localhost:5000/api/health"],
+        }
+    ),
+]
+
+
 class PrometheusMetrics(_Model):
     """A Prometheus server's HTTP API."""
 
     provider: Literal["prometheus"]
-    url: Annotated[str, AfterValidator(lambda v: _http_url(v, "metrics.url"))]
+    url: HttpUrl = Field(description="Base URL of the Prometheus HTTP API.")
     queries: PrometheusQueries = PrometheusQueries()
 
 
 Metrics = Annotated[CloudMonitoringMetrics | PrometheusMetrics, Field(discriminator="provider")]
 
-_TEMPLATE_URL = re.compile(r"^\{(canary_url|stable_url|service_url)\}(/.*)?$")
-
-
-def _http_url(value: str, what: str) -> str:
-    if _TEMPLATE_URL.match(value):
-        return value
-    if not re.match(r"^https?://[^\s/?#]+", value):
-        raise ValueError(
-            f"{what} must be an http(s) URL or start with {{canary_url}} / {{stable_url}}, "
-            f"got {value!r}"
-        )
-    return value
-
 
 class EnvValue(_Model):
     """A header value read from an environment variable at run time, never stored."""
 
-    env: Annotated[str, AfterValidator(_matches(r"^[A-Za-z_][A-Za-z0-9_]*$", "variable name"))]
+    env: Annotated[
+        str,
+        AfterValidator(_matches(ENV_NAME_RE, "environment variable name", "like API_TOKEN")),
+    ]
 
 
 Scalar = str | int | float | bool | None
+HeaderName = Annotated[str, AfterValidator(_matches(HEADER_NAME_RE, "header name", "a token"))]
 
 
 class Check(_Model):
     """An HTTP check: a canary probe or a dependency health check."""
 
-    name: Annotated[str, AfterValidator(_matches(r"^[a-z0-9][a-z0-9_-]{0,62}$", "check name"))]
-    url: Annotated[str, AfterValidator(lambda v: _http_url(v, "url"))]
+    name: Annotated[
+        str, AfterValidator(_matches(CHECK_NAME_RE, "check name", "like canary-health"))
+    ] = Field(description="Unique among probes and dependencies.")
+    url: HttpUrl = Field(description="http(s) URL, or {canary_url}/{stable_url}/{service_url}.")
     method: Literal["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD"] = "GET"
-    json_body: Any = Field(default=None, alias="json")
-    headers: dict[str, str | EnvValue] = {}
-    timeout: Latency = 10.0
-    max_latency: Latency | None = None
-    expect_status: int | None = None
-    expect: dict[str, Scalar] = {}
-    expect_min: dict[str, float | int] = {}
-    expect_max: dict[str, float | int] = {}
+    json_body: Any = Field(default=None, alias="json", description="JSON request body.")
+    headers: dict[HeaderName, str | EnvValue] = Field(
+        default={}, description="Header values, or {env: NAME} to read one from the environment."
+    )
+    timeout: Latency = Field(default=10.0, description="Give up on the request after this.")
+    max_latency: Latency | None = Field(
+        default=None, description="Fail when the response takes longer than this."
+    )
+    expect_status: int | None = Field(
+        default=None, ge=100, le=599, description="Required status code (default: any 2xx)."
+    )
+    expect: dict[str, Scalar] = Field(
+        default={}, description="JSON body fields that must equal these values (a.b for nesting)."
+    )
+    expect_min: dict[str, float | int] = Field(
+        default={}, description="JSON body fields that must be at least these numbers."
+    )
+    expect_max: dict[str, float | int] = Field(
+        default={}, description="JSON body fields that must be at most these numbers."
+    )
 
-    model_config = ConfigDict(frozen=True, extra="forbid", strict=True, populate_by_name=True)
+    # By name too, so Python code can say `Check(json_body=...)`; the loader validates by
+    # alias only, so a rollout file must say `json:`.
+    model_config = ConfigDict(
+        frozen=True, extra="forbid", strict=True, validate_by_name=True, validate_by_alias=True
+    )
 
 
 class RolledBack(_Model):
     """Written by the reconciler on rollback; a human removes it (or names a new canary)."""
 
     revision: RevisionName
-    at: datetime
+    at: datetime = Field(description="When the rollback happened (ISO 8601).")
     reason: str
 
+    # Not strict: `at` is an ISO 8601 string in YAML (timestamps stay text in the loader).
     model_config = ConfigDict(frozen=True, extra="forbid", strict=False)
+
+
+Stage = Annotated[int, Field(ge=1, le=100)]
 
 
 # --- the rollout file ---------------------------------------------------------------------
 class RolloutSpec(_Model):
     """Desired state of one Cloud Run service's canary rollout."""
 
-    service: ServiceId
-    project: ProjectId
-    region: RegionId
+    service: ServiceId = Field(description="Cloud Run service id; the file is <service>.yaml.")
+    project: ProjectId = Field(description="GCP project id.")
+    region: RegionId = Field(description="Cloud Run region, like us-central1.")
     revisions: Revisions
-    canary_percent: int = Field(ge=0, le=100)
-    stages: list[int] = Field(min_length=1)
-    auto_advance: bool = False
-    bake: Duration = timedelta(hours=24)
-    self_heal: bool = True
+    canary_percent: int = Field(
+        ge=0, le=100, description="Percent of traffic on the canary now: 0 or one of the stages."
+    )
+    stages: list[Stage] = Field(
+        min_length=1,
+        description="Canary percents, strictly increasing, ending at 100.",
+        # The closest JSON Schema gets to "increasing, ending at 100", for editors.
+        json_schema_extra={"uniqueItems": True, "contains": {"const": 100}},
+    )
+    auto_advance: bool = Field(
+        default=False, description="Commit the next stage by itself once gates passed for bake."
+    )
+    bake: Duration = Field(
+        default=timedelta(hours=24), description="Minimum time at a stage before promotion."
+    )
+    self_heal: bool = Field(
+        default=True, description="Correct drift (traffic changed by hand) on apply."
+    )
     gates: Gates = Gates()
     metrics: Metrics = CloudMonitoringMetrics(provider="cloud-monitoring")
-    probes: list[Check] = []
-    dependencies: list[Check] = []
-    force: bool = False
-    rolled_back: RolledBack | None = None
+    probes: list[Check] = Field(default=[], description="Checks of the canary at every stage.")
+    dependencies: list[Check] = Field(
+        default=[], description="Must be healthy before any traffic moves."
+    )
+    force: bool = Field(
+        default=False, description="Skip the bake gate once; the plan shows it loudly."
+    )
+    rolled_back: RolledBack | None = Field(
+        default=None, description="Written by the reconciler; delete it to retry the canary."
+    )
 
     @model_validator(mode="after")
     def _rules(self) -> RolloutSpec:
         stages = self.stages
-        if any(s < 1 or s > 100 for s in stages):
-            raise ValueError(f"stages must be percents in 1..100, got {stages}")
-        if any(b <= a for a, b in zip(stages, stages[1:], strict=False)):
-            raise ValueError(f"stages must be strictly increasing, got {stages}")
+        for i in range(1, len(stages)):
+            if stages[i] <= stages[i - 1]:
+                raise RuleError(
+                    ("stages", i),
+                    f"{stages[i]} does not come after {stages[i - 1]}: "
+                    "stages must be strictly increasing",
+                )
         if stages[-1] != 100:
-            raise ValueError(f"stages must end at 100, got {stages}")
-        if self.canary_percent != 0 and self.canary_percent not in stages:
-            raise ValueError(
-                f"canary_percent {self.canary_percent} is neither 0 nor one of the stages {stages}"
+            raise RuleError(
+                ("stages", len(stages) - 1),
+                f"the last stage must be 100 (full traffic on the canary), got {stages[-1]}",
             )
-        canary = self.revisions.canary
-        if canary is not None and canary == self.revisions.stable:
-            raise ValueError(f"revisions.canary equals revisions.stable ({canary})")
+        if self.canary_percent != 0 and self.canary_percent not in stages:
+            raise RuleError(
+                ("canary_percent",),
+                f"{self.canary_percent} is neither 0 nor one of the stages {stages}",
+            )
+        stable, canary = self.revisions.stable, self.revisions.canary
+        prefix = f"{self.service}-"
+        for key, rev in (("stable", stable), ("canary", canary)):
+            if rev is not None and not rev.startswith(prefix):
+                raise RuleError(
+                    ("revisions", key),
+                    f"{rev} is not a revision of {self.service} (Cloud Run names them {prefix}...)",
+                )
+        if canary is not None and canary == stable:
+            raise RuleError(
+                ("revisions", "canary"), f"same revision as revisions.stable ({stable})"
+            )
         if canary is None and self.canary_percent != 0:
-            raise ValueError("canary_percent is above 0 but revisions.canary is not set")
+            raise RuleError(
+                ("canary_percent",),
+                f"{self.canary_percent} but revisions.canary is not set; name the canary or use 0",
+            )
         rb = self.rolled_back
         if rb is not None and canary == rb.revision and self.canary_percent != 0:
-            raise ValueError(
+            raise RuleError(
+                ("canary_percent",),
                 f"canary {canary} was rolled back ({rb.reason}); name a new canary or delete "
-                "the rolled_back block to retry"
+                "the rolled_back block to retry",
             )
-        names = [c.name for c in (*self.probes, *self.dependencies)]
-        dupes = sorted({n for n in names if names.count(n) > 1})
-        if dupes:
-            raise ValueError(f"probe and dependency names must be unique, repeated: {dupes}")
+        seen: set[str] = set()
+        for kind, checks in (("probes", self.probes), ("dependencies", self.dependencies)):
+            for i, check in enumerate(checks):
+                if check.name in seen:
+                    raise RuleError(
+                        (kind, i, "name"),
+                        f"{check.name!r} is used twice; probe and dependency names must be unique",
+                    )
+                seen.add(check.name)
         return self
 
     @property
@@ -328,3 +551,29 @@ class RolloutSpec(_Model):
             if s > self.canary_percent:
                 return s
         return None
+
+
+def json_schema() -> dict[str, Any]:
+    """The JSON Schema (draft-07) of a rollout file, for editors and other tools.
+
+    Draft-07 because that is what yaml-language-server (and so most editors) fully
+    supports. Rules spanning several keys (stages strictly increasing, canary_percent one
+    of the stages, ...) are beyond JSON Schema; `reconcile validate` checks them.
+    """
+    # Serialization mode only so that defaults show in their written form (`24h`, not
+    # `P1D`); every type here reads and writes the same shape.
+    schema = RolloutSpec.model_json_schema(
+        by_alias=True, mode="serialization", ref_template="#/definitions/{model}"
+    )
+    definitions = schema.pop("$defs", {})
+    schema["title"] = "Rollout file (rollout/<service>.yaml)"
+    return {
+        "$schema": "http://json-schema.org/draft-07/schema#",
+        **schema,
+        "definitions": definitions,
+    }
+
+
+def schema_text() -> str:
+    """`json_schema()` as the text committed in `schema/rollout.schema.json`."""
+    return json.dumps(json_schema(), indent=2, ensure_ascii=False) + "\n"

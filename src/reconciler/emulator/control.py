@@ -195,18 +195,19 @@ class Control:
 
     # Services
     def get_service(self, req: run_v2.GetServiceRequest) -> run_v2.Service:
+        """Services/GetService."""
         return render_service(self.world.get_service(req.name), self.url_for)
 
     def list_services(self, req: run_v2.ListServicesRequest) -> run_v2.ListServicesResponse:
+        """Services/ListServices (paged)."""
         items, token = page(self.world.list_services(req.parent), req.page_size, req.page_token)
         return run_v2.ListServicesResponse(
             services=[render_service(s, self.url_for) for s in items], next_page_token=token
         )
 
     def update_service(self, req: run_v2.UpdateServiceRequest) -> operations_pb2.Operation:
+        """Services/UpdateService: replaces the fields in `update_mask` (all without one)."""
         body = req.service
-        if req.allow_missing and not body.name:
-            raise ApiError("INVALID_ARGUMENT", "service.name is required")
         paths = set(req.update_mask.paths) if req.update_mask else set()
         unknown = paths - {"traffic", "template", "labels", "annotations", "description"}
         if unknown:
@@ -243,10 +244,12 @@ class Control:
 
     # Revisions
     def get_revision(self, req: run_v2.GetRevisionRequest) -> run_v2.Revision:
+        """Revisions/GetRevision."""
         rev, svc = self.world.get_revision(req.name)
         return render_revision(rev, svc)
 
     def list_revisions(self, req: run_v2.ListRevisionsRequest) -> run_v2.ListRevisionsResponse:
+        """Revisions/ListRevisions (paged, newest first)."""
         items, token = page(self.world.list_revisions(req.parent), req.page_size, req.page_token)
         return run_v2.ListRevisionsResponse(
             revisions=[render_revision(r, s) for r, s in items], next_page_token=token
@@ -254,6 +257,7 @@ class Control:
 
     # Operations
     def get_operation(self, req: operations_pb2.GetOperationRequest) -> operations_pb2.Operation:
+        """Operations/GetOperation (each call is one poll)."""
         op, svc = self.world.get_operation(req.name)
         return render_operation(op, svc, self.url_for)
 
@@ -261,6 +265,7 @@ class Control:
     def list_time_series(
         self, req: monitoring_v3.ListTimeSeriesRequest
     ) -> monitoring_v3.ListTimeSeriesResponse:
+        """MetricService/ListTimeSeries."""
         return monitoring.list_time_series(self.world, req)
 
     def handlers(self) -> list[grpc.GenericRpcHandler]:
@@ -357,9 +362,15 @@ class Control:
 
 def serve(control: Control, port: int = 0, max_workers: int = 16) -> tuple[grpc.Server, int]:
     """Start the gRPC server on 127.0.0.1:`port` (0: a free port); returns it and its port."""
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers))
+    # No SO_REUSEPORT: a second emulator on a busy port must fail, not share it.
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=max_workers), options=[("grpc.so_reuseport", 0)]
+    )
     server.add_generic_rpc_handlers(control.handlers())
-    bound = server.add_insecure_port(f"127.0.0.1:{port}")
+    try:
+        bound = server.add_insecure_port(f"127.0.0.1:{port}")
+    except RuntimeError:  # grpcio's way of saying the port is taken
+        bound = 0
     if bound == 0:
         raise OSError(f"cannot bind the emulator gRPC port 127.0.0.1:{port}")
     server.start()

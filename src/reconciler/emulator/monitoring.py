@@ -377,7 +377,8 @@ def list_time_series(
     end = _epoch(req.interval.end_time)
     if end is None:
         raise ApiError("INVALID_ARGUMENT", "interval.end_time is required")
-    start = _epoch(req.interval.start_time) or end
+    given_start = _epoch(req.interval.start_time)
+    start = end if given_start is None else given_start
     if start > end:
         raise ApiError("INVALID_ARGUMENT", "interval.start_time is after end_time")
     agg = req.aggregation

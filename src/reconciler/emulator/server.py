@@ -20,7 +20,7 @@ from typing import Any, Literal
 
 from reconciler.emulator.control import Control, serve
 from reconciler.emulator.dataplane import DataPlane, LoadResult, send_load
-from reconciler.emulator.scenario import Behavior, Scenario, load_scenario
+from reconciler.emulator.scenario import Behavior, Scenario, ScenarioError, load_scenario
 from reconciler.emulator.world import ApiError, World
 
 ENV_HOST = "CLOUD_RUN_EMULATOR_HOST"
@@ -84,7 +84,10 @@ class Emulator:
         world = World(sc.model_copy(update=overrides))
         path = Path(state) if state is not None else None
         if path is not None and path.exists():
-            world.restore(json.loads(path.read_text(encoding="utf-8")))
+            try:
+                world.restore(json.loads(path.read_text(encoding="utf-8")))
+            except (ValueError, KeyError, TypeError, ApiError) as exc:
+                raise ScenarioError(f"{path}: not a usable emulator state file ({exc})") from None
             world.latency_mode = overrides.get("latency_mode", world.latency_mode)
             world.latency_scale = overrides.get("latency_scale", world.latency_scale)
         return cls(world, port=port, http_port=http_port, state=path)
@@ -110,10 +113,6 @@ class Emulator:
         tb: TracebackType | None,
     ) -> None:
         self.stop()
-
-    def wait(self) -> None:
-        """Block until `stop()` (the CLI's foreground mode)."""
-        self._stopped.wait()
 
     def _save_loop(self) -> None:
         while not self._stopped.wait(STATE_FLUSH_SECONDS):

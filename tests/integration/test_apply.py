@@ -1,0 +1,156 @@
+"""Plan and apply against the emulator (official client) with real git repositories."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from google.cloud import run_v2
+
+from reconciler import clients
+from reconciler.backends.cloudrun import CloudRunBackend
+from reconciler.gitops import GitOps
+from reconciler.loader import load_spec
+from reconciler.plan import Reason
+from reconciler.reconcile import Context, apply_all, plan_all, read_stamp
+from reconciler.render import plan_from_json, plan_json
+from reconciler.sandbox import Sandbox, example_rollout, sandbox
+from reconciler.state import read_events, read_status
+
+STABLE = "ion-api-00041-abc"
+CANARY = "ion-api-00042-xyz"
+
+
+@pytest.fixture
+def sb(tmp_path: Path) -> Iterator[Sandbox]:
+    with sandbox(tmp_path) as s:
+        s.emu.behave(CANARY, error_rate=0.0)  # the built-in scenario's canary is the bad one
+        yield s
+
+
+def context(sb: Sandbox, **kw: object) -> Context:
+    return Context(
+        repo=sb.repo,
+        backend=CloudRunBackend(),
+        clock=sb.now,
+        git=GitOps(sb.repo),
+        **kw,  # type: ignore[arg-type]
+    )
+
+
+def live_split(sb: Sandbox) -> dict[str, tuple[int, str]]:
+    svc = clients.services_client().get_service(name=sb.emu.service_name("ion-api"))
+    return {t.revision: (t.percent, t.tag) for t in svc.traffic_statuses}
+
+
+def test_plan_shows_first_stage_then_apply_makes_it_live(sb: Sandbox) -> None:
+    plan = plan_all(sb.repo, [], CloudRunBackend(), sb.now())
+    (sp,) = plan.services
+    assert sp.reason is Reason.STAGE and sp.has_changes
+    assert sp.before.percents() == {STABLE: 100}
+    assert sp.after.percents() == {STABLE: 95, CANARY: 5}
+
+    result = apply_all(context(sb))
+    assert result.exit_code == 0, result
+    assert live_split(sb) == {STABLE: (95, "stable"), CANARY: (5, "canary")}
+    svc = clients.services_client().get_service(name=sb.emu.service_name("ion-api"))
+    canary_uri = next(t.uri for t in svc.traffic_statuses if t.tag == "canary")
+    assert canary_uri.startswith("http://127.0.0.1:")
+
+    again = plan_all(sb.repo, [], CloudRunBackend(), sb.now())
+    assert not again.has_changes
+
+    # Git tells the truth: the remote has the state and a readable message.
+    log = sb.remote_log("-1", "--format=%s%n%b")
+    assert log.startswith("reconcile(ion-api): canary 0% -> 5% (ion-api-00042-xyz)")
+    assert "Reconcile-Action: apply" in log
+    status_text = sb.remote_file("state/ion-api/status.yaml")
+    assert "ion-api-00042-xyz" in status_text
+    assert "applied" in sb.remote_file("state/ion-api/events.jsonl")
+
+
+def test_apply_is_idempotent_and_records_nothing_twice(sb: Sandbox) -> None:
+    assert apply_all(context(sb)).exit_code == 0
+    writes = sb.emu.writes
+    head = sb.git("rev-parse", "HEAD")
+    result = apply_all(context(sb))
+    assert result.exit_code == 0
+    assert sb.emu.writes == writes
+    assert len(read_events(sb.repo, "ion-api")) == 1
+    # a second run may refresh status.yaml, but never adds an apply event
+    assert sb.git("rev-list", "--count", f"{head}..HEAD") in ("0", "1")
+
+
+def test_missing_revision_fails_before_any_write(sb: Sandbox) -> None:
+    text = example_rollout(sb.emu).replace(CANARY, "ion-api-00099-new")
+    sb.commit_rollout(text, "canary: a revision that was never deployed")
+    result = apply_all(context(sb))
+    assert result.exit_code == 1
+    (outcome,) = result.outcomes
+    assert outcome.error is not None and "ion-api-00099-new does not exist" in outcome.error
+    assert sb.emu.write_attempts == 0
+
+
+def test_stale_saved_plan_is_refused(sb: Sandbox) -> None:
+    saved = plan_from_json(plan_json(plan_all(sb.repo, [], CloudRunBackend(), sb.now())))
+    sb.emu.drift("ion-api", {STABLE: 90, CANARY: 10})  # someone acts after the plan
+    attempts = sb.emu.write_attempts
+    result = apply_all(context(sb), saved=saved)
+    assert result.exit_code == 1
+    assert "saved plan is stale" in (result.outcomes[0].error or "")
+    assert sb.emu.write_attempts == attempts
+
+
+def test_fresh_saved_plan_is_applied(sb: Sandbox) -> None:
+    saved = plan_from_json(plan_json(plan_all(sb.repo, [], CloudRunBackend(), sb.now())))
+    assert apply_all(context(sb), saved=saved).exit_code == 0
+    assert live_split(sb)[CANARY] == (5, "canary")
+
+
+def test_drift_is_corrected_with_self_heal(sb: Sandbox) -> None:
+    assert apply_all(context(sb)).exit_code == 0
+    sb.emu.drift("ion-api", {STABLE: 50, CANARY: 50})
+    plan = plan_all(sb.repo, [], CloudRunBackend(), sb.now())
+    assert plan.services[0].reason is Reason.DRIFT
+    assert apply_all(context(sb)).exit_code == 0
+    assert live_split(sb)[CANARY] == (5, "canary")
+    kinds = [e.kind.value for e in read_events(sb.repo, "ion-api")]
+    assert kinds == ["applied", "drift_corrected"]
+
+
+def test_unhealthy_dependency_moves_no_traffic(sb: Sandbox) -> None:
+    sb.emu.set_dependency("lumen-gateway", {"status": "degraded"}, 503)
+    result = apply_all(context(sb))
+    assert result.exit_code == 1
+    assert "dependencies unhealthy" in (result.outcomes[0].error or "")
+    assert sb.emu.write_attempts == 0
+
+
+def test_every_write_stamps_the_service(sb: Sandbox) -> None:
+    assert apply_all(context(sb)).exit_code == 0
+    backend = CloudRunBackend()
+    live = backend.get_service(load_spec_ref(sb))
+    stamp = read_stamp(live)
+    assert stamp is not None and stamp["action"] == "new stage"
+    assert read_status(sb.repo, "ion-api") is not None
+
+
+def load_spec_ref(sb: Sandbox) -> object:
+    from reconciler.reconcile import ref_of
+
+    return ref_of(load_spec(sb.rollout()))
+
+
+def test_lro_pending_operations_are_waited_for(sb: Sandbox) -> None:
+    sb.emu.lro(done=False, polls=2)
+    assert apply_all(context(sb)).exit_code == 0
+    assert live_split(sb)[CANARY] == (5, "canary")
+
+
+def test_official_client_sees_tag_urls(sb: Sandbox) -> None:
+    assert apply_all(context(sb)).exit_code == 0
+    svc = clients.services_client().get_service(name=sb.emu.service_name("ion-api"))
+    tags = {t.tag for t in svc.traffic_statuses if t.uri}
+    assert tags == {"stable", "canary"}
+    assert isinstance(svc, run_v2.Service)
