@@ -332,12 +332,12 @@ def _span_findings(summary: RevisionSummary | None, limits: dict[str, _Limits]) 
     if summary is None:
         return []
     out = []
-    checks: list[tuple[str, float | None, Callable[[float], str]]] = [
-        ("error_rate", summary.error_rate, _pct),
-        ("success_rate", summary.success_rate, _pct),
-        ("p95", summary.p95, _secs),
+    checks: list[tuple[str, float | None, Callable[[float], str], Callable[[float], str]]] = [
+        ("error_rate", summary.error_rate, _pct, _pct_limit),
+        ("success_rate", summary.success_rate, _pct, _pct_limit),
+        ("p95", summary.p95, _secs, _secs_limit),
     ]
-    for key, value, fmt in checks:
+    for key, value, fmt, limit in checks:
         lim = limits.get(key)
         if lim is None or value is None:
             continue
@@ -348,11 +348,11 @@ def _span_findings(summary: RevisionSummary | None, limits: dict[str, _Limits]) 
         if found == BAD and lim.threshold is not None:
             out.append(
                 f"{_LABEL[key]} over the span {fmt(value)} {word} rollback threshold "
-                f"{fmt(lim.threshold)}, though the latest windows did not fail"
+                f"{limit(lim.threshold)}, though the latest windows did not fail"
             )
         elif found == WARN and lim.target is not None:
             out.append(
-                f"{_LABEL[key]} over the span {fmt(value)} misses the target {fmt(lim.target)}"
+                f"{_LABEL[key]} over the span {fmt(value)} misses the target {limit(lim.target)}"
             )
     return out
 
@@ -441,6 +441,16 @@ def _pct(x: float) -> str:
 def _secs(x: float) -> str:
     """A latency: whole milliseconds below a second, else seconds with two decimals."""
     return f"{x * 1000:.0f}ms" if x < 1 else f"{x:.2f}s"
+
+
+def _pct_limit(x: float) -> str:
+    """A configured share, as the rollout file writes it: `5%`, `0.5%`."""
+    return f"{round(x * 100, 6):g}%"
+
+
+def _secs_limit(x: float) -> str:
+    """A configured latency, as the rollout file writes it: `20s`, `500ms`."""
+    return f"{round(x * 1000, 6):g}ms" if x < 1 else f"{round(x, 6):g}s"
 
 
 def _time(when: datetime) -> str:
@@ -647,21 +657,22 @@ def _traffic_section(
     out += [head + " | target | rollback threshold |"]
     out += ["|---|" + "---:|" * len(summaries) + "---:|---:|"]
 
-    def row(label: str, cells: list[str], key: str | None, fmt: Callable[[float], str]) -> str:
+    def row(label: str, cells: list[str], key: str | None = None) -> str:
         lim = limits.get(key) if key else None
+        limit = _secs_limit if key == "p95" else _pct_limit
         return (
             f"| {label} | "
             + " | ".join(cells)
-            + f" | {_limit_text(lim, fmt, 'target')} | {_limit_text(lim, fmt, 'threshold')} |"
+            + f" | {_limit_text(lim, limit, 'target')} | {_limit_text(lim, limit, 'threshold')} |"
         )
 
     def windows(s: RevisionSummary) -> str:
         return f"{s.windows} × {format_duration(s.window)}" if s.window else "0"
 
     out += [
-        row("windows", [windows(s) for s in summaries], None, _pct),
-        row("requests", [f"{s.requests:,}" for s in summaries], None, _pct),
-        row("errors (5xx)", [f"{s.errors:,}" for s in summaries], None, _pct),
+        row("windows", [windows(s) for s in summaries]),
+        row("requests", [f"{s.requests:,}" for s in summaries]),
+        row("errors (5xx)", [f"{s.errors:,}" for s in summaries]),
     ]
     measures: list[
         tuple[str, str | None, Callable[[RevisionSummary], float | None], Callable[[float], str]]
@@ -674,7 +685,7 @@ def _traffic_section(
     ]
     for label, key, get, fmt in measures:
         lim = limits.get(key) if key else None
-        out.append(row(label, [_with_mark(get(s), fmt, lim) for s in summaries], key, fmt))
+        out.append(row(label, [_with_mark(get(s), fmt, lim) for s in summaries], key))
     out.append("")
     out.append(
         f"{OK} meets the target · {WARN} misses the target, within the rollback threshold · "
@@ -775,9 +786,9 @@ def _baseline_section(baseline: Baseline | None, canary: RevisionSummary | None)
     out = ["## Baseline", ""]
     if baseline is None:
         return [*out, "No baseline recorded (`reconcile bench SERVICE` takes one).", ""]
-    of = f" of `{baseline.revision}`" if baseline.revision else ""
+    of = f" revision `{baseline.revision}`" if baseline.revision else ""
     out += [
-        f"Taken {_time(baseline.taken_at)} on the {baseline.target}{of} by `reconcile bench`. "
+        f"Taken {_time(baseline.taken_at)} by `reconcile bench` on the {baseline.target}{of}. "
         "The baseline measures its probes' requests; the canary column is all the canary's "
         "requests over the span. ⚠️ marks a P95 over 1.2× the baseline's and 100ms slower, or a "
         "lower success rate.",

@@ -249,9 +249,9 @@ def test_decide(
     ("errors", "p95", "action", "why"),
     [
         (5, 0.3, Action.ADVANCE, "all gates pass"),
-        (80, 0.3, Action.HOLD, "error rate over the span 8.0% > rollback threshold 5.0%"),
-        (5, 25.0, Action.HOLD, "P95 over the span 25.00s > rollback threshold 20.00s"),
-        (20, 0.3, Action.HOLD, "error rate over the span 2.0% misses the target 1.0%"),
+        (80, 0.3, Action.HOLD, "error rate over the span 8.0% > rollback threshold 5%"),
+        (5, 25.0, Action.HOLD, "P95 over the span 25.00s > rollback threshold 20s"),
+        (20, 0.3, Action.HOLD, "error rate over the span 2.0% misses the target 1%"),
     ],
     ids=["within", "span-error-rate-beyond", "span-p95-beyond", "span-target-missed"],
 )
@@ -584,9 +584,9 @@ def test_report_sections_show_values_marks_probes_baseline_and_events() -> None:
     )
     md = report.markdown
     _check_tables(md)
-    assert "| error rate | 2.0% ⚠️ | 0.0% ✅ | ≤ 1.0% | > 5.0% |" in md
-    assert "| success rate | 98.0% ✅ | 100.0% ✅ | ≥ 95.0% | < 90.0% |" in md
-    assert "| P95 | 16.00s ⚠️ | 300ms ✅ | ≤ 15.00s | > 20.00s |" in md
+    assert "| error rate | 2.0% ⚠️ | 0.0% ✅ | ≤ 1% | > 5% |" in md
+    assert "| success rate | 98.0% ✅ | 100.0% ✅ | ≥ 95% | < 90% |" in md
+    assert "| P95 | 16.00s ⚠️ | 300ms ✅ | ≤ 15s | > 20s |" in md
     assert "| P99 | 18.00s | 500ms | – | – |" in md
     assert "the canary served 1,000 of 20,000 measured requests (5.0%)" in md
     assert (
@@ -600,6 +600,6 @@ def test_report_sections_show_values_marks_probes_baseline_and_events() -> None:
     # The latest verdict passes, but over the span the canary misses two targets.
     assert report.decision.action is Action.HOLD
     assert report.decision.reasons == (
-        "error rate over the span 2.0% misses the target 1.0%",
-        "P95 over the span 16.00s misses the target 15.00s",
+        "error rate over the span 2.0% misses the target 1%",
+        "P95 over the span 16.00s misses the target 15s",
     )
