@@ -401,7 +401,10 @@ def decide(
     reasons: list[str] = []
     if verdict.outcome is Outcome.INCONCLUSIVE:
         reasons += [f"inconclusive: {r}" for r in verdict.reasons] or ["verdict INCONCLUSIVE"]
-    missed = [g.reason for g in verdict.gates if g.target_met is False]
+    # A gate that did not pass is listed above already, its target included.
+    missed = [
+        g.reason for g in verdict.gates if g.target_met is False and g.outcome is Outcome.PASS
+    ]
     reasons += [f"target missed: {r}" for r in missed]
     reasons += _span_findings(canary, _limits(spec))
     if reasons:

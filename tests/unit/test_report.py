@@ -603,3 +603,13 @@ def test_report_sections_show_values_marks_probes_baseline_and_events() -> None:
         "error rate over the span 2.0% misses the target 1%",
         "P95 over the span 16.00s misses the target 15s",
     )
+
+
+def test_a_gate_that_did_not_pass_is_listed_once() -> None:
+    gate = GateResult(
+        "error_rate", Outcome.INCONCLUSIVE, 0.03, 0.05, 50, "error_rate 3.0% straddles", 0.01, False
+    )
+    decision = decide(
+        _spec(), _status(verdict=Verdict(Outcome.INCONCLUSIVE, (gate,))), None, now=NOW
+    )
+    assert decision.reasons == ("inconclusive: error_rate 3.0% straddles",)
