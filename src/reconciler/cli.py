@@ -13,6 +13,8 @@ from reconciler import __version__
 from reconciler.errors import ReconcileError
 
 if TYPE_CHECKING:
+    from datetime import timedelta
+
     from reconciler.probes import ProbeResult, SideStats, Urls
     from reconciler.spec import Check, RolloutSpec
 
@@ -788,6 +790,92 @@ def demo(keep: Path | None) -> None:
     from reconciler.demo import run_demo
 
     raise click.exceptions.Exit(run_demo(keep))
+
+
+def _since(ctx: click.Context, param: click.Parameter, value: str | None) -> timedelta | None:
+    from datetime import timedelta
+
+    from reconciler.spec import parse_duration
+
+    if value is None:
+        return None
+    try:
+        span = parse_duration(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+    if span <= timedelta(0):
+        raise click.BadParameter(f"{value!r} must be a positive duration")
+    return span
+
+
+@cli.command()
+@click.argument("service")
+@click.option(
+    "--kind",
+    type=click.Choice(["interim", "final"]),
+    default="interim",
+    show_default=True,
+    help="interim: the last 24h; final: the whole rollout, with a go/no-go.",
+)
+@click.option(
+    "--since",
+    metavar="DURATION",
+    callback=_since,
+    help="Cover the last DURATION (24h, 7d, ...) instead of the kind's span.",
+)
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    metavar="FILE",
+    help="Write the report to FILE instead of state/SERVICE/reports/.",
+)
+@click.option("--stdout", "to_stdout", is_flag=True, help="Print the report; write no file.")
+@pass_app
+def report(
+    app: App,
+    service: str,
+    kind: str,
+    since: timedelta | None,
+    out: Path | None,
+    to_stdout: bool,
+) -> None:
+    """Write a stage report of SERVICE from its state/ (markdown that renders on GitHub).
+
+    Covers the stages and the time span, traffic, request counts, error and success rate,
+    P50/P95/P99 of canary and stable against the rollout file's targets and rollback
+    thresholds, charts of error rate and P95 per window, probe results, the baseline
+    comparison, the events, and the decision: advance, hold or roll back (go/no-go in a
+    final report). Saved as state/SERVICE/reports/<kind>-<UTC time>.md and <kind>-latest.md.
+
+    \b
+    Example:
+      reconcile report ion-api --kind interim
+      reconcile report ion-api --kind final --stdout
+      reconcile report ion-api --since 6h --out /tmp/ion-api.md
+    """
+    from datetime import UTC, datetime
+
+    from reconciler.report import generate, save
+    from reconciler.state import atomic_write_text
+
+    made = generate(
+        app.repo,
+        service,
+        "final" if kind == "final" else "interim",
+        now=datetime.now(UTC),
+        since=since,
+    )
+    if to_stdout:
+        click.echo(made.markdown, nl=False)
+        return
+    if out is not None:
+        atomic_write_text(out, made.markdown)
+        path = out
+    else:
+        path = save(app.repo, made)
+    decision = made.decision
+    click.echo(f"{service}: {kind} report written to {path}")
+    click.echo(f"decision: {decision.action.value} ({'; '.join(decision.reasons)})")
 
 
 from reconciler.emulator.cli import emulator  # noqa: E402

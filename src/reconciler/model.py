@@ -123,6 +123,18 @@ class Outcome(enum.Enum):
 
 
 @dataclass(frozen=True)
+class LatencyBucket:
+    """One bucket of a latency distribution: `count` latencies in [lower, upper) seconds.
+
+    `upper` is None for the overflow bucket, which has no upper bound.
+    """
+
+    lower: float
+    upper: float | None
+    count: int
+
+
+@dataclass(frozen=True)
 class WindowStats:
     """Measured traffic of one revision over one window.
 
@@ -140,6 +152,10 @@ class WindowStats:
     p50: float | None = None
     p95: float | None = None
     p99: float | None = None
+    latency_buckets: tuple[LatencyBucket, ...] | None = None
+    """The non-empty buckets of the latency distribution, ascending; None when the provider
+    gave no distribution. Percentiles over several windows are computed by merging these:
+    per-window percentiles cannot be averaged."""
 
     @property
     def error_rate(self) -> float | None:

@@ -40,7 +40,15 @@ from typing import Any
 import yaml
 
 from reconciler.errors import ReconcileError
-from reconciler.model import GateResult, Outcome, Target, TrafficSplit, Verdict, WindowStats
+from reconciler.model import (
+    GateResult,
+    LatencyBucket,
+    Outcome,
+    Target,
+    TrafficSplit,
+    Verdict,
+    WindowStats,
+)
 from reconciler.plan import Phase
 from reconciler.spec import SERVICE_RE
 
@@ -251,7 +259,7 @@ def append_metrics(root: Path, service: str, stats: Iterable[WindowStats]) -> li
                 added.append(s)
         if not added:
             continue
-        lines.extend(_json_line(_stats_to_data(s)) for s in added)
+        lines.extend(_json_line(_stats_to_data(s, buckets=True)) for s in added)
         atomic_write_text(path, "".join(line + "\n" for line in lines))
         written.append(path)
     _prune_months(state_dir(root, service) / "metrics")
@@ -506,8 +514,10 @@ def _verdict_from_data(d: Any) -> tuple[Verdict | None, datetime | None]:
     return Verdict(Outcome(d["outcome"]), gates), _opt_time(d["at"])
 
 
-def _stats_to_data(s: WindowStats) -> dict[str, Any]:
-    return {
+def _stats_to_data(s: WindowStats, *, buckets: bool = False) -> dict[str, Any]:
+    """A window as written; `buckets` adds its latency distribution (metrics files only:
+    status.yaml's windows serve the judge, which needs no distribution)."""
+    data: dict[str, Any] = {
         "service": s.service,
         "revision": s.revision,
         "start": format_time(s.start),
@@ -521,6 +531,10 @@ def _stats_to_data(s: WindowStats) -> dict[str, Any]:
         "p95": s.p95,
         "p99": s.p99,
     }
+    # Absent rather than null when unknown, so lines without a distribution keep their bytes.
+    if buckets and s.latency_buckets is not None:
+        data["latency_buckets"] = [[b.lower, b.upper, b.count] for b in s.latency_buckets]
+    return data
 
 
 def _stats_from_data(d: Any) -> WindowStats:
@@ -538,7 +552,26 @@ def _stats_from_data(d: Any) -> WindowStats:
         p50=_opt_float(d["p50"]),
         p95=_opt_float(d["p95"]),
         p99=_opt_float(d["p99"]),
+        # Lines written before distributions were kept have no `latency_buckets`.
+        latency_buckets=_buckets_from_data(d.get("latency_buckets")),
     )
+
+
+def _buckets_from_data(items: Any) -> tuple[LatencyBucket, ...] | None:
+    if items is None:
+        return None
+    if not isinstance(items, list):
+        raise TypeError("latency_buckets is not a list")
+    out = []
+    for item in items:
+        if not isinstance(item, list) or len(item) != 3:
+            raise TypeError(f"latency bucket {item!r} is not [lower, upper, count]")
+        lower, upper, count = item
+        low = _opt_float(lower)
+        if low is None:
+            raise TypeError("latency bucket without a lower bound")
+        out.append(LatencyBucket(low, _opt_float(upper), _int(count)))
+    return tuple(out)
 
 
 def _event_to_data(e: Event) -> dict[str, Any]:

@@ -11,6 +11,8 @@ import math
 from collections.abc import Iterable, Sequence
 from statistics import NormalDist
 
+from reconciler.model import LatencyBucket
+
 Z95 = NormalDist().inv_cdf(0.975)
 """Two-sided 95% normal quantile (1.95996...)."""
 
@@ -140,4 +142,75 @@ def percentile_from_buckets(
         lower = float(bounds[i - 1]) if i else min(0.0, upper)
         return lower + (upper - lower) * (rank - cumulative) / count
     # The last non-empty bucket brings `cumulative` to `total` >= `rank`, so the loop returns.
+    raise AssertionError(f"rank {rank} beyond {total} samples")
+
+
+def buckets_from_counts(
+    bounds: Sequence[float], counts: Sequence[int], *, scale: float = 1.0
+) -> tuple[LatencyBucket, ...]:
+    """The non-empty buckets of a distribution in Cloud Monitoring's layout, as kept in
+    `WindowStats.latency_buckets`; bounds are multiplied by `scale` (0.001: ms to seconds).
+
+    Same conventions as `percentile_from_buckets`: the underflow bucket starts at 0, the
+    overflow bucket has no upper bound.
+    """
+    if len(counts) > len(bounds) + 1:
+        raise ValueError(
+            f"{len(counts)} bucket counts for {len(bounds)} bounds (max {len(bounds) + 1})"
+        )
+    out = []
+    for i, count in enumerate(counts):
+        if count < 0:
+            raise ValueError("bucket counts must not be negative")
+        if count == 0:
+            continue
+        lower = float(bounds[i - 1]) if i else min(0.0, float(bounds[0]))
+        upper = float(bounds[i]) * scale if i < len(bounds) else None
+        out.append(LatencyBucket(lower * scale, upper, count))
+    return tuple(out)
+
+
+def merge_buckets(
+    series: Iterable[Sequence[LatencyBucket]],
+) -> tuple[LatencyBucket, ...] | None:
+    """The sum of several distributions that share one bucket layout, ascending.
+
+    None when the layouts differ (two distinct buckets overlap): such distributions cannot
+    be added exactly, and an inexact merge would be a silent approximation.
+    """
+    counts: dict[tuple[float, float | None], int] = {}
+    for buckets in series:
+        for b in buckets:
+            counts[(b.lower, b.upper)] = counts.get((b.lower, b.upper), 0) + b.count
+    merged = sorted(
+        (LatencyBucket(lo, hi, n) for (lo, hi), n in counts.items() if n > 0),
+        key=lambda b: (b.lower, math.inf if b.upper is None else b.upper),
+    )
+    for a, b in itertools.pairwise(merged):
+        if a.upper is None or a.upper > b.lower:
+            return None
+    return tuple(merged)
+
+
+def bucket_percentile(buckets: Sequence[LatencyBucket], q: float) -> float | None:
+    """The `q`-quantile (0..1) of non-empty ascending buckets, None without samples.
+
+    Interpolates linearly inside the bucket that holds the rank `q * total`, as
+    `percentile_from_buckets` does; a rank in the overflow bucket returns its lower bound.
+    The true quantile lies in the same bucket, so the error is at most that bucket's width.
+    """
+    if not 0.0 <= q <= 1.0:
+        raise ValueError(f"quantile must be in [0, 1], got {q}")
+    total = sum(b.count for b in buckets)
+    if total == 0:
+        return None
+    rank = q * total
+    cumulative = 0
+    for b in buckets:
+        if b.count == 0 or cumulative + b.count < rank:
+            cumulative += b.count
+            continue
+        if b.upper is None:
+            return b.lower
+        return b.lower + (b.upper - b.lower) * (rank - cumulative) / b.count
     raise AssertionError(f"rank {rank} beyond {total} samples")

@@ -1,0 +1,615 @@
+"""Stage reports (pure): marks, the decision, spans, span percentiles, well-formed markdown."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from reconciler.model import (
+    GateResult,
+    LatencyBucket,
+    Outcome,
+    Target,
+    TrafficSplit,
+    Verdict,
+    WindowStats,
+)
+from reconciler.probes import Baseline, BenchResult, BenchSample
+from reconciler.report import (
+    MAX_CHART_POINTS,
+    Action,
+    build_report,
+    decide,
+    mark,
+    report_span,
+    summarize,
+)
+from reconciler.spec import RolloutSpec
+from reconciler.state import (
+    Event,
+    EventKind,
+    Phase,
+    ProbeRecord,
+    ServiceStatus,
+    append_metrics,
+    read_metrics,
+    read_status,
+    with_windows,
+    write_status,
+)
+from reconciler.stats import (
+    bucket_percentile,
+    buckets_from_counts,
+    exponential_bounds,
+    merge_buckets,
+    percentile_from_buckets,
+)
+
+NOW = datetime(2026, 5, 3, 12, 0, tzinfo=UTC)
+STABLE, CANARY = "ion-api-00041-abc", "ion-api-00042-xyz"
+FIVE = timedelta(minutes=5)
+TEN = timedelta(minutes=10)
+
+
+def _spec(**changes: Any) -> RolloutSpec:
+    data: dict[str, Any] = {
+        "service": "ion-api",
+        "project": "naeda-genesis",
+        "region": "us-central1",
+        "revisions": {"stable": STABLE, "canary": CANARY},
+        "canary_percent": 5,
+        "stages": [5, 10, 25, 50, 100],
+        "bake": "24h",
+        "gates": {
+            "window": "5m",
+            "min_requests": 100,
+            "error_rate": {"max": "5%", "target": "1%"},
+            "latency_p95": {"max": "20s", "target": "15s", "window": "10m"},
+            "success_rate": {"min": "90%", "target": "95%"},
+        },
+        "probes": [{"name": "canary-health", "url": "{canary_url}/api/health"}],
+    }
+    data.update(changes)
+    return RolloutSpec.model_validate(data)
+
+
+def _gate(name: str, outcome: Outcome, target_met: bool | None = True) -> GateResult:
+    return GateResult(
+        name, outcome, 0.01, 0.05, 1000, f"{name} {outcome.value.lower()}", 0.01, target_met
+    )
+
+
+PASS = Verdict(
+    Outcome.PASS,
+    (_gate("error_rate", Outcome.PASS), _gate("latency_p95", Outcome.PASS)),
+)
+
+
+def _status(**changes: Any) -> ServiceStatus:
+    base = ServiceStatus(
+        service="ion-api",
+        phase=Phase.PROGRESSING,
+        stable_revision=STABLE,
+        canary_revision=CANARY,
+        stage=5,
+        stage_since=NOW - timedelta(hours=30),
+        traffic=TrafficSplit.of([Target(STABLE, 95, "stable"), Target(CANARY, 5, "canary")]),
+        etag='W/"1"',
+        generation=3,
+        observed_generation=3,
+        last_reconcile=NOW - timedelta(minutes=1),
+        verdict=PASS,
+        verdict_at=NOW - timedelta(minutes=1),
+        passing_since=NOW - timedelta(hours=25),
+    )
+    return replace(base, **changes)
+
+
+def _window(
+    revision: str,
+    end: datetime,
+    *,
+    length: timedelta = FIVE,
+    requests: int = 1000,
+    errors: int = 5,
+    p: tuple[float, float, float] | None = (0.1, 0.3, 0.5),
+    buckets: tuple[LatencyBucket, ...] | None = None,
+) -> WindowStats:
+    return WindowStats(
+        service="ion-api",
+        revision=revision,
+        start=end - length,
+        end=end,
+        requests=requests,
+        errors=errors,
+        successes=requests - errors,
+        p50=None if p is None else p[0],
+        p95=None if p is None else p[1],
+        p99=None if p is None else p[2],
+        latency_buckets=buckets,
+    )
+
+
+# --- marks ----------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("value", "target", "threshold", "higher", "expected"),
+    [
+        (0.005, 0.01, 0.05, False, "✅"),
+        (0.01, 0.01, 0.05, False, "✅"),
+        (0.02, 0.01, 0.05, False, "⚠️"),
+        (0.05, 0.01, 0.05, False, "⚠️"),
+        (0.051, 0.01, 0.05, False, "❌"),
+        (0.03, None, 0.05, False, "✅"),
+        (0.06, None, 0.05, False, "❌"),
+        (0.02, 0.01, None, False, "⚠️"),
+        (0.99, 0.95, 0.90, True, "✅"),
+        (0.95, 0.95, 0.90, True, "✅"),
+        (0.92, 0.95, 0.90, True, "⚠️"),
+        (0.90, 0.95, 0.90, True, "⚠️"),
+        (0.89, 0.95, 0.90, True, "❌"),
+        (None, 0.01, 0.05, False, ""),
+        (0.5, None, None, False, ""),
+    ],
+    ids=[
+        "err-under-target",
+        "err-at-target",
+        "err-over-target",
+        "err-at-threshold-not-a-breach",
+        "err-over-threshold",
+        "err-no-target-within",
+        "err-no-target-beyond",
+        "err-no-threshold-missed",
+        "success-over-target",
+        "success-at-target",
+        "success-under-target",
+        "success-at-threshold",
+        "success-under-threshold",
+        "no-value",
+        "nothing-to-compare",
+    ],
+)
+def test_mark(
+    value: float | None, target: float | None, threshold: float | None, higher: bool, expected: str
+) -> None:
+    assert mark(value, target=target, threshold=threshold, higher_is_better=higher) == expected
+
+
+# --- the decision ---------------------------------------------------------------------------
+FAIL = Verdict(
+    Outcome.FAIL, (GateResult("error_rate", Outcome.FAIL, 0.07, 0.05, 900, "error_rate 7.0% > 5%"),)
+)
+INCONCLUSIVE = Verdict(
+    Outcome.INCONCLUSIVE,
+    (GateResult("error_rate", Outcome.INCONCLUSIVE, None, 0.05, 20, "error_rate low traffic"),),
+)
+MISSED = Verdict(Outcome.PASS, (_gate("error_rate", Outcome.PASS, target_met=False),))
+CASES: list[tuple[str, dict[str, Any], dict[str, Any], Action, int | None, str]] = [
+    ("pass-baked", {}, {}, Action.ADVANCE, 10, "passing for 1d 1h >= bake 24h"),
+    ("pass-baking", {"passing_since": NOW - timedelta(hours=3)}, {}, Action.HOLD, None, "21h left"),
+    ("pass-no-passing-since-uses-stage", {"passing_since": None}, {}, Action.ADVANCE, 10, "bake"),
+    (
+        "pass-at-100-finalize",
+        {"stage": 100},
+        {"canary_percent": 100},
+        Action.ADVANCE,
+        None,
+        "finalize",
+    ),
+    ("fail", {"verdict": FAIL}, {}, Action.ROLL_BACK, None, "error_rate 7.0% > 5%"),
+    ("inconclusive", {"verdict": INCONCLUSIVE}, {}, Action.HOLD, None, "low traffic"),
+    ("target-missed", {"verdict": MISSED}, {}, Action.HOLD, None, "target missed"),
+    ("no-verdict", {"verdict": None}, {}, Action.HOLD, None, "no verdict yet"),
+    (
+        "no-canary",
+        {"canary_revision": None, "phase": Phase.STABLE},
+        {},
+        Action.HOLD,
+        None,
+        "no canary",
+    ),
+    ("promoted", {"phase": Phase.PROMOTED}, {}, Action.ADVANCE, None, "promoted"),
+    (
+        "rolled-back",
+        {"phase": Phase.ROLLED_BACK, "verdict": FAIL},
+        {
+            "canary_percent": 0,
+            "rolled_back": {"revision": CANARY, "at": "2026-05-03T11:00:00Z", "reason": "boom"},
+        },
+        Action.ROLL_BACK,
+        None,
+        "rolled back: boom",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("status_changes", "spec_changes", "action", "next_stage", "why"),
+    [c[1:] for c in CASES],
+    ids=[c[0] for c in CASES],
+)
+def test_decide(
+    status_changes: dict[str, Any],
+    spec_changes: dict[str, Any],
+    action: Action,
+    next_stage: int | None,
+    why: str,
+) -> None:
+    decision = decide(_spec(**spec_changes), _status(**status_changes), None, now=NOW)
+    assert decision.action is action
+    assert decision.next_stage == next_stage
+    assert any(why in r for r in decision.reasons), decision.reasons
+
+
+@pytest.mark.parametrize(
+    ("errors", "p95", "action", "why"),
+    [
+        (5, 0.3, Action.ADVANCE, "all gates pass"),
+        (80, 0.3, Action.HOLD, "error rate over the span 8.0% > rollback threshold 5%"),
+        (5, 25.0, Action.HOLD, "P95 over the span 25.00s > rollback threshold 20s"),
+        (20, 0.3, Action.HOLD, "error rate over the span 2.0% misses the target 1%"),
+    ],
+    ids=["within", "span-error-rate-beyond", "span-p95-beyond", "span-target-missed"],
+)
+def test_decide_holds_on_a_span_breach_the_judge_has_not_failed(
+    errors: int, p95: float, action: Action, why: str
+) -> None:
+    windows = [_window(CANARY, NOW, errors=errors, p=(0.1, p95, p95))]
+    canary = summarize(CANARY, "canary", windows, FIVE)
+    decision = decide(_spec(), _status(), canary, now=NOW)
+    assert decision.action is action
+    assert any(why in r for r in decision.reasons), decision.reasons
+
+
+def test_decide_without_a_rollout_file_holds_on_an_unknown_bake() -> None:
+    decision = decide(None, _status(), None, now=NOW)
+    assert decision.action is Action.HOLD
+    assert "bake time is unknown" in decision.reasons[0]
+
+
+@pytest.mark.parametrize(
+    ("action", "go"),
+    [(Action.ADVANCE, "GO"), (Action.HOLD, "NO-GO for now"), (Action.ROLL_BACK, "NO-GO")],
+    ids=["advance", "hold", "roll-back"],
+)
+def test_final_report_says_go_or_no_go(action: Action, go: str) -> None:
+    status = {
+        Action.ADVANCE: _status(),
+        Action.HOLD: _status(verdict=INCONCLUSIVE),
+        Action.ROLL_BACK: _status(verdict=FAIL),
+    }[action]
+    report = build_report("final", status=status, now=NOW, spec=_spec())
+    assert report.decision.action is action
+    assert f"**Go/no-go: {go}** ({action.value})" in report.markdown
+
+
+# --- spans ----------------------------------------------------------------------------------
+EVENTS = [
+    Event(NOW - timedelta(days=9), EventKind.APPLIED, "reconciler", "old=100", "older=100"),
+    Event(NOW - timedelta(days=2), EventKind.APPLIED, "reconciler", f"{STABLE}=100", f"{CANARY}=5"),
+    Event(NOW - timedelta(hours=1), EventKind.ADVANCED, "reconciler", "5", "10"),
+]
+
+
+@pytest.mark.parametrize(
+    ("kind", "since", "events", "windows", "stage_since", "start", "basis"),
+    [
+        ("interim", None, EVENTS, [], None, NOW - timedelta(hours=24), "the last 24h"),
+        ("interim", timedelta(hours=6), EVENTS, [], None, NOW - timedelta(hours=6), "--since"),
+        ("final", None, EVENTS, [], None, NOW - timedelta(days=2), "canary's first event"),
+        ("final", timedelta(days=7), EVENTS, [], None, NOW - timedelta(days=7), "--since"),
+        (
+            "final",
+            None,
+            [],
+            [_window(CANARY, NOW - timedelta(hours=5)), _window(STABLE, NOW - timedelta(days=4))],
+            None,
+            NOW - timedelta(hours=5) - FIVE,
+            "canary's first window",
+        ),
+        ("final", None, [], [], NOW - timedelta(hours=3), NOW - timedelta(hours=3), "stage"),
+        ("final", None, [], [], None, NOW - timedelta(hours=24), "no canary event"),
+    ],
+    ids=[
+        "interim-24h",
+        "interim-since",
+        "final-first-canary-event",
+        "final-since",
+        "final-first-window",
+        "final-stage-since",
+        "final-nothing",
+    ],
+)
+def test_report_span(
+    kind: Any,
+    since: timedelta | None,
+    events: list[Event],
+    windows: list[WindowStats],
+    stage_since: datetime | None,
+    start: datetime,
+    basis: str,
+) -> None:
+    span = report_span(
+        kind,
+        now=NOW,
+        canary=CANARY,
+        events=events,
+        windows=windows,
+        stage_since=stage_since,
+        since=since,
+    )
+    assert (span.start, span.end) == (start, NOW)
+    assert basis in span.basis
+
+
+# --- distributions and span percentiles -----------------------------------------------------
+BOUNDS = exponential_bounds(40, 1.3, 1.0)  # ms
+
+
+@pytest.mark.parametrize(
+    "counts",
+    [[0, 3, 0, 9, 1], [5], [0] * 12 + [7, 7], [1] * 42, [0, 0, 1]],
+    ids=["gaps", "underflow-only", "two-buckets", "overflow", "single"],
+)
+@pytest.mark.parametrize("q", [0.0, 0.05, 0.5, 0.95, 0.99, 1.0], ids=lambda q: f"q{q}")
+def test_sparse_buckets_give_the_dense_percentile(counts: list[int], q: float) -> None:
+    sparse = buckets_from_counts(BOUNDS, counts)
+    assert all(b.count > 0 for b in sparse)
+    assert bucket_percentile(sparse, q) == pytest.approx(percentile_from_buckets(BOUNDS, counts, q))
+
+
+def test_merge_buckets_sums_one_layout_and_refuses_two() -> None:
+    a = buckets_from_counts(BOUNDS, [0, 2, 0, 1])
+    b = buckets_from_counts(BOUNDS, [0, 1, 4])
+    merged = merge_buckets([a, b])
+    assert merged == buckets_from_counts(BOUNDS, [0, 3, 4, 1])
+    other = buckets_from_counts([1.5, 2.5], [0, 1])
+    assert merge_buckets([a, other]) is None
+    assert merge_buckets([]) == ()
+
+
+def test_span_percentiles_merge_distributions_not_per_window_values() -> None:
+    # One fast busy window and one slow quiet one: averaging p95s would be far off.
+    fast = buckets_from_counts(BOUNDS, [0, 0, 0, 0, 900, 100], scale=0.001)
+    slow = buckets_from_counts(BOUNDS, [0] * 30 + [10], scale=0.001)
+    windows = [
+        _window(CANARY, NOW - FIVE, requests=1000, buckets=fast, p=(0.003, 0.004, 0.004)),
+        _window(CANARY, NOW, requests=10, buckets=slow, p=(0.5, 0.5, 0.5)),
+    ]
+    s = summarize(CANARY, "canary", windows, FIVE)
+    merged = merge_buckets([fast, slow])
+    assert merged is not None
+    assert s.method == "merged"
+    assert (s.p50, s.p95, s.p99) == (
+        bucket_percentile(merged, 0.5),
+        bucket_percentile(merged, 0.95),
+        bucket_percentile(merged, 0.99),
+    )
+    assert s.requests == 1010 and s.errors == 10 and s.windows == 2
+
+
+def test_span_percentiles_fall_back_to_the_request_weighted_view() -> None:
+    fast = buckets_from_counts(BOUNDS, [0, 0, 0, 0, 10], scale=0.001)
+    windows = [
+        _window(CANARY, NOW - FIVE, requests=300, buckets=fast, p=(0.1, 0.2, 0.3)),
+        _window(CANARY, NOW, requests=100, buckets=None, p=(0.5, 0.6, 0.7)),
+    ]
+    s = summarize(CANARY, "canary", windows, FIVE)
+    assert s.method == "weighted"
+    assert s.p95 == pytest.approx((0.2 * 300 + 0.6 * 100) / 400)
+    report = build_report("interim", status=_status(), now=NOW, spec=_spec(), windows=windows)
+    assert "request-weighted means of the per-window percentiles" in report.markdown
+
+
+def test_summary_counts_one_window_length_only() -> None:
+    windows = [
+        _window(CANARY, NOW - FIVE),
+        _window(CANARY, NOW),
+        _window(CANARY, NOW, length=TEN, requests=2000, errors=10),
+    ]
+    s = summarize(CANARY, "canary", windows, FIVE)
+    assert (s.windows, s.requests, s.window) == (2, 2000, FIVE)
+    only_ten = summarize(CANARY, "canary", windows[2:], FIVE)
+    assert (only_ten.windows, only_ten.window) == (1, TEN)
+
+
+def test_summary_without_windows_is_no_data() -> None:
+    s = summarize(CANARY, "canary", [], FIVE)
+    assert (s.requests, s.error_rate, s.p95, s.method) == (0, None, None, "none")
+
+
+# --- the distribution in state files --------------------------------------------------------
+def test_metrics_lines_keep_the_distribution_and_old_lines_still_read(tmp_path: Path) -> None:
+    buckets = buckets_from_counts(BOUNDS, [0, 2, 0, 5, 1], scale=0.001)
+    w = _window(CANARY, NOW, buckets=buckets)
+    old = _window(STABLE, NOW)
+    append_metrics(tmp_path, "ion-api", [w, old])
+    text = (tmp_path / "state/ion-api/metrics/2026-05.jsonl").read_text()
+    assert text.count("latency_buckets") == 1  # a window without one writes no key
+    assert read_metrics(tmp_path, "ion-api") == sorted([w, old], key=lambda s: s.revision)
+    # status.yaml's windows serve the judge: no distribution there, so it stays small.
+    write_status(tmp_path, with_windows(_status(), [w]))
+    assert "latency_buckets" not in (tmp_path / "state/ion-api/status.yaml").read_text()
+    back = read_status(tmp_path, "ion-api")
+    assert back is not None and back.windows == (replace(w, latency_buckets=None),)
+
+
+# --- markdown -------------------------------------------------------------------------------
+def _mermaid_blocks(markdown: str) -> list[list[str]]:
+    return [
+        block.strip().splitlines() for block in re.findall(r"```mermaid\n(.*?)```", markdown, re.S)
+    ]
+
+
+def _check_xychart(lines: list[str]) -> list[list[float]]:
+    """Assert an xychart-beta block is well-formed; return its line series."""
+    assert lines[0] == "xychart-beta"
+    title = re.fullmatch(r'    title "([^"]*)"', lines[1])
+    assert title, lines[1]
+    xaxis = re.fullmatch(r"    x-axis \[(.*)\]", lines[2])
+    assert xaxis, lines[2]
+    labels = re.findall(r'"([^"]*)"', xaxis.group(1))
+    assert labels and xaxis.group(1) == ", ".join(f'"{x}"' for x in labels)
+    yaxis = re.fullmatch(r'    y-axis "[^"]*" 0 --> ([0-9.]+)', lines[3])
+    assert yaxis, lines[3]
+    top = float(yaxis.group(1))
+    series = []
+    for line in lines[4:]:
+        m = re.fullmatch(r"    line \[(.*)\]", line)
+        assert m, line
+        values = [float(v) for v in m.group(1).split(", ")]
+        assert len(values) == len(labels)
+        assert all(0 <= v <= top for v in values)
+        series.append(values)
+    assert 1 <= len(series) <= 2
+    return series
+
+
+def _check_tables(markdown: str) -> None:
+    """Every table row has as many cells as its header (escaped pipes are not separators)."""
+    width = None
+    for line in markdown.splitlines():
+        if not line.startswith("|"):
+            width = None
+            continue
+        cells = len(re.split(r"(?<!\\)\|", line)) - 2
+        if width is None:
+            width = cells
+        assert cells == width, line
+
+
+def _busy(n: int, *, errors: int = 5) -> list[WindowStats]:
+    out = []
+    for i in range(n):
+        end = NOW - FIVE * i
+        out += [_window(CANARY, end, errors=errors), _window(STABLE, end, requests=19000, errors=0)]
+        if i % 2 == 0:
+            out.append(_window(CANARY, end, length=TEN, p=(0.1, 0.4 + i / 100, 0.9)))
+    return out
+
+
+def test_charts_are_well_formed_with_the_threshold_as_second_line() -> None:
+    report = build_report("interim", status=_status(), now=NOW, spec=_spec(), windows=_busy(12))
+    blocks = _mermaid_blocks(report.markdown)
+    assert len(blocks) == 2
+    errors, p95 = (_check_xychart(b) for b in blocks)
+    assert errors[0] == [0.5] * 12 and errors[1] == [5.0] * 12
+    assert len(p95[0]) == 6 and p95[1] == [20.0] * 6  # the latency gate's 10m windows
+    assert "Second line: the rollback threshold, 5%." in report.markdown
+    _check_tables(report.markdown)
+
+
+def test_long_spans_group_windows_into_at_most_max_chart_points() -> None:
+    report = build_report(
+        "final",
+        status=_status(),
+        now=NOW,
+        spec=_spec(),
+        windows=_busy(200),
+        since=timedelta(days=1),
+    )
+    for block in _mermaid_blocks(report.markdown):
+        series = _check_xychart(block)
+        assert len(series[0]) <= MAX_CHART_POINTS
+    assert "each point is 5 windows, pooled over its windows" in report.markdown
+    assert "the worst of its windows" in report.markdown
+
+
+def test_chart_without_a_threshold_has_one_line() -> None:
+    spec = _spec(gates={"window": "5m", "error_rate": {"max": "5%"}})
+    report = build_report("interim", status=_status(), now=NOW, spec=spec, windows=_busy(3))
+    errors, p95 = (_check_xychart(b) for b in _mermaid_blocks(report.markdown))
+    assert len(errors) == 2 and len(p95) == 1  # no latency gate: the 5m windows, no threshold
+    assert p95[0] == [0.3] * 3
+    assert "No rollback threshold configured." in report.markdown
+
+
+@pytest.mark.parametrize("kind", ["interim", "final"])
+@pytest.mark.parametrize("with_spec", [True, False], ids=["spec", "no-spec"])
+def test_empty_state_says_no_data(kind: Any, with_spec: bool) -> None:
+    status = _status(verdict=None, passing_since=None, stage_since=None)
+    report = build_report(kind, status=status, now=NOW, spec=_spec() if with_spec else None)
+    md = report.markdown
+    assert "No data: no metric window recorded in the span." in md
+    assert "No data: no canary window with requests in the span." in md
+    assert "No data: no canary window with a measured P95 in the span." in md
+    assert "No events in the span." in md
+    assert "No baseline recorded" in md
+    assert "No verdict recorded yet." in md
+    assert _mermaid_blocks(md) == []
+    _check_tables(md)
+    assert report.decision.action is Action.HOLD
+
+
+def test_report_sections_show_values_marks_probes_baseline_and_events() -> None:
+    windows = [
+        _window(CANARY, NOW, errors=20, p=(0.2, 16.0, 18.0)),
+        _window(STABLE, NOW, requests=19000, errors=0),
+    ]
+    probes = (
+        ProbeRecord("canary-health", True, NOW - timedelta(hours=2)),
+        ProbeRecord("canary-health", False, NOW - timedelta(hours=1), "status 500 | boom"),
+        ProbeRecord("canary-health", True, NOW - timedelta(minutes=5)),
+        ProbeRecord("canary-health", False, NOW - timedelta(days=3), "outside the span"),
+    )
+    baseline = Baseline(
+        "ion-api",
+        NOW - timedelta(days=3),
+        "stable",
+        STABLE,
+        (
+            BenchResult(
+                "chat-smoke",
+                "http://x/chat",
+                tuple(BenchSample(True, 200, 10.0 + i / 10, 0.85) for i in range(5)),
+            ),
+        ),
+    )
+    events = [
+        *EVENTS,
+        Event(NOW - timedelta(minutes=30), EventKind.PROBE_FAILED, "reconciler", reason="a|b\nc"),
+    ]
+    report = build_report(
+        "interim",
+        status=_status(probes=probes),
+        now=NOW,
+        spec=_spec(),
+        windows=windows,
+        events=events,
+        baseline=baseline,
+    )
+    md = report.markdown
+    _check_tables(md)
+    assert "| error rate | 2.0% ⚠️ | 0.0% ✅ | ≤ 1% | > 5% |" in md
+    assert "| success rate | 98.0% ✅ | 100.0% ✅ | ≥ 95% | < 90% |" in md
+    assert "| P95 | 16.00s ⚠️ | 300ms ✅ | ≤ 15s | > 20s |" in md
+    assert "| P99 | 18.00s | 500ms | – | – |" in md
+    assert "the canary served 1,000 of 20,000 measured requests (5.0%)" in md
+    assert (
+        "| canary-health | 3 | 2 | 1 | ✅ 2026-05-03 11:55 UTC "
+        "| 2026-05-03 11:00 UTC: status 500 \\| boom |" in md
+    )
+    assert "| chat-smoke | 5 | 100.0% |" in md
+    assert "a\\|b c" in md  # a pipe and a newline in a reason do not break the table
+    assert "old=100" not in md  # an event before the span
+    assert "Stages: **5%** → 10% → 25% → 50% → 100%" in md
+    # The latest verdict passes, but over the span the canary misses two targets.
+    assert report.decision.action is Action.HOLD
+    assert report.decision.reasons == (
+        "error rate over the span 2.0% misses the target 1%",
+        "P95 over the span 16.00s misses the target 15s",
+    )
+
+
+def test_a_gate_that_did_not_pass_is_listed_once() -> None:
+    gate = GateResult(
+        "error_rate", Outcome.INCONCLUSIVE, 0.03, 0.05, 50, "error_rate 3.0% straddles", 0.01, False
+    )
+    decision = decide(
+        _spec(), _status(verdict=Verdict(Outcome.INCONCLUSIVE, (gate,))), None, now=NOW
+    )
+    assert decision.reasons == ("inconclusive: error_rate 3.0% straddles",)
