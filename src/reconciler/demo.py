@@ -45,11 +45,18 @@ def _traffic(sb: Sandbox, canary_requests: int = 120) -> None:
     )
 
 
-def _tick(sb: Sandbox, started: float) -> None:
-    # Let one full gate window pass so each apply judges a fresh, non-overlapping window.
-    remaining = WINDOW_S + 0.2 - (time.monotonic() - started)
-    if remaining > 0:
-        time.sleep(remaining)
+class _Ticker:
+    """Paces the story: each apply judges the last gate window, which must hold this tick's
+    traffic and none of the previous tick's (windows never overlap)."""
+
+    def __init__(self) -> None:
+        self.last = 0.0
+
+    def wait(self) -> None:
+        remaining = WINDOW_S + 0.1 - (time.monotonic() - self.last)
+        if remaining > 0:
+            time.sleep(remaining)
+        self.last = time.monotonic()
 
 
 def story(sb: Sandbox, out: Callable[[str], None] = click.echo) -> int:
@@ -82,10 +89,10 @@ def story(sb: Sandbox, out: Callable[[str], None] = click.echo) -> int:
     expect(_run(sb, ["apply"]), 0, "apply")
 
     _say("4. Healthy traffic; each apply judges a window. PASS for `bake` -> auto-advance.")
-    for _ in range(4):
-        started = time.monotonic()
+    ticker = _Ticker()
+    for _ in range(5):
+        ticker.wait()
         _traffic(sb)
-        _tick(sb, started)
         expect(_run(sb, ["apply"]), 0, "apply (healthy)")
         if "canary_percent: 10" in sb.rollout().read_text(encoding="utf-8"):
             break
@@ -104,9 +111,8 @@ def story(sb: Sandbox, out: Callable[[str], None] = click.echo) -> int:
     _say("6. The new build fails 25% of requests. Two failing windows -> automatic rollback.")
     code = 0
     for _ in range(5):
-        started = time.monotonic()
+        ticker.wait()
         _traffic(sb)
-        _tick(sb, started)
         code = _run(sb, ["apply"])
         if code == 4:
             break
