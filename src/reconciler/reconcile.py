@@ -15,6 +15,7 @@ from __future__ import annotations
 import fnmatch
 import json
 import logging
+import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
@@ -365,6 +366,9 @@ def stamp(sp: ServicePlan, now: datetime, reason: str) -> dict[str, str]:
     data = {
         "action": sp.reason.value,
         "at": st.format_time(now),
+        # Unique per write: two runs writing the same split in the same second must still
+        # tell their writes apart (see CloudRunBackend.set_traffic).
+        "write": uuid.uuid4().hex,
         "from_generation": sp.generation,
         "split": [[t.revision, t.percent, t.tag] for t in sp.after.targets],
         "canary": sp.canary,
@@ -415,6 +419,18 @@ def write_traffic(
         )
     if not again.changes:
         return again, fresh, False
+    other = read_stamp(fresh)
+    if (
+        other is not None
+        and int(other.get("from_generation", -1)) >= sp.generation
+        and again.reason is not Reason.ROLLBACK
+    ):
+        # Another reconciler wrote since our read, possibly from newer git than ours: undoing
+        # its write would lose an update. A rollback (toward stable) still goes ahead.
+        raise ReconcileError(
+            f"{sp.ref.name}: another reconciler changed traffic during this run "
+            f"({other.get('reason', '?')}); nothing overwritten, the next run re-reads git"
+        )
     try:
         live = ctx.backend.set_traffic(
             again.ref, again.after, again.etag, stamp(again, now, reason)
