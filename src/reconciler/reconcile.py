@@ -510,16 +510,13 @@ class _Run:
 def recover(ctx: Context, run: _Run, spec_commit: str | None) -> None:
     """Write the record of a traffic write that a crashed run did not commit."""
     data = read_stamp(run.live)
-    if data is None:
-        return
-    recorded = run.status is not None and run.status.generation > int(
-        data.get("from_generation", -1)
-    )
-    if recorded or not run.live.traffic.same_routing(_stamp_split(data)):
+    if data is None or not run.live.traffic.same_routing(_stamp_split(data)):
         return
     try:
         written_at = st.parse_time(str(data.get("at")))
     except (ValueError, TypeError):
+        return
+    if _recorded(ctx, run.spec.service, written_at):
         return
     if run.now - written_at < ctx.recover_after:
         return  # possibly a concurrent reconciler that has not pushed its record yet
@@ -557,6 +554,21 @@ def recover(ctx: Context, run: _Run, spec_commit: str | None) -> None:
             details={"recovered": True, "written_at": str(data.get("at", ""))},
         )
     )
+
+
+def _recorded(ctx: Context, service: str, written_at: datetime) -> bool:
+    """Whether events.jsonl records the write stamped at `written_at`.
+
+    The event of a write carries the stamp's time; a late record carries it as `written_at`.
+    (Not status.yaml's generation: a run that came too soon to recover a crashed write still
+    observes its generation, and the record would never be written.) A full, trimmed events
+    file starting after the write is taken as having recorded it.
+    """
+    events = st.read_events(ctx.state_root, service)
+    for e in reversed(events):
+        if e.time == written_at or e.details.get("written_at") == st.format_time(written_at):
+            return True
+    return len(events) >= st.MAX_EVENTS and events[0].time > written_at
 
 
 def reconcile_service(
