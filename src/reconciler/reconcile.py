@@ -67,6 +67,9 @@ def rollout_files(rollout_dir: Path, patterns: Sequence[str] = ()) -> list[Path]
     files = sorted(p for p in rollout_dir.iterdir() if p.suffix in (".yaml", ".yml"))
     if not patterns:
         return files
+    for pat in patterns:
+        if "/" in pat or "\\" in pat or ".." in pat:
+            raise ReconcileError(f"--service {pat!r}: a service name or glob, not a path")
     chosen = [p for p in files if any(fnmatch.fnmatchcase(p.stem, pat) for pat in patterns)]
     for pat in patterns:
         if not any(ch in pat for ch in "*?[") and not any(p.stem == pat for p in files):
