@@ -28,6 +28,7 @@ from reconciler.sandbox import Sandbox
 STABLE = "ion-api-00041-abc"
 CANARY = "ion-api-00042-xyz"
 
+
 def context(sb: Sandbox, repo: Path | None = None, *, metrics: bool = False, **kw: Any) -> Context:
     """A reconcile context on the sandbox: emulator clock, real git, optional metrics."""
     where = repo or sb.repo

@@ -9,16 +9,17 @@ from __future__ import annotations
 import signal
 import time
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
 
-from reconciler.plan import split_for
-from reconciler.reconcile import apply_all, read_stamp, ref_of
 from reconciler.backends.cloudrun import CloudRunBackend
 from reconciler.loader import load_spec
-from reconciler.sandbox import Sandbox, example_rollout, sandbox
-from reconciler.state import read_events
+from reconciler.plan import split_for
+from reconciler.reconcile import apply_all, read_stamp, ref_of
+from reconciler.sandbox import Sandbox, sandbox
+from reconciler.state import MAX_EVENTS, Event, EventKind, append_events, read_events
 
 from .support import CANARY, STABLE, context, live, popen_cli, reconcile_cli, routing
 
@@ -118,3 +119,21 @@ def test_killed_rollback_writes_the_sticky_block_on_the_next_run(sb: Sandbox) ->
     sb.emu.advance_clock(60)
     assert apply_all(context(sb, fresh)).exit_code == 0
     assert live(sb.emu).percents() == {STABLE: 100}
+
+
+def test_a_recorded_write_is_not_recorded_again_after_its_event_was_trimmed(sb: Sandbox) -> None:
+    """events.jsonl keeps the newest MAX_EVENTS lines: a write whose event fell out of a full
+    file is still known as recorded (no second, late record of it)."""
+    assert apply_all(context(sb)).exit_code == 0
+    later = sb.now() + timedelta(seconds=1)
+    filler = [
+        Event(later + timedelta(milliseconds=i), EventKind.PROBE_FAILED, "test", reason="x")
+        for i in range(MAX_EVENTS)
+    ]
+    append_events(sb.repo, "ion-api", filler)
+    assert all(e.kind is EventKind.PROBE_FAILED for e in read_events(sb.repo, "ion-api"))
+    sb.git("commit", "--quiet", "-am", "a full events file")
+    sb.git("push", "--quiet", "origin", "main")
+    sb.emu.advance_clock(180)
+    assert apply_all(context(sb)).exit_code == 0
+    assert not any(e.details.get("recovered") for e in read_events(sb.repo, "ion-api"))

@@ -67,7 +67,9 @@ def in_thread(fn: Callable[[], RunResult]) -> tuple[threading.Thread, list[RunRe
 
 def test_human_drift_between_read_and_write_is_never_overwritten_blindly(sb: Sandbox) -> None:
     assert apply_all(context(sb)).exit_code == 0  # 95/5 live and recorded
-    text = sb.rollout().read_text(encoding="utf-8").replace("canary_percent: 5 ", "canary_percent: 10")
+    text = (
+        sb.rollout().read_text(encoding="utf-8").replace("canary_percent: 5 ", "canary_percent: 10")
+    )
     sb.commit_rollout(text + "force: true\n", "canary to 10%, forced")
     recorder = WriteRecorder(sb.emu)
     clock = GatedClock(sb)

@@ -12,6 +12,7 @@ import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 
@@ -27,7 +28,7 @@ DEP_SECRET = "dep-77Qw1z-SECRET-never-print"
 class Echo(BaseHTTPRequestHandler):
     """Answers with the Authorization header it received, inside its JSON body."""
 
-    seen: list[str] = []
+    seen: ClassVar[list[str]] = []
 
     def do_GET(self) -> None:
         auth = self.headers.get("Authorization", "")
