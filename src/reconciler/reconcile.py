@@ -643,7 +643,13 @@ def reconcile_service(
         passing_since=passing_since if not applied else None,
         probes=tuple(probes),
     )
-    commit = _record(ctx, run, sp, new_status, added, applied, spec_commit)
+    idle = (
+        status is not None
+        and replace(new_status, last_reconcile=status.last_reconcile) == status
+        and not (run.events or added or run.edited)
+    )
+    # Nothing new was seen: leave state/ alone rather than commit a timestamp every run.
+    commit = None if idle else _record(ctx, run, sp, new_status, added, applied, spec_commit)
     return ServiceOutcome(
         spec.service,
         plan=sp,
