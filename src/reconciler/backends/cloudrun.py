@@ -164,13 +164,12 @@ class CloudRunBackend:
 
         try:
             self._call(f"update traffic of {ref.name}", update)
-        except Conflict:
-            raise  # someone else wrote first: the caller re-reads and re-plans
         except BackendError as exc:
             # The write may have landed before the error (an answer lost, then a retry that
             # met our own new etag): re-read before judging. The split alone does not prove
             # the write was ours - a concurrent writer may have set the same split - so with
-            # annotations it must also carry them; without, a conflict is never ours.
+            # annotations (the reconciler's stamp is unique per write) it must also carry
+            # them; without, a conflict is never ours. Not ours: the caller re-reads.
             after = self.get_service(ref)
             landed = after.statuses.same_routing(split) and after.traffic.same_routing(split)
             if annotations:
