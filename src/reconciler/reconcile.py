@@ -43,6 +43,7 @@ from reconciler.plan import (
     ServiceError,
     ServicePlan,
     SpecEdit,
+    desired_split,
     plan_service,
     promote_edit,
     rollback_plan,
@@ -543,6 +544,14 @@ def recover(ctx: Context, run: _Run, spec_commit: str | None) -> None:
         run.edited = True
     elif reason is Reason.FINALIZE and canary and run.spec.revisions.canary == canary:
         st.atomic_write_text(run.path, yamledit.finalize(run.path.read_text(encoding="utf-8")))
+        run.edited = True
+    elif (
+        reason is Reason.STAGE
+        and run.spec.force
+        and desired_split(run.spec).same_routing(run.live.traffic)
+    ):
+        # The crashed run used `force` for the stage git still wants; it applies once.
+        st.atomic_write_text(run.path, yamledit.remove_force(run.path.read_text(encoding="utf-8")))
         run.edited = True
     if run.edited:
         run.spec = load_spec(run.path)

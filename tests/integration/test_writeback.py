@@ -206,3 +206,19 @@ def test_crashed_rollback_writes_the_sticky_block_on_the_next_run(sb: Sandbox) -
     assert live_percents(sb) == {STABLE: 100}
     text = sb.remote_file("rollout/ion-api.yaml")
     assert "rolled_back:" in text and "error burst" in text
+
+
+def test_crash_after_a_forced_stage_still_removes_force(sb: Sandbox) -> None:
+    assert apply_all(context(sb)).exit_code == 0
+    text = example_rollout(sb.emu, canary_percent=25) + "force: true\n"
+    sb.commit_rollout(text, "skip ahead to 25%")
+    crashed = context(sb)
+    crashed.git = None
+    assert apply_all(crashed).exit_code == 0
+    sb.git("checkout", "--quiet", "--", ".")
+    sb.git("clean", "--quiet", "-fdx", "state")
+    assert "force: true" in sb.rollout().read_text(encoding="utf-8")
+    sb.emu.advance_clock(180)
+    assert apply_all(context(sb)).exit_code == 0
+    assert "force" not in sb.remote_file("rollout/ion-api.yaml")
+    assert live_percents(sb) == {STABLE: 75, CANARY: 25}
