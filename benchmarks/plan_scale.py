@@ -15,7 +15,8 @@ state/ that one `apply` writes. Then, alternately, in the same run:
 
 Wall time is the median of `--reps` repetitions (after one untimed warm-up of each, which
 pays the one-time imports and channel set-up of this process). API calls per service come
-from the emulator's own per-method counter.
+from the emulator's own per-method counter. Client CPU is this process's CPU time (all its
+threads, not the emulator's): a figure that machine load disturbs less than wall time.
 
 Run: `python benchmarks/plan_scale.py [--sizes 1,10,100,1000] [--reps 5] [--workers 16]`,
 or `--quick` for N = 1, 10 and 3 repetitions.
@@ -169,16 +170,19 @@ class Row:
     n: int
     plan_s: list[float]
     floor_s: list[float]
+    plan_cpu: list[float]
+    floor_cpu: list[float]
     plan_calls: dict[str, int]
     floor_calls: dict[str, int]
 
 
-def timed(fn: Callable[[], None], http_url: str) -> tuple[float, dict[str, int]]:
+def timed(fn: Callable[[], None], http_url: str) -> tuple[float, float, dict[str, int]]:
+    """Wall time, this process's CPU time (all threads; not the emulator's), API calls."""
     admin_call(http_url, "reset-counters", {})
-    start = time.perf_counter()
+    cpu, start = time.process_time(), time.perf_counter()
     fn()
-    elapsed = time.perf_counter() - start
-    return elapsed, calls(http_url)
+    elapsed, used = time.perf_counter() - start, time.process_time() - cpu
+    return elapsed, used, calls(http_url)
 
 
 def measure(n: int, reps: int, workers: int) -> Row:
@@ -201,13 +205,14 @@ def measure(n: int, reps: int, workers: int) -> Row:
                 floor_reads(host, n, workers)
 
             plan(), floor()  # warm-up, untimed
-            row = Row(n, [], [], {}, {})
+            row = Row(n, [], [], [], [], {}, {})
             for rep in range(reps):
                 # Alternate the order so neither side always runs on a warmer emulator.
-                order = [(plan, row.plan_s), (floor, row.floor_s)]
-                for fn, out in order if rep % 2 == 0 else reversed(order):
-                    elapsed, counted = timed(fn, http_url)
-                    out.append(elapsed)
+                order = [(plan, row.plan_s, row.plan_cpu), (floor, row.floor_s, row.floor_cpu)]
+                for fn, wall, cpu in order if rep % 2 == 0 else reversed(order):
+                    elapsed, used, counted = timed(fn, http_url)
+                    wall.append(elapsed)
+                    cpu.append(used)
                     if fn is plan:
                         row.plan_calls = counted
                     else:
@@ -238,7 +243,8 @@ def main() -> None:
     print()
     print(
         "| services | plan, median s | floor, median s | ratio plan/floor "
-        "| plan: API calls per service | floor: API calls per service | plan ms per service |"
+        "| plan: API calls per service | floor: API calls per service "
+        "| client CPU ms per service, plan / floor |"
     )
     print("|---:|---:|---:|---:|---|---|---:|")
     ratios = {}
@@ -248,7 +254,9 @@ def main() -> None:
         ratios[n] = p / f
         print(
             f"| {n:,} | {p:.3f} | {f:.3f} | {p / f:.2f} | {per_service(row.plan_calls, n)} "
-            f"| {per_service(row.floor_calls, n)} | {1000 * p / n:.2f} |",
+            f"| {per_service(row.floor_calls, n)} "
+            f"| {1000 * statistics.median(row.plan_cpu) / n:.2f} / "
+            f"{1000 * statistics.median(row.floor_cpu) / n:.2f} |",
             flush=True,
         )
     print()
