@@ -56,8 +56,14 @@ def cli(ctx: click.Context, repo: Path) -> None:
 
     \b
     Start here:
+      reconcile demo                the whole story on the embedded emulator
       reconcile validate            check every rollout file
       reconcile plan                what would change, like `terraform plan`
+      reconcile apply               make it so: gates, rollback, commit to git
+    \b
+    Exit codes: 0 ok or no changes, 1 error or blocked, 2 changes pending
+    (plan --detailed-exitcode), 4 apply rolled a canary back.
+    Without CLOUD_RUN_EMULATOR_HOST, Application Default Credentials are used.
     """
     ctx.obj = App(repo)
 

@@ -9,6 +9,7 @@ import enum
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import Any
 
 
 @dataclass(frozen=True, order=True)
@@ -218,3 +219,49 @@ class Verdict:
         """One line: outcome and the failing or inconclusive reasons."""
         why = "; ".join(self.reasons)
         return f"{self.outcome.value}" + (f": {why}" if why else "")
+
+
+def verdict_to_data(verdict: Verdict) -> dict[str, Any]:
+    """A verdict as plain data (json and state/ share this form)."""
+    return {
+        "outcome": verdict.outcome.value,
+        "gates": [
+            {
+                "gate": g.gate,
+                "outcome": g.outcome.value,
+                "value": g.value,
+                "threshold": g.threshold,
+                "samples": g.samples,
+                "reason": g.reason,
+            }
+            for g in verdict.gates
+        ],
+    }
+
+
+def verdict_from_data(data: Mapping[str, Any]) -> Verdict:
+    """The inverse of `verdict_to_data`; raises KeyError/ValueError/TypeError on bad data."""
+
+    def opt_float(v: object) -> float | None:
+        if v is None:
+            return None
+        if isinstance(v, bool) or not isinstance(v, int | float):
+            raise TypeError(f"expected a number, got {v!r}")
+        return float(v)
+
+    gates = []
+    for g in data["gates"]:
+        samples = g["samples"]
+        if isinstance(samples, bool) or not isinstance(samples, int):
+            raise TypeError(f"expected an integer sample count, got {samples!r}")
+        gates.append(
+            GateResult(
+                gate=str(g["gate"]),
+                outcome=Outcome(g["outcome"]),
+                value=opt_float(g["value"]),
+                threshold=opt_float(g["threshold"]),
+                samples=samples,
+                reason=str(g["reason"]),
+            )
+        )
+    return Verdict(Outcome(data["outcome"]), tuple(gates))

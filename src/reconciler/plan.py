@@ -113,6 +113,11 @@ class ServicePlan:
     def service(self) -> str:
         return self.ref.service
 
+    @property
+    def canary_percent_after(self) -> int:
+        """The canary's percent once this plan is applied."""
+        return self.after.percent_of(self.canary) if self.canary else 0
+
 
 @dataclass(frozen=True)
 class ServiceError:

@@ -592,11 +592,12 @@ def reconcile_service(
         verdict = verdict_for(spec, status, windows, probes, stage_since)
         if metrics_error and verdict.outcome is not Outcome.FAIL:
             verdict = Verdict(Outcome.INCONCLUSIVE, verdict.gates)
-    passing_since = None
+    passing_since: datetime | None = None
     if verdict is not None and verdict.outcome is Outcome.PASS:
-        keep = status is not None and status.passing_since and status.stage == live_pct
-        keep = keep and status is not None and status.canary_revision == canary
-        passing_since = status.passing_since if keep and status else now
+        # The bake timer: since when PASS has held, without a break, at this stage.
+        passing_since = now
+        if status is not None and status.stage == live_pct and status.canary_revision == canary:
+            passing_since = status.passing_since or now
     history = History(
         last_applied=status.applied if status else None,
         passing_since=passing_since,
@@ -660,7 +661,13 @@ def reconcile_service(
         passing_since=passing_since if not applied else None,
         probes=tuple(probes),
     )
-    commit = _record(ctx, run, sp, new_status, added, applied, spec_commit)
+    idle = (
+        status is not None
+        and replace(new_status, last_reconcile=status.last_reconcile) == status
+        and not (run.events or added or run.edited)
+    )
+    # Nothing new was seen: leave state/ alone rather than commit a timestamp every run.
+    commit = None if idle else _record(ctx, run, sp, new_status, added, applied, spec_commit)
     return ServiceOutcome(
         spec.service,
         plan=sp,
@@ -691,9 +698,17 @@ def _apply(
                 f"{sp.ref.name}: dependencies unhealthy, no traffic moved: {unhealthy}"
             )
     if sp.edit is not None and sp.edit.kind is Reason.ADVANCE:
-        # Git first for an advance: the next run then finds the new stage even if we die.
+        # An advance is a change of desired state: committed first, then applied, so git
+        # holds the new stage even if the traffic write fails or the process dies.
         edit_rollout_file(run.path, sp.edit, spec, now)
         run.edited = True
+        if ctx.git is not None:
+            ctx.git.commit(
+                [run.path],
+                format_subject(spec.service, f"advance to {sp.canary_percent_after}%"),
+                sp.edit.summary,
+                reconcile_trailers(spec.service, GitAction.ADVANCE, spec_commit),
+            )
     live = run.live
     wrote = False
     if sp.changes:

@@ -11,7 +11,14 @@ import shlex
 from datetime import datetime
 from typing import Any
 
-from reconciler.model import GateResult, Outcome, ServiceRef, Target, TrafficSplit, Verdict
+from reconciler.model import (
+    ServiceRef,
+    Target,
+    TrafficSplit,
+    Verdict,
+    verdict_from_data,
+    verdict_to_data,
+)
 from reconciler.plan import (
     Action,
     Change,
@@ -204,22 +211,7 @@ def _split_json(split: TrafficSplit) -> list[dict[str, Any]]:
 
 
 def _verdict_json(v: Verdict | None) -> dict[str, Any] | None:
-    if v is None:
-        return None
-    return {
-        "outcome": v.outcome.value,
-        "gates": [
-            {
-                "gate": g.gate,
-                "outcome": g.outcome.value,
-                "value": g.value,
-                "threshold": g.threshold,
-                "samples": g.samples,
-                "reason": g.reason,
-            }
-            for g in v.gates
-        ],
-    }
+    return None if v is None else verdict_to_data(v)
 
 
 def service_plan_dict(sp: ServicePlan) -> dict[str, Any]:
@@ -293,22 +285,7 @@ def _split_from(items: list[dict[str, Any]]) -> TrafficSplit:
 
 
 def _verdict_from(d: dict[str, Any] | None) -> Verdict | None:
-    if d is None:
-        return None
-    return Verdict(
-        Outcome(d["outcome"]),
-        tuple(
-            GateResult(
-                g["gate"],
-                Outcome(g["outcome"]),
-                g["value"],
-                g["threshold"],
-                g["samples"],
-                g["reason"],
-            )
-            for g in d["gates"]
-        ),
-    )
+    return None if d is None else verdict_from_data(d)
 
 
 def plan_from_json(text: str) -> Plan:

@@ -41,13 +41,13 @@ import yaml
 
 from reconciler.errors import ReconcileError
 from reconciler.model import (
-    GateResult,
     LatencyBucket,
-    Outcome,
     Target,
     TrafficSplit,
     Verdict,
     WindowStats,
+    verdict_from_data,
+    verdict_to_data,
 )
 from reconciler.plan import Phase
 from reconciler.spec import SERVICE_RE
@@ -483,38 +483,13 @@ def _status_from_data(d: Any) -> ServiceStatus:
 
 
 def _verdict_to_data(v: Verdict, at: datetime | None) -> dict[str, Any]:
-    return {
-        "at": None if at is None else format_time(at),
-        "outcome": v.outcome.value,
-        "gates": [
-            {
-                "gate": g.gate,
-                "outcome": g.outcome.value,
-                "value": g.value,
-                "threshold": g.threshold,
-                "samples": g.samples,
-                "reason": g.reason,
-            }
-            for g in v.gates
-        ],
-    }
+    return {"at": None if at is None else format_time(at), **verdict_to_data(v)}
 
 
 def _verdict_from_data(d: Any) -> tuple[Verdict | None, datetime | None]:
     if d is None:
         return None, None
-    gates = tuple(
-        GateResult(
-            gate=str(g["gate"]),
-            outcome=Outcome(g["outcome"]),
-            value=_opt_float(g["value"]),
-            threshold=_opt_float(g["threshold"]),
-            samples=_int(g["samples"]),
-            reason=str(g["reason"]),
-        )
-        for g in d["gates"]
-    )
-    return Verdict(Outcome(d["outcome"]), gates), _opt_time(d["at"])
+    return verdict_from_data(d), _opt_time(d["at"])
 
 
 def _stats_to_data(s: WindowStats, *, buckets: bool = False) -> dict[str, Any]:

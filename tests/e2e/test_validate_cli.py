@@ -72,7 +72,7 @@ def test_one_bad_file_among_good_ones(repo: Path) -> None:
     assert result.returncode == 1
     assert result.stdout == "rollout/ion-api.yaml: ok (ion-api, canary 5%)\n"
     assert result.stderr.splitlines() == [
-        "rollout/payments.yaml:19: gates.latency_p95.max: expected a latency like '20s' "
+        "rollout/payments.yaml:20: gates.latency_p95.max: expected a latency like '20s' "
         "(ms, s, m), got 20",
         "error: 1 of 2 rollout files invalid",
     ]

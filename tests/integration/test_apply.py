@@ -154,3 +154,22 @@ def test_official_client_sees_tag_urls(sb: Sandbox) -> None:
     tags = {t.tag for t in svc.traffic_statuses if t.uri}
     assert tags == {"stable", "canary"}
     assert isinstance(svc, run_v2.Service)
+
+
+def test_one_failing_service_does_not_stop_the_others(sb: Sandbox) -> None:
+    # A second rollout file names a service that does not exist in this project.
+    ghost = example_rollout(sb.emu).replace("ion-api", "ghost-api")
+    (sb.repo / "rollout" / "ghost-api.yaml").write_text(ghost, encoding="utf-8")
+    (sb.repo / "rollout" / "broken.yaml").write_text("service: [\n", encoding="utf-8")
+    result = apply_all(context(sb))
+    assert result.exit_code == 1
+    by = {o.service: o for o in result.outcomes}
+    assert by["ion-api"].applied and by["ion-api"].error is None
+    assert "ghost-api" in (by["ghost-api"].error or "") and "not found" in (
+        by["ghost-api"].error or ""
+    )
+    assert "broken.yaml:" in (by["broken"].error or "")
+    assert live_split(sb)[CANARY] == (5, "canary")
+    plan = plan_all(sb.repo, [], CloudRunBackend(), sb.now())
+    assert [e.service for e in plan.errors] == ["broken", "ghost-api"]
+    assert [s.service for s in plan.services] == ["ion-api"]

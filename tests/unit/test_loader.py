@@ -176,7 +176,7 @@ def test_unreadable_path_is_one_line(tmp_path: Path, make: Any, message: str) ->
 
 def test_parse_spec_names_the_given_path() -> None:
     data = (ROOT / "rollout" / "ion-api.yaml").read_bytes().replace(b"max: 5%", b"max: 5")
-    with pytest.raises(SpecError, match=r"^rollout/ion-api.yaml:18: gates.error_rate.max: "):
+    with pytest.raises(SpecError, match=r"^rollout/ion-api.yaml:19: gates.error_rate.max: "):
         parse_spec(data, Path("rollout/ion-api.yaml"))
 
 

@@ -164,6 +164,8 @@ class CloudRunBackend:
 
         try:
             self._call(f"update traffic of {ref.name}", update)
+        except Conflict:
+            raise  # someone else wrote first: the caller re-reads and re-plans
         except BackendError as exc:
             # The write may have landed before the error: re-read before judging.
             after = self.get_service(ref)

@@ -37,6 +37,7 @@ from tenacity import (
 from reconciler.metrics import MetricsError, StatsQuery
 from reconciler.model import WindowStats
 from reconciler.stats import (
+    buckets_from_counts,
     exponential_bounds,
     linear_bounds,
     merge_counts,
@@ -278,6 +279,10 @@ class CloudMonitoringProvider:
                 p50=pct(0.50),
                 p95=pct(0.95),
                 p99=pct(0.99),
+                # Kept so reports can merge windows into exact span percentiles.
+                latency_buckets=buckets_from_counts(hist.bounds, hist.counts, scale=unit)
+                if hist is not None
+                else None,
             )
         return out
 

@@ -1,0 +1,155 @@
+"""plan / apply / status / rollback / promote / watch / demo as a user types them.
+
+Each command runs as a subprocess (`python -m reconciler ...`) against an in-process emulator
+and a real git clone with a bare remote, exactly as in a terminal or a CI job.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from reconciler import clients
+from reconciler.sandbox import Sandbox, sandbox
+
+STABLE, CANARY = "ion-api-00041-abc", "ion-api-00042-xyz"
+
+
+@pytest.fixture
+def sb(tmp_path: Path) -> Iterator[Sandbox]:
+    with sandbox(tmp_path) as s:
+        s.emu.behave(CANARY, error_rate=0.0)
+        yield s
+
+
+def reconcile(
+    sb: Sandbox, *args: str, stdin: str | None = None
+) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if v is not None}
+    return subprocess.run(
+        [sys.executable, "-m", "reconciler", *args],
+        cwd=sb.repo,
+        env=env,
+        capture_output=True,
+        text=True,
+        input=stdin,
+        timeout=120,
+        check=False,
+    )
+
+
+def live(sb: Sandbox) -> dict[str, tuple[int, str]]:
+    svc = clients.services_client().get_service(name=sb.emu.service_name("ion-api"))
+    return {t.revision: (t.percent, t.tag) for t in svc.traffic_statuses}
+
+
+def test_plan_apply_plan(sb: Sandbox) -> None:
+    plan = reconcile(sb, "plan", "--detailed-exitcode")
+    assert plan.returncode == 2, plan.stderr
+    assert "100% ->  95%" in plan.stdout and "  0% ->   5%" in plan.stdout
+    assert (
+        "gcloud run services update-traffic ion-api --project naeda-genesis --region "
+        f"us-central1 --to-revisions {STABLE}=95,{CANARY}=5" in plan.stdout
+    )
+    applied = reconcile(sb, "apply")
+    assert applied.returncode == 0, applied.stderr
+    assert "applied ion-api: new stage" in applied.stdout
+    assert live(sb) == {STABLE: (95, "stable"), CANARY: (5, "canary")}
+    again = reconcile(sb, "plan", "--detailed-exitcode")
+    assert again.returncode == 0, again.stdout
+    assert "Plan: 0 to change, 1 unchanged" in again.stdout
+    status = reconcile(sb, "status")
+    assert status.returncode == 0 and "in sync" in status.stdout
+
+
+def test_plan_formats_and_the_saved_plan(sb: Sandbox) -> None:
+    md = reconcile(sb, "plan", "--format", "markdown", "--out", "plan.md")
+    assert md.returncode == 0
+    assert (sb.repo / "plan.md").read_text().startswith("<!-- reconcile-plan -->")
+    saved = reconcile(sb, "plan", "--format", "json", "--out", "plan.json")
+    data = json.loads((sb.repo / "plan.json").read_text())
+    assert saved.returncode == 0 and data["services"][0]["reason"] == "new stage"
+    sb.emu.drift("ion-api", {STABLE: 90, CANARY: 10})
+    stale = reconcile(sb, "apply", "plan.json")
+    assert stale.returncode == 1
+    assert "saved plan is stale" in stale.stderr
+    assert sb.emu.write_attempts == 0
+    bad = reconcile(sb, "apply", "plan.md")
+    assert bad.returncode == 1 and "not a reconcile plan file" in bad.stderr
+    assert "Traceback" not in bad.stderr
+
+
+def test_dry_run_changes_nothing(sb: Sandbox) -> None:
+    head = sb.git("rev-parse", "HEAD")
+    out = reconcile(sb, "apply", "--dry-run")
+    assert out.returncode == 0, out.stderr
+    assert "$ gcloud run services update-traffic ion-api" in out.stdout
+    assert sb.emu.write_attempts == 0
+    assert sb.git("rev-parse", "HEAD") == head
+
+
+def test_unknown_service_and_bad_file_are_one_line_errors(sb: Sandbox) -> None:
+    out = reconcile(sb, "plan", "--service", "payments")
+    assert out.returncode == 1
+    assert (
+        out.stderr.strip().count("\n") == 0 and "payments.yaml: no such rollout file" in out.stderr
+    )
+    sb.rollout().write_text(
+        sb.rollout().read_text().replace("canary_percent: 5", "canary_percent: 7")
+    )
+    out = reconcile(sb, "apply")
+    assert out.returncode == 1
+    assert "rollout/ion-api.yaml:" in out.stderr and "canary_percent" in out.stderr
+    assert "Traceback" not in out.stderr
+    assert sb.emu.write_attempts == 0
+
+
+def test_rollback_needs_force_without_a_terminal(sb: Sandbox) -> None:
+    assert reconcile(sb, "apply").returncode == 0
+    refused = reconcile(sb, "rollback", "ion-api")
+    assert refused.returncode == 1 and "pass --force" in refused.stderr
+    assert live(sb)[CANARY] == (5, "canary")
+    done = reconcile(sb, "rollback", "ion-api", "--force", "--reason", "5xx spike")
+    assert done.returncode == 0, done.stderr
+    assert live(sb) == {STABLE: (100, "stable")}
+    text = sb.remote_file("rollout/ion-api.yaml")
+    assert "canary_percent: 0" in text and "rolled_back:" in text and "5xx spike" in text
+
+
+def test_promote_then_blocked_apply(sb: Sandbox) -> None:
+    assert reconcile(sb, "apply").returncode == 0
+    out = reconcile(sb, "promote", "ion-api")
+    assert out.returncode == 0 and "canary 5% -> 10%" in out.stdout
+    blocked = reconcile(sb, "apply")
+    assert blocked.returncode == 1
+    assert "blocked ion-api: stage 5% has not passed its gates for bake 24h" in blocked.stderr
+
+
+def test_watch_ticks_and_stops_after_its_duration(sb: Sandbox) -> None:
+    out = reconcile(sb, "watch", "--interval", "1s", "--duration", "2s")
+    assert out.returncode == 0, out.stderr
+    ticks = [line for line in out.stdout.splitlines() if "] tick " in line]
+    assert len(ticks) == 2, out.stdout
+    assert "new stage" in ticks[0]
+    assert "stopped after 2 ticks (duration)" in out.stdout
+
+
+def test_demo_shows_a_rollback_commit(tmp_path: Path) -> None:
+    keep = tmp_path / "demo"
+    out = subprocess.run(
+        [sys.executable, "-m", "reconciler", "demo", "--keep", str(keep)],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    assert "reconcile(ion-api): rollback canary 5% -> 0% (ion-api-00043-bad)" in out.stdout
+    assert "advance canary 5% -> 10%" in out.stdout
+    assert (keep / "remote.git").is_dir()
