@@ -143,8 +143,15 @@ def schema_command(out: Path | None) -> None:
 
 
 def _rollout_for(app: App, service: str) -> RolloutSpec:
-    from reconciler.loader import load_spec
+    import re
 
+    from reconciler.loader import load_spec
+    from reconciler.spec import SERVICE_RE
+
+    # Checked before it becomes a path: `../x` or `/tmp/x` would read a rollout file from
+    # outside rollout/ (and `bench` would write its baseline outside state/).
+    if not re.fullmatch(SERVICE_RE, service):
+        raise ReconcileError(f"{service!r} is not a Cloud Run service id")
     path = app.rollout_dir / f"{service}.yaml"
     if not path.is_file():
         raise ReconcileError(f"{path}: no rollout file for service {service!r}")

@@ -19,7 +19,7 @@ import statistics
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
@@ -250,6 +250,26 @@ def result_of(check: Check, url: str, exchange: Exchange) -> ProbeResult:
         url=redact_url(url),
         answered=exchange.status is not None,
     )
+
+
+MIN_REDACTED_SECRET: Final = 6
+"""Shorter header values are not redacted from answers: masking every `ab` in a body would
+make checks fail, and a value that short protects nothing."""
+REDACTED: Final = "[redacted]"
+
+
+def redact_exchange(exchange: Exchange, secrets: Sequence[str]) -> Exchange:
+    """`exchange` with every secret removed from its body and error (pure).
+
+    A server may echo a request header back (an error page, a debug field); the reason a
+    check fails quotes the answer, and reasons are stored, logged and reported.
+    """
+    body, error = exchange.body, exchange.error
+    for secret in sorted(secrets, key=len, reverse=True):
+        body = body.replace(secret.encode(), REDACTED.encode())
+        if error is not None:
+            error = error.replace(secret, REDACTED)
+    return replace(exchange, body=body, error=error)
 
 
 def redact_url(url: str) -> str:
@@ -719,16 +739,22 @@ class Prober:
             )
 
     def send(self, check: Check, url: str) -> Exchange:
-        """Send `check` to an already resolved `url`."""
+        """Send `check` to an already resolved `url`; secrets the answer echoes are redacted."""
         environ = self._environ if self._environ is not None else os.environ
         headers = resolve_headers(check, environ)
-        return self.exchange(
+        exchange = self.exchange(
             check.method,
             url,
             timeout=check.timeout,
             headers=headers,
             json_body=check.json_body,
         )
+        secrets = [
+            headers[name]
+            for name, value in check.headers.items()
+            if isinstance(value, EnvValue) and len(headers[name]) >= MIN_REDACTED_SECRET
+        ]
+        return redact_exchange(exchange, secrets) if secrets else exchange
 
     def run(self, check: Check, urls: Urls) -> ProbeResult:
         """Run one check against the URLs its placeholder stands for."""

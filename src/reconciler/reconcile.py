@@ -15,6 +15,7 @@ from __future__ import annotations
 import fnmatch
 import json
 import logging
+import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
@@ -66,6 +67,9 @@ def rollout_files(rollout_dir: Path, patterns: Sequence[str] = ()) -> list[Path]
     files = sorted(p for p in rollout_dir.iterdir() if p.suffix in (".yaml", ".yml"))
     if not patterns:
         return files
+    for pat in patterns:
+        if "/" in pat or "\\" in pat or ".." in pat:
+            raise ReconcileError(f"--service {pat!r}: a service name or glob, not a path")
     chosen = [p for p in files if any(fnmatch.fnmatchcase(p.stem, pat) for pat in patterns)]
     for pat in patterns:
         if not any(ch in pat for ch in "*?[") and not any(p.stem == pat for p in files):
@@ -382,6 +386,9 @@ def stamp(sp: ServicePlan, now: datetime, reason: str) -> dict[str, str]:
     data = {
         "action": sp.reason.value,
         "at": st.format_time(now),
+        # Unique per write: two runs writing the same split in the same second must still
+        # tell their writes apart (see CloudRunBackend.set_traffic).
+        "write": uuid.uuid4().hex,
         "from_generation": sp.generation,
         "split": [[t.revision, t.percent, t.tag] for t in sp.after.targets],
         "canary": sp.canary,
@@ -432,6 +439,18 @@ def write_traffic(
         )
     if not again.changes:
         return again, fresh, False
+    other = read_stamp(fresh)
+    if (
+        other is not None
+        and int(other.get("from_generation", -1)) >= sp.generation
+        and again.reason is not Reason.ROLLBACK
+    ):
+        # Another reconciler wrote since our read, possibly from newer git than ours: undoing
+        # its write would lose an update. A rollback (toward stable) still goes ahead.
+        raise ReconcileError(
+            f"{sp.ref.name}: another reconciler changed traffic during this run "
+            f"({other.get('reason', '?')}); nothing overwritten, the next run re-reads git"
+        )
     try:
         live = ctx.backend.set_traffic(
             again.ref, again.after, again.etag, stamp(again, now, reason)
@@ -511,16 +530,13 @@ class _Run:
 def recover(ctx: Context, run: _Run, spec_commit: str | None) -> None:
     """Write the record of a traffic write that a crashed run did not commit."""
     data = read_stamp(run.live)
-    if data is None:
-        return
-    recorded = run.status is not None and run.status.generation > int(
-        data.get("from_generation", -1)
-    )
-    if recorded or not run.live.traffic.same_routing(_stamp_split(data)):
+    if data is None or not run.live.traffic.same_routing(_stamp_split(data)):
         return
     try:
         written_at = st.parse_time(str(data.get("at")))
     except (ValueError, TypeError):
+        return
+    if _recorded(ctx, run.spec.service, written_at):
         return
     if run.now - written_at < ctx.recover_after:
         return  # possibly a concurrent reconciler that has not pushed its record yet
@@ -558,6 +574,21 @@ def recover(ctx: Context, run: _Run, spec_commit: str | None) -> None:
             details={"recovered": True, "written_at": str(data.get("at", ""))},
         )
     )
+
+
+def _recorded(ctx: Context, service: str, written_at: datetime) -> bool:
+    """Whether events.jsonl records the write stamped at `written_at`.
+
+    The event of a write carries the stamp's time; a late record carries it as `written_at`.
+    (Not status.yaml's generation: a run that came too soon to recover a crashed write still
+    observes its generation, and the record would never be written.) A full, trimmed events
+    file starting after the write is taken as having recorded it.
+    """
+    events = st.read_events(ctx.state_root, service)
+    for e in reversed(events):
+        if e.time == written_at or e.details.get("written_at") == st.format_time(written_at):
+            return True
+    return len(events) >= st.MAX_EVENTS and events[0].time > written_at
 
 
 def reconcile_service(

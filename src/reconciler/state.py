@@ -173,7 +173,7 @@ def state_dir(root: Path, service: str) -> Path:
     The id rules (lowercase letters, digits, hyphens) already exclude `..`, `/` and every
     other way out of `state/`; the resolved path is checked as well.
     """
-    if not isinstance(service, str) or not _SERVICE.match(service):
+    if not isinstance(service, str) or not _SERVICE.fullmatch(service):
         raise StateError(f"{service!r} is not a valid Cloud Run service id")
     base = (root / "state").resolve()
     path = (base / service).resolve()

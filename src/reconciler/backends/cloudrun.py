@@ -164,12 +164,19 @@ class CloudRunBackend:
 
         try:
             self._call(f"update traffic of {ref.name}", update)
-        except Conflict:
-            raise  # someone else wrote first: the caller re-reads and re-plans
         except BackendError as exc:
-            # The write may have landed before the error: re-read before judging.
+            # The write may have landed before the error (an answer lost, then a retry that
+            # met our own new etag): re-read before judging. The split alone does not prove
+            # the write was ours - a concurrent writer may have set the same split - so with
+            # annotations (the reconciler's stamp is unique per write) it must also carry
+            # them; without, a conflict is never ours. Not ours: the caller re-reads.
             after = self.get_service(ref)
-            if after.statuses.same_routing(split) and after.traffic.same_routing(split):
+            landed = after.statuses.same_routing(split) and after.traffic.same_routing(split)
+            if annotations:
+                ours = all(after.annotations.get(k) == v for k, v in annotations.items())
+            else:
+                ours = not isinstance(exc, Conflict)
+            if landed and ours:
                 log.info("%s: write reported %s but the split is live", ref.name, exc)
                 return after
             raise
