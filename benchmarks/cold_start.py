@@ -102,7 +102,7 @@ def main() -> int:
             for name, argv in commands.items():
                 times[name].append(timed(argv, repo, env))
     base = statistics.median(times["python -c pass (baseline)"])
-    print(f"CLI cold start, {how}; {sys.executable} (Python {sys.version.split()[0]})")
+    print(f"CLI cold start, {how}; Python {sys.version.split()[0]}")
     print(f"median of {runs} runs per command, commands taking turns")
     print()
     print("| command | median s | fastest s | median / baseline |")
