@@ -33,6 +33,20 @@ from yaml.scanner import Scanner
 from reconciler.errors import ReconcileError
 from reconciler.spec import STRICT_UNITS, Loc, RolloutSpec, RuleError, describe_value
 
+# libyaml's parser, when PyYAML was built with it: rollout files are read with it first.
+_CParser: Any
+try:
+    from yaml._yaml import CParser as _CParser
+except ImportError:  # pragma: no cover - PyYAML without libyaml
+    _CParser = None
+# Texts libyaml reads differently from PyYAML (found by tests/unit/test_loader_fast_path.py):
+# tabs, YAML 1.1 line breaks (NEL, LS, PS), a BOM after the start, a comment glued to a
+# block scalar header (`|#`), a `?` inside a plain scalar (flow context), and whatever
+# PyYAML's reader refuses.
+_SPECIAL = re.compile(
+    rf"[\t\x85\u2028\u2029\ufeff]|[|>][-+0-9]*#|\S\?|{Reader.NON_PRINTABLE.pattern}"
+)
+
 MAX_BYTES = 1024 * 1024
 MAX_ALIASES = 100
 # Values built through aliases; bounds `a: &a [x, x], b: &b [*a, *a], ...` (billion laughs).
@@ -82,21 +96,33 @@ def load_spec(path: Path) -> RolloutSpec:
 
 def parse_spec(data: bytes, path: Path) -> RolloutSpec:
     """Validate the bytes of a rollout file named `path` (e.g. read from another git ref)."""
-    try:
-        text = _decode(data)
-        tree, lines = _compose(text)
+
+    def read(text: str, fast: bool) -> RolloutSpec:
+        tree, lines = _compose(text, fast=fast)
         spec = _validate(tree, lines)
         _check_file_name(spec, path, lines)
+        return spec
+
+    try:
+        text = _decode(data)
+        try:
+            return read(text, fast=True)
+        except _Problem:
+            # Say what is wrong in the reference parser's words and lines.
+            return read(text, fast=False)
     except _Problem as problem:
         raise SpecError(f"{path}:{problem.line}: {problem.message}") from None
-    return spec
 
 
 def parse_yaml(data: bytes, path: Path) -> dict[str, Any]:
     """The strict YAML reading of `parse_spec` without the rollout model: a mapping of plain
     values (str, int, float, bool, None, list, dict). Raises SpecError `path:line: message`."""
     try:
-        tree, _ = _compose(_decode(data))
+        text = _decode(data)
+        try:
+            tree, _ = _compose(text, fast=True)
+        except _Problem:
+            tree, _ = _compose(text, fast=False)
     except _Problem as problem:
         raise SpecError(f"{path}:{problem.line}: {problem.message}") from None
     return tree
@@ -125,28 +151,28 @@ _REQUIRED = "service, project, region, revisions, canary_percent and stages"
 
 
 # --- text -> node tree -> values ------------------------------------------------------------
-class _Composer(Reader, Scanner, Parser, Composer, BaseResolver):
-    """PyYAML's reader, scanner, parser and composer, with no implicit type resolution."""
+class _Strict:
+    """Composer rules shared by both parsers: no implicit type resolution, capped aliases and
+    nesting depth, and the line where each alias is used as a list item."""
 
-    def __init__(self, text: str) -> None:
-        Reader.__init__(self, text)
-        Scanner.__init__(self)
-        Parser.__init__(self)
-        Composer.__init__(self)
-        BaseResolver.__init__(self)
+    aliases: int
+    depth: int
+    alias_lines: dict[tuple[int, int], int]
+
+    def _start(self) -> None:
         self.aliases = 0
         self.depth = 0
         # (id of a sequence node, index) -> line of an alias used as that item: the shared
         # node's own mark is its anchor's, far from where the alias is written.
-        self.alias_lines: dict[tuple[int, int], int] = {}
+        self.alias_lines = {}
 
     def resolve(self, kind: type[Node], value: Any, implicit: Any) -> str:
         if kind is ScalarNode and implicit[0]:
             return _PLAIN
-        return str(super().resolve(kind, value, implicit))  # type: ignore[no-untyped-call]
+        return str(super().resolve(kind, value, implicit))  # type: ignore[misc]
 
     def compose_node(self, parent: Node | None, index: Any) -> Node | None:
-        event = self.peek_event()  # type: ignore[no-untyped-call]
+        event = self.peek_event()  # type: ignore[attr-defined]
         line = event.start_mark.line + 1 if event.start_mark is not None else 1
         if isinstance(event, AliasEvent):
             self.aliases += 1
@@ -160,16 +186,52 @@ class _Composer(Reader, Scanner, Parser, Composer, BaseResolver):
         if self.depth > MAX_DEPTH:
             raise _Problem(line, f"nested more than {MAX_DEPTH} levels deep")
         try:
-            return super().compose_node(parent, index)
+            node: Node | None = super().compose_node(parent, index)  # type: ignore[misc]
+            return node
         finally:
             self.depth -= 1
 
 
-def _compose(text: str) -> tuple[dict[str, Any], dict[Loc, int]]:
-    composer: _Composer | None = None
+class _Composer(_Strict, Reader, Scanner, Parser, Composer, BaseResolver):
+    """PyYAML's pure-Python reader, scanner, parser and composer: the reference, and the
+    source of every syntax error message."""
+
+    def __init__(self, text: str) -> None:
+        Reader.__init__(self, text)
+        Scanner.__init__(self)
+        Parser.__init__(self)
+        Composer.__init__(self)
+        BaseResolver.__init__(self)
+        self._start()
+
+
+if _CParser is not None:
+
+    class _FastComposer(_Strict, Composer, _CParser, BaseResolver):  # type: ignore[misc]
+        """The same composer on libyaml's scanner and parser (several times faster)."""
+
+        def __init__(self, text: str) -> None:
+            _CParser.__init__(self, text)
+            Composer.__init__(self)
+            BaseResolver.__init__(self)
+            self._start()
+
+
+def _compose(text: str, *, fast: bool) -> tuple[dict[str, Any], dict[Loc, int]]:
+    """The values of `text` and the line of every key path.
+
+    `fast`: compose on libyaml's parser when PyYAML has it. Callers retry a failure with
+    `fast=False`, the pure-Python reference, so every message comes from the reference.
+    libyaml also accepts a few texts PyYAML refuses or reads otherwise (tabs after a value;
+    NEL, BOM and other special characters): those always take the reference path.
+    """
+    composer: _Strict | None = None
     try:
-        # The reader checks for unprintable characters as soon as it is built.
-        composer = _Composer(text)
+        if fast and _CParser is not None and not _SPECIAL.search(text):
+            composer = _FastComposer(text)
+        else:
+            # The reader checks for unprintable characters as soon as it is built.
+            composer = _Composer(text)
         root = composer.get_single_node()
     except yaml.MarkedYAMLError as exc:
         raise _Problem(*_yaml_error(exc)) from None
@@ -178,9 +240,11 @@ def _compose(text: str) -> tuple[dict[str, Any], dict[Loc, int]]:
         raise _Problem(
             line, f"special character #x{exc.character:04x} is not allowed in YAML; remove it"
         ) from None
+    except yaml.YAMLError as exc:  # libyaml's other failures; the caller retries (see above)
+        raise _Problem(1, f"YAML syntax error: {exc}") from None
     finally:
         if composer is not None:
-            composer.dispose()
+            composer.dispose()  # type: ignore[attr-defined]
     if root is None:
         raise _Problem(1, "no content, only comments; a rollout file needs at least " + _REQUIRED)
     builder = _Builder(composer.alias_lines)

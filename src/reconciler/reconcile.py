@@ -154,21 +154,22 @@ def ref_of(spec: RolloutSpec) -> ServiceRef:
     return ServiceRef(spec.project, spec.region, spec.service)
 
 
+def read_live(backend: TrafficBackend, spec: RolloutSpec) -> LiveService | str:
+    """One service's live state, or the error reading it."""
+    try:
+        return backend.get_service(ref_of(spec))
+    except BackendError as exc:
+        return str(exc)
+
+
 def observe(
     backend: TrafficBackend, specs: Sequence[RolloutSpec], max_workers: int = 16
 ) -> dict[str, LiveService | str]:
     """Read every service concurrently (bounded pool); an error is kept per service."""
-
-    def read(spec: RolloutSpec) -> LiveService | str:
-        try:
-            return backend.get_service(ref_of(spec))
-        except BackendError as exc:
-            return str(exc)
-
     if not specs:
         return {}
     with ThreadPoolExecutor(max_workers=max(1, min(max_workers, len(specs)))) as pool:
-        results = list(pool.map(read, specs))
+        results = list(pool.map(lambda spec: read_live(backend, spec), specs))
     return {spec.service: r for spec, r in zip(specs, results, strict=True)}
 
 
@@ -198,6 +199,10 @@ def history_of(status: st.ServiceStatus | None) -> History:
 
 
 # --- plan (read-only) -----------------------------------------------------------------------
+_Inputs = tuple[RolloutSpec, st.ServiceStatus | None, LiveService | str]
+"""What planning one service needs: its rollout file, its state/ status, its live state."""
+
+
 def plan_all(
     repo: Path,
     patterns: Sequence[str],
@@ -212,19 +217,31 @@ def plan_all(
     The verdict and bake timer come from state/ (what the last apply measured); plan never
     queries metrics, so it is cheap and works on pull requests.
     """
-    specs, errors = load_all(rollout_files(repo / "rollout", patterns))
-    statuses = {s.service: st.read_status(repo, s.service) for _, s in specs}
-    if offline or backend is None:
-        lives = {s.service: offline_live(s, statuses[s.service]) for _, s in specs}
-    else:
-        lives = observe(backend, [s for _, s in specs], max_workers)
+    files = rollout_files(repo / "rollout", patterns)
+
+    def gather(path: Path) -> _Inputs | ServiceError:
+        # One task per service (file, state/, API read): parsing a service's YAML in the pool
+        # overlaps with other services' reads in flight instead of running before them all.
+        try:
+            spec = load_spec(path)
+        except ReconcileError as exc:
+            return ServiceError(path.stem, str(exc))
+        status = st.read_status(repo, spec.service)
+        if offline or backend is None:
+            return spec, status, offline_live(spec, status)
+        return spec, status, read_live(backend, spec)
+
+    with ThreadPoolExecutor(max_workers=max(1, min(max_workers, len(files)))) as pool:
+        gathered = list(pool.map(gather, files))
+    errors = [g for g in gathered if isinstance(g, ServiceError)]
     plans: list[ServicePlan] = []
-    for _, spec in specs:
-        live = lives[spec.service]
+    for g in gathered:
+        if isinstance(g, ServiceError):
+            continue
+        spec, status, live = g
         if isinstance(live, str):
             errors.append(ServiceError(spec.service, live))
             continue
-        status = statuses[spec.service]
         try:
             plans.append(
                 plan_service(
