@@ -672,7 +672,7 @@ def rollback(app: App, service: str, force: bool, reason: str, no_push: bool) ->
       reconcile rollback ion-api --reason "5xx spike after deploy"
       reconcile rollback ion-api --force        # no prompt (CI, 3 a.m.)
     """
-    from reconciler import reconcile
+    from reconciler import manual
     from reconciler.runtime import build_context
 
     if not force:
@@ -680,7 +680,7 @@ def rollback(app: App, service: str, force: bool, reason: str, no_push: bool) ->
             raise ReconcileError("refusing to prompt without a terminal; pass --force to roll back")
         click.confirm(f"Roll back {service}: 100% of traffic to its stable revision?", abort=True)
     ctx = build_context(app.repo, push=not no_push, with_metrics=False)
-    outcome = reconcile.rollback(ctx, service, reason)
+    outcome = manual.rollback(ctx, service, reason)
     sp = outcome.plan
     commit = f" (commit {outcome.commit[:10]})" if outcome.commit else ""
     if sp is not None:
@@ -704,11 +704,11 @@ def promote(app: App, service: str, branch: str | None, no_push: bool) -> None:
       reconcile promote ion-api
       reconcile promote ion-api --branch promote/ion-api-10   # then open a PR
     """
-    from reconciler import reconcile
+    from reconciler import manual
     from reconciler.runtime import build_context
 
     ctx = build_context(app.repo, push=not no_push, with_metrics=False)
-    summary, sha = reconcile.promote(ctx, service, branch)
+    summary, sha = manual.promote(ctx, service, branch)
     where = f" on branch {branch}" if branch else ""
     click.echo(f"promoted {service}: {summary}{where}" + (f" (commit {sha[:10]})" if sha else ""))
 

@@ -36,7 +36,6 @@ from reconciler.model import LiveService, Outcome, ServiceRef, Target, TrafficSp
 from reconciler.model import WindowStats as Window
 from reconciler.plan import (
     History,
-    Phase,
     Plan,
     PlanError,
     Reason,
@@ -45,8 +44,6 @@ from reconciler.plan import (
     SpecEdit,
     desired_split,
     plan_service,
-    promote_edit,
-    rollback_plan,
 )
 from reconciler.spec import Metrics, RolloutSpec
 
@@ -516,8 +513,8 @@ def _verdict_body(verdict: Verdict | None) -> str:
 
 # --- one service ----------------------------------------------------------------------------------
 @dataclass
-class _Run:
-    """Mutable scratch of one service's reconcile (kept out of the pure core)."""
+class ServiceRun:
+    """Mutable scratch of one service's reconcile or manual action (kept out of the pure core)."""
 
     path: Path
     spec: RolloutSpec
@@ -528,7 +525,7 @@ class _Run:
     edited: bool = False
 
 
-def recover(ctx: Context, run: _Run, spec_commit: str | None) -> None:
+def recover(ctx: Context, run: ServiceRun, spec_commit: str | None) -> None:
     """Write the record of a traffic write that a crashed run did not commit."""
     data = read_stamp(run.live)
     if data is None or not run.live.traffic.same_routing(_stamp_split(data)):
@@ -614,7 +611,7 @@ def reconcile_service(
     now = ctx.clock()
     status = st.read_status(ctx.state_root, spec.service)
     spec_commit = ctx.git.last_commit_touching(path) if ctx.git else None
-    run = _Run(path, spec, live, status, now)
+    run = ServiceRun(path, spec, live, status, now)
     if not dry_run:
         recover(ctx, run, spec_commit)
     spec = run.spec
@@ -707,7 +704,7 @@ def reconcile_service(
         and not (run.events or added or run.edited)
     )
     # Nothing new was seen: leave state/ alone rather than commit a timestamp every run.
-    commit = None if idle else _record(ctx, run, sp, new_status, added, applied, spec_commit)
+    commit = None if idle else record(ctx, run, sp, new_status, added, applied, spec_commit)
     return ServiceOutcome(
         spec.service,
         plan=sp,
@@ -722,7 +719,7 @@ def reconcile_service(
 
 def _apply(
     ctx: Context,
-    run: _Run,
+    run: ServiceRun,
     sp: ServicePlan,
     replan: Callable[[LiveService], ServicePlan],
     spec_commit: str | None,
@@ -793,9 +790,9 @@ def _verdict_details(verdict: Verdict | None) -> dict[str, str | int | float | b
     return out
 
 
-def _record(
+def record(
     ctx: Context,
-    run: _Run,
+    run: ServiceRun,
     sp: ServicePlan,
     status: st.ServiceStatus,
     added: Sequence[Window],
@@ -932,95 +929,3 @@ def _differs(saved: ServicePlan, fresh: ServicePlan) -> str | None:
             f"{fresh.after.describe()}); run plan again"
         )
     return None
-
-
-# --- manual actions -----------------------------------------------------------------------------
-def rollback(ctx: Context, service: str, reason: str) -> ServiceOutcome:
-    """100% to stable at once, then the sticky `rolled_back` block, committed and pushed."""
-    path = rollout_files(ctx.repo / "rollout", [service])[0]
-    spec = load_spec(path)
-    live = ctx.backend.get_service(ref_of(spec))
-    now = ctx.clock()
-    status = st.read_status(ctx.state_root, spec.service)
-    run = _Run(path, spec, live, status, now)
-    sp = rollback_plan(spec, live, now=now, reason=reason)
-    spec_commit = ctx.git.last_commit_touching(path) if ctx.git else None
-
-    def replan(fresh: LiveService) -> ServicePlan:
-        return rollback_plan(spec, fresh, now=now, reason=reason)
-
-    if sp.changes:
-        sp, live, _ = write_traffic(ctx, spec, sp, replan, now)
-    if sp.edit is not None and (spec.canary_percent != 0 or spec.rolled_back is None):
-        edit_rollout_file(path, sp.edit, spec, now)
-        run.edited = True
-    run.events.append(
-        st.Event(
-            now,
-            st.EventKind.ROLLED_BACK,
-            ctx.actor,
-            before=sp.before.describe(),
-            after=live.traffic.describe(),
-            reason=reason,
-            spec_commit=spec_commit,
-            details={"manual": True},
-        )
-    )
-    final_spec = load_spec(path)
-    new_status = st.ServiceStatus(
-        service=spec.service,
-        phase=Phase.ROLLED_BACK,
-        stable_revision=final_spec.revisions.stable,
-        canary_revision=final_spec.revisions.canary,
-        stage=0,
-        stage_since=now,
-        traffic=live.traffic,
-        etag=live.etag,
-        generation=live.generation,
-        observed_generation=live.observed_generation,
-        last_reconcile=now,
-        spec_commit=spec_commit,
-        verdict=status.verdict if status else None,
-        verdict_at=status.verdict_at if status else None,
-        windows=status.windows if status else (),
-        applied=sp.after,
-        probes=status.probes if status else (),
-    )
-    sp = replace(sp, reason=Reason.ROLLBACK)
-    commit = _record(ctx, run, sp, new_status, (), True, spec_commit)
-    if commit and ctx.push and ctx.git is not None:
-        ctx.git.push()
-    return ServiceOutcome(spec.service, plan=sp, applied=True, rolled_back=True, commit=commit)
-
-
-def promote(ctx: Context, service: str, branch: str | None = None) -> tuple[str, str | None]:
-    """Write the next stage into the rollout file and commit it (on `branch` when given).
-
-    Returns (summary, commit sha).
-    """
-    path = rollout_files(ctx.repo / "rollout", [service])[0]
-    spec = load_spec(path)
-    try:
-        edit = promote_edit(spec)
-    except PlanError as exc:
-        raise ReconcileError(str(exc)) from None
-    text = yamledit.set_canary_percent(
-        path.read_text(encoding="utf-8"), int(edit.values["canary_percent"])
-    )
-    if ctx.git is None:
-        st.atomic_write_text(path, text)
-        return edit.summary, None
-    subject = format_subject(spec.service, f"promote {edit.summary}")
-    trailers = reconcile_trailers(
-        spec.service, GitAction.PROMOTE, ctx.git.last_commit_touching(path)
-    )
-    if branch:
-        sha = ctx.git.commit_to_branch(
-            branch, {path: text}, subject, trailers=trailers, push=ctx.push
-        )
-        return edit.summary, sha
-    st.atomic_write_text(path, text)
-    commit = ctx.git.commit([path], subject, trailers=trailers, skip_reconcile=False)
-    if ctx.push and ctx.git.has_remote():
-        ctx.git.push()
-    return edit.summary, commit

@@ -12,8 +12,9 @@ from reconciler import clients
 from reconciler.backends.cloudrun import CloudRunBackend
 from reconciler.gitops import GitOps
 from reconciler.loader import load_spec
+from reconciler.manual import promote, rollback
 from reconciler.plan import Reason
-from reconciler.reconcile import Context, apply_all, promote, ref_of, rollback
+from reconciler.reconcile import Context, apply_all, ref_of
 from reconciler.sandbox import Sandbox, example_rollout, sandbox
 from reconciler.state import read_events
 
