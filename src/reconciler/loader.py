@@ -217,6 +217,32 @@ if _CParser is not None:
             self._start()
 
 
+if _CParser is not None:
+
+    class _CComposer(_CParser, BaseResolver):  # type: ignore[misc]
+        """libyaml composing the node tree itself, for texts that cannot hold an alias or
+        nest deep enough to need the composer's hooks (see `_c_composable`)."""
+
+        def __init__(self, text: str) -> None:
+            _CParser.__init__(self, text)
+            BaseResolver.__init__(self)
+            self.alias_lines: dict[tuple[int, int], int] = {}  # none: the text has no alias
+
+        def resolve(self, kind: type[Node], value: Any, implicit: Any) -> str:
+            if kind is ScalarNode and implicit[0]:
+                return _PLAIN
+            return str(BaseResolver.resolve(self, kind, value, implicit))  # type: ignore[no-untyped-call]
+
+
+def _c_composable(text: str) -> bool:
+    """No `&`/`*` (so no anchor or alias) and too few brackets and too little indentation to
+    nest MAX_DEPTH levels: the composer's alias and depth checks cannot trigger."""
+    if "&" in text or "*" in text:
+        return False
+    indent = max((len(line) - len(line.lstrip(" ")) for line in text.splitlines()), default=0)
+    return indent + text.count("[") + text.count("{") < MAX_DEPTH
+
+
 def _compose(text: str, *, fast: bool) -> tuple[dict[str, Any], dict[Loc, int]]:
     """The values of `text` and the line of every key path.
 
@@ -228,7 +254,7 @@ def _compose(text: str, *, fast: bool) -> tuple[dict[str, Any], dict[Loc, int]]:
     composer: _Strict | None = None
     try:
         if fast and _CParser is not None and not _SPECIAL.search(text):
-            composer = _FastComposer(text)
+            composer = _CComposer(text) if _c_composable(text) else _FastComposer(text)
         else:
             # The reader checks for unprintable characters as soon as it is built.
             composer = _Composer(text)

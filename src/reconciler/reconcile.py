@@ -17,7 +17,7 @@ import json
 import logging
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -215,21 +215,29 @@ def plan_all(
     queries metrics, so it is cheap and works on pull requests.
     """
     files = rollout_files(repo / "rollout", patterns)
-
-    def gather(path: Path) -> _Inputs | ServiceError:
-        # One task per service (file, state/, API read): parsing a service's YAML in the pool
-        # overlaps with other services' reads in flight instead of running before them all.
-        try:
-            spec = load_spec(path)
-        except ReconcileError as exc:
-            return ServiceError(path.stem, str(exc))
-        status = st.read_status(repo, spec.service)
-        if offline or backend is None:
-            return spec, status, offline_live(spec, status)
-        return spec, status, read_live(backend, spec)
-
+    gathered: list[_Inputs | ServiceError] = []
     with ThreadPoolExecutor(max_workers=max(1, min(max_workers, len(files)))) as pool:
-        gathered = list(pool.map(gather, files))
+        # The pool only waits on the API; this thread parses rollout files and state/ while
+        # the reads are in flight (CPU work in the pool would contend for the GIL).
+        pending: list[tuple[RolloutSpec, Future[LiveService | str] | None] | ServiceError] = []
+        for path in files:
+            try:
+                spec = load_spec(path)
+            except ReconcileError as exc:
+                pending.append(ServiceError(path.stem, str(exc)))
+                continue
+            read = None
+            if not offline and backend is not None:
+                read = pool.submit(read_live, backend, spec)
+            pending.append((spec, read))
+        for item in pending:
+            if isinstance(item, ServiceError):
+                gathered.append(item)
+                continue
+            spec, future = item
+            status = st.read_status(repo, spec.service)
+            live = offline_live(spec, status) if future is None else future.result()
+            gathered.append((spec, status, live))
     errors = [g for g in gathered if isinstance(g, ServiceError)]
     plans: list[ServicePlan] = []
     for g in gathered:
