@@ -10,6 +10,7 @@ import os
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Mapping
 from datetime import timedelta
 from pathlib import Path
@@ -112,6 +113,15 @@ class Sampler:
     def __enter__(self) -> Sampler:
         self._thread.start()
         return self
+
+    def wait_until_seen(self, split: TrafficSplit, timeout: float = 10.0) -> bool:
+        """Wait until the sampler has observed `split` live (bounded)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if any(s.same_routing(split) for s in list(self.seen)):
+                return True
+            time.sleep(0.01)
+        return False
 
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
