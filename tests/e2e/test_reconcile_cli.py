@@ -132,12 +132,14 @@ def test_promote_then_blocked_apply(sb: Sandbox) -> None:
 
 
 def test_watch_ticks_and_stops_after_its_duration(sb: Sandbox) -> None:
-    out = reconcile(sb, "watch", "--interval", "1s", "--duration", "2s")
+    out = reconcile(sb, "watch", "--interval", "1s", "--duration", "4s")
     assert out.returncode == 0, out.stderr
     ticks = [line for line in out.stdout.splitlines() if "] tick " in line]
-    assert len(ticks) == 2, out.stdout
+    # How many ticks fit depends on how long each apply takes; never more than the duration.
+    assert 2 <= len(ticks) <= 4, out.stdout
     assert "new stage" in ticks[0]
-    assert "stopped after 2 ticks (duration)" in out.stdout
+    assert "ion-api 5%" in ticks[-1]
+    assert f"stopped after {len(ticks)} ticks (duration)" in out.stdout
 
 
 def test_demo_shows_a_rollback_commit(tmp_path: Path) -> None:
