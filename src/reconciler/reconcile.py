@@ -614,8 +614,13 @@ def reconcile_service(
     metrics_error: str | None,
     *,
     dry_run: bool = False,
+    saved: ServicePlan | None = None,
 ) -> ServiceOutcome:
-    """Judge, plan, apply and record one service. Every path ends in one status write."""
+    """Judge, plan, apply and record one service. Every path ends in one status write.
+
+    With `saved` (from `apply PLANFILE`), a plan that no longer matches it is refused before
+    anything is written.
+    """
     now = ctx.clock()
     status = st.read_status(ctx.state_root, spec.service)
     spec_commit = ctx.git.last_commit_touching(path) if ctx.git else None
@@ -668,6 +673,9 @@ def reconcile_service(
             )
     if dry_run:
         return ServiceOutcome(spec.service, plan=sp, verdict=verdict)
+    mismatch = _differs(saved, sp) if saved is not None else None
+    if mismatch:
+        return ServiceOutcome(spec.service, plan=sp, error=mismatch, verdict=verdict)
 
     error: str | None = None
     applied = False
@@ -903,13 +911,10 @@ def apply_all(
                 ],
                 metric_errors.get(spec.service),
                 dry_run=dry_run,
+                saved=saved_by.get(spec.service),
             )
         except (ReconcileError, PlanError) as exc:
             outcome = ServiceOutcome(spec.service, error=str(exc))
-        if saved is not None and outcome.plan is not None:
-            mismatch = _differs(saved_by[spec.service], outcome.plan)
-            if mismatch and not outcome.applied:
-                outcome = replace(outcome, error=mismatch)
         outcomes.append(outcome)
     pushed: bool | None = None
     push_error: str | None = None

@@ -173,3 +173,15 @@ def test_one_failing_service_does_not_stop_the_others(sb: Sandbox) -> None:
     plan = plan_all(sb.repo, [], CloudRunBackend(), sb.now())
     assert [e.service for e in plan.errors] == ["broken", "ghost-api"]
     assert [s.service for s in plan.services] == ["ion-api"]
+
+
+def test_saved_plan_is_refused_when_git_changed_since(sb: Sandbox) -> None:
+    saved = plan_from_json(plan_json(plan_all(sb.repo, [], CloudRunBackend(), sb.now())))
+    # Live did not change, but the rollout file did: the saved plan is no longer what apply
+    # would do, so nothing is applied.
+    sb.commit_rollout(example_rollout(sb.emu, canary_percent=10) + "force: true\n", "to 10%")
+    result = apply_all(context(sb), saved=saved)
+    assert result.exit_code == 1
+    assert "saved plan is stale" in (result.outcomes[0].error or "")
+    assert sb.emu.write_attempts == 0
+    assert live_split(sb) == {STABLE: (100, "")}
