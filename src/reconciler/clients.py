@@ -9,7 +9,10 @@ functions so the CLI starts fast.
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import TYPE_CHECKING, TypeVar
+
+from reconciler.errors import ReconcileError
 
 if TYPE_CHECKING:
     import grpc
@@ -17,6 +20,7 @@ if TYPE_CHECKING:
     from google.cloud import monitoring_v3, run_v2
 
 EMULATOR_HOST_ENV = "CLOUD_RUN_EMULATOR_HOST"
+T = TypeVar("T")
 # Aggregated ListTimeSeries answers for many services can exceed gRPC's 4 MiB default.
 _MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 
@@ -38,6 +42,20 @@ def _channel(host: str) -> grpc.Channel:
     )
 
 
+def _with_credentials(make: Callable[[], T], what: str) -> T:
+    """Build a client on Application Default Credentials, or fail with one actionable line."""
+    from google.auth import exceptions as auth_exceptions
+
+    try:
+        return make()
+    except auth_exceptions.DefaultCredentialsError:
+        raise ReconcileError(
+            f"{what}: no Google credentials found. Run `gcloud auth application-default "
+            "login` (locally) or use Workload Identity Federation (CI); for the emulator set "
+            f"{EMULATOR_HOST_ENV}; a plan without any API access: `reconcile plan --offline`"
+        ) from None
+
+
 def services_client(host: str | None = None) -> run_v2.ServicesClient:
     """Cloud Run Admin v2 `ServicesClient` (the emulator's when `host` or the env var is set).
 
@@ -48,7 +66,7 @@ def services_client(host: str | None = None) -> run_v2.ServicesClient:
 
     target = emulator_host(host)
     if target is None:
-        return run_v2.ServicesClient()
+        return _with_credentials(run_v2.ServicesClient, "Cloud Run Admin API")
     from google.cloud.run_v2.services.services.transports import ServicesGrpcTransport
 
     return run_v2.ServicesClient(transport=ServicesGrpcTransport(channel=_channel(target)))
@@ -60,7 +78,7 @@ def revisions_client(host: str | None = None) -> run_v2.RevisionsClient:
 
     target = emulator_host(host)
     if target is None:
-        return run_v2.RevisionsClient()
+        return _with_credentials(run_v2.RevisionsClient, "Cloud Run Admin API")
     from google.cloud.run_v2.services.revisions.transports import RevisionsGrpcTransport
 
     return run_v2.RevisionsClient(transport=RevisionsGrpcTransport(channel=_channel(target)))
@@ -72,7 +90,7 @@ def metric_client(host: str | None = None) -> monitoring_v3.MetricServiceClient:
 
     target = emulator_host(host)
     if target is None:
-        return monitoring_v3.MetricServiceClient()
+        return _with_credentials(monitoring_v3.MetricServiceClient, "Cloud Monitoring API")
     from google.cloud.monitoring_v3.services.metric_service.transports import (
         MetricServiceGrpcTransport,
     )

@@ -155,3 +155,20 @@ def test_demo_shows_a_rollback_commit(tmp_path: Path) -> None:
     assert "reconcile(ion-api): rollback canary 5% -> 0% (ion-api-00043-bad)" in out.stdout
     assert "advance canary 5% -> 10%" in out.stdout
     assert (keep / "remote.git").is_dir()
+
+
+def test_no_credentials_is_one_line_not_a_traceback(sb: Sandbox) -> None:
+    env = {k: v for k, v in os.environ.items() if k != "CLOUD_RUN_EMULATOR_HOST"}
+    out = subprocess.run(
+        [sys.executable, "-m", "reconciler", "plan"],
+        cwd=sb.repo,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert out.returncode == 1
+    assert "Traceback" not in out.stderr
+    assert out.stderr.strip().count("\n") == 0, out.stderr
+    assert "no Google credentials found" in out.stderr and "--offline" in out.stderr
