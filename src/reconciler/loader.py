@@ -239,7 +239,9 @@ def _c_composable(text: str) -> bool:
     nest MAX_DEPTH levels: the composer's alias and depth checks cannot trigger."""
     if "&" in text or "*" in text:
         return False
-    indent = max((len(line) - len(line.lstrip(" ")) for line in text.splitlines()), default=0)
+    # Compact block sequences and explicit keys (`- - - x`, `? ? x`) nest without spaces:
+    # count their indicators as indentation (over-counting only costs the slower path).
+    indent = max((len(line) - len(line.lstrip(" -?:")) for line in text.splitlines()), default=0)
     return indent + text.count("[") + text.count("{") < MAX_DEPTH
 
 
@@ -268,6 +270,9 @@ def _compose(text: str, *, fast: bool) -> tuple[dict[str, Any], dict[Loc, int]]:
         ) from None
     except yaml.YAMLError as exc:  # libyaml's other failures; the caller retries (see above)
         raise _Problem(1, f"YAML syntax error: {exc}") from None
+    except ValueError as exc:  # PyYAML's reference scanner on e.g. "\U00110000"
+        line = getattr(composer, "line", 0) + 1 if composer is not None else 1
+        raise _Problem(line, f"YAML syntax error: {exc}") from None
     finally:
         if composer is not None:
             composer.dispose()  # type: ignore[attr-defined]

@@ -21,6 +21,7 @@ from reconciler.reconcile import (
     ServiceOutcome,
     ServiceRun,
     edit_rollout_file,
+    read_rollout,
     record,
     ref_of,
     rollout_files,
@@ -97,9 +98,7 @@ def promote(ctx: Context, service: str, branch: str | None = None) -> tuple[str,
         edit = promote_edit(spec)
     except PlanError as exc:
         raise ReconcileError(str(exc)) from None
-    text = yamledit.set_canary_percent(
-        path.read_text(encoding="utf-8"), int(edit.values["canary_percent"])
-    )
+    text = yamledit.set_canary_percent(read_rollout(path), int(edit.values["canary_percent"]))
     if ctx.git is None:
         st.atomic_write_text(path, text)
         return edit.summary, None

@@ -723,6 +723,14 @@ class Prober:
                     if len(body) > MAX_BODY_BYTES:
                         too_big = True
                         break
+                    if time.perf_counter() - started > timeout:
+                        # httpx's timeout bounds each read; a trickling answer must not
+                        # hold a run for longer than the check's whole timeout.
+                        return Exchange(
+                            status=None,
+                            latency=time.perf_counter() - started,
+                            error=f"timeout after {format_seconds(timeout)}",
+                        )
                 latency = time.perf_counter() - started
                 return Exchange(
                     status=response.status_code,
@@ -736,6 +744,12 @@ class Prober:
                 status=None,
                 latency=time.perf_counter() - started,
                 error=_transport_error(exc, timeout),
+            )
+        except httpx.HTTPError as exc:  # e.g. a body that does not decode as it claims
+            return Exchange(
+                status=None,
+                latency=time.perf_counter() - started,
+                error=f"invalid response ({type(exc).__name__})",
             )
 
     def send(self, check: Check, url: str) -> Exchange:
@@ -759,7 +773,18 @@ class Prober:
     def run(self, check: Check, urls: Urls) -> ProbeResult:
         """Run one check against the URLs its placeholder stands for."""
         url = resolve_url(check, urls)
-        return result_of(check, url, self.send(check, url))
+        result = result_of(check, url, self.send(check, url))
+        # An answer may echo a secret transformed (JSON-escaped, decoded): the reason is
+        # built from the decoded answer, so it is redacted once more.
+        environ = self._environ if self._environ is not None else os.environ
+        reason = result.reason
+        for value in check.headers.values():
+            if isinstance(value, EnvValue):
+                secret = environ.get(value.env, "")
+                for part in {secret, secret.partition(" ")[2]}:
+                    if len(part) >= MIN_REDACTED_SECRET:
+                        reason = reason.replace(part, REDACTED)
+        return replace(result, reason=reason) if reason != result.reason else result
 
 
 def run_checks(

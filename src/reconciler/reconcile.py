@@ -469,9 +469,14 @@ def write_traffic(
     return again, live, True
 
 
+def read_rollout(path: Path) -> str:
+    """A rollout file's text exactly as written (CRLF line ends kept for the byte-exact edit)."""
+    return path.read_bytes().decode("utf-8")
+
+
 def edit_rollout_file(path: Path, edit: SpecEdit, spec: RolloutSpec, now: datetime) -> None:
     """Carry out the planner's edit of the rollout file, keeping every other byte."""
-    text = path.read_text(encoding="utf-8")
+    text = read_rollout(path)
     if edit.kind is Reason.ROLLBACK:
         rb = edit.values.get("rolled_back")
         if isinstance(rb, Mapping):
@@ -560,12 +565,12 @@ def recover(ctx: Context, run: ServiceRun, spec_commit: str | None) -> None:
         and (run.spec.rolled_back is None)
     ):
         text = yamledit.record_rollback(
-            run.path.read_text(encoding="utf-8"), revision=canary, at=run.now, reason=why
+            read_rollout(run.path), revision=canary, at=run.now, reason=why
         )
         st.atomic_write_text(run.path, text)
         run.edited = True
     elif reason is Reason.FINALIZE and canary and run.spec.revisions.canary == canary:
-        st.atomic_write_text(run.path, yamledit.finalize(run.path.read_text(encoding="utf-8")))
+        st.atomic_write_text(run.path, yamledit.finalize(read_rollout(run.path)))
         run.edited = True
     elif (
         reason is Reason.STAGE
@@ -573,7 +578,7 @@ def recover(ctx: Context, run: ServiceRun, spec_commit: str | None) -> None:
         and desired_split(run.spec).same_routing(run.live.traffic)
     ):
         # The crashed run used `force` for the stage git still wants; it applies once.
-        st.atomic_write_text(run.path, yamledit.remove_force(run.path.read_text(encoding="utf-8")))
+        st.atomic_write_text(run.path, yamledit.remove_force(read_rollout(run.path)))
         run.edited = True
     if run.edited:
         run.spec = load_spec(run.path)
@@ -773,7 +778,7 @@ def _apply(
         edit_rollout_file(run.path, sp.edit, spec, now)
         run.edited = True
     elif sp.reason is Reason.STAGE and spec.force and sp.changes:
-        st.atomic_write_text(run.path, yamledit.remove_force(run.path.read_text(encoding="utf-8")))
+        st.atomic_write_text(run.path, yamledit.remove_force(read_rollout(run.path)))
         run.edited = True
     run.live = live
     if not wrote and sp.edit is None:

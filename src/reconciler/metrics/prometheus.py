@@ -164,11 +164,11 @@ class PrometheusProvider:
 
         def count(measure: str, key: tuple[str, str]) -> int:
             value = values[measure].get(key, 0.0)
-            return round(value) if math.isfinite(value) else 0
+            return max(0, round(value)) if math.isfinite(value) else 0
 
         def latency(measure: str, key: tuple[str, str]) -> float | None:
             value = values[measure].get(key)
-            return None if value is None or math.isnan(value) else value
+            return None if value is None or not math.isfinite(value) else value
 
         start = end - window
         out: dict[tuple[str, str], WindowStats] = {}
@@ -180,8 +180,10 @@ class PrometheusProvider:
                 start=start,
                 end=end,
                 requests=requests,
-                errors=count("errors", key),
-                successes=count("successes", key),
+                # Separate instant queries can see different scrapes: never more errors or
+                # successes than requests.
+                errors=min(count("errors", key), requests),
+                successes=min(count("successes", key), requests),
                 p50=latency("latency_p50", key) if requests else None,
                 p95=latency("latency_p95", key) if requests else None,
                 p99=latency("latency_p99", key) if requests else None,
