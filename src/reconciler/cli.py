@@ -524,7 +524,10 @@ def plan(
     result = plan_all(app.repo, services, backend, utc_now(), offline=offline)
     rendered = render_plan(result, fmt)
     if out is not None:
-        out.write_text(rendered, encoding="utf-8")
+        try:
+            out.write_text(rendered, encoding="utf-8")
+        except OSError as exc:
+            raise ReconcileError(f"{out}: cannot write the plan: {exc.strerror}") from None
         click.echo(plan_text(result) if fmt != "text" else rendered, nl=False)
     else:
         click.echo(rendered, nl=False)
@@ -616,8 +619,8 @@ def apply(
             click.echo(f"ok {o.service}: in sync ({sp.before.describe()}){verdict}")
         for note in (*sp.notes, *sp.warnings):
             click.echo(f"  {note}")
-    if result.push_error:
-        _echo_err(f"error: {result.push_error}")
+    if result.git_error:
+        _echo_err(f"error: {result.git_error}")
     raise click.exceptions.Exit(result.exit_code)
 
 
@@ -683,7 +686,9 @@ def rollback(app: App, service: str, force: bool, reason: str, no_push: bool) ->
     outcome = manual.rollback(ctx, service, reason)
     sp = outcome.plan
     commit = f" (commit {outcome.commit[:10]})" if outcome.commit else ""
-    if sp is not None:
+    if sp is None:
+        click.echo(f"{service}: already rolled back (100% on the stable revision); nothing to do")
+    else:
         click.echo(
             f"rolled back {service}: {sp.before.describe()} -> {sp.after.describe()}{commit}"
         )
@@ -719,9 +724,12 @@ def _duration(ctx: click.Context, param: click.Parameter, value: str | None) -> 
     if value is None:
         return None
     try:
-        return parse_duration(value)
+        duration = parse_duration(value)
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from None
+    if duration.total_seconds() < 1:
+        raise click.BadParameter(f"{value!r} is shorter than 1s (a tight loop against the API)")
+    return duration
 
 
 @cli.command()
@@ -882,7 +890,12 @@ def report(
         click.echo(made.markdown, nl=False)
         return
     if out is not None:
-        atomic_write_text(out, made.markdown)
+        if not out.parent.is_dir():
+            raise ReconcileError(f"{out}: no such directory {out.parent}")
+        try:
+            atomic_write_text(out, made.markdown)
+        except OSError as exc:
+            raise ReconcileError(f"{out}: cannot write the report: {exc.strerror}") from None
         path = out
     else:
         path = save(app.repo, made)
@@ -913,7 +926,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except click.ClickException as exc:
         exc.show()
-        return exc.exit_code
+        # A command-line mistake is an error (1); click's 2 would read as "changes pending".
+        return 1 if isinstance(exc, click.UsageError) else exc.exit_code
     except ReconcileError as exc:
         click.echo(f"error: {exc}", err=True)
         return exc.exit_code

@@ -48,11 +48,13 @@ def _with_credentials(make: Callable[[], T], what: str) -> T:
 
     try:
         return make()
-    except auth_exceptions.DefaultCredentialsError:
+    except auth_exceptions.DefaultCredentialsError as exc:
+        cause = " ".join(str(exc).split())[:200]
         raise ReconcileError(
-            f"{what}: no Google credentials found. Run `gcloud auth application-default "
-            "login` (locally) or use Workload Identity Federation (CI); for the emulator set "
-            f"{EMULATOR_HOST_ENV}; a plan without any API access: `reconcile plan --offline`"
+            f"{what}: no usable Google credentials ({cause}). Run `gcloud auth "
+            "application-default login` (locally) or use Workload Identity Federation (CI); "
+            f"for the emulator set {EMULATOR_HOST_ENV}; without any API access: "
+            "`reconcile plan --offline`"
         ) from None
 
 

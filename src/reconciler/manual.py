@@ -6,7 +6,9 @@ comment-preserving rollout edit, one commit) so git tells the truth about them t
 
 from __future__ import annotations
 
+import logging
 from dataclasses import replace
+from pathlib import Path
 
 from reconciler import state as st
 from reconciler import yamledit
@@ -15,7 +17,15 @@ from reconciler.gitops import Action as GitAction
 from reconciler.gitops import format_subject, reconcile_trailers
 from reconciler.loader import load_spec
 from reconciler.model import LiveService
-from reconciler.plan import Phase, PlanError, Reason, ServicePlan, promote_edit, rollback_plan
+from reconciler.plan import (
+    Phase,
+    PlanError,
+    Reason,
+    ServicePlan,
+    is_rolled_back,
+    promote_edit,
+    rollback_plan,
+)
 from reconciler.reconcile import (
     Context,
     ServiceOutcome,
@@ -28,12 +38,36 @@ from reconciler.reconcile import (
     write_traffic,
 )
 
+log = logging.getLogger(__name__)
+
+
+def _one_file(ctx: Context, service: str) -> Path:
+    """The rollout file of exactly one service (no globs for a manual action)."""
+    if any(ch in service for ch in "*?["):
+        raise ReconcileError(f"{service!r}: name one service, not a pattern")
+    return rollout_files(ctx.repo / "rollout", [service])[0]
+
+
+def _pull(ctx: Context) -> None:
+    """Act on the newest git: a laptop clone may be behind (a finalize, a new stable)."""
+    if ctx.git is not None and ctx.push and ctx.git.has_remote():
+        try:
+            ctx.git.pull()
+        except ReconcileError as exc:
+            log.warning("pull failed, acting on the local working tree: %s", exc)
+
 
 def rollback(ctx: Context, service: str, reason: str) -> ServiceOutcome:
-    """100% to stable at once, then the sticky `rolled_back` block, committed and pushed."""
-    path = rollout_files(ctx.repo / "rollout", [service])[0]
+    """100% to stable at once, then the sticky `rolled_back` block, committed and pushed.
+
+    Already rolled back (all traffic on stable, the block in git): nothing to do.
+    """
+    path = _one_file(ctx, service)
+    _pull(ctx)
     spec = load_spec(path)
     live = ctx.backend.get_service(ref_of(spec))
+    if is_rolled_back(spec) and live.traffic.percents() == {spec.revisions.stable: 100}:
+        return ServiceOutcome(spec.service)
     now = ctx.clock()
     status = st.read_status(ctx.state_root, spec.service)
     run = ServiceRun(path, spec, live, status, now)
@@ -45,7 +79,7 @@ def rollback(ctx: Context, service: str, reason: str) -> ServiceOutcome:
 
     if sp.changes:
         sp, live, _ = write_traffic(ctx, spec, sp, replan, now)
-    if sp.edit is not None and (spec.canary_percent != 0 or spec.rolled_back is None):
+    if sp.edit is not None and (spec.canary_percent != 0 or not is_rolled_back(spec)):
         edit_rollout_file(path, sp.edit, spec, now)
         run.edited = True
     run.events.append(
@@ -92,7 +126,8 @@ def promote(ctx: Context, service: str, branch: str | None = None) -> tuple[str,
 
     Returns (summary, commit sha).
     """
-    path = rollout_files(ctx.repo / "rollout", [service])[0]
+    path = _one_file(ctx, service)
+    _pull(ctx)
     spec = load_spec(path)
     try:
         edit = promote_edit(spec)

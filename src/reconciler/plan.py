@@ -165,10 +165,20 @@ def split_for(stable: str, canary: str | None, canary_percent: int) -> TrafficSp
     )
 
 
+def is_rolled_back(spec: RolloutSpec) -> bool:
+    """True when the rollout file's `rolled_back` block names its current canary (sticky)."""
+    rb = spec.rolled_back
+    return (
+        rb is not None
+        and spec.revisions.canary is not None
+        and rb.revision == spec.revisions.canary
+    )
+
+
 def desired_split(spec: RolloutSpec) -> TrafficSplit:
     """The split the rollout file asks for; a rolled-back canary gets no target at all."""
     canary = spec.revisions.canary
-    if canary is not None and spec.rolled_back is not None and spec.rolled_back.revision == canary:
+    if is_rolled_back(spec):
         canary = None
     return split_for(spec.revisions.stable, canary, spec.canary_percent if canary else 0)
 
@@ -256,7 +266,7 @@ def plan_service(
                 f"{live.ref.name}: revision {missing[0]} does not exist "
                 f"(known: {', '.join(sorted(live.revisions)) or 'none'})"
             )
-    rolled_back = spec.rolled_back is not None and spec.rolled_back.revision == canary
+    rolled_back = is_rolled_back(spec)
     phase = _phase(spec, rolled_back)
     base = ServicePlan(
         ref=live.ref,
@@ -280,7 +290,7 @@ def plan_service(
         and verdict.outcome is Outcome.FAIL
         and canary is not None
         and (live_canary > 0 or spec.canary_percent > 0)
-        and spec.rolled_back is None
+        and not rolled_back
     ):
         after = split_for(spec.revisions.stable, None, 0)
         reason_text = "; ".join(verdict.reasons) or "gates failed"

@@ -43,6 +43,7 @@ from reconciler.plan import (
     ServicePlan,
     SpecEdit,
     desired_split,
+    is_rolled_back,
     plan_service,
 )
 from reconciler.spec import Metrics, RolloutSpec
@@ -119,14 +120,14 @@ class RunResult:
 
     outcomes: tuple[ServiceOutcome, ...]
     pushed: bool | None = None
-    push_error: str | None = None
+    git_error: str | None = None
 
     @property
     def exit_code(self) -> int:
         """4 when a canary was rolled back, 1 on any error or blocked change, else 0."""
         if any(o.rolled_back for o in self.outcomes):
             return ROLLED_BACK_EXIT
-        if self.push_error or any(o.error for o in self.outcomes):
+        if self.git_error or any(o.error for o in self.outcomes):
             return 1
         if any(o.plan is not None and o.plan.blocked for o in self.outcomes):
             return 1
@@ -173,7 +174,7 @@ def observe(
 def offline_live(spec: RolloutSpec, status: st.ServiceStatus | None) -> LiveService | str:
     """The last observed state from state/, for plans without API access."""
     if status is None:
-        return f"{spec.service}: no observed state in state/ yet (run apply once with access)"
+        return "no observed state in state/ yet (run apply once with access)"
     return LiveService(
         ref=ref_of(spec),
         traffic=status.traffic,
@@ -184,14 +185,24 @@ def offline_live(spec: RolloutSpec, status: st.ServiceStatus | None) -> LiveServ
     )
 
 
-def history_of(status: st.ServiceStatus | None) -> History:
-    """What the planner needs from state/."""
+def judged(status: st.ServiceStatus | None, spec: RolloutSpec) -> bool:
+    """Whether state/'s last verdict and bake timer belong to the rollout file's canary."""
+    return (
+        status is not None
+        and spec.revisions.canary is not None
+        and status.canary_revision == spec.revisions.canary
+    )
+
+
+def history_of(status: st.ServiceStatus | None, spec: RolloutSpec | None = None) -> History:
+    """What the planner needs from state/ (the bake timer only for the same canary)."""
     if status is None:
         return History()
+    same = spec is None or judged(status, spec)
     return History(
         last_applied=status.applied,
-        passing_since=status.passing_since,
-        stage_percent=status.stage if status.passing_since else None,
+        passing_since=status.passing_since if same else None,
+        stage_percent=status.stage if status.passing_since and same else None,
     )
 
 
@@ -235,7 +246,11 @@ def plan_all(
                 gathered.append(item)
                 continue
             spec, future = item
-            status = st.read_status(repo, spec.service)
+            try:
+                status = st.read_status(repo, spec.service)
+            except ReconcileError as exc:  # a corrupt status file fails its service only
+                gathered.append(ServiceError(spec.service, str(exc)))
+                continue
             live = offline_live(spec, status) if future is None else future.result()
             gathered.append((spec, status, live))
     errors = [g for g in gathered if isinstance(g, ServiceError)]
@@ -253,8 +268,8 @@ def plan_all(
                     spec,
                     live,
                     now=now,
-                    verdict=status.verdict if status else None,
-                    history=history_of(status),
+                    verdict=status.verdict if status is not None and judged(status, spec) else None,
+                    history=history_of(status, spec),
                     check_revisions=not offline,
                 )
             )
@@ -367,22 +382,27 @@ def check_dependencies(ctx: Context, spec: RolloutSpec, live: LiveService) -> st
 # --- judge --------------------------------------------------------------------------------------
 def verdict_for(
     spec: RolloutSpec,
-    status: st.ServiceStatus | None,
     windows: Sequence[Window],
     probes: Sequence[st.ProbeRecord],
     stage_since: datetime,
 ) -> Verdict:
-    """Judge the current stage: only windows and probe runs since the stage began count."""
+    """Judge the current stage: only windows and probe runs since the stage began count, and
+    only runs of the probes the rollout file still configures."""
     canary = spec.revisions.canary
     stable = spec.revisions.stable
+    configured = {p.name for p in spec.probes}
     current = [w for w in windows if w.start >= stage_since]
-    runs = [ProbeRun(p.name, p.ok, p.reason) for p in probes if p.at >= stage_since]
+    runs = [
+        ProbeRun(p.name, p.ok, p.reason)
+        for p in probes
+        if p.at >= stage_since and p.name in configured
+    ]
     return judge(
         [w for w in current if w.revision == canary],
         spec.gates,
         stable=[w for w in current if w.revision == stable],
         probes=runs,
-        expected_probes=[p.name for p in spec.probes] if runs or spec.probes else (),
+        expected_probes=sorted(configured),
     )
 
 
@@ -536,6 +556,8 @@ class ServiceRun:
     now: datetime
     events: list[st.Event] = field(default_factory=list)
     edited: bool = False
+    wrote: ServicePlan | None = None
+    """The plan whose traffic this run wrote (set the moment the write is verified)."""
 
 
 def recover(ctx: Context, run: ServiceRun, spec_commit: str | None) -> None:
@@ -549,11 +571,14 @@ def recover(ctx: Context, run: ServiceRun, spec_commit: str | None) -> None:
         return
     if _recorded(ctx, run.spec.service, written_at):
         return
-    if run.now - written_at < ctx.recover_after:
-        return  # possibly a concurrent reconciler that has not pushed its record yet
     try:
         reason = Reason(str(data.get("action")))
     except ValueError:
+        return
+    # A young stamp may belong to a concurrent run that has not pushed its record yet. A
+    # rollback is recovered at once all the same: its record is idempotent, and without it
+    # this run would take the live 100% stable for drift and route to the bad canary again.
+    if reason is not Reason.ROLLBACK and run.now - written_at < ctx.recover_after:
         return
     canary = data.get("canary")
     why = str(data.get("reason", ""))
@@ -562,7 +587,7 @@ def recover(ctx: Context, run: ServiceRun, spec_commit: str | None) -> None:
         reason is Reason.ROLLBACK
         and canary
         and run.spec.revisions.canary == canary
-        and (run.spec.rolled_back is None)
+        and not is_rolled_back(run.spec)
     ):
         text = yamledit.record_rollback(
             read_rollout(run.path), revision=canary, at=run.now, reason=why
@@ -572,6 +597,15 @@ def recover(ctx: Context, run: ServiceRun, spec_commit: str | None) -> None:
     elif reason is Reason.FINALIZE and canary and run.spec.revisions.canary == canary:
         st.atomic_write_text(run.path, yamledit.finalize(read_rollout(run.path)))
         run.edited = True
+    elif reason is Reason.ADVANCE and canary and canary == run.spec.revisions.canary:
+        percent = _stamp_split(data).percent_of(canary)
+        if percent != run.spec.canary_percent and percent in run.spec.stages:
+            # The advance's own commit was lost (its push failed): write it again, or the
+            # live stage would look like drift and be undone.
+            st.atomic_write_text(
+                run.path, yamledit.set_canary_percent(read_rollout(run.path), percent)
+            )
+            run.edited = True
     elif (
         reason is Reason.STAGE
         and run.spec.force
@@ -643,8 +677,8 @@ def reconcile_service(
     new_probes = probe(ctx, spec, live, now) if not dry_run else []
     probes = (*old_probes, *new_probes)[-ctx.window_keep * max(1, len(spec.probes)) :]
     verdict: Verdict | None = None
-    if canary is not None and live_pct > 0 and spec.rolled_back is None:
-        verdict = verdict_for(spec, status, windows, probes, stage_since)
+    if canary is not None and live_pct > 0 and not is_rolled_back(spec):
+        verdict = verdict_for(spec, windows, probes, stage_since)
         if metrics_error and verdict.outcome is not Outcome.FAIL:
             verdict = Verdict(Outcome.INCONCLUSIVE, verdict.gates)
     passing_since: datetime | None = None
@@ -689,6 +723,9 @@ def reconcile_service(
             sp, live, applied = _apply(ctx, run, sp, replan, spec_commit)
         except ReconcileError as exc:
             error = str(exc)
+            # A failure after the traffic write (the rollout edit) must not hide the write.
+            if run.wrote is not None:
+                sp, live, applied = run.wrote, run.live, True
 
     # record: one status write, metrics, events, one commit
     final_spec = load_spec(path) if run.edited else spec
@@ -699,7 +736,8 @@ def reconcile_service(
         applied_split = live.traffic  # in sync on a first run: that is what git wants
     new_status = st.ServiceStatus(
         service=spec.service,
-        phase=sp.phase,
+        # A plan that failed to apply says nothing about where the rollout stands.
+        phase=sp.phase if applied or not sp.changes or status is None else status.phase,
         stable_revision=final_spec.revisions.stable,
         canary_revision=final_canary,
         stage=final_pct,
@@ -725,7 +763,12 @@ def reconcile_service(
         and not (run.events or added or run.edited)
     )
     # Nothing new was seen: leave state/ alone rather than commit a timestamp every run.
-    commit = None if idle else record(ctx, run, sp, new_status, added, applied, spec_commit)
+    commit = None
+    if not idle:
+        try:
+            commit = record(ctx, run, sp, new_status, added, applied, spec_commit)
+        except ReconcileError as exc:
+            error = f"{error}; {exc}" if error else str(exc)
     return ServiceOutcome(
         spec.service,
         plan=sp,
@@ -771,6 +814,8 @@ def _apply(
     wrote = False
     if sp.changes:
         sp, live, wrote = write_traffic(ctx, spec, sp, replan, now)
+        run.live = live
+        run.wrote = sp if wrote else None
         ctx.progress(
             f"{sp.ref.service}: traffic {sp.before.describe()} -> {live.traffic.describe()}"
         )
@@ -865,9 +910,8 @@ def record(
             reconcile_trailers(run.spec.service, action, spec_commit),
         )
     except ReconcileError as exc:
-        raise ReconcileError(
-            f"{run.spec.service}: traffic is applied but the commit failed: {exc}"
-        ) from None
+        changed = " (traffic was changed; the next run records it)" if applied else ""
+        raise ReconcileError(f"{run.spec.service}: the commit failed{changed}: {exc}") from None
 
 
 # --- a run ----------------------------------------------------------------------------------------
@@ -879,9 +923,17 @@ def apply_all(
     saved: Plan | None = None,
 ) -> RunResult:
     """Reconcile every selected service; one failing service never blocks the others."""
+    pull_error: str | None = None
     if ctx.git is not None and not dry_run and ctx.push and ctx.git.has_remote():
-        ctx.git.pull()
+        try:
+            ctx.git.pull()
+        except ReconcileError as exc:
+            # Rollbacks must not wait for git: go on with the working tree as it is.
+            pull_error = f"pull failed, reconciled the local working tree: {exc}"
+            log.warning("%s", pull_error)
     if saved is not None:
+        if not saved.services:
+            return RunResult((), None, pull_error)  # an empty saved plan applies nothing
         patterns = [s.service for s in saved.services]
     specs, load_errors = load_all(rollout_files(ctx.repo / "rollout", patterns))
     outcomes = [ServiceOutcome(e.service, error=e.message) for e in load_errors]
@@ -922,13 +974,13 @@ def apply_all(
             outcome = ServiceOutcome(spec.service, error=str(exc))
         outcomes.append(outcome)
     pushed: bool | None = None
-    push_error: str | None = None
+    git_error = pull_error
     if ctx.git is not None and ctx.push and not dry_run and any(o.commit for o in outcomes):
         try:
             pushed = ctx.git.push()
         except ReconcileError as exc:
-            push_error = f"push failed (commits kept locally, the next run retries): {exc}"
-    return RunResult(tuple(sorted(outcomes, key=lambda o: o.service)), pushed, push_error)
+            git_error = f"push failed (commits kept locally, the next run retries): {exc}"
+    return RunResult(tuple(sorted(outcomes, key=lambda o: o.service)), pushed, git_error)
 
 
 def _stale(saved: ServicePlan, live: LiveService) -> str | None:

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from types import FrameType
 
+from reconciler.errors import ReconcileError
 from reconciler.reconcile import ROLLED_BACK_EXIT, RunResult, ServiceOutcome
 from reconciler.spec import format_duration
 
@@ -21,7 +22,8 @@ def describe(o: ServiceOutcome) -> str:
     sp = o.plan
     if sp is None:
         return o.service
-    pct = sp.after.percent_of(sp.canary) if sp.canary else 0
+    live = sp.after if o.applied else sp.before
+    pct = live.percent_of(sp.canary) if sp.canary else 0
     if o.rolled_back:
         why = "; ".join(o.verdict.failures) if o.verdict else (sp.edit.summary if sp.edit else "")
         return f"{o.service} ROLLED BACK: {why}"
@@ -37,8 +39,8 @@ def describe(o: ServiceOutcome) -> str:
 def tick_line(n: int, at: datetime, result: RunResult) -> str:
     """One progress line for one tick."""
     parts = [describe(o) for o in result.outcomes] or ["no services"]
-    if result.push_error:
-        parts.append(result.push_error)
+    if result.git_error:
+        parts.append(result.git_error)
     return f"[{at.strftime('%Y-%m-%dT%H:%M:%SZ')}] tick {n}: " + " | ".join(parts)
 
 
@@ -94,7 +96,11 @@ def watch(
     with stop_on_signals(stop):
         while True:
             ticks += 1
-            result = run_once()
+            try:
+                result = run_once()
+            except ReconcileError as exc:
+                # One bad tick (git or API down) must not end the monitor loop.
+                result = RunResult((), None, f"tick failed: {exc}")
             code = result.exit_code
             rolled_back = rolled_back or code == ROLLED_BACK_EXIT
             report(tick_line(ticks, clock(), result))

@@ -171,4 +171,4 @@ def test_no_credentials_is_one_line_not_a_traceback(sb: Sandbox) -> None:
     assert out.returncode == 1
     assert "Traceback" not in out.stderr
     assert out.stderr.strip().count("\n") == 0, out.stderr
-    assert "no Google credentials found" in out.stderr and "--offline" in out.stderr
+    assert "no usable Google credentials" in out.stderr and "--offline" in out.stderr

@@ -145,7 +145,7 @@ class Story:
 
     def check(self, result: RunResult, writes: int) -> None:
         where = "\n".join(self.log[-8:])
-        assert result.push_error is None, where
+        assert result.git_error is None, where
         head = self.sb.git("rev-parse", "HEAD")
         assert run_git(self.sb.remote, "rev-parse", "main") == head, f"not pushed\n{where}"
         spec = self.remote_spec()  # the remote's rollout file is valid (it loads)

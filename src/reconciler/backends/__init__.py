@@ -9,11 +9,12 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Protocol
 
+from reconciler.errors import ReconcileError
 from reconciler.model import LiveService, ServiceRef, TrafficSplit
 
 
-class BackendError(Exception):
-    """A backend failure an operator can act on (names the resource)."""
+class BackendError(ReconcileError):
+    """A backend failure an operator can act on (names the resource): one line, exit 1."""
 
 
 class NotFound(BackendError):

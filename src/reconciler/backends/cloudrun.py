@@ -7,6 +7,7 @@ Transient errors are retried (bounded); a conflict is reported, never overwritte
 
 from __future__ import annotations
 
+import concurrent.futures
 import logging
 import threading
 from collections.abc import Callable, Mapping
@@ -101,6 +102,11 @@ class CloudRunBackend:
             ) from None
         except gexc.GoogleAPICallError as exc:
             raise BackendError(f"{what}: {type(exc).__name__}: {exc.message}") from None
+        except concurrent.futures.TimeoutError:
+            # The operation did not finish in time; the write may still land: callers re-read.
+            raise BackendError(
+                f"{what}: the operation did not finish within {self._operation_timeout:g}s"
+            ) from None
         raise AssertionError("unreachable")  # pragma: no cover
 
     def _get_raw(self, ref: ServiceRef) -> Any:
@@ -170,7 +176,10 @@ class CloudRunBackend:
             # the write was ours - a concurrent writer may have set the same split - so with
             # annotations (the reconciler's stamp is unique per write) it must also carry
             # them; without, a conflict is never ours. Not ours: the caller re-reads.
-            after = self.get_service(ref)
+            try:
+                after = self.get_service(ref)
+            except BackendError:
+                raise exc from None  # the write's error says more than the re-read's
             landed = after.statuses.same_routing(split) and after.traffic.same_routing(split)
             if annotations:
                 ours = all(after.annotations.get(k) == v for k, v in annotations.items())
