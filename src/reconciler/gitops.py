@@ -316,7 +316,7 @@ class GitOps:
             )
             if status == 0:
                 return True
-            error = _last_line(err or out)
+            error = _reason(err or out)
             rejected = any(r in out or r in err for r in _REJECTED)
             # Someone pushed first: replay our commits on theirs and try again.
             if rejected and self._fetch(branch):
@@ -340,7 +340,7 @@ class GitOps:
         if status != 0:
             if "couldn't find remote ref" in err:
                 return self.head()
-            raise GitOpsError(f"fetch of {branch} from {self.remote} failed: {_last_line(err)}")
+            raise GitOpsError(f"fetch of {branch} from {self.remote} failed: {_reason(err)}")
         self._rebase(branch)
         return self.head()
 
@@ -388,7 +388,7 @@ class GitOps:
             if status != 0:
                 raise GitOpsError(
                     f"push of new branch {branch} to {self.remote} failed: "
-                    f"{_last_line(err or out)}; the branch is kept locally"
+                    f"{_reason(err or out)}; the branch is kept locally"
                 )
         elif push:
             log.warning("%s: no remote %r; branch %s not pushed", self.root, self.remote, branch)
@@ -408,7 +408,7 @@ class GitOps:
         status, out, err = self._git(*args, env=env)
         if status != 0:
             cmd = next(a for a in args if not a.startswith("-"))
-            raise GitOpsError(f"{self.root}: git {cmd} failed: {_last_line(err or out)}")
+            raise GitOpsError(f"{self.root}: git {cmd} failed: {_reason(err or out)}")
         return out
 
     def _rel(self, path: Path | str) -> str:
@@ -448,7 +448,7 @@ class GitOps:
     def _fetch(self, branch: str) -> bool:
         status, _, err = self._fetch_raw(branch)
         if status != 0:
-            log.warning("fetch of %s from %s failed: %s", branch, self.remote, _last_line(err))
+            log.warning("fetch of %s from %s failed: %s", branch, self.remote, _reason(err))
         return status == 0
 
     def _rebase(self, branch: str) -> None:
@@ -469,7 +469,7 @@ class GitOps:
         conflicts = self._git("diff", "--name-only", "--diff-filter=U")[1].split()
         if self._rebasing():
             self._git("rebase", "--abort")
-        what = f"conflicts in {', '.join(conflicts)}" if conflicts else _last_line(err or out)
+        what = f"conflicts in {', '.join(conflicts)}" if conflicts else _reason(err or out)
         raise GitOpsError(
             f"{self.root}: rebase of {branch} on {self.remote}/{branch} failed ({what}); "
             "rebase aborted, local commits kept: resolve by hand, then push"
@@ -493,6 +493,18 @@ def _union_attributes() -> Iterator[str]:
         yield str(path)
 
 
-def _last_line(text: str) -> str:
+def _reason(text: str) -> str:
+    """The line of git's output that says what went wrong.
+
+    git often ends with advice ("Please make sure ... and the repository exists."), so the
+    first `fatal:`/`error:`/`remote:` line wins; `fatal:` and `error:` are dropped because the
+    caller's message already says it failed. Otherwise the last non-empty line.
+    """
     lines = [line.strip() for line in text.splitlines() if line.strip()]
+    for line in lines:
+        prefix, sep, rest = line.partition(":")
+        if sep and prefix in ("fatal", "error") and rest.strip():
+            return rest.strip()
+        if sep and prefix == "remote" and rest.strip():
+            return line
     return lines[-1] if lines else "unknown error"

@@ -348,8 +348,20 @@ def test_pull_with_a_missing_remote_branch_does_nothing(remote: Path, tmp_path: 
 def test_pull_from_an_unreachable_remote_is_an_error(remote: Path, tmp_path: Path) -> None:
     ops = _ops(clone(remote, tmp_path / "a"))
     shutil.rmtree(remote)
-    with pytest.raises(GitOpsError, match="fetch of main from origin failed"):
+    with pytest.raises(GitOpsError, match="fetch of main from origin failed") as info:
         ops.pull()
+    # git's own reason, not the filler line it prints last ("and the repository exists.").
+    assert str(info.value).endswith("does not appear to be a git repository"), info.value
+    assert "fatal:" not in str(info.value)
+
+
+def test_push_error_names_the_reason_git_gave(remote: Path, tmp_path: Path) -> None:
+    ops = _ops(clone(remote, tmp_path / "a"))
+    run_git(ops.root, "remote", "set-url", "origin", str(tmp_path / "missing.git"))
+    write(ops.root, "state/ion-api/status.yaml", "x\n")
+    ops.commit(["state/ion-api"], "reconcile(ion-api): record")
+    with pytest.raises(GitOpsError, match=r"does not appear to be a git repository; the commits"):
+        ops.push(retries=0)
 
 
 # --- branch commits -------------------------------------------------------------------------
