@@ -25,7 +25,9 @@ merge of its pull request) is meant to run `apply`.
 Concurrent reconcilers (shards of a matrix, a manual run beside the scheduled one) rebase on
 each other's commits. During that rebase, `state/**/*.jsonl` files merge with git's built-in
 `union` driver (given through a temporary `core.attributesFile`, so the user's repository is
-not changed), because two appends to the same events or metrics file are both true.
+not changed), because two appends to the same events or metrics file are both true, and
+`state/**/status.yaml` with `reconciler.statemerge`, which keeps the snapshot whose
+`last_reconcile` is later (a rollback recorded by the run that pushes second is not lost).
 """
 
 from __future__ import annotations
@@ -36,6 +38,8 @@ import logging
 import os
 import random
 import re
+import shlex
+import sys
 import tempfile
 import time
 from collections.abc import Iterable, Iterator, Mapping
@@ -70,8 +74,10 @@ DEFAULT_EMAIL = "cloudrun-reconciler[bot]@users.noreply.github.com"
 SKIP_MARKER = "[skip reconcile]"
 SKIP_TRAILER = "Reconcile-Skip"
 # Appended logs merge line-wise; a status snapshot written by two concurrent runs keeps the one
-# already pushed (both runs' events still land through the union merge).
+# with the later `last_reconcile` (both runs' events still land through the union merge).
 UNION_ATTRIBUTES = "state/**/*.jsonl merge=union\nstate/**/status.yaml merge=reconcile-keep\n"
+# git runs the driver through the shell; the interpreter running now has `reconciler` installed.
+_STATUS_DRIVER = f"{shlex.quote(sys.executable)} -m reconciler.statemerge %O %A %B"
 
 _TRAILER_KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9-]*$")
 _TRAILER_LINE = re.compile(r"^([A-Za-z0-9][A-Za-z0-9-]*):\s*(.*)$")
@@ -458,7 +464,7 @@ class GitOps:
                 "-c",
                 f"core.attributesFile={attributes}",
                 "-c",
-                "merge.reconcile-keep.driver=true",
+                f"merge.reconcile-keep.driver={_STATUS_DRIVER}",
                 "rebase",
                 "--autostash",
                 upstream,

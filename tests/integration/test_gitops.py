@@ -317,6 +317,43 @@ def test_rebase_conflict_aborts_cleanly_and_keeps_the_local_commit(
     assert _remote_file(remote, "rollout/ion-api.yaml") == ROLLOUT.replace("5 ", "10").strip()
 
 
+def _status(when: str, phase: str) -> str:
+    return f"service: ion-api\nphase: {phase}\nlast_reconcile: '{when}'\n"
+
+
+EARLY, LATE = "2026-05-01T12:00:00Z", "2026-05-01T12:00:00.250000Z"
+
+
+@pytest.mark.parametrize(
+    ("first", "second", "kept"),
+    [
+        ((EARLY, "progressing"), (LATE, "rolled_back"), (LATE, "rolled_back")),
+        ((LATE, "rolled_back"), (EARLY, "progressing"), (LATE, "rolled_back")),
+    ],
+    ids=["later-pushes-second", "later-pushes-first"],
+)
+def test_concurrent_status_writes_keep_the_later_reconcile(
+    tmp_path: Path,
+    first: tuple[str, str],
+    second: tuple[str, str],
+    kept: tuple[str, str],
+) -> None:
+    remote = make_remote(
+        tmp_path, {"state/ion-api/status.yaml": _status("2026-05-01T11:00:00Z", "progressing")}
+    )
+    a, b = _ops(clone(remote, tmp_path / "a")), _ops(clone(remote, tmp_path / "b"))
+    write(a.root, "state/ion-api/status.yaml", _status(*first))
+    a.commit(["state/ion-api"], "reconcile(ion-api): first")
+    assert a.push() is True
+    write(b.root, "state/ion-api/status.yaml", _status(*second))
+    b.commit(["state/ion-api"], "reconcile(ion-api): second")
+
+    assert b.push() is True
+
+    assert _remote_file(remote, "state/ion-api/status.yaml") == _status(*kept).strip()
+    assert run_git(remote, "rev-parse", "main") == b.head()
+
+
 # --- pull -----------------------------------------------------------------------------------
 def test_pull_fast_forwards_and_keeps_unpushed_commits_on_top(remote: Path, tmp_path: Path) -> None:
     a, b = _ops(clone(remote, tmp_path / "a")), _ops(clone(remote, tmp_path / "b"))
