@@ -8,6 +8,7 @@
   fetches, rebases and retries, bounded, with a short jittered backoff. It never force-pushes.
   A rebase conflict aborts the rebase, keeps the local commit and raises `ReconcileError`.
 - `pull()` brings the branch up to date before a run.
+- `unpushed()` counts local commits the remote does not have yet (an earlier push failed).
 - `commit_to_branch(name, files, ...)` writes a commit on a new branch (for a pull request)
   without touching the working tree or the current branch.
 
@@ -254,6 +255,21 @@ class GitOps:
     def has_remote(self) -> bool:
         """True when the remote (default `origin`) is configured."""
         return self.remote in {r.name for r in self._repo.remotes}
+
+    def unpushed(self) -> int:
+        """How many commits of the current branch are not on `<remote>/<branch>` yet.
+
+        Read from the remote-tracking ref as of the last fetch or push, without network: a
+        run that committed nothing still pushes what an earlier failed push left behind.
+        0 when the remote is not configured or its branch was never fetched.
+        """
+        branch = self.branch()
+        if not self.has_remote():
+            return 0
+        upstream = f"refs/remotes/{self.remote}/{branch}"
+        if self._git("rev-parse", "--verify", "--quiet", f"{upstream}^{{commit}}")[0] != 0:
+            return 0
+        return int(self._check("rev-list", "--count", f"{upstream}..HEAD"))
 
     def last_commit_touching(self, path: Path | str) -> str | None:
         """The newest commit on HEAD that changed `path` (the spec commit applied), if any."""

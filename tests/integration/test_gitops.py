@@ -294,6 +294,40 @@ def test_push_to_an_unreachable_remote_fails_and_the_next_call_recovers(
     assert run_git(remote, "rev-parse", "main") == sha
 
 
+def test_unpushed_counts_commits_a_failed_push_left_behind(remote: Path, tmp_path: Path) -> None:
+    work = clone(remote, tmp_path / "a")
+    ops = _ops(work)
+    assert ops.unpushed() == 0
+    write(work, "state/ion-api/status.yaml", "x\n")
+    ops.commit(["state/ion-api"], "reconcile(ion-api): record")
+    write(work, "state/ion-api/status.yaml", "y\n")
+    ops.commit(["state/ion-api"], "reconcile(ion-api): record again")
+    moved = tmp_path / "moved.git"
+    shutil.move(remote, moved)
+    with pytest.raises(GitOpsError):
+        ops.push(retries=0)
+
+    shutil.move(moved, remote)
+    next_run = _ops(work)  # a later run that has nothing new to commit
+    assert next_run.unpushed() == 2
+    assert next_run.push() is True
+    assert next_run.unpushed() == 0
+    assert run_git(remote, "rev-parse", "main") == next_run.head()
+
+
+def test_unpushed_is_zero_without_a_remote_or_an_upstream_branch(
+    remote: Path, tmp_path: Path
+) -> None:
+    work = clone(remote, tmp_path / "a")
+    run_git(work, "switch", "--quiet", "-c", "feature")
+    write(work, "state/ion-api/status.yaml", "x\n")
+    ops = _ops(work)
+    ops.commit(["state/ion-api"], "reconcile(ion-api): record")
+    assert ops.unpushed() == 0  # no origin/feature yet
+    run_git(work, "remote", "remove", "origin")
+    assert ops.unpushed() == 0
+
+
 def test_rebase_conflict_aborts_cleanly_and_keeps_the_local_commit(
     remote: Path, tmp_path: Path
 ) -> None:
