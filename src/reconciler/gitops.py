@@ -8,6 +8,7 @@
   fetches, rebases and retries, bounded, with a short jittered backoff. It never force-pushes.
   A rebase conflict aborts the rebase, keeps the local commit and raises `ReconcileError`.
 - `pull()` brings the branch up to date before a run.
+- `unpushed()` counts local commits the remote does not have yet (an earlier push failed).
 - `commit_to_branch(name, files, ...)` writes a commit on a new branch (for a pull request)
   without touching the working tree or the current branch.
 
@@ -25,7 +26,9 @@ merge of its pull request) is meant to run `apply`.
 Concurrent reconcilers (shards of a matrix, a manual run beside the scheduled one) rebase on
 each other's commits. During that rebase, `state/**/*.jsonl` files merge with git's built-in
 `union` driver (given through a temporary `core.attributesFile`, so the user's repository is
-not changed), because two appends to the same events or metrics file are both true.
+not changed), because two appends to the same events or metrics file are both true, and
+`state/**/status.yaml` with `reconciler.statemerge`, which keeps the snapshot whose
+`last_reconcile` is later (a rollback recorded by the run that pushes second is not lost).
 """
 
 from __future__ import annotations
@@ -36,6 +39,8 @@ import logging
 import os
 import random
 import re
+import shlex
+import sys
 import tempfile
 import time
 from collections.abc import Iterable, Iterator, Mapping
@@ -70,8 +75,10 @@ DEFAULT_EMAIL = "cloudrun-reconciler[bot]@users.noreply.github.com"
 SKIP_MARKER = "[skip reconcile]"
 SKIP_TRAILER = "Reconcile-Skip"
 # Appended logs merge line-wise; a status snapshot written by two concurrent runs keeps the one
-# already pushed (both runs' events still land through the union merge).
+# with the later `last_reconcile` (both runs' events still land through the union merge).
 UNION_ATTRIBUTES = "state/**/*.jsonl merge=union\nstate/**/status.yaml merge=reconcile-keep\n"
+# git runs the driver through the shell; the interpreter running now has `reconciler` installed.
+_STATUS_DRIVER = f"{shlex.quote(sys.executable)} -m reconciler.statemerge %O %A %B"
 
 _TRAILER_KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9-]*$")
 _TRAILER_LINE = re.compile(r"^([A-Za-z0-9][A-Za-z0-9-]*):\s*(.*)$")
@@ -249,6 +256,21 @@ class GitOps:
         """True when the remote (default `origin`) is configured."""
         return self.remote in {r.name for r in self._repo.remotes}
 
+    def unpushed(self) -> int:
+        """How many commits of the current branch are not on `<remote>/<branch>` yet.
+
+        Read from the remote-tracking ref as of the last fetch or push, without network: a
+        run that committed nothing still pushes what an earlier failed push left behind.
+        0 when the remote is not configured or its branch was never fetched.
+        """
+        branch = self.branch()
+        if not self.has_remote():
+            return 0
+        upstream = f"refs/remotes/{self.remote}/{branch}"
+        if self._git("rev-parse", "--verify", "--quiet", f"{upstream}^{{commit}}")[0] != 0:
+            return 0
+        return int(self._check("rev-list", "--count", f"{upstream}..HEAD"))
+
     def last_commit_touching(self, path: Path | str) -> str | None:
         """The newest commit on HEAD that changed `path` (the spec commit applied), if any."""
         status, out, _ = self._git(
@@ -316,7 +338,7 @@ class GitOps:
             )
             if status == 0:
                 return True
-            error = _last_line(err or out)
+            error = _reason(err or out)
             rejected = any(r in out or r in err for r in _REJECTED)
             # Someone pushed first: replay our commits on theirs and try again.
             if rejected and self._fetch(branch):
@@ -340,7 +362,7 @@ class GitOps:
         if status != 0:
             if "couldn't find remote ref" in err:
                 return self.head()
-            raise GitOpsError(f"fetch of {branch} from {self.remote} failed: {_last_line(err)}")
+            raise GitOpsError(f"fetch of {branch} from {self.remote} failed: {_reason(err)}")
         self._rebase(branch)
         return self.head()
 
@@ -388,7 +410,7 @@ class GitOps:
             if status != 0:
                 raise GitOpsError(
                     f"push of new branch {branch} to {self.remote} failed: "
-                    f"{_last_line(err or out)}; the branch is kept locally"
+                    f"{_reason(err or out)}; the branch is kept locally"
                 )
         elif push:
             log.warning("%s: no remote %r; branch %s not pushed", self.root, self.remote, branch)
@@ -408,7 +430,7 @@ class GitOps:
         status, out, err = self._git(*args, env=env)
         if status != 0:
             cmd = next(a for a in args if not a.startswith("-"))
-            raise GitOpsError(f"{self.root}: git {cmd} failed: {_last_line(err or out)}")
+            raise GitOpsError(f"{self.root}: git {cmd} failed: {_reason(err or out)}")
         return out
 
     def _rel(self, path: Path | str) -> str:
@@ -448,7 +470,7 @@ class GitOps:
     def _fetch(self, branch: str) -> bool:
         status, _, err = self._fetch_raw(branch)
         if status != 0:
-            log.warning("fetch of %s from %s failed: %s", branch, self.remote, _last_line(err))
+            log.warning("fetch of %s from %s failed: %s", branch, self.remote, _reason(err))
         return status == 0
 
     def _rebase(self, branch: str) -> None:
@@ -458,7 +480,7 @@ class GitOps:
                 "-c",
                 f"core.attributesFile={attributes}",
                 "-c",
-                "merge.reconcile-keep.driver=true",
+                f"merge.reconcile-keep.driver={_STATUS_DRIVER}",
                 "rebase",
                 "--autostash",
                 upstream,
@@ -469,7 +491,7 @@ class GitOps:
         conflicts = self._git("diff", "--name-only", "--diff-filter=U")[1].split()
         if self._rebasing():
             self._git("rebase", "--abort")
-        what = f"conflicts in {', '.join(conflicts)}" if conflicts else _last_line(err or out)
+        what = f"conflicts in {', '.join(conflicts)}" if conflicts else _reason(err or out)
         raise GitOpsError(
             f"{self.root}: rebase of {branch} on {self.remote}/{branch} failed ({what}); "
             "rebase aborted, local commits kept: resolve by hand, then push"
@@ -493,6 +515,18 @@ def _union_attributes() -> Iterator[str]:
         yield str(path)
 
 
-def _last_line(text: str) -> str:
+def _reason(text: str) -> str:
+    """The line of git's output that says what went wrong.
+
+    git often ends with advice ("Please make sure ... and the repository exists."), so the
+    first `fatal:`/`error:`/`remote:` line wins; `fatal:` and `error:` are dropped because the
+    caller's message already says it failed. Otherwise the last non-empty line.
+    """
     lines = [line.strip() for line in text.splitlines() if line.strip()]
+    for line in lines:
+        prefix, sep, rest = line.partition(":")
+        if sep and prefix in ("fatal", "error") and rest.strip():
+            return rest.strip()
+        if sep and prefix == "remote" and rest.strip():
+            return line
     return lines[-1] if lines else "unknown error"

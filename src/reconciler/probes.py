@@ -31,6 +31,7 @@ from reconciler.analysis import ProbeRun
 from reconciler.errors import ReconcileError
 from reconciler.model import GateResult, LiveService, Outcome, ServiceRef
 from reconciler.spec import Check, EnvValue, RolloutSpec
+from reconciler.state import atomic_write_text
 
 if TYPE_CHECKING:
     from reconciler.backends import TrafficBackend
@@ -624,12 +625,12 @@ def compare_to_baseline(
 def save_baseline(state_dir: Path, baseline: Baseline) -> Path:
     """Write `state/<service>/baselines/<UTC timestamp>.json` and `latest.json`; the path."""
     folder = state_dir / baseline.service / "baselines"
-    folder.mkdir(parents=True, exist_ok=True)
     stamp = baseline.taken_at.astimezone(UTC).strftime("%Y%m%dT%H%M%SZ")
     text = json.dumps(baseline.to_dict(), indent=2, ensure_ascii=False) + "\n"
     path = folder / f"{stamp}.json"
-    path.write_text(text, encoding="utf-8")
-    (folder / "latest.json").write_text(text, encoding="utf-8")
+    # Temp file + rename: an interrupted run never leaves a truncated baseline to compare to.
+    atomic_write_text(path, text)
+    atomic_write_text(folder / "latest.json", text)
     return path
 
 

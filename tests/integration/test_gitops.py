@@ -294,6 +294,40 @@ def test_push_to_an_unreachable_remote_fails_and_the_next_call_recovers(
     assert run_git(remote, "rev-parse", "main") == sha
 
 
+def test_unpushed_counts_commits_a_failed_push_left_behind(remote: Path, tmp_path: Path) -> None:
+    work = clone(remote, tmp_path / "a")
+    ops = _ops(work)
+    assert ops.unpushed() == 0
+    write(work, "state/ion-api/status.yaml", "x\n")
+    ops.commit(["state/ion-api"], "reconcile(ion-api): record")
+    write(work, "state/ion-api/status.yaml", "y\n")
+    ops.commit(["state/ion-api"], "reconcile(ion-api): record again")
+    moved = tmp_path / "moved.git"
+    shutil.move(remote, moved)
+    with pytest.raises(GitOpsError):
+        ops.push(retries=0)
+
+    shutil.move(moved, remote)
+    next_run = _ops(work)  # a later run that has nothing new to commit
+    assert next_run.unpushed() == 2
+    assert next_run.push() is True
+    assert next_run.unpushed() == 0
+    assert run_git(remote, "rev-parse", "main") == next_run.head()
+
+
+def test_unpushed_is_zero_without_a_remote_or_an_upstream_branch(
+    remote: Path, tmp_path: Path
+) -> None:
+    work = clone(remote, tmp_path / "a")
+    run_git(work, "switch", "--quiet", "-c", "feature")
+    write(work, "state/ion-api/status.yaml", "x\n")
+    ops = _ops(work)
+    ops.commit(["state/ion-api"], "reconcile(ion-api): record")
+    assert ops.unpushed() == 0  # no origin/feature yet
+    run_git(work, "remote", "remove", "origin")
+    assert ops.unpushed() == 0
+
+
 def test_rebase_conflict_aborts_cleanly_and_keeps_the_local_commit(
     remote: Path, tmp_path: Path
 ) -> None:
@@ -315,6 +349,43 @@ def test_rebase_conflict_aborts_cleanly_and_keeps_the_local_commit(
     assert (b.root / "README.md").read_text() == "unrelated human edit\n"
     assert run_git(b.root, "status", "--porcelain") == " M README.md"
     assert _remote_file(remote, "rollout/ion-api.yaml") == ROLLOUT.replace("5 ", "10").strip()
+
+
+def _status(when: str, phase: str) -> str:
+    return f"service: ion-api\nphase: {phase}\nlast_reconcile: '{when}'\n"
+
+
+EARLY, LATE = "2026-05-01T12:00:00Z", "2026-05-01T12:00:00.250000Z"
+
+
+@pytest.mark.parametrize(
+    ("first", "second", "kept"),
+    [
+        ((EARLY, "progressing"), (LATE, "rolled_back"), (LATE, "rolled_back")),
+        ((LATE, "rolled_back"), (EARLY, "progressing"), (LATE, "rolled_back")),
+    ],
+    ids=["later-pushes-second", "later-pushes-first"],
+)
+def test_concurrent_status_writes_keep_the_later_reconcile(
+    tmp_path: Path,
+    first: tuple[str, str],
+    second: tuple[str, str],
+    kept: tuple[str, str],
+) -> None:
+    remote = make_remote(
+        tmp_path, {"state/ion-api/status.yaml": _status("2026-05-01T11:00:00Z", "progressing")}
+    )
+    a, b = _ops(clone(remote, tmp_path / "a")), _ops(clone(remote, tmp_path / "b"))
+    write(a.root, "state/ion-api/status.yaml", _status(*first))
+    a.commit(["state/ion-api"], "reconcile(ion-api): first")
+    assert a.push() is True
+    write(b.root, "state/ion-api/status.yaml", _status(*second))
+    b.commit(["state/ion-api"], "reconcile(ion-api): second")
+
+    assert b.push() is True
+
+    assert _remote_file(remote, "state/ion-api/status.yaml") == _status(*kept).strip()
+    assert run_git(remote, "rev-parse", "main") == b.head()
 
 
 # --- pull -----------------------------------------------------------------------------------
@@ -348,8 +419,20 @@ def test_pull_with_a_missing_remote_branch_does_nothing(remote: Path, tmp_path: 
 def test_pull_from_an_unreachable_remote_is_an_error(remote: Path, tmp_path: Path) -> None:
     ops = _ops(clone(remote, tmp_path / "a"))
     shutil.rmtree(remote)
-    with pytest.raises(GitOpsError, match="fetch of main from origin failed"):
+    with pytest.raises(GitOpsError, match="fetch of main from origin failed") as info:
         ops.pull()
+    # git's own reason, not the filler line it prints last ("and the repository exists.").
+    assert str(info.value).endswith("does not appear to be a git repository"), info.value
+    assert "fatal:" not in str(info.value)
+
+
+def test_push_error_names_the_reason_git_gave(remote: Path, tmp_path: Path) -> None:
+    ops = _ops(clone(remote, tmp_path / "a"))
+    run_git(ops.root, "remote", "set-url", "origin", str(tmp_path / "missing.git"))
+    write(ops.root, "state/ion-api/status.yaml", "x\n")
+    ops.commit(["state/ion-api"], "reconcile(ion-api): record")
+    with pytest.raises(GitOpsError, match=r"does not appear to be a git repository; the commits"):
+        ops.push(retries=0)
 
 
 # --- branch commits -------------------------------------------------------------------------

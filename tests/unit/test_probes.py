@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -378,6 +379,26 @@ def test_baseline_round_trip(tmp_path: Path) -> None:
     assert load_baseline(tmp_path, "ion-api") == baseline
     assert load_baseline(tmp_path, "other") is None
     assert json.loads(path.read_text())["taken_at"] == "2026-03-01T12:30:05Z"
+
+
+def test_baseline_replaces_latest_atomically(tmp_path: Path) -> None:
+    first = Baseline("ion-api", datetime(2026, 3, 1, tzinfo=UTC), "stable", "r1", (BASE,))
+    second = Baseline("ion-api", datetime(2026, 3, 2, tzinfo=UTC), "stable", "r2", (BASE,))
+    folder = save_baseline(tmp_path, first).parent
+    before = (folder / "latest.json").read_text()
+    # A reader that opened the old latest.json (same inode) must never see a half-written
+    # file: the new one is written beside it and renamed over it.
+    os.link(folder / "latest.json", tmp_path / "reader.json")
+
+    save_baseline(tmp_path, second)
+
+    assert (tmp_path / "reader.json").read_text() == before
+    assert load_baseline(tmp_path, "ion-api") == second
+    assert sorted(p.name for p in folder.iterdir()) == [
+        "20260301T000000Z.json",
+        "20260302T000000Z.json",
+        "latest.json",
+    ]
 
 
 @pytest.mark.parametrize(

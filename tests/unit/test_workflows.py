@@ -315,6 +315,25 @@ def test_apply_job_pushes_state_and_surfaces_rollbacks() -> None:
         assert "exit 4" in script
 
 
+def test_dispatch_rollback_does_not_prompt() -> None:
+    # Actions has no terminal and the CLI refuses to prompt without one.
+    script = _run_text(_reconcile_jobs()["apply"])
+    rollbacks = [line for line in script.splitlines() if re.search(r"\breconcile rollback\b", line)]
+    assert rollbacks
+    assert all("--force" in line for line in rollbacks), rollbacks
+
+
+def test_reconciler_commits_as_the_actions_bot() -> None:
+    # The reconciler commits as RECONCILE_GIT_NAME/EMAIL (BotIdentity.from_env); git config
+    # user.* would have no effect on its commits.
+    job = _reconcile_jobs()["apply"]
+    assert job["env"]["RECONCILE_GIT_NAME"] == "github-actions[bot]"
+    assert job["env"]["RECONCILE_GIT_EMAIL"] == (
+        "41898282+github-actions[bot]@users.noreply.github.com"
+    )
+    assert "git config user." not in _run_text(job)
+
+
 @pytest.mark.parametrize(
     ("scope", "holds"),
     [
