@@ -271,6 +271,18 @@ class GitOps:
             return 0
         return int(self._check("rev-list", "--count", f"{upstream}..HEAD"))
 
+    def uncommitted(self, path: Path | str) -> list[str]:
+        """Files under `path` that differ from HEAD (modified, staged, or untracked)."""
+        _, out, _ = self._git(
+            "--literal-pathspecs",
+            "status",
+            "--porcelain",
+            "--untracked-files=all",
+            "--",
+            self._rel(path),
+        )
+        return [line[3:] for line in out.splitlines() if line.strip()]
+
     def last_commit_touching(self, path: Path | str) -> str | None:
         """The newest commit on HEAD that changed `path` (the spec commit applied), if any."""
         status, out, _ = self._git(

@@ -931,6 +931,15 @@ def apply_all(
             # Rollbacks must not wait for git: go on with the working tree as it is.
             pull_error = f"pull failed, reconciled the local working tree: {exc}"
             log.warning("%s", pull_error)
+    if ctx.git is not None and not dry_run:
+        dirty = ctx.git.uncommitted(ctx.repo / "rollout")
+        if dirty:
+            # Git is the desired state: applying an edit nobody committed would make live
+            # traffic disagree with every commit.
+            raise ReconcileError(
+                f"{dirty[0]}: uncommitted change in rollout/; commit it first "
+                "(or try it with --dry-run or --no-commit)"
+            )
     if saved is not None:
         if not saved.services:
             return RunResult((), None, pull_error)  # an empty saved plan applies nothing
@@ -975,7 +984,12 @@ def apply_all(
         outcomes.append(outcome)
     pushed: bool | None = None
     git_error = pull_error
-    if ctx.git is not None and ctx.push and not dry_run and any(o.commit for o in outcomes):
+    if (
+        ctx.git is not None
+        and ctx.push
+        and not dry_run
+        and (any(o.commit for o in outcomes) or ctx.git.unpushed())
+    ):
         try:
             pushed = ctx.git.push()
         except ReconcileError as exc:

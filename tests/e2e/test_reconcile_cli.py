@@ -100,9 +100,12 @@ def test_unknown_service_and_bad_file_are_one_line_errors(sb: Sandbox) -> None:
     assert (
         out.stderr.strip().count("\n") == 0 and "payments.yaml: no such rollout file" in out.stderr
     )
-    sb.rollout().write_text(
-        sb.rollout().read_text().replace("canary_percent: 5", "canary_percent: 7")
-    )
+    text = sb.rollout().read_text().replace("canary_percent: 5", "canary_percent: 7")
+    sb.rollout().write_text(text)
+    out = reconcile(sb, "apply")
+    assert out.returncode == 1  # not committed: refused before anything else
+    assert "uncommitted change in rollout/" in out.stderr and "Traceback" not in out.stderr
+    sb.commit_rollout(text, "a stage that does not exist")
     out = reconcile(sb, "apply")
     assert out.returncode == 1
     assert "rollout/ion-api.yaml:" in out.stderr and "canary_percent" in out.stderr

@@ -161,6 +161,8 @@ def test_one_failing_service_does_not_stop_the_others(sb: Sandbox) -> None:
     ghost = example_rollout(sb.emu).replace("ion-api", "ghost-api")
     (sb.repo / "rollout" / "ghost-api.yaml").write_text(ghost, encoding="utf-8")
     (sb.repo / "rollout" / "broken.yaml").write_text("service: [\n", encoding="utf-8")
+    sb.git("add", "rollout")
+    sb.git("commit", "--quiet", "-m", "two more rollout files")
     result = apply_all(context(sb))
     assert result.exit_code == 1
     by = {o.service: o for o in result.outcomes}
@@ -185,3 +187,11 @@ def test_saved_plan_is_refused_when_git_changed_since(sb: Sandbox) -> None:
     assert "saved plan is stale" in (result.outcomes[0].error or "")
     assert sb.emu.write_attempts == 0
     assert live_split(sb) == {STABLE: (100, "")}
+
+
+def test_an_empty_saved_plan_applies_nothing(sb: Sandbox) -> None:
+    empty = plan_from_json(plan_json(plan_all(sb.repo, ["nothing-*"], CloudRunBackend(), sb.now())))
+    assert empty.services == ()
+    result = apply_all(context(sb), saved=empty)
+    assert result.exit_code == 0 and result.outcomes == ()
+    assert sb.emu.write_attempts == 0

@@ -10,6 +10,7 @@ import pytest
 
 from reconciler import clients
 from reconciler.backends.cloudrun import CloudRunBackend
+from reconciler.errors import ReconcileError
 from reconciler.gitops import GitOps
 from reconciler.loader import load_spec
 from reconciler.manual import promote, rollback
@@ -223,3 +224,19 @@ def test_crash_after_a_forced_stage_still_removes_force(sb: Sandbox) -> None:
     assert apply_all(context(sb)).exit_code == 0
     assert "force" not in sb.remote_file("rollout/ion-api.yaml")
     assert live_percents(sb) == {STABLE: 75, CANARY: 25}
+
+
+def test_a_second_rollback_is_a_no_op(sb: Sandbox) -> None:
+    assert apply_all(context(sb)).exit_code == 0
+    assert rollback(context(sb), "ion-api", "first").rolled_back
+    head, writes = sb.git("rev-parse", "HEAD"), sb.emu.writes
+    again = rollback(context(sb), "ion-api", "second")
+    assert again.plan is None and again.commit is None
+    assert sb.git("rev-parse", "HEAD") == head and sb.emu.writes == writes
+
+
+def test_manual_actions_name_one_service(sb: Sandbox) -> None:
+    with pytest.raises(ReconcileError, match="name one service, not a pattern"):
+        rollback(context(sb), "ion-*", "oops")
+    with pytest.raises(ReconcileError, match="no such rollout file"):
+        promote(context(sb), "payments")

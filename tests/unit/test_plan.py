@@ -291,3 +291,12 @@ def test_desired_split_of_rolled_back_spec_has_no_canary() -> None:
         canary_percent=0, rolled_back={"revision": CANARY, "at": NOW.isoformat(), "reason": "x"}
     )
     assert desired_split(spec).percents() == {STABLE: 100}
+
+
+def test_an_old_rollback_block_does_not_shield_a_new_canary() -> None:
+    # The block names the previous canary; the new one must still be judged and rolled back.
+    old = {"revision": OTHER, "at": NOW.isoformat(), "reason": "old failure"}
+    spec = make_spec(rolled_back=old)
+    sp = plan_service(spec, AT_5, now=NOW, verdict=FAIL)
+    assert sp.reason is Reason.ROLLBACK
+    assert sp.edit is not None and sp.edit.values["rolled_back"]["revision"] == CANARY
