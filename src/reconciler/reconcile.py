@@ -420,6 +420,11 @@ def stamp(sp: ServicePlan, now: datetime, reason: str) -> dict[str, str]:
         "canary": sp.canary,
         "reason": reason,
     }
+    block = sp.edit.values.get("rolled_back") if sp.edit is not None else None
+    if isinstance(block, Mapping):
+        # The exact reason the rollback writes into the rollout file, so a recovered record
+        # is byte-identical to the one the writing run commits (no conflict if both land).
+        data["rolled_back_reason"] = str(block.get("reason", reason))
     return {STAMP_KEY: json.dumps(data, separators=(",", ":"), sort_keys=True)}
 
 
@@ -590,7 +595,10 @@ def recover(ctx: Context, run: ServiceRun, spec_commit: str | None) -> None:
         and not is_rolled_back(run.spec)
     ):
         text = yamledit.record_rollback(
-            read_rollout(run.path), revision=canary, at=run.now, reason=why
+            read_rollout(run.path),
+            revision=canary,
+            at=written_at,
+            reason=str(data.get("rolled_back_reason", why)),
         )
         st.atomic_write_text(run.path, text)
         run.edited = True
