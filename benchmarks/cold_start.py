@@ -27,9 +27,9 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
+
+from reconciler.testing.emulator import emulator_process
 
 ROOT = Path(__file__).resolve().parents[1]
 TARGET_HELP = 0.3
@@ -41,31 +41,6 @@ def reconcile_command() -> tuple[list[str], str]:
     if script.is_file():
         return [str(script)], "reconcile (console script)"
     return [sys.executable, "-m", "reconciler"], "python -m reconciler"
-
-
-@contextmanager
-def emulator_process() -> Iterator[dict[str, str]]:
-    """`reconcile emulator serve` on free ports; yields the environment it prints."""
-    cmd = [sys.executable, "-m", "reconciler", "emulator", "serve", "--port", "0"]
-    cmd += ["--http-port", "0", "--simulate-latency"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-    try:
-        env: dict[str, str] = {}
-        assert proc.stdout is not None
-        while len(env) < 2:
-            line = proc.stdout.readline()
-            if not line:
-                raise RuntimeError(f"emulator exited with {proc.wait()} before it was ready")
-            key, _, value = line.removeprefix("export ").strip().partition("=")
-            env[key] = value
-        yield env
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 def timed(argv: list[str], cwd: Path, env: dict[str, str]) -> float:

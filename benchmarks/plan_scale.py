@@ -27,13 +27,10 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,6 +38,7 @@ from typing import Any
 import yaml
 
 from reconciler.emulator.cli import admin_call
+from reconciler.testing.emulator import emulator_process
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "rollout" / "ion-api.yaml"
@@ -81,31 +79,6 @@ def write_repo(repo: Path, n: int) -> None:
             .replace("ion-api", svc)
         )
         (repo / "rollout" / f"{svc}.yaml").write_text(text, encoding="utf-8")
-
-
-@contextmanager
-def emulator_process(scenario_file: Path) -> Iterator[dict[str, str]]:
-    """`reconcile emulator serve` on free ports; yields the environment it prints."""
-    cmd = [sys.executable, "-m", "reconciler", "emulator", "serve", "--port", "0"]
-    cmd += ["--http-port", "0", "--simulate-latency", "--scenario", str(scenario_file)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-    try:
-        env: dict[str, str] = {}
-        assert proc.stdout is not None
-        while len(env) < 2:
-            line = proc.stdout.readline()
-            if not line:
-                raise RuntimeError(f"emulator exited with {proc.wait()} before it was ready")
-            key, _, value = line.removeprefix("export ").strip().partition("=")
-            env[key] = value
-        yield env
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 def calls(http_url: str) -> dict[str, int]:
@@ -192,7 +165,7 @@ def measure(n: int, reps: int, workers: int) -> Row:
         scenario_file.write_text(yaml.safe_dump(scenario(n)), encoding="utf-8")
         repo = base / "repo"
         write_repo(repo, n)
-        with emulator_process(scenario_file) as env:
+        with emulator_process("--scenario", str(scenario_file)) as env:
             os.environ.update(env)
             os.environ["RECONCILE_METRICS_LAG"] = "0s"
             host, http_url = env["CLOUD_RUN_EMULATOR_HOST"], env["CLOUD_RUN_EMULATOR_HTTP"]
