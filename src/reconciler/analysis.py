@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from reconciler.model import GateResult, Outcome, Verdict, WindowStats
-from reconciler.spec import Gates, format_duration
+from reconciler.spec import Gates, format_duration, format_percent
 from reconciler.stats import difference_interval, wilson_interval, z_score
 
 
@@ -151,11 +151,6 @@ def _secs(x: float) -> str:
     return f"{x * 1000:.0f}ms" if x < 1 else f"{x:.1f}s"
 
 
-def _pct_limit(x: float) -> str:
-    """A configured share, as the rollout file writes it: `5%`, `0.5%`."""
-    return f"{round(x * 100, 6):g}%"
-
-
 def _secs_limit(x: float) -> str:
     """A configured latency, as the rollout file writes it: `20s`, `500ms`."""
     return f"{x * 1000:g}ms" if x < 1 else f"{x:g}s"
@@ -207,7 +202,7 @@ class _Rule:
     """Judges one window."""
     pool: Callable[[list[_Seen]], tuple[float | None, str]]
     """The value over several windows and its text."""
-    limit: Callable[[float], str] = _pct_limit
+    limit: Callable[[float], str] = format_percent
     """Formats a configured limit the way the rollout file writes it."""
     worse: str = ">"
     """How a failing value compares with the threshold (`>` for a max, `<` for a min)."""

@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Literal
 from reconciler.errors import ReconcileError
 from reconciler.model import Outcome, Verdict, WindowStats
 from reconciler.plan import Phase
-from reconciler.spec import RolloutSpec, format_duration
+from reconciler.spec import RolloutSpec, format_duration, format_percent
 from reconciler.stats import bucket_percentile, merge_buckets
 
 if TYPE_CHECKING:
@@ -333,8 +333,8 @@ def _span_findings(summary: RevisionSummary | None, limits: dict[str, _Limits]) 
         return []
     out = []
     checks: list[tuple[str, float | None, Callable[[float], str], Callable[[float], str]]] = [
-        ("error_rate", summary.error_rate, _pct, _pct_limit),
-        ("success_rate", summary.success_rate, _pct, _pct_limit),
+        ("error_rate", summary.error_rate, _pct, format_percent),
+        ("success_rate", summary.success_rate, _pct, format_percent),
         ("p95", summary.p95, _secs, _secs_limit),
     ]
     for key, value, fmt, limit in checks:
@@ -444,11 +444,6 @@ def _pct(x: float) -> str:
 def _secs(x: float) -> str:
     """A latency: whole milliseconds below a second, else seconds with two decimals."""
     return f"{x * 1000:.0f}ms" if x < 1 else f"{x:.2f}s"
-
-
-def _pct_limit(x: float) -> str:
-    """A configured share, as the rollout file writes it: `5%`, `0.5%`."""
-    return f"{round(x * 100, 6):g}%"
 
 
 def _secs_limit(x: float) -> str:
@@ -662,7 +657,7 @@ def _traffic_section(
 
     def row(label: str, cells: list[str], key: str | None = None) -> str:
         lim = limits.get(key) if key else None
-        limit = _secs_limit if key == "p95" else _pct_limit
+        limit = _secs_limit if key == "p95" else format_percent
         return (
             f"| {label} | "
             + " | ".join(cells)
