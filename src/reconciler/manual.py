@@ -80,7 +80,7 @@ def rollback(ctx: Context, service: str, reason: str) -> ServiceOutcome:
     if sp.changes:
         sp, live, _ = write_traffic(ctx, spec, sp, replan, now)
     if sp.edit is not None and (spec.canary_percent != 0 or not is_rolled_back(spec)):
-        edit_rollout_file(path, sp.edit, spec, now)
+        edit_rollout_file(path, sp.edit)
         run.edited = True
     run.events.append(
         st.Event(

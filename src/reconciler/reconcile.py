@@ -499,24 +499,17 @@ def read_rollout(path: Path) -> str:
     return path.read_bytes().decode("utf-8")
 
 
-def edit_rollout_file(path: Path, edit: SpecEdit, spec: RolloutSpec, now: datetime) -> None:
+def edit_text(text: str, edit: SpecEdit) -> str:
+    """The rollout file's text with the planner's complete edit applied (the one edit path):
+    a None value removes its key, a mapping replaces its key, every other byte is kept."""
+    remove = [k for k, v in edit.values.items() if v is None or isinstance(v, Mapping)]
+    values = {k: v for k, v in edit.values.items() if v is not None}
+    return yamledit.edit_rollout(text, set_values=values, remove=remove)
+
+
+def edit_rollout_file(path: Path, edit: SpecEdit) -> None:
     """Carry out the planner's edit of the rollout file, keeping every other byte."""
-    text = read_rollout(path)
-    if edit.kind is Reason.ROLLBACK:
-        rb = edit.values.get("rolled_back")
-        if isinstance(rb, Mapping):
-            text = yamledit.record_rollback(
-                text, revision=str(rb["revision"]), at=now, reason=str(rb["reason"])
-            )
-        else:
-            text = yamledit.set_canary_percent(text, 0)
-    elif edit.kind is Reason.FINALIZE:
-        text = yamledit.finalize(text)
-    else:
-        text = yamledit.set_canary_percent(text, int(edit.values["canary_percent"]))
-        if spec.force:
-            text = yamledit.remove_force(text)
-    st.atomic_write_text(path, text)
+    st.atomic_write_text(path, edit_text(read_rollout(path), edit))
 
 
 _EVENT_KIND = {
@@ -809,7 +802,7 @@ def _apply(
     if sp.edit is not None and sp.edit.kind is Reason.ADVANCE:
         # An advance is a change of desired state: committed first, then applied, so git
         # holds the new stage even if the traffic write fails or the process dies.
-        edit_rollout_file(run.path, sp.edit, spec, now)
+        edit_rollout_file(run.path, sp.edit)
         run.edited = True
         if ctx.git is not None:
             ctx.git.commit(
@@ -828,10 +821,7 @@ def _apply(
             f"{sp.ref.service}: traffic {sp.before.describe()} -> {live.traffic.describe()}"
         )
     if sp.edit is not None and sp.edit.kind is not Reason.ADVANCE:
-        edit_rollout_file(run.path, sp.edit, spec, now)
-        run.edited = True
-    elif sp.reason is Reason.STAGE and spec.force and sp.changes:
-        st.atomic_write_text(run.path, yamledit.remove_force(read_rollout(run.path)))
+        edit_rollout_file(run.path, sp.edit)
         run.edited = True
     run.live = live
     if not wrote and sp.edit is None:
