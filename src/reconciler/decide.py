@@ -174,6 +174,87 @@ def decide(
     """
     canary = spec.revisions.canary
     live_pct = live.traffic.percent_of(canary) if canary else 0
+    j = _judged(spec, status, live_pct, now, windows, probe_runs, metrics_error, window_keep)
+    history = History(
+        last_applied=status.applied if status else None,
+        passing_since=j.passing_since,
+        stage_percent=live_pct if j.passing_since else None,
+    )
+    verdict = j.verdict
+    sp = plan_service(
+        spec, live, now=now, verdict=verdict, history=history, check_revisions=check_revisions
+    )
+    if metrics_error:
+        sp = replace(sp, warnings=(*sp.warnings, f"metrics: {metrics_error}"))
+    sp = replace(sp, blocked=sp.blocked or _hold(spec, status, live, sp, config_errors))
+    events = tuple(
+        Event(now, EventKind.PROBE_FAILED, actor, reason=p.reason, spec_commit=spec_commit)
+        for p in probe_runs
+        if not p.ok
+    )
+    base = ServiceStatus(
+        service=spec.service,
+        phase=sp.phase if not sp.changes or status is None else status.phase,
+        stable_revision=spec.revisions.stable,
+        canary_revision=canary,
+        stage=live_pct,
+        stage_since=j.since,
+        traffic=live.traffic,
+        etag=live.etag,
+        generation=live.generation,
+        observed_generation=live.observed_generation,
+        last_reconcile=now,
+        spec_commit=spec_commit,
+        verdict=verdict if verdict is not None else (status.verdict if status else None),
+        verdict_at=now if verdict is not None else (status.verdict_at if status else None),
+        windows=j.windows,
+        applied=_held_applied(status, sp, live),
+        passing_since=j.passing_since,
+        probes=j.probes,
+        streaks=j.streaks,
+    )
+    return Decision(
+        plan=sp,
+        status=carried_out(base, sp, status, now),
+        held=base,
+        events=events,
+        done=(action_event(sp, now, actor, spec_commit),),
+        commit=commit_for(sp, spec_commit),
+        held_commit=Commit(
+            f"reconcile({spec.service}): observed state",
+            _verdict_body(verdict),
+            _trailers(spec.service, "record", spec_commit),
+        ),
+        added=j.added,
+        previous=status,
+    )
+
+
+@dataclass(frozen=True)
+class _Judgement:
+    """What a tick measured and concluded about the canary at its current stage."""
+
+    since: datetime
+    windows: tuple[WindowStats, ...]
+    added: tuple[WindowStats, ...]
+    probes: tuple[ProbeRecord, ...]
+    streaks: Mapping[str, Streak]
+    verdict: Verdict | None
+    passing_since: datetime | None
+
+
+def _judged(
+    spec: RolloutSpec,
+    status: ServiceStatus | None,
+    live_pct: int,
+    now: datetime,
+    windows: Iterable[WindowStats],
+    probe_runs: Sequence[ProbeRecord],
+    metrics_error: str | None,
+    window_keep: int,
+) -> _Judgement:
+    """Keep the new windows and probe runs, count streaks, judge, run the bake timer."""
+    canary = spec.revisions.canary
     since = stage_since(status, canary=canary, stage=live_pct, now=now)
     kept, added = merge_windows(status.windows if status else (), windows, window_keep)
     configured = {p.name for p in spec.probes}
@@ -198,58 +279,7 @@ def decide(
     if verdict is not None and not promotion_blockers(verdict):
         # The bake timer: since when the canary has been ready to promote, at this stage.
         passing_since = (status.passing_since if status and same_stage else None) or now
-    history = History(
-        last_applied=status.applied if status else None,
-        passing_since=passing_since,
-        stage_percent=live_pct if passing_since else None,
-    )
-    sp = plan_service(
-        spec, live, now=now, verdict=verdict, history=history, check_revisions=check_revisions
-    )
-    if metrics_error:
-        sp = replace(sp, warnings=(*sp.warnings, f"metrics: {metrics_error}"))
-    sp = replace(sp, blocked=sp.blocked or _hold(spec, status, live, sp, config_errors))
-    events = tuple(
-        Event(now, EventKind.PROBE_FAILED, actor, reason=p.reason, spec_commit=spec_commit)
-        for p in probe_runs
-        if not p.ok
-    )
-    base = ServiceStatus(
-        service=spec.service,
-        phase=sp.phase if not sp.changes or status is None else status.phase,
-        stable_revision=spec.revisions.stable,
-        canary_revision=canary,
-        stage=live_pct,
-        stage_since=since,
-        traffic=live.traffic,
-        etag=live.etag,
-        generation=live.generation,
-        observed_generation=live.observed_generation,
-        last_reconcile=now,
-        spec_commit=spec_commit,
-        verdict=verdict if verdict is not None else (status.verdict if status else None),
-        verdict_at=now if verdict is not None else (status.verdict_at if status else None),
-        windows=kept,
-        applied=_held_applied(status, sp, live),
-        passing_since=passing_since,
-        probes=probes,
-        streaks=streaks,
-    )
-    return Decision(
-        plan=sp,
-        status=carried_out(base, sp, status, now),
-        held=base,
-        events=events,
-        done=(action_event(sp, now, actor, spec_commit),),
-        commit=commit_for(sp, spec_commit),
-        held_commit=Commit(
-            f"reconcile({spec.service}): observed state",
-            _verdict_body(verdict),
-            _trailers(spec.service, "record", spec_commit),
-        ),
-        added=added,
-        previous=status,
-    )
+    return _Judgement(since, kept, added, probes, streaks, verdict, passing_since)
 
 
 def decide_rollback(

@@ -167,33 +167,7 @@ def plan_all(
     that `environ` (default: the process environment) lacks blocks its service.
     """
     files = rollout_files(repo / "rollout", patterns)
-    gathered: list[_Inputs | ServiceError] = []
-    with ThreadPoolExecutor(max_workers=max(1, min(max_workers, len(files)))) as pool:
-        # The pool only waits on the API; this thread parses rollout files and state/ while
-        # the reads are in flight (CPU work in the pool would contend for the GIL).
-        pending: list[tuple[RolloutSpec, Future[LiveService | str] | None] | ServiceError] = []
-        for path in files:
-            try:
-                spec = load_spec(path)
-            except ReconcileError as exc:
-                pending.append(ServiceError(path.stem, str(exc)))
-                continue
-            read = None
-            if not offline and backend is not None:
-                read = pool.submit(read_live, backend, spec)
-            pending.append((spec, read))
-        for item in pending:
-            if isinstance(item, ServiceError):
-                gathered.append(item)
-                continue
-            spec, future = item
-            try:
-                status = st.read_status(repo, spec.service)
-            except ReconcileError as exc:  # a corrupt status file fails its service only
-                gathered.append(ServiceError(spec.service, str(exc)))
-                continue
-            live = offline_live(spec, status) if future is None else future.result()
-            gathered.append((spec, status, live))
+    gathered = _gather(repo, files, None if offline else backend, max_workers)
     errors = [g for g in gathered if isinstance(g, ServiceError)]
     plans: list[ServicePlan] = []
     for g in gathered:
@@ -217,6 +191,38 @@ def plan_all(
         errors=tuple(sorted(errors, key=lambda e: e.service)),
         offline=offline,
     )
+
+
+def _gather(
+    repo: Path, files: Sequence[Path], backend: TrafficBackend | None, max_workers: int
+) -> list[_Inputs | ServiceError]:
+    """Each file's spec, status and live state (offline without a backend)."""
+    gathered: list[_Inputs | ServiceError] = []
+    with ThreadPoolExecutor(max_workers=max(1, min(max_workers, len(files)))) as pool:
+        # The pool only waits on the API; this thread parses rollout files and state/ while
+        # the reads are in flight (CPU work in the pool would contend for the GIL).
+        pending: list[tuple[RolloutSpec, Future[LiveService | str] | None] | ServiceError] = []
+        for path in files:
+            try:
+                spec = load_spec(path)
+            except ReconcileError as exc:
+                pending.append(ServiceError(path.stem, str(exc)))
+                continue
+            read = pool.submit(read_live, backend, spec) if backend is not None else None
+            pending.append((spec, read))
+        for item in pending:
+            if isinstance(item, ServiceError):
+                gathered.append(item)
+                continue
+            spec, future = item
+            try:
+                status = st.read_status(repo, spec.service)
+            except ReconcileError as exc:  # a corrupt status file fails its service only
+                gathered.append(ServiceError(spec.service, str(exc)))
+                continue
+            live = offline_live(spec, status) if future is None else future.result()
+            gathered.append((spec, status, live))
+    return gathered
 
 
 # --- measure ----------------------------------------------------------------------------------
@@ -381,23 +387,7 @@ def apply_all(
     saved: Plan | None = None,
 ) -> RunResult:
     """Reconcile every selected service; one failing service never blocks the others."""
-    pull_error: str | None = None
-    if ctx.git is not None and not dry_run and ctx.push and ctx.git.has_remote():
-        try:
-            ctx.git.pull()
-        except ReconcileError as exc:
-            # Rollbacks must not wait for git: go on with the working tree as it is.
-            pull_error = f"pull failed, reconciled the local working tree: {exc}"
-            log.warning("%s", pull_error)
-    if ctx.git is not None and not dry_run:
-        dirty = ctx.git.uncommitted(ctx.repo / "rollout")
-        if dirty:
-            # Git is the desired state: applying an edit nobody committed would make live
-            # traffic disagree with every commit.
-            raise ReconcileError(
-                f"{dirty[0]}: uncommitted change in rollout/; commit it first "
-                "(or try it with --dry-run or --no-commit)"
-            )
+    pull_error = None if dry_run else _pull(ctx)
     if saved is not None:
         if not saved.services:
             return RunResult((), None, pull_error)  # an empty saved plan applies nothing
@@ -412,27 +402,22 @@ def apply_all(
             outcomes.append(ServiceOutcome(spec.service, error=live))
         else:
             ok.append((path, spec, live))
-    now = ctx.clock()
-    windows, metric_errors = measure(ctx, [(s, lv) for _, s, lv in ok], now)
+    windows, metric_errors = measure(ctx, [(s, lv) for _, s, lv in ok], ctx.clock())
     saved_by = {s.service: s for s in saved.services} if saved else {}
     for path, spec, live in ok:
-        if spec.service in saved_by:
-            stale = _stale(saved_by[spec.service], live)
-            if stale:
-                outcomes.append(ServiceOutcome(spec.service, error=stale))
-                continue
+        stale = _stale(saved_by[spec.service], live) if spec.service in saved_by else None
+        if stale:
+            outcomes.append(ServiceOutcome(spec.service, error=stale))
+            continue
+        mine = [w for rev in (spec.revisions.canary, spec.revisions.stable) if rev
+                for w in windows.get((spec.service, rev), [])]  # fmt: skip
         try:
             outcome = reconcile_service(
                 ctx,
                 path,
                 spec,
                 live,
-                [
-                    w
-                    for rev in (spec.revisions.canary, spec.revisions.stable)
-                    if rev
-                    for w in windows.get((spec.service, rev), [])
-                ],
+                mine,
                 metric_errors.get(spec.service),
                 dry_run=dry_run,
                 saved=saved_by.get(spec.service),
@@ -440,19 +425,44 @@ def apply_all(
         except (ReconcileError, PlanError) as exc:
             outcome = ServiceOutcome(spec.service, error=str(exc))
         outcomes.append(outcome)
-    pushed: bool | None = None
-    git_error = pull_error
-    if (
-        ctx.git is not None
-        and ctx.push
-        and not dry_run
-        and (any(o.commit for o in outcomes) or ctx.git.unpushed())
-    ):
-        try:
-            pushed = ctx.git.push()
-        except ReconcileError as exc:
-            git_error = f"push failed (commits kept locally, the next run retries): {exc}"
+    pushed, git_error = (None, pull_error) if dry_run else _push(ctx, outcomes, pull_error)
     return RunResult(tuple(sorted(outcomes, key=lambda o: o.service)), pushed, git_error)
+
+
+def _pull(ctx: Context) -> str | None:
+    """Pull before a run, and refuse uncommitted rollout edits; returns a pull failure."""
+    pull_error: str | None = None
+    if ctx.git is not None and ctx.push and ctx.git.has_remote():
+        try:
+            ctx.git.pull()
+        except ReconcileError as exc:
+            # Rollbacks must not wait for git: go on with the working tree as it is.
+            pull_error = f"pull failed, reconciled the local working tree: {exc}"
+            log.warning("%s", pull_error)
+    if ctx.git is not None:
+        dirty = ctx.git.uncommitted(ctx.repo / "rollout")
+        if dirty:
+            # Git is the desired state: applying an edit nobody committed would make live
+            # traffic disagree with every commit.
+            raise ReconcileError(
+                f"{dirty[0]}: uncommitted change in rollout/; commit it first "
+                "(or try it with --dry-run or --no-commit)"
+            )
+    return pull_error
+
+
+def _push(
+    ctx: Context, outcomes: Sequence[ServiceOutcome], git_error: str | None
+) -> tuple[bool | None, str | None]:
+    """Push the run's commits (and any an earlier failed push left)."""
+    if ctx.git is None or not ctx.push:
+        return None, git_error
+    if not (any(o.commit for o in outcomes) or ctx.git.unpushed()):
+        return None, git_error
+    try:
+        return ctx.git.push(), git_error
+    except ReconcileError as exc:
+        return None, f"push failed (commits kept locally, the next run retries): {exc}"
 
 
 def _stale(saved: ServicePlan, live: LiveService) -> str | None:

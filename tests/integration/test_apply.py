@@ -195,3 +195,28 @@ def test_an_empty_saved_plan_applies_nothing(sb: Sandbox) -> None:
     result = apply_all(context(sb), saved=empty)
     assert result.exit_code == 0 and result.outcomes == ()
     assert sb.emu.write_attempts == 0
+
+
+def test_an_unset_probe_variable_blocks_and_never_rolls_back(sb: Sandbox) -> None:
+    text = example_rollout(sb.emu).replace(
+        "  - name: canary-health\n",
+        "  - name: canary-health\n    headers: {Authorization: {env: CHAT_TOKEN}}\n",
+    )
+    assert "CHAT_TOKEN" in text
+    sb.commit_rollout(text, "authenticated chat probe")
+    assert apply_all(context(sb, environ={"CHAT_TOKEN": "Bearer t0ken-value"})).exit_code == 0
+    assert live_split(sb)[CANARY] == (5, "canary")
+    writes = sb.emu.writes
+    for _ in range(4):  # more runs than consecutive_failures: still nothing is blamed on it
+        sb.emu.advance_clock(300)
+        result = apply_all(context(sb, environ={}))
+        assert result.exit_code == 1
+        (outcome,) = result.outcomes
+        assert not outcome.rolled_back and outcome.plan is not None
+        assert outcome.plan.blocked is not None and "\n" not in outcome.plan.blocked
+        assert "canary-health" in outcome.plan.blocked and "CHAT_TOKEN" in outcome.plan.blocked
+    assert sb.emu.writes == writes and live_split(sb)[CANARY] == (5, "canary")
+    assert "rolled_back" not in sb.remote_file("rollout/ion-api.yaml")
+    assert all(e.kind.value != "probe_failed" for e in read_events(sb.repo, "ion-api"))
+    plan = plan_all(sb.repo, [], CloudRunBackend(), sb.now(), environ={})
+    assert plan.services[0].blocked is not None and "CHAT_TOKEN" in plan.services[0].blocked
