@@ -217,7 +217,7 @@ def carry_out(
     if d.edit_first and d.edit is not None:
         edit_rollout_file(run, d.edit)
         if ctx.git is not None:
-            _commit(ctx, run, advance_commit(sp, d.status.spec_commit), [run.path])
+            _commit(ctx, advance_commit(sp, d.status.spec_commit), [run.path])
     wrote = False
     if sp.changes:
         try:
@@ -248,11 +248,18 @@ def _with_live(status: ServiceStatus, live: LiveService) -> ServiceStatus:
     )
 
 
-def record(ctx: Context, run: ServiceRun, d: Decision, applied: bool) -> str | None:
-    """Write status, metrics and events; commit them with any rollout-file edit.
+@dataclass(frozen=True)
+class Record:
+    """What one tick wrote to the working tree and the commit that records it (a run may
+    commit several services' records together)."""
 
-    Returns the commit, or None when nothing new was seen (state/ is left alone then).
-    """
+    paths: tuple[Path, ...]
+    commit: Commit
+
+
+def write_record(ctx: Context, run: ServiceRun, d: Decision, applied: bool) -> Record | None:
+    """Write status, metrics and events of a tick; None when nothing new was seen (state/ is
+    left alone then rather than committed every run)."""
     if not applied and d.idle and not (run.events or run.edited):
         return None
     root = ctx.state_root
@@ -266,22 +273,27 @@ def record(ctx: Context, run: ServiceRun, d: Decision, applied: bool) -> str | N
         st.append_metrics(root, service, d.added)
     if events:
         st.append_events(root, service, events)
-    if ctx.git is None:
-        return None
     commit = d.commit if applied else d.held_commit
     if not applied and run.events:
         commit = replace(
             commit, subject=f"reconcile({service}): record missed write: {run.events[0].reason}"
         )
-    paths = [st.state_dir(root, service), *([run.path] if run.edited else [])]
+    return Record((st.state_dir(root, service), *([run.path] if run.edited else [])), commit)
+
+
+def record(ctx: Context, run: ServiceRun, d: Decision, applied: bool) -> str | None:
+    """Write the tick's record and commit it with any rollout-file edit; returns the commit."""
+    rec = write_record(ctx, run, d, applied)
+    if rec is None or ctx.git is None:
+        return None
     try:
-        return _commit(ctx, run, commit, paths)
+        return _commit(ctx, rec.commit, list(rec.paths))
     except ReconcileError as exc:
         changed = " (traffic was changed; the next run records it)" if applied else ""
-        raise ReconcileError(f"{service}: the commit failed{changed}: {exc}") from None
+        raise ReconcileError(f"{run.spec.service}: the commit failed{changed}: {exc}") from None
 
 
-def _commit(ctx: Context, run: ServiceRun, commit: Commit, paths: list[Path]) -> str | None:
+def _commit(ctx: Context, commit: Commit, paths: list[Path]) -> str | None:
     assert ctx.git is not None
     return ctx.git.commit(paths, " ".join(commit.subject.split()), commit.body, commit.trailers)
 

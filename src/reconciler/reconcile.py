@@ -475,9 +475,20 @@ def _stale(saved: ServicePlan, live: LiveService) -> str | None:
 
 
 def _differs(saved: ServicePlan, fresh: ServicePlan) -> str | None:
+    """Why the saved plan no longer describes what apply would do (None: it does)."""
     if not saved.after.same_routing(fresh.after) or saved.reason is not fresh.reason:
         return (
             f"{saved.ref.name}: saved plan is stale (it would now do {fresh.reason.value}: "
             f"{fresh.after.describe()}); run plan again"
         )
+    if _edit_keys(saved) != _edit_keys(fresh):
+        return (
+            f"{saved.ref.name}: saved plan is stale (the rollout-file edit would now write "
+            f"{', '.join(_edit_keys(fresh)) or 'nothing'}); run plan again"
+        )
     return None
+
+
+def _edit_keys(sp: ServicePlan) -> tuple[str, ...]:
+    # Keys, not values: a rollback's block carries the time it is written.
+    return tuple(sorted(sp.edit.values)) if sp.edit is not None else ()
