@@ -66,7 +66,6 @@ class ServiceRun:
     path: Path
     spec: RolloutSpec
     live: LiveService
-    status: ServiceStatus | None
     now: datetime
     events: list[st.Event] = field(default_factory=list)
     """Late records of earlier writes (see `recover`)."""

@@ -52,7 +52,7 @@ def rollback(ctx: Context, service: str, reason: str) -> ServiceOutcome:
     now = ctx.clock()
     status = st.read_status(ctx.state_root, spec.service)
     spec_commit = ctx.git.last_commit_touching(path) if ctx.git else None
-    run = ServiceRun(path, spec, live, status, now)
+    run = ServiceRun(path, spec, live, now)
 
     def redecide(fresh: LiveService) -> Decision:
         return decide_rollback(

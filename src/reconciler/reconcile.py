@@ -311,7 +311,7 @@ def reconcile_service(
     now = ctx.clock()
     status = st.read_status(ctx.state_root, spec.service)
     spec_commit = ctx.git.last_commit_touching(path) if ctx.git else None
-    run = ServiceRun(path, spec, live, status, now)
+    run = ServiceRun(path, spec, live, now)
     if not dry_run:
         recover(ctx, run, spec_commit)
     spec = run.spec

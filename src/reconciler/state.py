@@ -12,7 +12,8 @@ Times are written in UTC as `2026-05-01T12:00:00Z`.
 
 Bounded growth:
 - `status.yaml` keeps at most `keep` (default 10, never more than `MAX_WINDOWS`) recent
-  windows per revision: enough for the judge's `consecutive_failures`.
+  windows per revision, for the values a verdict reports; failing streaks are counters
+  (`streaks`), so `consecutive_failures` does not depend on how many windows are kept.
 - `events.jsonl` keeps the newest `MAX_EVENTS` events; older ones are dropped from the file
   (every event was committed, so `git log -p` still has them).
 - metrics go to one file per calendar month (UTC, by window end); only the newest
