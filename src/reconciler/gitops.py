@@ -49,6 +49,7 @@ from pathlib import Path
 
 import git
 
+from reconciler import redact
 from reconciler.errors import ReconcileError
 
 __all__ = [
@@ -161,10 +162,12 @@ def format_message(
     skip_reconcile: bool = True,
 ) -> str:
     """Subject, optional body, trailers; with the skip marker unless `skip_reconcile=False`."""
-    subject = " ".join(subject.split())
+    # Commit messages reach the remote's history: scrubbed like every other sink.
+    subject = " ".join(redact.scrub(subject).split())
+    body = redact.scrub(body)
     if not subject:
         raise ValueError("a commit needs a subject")
-    all_trailers = dict(trailers or {})
+    all_trailers = {k: redact.scrub(v) for k, v in (trailers or {}).items()}
     if skip_reconcile:
         if SKIP_MARKER not in subject:
             subject = f"{subject} {SKIP_MARKER}"
