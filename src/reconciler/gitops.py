@@ -56,6 +56,7 @@ from __future__ import annotations
 
 import contextlib
 import enum
+import functools
 import logging
 import os
 import random
@@ -65,7 +66,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -112,7 +113,6 @@ _TRAILER_LINE = re.compile(r"^([A-Za-z0-9][A-Za-z0-9-]*):\s*(.*)$")
 _REJECTED = ("[rejected]", "non-fast-forward", "fetch first")
 STALE_LOCK_WITHOUT_PROC = 600.0
 """Seconds after which a lock counts as stale where live processes cannot be listed."""
-_TOP_LOCKS = ("index.lock", "HEAD.lock", "ORIG_HEAD.lock", "packed-refs.lock", "config.lock")
 
 
 class GitOpsError(ReconcileError):
@@ -497,7 +497,8 @@ class GitOps:
         return done
 
     def _clear_stale_locks(self) -> list[str]:
-        locks = [self._git_dir / name for name in _TOP_LOCKS]
+        # Top-level locks include `next-index-*.lock`, the temporary index of `commit --only`.
+        locks = sorted(self._git_dir.glob("*.lock"))
         refs = self._git_dir / "refs"
         locks.extend(refs.rglob("*.lock") if refs.is_dir() else ())
         present = [lock for lock in locks if lock.exists()]
@@ -697,6 +698,10 @@ class GitOps:
     def _integrate(self, branch: str) -> tuple[list[str], list[str]]:
         """Put local commits on the fetched remote tip: rebase, else rebuild. Returns the
         rebuilt commits and the rebuild's notes (both empty after a plain rebase)."""
+        if self._rollout_edits_meet(branch):
+            # A line-wise rebase of a rollout edit can succeed and still be wrong (a rollback
+            # re-applied after a human cleared it): replay such commits by meaning.
+            return self._rebuild(branch)
         try:
             self._rebase(branch)
             return [], []
@@ -706,6 +711,29 @@ class GitOps:
                 return self._rebuild(branch)
             except GitOpsError as exc:
                 raise GitOpsError(f"{conflict}; rebuilding them failed: {exc}") from None
+
+    def _rollout_edits_meet(self, branch: str) -> bool:
+        """Whether a local reconciler commit edits a rollout file the remote also changed."""
+        upstream = f"refs/remotes/{self.remote}/{branch}"
+        base = self._git("merge-base", "HEAD", upstream)[1]
+        if not base:
+            return False
+        # Every file a remote commit touched, not the net diff: a rollback recorded and then
+        # cleared by a human nets to nothing, yet must not be replayed.
+        theirs = set(
+            self._check(
+                "log", "--format=", "--name-only", f"{base}..{upstream}", "--", "rollout"
+            ).split()
+        )
+        if not theirs:
+            return False
+        for sha in self._check("rev-list", f"{upstream}..HEAD", "--", "rollout").split():
+            if not is_reconciler_commit(self._check("log", "-1", "--format=%B", sha)):
+                continue
+            files = self._check("diff-tree", "-r", "--no-commit-id", "--name-only", sha).split()
+            if theirs.intersection(files):
+                return True
+        return False
 
     def _rebase(self, branch: str) -> None:
         upstream = f"refs/remotes/{self.remote}/{branch}"
@@ -769,6 +797,7 @@ class GitOps:
                         self._blob(parent, rel),
                         reconciler=ours_commit,
                         notes=notes,
+                        history=functools.partial(self._versions, f"{sha}^", upstream, rel),
                     )
                     self._stage(rel, merged, parent, env)
                 tree = self._check("write-tree", env=env)
@@ -803,6 +832,11 @@ class GitOps:
         for note in notes:
             log.warning("%s: rebuild: %s", self.root, note)
         return rebuilt, notes
+
+    def _versions(self, since: str, until: str, rel: str) -> list[bytes]:
+        """Every version of `rel` the commits `since..until` wrote, newest first."""
+        shas = self._check("log", "--format=%H", f"{since}..{until}", "--", rel).split()
+        return [blob for blob in (self._blob(sha, rel) for sha in shas) if blob is not None]
 
     def _blob(self, rev: str, rel: str) -> bytes | None:
         proc = subprocess.run(
@@ -850,10 +884,18 @@ def _merge_record(
     *,
     reconciler: bool,
     notes: list[str],
+    history: Callable[[], list[bytes]],
 ) -> bytes | None:
-    """One file of a rebuilt commit: `ours` replayed on `theirs` from `base` (None: absent)."""
+    """One file of a rebuilt commit: `ours` replayed on `theirs` from `base` (None: absent).
+
+    `history` gives the versions of the file the remote wrote since `base`, newest first.
+    """
     if ours == theirs or base == ours:
         return theirs
+    if reconciler and rel.startswith("rollout/") and ours is not None and theirs is not None:
+        # By meaning first: the remote may have recorded the same rollback and a human then
+        # cleared it, leaving the file as it was at `base`; a line merge would replay it.
+        return _merge_rollout(rel, base, ours, theirs, notes, history())
     if base == theirs:
         return ours
     if rel.startswith("state/") and rel.endswith(".jsonl"):
@@ -875,8 +917,6 @@ def _merge_record(
         merged = _three_way(base or b"", ours, theirs)
         if merged is not None:
             return merged
-    if reconciler and rel.startswith("rollout/") and ours is not None and theirs is not None:
-        return _merge_rollout(rel, base, ours, theirs, notes)
     raise GitOpsError(f"{rel}: changed on both sides, cannot be rebuilt automatically")
 
 
@@ -895,11 +935,20 @@ def _three_way(base: bytes, ours: bytes, theirs: bytes) -> bytes | None:
 
 
 def _merge_rollout(
-    rel: str, base: bytes | None, ours: bytes, theirs: bytes, notes: list[str]
+    rel: str,
+    base: bytes | None,
+    ours: bytes,
+    theirs: bytes,
+    notes: list[str],
+    remote_versions: list[bytes],
 ) -> bytes:
-    """A reconciler's rollout edit replayed by meaning on the remote's newer file: a rollback
-    (the `rolled_back` block, or `canary_percent` set to 0) is written again when the remote
-    still names that canary; any other edit yields to the remote's newer desired state."""
+    """A reconciler's rollout edit replayed by meaning on the remote's newer file.
+
+    A rollback (the `rolled_back` block, or `canary_percent` set to 0) is written again when
+    the remote still names that canary and never recorded that rollback since `base`; once
+    the remote did (another runner's block, then perhaps a human clearing it to retry), the
+    remote's file wins. Any other edit yields to the remote's newer desired state.
+    """
     try:
         mine: Any = yaml.safe_load(ours)
         other: Any = yaml.safe_load(theirs)
@@ -910,6 +959,9 @@ def _merge_rollout(
         raise GitOpsError(f"{rel}: changed on both sides and not a readable rollout file")
     revisions = other.get("revisions")
     canary = revisions.get("canary") if isinstance(revisions, dict) else None
+    if canary and any(_rolls_back(v, canary) for v in remote_versions):
+        notes.append(f"{rel}: the remote recorded the rollback of {canary} already; kept its file")
+        return theirs
     block = mine.get("rolled_back")
     revision = block.get("revision") if isinstance(block, dict) else None
     if not revision or not isinstance(block, dict):
@@ -922,6 +974,9 @@ def _merge_rollout(
                 return yamledit.set_canary_percent(theirs.decode("utf-8"), 0).encode("utf-8")
             except (ValueError, ReconcileError) as exc:
                 raise GitOpsError(f"{rel}: cannot write canary_percent 0 again: {exc}") from None
+        merged = _three_way(base or b"", ours, theirs)
+        if merged is not None:
+            return merged
         notes.append(f"{rel}: kept the remote's version (its desired state is newer)")
         return theirs
     theirs_block = other.get("rolled_back")
@@ -947,6 +1002,23 @@ def _merge_rollout(
         raise GitOpsError(f"{rel}: cannot write the rollback again: {exc}") from None
     notes.append(f"{rel}: wrote the rollback of {revision} again on the remote's version")
     return text.encode("utf-8")
+
+
+def _rolls_back(version: bytes, canary: str) -> bool:
+    """Whether a version of a rollout file records a rollback of `canary` (a `rolled_back`
+    block naming it, or the canary named at 0%)."""
+    try:
+        data: Any = yaml.safe_load(version)
+    except yaml.YAMLError:
+        return False
+    if not isinstance(data, dict):
+        return False
+    block = data.get("rolled_back")
+    if isinstance(block, dict) and block.get("revision") == canary:
+        return True
+    revisions = data.get("revisions")
+    named = revisions.get("canary") if isinstance(revisions, dict) else None
+    return named == canary and data.get("canary_percent") == 0
 
 
 def _rebuilt_message(message: str, sha: str, decided: Sequence[str]) -> str:
