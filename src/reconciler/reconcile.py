@@ -669,9 +669,16 @@ def reconcile_service(
     anything is written.
     """
     now = ctx.clock()
-    status = st.read_status(ctx.state_root, spec.service)
+    # A corrupt status file must not stop this service's rollback: what parses is kept, the
+    # rest is rebuilt from live traffic and git, and an event says what was dropped.
+    loaded = st.load_status(ctx.state_root, spec.service)
+    status = loaded.status
     spec_commit = ctx.git.last_commit_touching(path) if ctx.git else None
     run = ServiceRun(path, spec, live, status, now)
+    rebuilt = loaded.event(now, ctx.actor)
+    if rebuilt is not None:
+        log.warning("%s: %s", spec.service, rebuilt.reason)
+        run.events.append(rebuilt)
     if not dry_run:
         recover(ctx, run, spec_commit)
     spec = run.spec
