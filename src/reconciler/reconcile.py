@@ -958,7 +958,10 @@ def apply_all(
     if saved is not None:
         if not saved.services:
             return RunResult((), None, pull_error)  # an empty saved plan applies nothing
-        patterns = [s.service for s in saved.services]
+        patterns = saved_services(ctx.repo / "rollout", saved)
+        refused = check_saved(ctx, saved, patterns)
+        if refused:
+            return RunResult(refused, None, pull_error)
     specs, load_errors = load_all(rollout_files(ctx.repo / "rollout", patterns))
     outcomes = [ServiceOutcome(e.service, error=e.message) for e in load_errors]
     lives = observe(ctx.backend, [s for _, s in specs], ctx.max_workers)
@@ -1012,11 +1015,63 @@ def apply_all(
     return RunResult(tuple(sorted(outcomes, key=lambda o: o.service)), pushed, git_error)
 
 
+def saved_services(rollout_dir: Path, saved: Plan) -> list[str]:
+    """The services a saved plan names, each an exact service with a rollout file here.
+
+    A hand-edited plan naming `ion-*` (or a service that has no rollout file) is refused
+    as a whole: a saved plan is an exact list, never a pattern.
+    """
+    present = {p.stem for p in rollout_files(rollout_dir)}
+    names = [s.service for s in saved.services]
+    for name in names:
+        if name not in present:
+            why = "a pattern" if any(ch in name for ch in "*?[]") else "not a service"
+            raise ReconcileError(
+                f"saved plan names {name!r}, {why} in {rollout_dir}; a saved plan lists exact "
+                "services: run plan again"
+            )
+    return names
+
+
+def check_saved(ctx: Context, saved: Plan, names: Sequence[str]) -> tuple[ServiceOutcome, ...]:
+    """All or nothing: the saved plan against a fresh read-only plan of the same services.
+
+    Returns one error outcome per service (empty when every service still matches): with
+    one stale service, none is applied.
+    """
+    fresh = plan_all(ctx.repo, names, ctx.backend, ctx.clock(), max_workers=ctx.max_workers)
+    by_name = {p.service: p for p in fresh.services}
+    failed = {e.service: e.message for e in fresh.errors}
+    for sp in saved.services:
+        now = by_name.get(sp.service)
+        if now is None:
+            failed.setdefault(sp.service, f"{sp.ref.name}: cannot be planned now")
+            continue
+        problem = _stale_at(sp, now.etag, now.generation) or _differs(sp, now)
+        if problem:
+            failed[sp.service] = problem
+    if not failed:
+        return ()
+    stale = ", ".join(sorted(failed))
+    return tuple(
+        ServiceOutcome(
+            sp.service,
+            error=failed.get(sp.service)
+            or f"{sp.ref.name}: not applied, the saved plan is stale for {stale}",
+        )
+        for sp in sorted(saved.services, key=lambda s: s.service)
+    )
+
+
 def _stale(saved: ServicePlan, live: LiveService) -> str | None:
-    if saved.etag != live.etag or saved.generation != live.generation:
+    return _stale_at(saved, live.etag, live.generation)
+
+
+def _stale_at(saved: ServicePlan, etag: str, generation: int) -> str | None:
+    if saved.etag != etag or saved.generation != generation:
         return (
             f"{saved.ref.name}: saved plan is stale (computed against generation "
-            f"{saved.generation}, live is generation {live.generation}); run plan again"
+            f"{saved.generation}, live is generation {generation}); run plan again"
         )
     return None
 
