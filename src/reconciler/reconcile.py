@@ -12,9 +12,11 @@ writes the missing record (including a rollback's sticky edit of the rollout fil
 
 from __future__ import annotations
 
+import difflib
 import fnmatch
 import json
 import logging
+import re
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -70,10 +72,34 @@ def rollout_files(rollout_dir: Path, patterns: Sequence[str] = ()) -> list[Path]
         if "/" in pat or "\\" in pat or ".." in pat:
             raise ReconcileError(f"--service {pat!r}: a service name or glob, not a path")
     chosen = [p for p in files if any(fnmatch.fnmatchcase(p.stem, pat) for pat in patterns)]
+    names = [p.stem for p in files]
     for pat in patterns:
-        if not any(ch in pat for ch in "*?[") and not any(p.stem == pat for p in files):
-            raise ReconcileError(f"{rollout_dir / (pat + '.yaml')}: no such rollout file")
+        # A pattern that selects nothing is a typo as surely as a wrong name: reconciling
+        # nothing and exiting 0 would hide it.
+        if not any(fnmatch.fnmatchcase(name, pat) for name in names):
+            if any(ch in pat for ch in "*?["):
+                head = f"--service {pat!r} matches no rollout file in {rollout_dir}"
+            else:
+                head = f"{rollout_dir / (pat + '.yaml')}: no such rollout file"
+            raise ReconcileError(head + _did_you_mean(pat, names))
     return chosen
+
+
+def _did_you_mean(pattern: str, names: Sequence[str]) -> str:
+    """`; did you mean 'payments-api'?` from the closest service names, if any are close."""
+    bare = re.sub(r"\[[^\]]*\]|[*?]", "", pattern)
+
+    def score(name: str) -> float:
+        # A glob like `paymnts-*` is compared with the same length of each name as well.
+        whole = difflib.SequenceMatcher(None, bare, name).ratio()
+        head = difflib.SequenceMatcher(None, bare, name[: len(bare)]).ratio()
+        return max(whole, head if bare != pattern else 0.0)
+
+    ranked = sorted(names, key=score, reverse=True)
+    close = [n for n in ranked if score(n) >= 0.6][:3]
+    if not close:
+        return f" (services: {', '.join(names[:10])})" if names else " (rollout/ is empty)"
+    return "; did you mean " + " or ".join(repr(c) for c in close) + "?"
 
 
 @dataclass
