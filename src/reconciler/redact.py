@@ -7,9 +7,9 @@ moment it reads it. Every sink scrubs with `scrub` before it writes: state files
 (`gitops.format_message`), and stdout/stderr (`RedactingStream`, installed by the CLI).
 
 A target may echo a token transformed, so each secret is matched in its raw form, JSON-escaped
-(both `ensure_ascii` settings), URL-encoded (`%20` and `+` for spaces), and base64 (standard
-and URL-safe alphabets, at each of the three byte alignments it can have inside a longer
-encoded value). The part after a scheme word (`Bearer xyz` -> `xyz`) is a secret of its own.
+(both `ensure_ascii` settings, once and twice), URL-encoded (`%20` and `+` for spaces), and
+base64 (standard and URL-safe alphabets, at each of the three byte alignments it can have
+inside a longer encoded value). The part after a scheme word (`Bearer xyz` -> `xyz`) is a secret of its own.
 Callers that shorten text for display scrub first: a secret cut in half by truncation is no
 longer recognisable, which is how 41 characters of a 51-character token once got through.
 """
@@ -75,8 +75,11 @@ def clear() -> None:
 def forms(secret: str) -> set[str]:
     """Every encoded form of `secret` that `scrub` removes."""
     out = {secret}
-    out.add(json.dumps(secret, ensure_ascii=False)[1:-1])
-    out.add(json.dumps(secret, ensure_ascii=True)[1:-1])
+    escaped = secret
+    for _ in range(2):  # JSON inside JSON (an echoed request body) escapes twice
+        out.add(json.dumps(escaped, ensure_ascii=True)[1:-1])
+        escaped = json.dumps(escaped, ensure_ascii=False)[1:-1]
+        out.add(escaped)
     out.add(quote(secret, safe=""))
     out.add(quote_plus(secret, safe=""))
     out.add(quote(secret))  # what a URL keeps unescaped (`/`)

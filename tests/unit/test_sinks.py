@@ -100,7 +100,7 @@ def test_every_sink_scrubs(how: str, echo: str, tmp_path: Path) -> None:
 def test_truncation_comes_after_the_scrub() -> None:
     # A long value with the JSON-escaped token past its middle: cut first, scrub second
     # would keep most of the token.
-    shown = _show("x" * 30 + json.dumps(TOKEN))
+    shown = _show("x" * 30 + json.dumps(TOKEN) + "y" * 40)
     assert shown.endswith("...") and _leaks(shown) == []
 
 
