@@ -9,7 +9,8 @@ moment it reads it. Every sink scrubs with `scrub` before it writes: state files
 A target may echo a token transformed, so each secret is matched in its raw form, JSON-escaped
 (both `ensure_ascii` settings, once and twice), URL-encoded (`%20` and `+` for spaces), and
 base64 (standard and URL-safe alphabets, at each of the three byte alignments it can have
-inside a longer encoded value). The part after a scheme word (`Bearer xyz` -> `xyz`) is a secret of its own.
+inside a longer encoded value). The part after a scheme word (`Bearer xyz` -> `xyz`) is a
+secret of its own.
 Callers that shorten text for display scrub first: a secret cut in half by truncation is no
 longer recognisable, which is how 41 characters of a 51-character token once got through.
 """
