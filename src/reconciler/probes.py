@@ -27,7 +27,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 
-from reconciler import redact
+from reconciler import redact, safepath
 from reconciler.analysis import ProbeRun
 from reconciler.errors import ReconcileError
 from reconciler.model import GateResult, LiveService, Outcome, ServiceRef
@@ -641,6 +641,7 @@ def save_baseline(state_dir: Path, baseline: Baseline) -> Path:
 def load_baseline(state_dir: Path, service: str, name: str = "latest") -> Baseline | None:
     """The baseline `state/<service>/baselines/<name>.json`, None when there is none."""
     path = state_dir / service / "baselines" / f"{name}.json"
+    safepath.guard(path)  # never read through a symbolic link under state/
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
