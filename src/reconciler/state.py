@@ -199,18 +199,25 @@ def state_dir(root: Path, service: str) -> Path:
 
 def status_path(root: Path, service: str) -> Path:
     """`state/<service>/status.yaml`."""
-    return _safe(root, state_dir(root, service) / "status.yaml")
+    return _service_file(root, service, "status.yaml")
 
 
 def events_path(root: Path, service: str) -> Path:
     """`state/<service>/events.jsonl`."""
-    return _safe(root, state_dir(root, service) / "events.jsonl")
+    return _service_file(root, service, "events.jsonl")
 
 
 def metrics_path(root: Path, service: str, when: datetime) -> Path:
     """`state/<service>/metrics/YYYY-MM.jsonl` for the UTC month of `when`."""
     month = _utc(when).strftime("%Y-%m")
-    return _safe(root, state_dir(root, service) / "metrics" / f"{month}.jsonl")
+    return _service_file(root, service, "metrics", f"{month}.jsonl")
+
+
+def _service_file(root: Path, service: str, *parts: str) -> Path:
+    """A file under `state/<service>/`, checked once along its whole path."""
+    if not isinstance(service, str) or not _SERVICE.fullmatch(service):
+        raise StateError(f"{service!r} is not a valid Cloud Run service id")
+    return _safe(root, Path("state", service, *parts))
 
 
 def _safe(root: Path, path: Path) -> Path:
