@@ -104,8 +104,6 @@ def load_spec(path: Path) -> RolloutSpec:
         with os.fdopen(fd, "rb") as fh:
             data = fh.read(MAX_BYTES + 1)
     except FileNotFoundError:
-        if path.is_symlink():
-            raise SpecError(f"{path}: is a symbolic link; not followed") from None
         raise SpecError(f"{path}: no such file or directory") from None
     except IsADirectoryError:
         raise SpecError(f"{path}: is a directory, not a rollout file") from None

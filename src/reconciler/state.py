@@ -190,11 +190,9 @@ def state_dir(root: Path, service: str) -> Path:
     """`<root>/state/<service>`, after checking `service` is a Cloud Run service id.
 
     The id rules (lowercase letters, digits, hyphens) already exclude `..`, `/` and every
-    other way out of `state/`; the resolved path is checked as well.
+    other way out of `state/`; the safe-path check refuses a symbolic link on the way.
     """
-    if not isinstance(service, str) or not _SERVICE.fullmatch(service):
-        raise StateError(f"{service!r} is not a valid Cloud Run service id")
-    return _safe(root, Path("state") / service)
+    return _service_file(root, service)
 
 
 def status_path(root: Path, service: str) -> Path:
@@ -214,7 +212,7 @@ def metrics_path(root: Path, service: str, when: datetime) -> Path:
 
 
 def _service_file(root: Path, service: str, *parts: str) -> Path:
-    """A file under `state/<service>/`, checked once along its whole path."""
+    """`state/<service>/<parts...>`, checked once along its whole path."""
     if not isinstance(service, str) or not _SERVICE.fullmatch(service):
         raise StateError(f"{service!r} is not a valid Cloud Run service id")
     return _safe(root, Path("state", service, *parts))
@@ -317,8 +315,7 @@ def append_metrics(root: Path, service: str, stats: Iterable[WindowStats]) -> li
 
 def _prune_months(directory: Path) -> None:
     # Checked right before listing: a `metrics` link to elsewhere must never be pruned.
-    if safepath.repository_of(directory) is not None:
-        safepath.guard(directory)
+    safepath.guard(directory)
     if directory.is_symlink():
         raise StateError(f"{directory}: is a symbolic link; not pruning it")
     months = sorted(
