@@ -68,7 +68,8 @@ class ServiceRun:
     live: LiveService
     now: datetime
     events: list[st.Event] = field(default_factory=list)
-    """Late records of earlier writes (see `recover`)."""
+    """Events found before deciding: late records of earlier writes (see `recover`), a
+    rebuilt status file."""
     edited: bool = False
     wrote: Decision | None = None
     """The decision whose traffic this run wrote (set the moment the write is verified)."""
@@ -273,9 +274,10 @@ def write_record(ctx: Context, run: ServiceRun, d: Decision, applied: bool) -> R
     if events:
         st.append_events(root, service, events)
     commit = d.commit if applied else d.held_commit
-    if not applied and run.events:
+    late = [e for e in run.events if e.details.get("recovered")]
+    if not applied and late:
         commit = replace(
-            commit, subject=f"reconcile({service}): record missed write: {run.events[0].reason}"
+            commit, subject=f"reconcile({service}): record missed write: {late[0].reason}"
         )
     return Record((st.state_dir(root, service), *([run.path] if run.edited else [])), commit)
 

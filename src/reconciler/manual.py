@@ -50,9 +50,13 @@ def rollback(ctx: Context, service: str, reason: str) -> ServiceOutcome:
     if is_rolled_back(spec) and live.traffic.percents() == {spec.revisions.stable: 100}:
         return ServiceOutcome(spec.service)
     now = ctx.clock()
-    status = st.read_status(ctx.state_root, spec.service)
+    loaded = st.load_status(ctx.state_root, spec.service)  # corrupt state never blocks it
+    status = loaded.status
     spec_commit = ctx.git.last_commit_touching(path) if ctx.git else None
     run = ServiceRun(path, spec, live, now)
+    rebuilt = loaded.event(now, ctx.actor)
+    if rebuilt is not None:
+        run.events.append(rebuilt)
 
     def redecide(fresh: LiveService) -> Decision:
         return decide_rollback(

@@ -297,6 +297,7 @@ class EventKind(enum.Enum):
     PROMOTED = "promoted"
     FINALIZED = "finalized"
     PROBE_FAILED = "probe_failed"
+    STATE_REBUILT = "state_rebuilt"
 
 
 @dataclass(frozen=True)

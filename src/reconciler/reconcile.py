@@ -1,33 +1,31 @@
 """The reconcile loop: gather inputs -> decide -> carry out -> record, for every service.
 
-Gathering reads rollout files, state/ and live services (concurrently), measures windows
+`gather` reads rollout files, state/ and live services (concurrently), measures windows
 (batched per metrics configuration) and runs probes; `decide.decide` makes every decision
 as a value; `execute` carries it out and records it. Nothing here decides.
 """
 
 from __future__ import annotations
 
-import fnmatch
 import logging
 import os
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from pathlib import Path
 
 from reconciler import state as st
-from reconciler.analysis import gate_windows
-from reconciler.backends import BackendError, TrafficBackend
+from reconciler.backends import TrafficBackend
 from reconciler.decide import Decision, decide, missing_env
 from reconciler.errors import ReconcileError
 from reconciler.execute import STAMP_KEY as STAMP_KEY
 from reconciler.execute import Context as Context  # re-exported: callers build it from here
 from reconciler.execute import ServiceRun, carry_out, record, recover
 from reconciler.execute import read_stamp as read_stamp
-from reconciler.loader import load_spec
-from reconciler.metrics import MetricsError, StatsQuery
-from reconciler.model import LiveService, ServiceRef, Verdict
+from reconciler.gather import gather, load_all, measure, observe, probe
+from reconciler.gather import ref_of as ref_of
+from reconciler.gather import rollout_files as rollout_files
+from reconciler.model import LiveService, Verdict
 from reconciler.model import WindowStats as Window
 from reconciler.plan import Plan, PlanError, ServiceError, ServicePlan
 from reconciler.spec import RolloutSpec
@@ -35,28 +33,6 @@ from reconciler.spec import RolloutSpec
 log = logging.getLogger(__name__)
 
 ROLLED_BACK_EXIT = 4
-
-
-# --- inputs ---------------------------------------------------------------------------------
-def rollout_files(rollout_dir: Path, patterns: Sequence[str] = ()) -> list[Path]:
-    """Rollout files in `rollout_dir`, filtered by service names or globs (`payments-*`).
-
-    A plain name (no glob characters) that matches no file is an error, so a typo in
-    `--service` never silently reconciles nothing.
-    """
-    if not rollout_dir.is_dir():
-        raise ReconcileError(f"{rollout_dir}: no rollout directory (expected rollout/*.yaml)")
-    files = sorted(p for p in rollout_dir.iterdir() if p.suffix in (".yaml", ".yml"))
-    if not patterns:
-        return files
-    for pat in patterns:
-        if "/" in pat or "\\" in pat or ".." in pat:
-            raise ReconcileError(f"--service {pat!r}: a service name or glob, not a path")
-    chosen = [p for p in files if any(fnmatch.fnmatchcase(p.stem, pat) for pat in patterns)]
-    for pat in patterns:
-        if not any(ch in pat for ch in "*?[") and not any(p.stem == pat for p in files):
-            raise ReconcileError(f"{rollout_dir / (pat + '.yaml')}: no such rollout file")
-    return chosen
 
 
 @dataclass(frozen=True)
@@ -93,62 +69,7 @@ class RunResult:
         return 0
 
 
-# --- observe --------------------------------------------------------------------------------
-def load_all(files: Iterable[Path]) -> tuple[list[tuple[Path, RolloutSpec]], list[ServiceError]]:
-    """Load every rollout file; a bad file is an error for that service only."""
-    specs: list[tuple[Path, RolloutSpec]] = []
-    errors: list[ServiceError] = []
-    for path in files:
-        try:
-            specs.append((path, load_spec(path)))
-        except ReconcileError as exc:
-            errors.append(ServiceError(path.stem, str(exc)))
-    return specs, errors
-
-
-def ref_of(spec: RolloutSpec) -> ServiceRef:
-    """The Cloud Run coordinates of a rollout file."""
-    return ServiceRef(spec.project, spec.region, spec.service)
-
-
-def read_live(backend: TrafficBackend, spec: RolloutSpec) -> LiveService | str:
-    """One service's live state, or the error reading it."""
-    try:
-        return backend.get_service(ref_of(spec))
-    except BackendError as exc:
-        return str(exc)
-
-
-def observe(
-    backend: TrafficBackend, specs: Sequence[RolloutSpec], max_workers: int = 16
-) -> dict[str, LiveService | str]:
-    """Read every service concurrently (bounded pool); an error is kept per service."""
-    if not specs:
-        return {}
-    with ThreadPoolExecutor(max_workers=max(1, min(max_workers, len(specs)))) as pool:
-        results = list(pool.map(lambda spec: read_live(backend, spec), specs))
-    return {spec.service: r for spec, r in zip(specs, results, strict=True)}
-
-
-def offline_live(spec: RolloutSpec, status: st.ServiceStatus | None) -> LiveService | str:
-    """The last observed state from state/, for plans without API access."""
-    if status is None:
-        return "no observed state in state/ yet (run apply once with access)"
-    return LiveService(
-        ref=ref_of(spec),
-        traffic=status.traffic,
-        statuses=status.traffic,
-        etag=status.etag,
-        generation=status.generation,
-        observed_generation=status.observed_generation,
-    )
-
-
 # --- plan (read-only) -----------------------------------------------------------------------
-_Inputs = tuple[RolloutSpec, st.ServiceStatus | None, LiveService | str]
-"""What planning one service needs: its rollout file, its state/ status, its live state."""
-
-
 def plan_all(
     repo: Path,
     patterns: Sequence[str],
@@ -167,7 +88,7 @@ def plan_all(
     that `environ` (default: the process environment) lacks blocks its service.
     """
     files = rollout_files(repo / "rollout", patterns)
-    gathered = _gather(repo, files, None if offline else backend, max_workers)
+    gathered = gather(repo, files, None if offline else backend, max_workers)
     errors = [g for g in gathered if isinstance(g, ServiceError)]
     plans: list[ServicePlan] = []
     for g in gathered:
@@ -193,104 +114,6 @@ def plan_all(
     )
 
 
-def _gather(
-    repo: Path, files: Sequence[Path], backend: TrafficBackend | None, max_workers: int
-) -> list[_Inputs | ServiceError]:
-    """Each file's spec, status and live state (offline without a backend)."""
-    gathered: list[_Inputs | ServiceError] = []
-    with ThreadPoolExecutor(max_workers=max(1, min(max_workers, len(files)))) as pool:
-        # The pool only waits on the API; this thread parses rollout files and state/ while
-        # the reads are in flight (CPU work in the pool would contend for the GIL).
-        pending: list[tuple[RolloutSpec, Future[LiveService | str] | None] | ServiceError] = []
-        for path in files:
-            try:
-                spec = load_spec(path)
-            except ReconcileError as exc:
-                pending.append(ServiceError(path.stem, str(exc)))
-                continue
-            read = pool.submit(read_live, backend, spec) if backend is not None else None
-            pending.append((spec, read))
-        for item in pending:
-            if isinstance(item, ServiceError):
-                gathered.append(item)
-                continue
-            spec, future = item
-            try:
-                status = st.read_status(repo, spec.service)
-            except ReconcileError as exc:  # a corrupt status file fails its service only
-                gathered.append(ServiceError(spec.service, str(exc)))
-                continue
-            live = offline_live(spec, status) if future is None else future.result()
-            gathered.append((spec, status, live))
-    return gathered
-
-
-# --- measure ----------------------------------------------------------------------------------
-def measure(
-    ctx: Context,
-    items: Sequence[tuple[RolloutSpec, LiveService]],
-    now: datetime,
-) -> tuple[dict[tuple[str, str], list[Window]], dict[str, str]]:
-    """New windows for the canary and stable of every service with a live canary.
-
-    Batched: one provider call per metrics configuration and window length, covering every
-    service that shares it (the Cloud Monitoring provider makes one API call per metric per
-    project). Returns windows by (service, revision) and metric errors by service.
-    """
-    out: dict[tuple[str, str], list[Window]] = {}
-    errors: dict[str, str] = {}
-    if ctx.metrics_for is None:
-        return out, errors
-    groups: dict[tuple[str, timedelta], list[tuple[RolloutSpec, StatsQuery]]] = {}
-    for spec, live in items:
-        canary = spec.revisions.canary
-        if canary is None or live.traffic.percent_of(canary) == 0:
-            continue
-        revisions = (canary, spec.revisions.stable)
-        for length in gate_windows(spec.gates):
-            key = (spec.metrics.model_dump_json(), length)
-            groups.setdefault(key, []).append((spec, StatsQuery(ref_of(spec), revisions)))
-    for (_, length), members in groups.items():
-        provider = ctx.metrics_for(members[0][0].metrics)
-        try:
-            stats = provider.window_stats([q for _, q in members], length, now)
-        except MetricsError as exc:
-            for spec, _ in members:
-                errors[spec.service] = str(exc)
-            continue
-        for spec, q in members:
-            for rev in q.revisions:
-                w = stats.get((spec.service, rev))
-                if w is not None:
-                    out.setdefault((spec.service, rev), []).append(w)
-    return out, errors
-
-
-# --- probe ------------------------------------------------------------------------------------
-def probe(
-    ctx: Context, spec: RolloutSpec, live: LiveService, now: datetime
-) -> tuple[list[st.ProbeRecord], list[str]]:
-    """Run the canary probes when the canary is live: their records, and the configuration
-    errors (a bad URL template) that kept them from running, which are no evidence."""
-    canary = spec.revisions.canary
-    if not ctx.run_probes or not spec.probes or canary is None:
-        return [], []
-    if live.traffic.percent_of(canary) == 0:
-        return [], []
-    from reconciler.probes import ProbeConfigError, run_probes, urls_of
-
-    urls = urls_of(live)
-    if urls.canary is None:
-        # No canary tag URL (e.g. someone re-routed by hand): the probes cannot run this
-        # tick; the judge counts them as INCONCLUSIVE, never as passing.
-        return [], []
-    try:
-        results = run_probes(spec, urls, environ=ctx.environ)
-    except ProbeConfigError as exc:
-        return [], [str(exc)]
-    return [st.ProbeRecord(r.name, r.ok, now, "" if r.ok else r.reason) for r in results], []
-
-
 # --- one service ------------------------------------------------------------------------------
 def reconcile_service(
     ctx: Context,
@@ -309,9 +132,16 @@ def reconcile_service(
     before anything is written.
     """
     now = ctx.clock()
-    status = st.read_status(ctx.state_root, spec.service)
+    # A corrupt status file must not stop this service's rollback: what parses is kept, the
+    # rest is rebuilt from live traffic and git, and an event says what was dropped.
+    loaded = st.load_status(ctx.state_root, spec.service)
+    status = loaded.status
     spec_commit = ctx.git.last_commit_touching(path) if ctx.git else None
     run = ServiceRun(path, spec, live, now)
+    rebuilt = loaded.event(now, ctx.actor)
+    if rebuilt is not None:
+        log.warning("%s: %s", spec.service, rebuilt.reason)
+        run.events.append(rebuilt)
     if not dry_run:
         recover(ctx, run, spec_commit)
     spec = run.spec
@@ -391,7 +221,10 @@ def apply_all(
     if saved is not None:
         if not saved.services:
             return RunResult((), None, pull_error)  # an empty saved plan applies nothing
-        patterns = [s.service for s in saved.services]
+        patterns = saved_services(ctx.repo / "rollout", saved)
+        refused = check_saved(ctx, saved, patterns)
+        if refused:
+            return RunResult(refused, None, pull_error)
     specs, load_errors = load_all(rollout_files(ctx.repo / "rollout", patterns))
     outcomes = [ServiceOutcome(e.service, error=e.message) for e in load_errors]
     lives = observe(ctx.backend, [s for _, s in specs], ctx.max_workers)
@@ -465,11 +298,70 @@ def _push(
         return None, f"push failed (commits kept locally, the next run retries): {exc}"
 
 
+def saved_services(rollout_dir: Path, saved: Plan) -> list[str]:
+    """The services a saved plan names, each an exact service with a rollout file here.
+
+    A hand-edited plan naming `ion-*` (or a service that has no rollout file) is refused
+    as a whole: a saved plan is an exact list, never a pattern.
+    """
+    present = {p.stem for p in rollout_files(rollout_dir)}
+    names = [s.service for s in saved.services]
+    for name in names:
+        if name not in present:
+            why = "a pattern" if any(ch in name for ch in "*?[]") else "not a service"
+            raise ReconcileError(
+                f"saved plan names {name!r}, {why} in {rollout_dir}; a saved plan lists exact "
+                "services: run plan again"
+            )
+    return names
+
+
+def check_saved(ctx: Context, saved: Plan, names: Sequence[str]) -> tuple[ServiceOutcome, ...]:
+    """All or nothing: the saved plan against a fresh read-only plan of the same services.
+
+    Returns one error outcome per service (empty when every service still matches): with
+    one stale service, none is applied.
+    """
+    fresh = plan_all(
+        ctx.repo,
+        names,
+        ctx.backend,
+        ctx.clock(),
+        max_workers=ctx.max_workers,
+        environ=ctx.environ,
+    )
+    by_name = {p.service: p for p in fresh.services}
+    failed = {e.service: e.message for e in fresh.errors}
+    for sp in saved.services:
+        now = by_name.get(sp.service)
+        if now is None:
+            failed.setdefault(sp.service, f"{sp.ref.name}: cannot be planned now")
+            continue
+        problem = _stale_at(sp, now.etag, now.generation) or _differs(sp, now)
+        if problem:
+            failed[sp.service] = problem
+    if not failed:
+        return ()
+    stale = ", ".join(sorted(failed))
+    return tuple(
+        ServiceOutcome(
+            sp.service,
+            error=failed.get(sp.service)
+            or f"{sp.ref.name}: not applied, the saved plan is stale for {stale}",
+        )
+        for sp in sorted(saved.services, key=lambda s: s.service)
+    )
+
+
 def _stale(saved: ServicePlan, live: LiveService) -> str | None:
-    if saved.etag != live.etag or saved.generation != live.generation:
+    return _stale_at(saved, live.etag, live.generation)
+
+
+def _stale_at(saved: ServicePlan, etag: str, generation: int) -> str | None:
+    if saved.etag != etag or saved.generation != generation:
         return (
             f"{saved.ref.name}: saved plan is stale (computed against generation "
-            f"{saved.generation}, live is generation {live.generation}); run plan again"
+            f"{saved.generation}, live is generation {generation}); run plan again"
         )
     return None
 
