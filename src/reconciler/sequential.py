@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
+from functools import lru_cache
 
 from reconciler.spec import Gates, format_percent
 
@@ -101,9 +102,12 @@ def observe(
     return Evidence(grown, opened)
 
 
-def _log_lr(t: Tally, p0: float, p1: float) -> float:
-    ok = t.requests - t.errors
-    return t.errors * math.log(p1 / p0) + ok * math.log((1 - p1) / (1 - p0))
+@lru_cache(maxsize=4096)
+def _slopes(limit: float) -> tuple[tuple[float, float], ...]:
+    """Per alternative p1: (log(p1/limit), log((1-p1)/(1-limit))), the log likelihood ratio
+    of one error and of one success."""
+    alts = sorted({min(limit * r, (1.0 + limit) / 2) for r in MIXTURE_RATIOS})
+    return tuple((math.log(p1 / limit), math.log((1 - p1) / (1 - limit))) for p1 in alts)
 
 
 def log_evidence(t: Tally, limit: float) -> float:
@@ -117,8 +121,8 @@ def log_evidence(t: Tally, limit: float) -> float:
         return -math.inf
     if limit <= 0.0:
         return math.inf if t.errors else 0.0
-    alts = sorted({min(limit * r, (1.0 + limit) / 2) for r in MIXTURE_RATIOS})
-    logs = [_log_lr(t, limit, p1) for p1 in alts]
+    ok = t.requests - t.errors
+    logs = [t.errors * a + ok * b for a, b in _slopes(limit)]
     top = max(logs)
     return top + math.log(sum(math.exp(x - top) for x in logs) / len(logs))
 
@@ -156,9 +160,9 @@ def judge_stream(ev: Evidence, gates: Gates, alpha: float = DEFAULT_ALPHA) -> St
     for seg in ev.segments:
         a = segment_alpha(alpha, seg.number) / tests
         c = seg.canary
-        seen = f"{c.errors} of {c.requests} requests failed since {seg.start:%H:%M:%S}Z"
         if limit is not None and log_evidence(c, limit) >= math.log(1 / a):
             low = lower_bound(c, a)
+            seen = _seen(seg)
             return StreamVerdict(
                 True,
                 f"error_rate above {format_percent(limit)} (at least {_pct(low)}; {seen}; "
@@ -168,6 +172,7 @@ def judge_stream(ev: Evidence, gates: Gates, alpha: float = DEFAULT_ALPHA) -> St
         if delta is not None and seg.stable.requests:
             low, high = lower_bound(c, a / 2), upper_bound(seg.stable, a / 2)
             if low - high > delta:
+                seen = _seen(seg)
                 return StreamVerdict(
                     True,
                     f"error_rate more than {format_percent(delta)} above stable (at least "
@@ -176,6 +181,11 @@ def judge_stream(ev: Evidence, gates: Gates, alpha: float = DEFAULT_ALPHA) -> St
                     seg,
                 )
     return NO_EVIDENCE
+
+
+def _seen(seg: Segment) -> str:
+    c = seg.canary
+    return f"{c.errors} of {c.requests} requests failed since {seg.start:%H:%M:%S}Z"
 
 
 def _pct(rate: float) -> str:
