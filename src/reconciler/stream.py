@@ -203,15 +203,17 @@ class Controller:
                         self._judge(batch)
                         if self._over(stop, deadline):
                             break
+                    lost = "the server ended it"
                 except (grpc.RpcError, GoogleAPICallError) as exc:
-                    if self._cancelled or self._over(stop, deadline):
-                        continue
-                    self.report(f"log stream lost ({_reason(exc)}); reconnecting in {backoff:g}s")
-                    stop.wait(backoff)
-                    backoff = min(backoff * 2, BACKOFF_MAX)
+                    lost = _reason(exc)
                 finally:
                     if self._session is not None:
                         self._session.cancel()
+                if self._cancelled or self._over(stop, deadline):
+                    continue
+                self.report(f"log stream lost ({lost}); reconnecting in {backoff:g}s")
+                stop.wait(backoff)
+                backoff = min(backoff * 2, BACKOFF_MAX)
         finally:
             stop.set()
             ticker.join(timeout=10)
