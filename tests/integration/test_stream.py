@@ -142,3 +142,16 @@ def test_live_canaries_skip_rolled_back_and_zero_percent(sb: Sandbox) -> None:
     sb.rollout().write_text("service: [", encoding="utf-8")
     found, errors = live_canaries(sb.repo)
     assert found == [] and len(errors) == 1 and "ion-api.yaml" in errors[0]
+
+
+def test_an_api_outage_during_the_rollback_is_retried_until_it_is_live(sb: Sandbox) -> None:
+    with running(sb) as (_, lines, results):
+        assert until(lambda: any("streaming" in line for line in lines), sb.emu)
+        sb.emu.fault("UpdateService", unavailable_rate=1.0)  # Cloud Run refuses every write
+        sb.emu.behave(CANARY, error_rate=0.5)
+        assert until(lambda: any("rollback incomplete" in line for line in lines), sb.emu, 30)
+        assert canary_percent(sb.emu) == 5
+        sb.emu.clear_faults()
+        assert until(lambda: canary_percent(sb.emu) == 0, sb.emu), lines
+        assert until(lambda: "rolled_back:" in sb.remote_file("rollout/ion-api.yaml"), sb.emu)
+    assert results[0].rollbacks == [SERVICE]
