@@ -22,6 +22,7 @@ import grpc
 from google.api_core.exceptions import GoogleAPICallError
 
 from reconciler.errors import ReconcileError
+from reconciler.lease import Lease, LeaseError, holder_id
 from reconciler.reconcile import ROLLED_BACK_EXIT, Context, rollout_files
 from reconciler.sequential import (
     DEFAULT_ALPHA,
@@ -158,6 +159,7 @@ class Controller:
         refresh: timedelta = timedelta(seconds=30),
         report: Callable[[str], None] = lambda _line: None,
         rollback: Callable[[Context, str, str], bool] = roll_back,
+        lease: Lease | None = None,
     ) -> None:
         self.ctx = ctx
         self.source = source
@@ -177,6 +179,10 @@ class Controller:
         self._git = threading.Lock()
         self._session: Session | None = None
         self._cancelled = False
+        self.lease = lease
+        self._holding = lease is None
+        """Whether this controller may write: it holds the lease (or runs without one)."""
+        self._standby: str | None = None
 
     # --- the loop ------------------------------------------------------------------------------
     def run(self, stop: threading.Event, duration: timedelta | None = None) -> StreamResult:
@@ -186,11 +192,12 @@ class Controller:
             target=self._tick, args=(stop, deadline), name="stream-refresh", daemon=True
         )
         self._reload(pull=True)
+        self._renew()
         ticker.start()
         backoff = BACKOFF_FIRST
         try:
             while not self._over(stop, deadline):
-                if not self._canaries:
+                if not self._canaries or not self._holding:
                     stop.wait(min(self.refresh.total_seconds(), 1.0))
                     continue
                 names, flt = request_filter(list(self._canaries.values()))
@@ -217,6 +224,8 @@ class Controller:
         finally:
             stop.set()
             ticker.join(timeout=10)
+            if self.lease is not None:
+                self.lease.release()
         self.result.stopped_by = "duration" if deadline and self._past(deadline) else "signal"
         return self.result
 
@@ -238,9 +247,34 @@ class Controller:
                 return
             if self.ctx.clock() - last >= self.refresh:
                 last = self.ctx.clock()
-                if self._reload(pull=True):
+                held = self._holding
+                if self._reload(pull=True) or self._renew() != held:
                     self._reopen()
         self._reopen()
+
+    def _renew(self) -> bool:
+        """Take or renew the lease (when there is one); returns whether this controller
+        holds it. An unreachable remote keeps a holder holding (nobody else can take the
+        lease through it either) and lets a controller that saw no other holder write."""
+        if self.lease is None:
+            return True
+        try:
+            why = self.lease.acquire(self.ctx.clock())
+        except LeaseError as exc:
+            # Unless another holder was seen, write: a rollback matters more than a duplicate
+            # record (rollbacks are idempotent), and the remote is down for everyone.
+            self._holding = self._holding or self._standby is None
+            self.report(
+                f"lease not renewed ({exc}); {'carrying on' if self._holding else 'standing by'}"
+            )
+            return self._holding
+        if why is None and not self._holding:
+            self.report(f"holding the stream lease as {self.lease.holder}")
+        elif why is not None and (self._holding or self._standby != why):
+            self.report(f"standing by: the stream lease is {why}")
+        self._standby = why
+        self._holding = why is None
+        return self._holding
 
     def _reopen(self) -> None:
         self._cancelled = True
@@ -319,7 +353,12 @@ def watch_stream(
     returns the exit code (4 if it rolled a canary back)."""
     from reconciler.watch import stop_on_signals
 
-    controller = Controller(ctx, source or CloudLogging(), patterns=patterns, report=report)
+    lease = None
+    if ctx.git is not None and ctx.push and ctx.git.has_remote():
+        lease = Lease(ctx.repo, holder_id())
+    controller = Controller(
+        ctx, source or CloudLogging(), patterns=patterns, report=report, lease=lease
+    )
     stop = threading.Event()
     with stop_on_signals(stop):
         result = controller.run(stop, duration)

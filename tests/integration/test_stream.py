@@ -8,11 +8,13 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from reconciler.emulator import Emulator
+from reconciler.lease import Lease
 from reconciler.runtime import build_context
 from reconciler.sandbox import Sandbox, example_rollout, sandbox
 from reconciler.spec import ErrorRateGate
@@ -44,19 +46,28 @@ def canary_percent(emu: Emulator) -> int:
 
 
 @contextmanager
-def running(sb: Sandbox) -> Iterator[tuple[Controller, list[str], list[StreamResult]]]:
-    """The controller on its own thread, as `watch --stream` runs it; stopped on exit."""
-    ctx = build_context(sb.repo, with_metrics=False)
+def running(
+    sb: Sandbox, repo: Path | None = None, lease: str | None = None
+) -> Iterator[tuple[threading.Event, list[str], list[StreamResult]]]:
+    """The controller on its own thread, as `watch --stream` runs it (with a lease held as
+    `lease` when given); setting the yielded event stops it, as leaving the block does."""
+    ctx = build_context(repo or sb.repo, with_metrics=False)
     assert ctx.git is not None
     ctx.git.backoff = 0.01  # git outages in these tests: retry fast
     lines: list[str] = []
     results: list[StreamResult] = []
-    controller = Controller(ctx, CloudLogging(), refresh=timedelta(seconds=2), report=lines.append)
+    controller = Controller(
+        ctx,
+        CloudLogging(),
+        refresh=timedelta(seconds=1),
+        report=lines.append,
+        lease=Lease(ctx.repo, lease, timedelta(seconds=10)) if lease else None,
+    )
     stop = threading.Event()
     thread = threading.Thread(target=lambda: results.append(controller.run(stop)), daemon=True)
     thread.start()
     try:
-        yield controller, lines, results
+        yield stop, lines, results
     finally:
         stop.set()
         thread.join(timeout=20)
@@ -154,4 +165,20 @@ def test_an_api_outage_during_the_rollback_is_retried_until_it_is_live(sb: Sandb
         sb.emu.clear_faults()
         assert until(lambda: canary_percent(sb.emu) == 0, sb.emu), lines
         assert until(lambda: "rolled_back:" in sb.remote_file("rollout/ion-api.yaml"), sb.emu)
+    assert results[0].rollbacks == [SERVICE]
+
+
+def test_a_second_controller_stands_by_until_the_lease_is_released(sb: Sandbox) -> None:
+    second = sb.clone("second")
+    with running(sb, lease="first") as (stop_first, first_lines, first_results):
+        assert until(lambda: any("streaming" in line for line in first_lines), sb.emu)
+        with running(sb, second, lease="second") as (_, lines, results):
+            assert until(lambda: any("standing by" in line for line in lines), sb.emu)
+            assert "lease is held by first until" in next(x for x in lines if "standing by" in x)
+            assert not any("streaming" in line for line in lines)
+            stop_first.set()  # the first controller stops and releases the lease
+            assert until(lambda: any("streaming" in line for line in lines), sb.emu)
+            sb.emu.behave(CANARY, error_rate=0.5)
+            assert until(lambda: canary_percent(sb.emu) == 0, sb.emu), lines
+    assert first_results[0].rollbacks == []
     assert results[0].rollbacks == [SERVICE]
