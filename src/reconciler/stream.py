@@ -175,7 +175,7 @@ class Controller:
         self._pending: dict[str, str] = {}
         """Services whose rollback (or its recording) failed: service -> reason, retried."""
         self._done: set[tuple[str, str]] = set()
-        """(service, canary) pairs rolled back by this controller, never judged again."""
+        """(service, canary) pairs judged FAIL whose rollback is not in the rollout file yet."""
         self._git = threading.Lock()
         self._session: Session | None = None
         self._cancelled = False
@@ -183,6 +183,7 @@ class Controller:
         self._holding = lease is None
         """Whether this controller may write: it holds the lease (or runs without one)."""
         self._standby: str | None = None
+        self._errors: list[str] = []
 
     # --- the loop ------------------------------------------------------------------------------
     def run(self, stop: threading.Event, duration: timedelta | None = None) -> StreamResult:
@@ -248,7 +249,8 @@ class Controller:
             if self.ctx.clock() - last >= self.refresh:
                 last = self.ctx.clock()
                 held = self._holding
-                if self._reload(pull=True) or self._renew() != held:
+                changed = self._reload(pull=True)
+                if self._renew() != held or changed:
                     self._reopen()
         self._reopen()
 
@@ -294,8 +296,10 @@ class Controller:
             except ReconcileError as exc:
                 self.report(str(exc))
                 return False
-        for line in errors:
-            self.report(line)
+        if errors != self._errors:
+            for line in errors:
+                self.report(line)
+            self._errors = errors
         fresh = {c.service: c for c in found if (c.service, c.canary) not in self._done}
         changed = fresh != self._canaries
         self._canaries = fresh
@@ -329,6 +333,9 @@ class Controller:
                 self._pending[service] = reason
                 self.report(f"{service} rollback incomplete, retrying: {exc}")
                 return
+            # The rollout file now says rolled back, which keeps the canary out of the stream;
+            # a human who deletes the block retries it, and the stream watches it again.
+            self._done = {k for k in self._done if k[0] != service}
         # A retry finds the traffic already on stable: the first attempt rolled it back.
         done = done or service in self._pending
         self._pending.pop(service, None)

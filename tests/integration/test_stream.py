@@ -102,12 +102,17 @@ def test_a_breach_is_rolled_back_in_seconds_and_recorded_in_git(sb: Sandbox) -> 
         assert until(lambda: canary_percent(sb.emu) == 0, sb.emu), lines
         assert time.monotonic() - started < 15
         assert until(lambda: "rolled_back:" in sb.remote_file("rollout/ion-api.yaml"), sb.emu)
+        assert "canary_percent: 0" in sb.remote_file("rollout/ion-api.yaml")
+        assert "stream: error_rate above 5%" in sb.remote_log("-1", "--format=%B")
+        # A human deletes the block to retry the canary: the stream watches it again.
+        streams = sum("streaming" in line for line in lines)
+        sb.git("pull", "--quiet", "--rebase")
+        sb.commit_rollout(example_rollout(sb.emu), "retry the canary")
+        assert until(lambda: sum("streaming" in line for line in lines) > streams, sb.emu), lines
     assert results[0].rollbacks == [SERVICE]
     assert results[0].exit_code == 4
     rolled = next(line for line in lines if "ROLLED BACK" in line)
     assert "stream: error_rate above 5%" in rolled
-    assert "canary_percent: 0" in sb.remote_file("rollout/ion-api.yaml")
-    assert "stream: error_rate above 5%" in sb.remote_log("-1", "--format=%B")
 
 
 def test_the_stream_survives_an_emulator_restart(sb: Sandbox) -> None:
