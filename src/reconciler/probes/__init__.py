@@ -26,11 +26,9 @@ from reconciler.probes.checks import (
     ProbeResult,
     Urls,
     evaluate,
-    format_seconds,
     lookup,
     needs_json,
     parse_json,
-    percentile,
     redact_exchange,
     redact_url,
     resolve_headers,
@@ -38,14 +36,7 @@ from reconciler.probes.checks import (
     result_of,
     urls_of,
 )
-from reconciler.probes.compare import (
-    CompareRule,
-    Comparison,
-    SideStats,
-    compare,
-    compare_verdict,
-    side_stats,
-)
+from reconciler.probes.compare import compare, side_stats
 from reconciler.probes.http import (
     Prober,
     all_ok,
@@ -54,6 +45,14 @@ from reconciler.probes.http import (
     run_dependencies,
     run_probes,
 )
+from reconciler.sidebyside import (
+    CompareRule,
+    Comparison,
+    SideStats,
+    compare_verdict,
+    format_seconds,
+)
+from reconciler.stats import percentile
 
 __all__ = [
     "MAX_BODY_BYTES",

@@ -15,17 +15,17 @@ from reconciler.probes.checks import (
     MISSING,
     Urls,
     _number,
-    format_seconds,
     lookup,
     parse_json,
-    percentile,
     redact_url,
     resolve_url,
     result_of,
 )
 from reconciler.probes.http import Prober
+from reconciler.sidebyside import format_seconds
 from reconciler.spec import Check
 from reconciler.state import atomic_write_text
+from reconciler.stats import percentile
 
 if TYPE_CHECKING:
     from reconciler.progress import Progress

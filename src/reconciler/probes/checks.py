@@ -11,7 +11,6 @@ never kept in a result, a reason, a log line or a repr.
 from __future__ import annotations
 
 import json
-import math
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -21,6 +20,7 @@ from urllib.parse import urlsplit, urlunsplit
 from reconciler.analysis import ProbeRun
 from reconciler.errors import ReconcileError
 from reconciler.model import GateResult, LiveService, Outcome
+from reconciler.sidebyside import format_seconds
 from reconciler.spec import Check, EnvValue
 
 # A probe reads at most this much of a response body: health and smoke answers are small,
@@ -134,13 +134,6 @@ def _same(actual: Any, expected: Any) -> bool:
 def _show(value: Any) -> str:
     text = json.dumps(value, ensure_ascii=False, sort_keys=True)
     return text if len(text) <= 60 else text[:57] + "..."
-
-
-def format_seconds(seconds: float) -> str:
-    """`0.1234` -> `123ms`, `16.24` -> `16.2s`, `15.0` -> `15s`."""
-    if seconds < 1:
-        return f"{seconds * 1000:.0f}ms"
-    return f"{seconds:.1f}".removesuffix(".0") + "s"
 
 
 def _over(latency: float, limit: float) -> str:
@@ -308,20 +301,6 @@ def resolve_headers(check: Check, environ: Mapping[str, str]) -> dict[str, str]:
         else:
             out[name] = value
     return out
-
-
-def percentile(values: Sequence[float], q: float) -> float | None:
-    """The q-th percentile (0..100) with linear interpolation between closest ranks.
-
-    The same definition as `numpy.percentile`'s default; None for no values.
-    """
-    if not values:
-        return None
-    ordered = sorted(values)
-    rank = (len(ordered) - 1) * q / 100.0
-    low = math.floor(rank)
-    high = math.ceil(rank)
-    return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
 
 
 # --- where the URLs come from ----------------------------------------------------------------

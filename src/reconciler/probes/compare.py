@@ -1,4 +1,8 @@
-"""The side-by-side probe: the same request to canary and stable, summarised and judged."""
+"""The side-by-side probe: the same request to canary and stable, summarised and judged.
+
+The verdict and its value types live in the pure `reconciler.sidebyside`; they are
+re-exported here for callers of the probe.
+"""
 
 from __future__ import annotations
 
@@ -6,82 +10,28 @@ import os
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from reconciler.model import Outcome
 from reconciler.probes.checks import (
     _PLACEHOLDER,
     ProbeConfigError,
     ProbeResult,
     Urls,
-    format_seconds,
-    percentile,
     redact_url,
     resolve_headers,
 )
 from reconciler.probes.http import Prober
+from reconciler.sidebyside import (
+    CompareRule,
+    Comparison,
+    SideStats,
+    judge,
+)
 from reconciler.spec import Check
+from reconciler.stats import percentile
 
 if TYPE_CHECKING:
     from reconciler.progress import Progress
-
-
-@dataclass(frozen=True)
-class SideStats:
-    """One side (canary or stable) of a side-by-side probe."""
-
-    label: str
-    url: str
-    requests: int
-    successes: int
-    status_counts: Mapping[str, int]
-    """`"200"` -> 9, `"no response"` -> 1."""
-    p50: float | None
-    p95: float | None
-    failures: tuple[str, ...] = ()
-    """Distinct failure reasons, most frequent first."""
-
-    @property
-    def success_rate(self) -> float:
-        """Share of requests that passed (0.0 without requests)."""
-        return self.successes / self.requests if self.requests else 0.0
-
-
-@dataclass(frozen=True)
-class CompareRule:
-    """When the canary is worse than the stable.
-
-    FAIL when the canary's success rate is more than `success_margin` below the stable's,
-    or when the canary's p95 is above `latency_ratio` times the stable's p95 *and* at least
-    `latency_slack` seconds slower (so 8 ms against 5 ms is noise, not a regression).
-    INCONCLUSIVE when neither side had a single success. PASS otherwise.
-    """
-
-    success_margin: float = 0.10
-    latency_ratio: float = 1.5
-    latency_slack: float = 0.1
-
-    def describe(self) -> str:
-        """The rule in one sentence."""
-        return (
-            f"FAIL when the canary's success rate is more than {self.success_margin:.0%} below "
-            f"the stable's, or its p95 is over {self.latency_ratio:g}x the stable's and "
-            f"{format_seconds(self.latency_slack)} slower"
-        )
-
-
-@dataclass(frozen=True)
-class Comparison:
-    """The side-by-side probe of canary and stable, with its verdict."""
-
-    method: str
-    path: str
-    canary: SideStats
-    stable: SideStats
-    outcome: Outcome
-    reasons: tuple[str, ...]
-    rule: CompareRule
 
 
 def side_stats(label: str, url: str, results: Sequence[ProbeResult]) -> SideStats:
@@ -99,33 +49,9 @@ def side_stats(label: str, url: str, results: Sequence[ProbeResult]) -> SideStat
         status_counts=dict(sorted(counts.items())),
         p50=percentile(latencies, 50),
         p95=percentile(latencies, 95),
+        latencies=tuple(latencies),
         failures=tuple(reason for reason, _ in failures.most_common()),
     )
-
-
-def compare_verdict(
-    canary: SideStats, stable: SideStats, rule: CompareRule = CompareRule()
-) -> tuple[Outcome, tuple[str, ...]]:
-    """The verdict of a side-by-side probe under `rule` (pure); reasons explain a non-PASS."""
-    if canary.successes == 0 and stable.successes == 0:
-        return Outcome.INCONCLUSIVE, ("neither canary nor stable answered successfully",)
-    reasons: list[str] = []
-    if canary.success_rate < stable.success_rate - rule.success_margin - 1e-9:
-        reasons.append(
-            f"success {canary.success_rate:.0%} on canary vs {stable.success_rate:.0%} on "
-            f"stable (more than {rule.success_margin:.0%} lower)"
-        )
-    if (
-        canary.p95 is not None
-        and stable.p95 is not None
-        and canary.p95 > stable.p95 * rule.latency_ratio
-        and canary.p95 - stable.p95 >= rule.latency_slack
-    ):
-        reasons.append(
-            f"p95 {format_seconds(canary.p95)} on canary vs {format_seconds(stable.p95)} on "
-            f"stable (over {rule.latency_ratio:g}x)"
-        )
-    return (Outcome.FAIL if reasons else Outcome.PASS), tuple(reasons)
 
 
 def _side_check(check: Check | None, path: str) -> Check:
@@ -190,7 +116,7 @@ def compare(
             engine.close()
     canary = side_stats("canary", canary_url, results["canary"])
     stable = side_stats("stable", stable_url, results["stable"])
-    outcome, reasons = compare_verdict(canary, stable, rule)
+    judgement = judge(canary.sample, stable.sample, rule)
     m = _PLACEHOLDER.match(probe.url)
     shown = probe.url[m.end() :] if m else probe.url
     return Comparison(
@@ -198,7 +124,8 @@ def compare(
         path=shown or "/",
         canary=canary,
         stable=stable,
-        outcome=outcome,
-        reasons=reasons,
+        outcome=judgement.outcome,
+        reasons=judgement.reasons,
         rule=rule,
+        needed=judgement.needed,
     )

@@ -25,13 +25,13 @@ from reconciler.probes.checks import (
     Exchange,
     ProbeResult,
     Urls,
-    format_seconds,
     redact_exchange,
     resolve_headers,
     resolve_url,
     result_of,
     urls_of,
 )
+from reconciler.sidebyside import format_seconds
 from reconciler.spec import Check, EnvValue, RolloutSpec
 
 if TYPE_CHECKING:
