@@ -34,7 +34,7 @@ from reconciler.stats import percentile, wilson_interval
 P50, P95 = 0.120, 0.300
 SIGMA = math.log(P95 / P50) / NormalDist().inv_cdf(0.95)
 STABLE_SUCCESS = 0.99
-SIZES = (3, 10, 30, 100)
+SIZES = (3, 10, 30, 100, 300)
 
 
 def draw(rng: random.Random, n: int, scale: float, sigma: float, success: float) -> Sample:

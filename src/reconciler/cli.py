@@ -413,7 +413,14 @@ def bench(
     """
     from datetime import UTC, datetime
 
-    from reconciler.probes import Baseline, Urls, bench, save_baseline
+    from reconciler.probes import (
+        Baseline,
+        Urls,
+        bench,
+        judge_to_baseline,
+        load_baseline,
+        save_baseline,
+    )
     from reconciler.progress import Progress
 
     spec = _rollout_for(app, service)
@@ -444,9 +451,19 @@ def bench(
         failed = [s.reason for s in result.samples if not s.ok]
         for why in dict.fromkeys(failed):
             click.echo(f"    failure: {why}")
-    saved = save_baseline(
-        app.state_dir, Baseline(service, taken_at, target, revision, tuple(results))
-    )
+    taken = Baseline(service, taken_at, target, revision, tuple(results))
+    try:
+        previous = load_baseline(app.state_dir, service)
+    except ReconcileError as exc:  # an unreadable old baseline must not block a new one
+        click.echo(f"previous baseline not compared: {exc}")
+        previous = None
+    if previous is not None:
+        click.echo(f"against the previous baseline ({previous.taken_at:%Y-%m-%d %H:%M} UTC):")
+        for name, judgement in judge_to_baseline(taken, previous):
+            click.echo(f"  {name}: {judgement.outcome.value}")
+            for why in judgement.reasons:
+                click.echo(f"    {why}")
+    saved = save_baseline(app.state_dir, taken)
     click.echo(f"baseline saved: {saved}")
 
 

@@ -7,9 +7,10 @@ two maxima of three) never decide: identical revisions would fail on noise.
 
 - Success: Newcombe's interval of the difference of the two success rates; FAIL when its
   upper end lies below `-success_margin`.
-- Latency: a Mann-Whitney U test (exact for small samples) of the candidate's latencies,
-  each first brought back by the margin (`min(x / ratio, x - slack)`), against the
-  reference's; FAIL when the test says they are still slower.
+- Latency: the candidate's latencies, each first brought back by the margin
+  (`min(x / ratio, x - slack)`), against the reference's, by two exact-level tests at half
+  the level each: a Mann-Whitney U test (exact for small samples) for the bulk and Mood's
+  quantile test at p95 for the tail; FAIL when either says they are still slower.
 
 Each test runs at one-sided level `(1 - confidence) / 2`, so with two tests the chance that
 identical revisions FAIL is at most `1 - confidence`.
@@ -26,6 +27,7 @@ from reconciler.stats import (
     difference_interval,
     percentile,
     rank_test_requests,
+    tail_test_greater,
     u_test_greater,
     z_score,
 )
@@ -35,6 +37,8 @@ SUCCESS_DROP = 0.10
 RANK_EFFECT = 0.75
 """The latency regression the request count is sized for: beyond the margin, a candidate
 answer is slower than a reference answer 3 times in 4."""
+TAIL_QUANTILE = 0.95
+"""The latency tail test counts candidate answers above the pooled p95."""
 POWER = 0.8
 """The share of such regressions that enough requests detect."""
 
@@ -113,18 +117,29 @@ def format_seconds(seconds: float) -> str:
     return f"{seconds:.1f}".removesuffix(".0") + "s"
 
 
+def brought_back(candidate: Sequence[float], ratio: float, slack: float) -> list[float]:
+    """Each candidate value brought back by the margin: `min(x / ratio, x - slack)`.
+
+    It exceeds a reference value `y` exactly when `x > max(ratio * y, y + slack)`. At the
+    boundary of "no worse by the margin" the brought-back values are distributed like the
+    reference, so the tests below keep their level.
+    """
+    return [min(x / ratio, x - slack) for x in candidate]
+
+
 def slower_beyond(
     candidate: Sequence[float], reference: Sequence[float], ratio: float, slack: float
 ) -> float:
     """One-sided p-value that `candidate` is slower than `reference` beyond the margin.
 
-    Each candidate value is brought back by the margin first: `min(x / ratio, x - slack)`
-    exceeds a reference value `y` exactly when `x > max(ratio * y, y + slack)`. At the
-    boundary of "no worse by the margin" the brought-back values are distributed like the
-    reference, so the U test keeps its level.
+    The smaller of two tests, each at half the level (Bonferroni): the U test for the bulk
+    of the answers, Mood's quantile test at p95 for the tail; the returned p-value is
+    doubled to keep the level of one test.
     """
-    back = [min(x / ratio, x - slack) for x in candidate]
-    return u_test_greater(back, reference)
+    back = brought_back(candidate, ratio, slack)
+    bulk = u_test_greater(back, reference)
+    tail = tail_test_greater(back, reference, TAIL_QUANTILE)
+    return min(1.0, 2.0 * min(bulk, tail))
 
 
 def lower_beyond(candidate: Sequence[float], reference: Sequence[float], margin: float) -> float:
@@ -195,7 +210,7 @@ def judge(
                 f"{mine} slower than {rule.latency_ratio:g}x and "
                 f"{format_seconds(rule.latency_slack)} over {theirs} at {rule.confidence:.0%} "
                 f"confidence (p95 {format_seconds(_p95(candidate))} vs "
-                f"{format_seconds(_p95(reference))}, U test p={p:.2g})"
+                f"{format_seconds(_p95(reference))}, p={p:.2g})"
             )
     if reasons:
         return Judgement(Outcome.FAIL, tuple(reasons), None, interval, p)
@@ -269,3 +284,51 @@ def compare_verdict(
     """The verdict of a side-by-side probe under `rule`; reasons explain a non-PASS."""
     judgement = judge(canary.sample, stable.sample, rule)
     return judgement.outcome, judgement.reasons
+
+
+@dataclass(frozen=True)
+class BaselineRule(CompareRule):
+    """How much worse than the kept baseline a new bench of the same check may be.
+
+    The margins of `CompareRule`, plus: mean `confidence` (the model's answer field) lower
+    by more than `confidence_margin` is a regression, tested like the latency (U test).
+    """
+
+    latency_slack: float = 0.1
+    confidence_margin: float = 0.05
+
+    def describe(self) -> str:
+        """The rule in one sentence."""
+        return (
+            f"FAIL only when, at {self.confidence:.0%} confidence, the bench's success rate is "
+            f"more than {self.success_margin:.0%} below the baseline's, its answers are slower "
+            f"than {self.latency_ratio:g}x and {format_seconds(self.latency_slack)} over the "
+            f"baseline's, or its confidence values lower by over {self.confidence_margin:g}"
+        )
+
+
+def judge_baseline(
+    current: Sample,
+    baseline: Sample,
+    rule: BaselineRule = BaselineRule(),
+    confidences: tuple[Sequence[float], Sequence[float]] = ((), ()),
+) -> Judgement:
+    """The verdict of a bench against the kept baseline of the same check.
+
+    Like with like: the baseline's probe latencies against the bench's probe latencies, and
+    `confidences` (the bench's, the baseline's) when both carried some.
+    """
+    got = judge(current, baseline, rule, names=("bench", "baseline"))
+    now, then = confidences
+    if not now or not then or (got.outcome is Outcome.INCONCLUSIVE and not got.needed):
+        return got
+    p = lower_beyond(now, then, rule.confidence_margin)
+    if p >= rule.alpha:
+        return got
+    why = (
+        f"confidence {sum(now) / len(now):.2f} vs baseline {sum(then) / len(then):.2f}: lower "
+        f"by more than {rule.confidence_margin:g} at {rule.confidence:.0%} confidence "
+        f"(p={p:.2g})"
+    )
+    reasons = got.reasons if got.outcome is Outcome.FAIL else ()
+    return Judgement(Outcome.FAIL, (*reasons, why), None, got.success_interval, got.latency_p)

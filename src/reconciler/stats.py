@@ -326,3 +326,28 @@ def rank_test_requests(alpha: float, power: float = 0.8, effect: float = 0.75) -
     z = NormalDist().inv_cdf(1.0 - alpha) + NormalDist().inv_cdf(power)
     total = z * z / (3.0 * (effect - 0.5) ** 2)
     return max(1, math.ceil(total / 2.0))
+
+
+def tail_test_greater(x: Sequence[float], y: Sequence[float], q: float = 0.9) -> float:
+    """One-sided p-value that `x` has more values in the upper tail than `y` (exact).
+
+    Mood's quantile test: count the values of `x` above the pooled `q`-quantile. When both
+    samples come from one distribution every value is equally likely to be among those
+    above it, so that count is hypergeometric, whatever the distribution. Where the U test
+    sees the bulk, this sees the tail: a p95 that doubled while the median did not.
+    1.0 when either sample is empty or nothing lies above the quantile.
+    """
+    if not 0.0 < q < 1.0:
+        raise ValueError(f"quantile must be in (0, 1), got {q}")
+    m, n = len(x), len(y)
+    if m == 0 or n == 0:
+        return 1.0
+    pooled = sorted([*x, *y])
+    total = m + n
+    threshold = pooled[max(0, math.ceil(q * total) - 1)]
+    above = sum(v > threshold for v in pooled)
+    mine = sum(v > threshold for v in x)
+    if above == 0:
+        return 1.0
+    at_least = sum(math.comb(m, k) * math.comb(n, above - k) for k in range(mine, above + 1))
+    return at_least / math.comb(total, above)

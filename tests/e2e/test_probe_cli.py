@@ -207,6 +207,21 @@ def test_bench_saves_the_baseline(emu: Emulator, repo: Path) -> None:
     assert SECRET not in (folder / "latest.json").read_text()
 
 
+def test_bench_is_judged_against_the_previous_baseline(emu: Emulator, repo: Path) -> None:
+    args = ("bench", "ion-api", "--iterations", "5", "--probe", "canary-health")
+    first = reconcile(emu, repo, *args)
+    assert first.returncode == 0, first.stdout + first.stderr
+    assert "previous baseline" not in first.stdout
+
+    emu.behave(STABLE, latency_ms=300)
+    second = reconcile(emu, repo, *args)
+    # Informational: a bench still saves its baseline, so the exit code stays 0.
+    assert second.returncode == 0, second.stdout + second.stderr
+    assert "against the previous baseline (" in second.stdout
+    assert "  canary-health: FAIL" in second.stdout
+    assert "    bench slower than 1.2x and 100ms over baseline at 95% confidence" in second.stdout
+
+
 def test_unknown_service_is_one_line(emu: Emulator, repo: Path) -> None:
     run = reconcile(emu, repo, "probe", "payments")
     assert run.returncode == 1

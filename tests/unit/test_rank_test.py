@@ -16,6 +16,7 @@ from reconciler import stats
 from reconciler.stats import (
     midranks,
     rank_test_requests,
+    tail_test_greater,
     u_null_counts,
     u_smallest_p,
     u_statistic,
@@ -126,3 +127,33 @@ def test_empty_side_gives_no_evidence() -> None:
 )
 def test_rank_test_requests(alpha: float, power: float, effect: float, per_side: int) -> None:
     assert rank_test_requests(alpha, power, effect) == per_side
+
+
+def test_tail_test_counts_values_above_the_pooled_quantile() -> None:
+    # Pooled p80 of ten values is 8; both values above it are x's: 1 way in C(10, 2).
+    assert tail_test_greater([10, 11], [1, 2, 3, 4, 5, 6, 7, 8], 0.8) == pytest.approx(1 / 45)
+    assert tail_test_greater([1, 2], [3, 4, 5, 6, 7, 8, 10, 11], 0.8) == 1.0
+    assert tail_test_greater([], [1.0]) == 1.0
+    assert tail_test_greater([1.0, 1.0], [1.0, 1.0]) == 1.0  # nothing above the quantile
+
+
+def test_tail_test_by_enumeration() -> None:
+    x, y = [0.9, 0.2, 0.75], [0.1, 0.3, 0.8, 0.4, 0.5]
+    observed = tail_test_greater(x, y, 0.7)
+    pooled = x + y
+    threshold = sorted(pooled)[math.ceil(0.7 * 8) - 1]
+    mine = sum(v > threshold for v in x)
+    at_least = total = 0
+    for chosen in itertools.combinations(range(8), 3):
+        total += 1
+        at_least += sum(pooled[i] > threshold for i in chosen) >= mine
+    assert observed == pytest.approx(at_least / total)
+
+
+def test_tail_test_sees_a_slow_tail_the_rank_test_misses() -> None:
+    rng = random.Random(5)
+    y = [rng.lognormvariate(0, 0.5) for _ in range(200)]
+    x = [v * (6 if i % 10 == 0 else 1) for i, v in enumerate(rng.lognormvariate(0, 0.5)
+                                                             for _ in range(200))]  # fmt: skip
+    assert u_test_greater(x, y) > 0.05
+    assert tail_test_greater(x, y, 0.95) < 0.001

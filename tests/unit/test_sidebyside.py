@@ -9,12 +9,14 @@ import pytest
 
 from reconciler.model import Outcome
 from reconciler.sidebyside import (
+    BaselineRule,
     CompareRule,
     Judgement,
     Sample,
     SideStats,
     compare_verdict,
     judge,
+    judge_baseline,
     lower_beyond,
     slower_beyond,
     success_requests,
@@ -39,6 +41,9 @@ def ok(latencies: tuple[float, ...], failed: int = 0) -> Sample:
 NOISY_CANARY = (0.09, 0.1, 0.11, 0.12, 0.13, 0.14, 0.15, 0.16, 0.2, 0.45)
 NOISY_STABLE = (0.08, 0.1, 0.11, 0.12, 0.125, 0.13, 0.14, 0.15, 0.16, 0.18)
 
+# p50 unchanged, the slowest tenth 5x slower: the U test barely moves, the tail test sees it.
+TAIL = tuple(x * 5 if i % 10 == 0 else x for i, x in enumerate(lognormal(100, 1)))
+
 VERDICTS = [
     ("identical-3", ok(lognormal(3, 1)), ok(lognormal(3, 2)), Outcome.INCONCLUSIVE),
     ("three-maxima-apart", ok((0.1, 0.1, 0.9)), ok((0.1, 0.1, 0.2)), Outcome.INCONCLUSIVE),
@@ -55,6 +60,7 @@ VERDICTS = [
     ("ten-times-slower-5", ok(lognormal(5, 1, 10)), ok(lognormal(5, 2)), Outcome.FAIL),
     ("two-times-slower-4", ok(lognormal(4, 1, 2)), ok(lognormal(4, 2)), Outcome.INCONCLUSIVE),
     ("two-times-slower-100", ok(lognormal(100, 1, 2)), ok(lognormal(100, 2)), Outcome.FAIL),
+    ("tail-only-slower-100", ok(TAIL), ok(lognormal(100, 2)), Outcome.FAIL),
     ("within-ratio-100", ok(lognormal(100, 1, 1.1)), ok(lognormal(100, 2)), Outcome.PASS),
     ("slower-but-tiny-100", ok((0.008,) * 100), ok((0.005,) * 100), Outcome.PASS),
     ("canary-better-100", ok(lognormal(100, 1, 0.5)), ok(lognormal(100, 2)), Outcome.PASS),
@@ -99,7 +105,7 @@ def test_fail_reasons_read_well() -> None:
     assert got.reasons[1].startswith(
         "canary slower than 1.2x and 20ms over stable at 95% confidence (p95 "
     )
-    assert got.reasons[1].endswith("U test p=0.001)")
+    assert got.reasons[1].endswith("p=0.002)")  # twice 1 in C(14, 4)
 
 
 def test_names_label_the_sides() -> None:
@@ -137,8 +143,8 @@ def test_margin_is_exactly_the_null_boundary() -> None:
     # margin": brought back, it equals the stable, so the test sees no difference at all.
     stable = lognormal(30, 9)
     boundary = [max(1.2 * y, y + 0.02) for y in stable]
-    assert slower_beyond(boundary, stable, 1.2, 0.02) == pytest.approx(0.5, abs=0.1)
-    assert slower_beyond([x * 1.01 for x in boundary], stable, 1.2, 0.02) < 0.5
+    assert slower_beyond(boundary, stable, 1.2, 0.02) == 1.0
+    assert slower_beyond([x * 1.01 for x in boundary], stable, 1.2, 0.02) < 1.0
 
 
 def test_lower_beyond_for_values_where_higher_is_better() -> None:
@@ -152,3 +158,32 @@ def test_lower_beyond_for_values_where_higher_is_better() -> None:
 )
 def test_success_requests(rate: float, needed: int) -> None:
     assert success_requests(rate, 0.02, 0.95) == needed
+
+
+BASE = ok((10.0, 10.5, 11.0, 10.2, 10.8))
+CONF = (0.85, 0.86, 0.84, 0.85, 0.87)
+BASELINES = [
+    ("same", BASE, CONF, Outcome.INCONCLUSIVE),
+    ("slower", ok((14.0, 14.5, 15.0, 14.2, 14.8)), CONF, Outcome.FAIL),
+    ("less-confident", BASE, (0.7, 0.71, 0.69, 0.7, 0.72), Outcome.FAIL),
+    ("a-little-less-confident", BASE, (0.83, 0.84, 0.82, 0.83, 0.85), Outcome.INCONCLUSIVE),
+    ("no-confidence", BASE, (), Outcome.INCONCLUSIVE),
+    ("all-down", Sample(5, 0), CONF, Outcome.FAIL),
+]
+
+
+@pytest.mark.parametrize(
+    ("bench", "confidences", "outcome"),
+    [b[1:] for b in BASELINES],
+    ids=[b[0] for b in BASELINES],
+)
+def test_baseline_verdict(bench: Sample, confidences: tuple[float, ...], outcome: Outcome) -> None:
+    got = judge_baseline(bench, BASE, BaselineRule(), (confidences, CONF))
+    assert got.outcome is outcome, got.reasons
+
+
+def test_baseline_confidence_reason() -> None:
+    got = judge_baseline(BASE, BASE, BaselineRule(), ((0.7,) * 5, CONF))
+    assert got.reasons == (
+        "confidence 0.70 vs baseline 0.85: lower by more than 0.05 at 95% confidence (p=0.0036)",
+    )

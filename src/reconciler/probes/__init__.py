@@ -7,11 +7,11 @@ compares it with a kept baseline. The public names are re-exported here.
 
 from reconciler.probes.bench import (
     Baseline,
-    BaselineRule,
     BenchResult,
     BenchSample,
     bench,
     compare_to_baseline,
+    judge_to_baseline,
     load_baseline,
     save_baseline,
 )
@@ -46,6 +46,7 @@ from reconciler.probes.http import (
     run_probes,
 )
 from reconciler.sidebyside import (
+    BaselineRule,
     CompareRule,
     Comparison,
     SideStats,
@@ -80,6 +81,7 @@ __all__ = [
     "discover_urls",
     "evaluate",
     "format_seconds",
+    "judge_to_baseline",
     "load_baseline",
     "lookup",
     "needs_json",

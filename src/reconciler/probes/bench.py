@@ -1,4 +1,7 @@
-"""Bench: repeated requests to one check, kept as a baseline and compared with it later."""
+"""Bench: repeated requests to one check, kept as a baseline and compared with it later.
+
+The verdict against a baseline is `reconciler.sidebyside.judge_baseline` (pure, tested).
+"""
 
 from __future__ import annotations
 
@@ -11,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from reconciler.errors import ReconcileError
+from reconciler.model import Outcome
 from reconciler.probes.checks import (
     MISSING,
     Urls,
@@ -22,7 +26,7 @@ from reconciler.probes.checks import (
     result_of,
 )
 from reconciler.probes.http import Prober
-from reconciler.sidebyside import format_seconds
+from reconciler.sidebyside import BaselineRule, Judgement, Sample, format_seconds, judge_baseline
 from reconciler.spec import Check
 from reconciler.state import atomic_write_text
 from reconciler.stats import percentile
@@ -74,6 +78,11 @@ class BenchResult:
     def success_rate(self) -> float:
         """Share of iterations that passed."""
         return sum(s.ok for s in self.samples) / len(self.samples) if self.samples else 0.0
+
+    @property
+    def sample(self) -> Sample:
+        """What a verdict against a baseline is computed from."""
+        return Sample(len(self.samples), sum(s.ok for s in self.samples), tuple(self.latencies))
 
     @property
     def confidences(self) -> list[float]:
@@ -156,42 +165,23 @@ class Baseline:
         )
 
 
-@dataclass(frozen=True)
-class BaselineRule:
-    """How much worse than the baseline counts as a regression.
+def judge_to_baseline(
+    result: BenchResult | Baseline, baseline: Baseline, rule: BaselineRule = BaselineRule()
+) -> list[tuple[str, Judgement]]:
+    """The verdict of each check against the baseline's bench of the same name (pure).
 
-    A regression: success rate lower by more than `success_margin`; p95 or mean above the
-    baseline's times `latency_ratio` and at least `latency_slack` seconds slower; mean
-    `confidence` lower by more than `confidence_margin`.
+    A `BenchResult` is one check; a `Baseline` is judged check by check, over the checks
+    both have.
     """
-
-    success_margin: float = 0.0
-    latency_ratio: float = 1.2
-    latency_slack: float = 0.1
-    confidence_margin: float = 0.05
-
-
-def _bench_regressions(current: BenchResult, base: BenchResult, rule: BaselineRule) -> list[str]:
-    out: list[str] = []
-    if current.success_rate < base.success_rate - rule.success_margin - 1e-9:
-        out.append(
-            f"{current.name}: success {current.success_rate:.0%} < baseline {base.success_rate:.0%}"
-        )
-    for label in ("p95", "mean"):
-        now, then = getattr(current, label), getattr(base, label)
-        if now is None or then is None:
-            continue
-        if now > then * rule.latency_ratio and now - then >= rule.latency_slack:
-            out.append(
-                f"{current.name}: {label} {format_seconds(now)} > baseline "
-                f"{format_seconds(then)} x{rule.latency_ratio:g}"
+    current = result.results if isinstance(result, Baseline) else (result,)
+    out: list[tuple[str, Judgement]] = []
+    for now in current:
+        then = baseline.result(now.name)
+        if then is not None:
+            judgement = judge_baseline(
+                now.sample, then.sample, rule, (now.confidences, then.confidences)
             )
-    now_c, then_c = current.confidence_mean, base.confidence_mean
-    if now_c is not None and then_c is not None and now_c < then_c - rule.confidence_margin:
-        out.append(
-            f"{current.name}: confidence {now_c:.2f} < baseline {then_c:.2f} "
-            f"- {rule.confidence_margin:g}"
-        )
+            out.append((now.name, judgement))
     return out
 
 
@@ -200,16 +190,14 @@ def compare_to_baseline(
 ) -> list[str]:
     """Regressions of `result` against `baseline`, one line each; empty when none (pure).
 
-    A `BenchResult` is compared with the baseline's bench of the same name; a `Baseline`
-    check by check, over the checks both have.
+    Only a FAIL of `judge_to_baseline` is a regression: a few iterations rarely show one.
     """
-    current = result.results if isinstance(result, Baseline) else (result,)
-    out: list[str] = []
-    for bench_result in current:
-        base = baseline.result(bench_result.name)
-        if base is not None:
-            out.extend(_bench_regressions(bench_result, base, rule))
-    return out
+    return [
+        f"{name}: {why}"
+        for name, judgement in judge_to_baseline(result, baseline, rule)
+        if judgement.outcome is Outcome.FAIL
+        for why in judgement.reasons
+    ]
 
 
 def save_baseline(state_dir: Path, baseline: Baseline) -> Path:
