@@ -312,13 +312,14 @@ def judge_baseline(
     baseline: Sample,
     rule: BaselineRule = BaselineRule(),
     confidences: tuple[Sequence[float], Sequence[float]] = ((), ()),
+    names: tuple[str, str] = ("bench", "baseline"),
 ) -> Judgement:
     """The verdict of a bench against the kept baseline of the same check.
 
     Like with like: the baseline's probe latencies against the bench's probe latencies, and
     `confidences` (the bench's, the baseline's) when both carried some.
     """
-    got = judge(current, baseline, rule, names=("bench", "baseline"))
+    got = judge(current, baseline, rule, names)
     now, then = confidences
     if not now or not then or (got.outcome is Outcome.INCONCLUSIVE and not got.needed):
         return got
@@ -326,7 +327,7 @@ def judge_baseline(
     if p >= rule.alpha:
         return got
     why = (
-        f"confidence {sum(now) / len(now):.2f} vs baseline {sum(then) / len(then):.2f}: lower "
+        f"confidence {sum(now) / len(now):.2f} vs {names[1]} {sum(then) / len(then):.2f}: lower "
         f"by more than {rule.confidence_margin:g} at {rule.confidence:.0%} confidence "
         f"(p={p:.2g})"
     )
