@@ -90,7 +90,8 @@ class CompareRule:
             f"FAIL only when, at {self.confidence:.0%} confidence, the canary's success rate "
             f"is more than {self.success_margin:.0%} below the stable's (Newcombe interval) or "
             f"its answers are slower than {self.latency_ratio:g}x and "
-            f"{format_seconds(self.latency_slack)} over the stable's (Mann-Whitney U); "
+            f"{format_seconds(self.latency_slack)} over the stable's (Mann-Whitney U, Mood's "
+            "p95 test); "
             "INCONCLUSIVE when too few requests to tell"
         )
 
