@@ -12,13 +12,12 @@ two maxima of three) never decide: identical revisions would fail on noise.
   the level each: a Mann-Whitney U test (exact for small samples) for the bulk and Mood's
   quantile test at p95 for the tail; FAIL when either says they are still slower.
 
-Each test runs at one-sided level `(1 - confidence) / 2`, so with two tests the chance that
-identical revisions FAIL is at most `1 - confidence`.
+The success test and the latency pair each run at one-sided level `(1 - confidence) / 2`,
+so the chance that identical revisions FAIL is at most `1 - confidence`.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -210,8 +209,7 @@ def judge(
             reasons.append(
                 f"{mine} slower than {rule.latency_ratio:g}x and "
                 f"{format_seconds(rule.latency_slack)} over {theirs} at {rule.confidence:.0%} "
-                f"confidence (p95 {format_seconds(_p95(candidate))} vs "
-                f"{format_seconds(_p95(reference))}, p={p:.2g})"
+                f"confidence (p95 {_p95(candidate)} vs {_p95(reference)}, p={p:.2g})"
             )
     if reasons:
         return Judgement(Outcome.FAIL, tuple(reasons), None, interval, p)
@@ -225,15 +223,16 @@ def judge(
     if have < needed:
         why = (
             f"{have} answered requests per side are too few to tell; about {needed} per side "
-            f"would detect a {mine} {SUCCESS_DROP:.0%} less successful or clearly slower "
-            f"beyond the margin"
+            f"would detect a {mine} {SUCCESS_DROP * 100:.0f} points less successful or "
+            "clearly slower beyond the margin"
         )
         return Judgement(Outcome.INCONCLUSIVE, (why,), needed, interval, p)
     return Judgement(Outcome.PASS, (), None, interval, p)
 
 
-def _p95(sample: Sample) -> float:
-    return percentile(sample.latencies, 95) or math.nan
+def _p95(sample: Sample) -> str:
+    value = percentile(sample.latencies, 95)
+    return format_seconds(value) if value is not None else "-"
 
 
 @dataclass(frozen=True)

@@ -87,7 +87,7 @@ def test_inconclusive_says_how_many_requests_would_decide() -> None:
         Outcome.INCONCLUSIVE,
         (
             "10 answered requests per side are too few to tell; about 65 per side would "
-            "detect a canary 10% less successful or clearly slower beyond the margin",
+            "detect a canary 10 points less successful or clearly slower beyond the margin",
         ),
         65,
         got.success_interval,
