@@ -439,7 +439,8 @@ def _status_to_data(s: ServiceStatus) -> dict[str, Any]:
         "passing_since": None if s.passing_since is None else format_time(s.passing_since),
         "probes": [
             {"name": p.name, "ok": p.ok, "at": format_time(p.at), "reason": p.reason}
-            | ({} if p.latency is None else {"latency": p.latency})
+            # 0.1 ms is finer than any probe can tell; more digits are noise in git diffs.
+            | ({} if p.latency is None else {"latency": round(p.latency, 4)})
             for p in s.probes
         ],
     }
