@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from reconciler import safepath
 from reconciler.errors import ReconcileError
 from reconciler.model import Outcome
 from reconciler.probes.checks import (
@@ -215,6 +216,7 @@ def save_baseline(state_dir: Path, baseline: Baseline) -> Path:
 def load_baseline(state_dir: Path, service: str, name: str = "latest") -> Baseline | None:
     """The baseline `state/<service>/baselines/<name>.json`, None when there is none."""
     path = state_dir / service / "baselines" / f"{name}.json"
+    safepath.guard(path)  # never read through a symbolic link under state/
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:

@@ -17,6 +17,7 @@ from dataclasses import dataclass, replace
 from typing import Any, Final
 from urllib.parse import urlsplit, urlunsplit
 
+from reconciler import redact
 from reconciler.analysis import ProbeRun
 from reconciler.errors import ReconcileError
 from reconciler.model import GateResult, LiveService, Outcome
@@ -132,7 +133,8 @@ def _same(actual: Any, expected: Any) -> bool:
 
 
 def _show(value: Any) -> str:
-    text = json.dumps(value, ensure_ascii=False, sort_keys=True)
+    # Scrubbed before shortening: half a secret is no longer recognisable afterwards.
+    text = redact.scrub(json.dumps(value, ensure_ascii=False, sort_keys=True))
     return text if len(text) <= 60 else text[:57] + "..."
 
 
@@ -245,7 +247,8 @@ def redact_exchange(exchange: Exchange, secrets: Sequence[str]) -> Exchange:
     check fails quotes the answer, and reasons are stored, logged and reported.
     """
     body, error = exchange.body, exchange.error
-    for secret in sorted(secrets, key=len, reverse=True):
+    every_form = {form for secret in secrets for form in redact.forms(secret)}
+    for secret in sorted(every_form, key=len, reverse=True):
         body = body.replace(secret.encode(), REDACTED.encode())
         if error is not None:
             error = error.replace(secret, REDACTED)
@@ -297,6 +300,7 @@ def resolve_headers(check: Check, environ: Mapping[str, str]) -> dict[str, str]:
                     f"{check.name}: header {name} reads environment variable {value.env}, "
                     "which is not set"
                 )
+            redact.register(secret)  # every sink scrubs it from now on
             out[name] = secret
         else:
             out[name] = value
