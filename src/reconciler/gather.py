@@ -220,4 +220,10 @@ def probe(
         results = run_probes(spec, urls, environ=ctx.environ)
     except ProbeConfigError as exc:
         return [], [str(exc)]
-    return [st.ProbeRecord(r.name, r.ok, now, "" if r.ok else r.reason) for r in results], []
+    records = [
+        st.ProbeRecord(
+            r.name, r.ok, now, "" if r.ok else r.reason, r.latency if r.answered else None
+        )
+        for r in results
+    ]
+    return records, []

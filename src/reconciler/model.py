@@ -308,6 +308,8 @@ class ProbeRecord:
     ok: bool
     at: datetime
     reason: str = ""
+    latency: float | None = None
+    """Seconds to the answer; None when none arrived (or recorded before it was kept)."""
 
 
 @dataclass(frozen=True)

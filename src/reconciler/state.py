@@ -488,6 +488,8 @@ def _status_to_data(s: ServiceStatus) -> dict[str, Any]:
         "passing_since": None if s.passing_since is None else format_time(s.passing_since),
         "probes": [
             {"name": p.name, "ok": p.ok, "at": format_time(p.at), "reason": p.reason}
+            # 0.1 ms is finer than any probe can tell; more digits are noise in git diffs.
+            | ({} if p.latency is None else {"latency": round(p.latency, 4)})
             for p in s.probes
         ],
         # Written only when there is a streak, so quiet services keep their old bytes.
@@ -539,7 +541,13 @@ def _status_from_data(d: Any) -> ServiceStatus:
         applied=None if d.get("applied") is None else _split_from_data(d["applied"]),
         passing_since=_opt_time(d.get("passing_since")),
         probes=tuple(
-            ProbeRecord(str(p["name"]), bool(p["ok"]), parse_time(p["at"]), str(p["reason"]))
+            ProbeRecord(
+                str(p["name"]),
+                bool(p["ok"]),
+                parse_time(p["at"]),
+                str(p["reason"]),
+                _opt_float(p.get("latency")),
+            )
             for p in d.get("probes") or ()
         ),
         # Files written before streaks were counted have none: counting starts from windows.
@@ -619,7 +627,11 @@ def _salvage_status(data: Any, service: str) -> tuple[ServiceStatus | None, list
         probes=items(
             "probes",
             lambda p: ProbeRecord(
-                str(p["name"]), _bool(p["ok"]), parse_time(p["at"]), str(p["reason"])
+                str(p["name"]),
+                _bool(p["ok"]),
+                parse_time(p["at"]),
+                str(p["reason"]),
+                _opt_float(p.get("latency")),
             ),
         ),
     )

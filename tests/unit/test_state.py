@@ -16,6 +16,7 @@ from reconciler.state import (
     Event,
     EventKind,
     Phase,
+    ProbeRecord,
     ServiceStatus,
     StateError,
     Streak,
@@ -109,6 +110,15 @@ STATUSES = [
     (
         "streaks",
         _status(streaks={"error_rate": Streak(13, T0), "probe:health": Streak(0, T0)}),
+    ),
+    (
+        "probe-runs",
+        _status(
+            probes=(
+                ProbeRecord("canary-health", True, T0, latency=0.125),
+                ProbeRecord("chat-smoke", False, T0, "timeout after 15s"),  # no answer
+            )
+        ),
     ),
 ]
 
