@@ -35,7 +35,6 @@ from reconciler.plan import (
     SpecEdit,
     is_rolled_back,
     plan_service,
-    promote_edit,
     rollback_plan,
 )
 from reconciler.spec import EnvValue, RolloutSpec
@@ -186,6 +185,7 @@ def decide(
     )
     if metrics_error:
         sp = replace(sp, warnings=(*sp.warnings, f"metrics: {metrics_error}"))
+    sp = paused_plan(spec, sp)
     sp = replace(sp, blocked=sp.blocked or _hold(spec, status, live, sp, config_errors))
     events = tuple(
         Event(now, EventKind.PROBE_FAILED, actor, reason=p.reason, spec_commit=spec_commit)
@@ -336,13 +336,25 @@ def decide_rollback(
     )
 
 
-def promotion(spec: RolloutSpec, spec_commit: str | None = None) -> tuple[SpecEdit, Commit]:
-    """`reconcile promote`: the next stage as an edit, and its commit. Raises PlanError."""
-    edit = promote_edit(spec)
-    return edit, Commit(
-        f"reconcile({spec.service}): promote {edit.summary}",
-        "",
-        _trailers(spec.service, "promote", spec_commit),
+def paused_plan(spec: RolloutSpec, sp: ServicePlan) -> ServicePlan:
+    """`paused: true` holds traffic where it is: no new stage, advance, finalize or drift
+    correction is made (a note says which), but a rollback always goes through."""
+    if not spec.paused or sp.reason is Reason.ROLLBACK:
+        return sp
+    held = sp.reason.value if (sp.changes or sp.edit is not None or sp.drift) else ""
+    note = "paused: traffic held at " + sp.before.describe()
+    if held:
+        note += f" ({held} not made)"
+    return replace(
+        sp,
+        after=sp.before,
+        changes=(),
+        edit=None,
+        reason=Reason.NONE,
+        phase=Phase.PAUSED,
+        drift=False,
+        blocked=None,
+        notes=(*sp.notes, note + "; reconcile resume to continue"),
     )
 
 
@@ -549,5 +561,5 @@ __all__ = [
     "env_needs",
     "merge_windows",
     "missing_env",
-    "promotion",
+    "paused_plan",
 ]

@@ -1,23 +1,27 @@
-"""The operator's manual actions: roll a canary back now, promote it one stage.
+"""The operator's manual actions: rollback, abort, promote, pause, resume, retry, canary start.
 
-Both are decided by the pure core (`decide.decide_rollback`, `decide.promotion`) and carried
+Each is decided by the pure core (`decide.decide_rollback`, the rules in `verbs`) and carried
 out by the loop's executor (etag writes with the stamp, the one rollout-file edit path, one
-commit), so git tells the truth about them too.
+commit), so git tells the truth about them too. A dry run decides and writes nothing.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from reconciler import state as st
-from reconciler.decide import Decision, decide_rollback, promotion
+from reconciler import verbs
+from reconciler.decide import Commit, Decision, decide_rollback
 from reconciler.errors import ReconcileError
 from reconciler.execute import ServiceRun, carry_out, edit_text, read_rollout, record
 from reconciler.loader import load_spec
 from reconciler.model import LiveService
-from reconciler.plan import PlanError, is_rolled_back
+from reconciler.plan import SpecEdit, is_rolled_back
 from reconciler.reconcile import Context, ServiceOutcome, ref_of, rollout_files
+from reconciler.spec import RolloutSpec
 
 log = logging.getLogger(__name__)
 
@@ -74,32 +78,183 @@ def rollback(ctx: Context, service: str, reason: str) -> ServiceOutcome:
     return ServiceOutcome(spec.service, plan=d.plan, applied=True, rolled_back=True, commit=commit)
 
 
-def promote(ctx: Context, service: str, branch: str | None = None) -> tuple[str, str | None]:
-    """Write the next stage into the rollout file and commit it (on `branch` when given).
+@dataclass(frozen=True)
+class VerbResult:
+    """What a verb wrote (or, in a dry run, would write): the edit's summary and the commit."""
 
-    Returns (summary, commit sha).
-    """
-    path = _one_file(ctx, service)
-    _pull(ctx)
-    spec = load_spec(path)
-    spec_commit = ctx.git.last_commit_touching(path) if ctx.git else None
+    summary: str
+    commit: str | None = None
+    dry_run: bool = False
+    noop: bool = False
+
+
+def _decided(rule: Callable[[], SpecEdit | None]) -> SpecEdit | None:
+    """A pure rule's refusal is an operator error: one line, exit 1, nothing written."""
     try:
-        edit, message = promotion(spec, spec_commit)
-    except PlanError as exc:
+        return rule()
+    except verbs.VerbError as exc:
         raise ReconcileError(str(exc)) from None
+
+
+def _write(
+    ctx: Context,
+    path: Path,
+    edit: SpecEdit,
+    message: Commit,
+    branch: str | None,
+    dry_run: bool,
+) -> VerbResult:
+    """Commit a verb's rollout-file edit (on `branch` when given) and push it."""
+    if dry_run:
+        return VerbResult(edit.summary, dry_run=True)
     text = edit_text(read_rollout(path), edit)
     if ctx.git is None:
         st.atomic_write_text(path, text)
-        return edit.summary, None
+        return VerbResult(edit.summary)
     if branch:
-        sha = ctx.git.commit_to_branch(
+        on_branch = ctx.git.commit_to_branch(
             branch, {path: text}, message.subject, trailers=message.trailers, push=ctx.push
         )
-        return edit.summary, sha
+        return VerbResult(edit.summary, on_branch)
     st.atomic_write_text(path, text)
-    commit = ctx.git.commit(
-        [path], message.subject, trailers=message.trailers, skip_reconcile=False
-    )
+    sha = ctx.git.commit([path], message.subject, trailers=message.trailers, skip_reconcile=False)
     if ctx.push and ctx.git.has_remote():
         ctx.git.push()
-    return edit.summary, commit
+    return VerbResult(edit.summary, sha)
+
+
+def _edit_verb(
+    ctx: Context,
+    service: str,
+    action: str,
+    rule: Callable[[RolloutSpec, st.ServiceStatus | None], SpecEdit | None],
+    *,
+    branch: str | None = None,
+    dry_run: bool = False,
+    noop: str = "nothing to change",
+) -> VerbResult:
+    """A verb that only edits the rollout file: decide it purely, then commit the edit."""
+    path = _one_file(ctx, service)
+    _pull(ctx)
+    spec = load_spec(path)
+    status = st.load_status(ctx.state_root, spec.service).status
+    edit = _decided(lambda: rule(spec, status))
+    if edit is None:
+        return VerbResult(noop, noop=True)
+    spec_commit = ctx.git.last_commit_touching(path) if ctx.git else None
+    message = verbs.commit(spec.service, action, edit, spec_commit)
+    return _write(ctx, path, edit, message, branch, dry_run)
+
+
+def promote(
+    ctx: Context,
+    service: str,
+    branch: str | None = None,
+    *,
+    to: int | None = None,
+    full: bool = False,
+    force: bool = False,
+    dry_run: bool = False,
+) -> VerbResult:
+    """Write the next stage (or `to`, or 100%) into the rollout file and commit it.
+
+    Refused before the current stage's bake has passed, unless `force` (written as
+    `force: true`, which the next apply honours once).
+    """
+    now = ctx.clock()
+    return _edit_verb(
+        ctx,
+        service,
+        "promote",
+        lambda spec, status: verbs.promote(spec, status, now=now, to=to, full=full, force=force),
+        branch=branch,
+        dry_run=dry_run,
+    )
+
+
+def pause(ctx: Context, service: str, *, dry_run: bool = False) -> VerbResult:
+    """Commit `paused: true`: no advance, no drift correction; rollbacks still happen."""
+    return _edit_verb(
+        ctx, service, "pause", lambda spec, _: verbs.pause(spec), dry_run=dry_run, noop="paused"
+    )
+
+
+def resume(ctx: Context, service: str, *, dry_run: bool = False) -> VerbResult:
+    """Remove `paused`: the next apply advances and corrects drift again."""
+    return _edit_verb(
+        ctx,
+        service,
+        "resume",
+        lambda spec, _: verbs.resume(spec),
+        dry_run=dry_run,
+        noop="not paused",
+    )
+
+
+def retry(
+    ctx: Context, service: str, reason: str | None = None, *, dry_run: bool = False
+) -> VerbResult:
+    """Clear the `rolled_back` block (a new canary named, or the same one with a reason)."""
+    return _edit_verb(
+        ctx, service, "retry", lambda spec, _: verbs.retry(spec, reason), dry_run=dry_run
+    )
+
+
+def canary_start(
+    ctx: Context,
+    service: str,
+    revision: str | None = None,
+    *,
+    branch: str | None = None,
+    dry_run: bool = False,
+) -> VerbResult:
+    """Name `revision` (default: Cloud Run's latest ready revision) as canary at the first
+    stage, committed (on `branch` for a pull request when given)."""
+    path = _one_file(ctx, service)
+    _pull(ctx)
+    spec = load_spec(path)
+    live = ctx.backend.get_service(ref_of(spec))
+    chosen = revision or live.latest_ready_revision
+
+    def rule(spec: RolloutSpec, _: st.ServiceStatus | None) -> SpecEdit:
+        return verbs.canary_start(spec, chosen, live.revisions)
+
+    return _edit_verb(ctx, service, "canary", rule, branch=branch, dry_run=dry_run)
+
+
+def abort(ctx: Context, service: str, *, dry_run: bool = False) -> ServiceOutcome:
+    """100% to stable now, `canary_percent: 0` and `paused: true`, with no sticky block:
+    the canary stays named and can be resumed."""
+    path = _one_file(ctx, service)
+    _pull(ctx)
+    spec = load_spec(path)
+    live = ctx.backend.get_service(ref_of(spec))
+    now = ctx.clock()
+    loaded = st.load_status(ctx.state_root, spec.service)
+    status = loaded.status
+    spec_commit = ctx.git.last_commit_touching(path) if ctx.git else None
+
+    def redecide(fresh: LiveService) -> Decision:
+        try:
+            return verbs.decide_abort(
+                spec, status, fresh, now=now, spec_commit=spec_commit, actor=ctx.actor
+            )
+        except verbs.VerbError as exc:
+            raise ReconcileError(str(exc)) from None
+
+    d = redecide(live)
+    if dry_run:
+        return ServiceOutcome(spec.service, plan=d.plan)
+    run = ServiceRun(path, spec, live, now)
+    rebuilt = loaded.event(now, ctx.actor)
+    if rebuilt is not None:
+        run.events.append(rebuilt)
+    d, applied = carry_out(ctx, run, d, redecide)
+    commit = record(ctx, run, d, applied)
+    if commit and ctx.push and ctx.git is not None:
+        ctx.git.push()
+    if run.unconfirmed:
+        raise ReconcileError(
+            f"{d.plan.ref.name}: abort recorded, not confirmed serving: {run.unconfirmed}"
+        )
+    return ServiceOutcome(spec.service, plan=d.plan, applied=True, commit=commit)

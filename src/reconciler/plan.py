@@ -481,20 +481,3 @@ def rollback_plan(
             Reason.ROLLBACK, values, f"canary {live_canary}% -> 0% ({canary or 'none'}): {reason}"
         ),
     )
-
-
-def promote_edit(spec: RolloutSpec) -> SpecEdit:
-    """The edit `reconcile promote` commits: the next stage. Raises PlanError when impossible."""
-    canary = spec.revisions.canary
-    if canary is None:
-        raise PlanError(f"{spec.service}: no canary revision to promote")
-    if spec.rolled_back is not None and spec.rolled_back.revision == canary:
-        raise PlanError(f"{spec.service}: canary {canary} was rolled back; name a new canary")
-    nxt = spec.next_stage()
-    if nxt is None:
-        raise PlanError(f"{spec.service}: already at 100%")
-    return SpecEdit(
-        Reason.STAGE,
-        {"canary_percent": nxt},
-        f"canary {spec.canary_percent}% -> {nxt}% ({canary})",
-    )

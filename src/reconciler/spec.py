@@ -484,6 +484,11 @@ class RolloutSpec(_Model):
     rolled_back: RolledBack | None = Field(
         default=None, description="Written by the reconciler; delete it to retry the canary."
     )
+    paused: bool = Field(
+        default=False,
+        description="Hold traffic where it is: no advance, no drift correction (never a "
+        "rollback). Written by `reconcile pause` and `abort`; removed by `resume`.",
+    )
 
     @model_validator(mode="after")
     def _rules(self) -> RolloutSpec:

@@ -125,13 +125,30 @@ def test_rollback_needs_force_without_a_terminal(sb: Sandbox) -> None:
     assert "canary_percent: 0" in text and "rolled_back:" in text and "5xx spike" in text
 
 
-def test_promote_then_blocked_apply(sb: Sandbox) -> None:
+def test_promote_refused_before_bake_then_forced_apply_is_green(sb: Sandbox) -> None:
     assert reconcile(sb, "apply").returncode == 0
-    out = reconcile(sb, "promote", "ion-api")
-    assert out.returncode == 0 and "canary 5% -> 10%" in out.stdout
-    blocked = reconcile(sb, "apply")
-    assert blocked.returncode == 1
-    assert "blocked ion-api: stage 5% has not passed its gates for bake 24h" in blocked.stderr
+    refused = reconcile(sb, "promote", "ion-api")
+    assert refused.returncode == 1 and "Traceback" not in refused.stderr
+    assert "stage 5% has not passed its gates for bake 24h" in refused.stderr
+    assert refused.stderr.strip().count("\n") == 0
+    dry = reconcile(sb, "promote", "ion-api", "--force", "--dry-run")
+    assert dry.returncode == 0 and dry.stdout.startswith("would promote ion-api: canary 5% -> 10%")
+    assert "force" not in sb.rollout().read_text()
+    out = reconcile(sb, "promote", "ion-api", "--force")
+    assert out.returncode == 0 and "canary 5% -> 10%" in out.stdout, out.stderr
+    applied = reconcile(sb, "apply")
+    assert applied.returncode == 0, applied.stderr
+    assert live(sb)[CANARY] == (10, "canary")
+
+
+def test_pause_abort_resume_from_the_command_line(sb: Sandbox) -> None:
+    assert reconcile(sb, "apply").returncode == 0
+    assert "paused ion-api" in reconcile(sb, "pause", "ion-api").stdout
+    out = reconcile(sb, "abort", "ion-api")
+    assert out.returncode == 0, out.stderr
+    assert "aborted ion-api" in out.stdout and live(sb) == {STABLE: (100, "stable")}
+    assert reconcile(sb, "apply").returncode == 0
+    assert "resumed ion-api" in reconcile(sb, "resume", "ion-api").stdout
 
 
 def test_watch_ticks_and_stops_after_its_duration(sb: Sandbox) -> None:

@@ -1,4 +1,5 @@
-"""Git write-back against the emulator: rollback, promote, finalize, races, crash recovery."""
+"""Git write-back against the emulator: rollback, finalize, races, crash recovery (the other
+operator verbs: test_verbs.py)."""
 
 from __future__ import annotations
 
@@ -67,27 +68,6 @@ def test_manual_rollback_keeps_every_comment_and_is_sticky(sb: Sandbox) -> None:
     # Sticky: the next apply does not route to the rolled-back canary again.
     assert apply_all(context(sb)).exit_code == 0
     assert live_percents(sb) == {STABLE: 100}
-
-
-def test_promote_commits_the_next_stage_and_the_bake_gate_holds(sb: Sandbox) -> None:
-    assert apply_all(context(sb)).exit_code == 0
-    summary, sha = promote(context(sb), "ion-api")
-    assert summary == "canary 5% -> 10% (ion-api-00042-xyz)"
-    assert sha is not None and "canary_percent: 10" in sb.remote_file("rollout/ion-api.yaml")
-    # 24h bake has not passed: apply refuses to move traffic.
-    result = apply_all(context(sb))
-    assert result.exit_code == 1
-    (outcome,) = result.outcomes
-    assert outcome.plan is not None and outcome.plan.blocked
-    assert "bake 24h" in outcome.plan.blocked
-    assert live_percents(sb) == {STABLE: 95, CANARY: 5}
-
-
-def test_promote_on_a_branch_leaves_main_alone(sb: Sandbox) -> None:
-    head = sb.git("rev-parse", "HEAD")
-    promote(context(sb), "ion-api", branch="promote/ion-api-10")
-    assert sb.git("rev-parse", "HEAD") == head
-    assert "canary_percent: 10" in sb.git("show", "promote/ion-api-10:rollout/ion-api.yaml")
 
 
 def test_forced_stage_then_finalize_at_100(sb: Sandbox) -> None:

@@ -26,7 +26,6 @@ from reconciler.plan import (
     Reason,
     desired_split,
     plan_service,
-    promote_edit,
     rollback_plan,
     split_for,
 )
@@ -190,20 +189,6 @@ def test_manual_rollback_plan() -> None:
     sp = rollback_plan(make_spec(), AT_5, now=NOW, reason="operator says so")
     assert sp.after.percents() == {STABLE: 100}
     assert sp.edit is not None and sp.edit.values["rolled_back"]["reason"] == "operator says so"
-
-
-@pytest.mark.parametrize(
-    ("over", "expected"),
-    [({}, 10), ({"canary_percent": 0}, 5), ({"canary_percent": 50}, 100)],
-    ids=["5-to-10", "0-to-5", "50-to-100"],
-)
-def test_promote_edit(over: dict[str, Any], expected: int) -> None:
-    assert promote_edit(make_spec(**over)).values == {"canary_percent": expected}
-
-
-def test_promote_at_100_is_an_error() -> None:
-    with pytest.raises(PlanError, match="already at 100%"):
-        promote_edit(make_spec(canary_percent=100))
 
 
 # --- properties --------------------------------------------------------------------------------
