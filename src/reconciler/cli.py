@@ -410,7 +410,8 @@ def promote(app: App, service: str, branch: str | None, no_push: bool) -> None:
     type=click.Path(file_okay=False, path_type=Path),
     help="Keep the demo's repos in DIR (empty or new) instead of a temp dir.",
 )
-def demo(keep: Path | None) -> None:
+@pass_app
+def demo(app: App, keep: Path | None) -> None:
     """The whole story on the embedded emulator, no cloud account (under a minute).
 
     Starts the Cloud Run emulator in-process and a git repo with a bare remote in a temp
@@ -425,7 +426,7 @@ def demo(keep: Path | None) -> None:
     """
     from reconciler.demo import run_demo
 
-    raise click.exceptions.Exit(run_demo(keep))
+    raise click.exceptions.Exit(run_demo(keep, color=app.color))
 
 
 from reconciler.emulator.cli import emulator  # noqa: E402

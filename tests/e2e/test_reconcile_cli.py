@@ -188,3 +188,40 @@ def test_no_credentials_is_one_line_not_a_traceback(sb: Sandbox) -> None:
     assert "Traceback" not in out.stderr
     assert out.stderr.strip().count("\n") == 0, out.stderr
     assert "no usable Google credentials" in out.stderr and "--offline" in out.stderr
+
+
+def on_a_terminal(sb: Sandbox, *args: str, **env: str) -> str:
+    """What `reconcile ARGS` prints when its stdout is a terminal (a pseudo-terminal)."""
+    import pty
+
+    leader, follower = pty.openpty()
+    environ = {k: v for k, v in os.environ.items() if k not in {"NO_COLOR", "TERM", "CI"}}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "reconciler", *args],
+        cwd=sb.repo,
+        env={**environ, "TERM": "xterm", **env},
+        stdout=follower,
+        stderr=subprocess.DEVNULL,
+    )
+    os.close(follower)
+    chunks = []
+    while True:
+        try:
+            chunk = os.read(leader, 65536)
+        except OSError:  # the terminal closes when the process ends
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    proc.wait(timeout=120)
+    os.close(leader)
+    return b"".join(chunks).decode()
+
+
+def test_colour_on_a_terminal_only_and_never_against_no_color(sb: Sandbox) -> None:
+    green_plus, escape = "\x1b[32m+\x1b[0m", "\x1b["
+    assert green_plus in on_a_terminal(sb, "plan")
+    assert escape not in on_a_terminal(sb, "plan", NO_COLOR="1")
+    assert escape not in on_a_terminal(sb, "--no-color", "plan")
+    piped = reconcile(sb, "plan")
+    assert escape not in piped.stdout and "+ ion-api-00042-xyz" in piped.stdout

@@ -5,13 +5,15 @@ from __future__ import annotations
 import json
 import textwrap
 
+from reconciler.model import TrafficSplit
 from reconciler.plan import ServiceError, ServicePlan
 from reconciler.views.plan import service_plan_dict
 from reconciler.views.style import paint, truncate
 
 # The narrowest the SERVICE and LIVE columns get before the table stops shrinking them.
-_MIN_SERVICE = 12
-_MIN_LIVE = 16
+_MIN_SERVICE = 16
+_MIN_LIVE = 12
+_INDENT = "    "
 _SYNC_STYLE = {"in sync": "good", "pending": "change", "drift": "change", "blocked": "bad"}
 
 
@@ -23,6 +25,11 @@ def _sync(sp: ServicePlan) -> str:
     return "drift" if sp.drift else "pending"
 
 
+def _short(split: TrafficSplit) -> str:
+    """The split by tag (`stable=95 canary=5`): what a narrow table has room for."""
+    return " ".join(f"{t.tag or t.revision}={t.percent}" for t in split.targets) or "(none)"
+
+
 def status_text(
     plans: list[ServicePlan],
     errors: list[ServiceError],
@@ -30,49 +37,61 @@ def status_text(
     width: int | None = None,
     color: bool = False,
 ) -> str:
-    """Desired vs live per service; long names are cut in the middle to fit `width` columns.
+    """Desired vs live per service, fitted to `width` columns when given.
 
-    `width` None draws every column at its natural width (output to a file or a pipe).
+    Too wide, the LIVE column first drops revision names for tags (`stable=95 canary=5`),
+    then long names are cut in the middle; notes wrap. `width` None draws every column
+    whole (output to a file or a pipe).
     """
+    live = [sp.before.describe() for sp in plans]
     rows = [
-        (sp.ref.service, sp.phase.value, f"{sp.canary_percent}%", sp.before.describe(), _sync(sp))
-        for sp in plans
+        [sp.ref.service, sp.phase.value, f"{sp.canary_percent}%", text, _sync(sp)]
+        for sp, text in zip(plans, live, strict=True)
     ]
-    service_w = max([len("SERVICE"), *(len(r[0]) for r in rows), *(len(e.service) for e in errors)])
-    phase_w = max([len("PHASE"), *(len(r[1]) for r in rows)])
-    live_w = max([len("LIVE"), *(len(r[3]) for r in rows)])
-    sync_w = max([len("SYNC"), *(len(r[4]) for r in rows)])
-    fixed = phase_w + 6 + sync_w + 4 * 2  # PHASE, CANARY, SYNC and the four gaps
-    if width is not None:
-        over = service_w + live_w + fixed - width
+    names = [r[0] for r in rows] + [e.service for e in errors]
+
+    def widths() -> list[int]:
+        heads = ["SERVICE", "PHASE", "CANARY", "LIVE", "SYNC"]
+        return [max([len(h), *(len(r[i]) for r in rows)]) for i, h in enumerate(heads)]
+
+    w = widths()
+    w[0] = max([w[0], *(len(n) for n in names)])
+    if width is not None and sum(w) + 8 > width:
+        for r, sp in zip(rows, plans, strict=True):
+            r[3] = _short(sp.before)
+        w[3] = widths()[3]
+        over = sum(w) + 8 - width
         if over > 0:
-            cut = min(over, max(live_w - _MIN_LIVE, 0))
-            live_w -= cut
-            service_w -= min(over - cut, max(service_w - _MIN_SERVICE, 0))
-    indent = " " * (service_w + 2)
-    wrap_w = max((width or 0) - len(indent), 40) if width is not None else None
+            w[0] -= min(over, max(w[0] - _MIN_SERVICE, 0))
+            over = sum(w) + 8 - width
+        if over > 0:
+            w[3] -= min(over, max(w[3] - _MIN_LIVE, 0))
 
-    def row(service: str, phase: str, canary: str, live: str, sync: str) -> str:
-        cells = f"{truncate(service, service_w):<{service_w}}  {phase:<{phase_w}}  {canary:>6}  "
-        return cells + f"{truncate(live, live_w):<{live_w}}  {sync}".rstrip()
+    def row(cells: list[str], sync: str) -> str:
+        service, phase, canary, split = cells[:4]
+        return (
+            f"{truncate(service, w[0]):<{w[0]}}  {phase:<{w[1]}}  {canary:>{w[2]}}  "
+            f"{truncate(split, w[3]):<{w[3]}}  {sync}"
+        ).rstrip()
 
-    def note(text: str, first: str = indent) -> list[str]:
-        if wrap_w is None:
+    def note(text: str, first: str = _INDENT) -> list[str]:
+        if width is None:
             return [first + text]
-        parts = textwrap.wrap(text, wrap_w) or [""]
-        return [first + parts[0], *(indent + part for part in parts[1:])]
+        room = max(width, len(first) + 20)
+        return textwrap.wrap(
+            text, room, initial_indent=first, subsequent_indent=_INDENT, break_on_hyphens=False
+        ) or [first]
 
-    lines = [row("SERVICE", "PHASE", "CANARY", "LIVE", "SYNC")]
+    lines = [row(["SERVICE", "PHASE", "CANARY", "LIVE"], "SYNC")]
     for sp, cells in zip(plans, rows, strict=True):
-        line = row(*cells)
         sync = cells[4]
-        lines.append(line[: len(line) - len(sync)] + paint(sync, _SYNC_STYLE[sync], color))
+        lines.append(row(cells, paint(sync, _SYNC_STYLE[sync], color)))
         for n in (*sp.notes, *sp.warnings):
             lines += note(n)
         if sp.blocked:
             lines += note(f"blocked: {sp.blocked}")
     for e in errors:
-        name = f"{truncate(e.service, service_w):<{service_w}}  "
+        name = f"{truncate(e.service, w[0]):<{w[0]}}  "
         lines += note(f"{paint('error:', 'bad', color)} {e.message}", first=name)
     return "\n".join(lines) + "\n"
 
