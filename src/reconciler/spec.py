@@ -540,11 +540,6 @@ class RolloutSpec(_Model):
                 seen.add(check.name)
         return self
 
-    @property
-    def stage_index(self) -> int | None:
-        """Index of `canary_percent` in `stages`, None at 0%."""
-        return self.stages.index(self.canary_percent) if self.canary_percent else None
-
     def next_stage(self) -> int | None:
         """The stage after the current one (the first stage from 0%), None at 100%."""
         for s in self.stages:

@@ -12,8 +12,6 @@ from reconciler.plan import Plan
 from reconciler.views.comment import plan_markdown
 from reconciler.views.plan import plan_json, plan_text
 
-FORMATS = ("text", "markdown", "json")
-
 
 def render_plan(plan: Plan, fmt: str, *, color: bool = False) -> str:
     """A plan in one of FORMATS; only text is ever coloured."""
