@@ -45,11 +45,12 @@ def watch(
     no_commit: bool,
     no_push: bool,
 ) -> None:
-    """The monitor loop: apply every --interval for --duration, a line per tick.
+    """The monitor loop: apply every --interval for --duration, printing what changed.
 
-    Each tick measures, judges, rolls back or advances exactly like `apply`, and prints the
-    verdict per service. Ctrl-C or SIGTERM stops cleanly after the current tick. Exit 4 if
-    any tick rolled a canary back.
+    Each tick measures, judges, rolls back or advances exactly like `apply`. It prints the
+    services whose state changed since the tick before (every write, rollback and error),
+    and one short line when nothing did. Ctrl-C or SIGTERM stops cleanly after the current
+    tick. Exit 4 if any tick rolled a canary back.
 
     \b
     Examples:
