@@ -134,7 +134,7 @@ def schema_command(out: Path | None) -> None:
     type=click.Choice(["text", "markdown", "json"]),
     default="text",
     show_default=True,
-    help="text for terminals, markdown for a PR comment, json for machines (and apply PLANFILE).",
+    help="text for terminals, markdown for a PR comment, json for machines.",
 )
 @click.option(
     "--out",
@@ -279,7 +279,7 @@ def apply(
     from reconciler.plan import Plan
     from reconciler.reconcile import apply_all
     from reconciler.runtime import build_context
-    from reconciler.views.apply import outcome_lines, summary
+    from reconciler.views.apply import run_lines
     from reconciler.views.plan import plan_text
 
     saved = _read_plan(planfile) if planfile is not None else None
@@ -292,14 +292,8 @@ def apply(
         click.echo(
             plan_text(Plan(created_at=ctx.clock(), services=plans), color=app.color), nl=False
         )
-    for o in result.outcomes:
-        for line in outcome_lines(o, color=app.color):
-            if not (dry_run and not line.err):
-                click.echo(line.text, err=line.err)
-    if result.git_error:
-        echo_err(f"error: {result.git_error}")
-    if not dry_run:
-        click.echo(summary(result))
+    for line in run_lines(result, dry_run=dry_run, color=app.color):
+        click.echo(line.text, err=line.err)
     raise click.exceptions.Exit(result.exit_code)
 
 
@@ -363,6 +357,7 @@ def rollback(app: App, service: str, force: bool, reason: str, no_push: bool) ->
     """
     from reconciler import manual
     from reconciler.runtime import build_context
+    from reconciler.views.apply import rollback_line
 
     if not force:
         if not sys.stdin.isatty():
@@ -370,14 +365,7 @@ def rollback(app: App, service: str, force: bool, reason: str, no_push: bool) ->
         click.confirm(f"Roll back {service}: 100% of traffic to its stable revision?", abort=True)
     ctx = build_context(app.repo, push=not no_push, with_metrics=False)
     outcome = manual.rollback(ctx, service, reason)
-    sp = outcome.plan
-    commit = f" (commit {outcome.commit[:10]})" if outcome.commit else ""
-    if sp is None:
-        click.echo(f"{service}: already rolled back (100% on the stable revision); nothing to do")
-    else:
-        click.echo(
-            f"rolled back {service}: {sp.before.describe()} -> {sp.after.describe()}{commit}"
-        )
+    click.echo(rollback_line(service, outcome.plan, outcome.commit))
 
 
 @cli.command()
@@ -397,11 +385,11 @@ def promote(app: App, service: str, branch: str | None, no_push: bool) -> None:
     """
     from reconciler import manual
     from reconciler.runtime import build_context
+    from reconciler.views.apply import promote_line
 
     ctx = build_context(app.repo, push=not no_push, with_metrics=False)
     summary, sha = manual.promote(ctx, service, branch)
-    where = f" on branch {branch}" if branch else ""
-    click.echo(f"promoted {service}: {summary}{where}" + (f" (commit {sha[:10]})" if sha else ""))
+    click.echo(promote_line(service, summary, branch, sha))
 
 
 @cli.command()

@@ -1,9 +1,10 @@
-"""What `apply` (and `rollback`, `promote`) print: a line per service and a closing summary."""
+"""What `apply`, `rollback` and `promote` print: a line per service and a closing summary."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from reconciler.plan import ServicePlan
 from reconciler.views.outcomes import RunResult, ServiceOutcome
 from reconciler.views.style import paint
 
@@ -60,3 +61,35 @@ def summary(result: RunResult) -> str:
         f"Apply: {changed} changed, {rolled} rolled back, {same} in sync, "
         f"{blocked} blocked, {errors} {'error' if errors == 1 else 'errors'}."
     )
+
+
+def run_lines(result: RunResult, *, dry_run: bool = False, color: bool = False) -> list[Line]:
+    """Everything `apply` prints after its work: outcomes, a git failure, the summary.
+
+    A dry run has printed its plan already, so only its errors follow.
+    """
+    lines = []
+    for o in result.outcomes:
+        if dry_run and not o.error:
+            continue
+        lines += outcome_lines(o, color=color)
+    if result.git_error:
+        lines.append(Line(f"{paint('error:', 'bad', color)} {result.git_error}", err=True))
+    if not dry_run:
+        lines.append(Line(summary(result)))
+    return lines
+
+
+def rollback_line(service: str, sp: ServicePlan | None, commit: str | None) -> str:
+    """What `reconcile rollback` prints: the split it moved, or that there was nothing to do."""
+    if sp is None:
+        return f"{service}: already rolled back (100% on the stable revision); nothing to do"
+    return (
+        f"rolled back {service}: {sp.before.describe()} -> {sp.after.describe()}{_commit(commit)}"
+    )
+
+
+def promote_line(service: str, summary: str, branch: str | None, commit: str | None) -> str:
+    """What `reconcile promote` prints: the rollout-file edit, where it was committed."""
+    where = f" on branch {branch}" if branch else ""
+    return f"promoted {service}: {summary}{where}{_commit(commit)}"
