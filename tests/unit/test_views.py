@@ -11,11 +11,11 @@ import pytest
 from reconciler.model import Outcome, Verdict
 from reconciler.plan import Plan, ServiceError, ServicePlan
 from reconciler.views.apply import outcome_lines, summary
-from reconciler.views.plan import plan_text
+from reconciler.views.plan import plan_text, verdict_summary
 from reconciler.views.status import status_text
 from reconciler.views.style import truncate
 from reconciler.views.watch import tick_lines
-from tests.unit.test_views_comment import fleet
+from tests.unit.test_views_comment import FAILING, fleet
 
 AT = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
@@ -136,3 +136,10 @@ def test_empty_plan_renders() -> None:
     assert plan_text(Plan(created_at=AT)).endswith(
         "Plan: 0 to change, 0 unchanged, 0 blocked, 0 errors.\n"
     )
+
+
+def test_verdict_lines_lead_with_what_failed() -> None:
+    line = verdict_summary(FAILING)
+    assert line.startswith("FAIL: error_rate 7.12% > 5%")
+    assert line.index("error_rate") < line.index("in 1 of 2 windows needed to fail")
+    assert "latency_p95" not in line  # a passing gate is no reason

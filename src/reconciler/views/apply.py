@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from reconciler.plan import ServicePlan
 from reconciler.views.outcomes import RunResult, ServiceOutcome
+from reconciler.views.plan import verdict_summary
 from reconciler.views.style import paint
 
 
@@ -40,7 +41,7 @@ def outcome_lines(o: ServiceOutcome, *, color: bool = False) -> list[Line]:
     elif sp.blocked:
         lines = [Line(f"{paint('blocked', 'bad', color)} {o.service}: {sp.blocked}", err=True)]
     else:
-        verdict = f", verdict {o.verdict.summary()}" if o.verdict else ""
+        verdict = f", verdict {verdict_summary(o.verdict)}" if o.verdict else ""
         ok = paint("ok", "good", color)
         lines = [Line(f"{ok} {o.service}: in sync ({sp.before.describe()}){verdict}")]
     return lines + [Line(f"  {note}") for note in (*sp.notes, *sp.warnings)]

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from reconciler.model import GateResult, Outcome, Verdict
 from reconciler.plan import Plan, Reason, ServicePlan
-from reconciler.views.plan import gcloud_command, summary_line
+from reconciler.views.plan import gcloud_command, summary_line, verdict_summary
 from reconciler.views.units import gate_limit, gate_value
 
 MARKER = "<!-- reconcile-plan -->"
@@ -150,7 +150,7 @@ def _unchanged(plans: list[ServicePlan]) -> list[str]:
     ]
     # In sync, so the live split is the rollout file's: the canary percent says it all.
     for sp in plans:
-        verdict = sp.verdict.summary() if sp.verdict is not None else "–"
+        verdict = verdict_summary(sp.verdict) if sp.verdict is not None else "–"
         notes = "".join(f"; {n}" for n in sp.notes)
         out.append(
             f"| {_code(sp.ref.service)} | {sp.phase.value} | {sp.canary_percent}% "

@@ -13,6 +13,7 @@ from datetime import datetime
 from typing import Any
 
 from reconciler.model import (
+    Outcome,
     ServiceRef,
     Target,
     TrafficSplit,
@@ -62,6 +63,14 @@ def gcloud_command(sp: ServicePlan) -> str:
 
 
 # --- text ------------------------------------------------------------------------------------
+def verdict_summary(verdict: Verdict) -> str:
+    """`FAIL: <failed gates>; <inconclusive gates>`: what failed leads, whatever the gate order."""
+    failed = [g.reason for g in verdict.gates if g.outcome is Outcome.FAIL]
+    unsure = [g.reason for g in verdict.gates if g.outcome is Outcome.INCONCLUSIVE]
+    why = "; ".join([*failed, *unsure])
+    return verdict.outcome.value + (f": {why}" if why else "")
+
+
 def _pct(n: int) -> str:
     return f"{n:>3}%"
 
@@ -99,7 +108,7 @@ def service_text(sp: ServicePlan, *, color: bool = False) -> list[str]:
     if sp.edit is not None:
         lines.append(f"    rollout file: {sp.edit.summary}")
     if sp.verdict is not None:
-        lines.append(f"    verdict: {sp.verdict.summary()}")
+        lines.append(f"    verdict: {verdict_summary(sp.verdict)}")
     lines += [f"    {paint('warning:', 'change', color)} {w}" for w in sp.warnings]
     lines += [f"    note: {n}" for n in sp.notes]
     if sp.blocked:
