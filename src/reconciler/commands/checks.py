@@ -98,10 +98,11 @@ def probe(
     the live canary (the URL Cloud Run reports for the tag `canary`); exits 1 when any fails.
 
     With --compare, sends the same request to canary and stable, one round every --delay,
-    and prints success, status codes and latency p50/p95 per side. Verdict FAIL when the
-    canary's success rate is more than 10 points below the stable's, or its p95 is over
-    1.5x the stable's and 100ms slower; INCONCLUSIVE when neither side succeeded. Exits 0
-    only on PASS.
+    and prints success, status codes and latency p50/p95 per side. Verdict FAIL only when a
+    test shows the canary worse than the stable beyond the margin at 95% confidence (success
+    rate more than 2 points lower; answers slower than 1.2x and 20ms more); INCONCLUSIVE
+    when too few requests to tell, with how many would be needed; PASS otherwise. Exits 1
+    on FAIL only (0 on PASS and INCONCLUSIVE).
 
     \b
     Example:
@@ -171,7 +172,8 @@ def _compare(
 
     what = check.name if check is not None else f"{result.method} {result.path}"
     echo_lines(compare_table(spec.service, what, requests, delay, result, color=color))
-    if result.outcome is not Outcome.PASS:
+    # INCONCLUSIVE is not evidence against the canary: only FAIL is an error exit.
+    if result.outcome is Outcome.FAIL:
         raise click.exceptions.Exit(1)
 
 
@@ -220,9 +222,16 @@ def bench(
     """
     from datetime import UTC, datetime
 
-    from reconciler.probes import Baseline, Urls, bench, save_baseline
+    from reconciler.probes import (
+        Baseline,
+        Urls,
+        bench,
+        judge_to_baseline,
+        load_baseline,
+        save_baseline,
+    )
     from reconciler.progress import Progress
-    from reconciler.views.checks import bench_lines
+    from reconciler.views.checks import baseline_lines, bench_lines
 
     spec = rollout_for(app, service)
     checks = list(spec.probes)
@@ -248,9 +257,15 @@ def bench(
         for check in checks:
             results.append(bench(check, iterations=iterations, urls=urls, progress=progress))
     echo_lines(bench_lines(results))
-    saved = save_baseline(
-        app.state_dir, Baseline(service, taken_at, target, revision, tuple(results))
-    )
+    taken = Baseline(service, taken_at, target, revision, tuple(results))
+    try:
+        previous = load_baseline(app.state_dir, service)
+    except ReconcileError as exc:  # an unreadable old baseline must not block a new one
+        click.echo(f"previous baseline not compared: {exc}")
+        previous = None
+    if previous is not None:
+        echo_lines(baseline_lines(previous.taken_at, judge_to_baseline(taken, previous)))
+    saved = save_baseline(app.state_dir, taken)
     click.echo(f"baseline saved: {saved}")
 
 

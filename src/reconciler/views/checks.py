@@ -6,7 +6,8 @@ not import), and only the fields printed here are required of them.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import datetime
 from typing import Protocol
 
 from reconciler.model import Outcome
@@ -88,6 +89,15 @@ class Bench(Protocol):
     def summary(self) -> str: ...
 
 
+class Judged(Protocol):
+    """A verdict with its reasons (a bench judged against the kept baseline)."""
+
+    @property
+    def outcome(self) -> Outcome: ...
+    @property
+    def reasons(self) -> Sequence[str]: ...
+
+
 def _verdict(ok: bool, color: bool) -> str:
     return paint("PASS", "good", color) if ok else paint("FAIL", "bad", color)
 
@@ -154,4 +164,13 @@ def bench_lines(results: Sequence[Bench]) -> list[str]:
         lines.append(f"  {result.summary()}")
         failed = [s.reason for s in result.samples if not s.ok]
         lines += [f"    failure: {why}" for why in dict.fromkeys(failed)]
+    return lines
+
+
+def baseline_lines(taken_at: datetime, judged: Iterable[tuple[str, Judged]]) -> list[str]:
+    """Each benched probe's verdict against the previous baseline, with its reasons."""
+    lines = [f"against the previous baseline ({taken_at:%Y-%m-%d %H:%M} UTC):"]
+    for name, judgement in judged:
+        lines.append(f"  {name}: {judgement.outcome.value}")
+        lines += [f"    {why}" for why in judgement.reasons]
     return lines
