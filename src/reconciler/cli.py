@@ -85,7 +85,14 @@ def validate(app: App, paths: tuple[Path, ...]) -> None:
       reconcile validate rollout/ion-api.yaml
       reconcile --repo ../infra validate
     """
-    from reconciler.loader import SpecError, find_rollout_files, load_spec
+    from reconciler.loader import (
+        SpecError,
+        find_rollout_files,
+        is_defaults_file,
+        load_defaults,
+        load_spec,
+    )
+    from reconciler.spec import DEFAULTS_FILE
 
     files: list[Path] = []
     failed = 0
@@ -94,6 +101,8 @@ def validate(app: App, paths: tuple[Path, ...]) -> None:
             found = find_rollout_files(path)
             if not found:
                 raise ReconcileError(f"{path}: no rollout files (*.yaml) found")
+            if (path / DEFAULTS_FILE).is_file():
+                files.append(path / DEFAULTS_FILE)
             files += found
         elif path.exists() or paths:
             files.append(path)
@@ -101,6 +110,10 @@ def validate(app: App, paths: tuple[Path, ...]) -> None:
             raise ReconcileError(f"{path}: no such directory; run in the repository or use --repo")
     for path in files:
         try:
+            if is_defaults_file(path):
+                load_defaults(path)
+                click.echo(f"{path}: ok (shared defaults)")
+                continue
             spec = load_spec(path)
         except SpecError as exc:
             failed += 1
@@ -117,7 +130,10 @@ def validate(app: App, paths: tuple[Path, ...]) -> None:
     type=click.Path(dir_okay=False, path_type=Path),
     help="Write the schema to this file instead of stdout.",
 )
-def schema_command(out: Path | None) -> None:
+@click.option(
+    "--defaults", is_flag=True, help="The schema of rollout/_defaults.yaml (shared defaults)."
+)
+def schema_command(out: Path | None, defaults: bool) -> None:
     """Print the JSON Schema of the rollout file (for editors and other tools).
 
     Rules that span several keys (stages increasing, canary_percent one of the stages)
@@ -128,10 +144,11 @@ def schema_command(out: Path | None) -> None:
     Examples:
       reconcile schema > rollout.schema.json
       reconcile schema --out schema/rollout.schema.json
+      reconcile schema --defaults --out schema/defaults.schema.json
     """
     from reconciler.spec import schema_text
 
-    text = schema_text()
+    text = schema_text(defaults)
     if out is None:
         click.echo(text, nl=False)
         return
