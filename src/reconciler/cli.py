@@ -608,7 +608,15 @@ def apply(
     ctx = build_context(
         app.repo, commit=not (no_commit or dry_run), push=not no_push, progress=_echo_err
     )
-    result = apply_all(ctx, services, dry_run=dry_run, saved=saved)
+    from reconciler.notify import notified
+
+    result = notified(
+        app.repo,
+        lambda: apply_all(ctx, services, dry_run=dry_run, saved=saved),
+        warn=_echo_err,
+        now=ctx.clock,
+        enabled=not dry_run,
+    )
     if dry_run:
         plans = tuple(o.plan for o in result.outcomes if o.plan is not None)
         click.echo(plan_text(Plan(created_at=ctx.clock(), services=plans)), nl=False)
@@ -789,6 +797,7 @@ def watch(
     """
     from datetime import timedelta
 
+    from reconciler.notify import notified
     from reconciler.reconcile import apply_all
     from reconciler.runtime import build_context
     from reconciler.watch import watch as watch_loop
@@ -796,7 +805,7 @@ def watch(
     assert isinstance(interval, timedelta) and isinstance(duration, timedelta)
     ctx = build_context(app.repo, commit=not no_commit, push=not no_push, progress=_echo_err)
     result = watch_loop(
-        lambda: apply_all(ctx, services),
+        lambda: notified(app.repo, lambda: apply_all(ctx, services), warn=_echo_err, now=ctx.clock),
         interval=interval,
         duration=duration,
         clock=ctx.clock,
