@@ -930,6 +930,34 @@ def report(
     click.echo(f"decision: {decision.action.value} ({'; '.join(decision.reasons)})")
 
 
+@cli.command()
+@click.option(
+    "--out",
+    required=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Write the site into this directory (created if missing).",
+)
+@pass_app
+def site(app: App, out: Path) -> None:
+    """Write a static status site from state/: a fleet table and a page per service.
+
+    Each service page shows where the rollout stands, its stage timeline, canary-versus-
+    stable charts of error rate and P95 (inline SVG), its events and latest reports. Plain
+    HTML and CSS, no JavaScript: open DIR/index.html, or publish DIR to GitHub Pages
+    (docs/status-site.md has the workflow job).
+
+    
+    Example:
+      reconcile site --out site
+    """
+    from datetime import UTC, datetime
+
+    from reconciler.sitegen import build
+
+    written = build(app.repo, out, datetime.now(UTC))
+    click.echo(f"wrote {len(written)} pages to {out} (open {out / 'index.html'})")
+
+
 from reconciler.emulator.cli import emulator  # noqa: E402
 
 cli.add_command(emulator)
