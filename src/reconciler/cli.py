@@ -707,8 +707,16 @@ def rollback(app: App, service: str, force: bool, reason: str, no_push: bool) ->
         if not sys.stdin.isatty():
             raise ReconcileError("refusing to prompt without a terminal; pass --force to roll back")
         click.confirm(f"Roll back {service}: 100% of traffic to its stable revision?", abort=True)
+    from reconciler.notify import notified
+    from reconciler.reconcile import RunResult
+
     ctx = build_context(app.repo, push=not no_push, with_metrics=False)
-    outcome = manual.rollback(ctx, service, reason)
+    (outcome,) = notified(
+        app.repo,
+        lambda: RunResult((manual.rollback(ctx, service, reason),)),
+        warn=_echo_err,
+        now=ctx.clock,
+    ).outcomes
     sp = outcome.plan
     commit = f" (commit {outcome.commit[:10]})" if outcome.commit else ""
     if sp is None:
