@@ -230,13 +230,15 @@ def _lines(notice: Notice, bold: str) -> list[str]:
 
 def slack_body(notice: Notice) -> bytes:
     """A Slack incoming-webhook message (mrkdwn text, links as `<url|text>`)."""
-    lines = _lines(notice, "*")
-    links = _links(notice, lambda url, text: f"<{url}|{text}>")
-    return json.dumps({"text": "\n".join(lines + links)}, ensure_ascii=False).encode("utf-8")
+    return _text_body(notice)
 
 
 def chat_body(notice: Notice) -> bytes:
-    """A Google Chat webhook message (its text format: `*bold*`, links as `<url|text>`)."""
+    """A Google Chat webhook message (its text format is Slack's: `*bold*`, `<url|text>`)."""
+    return _text_body(notice)
+
+
+def _text_body(notice: Notice) -> bytes:
     lines = _lines(notice, "*")
     links = _links(notice, lambda url, text: f"<{url}|{text}>")
     return json.dumps({"text": "\n".join(lines + links)}, ensure_ascii=False).encode("utf-8")

@@ -246,10 +246,17 @@ def _delivery(
 def redact(text: str, secrets: Sequence[str]) -> str:
     """`text` with every secret (and its URL-encoded and path-only forms) replaced."""
     for secret in secrets:
-        forms = {secret, urllib.parse.quote(secret, safe=""), urllib.parse.quote(secret)}
+        forms = {secret}
         parsed = urllib.parse.urlsplit(secret)
-        if parsed.scheme and parsed.path not in ("", "/"):
-            forms.add(parsed.path + (f"?{parsed.query}" if parsed.query else ""))
+        if parsed.scheme and (parsed.path not in ("", "/") or parsed.query):
+            # A webhook URL's secret is its path and query: redact them alone too, since an
+            # error may show them without the host, or normalized (`%20` for a space).
+            forms |= {parsed.path, parsed.query} - {"", "/"}
+        for form in list(forms):
+            forms |= {
+                urllib.parse.quote(form, safe=""),
+                urllib.parse.quote(form, safe=":/?&=#%"),
+            }
         for form in sorted(forms, key=len, reverse=True):
             if form:
                 text = text.replace(form, "<redacted>")

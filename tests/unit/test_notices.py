@@ -138,3 +138,16 @@ def test_signature_is_hmac_sha256_of_timestamp_dot_body() -> None:
     assert verify(b"key", headers, body, now=1700000100)
     assert not verify(b"key", headers, body, now=1700000000 + 301)  # a replay, too old
     assert not verify(b"key", {SIGNATURE_HEADER: "v1=" + expected}, body, now=1700000000)
+
+
+def test_redact_covers_every_encoding_of_a_secret() -> None:
+    from reconciler.notify import redact
+
+    url = "https://hooks.slack.example/services/T0/B0/s3cr3t?x=a b"
+    text = (
+        f"failed for url '{url}'; quoted {url.replace(' ', '%20')}; "
+        "path /services/T0/B0/s3cr3t?x=a b; key k&y"
+    )
+    out = redact(text, (url, "k&y"))
+    assert "s3cr3t" not in out and "k&y" not in out
+    assert "x=a" not in out and out.startswith("failed for url '<redacted>'")
