@@ -132,7 +132,7 @@ def load_spec(path: Path) -> RolloutSpec:
     defaults_path = path.parent / DEFAULTS_FILE
     defaults = None
     if defaults_path.is_file() and not is_defaults_file(path):
-        defaults = _defaults_tree(_read(defaults_path, "a defaults file"), defaults_path)
+        defaults = (_read(defaults_path, "a defaults file"), defaults_path)
     return parse_spec(data, path, defaults)
 
 
@@ -160,13 +160,14 @@ def _defaults_tree(data: bytes, path: Path) -> _Tree:
     return _Tree(values, lines, dict.fromkeys(lines, path))
 
 
-def parse_spec(data: bytes, path: Path, defaults: _Tree | None = None) -> RolloutSpec:
+def parse_spec(data: bytes, path: Path, defaults: tuple[bytes, Path] | None = None) -> RolloutSpec:
     """Validate the bytes of a rollout file named `path` (e.g. read from another git ref),
-    over the values of a defaults file (see `load_spec`)."""
+    merged over `defaults`, the bytes and path of its `_defaults.yaml` (see `load_spec`)."""
+    shared = _defaults_tree(*defaults) if defaults is not None else None
 
     def read(text: str, fast: bool) -> RolloutSpec:
         tree, lines = _compose(text, fast=fast)
-        merged = _Tree(tree, lines) if defaults is None else _merged(defaults, _Tree(tree, lines))
+        merged = _Tree(tree, lines) if shared is None else _merged(shared, _Tree(tree, lines))
         spec = _validate(merged.values, merged.lines, RolloutSpec, merged.files)
         _check_file_name(spec, path, lines)
         return spec
