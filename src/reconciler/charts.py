@@ -223,7 +223,7 @@ def _caption(
     if threshold is None:
         text += ". No rollback threshold configured."
     elif shown is not None:
-        text += f". Dashed: the rollback threshold, {number(threshold)}{_unit(m.unit)}."
+        text += f". The threshold line: the rollback threshold, {number(threshold)}{_unit(m.unit)}."
     else:
         text += (
             f". The rollback threshold, {number(threshold)}{_unit(m.unit)}, is above every "

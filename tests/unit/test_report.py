@@ -514,7 +514,7 @@ def test_threshold_is_drawn_when_inside_the_axis() -> None:
     errors, _ = (_check_xychart(b) for b in _mermaid_blocks(report.markdown))
     assert errors == [[4.5] * 4, [5.0] * 4]
     assert "Lines: 1. canary, 2. threshold. " in report.markdown
-    assert "Dashed: the rollback threshold, 5%." in report.markdown
+    assert "The threshold line: the rollback threshold, 5%." in report.markdown
 
 
 def test_long_spans_group_windows_into_at_most_max_chart_points() -> None:
