@@ -186,3 +186,11 @@ def test_schemas_accept_defaults_and_notify(tmp_path: Path) -> None:
         {"service": "ion-api"},
     ):
         assert list(jsonschema.Draft7Validator(schema).iter_errors(bad)), bad
+
+
+def test_shared_keys_read_as_if_written_in_the_file(tmp_path: Path) -> None:
+    shared = load_spec(write(tmp_path, DEFAULTS))
+    inline = tmp_path / "inline"
+    inline.mkdir()
+    (inline / "ion-api.yaml").write_text(SERVICE + DEFAULTS, encoding="utf-8")
+    assert load_spec(inline / "ion-api.yaml") == shared
