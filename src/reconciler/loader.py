@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import difflib
 import functools
+import os
 import re
 import types
 import typing
@@ -31,6 +32,7 @@ from yaml.reader import Reader
 from yaml.resolver import BaseResolver
 from yaml.scanner import Scanner
 
+from reconciler import safepath
 from reconciler.errors import ReconcileError
 from reconciler.spec import (
     DEFAULTABLE,
@@ -106,22 +108,42 @@ def is_defaults_file(path: Path) -> bool:
 def find_rollout_files(directory: Path) -> list[Path]:
     """The rollout files of a directory (`*.yaml`, and `*.yml` so that a misnamed one is
     reported rather than silently skipped), sorted; never the shared `_defaults.yaml`."""
+    # A symbolic link is listed (not skipped) so that `load_spec` reports it.
     return sorted(
         p
         for p in directory.iterdir()
-        if p.suffix in (".yaml", ".yml") and p.is_file() and not is_defaults_file(p)
+        if p.suffix in (".yaml", ".yml")
+        and (p.is_file() or p.is_symlink())
+        and not is_defaults_file(p)
     )
 
 
 def _read(path: Path, what: str) -> bytes:
+    """The first MAX_BYTES + 1 bytes of a rollout or defaults file.
+
+    A symbolic link (the file itself, or a folder on its way under the repository's rollout/)
+    is an error naming the file; it is never followed, so a link to a file outside git is
+    never applied and a link to a credentials file never has its content printed.
+    """
     try:
-        with path.open("rb") as fh:
+        safepath.guard(path)
+    except safepath.UnsafePathError as exc:
+        raise SpecError(str(exc)) from None
+    try:
+        # O_NOFOLLOW: the link check above and this open cannot be raced apart.
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+        with os.fdopen(fd, "rb") as fh:
             return fh.read(MAX_BYTES + 1)
     except FileNotFoundError:
         raise SpecError(f"{path}: no such file or directory") from None
     except IsADirectoryError:
         raise SpecError(f"{path}: is a directory, not {what}") from None
     except OSError as exc:
+        if path.is_symlink():
+            raise SpecError(
+                f"{path}: is a symbolic link; {what} must be a regular file in the "
+                "repository (not followed)"
+            ) from None
         raise SpecError(f"{path}: cannot read: {exc.strerror or exc}") from None
 
 
@@ -131,7 +153,7 @@ def load_spec(path: Path) -> RolloutSpec:
     data = _read(path, "a rollout file")
     defaults_path = path.parent / DEFAULTS_FILE
     defaults = None
-    if defaults_path.is_file() and not is_defaults_file(path):
+    if (defaults_path.is_file() or defaults_path.is_symlink()) and not is_defaults_file(path):
         defaults = (_read(defaults_path, "a defaults file"), defaults_path)
     return parse_spec(data, path, defaults)
 
