@@ -194,3 +194,17 @@ def test_shared_keys_read_as_if_written_in_the_file(tmp_path: Path) -> None:
     inline.mkdir()
     (inline / "ion-api.yaml").write_text(SERVICE + DEFAULTS, encoding="utf-8")
     assert load_spec(inline / "ion-api.yaml") == shared
+
+
+def test_a_linked_defaults_file_is_reported_not_followed(tmp_path: Path) -> None:
+    path = write(tmp_path, DEFAULTS)
+    outside = tmp_path / "elsewhere.yaml"
+    outside.write_text(DEFAULTS, encoding="utf-8")
+    shared = path.parent / "_defaults.yaml"
+    shared.unlink()
+    shared.symlink_to(outside)
+    with pytest.raises(SpecError, match=r"_defaults\.yaml: is a symbolic link; a defaults file"):
+        load_spec(path)
+    outside.unlink()  # a dangling link is reported too, never silently ignored
+    with pytest.raises(SpecError, match=r"_defaults\.yaml: .*symbolic link"):
+        load_spec(path)
