@@ -30,6 +30,7 @@ from tenacity import (
     wait_exponential,
 )
 
+from reconciler import redact
 from reconciler.errors import ReconcileError
 from reconciler.notices import (
     DELIVERY_HEADER,
@@ -218,7 +219,7 @@ def _delivery(
         warn(f"notify: {notice.service} {notice.event}: {where} not sent, not an http(s) URL")
         return None
     headers = {"Content-Type": "application/json; charset=utf-8"}
-    secrets: tuple[str, ...] = (url,)
+    secrets = tuple(secret_parts(url))
     if isinstance(channel, WebhookChannel):
         key = env.get(channel.secret.env, "")
         if not key:
@@ -240,27 +241,16 @@ def _delivery(
         body = slack_body(notice)
     else:
         body = chat_body(notice)
+    for secret in secrets:
+        redact.register(secret)  # every sink (stderr, state/, commits) scrubs it from now on
     return Delivery(channel.kind, name, url, body, headers, notice, secrets)
 
 
-def redact(text: str, secrets: Sequence[str]) -> str:
-    """`text` with every secret (and its URL-encoded and path-only forms) replaced."""
-    for secret in secrets:
-        forms = {secret}
-        parsed = urllib.parse.urlsplit(secret)
-        if parsed.scheme and (parsed.path not in ("", "/") or parsed.query):
-            # A webhook URL's secret is its path and query: redact them alone too, since an
-            # error may show them without the host, or normalized (`%20` for a space).
-            forms |= {parsed.path, parsed.query} - {"", "/"}
-        for form in list(forms):
-            forms |= {
-                urllib.parse.quote(form, safe=""),
-                urllib.parse.quote(form, safe=":/?&=#%"),
-            }
-        for form in sorted(forms, key=len, reverse=True):
-            if form:
-                text = text.replace(form, "<redacted>")
-    return text
+def secret_parts(url: str) -> list[str]:
+    """What of a webhook URL is secret: all of it, and its path and query alone (an error
+    may show them without the host)."""
+    parsed = urllib.parse.urlsplit(url)
+    return [url, *(p for p in (parsed.path, parsed.query) if p not in ("", "/"))]
 
 
 def send(
@@ -288,7 +278,7 @@ def send(
                     continue
                 warn(
                     f"notify: {d.notice.service} {d.notice.event}: {d.channel} (${d.env}) "
-                    f"failed: {redact(error, d.secrets)}"
+                    f"failed: {redact.scrub(error, d.secrets)}"
                 )
             return sent
     finally:
