@@ -277,7 +277,9 @@ class _Strict:
         self.alias_lines = {}
 
     def resolve(self, kind: type[Node], value: Any, implicit: Any) -> str:
-        if kind is ScalarNode and implicit[0]:
+        # `implicit` is (plain, quoted); libyaml gives (False, False) for the non-specific
+        # tag `!`, which PyYAML's parser, our reference, reads as plain: do the same.
+        if kind is ScalarNode and (implicit[0] or not implicit[1]):
             return _PLAIN
         return str(super().resolve(kind, value, implicit))  # type: ignore[misc]
 
@@ -339,7 +341,7 @@ if _CParser is not None:
             self.alias_lines: dict[tuple[int, int], int] = {}  # none: the text has no alias
 
         def resolve(self, kind: type[Node], value: Any, implicit: Any) -> str:
-            if kind is ScalarNode and implicit[0]:
+            if kind is ScalarNode and (implicit[0] or not implicit[1]):  # see _Strict
                 return _PLAIN
             return str(BaseResolver.resolve(self, kind, value, implicit))  # type: ignore[no-untyped-call]
 
