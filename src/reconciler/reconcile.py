@@ -48,7 +48,7 @@ from reconciler.plan import (
     is_rolled_back,
     plan_service,
 )
-from reconciler.spec import Metrics, RolloutSpec
+from reconciler.spec import DEFAULTS_FILE, Metrics, RolloutSpec
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +65,11 @@ def rollout_files(rollout_dir: Path, patterns: Sequence[str] = ()) -> list[Path]
     """
     if not rollout_dir.is_dir():
         raise ReconcileError(f"{rollout_dir}: no rollout directory (expected rollout/*.yaml)")
-    files = sorted(p for p in rollout_dir.iterdir() if p.suffix in (".yaml", ".yml"))
+    files = sorted(
+        p
+        for p in rollout_dir.iterdir()
+        if p.suffix in (".yaml", ".yml") and p.name != DEFAULTS_FILE
+    )
     if not patterns:
         return files
     for pat in patterns:

@@ -71,6 +71,7 @@ def watch(
     """
     from datetime import timedelta
 
+    from reconciler.notify import notified
     from reconciler.reconcile import apply_all
     from reconciler.runtime import build_context
     from reconciler.watch import watch as watch_loop
@@ -82,7 +83,7 @@ def watch(
 
         raise click.exceptions.Exit(watch_stream(ctx, services, duration, click.echo))
     result = watch_loop(
-        lambda: apply_all(ctx, services),
+        lambda: notified(app.repo, lambda: apply_all(ctx, services), warn=echo_err, now=ctx.clock),
         interval=interval,
         duration=duration,
         clock=ctx.clock,
