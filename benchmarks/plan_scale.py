@@ -105,8 +105,8 @@ def product_plan(repo: Path, n: int, workers: int) -> None:
     """What `reconcile plan` does after its imports."""
     from reconciler.backends.cloudrun import CloudRunBackend
     from reconciler.reconcile import plan_all
-    from reconciler.render import render_plan
     from reconciler.runtime import utc_now
+    from reconciler.views import render_plan
 
     plan = plan_all(repo, (), CloudRunBackend(), utc_now(), max_workers=workers)
     text = render_plan(plan, "text")

@@ -23,17 +23,29 @@ BAD = "ion-api-00043-bad"
 WINDOW_S = 2.0
 
 
-def _say(text: str) -> None:
-    click.echo(click.style(f"\n# {text}", fg="cyan", bold=True))
+class _Voice:
+    """The narrator: styled lines when colour is on (a terminal, no NO_COLOR or --no-color),
+    and the commands it runs told the same (`--no-color` when off)."""
 
+    def __init__(self, color: bool) -> None:
+        self.color = color
 
-def _run(sb: Sandbox, argv: Sequence[str]) -> int:
-    from reconciler.cli import main
+    def style(
+        self, text: str, fg: str | None = None, bold: bool | None = None, dim: bool | None = None
+    ) -> str:
+        return click.style(text, fg=fg, bold=bold, dim=dim) if self.color else text
 
-    click.echo(click.style(f"$ reconcile {shlex.join(argv)}", bold=True))
-    code = main(["--repo", str(sb.repo), *argv])
-    click.echo(click.style(f"(exit {code})", dim=True))
-    return code
+    def say(self, text: str) -> None:
+        click.echo(self.style(f"\n# {text}", fg="cyan", bold=True))
+
+    def run(self, sb: Sandbox, argv: Sequence[str]) -> int:
+        from reconciler.cli import main
+
+        click.echo(self.style(f"$ reconcile {shlex.join(argv)}", bold=True))
+        plain = [] if self.color else ["--no-color"]
+        code = main(["--repo", str(sb.repo), *plain, *argv])
+        click.echo(self.style(f"(exit {code})", dim=True))
+        return code
 
 
 def _traffic(sb: Sandbox, canary_requests: int = 120) -> None:
@@ -59,15 +71,17 @@ class _Ticker:
         self.last = time.monotonic()
 
 
-def story(sb: Sandbox, out: Callable[[str], None] = click.echo) -> int:
+def story(sb: Sandbox, out: Callable[[str], None] = click.echo, *, color: bool = False) -> int:
     """Run the demo in a ready sandbox; returns the number of failed expectations."""
     problems = 0
+    voice = _Voice(color)
+    _say, _run = voice.say, voice.run
 
     def expect(code: int, wanted: int, what: str) -> None:
         nonlocal problems
         if code != wanted:
             problems += 1
-            out(click.style(f"!! expected exit {wanted} from {what}, got {code}", fg="red"))
+            out(voice.style(f"!! expected exit {wanted} from {what}, got {code}", fg="red"))
 
     text = example_rollout(
         sb.emu,
@@ -128,8 +142,8 @@ def story(sb: Sandbox, out: Callable[[str], None] = click.echo) -> int:
     return problems
 
 
-def run_demo(keep: Path | None = None) -> int:
-    """The demo's entry point: 0 when the story went as told."""
+def run_demo(keep: Path | None = None, *, color: bool = False) -> int:
+    """The demo's entry point: 0 when the story went as told; styled only when `color`."""
     if keep is not None:
         keep.mkdir(parents=True, exist_ok=True)
         if any(keep.iterdir()):
@@ -141,7 +155,7 @@ def run_demo(keep: Path | None = None) -> int:
     with sandbox(keep, latency_mode="simulated", seed=11, keep=keep is not None) as sb:
         click.echo(f"emulator: gRPC {sb.emu.grpc_target}, HTTP {sb.emu.http_url}")
         click.echo(f"git: remote {sb.remote}, working tree {sb.repo}")
-        problems = story(sb)
+        problems = story(sb, color=color)
     elapsed = time.monotonic() - started
     where = f"kept in {keep}" if keep else "temp files removed"
     click.echo(f"\ndemo finished in {elapsed:.0f}s ({where})")

@@ -190,3 +190,15 @@ def test_validate_env_reports_every_unset_variable(repo: Path) -> None:
         "environment variable GATEWAY_KEY, which is not set",
         "error: 2 environment variables the rollout files read are not set",
     ]
+
+def test_help_loads_no_heavy_module() -> None:
+    """`reconcile --help` starts fast because the commands import their work inside."""
+    code = (
+        "import sys; from reconciler.cli import main; main(['--help']); "
+        "heavy = [m for m in ('pydantic', 'google', 'git', 'httpx', 'reconciler.views', "
+        "'reconciler.reconcile') if m in sys.modules]; print('heavy:', heavy)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert out.stdout.strip().endswith("heavy: []"), out.stdout + out.stderr
