@@ -500,6 +500,7 @@ def promote(
     """
     from reconciler import manual
     from reconciler.runtime import build_context
+
     ctx = build_context(app.repo, push=not no_push, with_metrics=False)
     result = manual.promote(ctx, service, branch, to=to, full=full, force=force, dry_run=dry_run)
     _say_verb(service, ("promote", "promoted"), result, branch)

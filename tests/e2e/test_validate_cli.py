@@ -191,6 +191,7 @@ def test_validate_env_reports_every_unset_variable(repo: Path) -> None:
         "error: 2 environment variables the rollout files read are not set",
     ]
 
+
 def test_help_loads_no_heavy_module() -> None:
     """`reconcile --help` starts fast because the commands import their work inside."""
     code = (
