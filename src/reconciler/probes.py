@@ -29,6 +29,7 @@ import httpx
 
 from reconciler.analysis import ProbeRun
 from reconciler.errors import ReconcileError
+from reconciler.idtoken import GoogleIdTokens, IdTokenError, IdTokenSource, default_audience
 from reconciler.model import GateResult, LiveService, Outcome, ServiceRef
 from reconciler.spec import Check, EnvValue, RolloutSpec
 from reconciler.state import atomic_write_text
@@ -668,7 +669,8 @@ class Prober:
     """Sends checks over one HTTP client, so connections are reused; a context manager.
 
     `environ` supplies `{env: NAME}` header values (default: the process environment at
-    the time of each request). `transport` is for tests that bring their own server.
+    the time of each request). `transport` is for tests that bring their own server;
+    `id_tokens` mints `auth: id_token` tokens (default: google-auth, on first use).
     """
 
     def __init__(
@@ -676,8 +678,11 @@ class Prober:
         *,
         environ: Mapping[str, str] | None = None,
         transport: httpx.BaseTransport | None = None,
+        id_tokens: IdTokenSource | None = None,
     ) -> None:
         self._environ = environ
+        self._id_tokens = id_tokens
+        self._minted: set[str] = set()  # every token sent, redacted from every answer
         self._client = httpx.Client(
             headers={"User-Agent": USER_AGENT},
             follow_redirects=False,
@@ -757,6 +762,8 @@ class Prober:
         """Send `check` to an already resolved `url`; secrets the answer echoes are redacted."""
         environ = self._environ if self._environ is not None else os.environ
         headers = resolve_headers(check, environ)
+        if check.auth == "id_token":
+            headers["Authorization"] = f"Bearer {self._id_token(check, url)}"
         exchange = self.exchange(
             check.method,
             url,
@@ -768,8 +775,18 @@ class Prober:
             headers[name]
             for name, value in check.headers.items()
             if isinstance(value, EnvValue) and len(headers[name]) >= MIN_REDACTED_SECRET
-        ]
+        ] + list(self._minted)
         return redact_exchange(exchange, secrets) if secrets else exchange
+
+    def _id_token(self, check: Check, url: str) -> str:
+        if self._id_tokens is None:
+            self._id_tokens = GoogleIdTokens()
+        try:
+            token = self._id_tokens(check.audience or default_audience(url))
+        except IdTokenError as exc:
+            raise ProbeConfigError(f"{check.name}: {exc}") from None
+        self._minted.add(token)
+        return token
 
     def run(self, check: Check, urls: Urls) -> ProbeResult:
         """Run one check against the URLs its placeholder stands for."""
@@ -785,6 +802,8 @@ class Prober:
                 for part in {secret, secret.partition(" ")[2]}:
                     if len(part) >= MIN_REDACTED_SECRET:
                         reason = reason.replace(part, REDACTED)
+        for token in self._minted:
+            reason = reason.replace(token, REDACTED)
         return replace(result, reason=reason) if reason != result.reason else result
 
 
