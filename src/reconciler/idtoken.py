@@ -86,7 +86,9 @@ def _mint(audience: str) -> str:
             return _impersonated(credentials, email, audience, request)
     except google.auth.exceptions.GoogleAuthError as exc:
         # The library's messages name files and endpoints, never a token.
-        raise IdTokenError(f"cannot mint an ID token for {audience}: {exc}") from None
+        # (Some of them carry the HTTP response as a second argument: keep the text.)
+        why = exc.args[0] if exc.args else exc
+        raise IdTokenError(f"cannot mint an ID token for {audience}: {why}") from None
 
 
 def _impersonated(credentials: object, email: str, audience: str, request: object) -> str:
