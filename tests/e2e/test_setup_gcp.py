@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shlex
 import shutil
 import subprocess
@@ -425,3 +426,27 @@ def test_quote_refuses_what_it_cannot_keep_literal() -> None:
 def test_options_validate_ids() -> None:
     with pytest.raises(ReconcileError):
         Options(project="naeda-genesis", repo="acme/infra", repository_id=1)
+
+
+def test_readme_table_lists_every_permission_granted() -> None:
+    from reconciler import setup_gcp
+
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    section = readme.split("### Setup: identities, permissions, GitHub trust", 1)[1]
+    section = section.split("\n## ", 1)[0]
+    rows = [line for line in section.splitlines() if line.startswith("| `")]
+    documented = {
+        p for row in rows for p in re.findall(r"`([a-z]+\.[A-Za-z.]+)`", row.split("|")[1])
+    }
+    granted = {
+        *setup_gcp.READ_PERMISSIONS,
+        *setup_gcp.APPLY_PERMISSIONS,
+        *setup_gcp.ACT_AS_PERMISSIONS,
+        *setup_gcp.INVOKE_PERMISSIONS,
+        # roles/iam.serviceAccountOpenIdTokenCreator, for auth: id_token under federation
+        "iam.serviceAccounts.getOpenIdToken",
+    }
+    assert documented == granted
+    # "setup in at most six commands": the fenced block of the setup section.
+    block = section.split("```sh\n", 1)[1].split("```", 1)[0]
+    assert 0 < len(block.strip().splitlines()) <= 6
