@@ -523,7 +523,7 @@ def quote(arg: str) -> str:
         return arg
     if "${" not in arg:
         # CEL string literals are single-quoted: double quotes keep them readable.
-        if "'" in arg and not any(c in arg for c in '"\\`!'):
+        if "'" in arg and not any(c in arg for c in '"\\`!$'):
             return f'"{arg}"'
         return shlex.quote(arg)
     literal = _VARIABLE.sub("", arg)

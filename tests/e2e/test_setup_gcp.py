@@ -403,8 +403,18 @@ def test_foreign_id_token_url_is_a_note_not_a_grant(tmp_path: Path) -> None:
         ("${A:-${B}-c@d}", '"${A:-${B}-c@d}"'),
         ("$(rm -rf /)", "'$(rm -rf /)'"),
         ("`id`", "'`id`'"),
+        ("a == '$HOME'", "'a == '\"'\"'$HOME'\"'\"''"),
     ],
-    ids=["plain", "space", "cel-quotes", "variable", "default", "substitution", "backtick"],
+    ids=[
+        "plain",
+        "space",
+        "cel-quotes",
+        "variable",
+        "default",
+        "substitution",
+        "backtick",
+        "quote-and-dollar",
+    ],
 )
 def test_quote(arg: str, shell: str) -> None:
     assert quote(arg) == shell
@@ -414,8 +424,9 @@ def test_quote(arg: str, shell: str) -> None:
         text=True,
         check=True,
     ).stdout
-    if "$" not in arg or "$(" in arg:
-        assert echoed == arg
+    # Only `${NAME}` references expand; everything else reaches the command literally.
+    expected = arg.replace("${PROJECT_NUMBER}", "7").replace("${A:-${B}-c@d}", "8-c@d")
+    assert echoed == expected
 
 
 def test_quote_refuses_what_it_cannot_keep_literal() -> None:
