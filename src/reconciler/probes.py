@@ -790,6 +790,7 @@ class Prober:
             token = self._id_tokens(check.audience or default_audience(url))
         except IdTokenError as exc:
             raise ProbeConfigError(f"{check.name}: {exc}") from None
+        redact.register(token)  # every sink scrubs it from now on
         self._minted.add(token)
         return token
 

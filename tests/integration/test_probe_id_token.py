@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 
+from reconciler import redact
 from reconciler.idtoken import IdTokenError, default_audience
 from reconciler.probes import ProbeConfigError, Prober, Urls, run_checks
 from reconciler.spec import Check
@@ -146,6 +147,8 @@ def test_echoed_token_is_redacted_everywhere(private: _Private) -> None:
         assert TOKEN not in text
         # The signature alone would be enough to replay the token.
         assert TOKEN.rsplit(".", 1)[1] not in text
+    # Every sink (state files, commit messages, stdout) scrubs it too.
+    assert redact.scrub(f"seen: Bearer {TOKEN}") == "seen: Bearer [redacted]"
 
 
 def test_minting_failure_is_a_configuration_error(private: _Private) -> None:
