@@ -24,11 +24,15 @@ import subprocess
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from reconciler.errors import ReconcileError
-from reconciler.spec import PROJECT_RE, RolloutSpec
+
+if TYPE_CHECKING:
+    # Only click at import time: the CLI registers this command on every start.
+    from reconciler.spec import RolloutSpec
 
 GITHUB_ISSUER = "https://token.actions.githubusercontent.com"
 APIS = (
@@ -68,6 +72,8 @@ class Options:
     apply_account: str = "reconcile-apply"
 
     def __post_init__(self) -> None:
+        from reconciler.spec import PROJECT_RE
+
         if not re.fullmatch(PROJECT_RE, self.project):
             raise ReconcileError(f"--project {self.project!r} is not a valid GCP project id")
         if not REPO_RE.fullmatch(self.repo) or self.repo.endswith((".git", "/.", "/..")):
