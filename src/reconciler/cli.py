@@ -409,10 +409,9 @@ def bench(
     Example:
       reconcile bench ion-api --iterations 5
     """
-    from datetime import UTC, datetime
-
     from reconciler.probes import Baseline, Urls, bench, save_baseline
     from reconciler.progress import Progress
+    from reconciler.runtime import utc_now
 
     spec = _rollout_for(app, service)
     checks = list(spec.probes)
@@ -429,7 +428,7 @@ def bench(
     urls = Urls(canary=base, stable=base, service=base)
     revision = spec.revisions.stable if target == "stable" else None
     click.echo(f"{service}: bench of {target} {base}, {iterations} iterations")
-    taken_at = datetime.now(UTC)
+    taken_at = utc_now()
     results = []
     with Progress("bench", iterations * max(len(checks), 1)) as progress:
         if not checks:
@@ -874,16 +873,15 @@ def report(
       reconcile report ion-api --kind final --stdout
       reconcile report ion-api --since 6h --out /tmp/ion-api.md
     """
-    from datetime import UTC, datetime
-
     from reconciler.report import generate, save
+    from reconciler.runtime import utc_now
     from reconciler.state import atomic_write_text
 
     made = generate(
         app.repo,
         service,
         "final" if kind == "final" else "interim",
-        now=datetime.now(UTC),
+        now=utc_now(),
         since=since,
     )
     if to_stdout:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, TypeVar
 
 from reconciler.errors import ReconcileError
@@ -20,6 +21,8 @@ if TYPE_CHECKING:
     from google.cloud import monitoring_v3, run_v2
 
 EMULATOR_HOST_ENV = "CLOUD_RUN_EMULATOR_HOST"
+CLOCK_METHOD = "/reconciler.emulator.v1.Clock/Now"
+"""The emulator's own clock (not a Google API): `reconcile emulator clock` moves it."""
 T = TypeVar("T")
 # Aggregated ListTimeSeries answers for many services can exceed gRPC's 4 MiB default.
 _MAX_MESSAGE_BYTES = 64 * 1024 * 1024
@@ -100,6 +103,32 @@ def metric_client(host: str | None = None) -> monitoring_v3.MetricServiceClient:
     return monitoring_v3.MetricServiceClient(
         transport=MetricServiceGrpcTransport(channel=_channel(target))
     )
+
+
+def emulator_clock(host: str) -> Callable[[], datetime]:
+    """A clock reading the emulator at `host`: its time moves with `reconcile emulator clock`,
+    so windows, bake and ingestion delays pass without waiting."""
+    import grpc
+    from google.protobuf import empty_pb2, timestamp_pb2
+
+    now = _channel(host).unary_unary(
+        CLOCK_METHOD,
+        request_serializer=empty_pb2.Empty.SerializeToString,
+        response_deserializer=timestamp_pb2.Timestamp.FromString,
+    )
+
+    def read() -> datetime:
+        try:
+            stamp = now(empty_pb2.Empty(), timeout=10)
+        except grpc.RpcError as exc:
+            raise ReconcileError(
+                f"emulator at {host} ({EMULATOR_HOST_ENV}): cannot read its clock "
+                f"({exc.code().name})"
+            ) from None
+        when: datetime = stamp.ToDatetime(tzinfo=UTC)
+        return when
+
+    return read
 
 
 def operations_client(host: str | None = None) -> operations_v1.OperationsClient:

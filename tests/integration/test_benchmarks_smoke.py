@@ -20,7 +20,7 @@ SRC = ROOT / "src"
 CASES = [
     ("judge_simulation", ["--stages", "2"], "| 1,000 |"),
     ("plan_scale", ["--sizes", "1", "--reps", "1"], "target: plan for 1 services"),
-    ("breach_to_rollback", ["--quick", "--interval", "1"], "ROLLED BACK"),
+    ("breach_to_rollback", ["--quick"], "ROLLED BACK"),
     ("cold_start", ["--runs", "1"], "target: `reconcile --help` under 0.3 s"),
 ]
 
