@@ -97,7 +97,7 @@ def test_tag_and_service_name_over_46_characters_are_refused(length: int, ok: bo
         if ok:
             write(client, name, target(rev, 100, "canary")).result(timeout=10)
             return
-        with pytest.raises(exceptions.InvalidArgument, match="must not exceed 46"):
+        with pytest.raises(exceptions.InvalidArgument, match="cannot exceed 46 characters"):
             write(client, name, target(rev, 100, "canary"))
 
 

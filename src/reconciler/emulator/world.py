@@ -887,9 +887,9 @@ def _check_tag_length(tag: str, service: str) -> None:
     if len(tag) + len(service) > MAX_TAG_AND_SERVICE:
         raise ApiError(
             "INVALID_ARGUMENT",
-            f"spec.traffic.tag: Invalid value: '{tag}': the tag and the service name "
-            f"'{service}' together are {len(tag) + len(service)} characters; they must not "
-            f"exceed {MAX_TAG_AND_SERVICE} (the tag URL must fit one DNS label).",
+            f"spec.traffic.tag: traffic tag '{tag}' and service name '{service}' together are "
+            f"too long. Combined traffic tag and service name cannot exceed "
+            f"{MAX_TAG_AND_SERVICE} characters.",
         )
 
 
