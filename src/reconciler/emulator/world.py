@@ -633,8 +633,12 @@ class World:
                 else:
                     routes.append(Route(rev, 0, tag))
             self._validate_traffic(svc, routes)
+            born = {r.tag: r.since for r in svc.traffic if r.tag}
+            for r in routes:
+                r.since = born.get(r.tag, self.now()) if r.tag else 0.0
             svc.traffic = routes
             svc.statuses = self._resolve(svc, routes)
+            svc.failure = ""  # applied at once: what serves is what was asked for
             svc.generation += 1
             svc.observed_generation = svc.generation
             svc.updated = self.now()
