@@ -219,6 +219,16 @@ def test_transient_unavailable_is_retried(emu: Emulator) -> None:
     assert sum(p.calls.values()) == 2
 
 
+def test_an_exhausted_quota_is_retried(emu: Emulator) -> None:
+    truth = served(emu)
+    emu.fault("ListTimeSeries", code="RESOURCE_EXHAUSTED", times=1)
+    p = provider(emu, attempts=3)
+    stats = p.window_stats([ION], WINDOW, emu.now())
+
+    assert stats[("ion-api", CANARY)].requests == truth[("ion-api", CANARY)].requests
+    assert p.rpcs == emu.calls["ListTimeSeries"] == 3  # one refusal, then both metrics
+
+
 def test_persistent_unavailable_gives_up_after_the_bound(emu: Emulator) -> None:
     emu.fault("ListTimeSeries", rate=1.0)
     p = provider(emu, attempts=3)

@@ -207,8 +207,9 @@ class CloudMonitoringProvider:
     `client`: a `monitoring_v3.MetricServiceClient` (default: `reconciler.clients.
     metric_client()`, created on first use, so the emulator or ADC is picked up then).
     `ingestion_lag`: how far the queried window is moved back from `end` (see the module doc).
-    `attempts`, `backoff`: bounded retries of UNAVAILABLE and DEADLINE_EXCEEDED only, with
-    exponential waits starting at `backoff` seconds. `timeout`: seconds per RPC.
+    `attempts`, `backoff`: bounded retries of UNAVAILABLE, DEADLINE_EXCEEDED and
+    RESOURCE_EXHAUSTED only, with exponential waits starting at `backoff` seconds.
+    `timeout`: seconds per RPC.
 
     `calls` counts listings per (project, metric) - one per window_stats call however many
     services - and `rpcs` every RPC sent (pages and retries included).
@@ -394,12 +395,16 @@ class CloudMonitoringProvider:
         from google.auth import exceptions as auth_exceptions
 
         client = self._metric_client(project, metric)
+        # Quota (RESOURCE_EXHAUSTED) refills within the minute: as retryable as a blip.
+        transient = (
+            exceptions.ServiceUnavailable,
+            exceptions.DeadlineExceeded,
+            exceptions.ResourceExhausted,
+        )
         retrying = Retrying(
             stop=stop_after_attempt(self.attempts),
             wait=wait_exponential(multiplier=self.backoff, max=self.backoff * 8),
-            retry=retry_if_exception_type(
-                (exceptions.ServiceUnavailable, exceptions.DeadlineExceeded)
-            ),
+            retry=retry_if_exception_type(transient),
             reraise=True,
         )
 
@@ -411,7 +416,7 @@ class CloudMonitoringProvider:
         where = f"cloud monitoring: project {project}: {metric}"
         try:
             return retrying(call)
-        except (exceptions.ServiceUnavailable, exceptions.DeadlineExceeded) as exc:
+        except transient as exc:
             raise MetricsError(
                 f"{where}: {_first_line(exc)} (after {self.attempts} attempts)"
             ) from exc
