@@ -110,7 +110,8 @@ def test_resource_exhausted_is_retried_with_backoff(
 ) -> None:
     other = clients.services_client()
     with pytest.raises(exceptions.ResourceExhausted):
-        for _ in range(1200):  # another client spends the project's read quota
+        # Another client spends the project's read quota (1,000 a minute, refilling as it goes).
+        for _ in range(5000):
             other.get_service(name=REF.name, retry=None)
     before = emulator.calls.get("GetService", 0)
     live = backend.get_service(REF)

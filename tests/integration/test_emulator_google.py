@@ -3,7 +3,9 @@ driven only by the official clients. docs/emulator.md lists each rule with its s
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import math
+import time
+from collections.abc import Callable, Iterator
 from datetime import timedelta
 from typing import Any
 
@@ -102,15 +104,25 @@ def test_tag_and_service_name_over_46_characters_are_refused(length: int, ok: bo
 
 
 # --- 3. per-minute quotas per project and region --------------------------------------------
+def until_refused(call: Callable[[int], object], limit: int) -> tuple[int, float, Exception]:
+    """Call until the first error; (calls that succeeded, seconds it took, the error)."""
+    started = time.monotonic()
+    for i in range(limit):
+        try:
+            call(i)
+        except exceptions.GoogleAPICallError as exc:
+            return i, time.monotonic() - started, exc
+    raise AssertionError(f"no refusal in {limit} calls")
+
+
 def test_reads_past_the_per_minute_quota_are_resource_exhausted(
     emulator: Emulator, services: run_v2.ServicesClient, name: str
 ) -> None:
-    served = 0
-    with pytest.raises(exceptions.ResourceExhausted, match="Quota exceeded for quota metric"):
-        for served in range(1, 1201):  # noqa: B007 - counted for the assertion below
-            services.get_service(name=name, retry=None)
-    # 1,000 a minute, refilled continuously (about 17 a second while the loop runs).
-    assert 1000 <= served < 1200
+    ok, took, error = until_refused(lambda _i: services.get_service(name=name, retry=None), 5000)
+    assert isinstance(error, exceptions.ResourceExhausted)
+    assert "Quota exceeded for quota metric 'Read requests'" in str(error)
+    # A minute's worth at once, plus the refill (1,000 a minute) while the loop ran.
+    assert 1000 <= ok <= 1000 + math.ceil(took * 1000 / 60)
     emulator.advance_clock(60)  # the bucket refills within a minute
     services.get_service(name=name, retry=None)
 
@@ -118,18 +130,18 @@ def test_reads_past_the_per_minute_quota_are_resource_exhausted(
 def test_writes_past_the_per_minute_quota_are_resource_exhausted(
     emulator: Emulator, services: run_v2.ServicesClient, name: str
 ) -> None:
-    svc = services.get_service(name=name)
-    for i in range(60):
+    def write_once(i: int) -> None:
         pct = 1 + i % 50
         update = run_v2.Service(name=name, traffic=[target(STABLE, 100 - pct), target(CANARY, pct)])
         services.update_service(
             request=run_v2.UpdateServiceRequest(service=update, update_mask={"paths": ["traffic"]}),
             retry=None,
         ).result(timeout=10)
-    with pytest.raises(
-        exceptions.ResourceExhausted, match="'Write requests per minute per region'"
-    ):
-        services.update_service(service=svc, retry=None)
+
+    ok, took, error = until_refused(write_once, 1000)
+    assert isinstance(error, exceptions.ResourceExhausted)
+    assert "'Write requests per minute per region'" in str(error)
+    assert 60 <= ok <= 60 + math.ceil(took * 60 / 60)
 
 
 # --- 4. faults, etag, tag cleanup, echoed revision names, WaitOperation ----------------------
