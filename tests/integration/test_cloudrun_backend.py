@@ -71,13 +71,20 @@ def test_a_stale_etag_at_the_server_is_a_conflict_whatever_its_code(code: str) -
             clients.services_client(emu.grpc_target), clients.revisions_client(emu.grpc_target)
         )
         live = backend.get_service(REF)
-        # The write waits at the server while someone else changes the service.
-        emu.fault("UpdateService", rate=0.0, latency_ms=600)
-        later = threading.Timer(0.2, lambda: emu.drift("ion-api", {STABLE: 80, CANARY: 20}))
-        later.start()
-        with pytest.raises(Conflict, match="changed since it was read"):
+        # The write waits at the server while someone else changes the service: the server,
+        # not the client's own read, sees the stale etag.
+        emu.fault("UpdateService", rate=0.0, latency_ms=1000)
+
+        def meddle() -> None:
+            while emu.write_attempts == 0:
+                time.sleep(0.01)
+            emu.drift("ion-api", {STABLE: 80, CANARY: 20})
+
+        other = threading.Thread(target=meddle)
+        other.start()
+        with pytest.raises(Conflict, match="changed since it was read \\(The etag provided"):
             backend.set_traffic(REF, canary_at(5), live.etag)
-        later.join()
+        other.join()
 
 
 def test_a_refusal_that_is_not_an_etag_mismatch_is_not_a_conflict(
