@@ -144,36 +144,34 @@ def test_a_write_that_landed_is_never_reported_failed(
     assert emulator.writes == 1 and emulator.write_attempts == 2
 
 
-class FakeClock:
+class FakeTime:
+    """A clock that only sleeping moves."""
+
     def __init__(self) -> None:
         self.t = 0.0
+        self.sleeps: list[float] = []
 
-    def __call__(self) -> float:
+    def clock(self) -> float:
         return self.t
+
+    def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        self.t += seconds
 
 
 def test_token_bucket_allows_a_minute_s_worth_then_paces() -> None:
-    clock = FakeClock()
-    bucket = TokenBucket(60, clock)
+    fake = FakeTime()
+    bucket = TokenBucket(60, fake.clock, fake.sleep)
     for _ in range(60):
         bucket.acquire()
-    assert bucket.waited == 0.0
-    clock.t = 0.5  # half a token refilled: the next call waits the other half second
-    started = time.monotonic()
-    done = threading.Event()
-
-    def take() -> None:
-        bucket.acquire()
-        done.set()
-
-    worker = threading.Thread(target=take)
-    worker.start()
-    time.sleep(0.1)
-    clock.t = 2.0
-    worker.join(timeout=5)
-    assert done.is_set()
-    assert bucket.waited == pytest.approx(0.5, abs=0.01)
-    assert time.monotonic() - started < 5
+    assert fake.sleeps == []  # a minute's worth at once
+    fake.t += 0.5  # half a token refilled: the next call waits the other half second
+    bucket.acquire()
+    assert fake.sleeps == [pytest.approx(0.5)]
+    for _ in range(3):
+        bucket.acquire()  # then one a second
+    assert fake.sleeps[1:] == [pytest.approx(1.0)] * 3
+    assert bucket.waited == pytest.approx(3.5)
 
 
 def test_unlimited_bucket_never_waits() -> None:

@@ -60,9 +60,15 @@ _FAILED = run_v2.Condition.State.CONDITION_FAILED
 class TokenBucket:
     """`per_minute` calls a minute, in bursts of at most that many (0: unlimited)."""
 
-    def __init__(self, per_minute: int, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        per_minute: int,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
         self.per_minute = per_minute
         self._clock = clock
+        self._sleep = sleep
         self._tokens = float(per_minute)
         self._at = clock()
         self._lock = threading.Lock()
@@ -84,7 +90,7 @@ class TokenBucket:
                     return
                 pause = (1.0 - self._tokens) / rate
                 self.waited += pause
-            time.sleep(pause)
+            self._sleep(pause)
 
 
 class _Refused(Exception):
