@@ -908,7 +908,23 @@ cli.add_command(emulator)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the CLI; returns the exit code (0 ok, 1 error, 2 changes pending, 4 rolled back)."""
+    """Run the CLI; returns the exit code (0 ok, 1 error, 2 changes pending, 4 rolled back).
+
+    stdout and stderr are sinks like any other: every line is scrubbed of probe secrets.
+    """
+    from reconciler.redact import RedactingStream
+
+    saved = sys.stdout, sys.stderr
+    sys.stdout, sys.stderr = RedactingStream(saved[0]), RedactingStream(saved[1])
+    try:
+        return _main(argv)
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        sys.stdout, sys.stderr = saved
+
+
+def _main(argv: Sequence[str] | None) -> int:
     try:
         # Without standalone mode, click returns (not raises) the code of `Exit(n)` raised
         # inside a command.

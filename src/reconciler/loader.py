@@ -13,6 +13,7 @@ Python values by hand, recording the line of every key and list item. That gives
 from __future__ import annotations
 
 import difflib
+import os
 import re
 import types
 import typing
@@ -30,6 +31,7 @@ from yaml.reader import Reader
 from yaml.resolver import BaseResolver
 from yaml.scanner import Scanner
 
+from reconciler import safepath
 from reconciler.errors import ReconcileError
 from reconciler.spec import STRICT_UNITS, Loc, RolloutSpec, RuleError, describe_value
 
@@ -77,19 +79,40 @@ class _Problem(Exception):
 def find_rollout_files(directory: Path) -> list[Path]:
     """The rollout files of a directory (`*.yaml`, and `*.yml` so that a misnamed one is
     reported rather than silently skipped), sorted."""
-    return sorted(p for p in directory.iterdir() if p.suffix in (".yaml", ".yml") and p.is_file())
+    # A symbolic link is listed (not skipped) so that `load_spec` reports it.
+    return sorted(
+        p
+        for p in directory.iterdir()
+        if p.suffix in (".yaml", ".yml") and (p.is_file() or p.is_symlink())
+    )
 
 
 def load_spec(path: Path) -> RolloutSpec:
-    """Read and validate one rollout file; raise SpecError (`path:line: message`)."""
+    """Read and validate one rollout file; raise SpecError (`path:line: message`).
+
+    A symbolic link (the file itself, or a folder on its way under the repository's rollout/)
+    is an error naming the file; it is never followed, so a link to a file outside git is
+    never applied and a link to a credentials file never has its content printed.
+    """
     try:
-        with path.open("rb") as fh:
+        safepath.guard(path)
+    except safepath.UnsafePathError as exc:
+        raise SpecError(str(exc)) from None
+    try:
+        # O_NOFOLLOW: the link check above and this open cannot be raced apart.
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+        with os.fdopen(fd, "rb") as fh:
             data = fh.read(MAX_BYTES + 1)
     except FileNotFoundError:
         raise SpecError(f"{path}: no such file or directory") from None
     except IsADirectoryError:
         raise SpecError(f"{path}: is a directory, not a rollout file") from None
     except OSError as exc:
+        if path.is_symlink():
+            raise SpecError(
+                f"{path}: is a symbolic link; a rollout file must be a regular file in the "
+                "repository (not followed)"
+            ) from None
         raise SpecError(f"{path}: cannot read: {exc.strerror or exc}") from None
     return parse_spec(data, path)
 

@@ -69,8 +69,12 @@ def rollback(ctx: Context, service: str, reason: str) -> ServiceOutcome:
     if is_rolled_back(spec) and live.traffic.percents() == {spec.revisions.stable: 100}:
         return ServiceOutcome(spec.service)
     now = ctx.clock()
-    status = st.read_status(ctx.state_root, spec.service)
+    loaded = st.load_status(ctx.state_root, spec.service)  # corrupt state never blocks it
+    status = loaded.status
     run = ServiceRun(path, spec, live, status, now)
+    rebuilt = loaded.event(now, ctx.actor)
+    if rebuilt is not None:
+        run.events.append(rebuilt)
     sp = rollback_plan(spec, live, now=now, reason=reason)
     spec_commit = ctx.git.last_commit_touching(path) if ctx.git else None
 

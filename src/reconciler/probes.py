@@ -27,6 +27,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 
+from reconciler import redact, safepath
 from reconciler.analysis import ProbeRun
 from reconciler.errors import ReconcileError
 from reconciler.model import GateResult, LiveService, Outcome, ServiceRef
@@ -146,7 +147,8 @@ def _same(actual: Any, expected: Any) -> bool:
 
 
 def _show(value: Any) -> str:
-    text = json.dumps(value, ensure_ascii=False, sort_keys=True)
+    # Scrubbed before shortening: half a secret is no longer recognisable afterwards.
+    text = redact.scrub(json.dumps(value, ensure_ascii=False, sort_keys=True))
     return text if len(text) <= 60 else text[:57] + "..."
 
 
@@ -266,7 +268,8 @@ def redact_exchange(exchange: Exchange, secrets: Sequence[str]) -> Exchange:
     check fails quotes the answer, and reasons are stored, logged and reported.
     """
     body, error = exchange.body, exchange.error
-    for secret in sorted(secrets, key=len, reverse=True):
+    every_form = {form for secret in secrets for form in redact.forms(secret)}
+    for secret in sorted(every_form, key=len, reverse=True):
         body = body.replace(secret.encode(), REDACTED.encode())
         if error is not None:
             error = error.replace(secret, REDACTED)
@@ -319,6 +322,7 @@ def resolve_headers(check: Check, environ: Mapping[str, str]) -> dict[str, str]:
                     f"{check.name}: header {name} reads environment variable {value.env}, "
                     "which is not set"
                 )
+            redact.register(secret)  # every sink scrubs it from now on
             out[name] = secret
         else:
             out[name] = value
@@ -638,6 +642,7 @@ def save_baseline(state_dir: Path, baseline: Baseline) -> Path:
 def load_baseline(state_dir: Path, service: str, name: str = "latest") -> Baseline | None:
     """The baseline `state/<service>/baselines/<name>.json`, None when there is none."""
     path = state_dir / service / "baselines" / f"{name}.json"
+    safepath.guard(path)  # never read through a symbolic link under state/
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:

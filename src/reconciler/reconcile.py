@@ -12,9 +12,11 @@ writes the missing record (including a rollback's sticky edit of the rollout fil
 
 from __future__ import annotations
 
+import difflib
 import fnmatch
 import json
 import logging
+import re
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -70,10 +72,34 @@ def rollout_files(rollout_dir: Path, patterns: Sequence[str] = ()) -> list[Path]
         if "/" in pat or "\\" in pat or ".." in pat:
             raise ReconcileError(f"--service {pat!r}: a service name or glob, not a path")
     chosen = [p for p in files if any(fnmatch.fnmatchcase(p.stem, pat) for pat in patterns)]
+    names = [p.stem for p in files]
     for pat in patterns:
-        if not any(ch in pat for ch in "*?[") and not any(p.stem == pat for p in files):
-            raise ReconcileError(f"{rollout_dir / (pat + '.yaml')}: no such rollout file")
+        # A pattern that selects nothing is a typo as surely as a wrong name: reconciling
+        # nothing and exiting 0 would hide it.
+        if not any(fnmatch.fnmatchcase(name, pat) for name in names):
+            if any(ch in pat for ch in "*?["):
+                head = f"--service {pat!r} matches no rollout file in {rollout_dir}"
+            else:
+                head = f"{rollout_dir / (pat + '.yaml')}: no such rollout file"
+            raise ReconcileError(head + _did_you_mean(pat, names))
     return chosen
+
+
+def _did_you_mean(pattern: str, names: Sequence[str]) -> str:
+    """`; did you mean 'payments-api'?` from the closest service names, if any are close."""
+    bare = re.sub(r"\[[^\]]*\]|[*?]", "", pattern)
+
+    def score(name: str) -> float:
+        # A glob like `paymnts-*` is compared with the same length of each name as well.
+        whole = difflib.SequenceMatcher(None, bare, name).ratio()
+        head = difflib.SequenceMatcher(None, bare, name[: len(bare)]).ratio()
+        return max(whole, head if bare != pattern else 0.0)
+
+    ranked = sorted(names, key=score, reverse=True)
+    close = [n for n in ranked if score(n) >= 0.6][:3]
+    if not close:
+        return f" (services: {', '.join(names[:10])})" if names else " (rollout/ is empty)"
+    return "; did you mean " + " or ".join(repr(c) for c in close) + "?"
 
 
 @dataclass
@@ -669,9 +695,16 @@ def reconcile_service(
     anything is written.
     """
     now = ctx.clock()
-    status = st.read_status(ctx.state_root, spec.service)
+    # A corrupt status file must not stop this service's rollback: what parses is kept, the
+    # rest is rebuilt from live traffic and git, and an event says what was dropped.
+    loaded = st.load_status(ctx.state_root, spec.service)
+    status = loaded.status
     spec_commit = ctx.git.last_commit_touching(path) if ctx.git else None
     run = ServiceRun(path, spec, live, status, now)
+    rebuilt = loaded.event(now, ctx.actor)
+    if rebuilt is not None:
+        log.warning("%s: %s", spec.service, rebuilt.reason)
+        run.events.append(rebuilt)
     if not dry_run:
         recover(ctx, run, spec_commit)
     spec = run.spec
@@ -951,7 +984,10 @@ def apply_all(
     if saved is not None:
         if not saved.services:
             return RunResult((), None, pull_error)  # an empty saved plan applies nothing
-        patterns = [s.service for s in saved.services]
+        patterns = saved_services(ctx.repo / "rollout", saved)
+        refused = check_saved(ctx, saved, patterns)
+        if refused:
+            return RunResult(refused, None, pull_error)
     specs, load_errors = load_all(rollout_files(ctx.repo / "rollout", patterns))
     outcomes = [ServiceOutcome(e.service, error=e.message) for e in load_errors]
     lives = observe(ctx.backend, [s for _, s in specs], ctx.max_workers)
@@ -1005,11 +1041,63 @@ def apply_all(
     return RunResult(tuple(sorted(outcomes, key=lambda o: o.service)), pushed, git_error)
 
 
+def saved_services(rollout_dir: Path, saved: Plan) -> list[str]:
+    """The services a saved plan names, each an exact service with a rollout file here.
+
+    A hand-edited plan naming `ion-*` (or a service that has no rollout file) is refused
+    as a whole: a saved plan is an exact list, never a pattern.
+    """
+    present = {p.stem for p in rollout_files(rollout_dir)}
+    names = [s.service for s in saved.services]
+    for name in names:
+        if name not in present:
+            why = "a pattern" if any(ch in name for ch in "*?[]") else "not a service"
+            raise ReconcileError(
+                f"saved plan names {name!r}, {why} in {rollout_dir}; a saved plan lists exact "
+                "services: run plan again"
+            )
+    return names
+
+
+def check_saved(ctx: Context, saved: Plan, names: Sequence[str]) -> tuple[ServiceOutcome, ...]:
+    """All or nothing: the saved plan against a fresh read-only plan of the same services.
+
+    Returns one error outcome per service (empty when every service still matches): with
+    one stale service, none is applied.
+    """
+    fresh = plan_all(ctx.repo, names, ctx.backend, ctx.clock(), max_workers=ctx.max_workers)
+    by_name = {p.service: p for p in fresh.services}
+    failed = {e.service: e.message for e in fresh.errors}
+    for sp in saved.services:
+        now = by_name.get(sp.service)
+        if now is None:
+            failed.setdefault(sp.service, f"{sp.ref.name}: cannot be planned now")
+            continue
+        problem = _stale_at(sp, now.etag, now.generation) or _differs(sp, now)
+        if problem:
+            failed[sp.service] = problem
+    if not failed:
+        return ()
+    stale = ", ".join(sorted(failed))
+    return tuple(
+        ServiceOutcome(
+            sp.service,
+            error=failed.get(sp.service)
+            or f"{sp.ref.name}: not applied, the saved plan is stale for {stale}",
+        )
+        for sp in sorted(saved.services, key=lambda s: s.service)
+    )
+
+
 def _stale(saved: ServicePlan, live: LiveService) -> str | None:
-    if saved.etag != live.etag or saved.generation != live.generation:
+    return _stale_at(saved, live.etag, live.generation)
+
+
+def _stale_at(saved: ServicePlan, etag: str, generation: int) -> str | None:
+    if saved.etag != etag or saved.generation != generation:
         return (
             f"{saved.ref.name}: saved plan is stale (computed against generation "
-            f"{saved.generation}, live is generation {live.generation}); run plan again"
+            f"{saved.generation}, live is generation {generation}); run plan again"
         )
     return None
 

@@ -18,6 +18,14 @@ Bounded growth:
 - metrics go to one file per calendar month (UTC, by window end); only the newest
   `METRICS_MONTHS` month files are kept, older ones are deleted (again, git history keeps them).
 
+Sinks defend themselves: every path goes through `safepath` (no symbolic link anywhere under
+`state/`, nothing outside the repository), every string is scrubbed of probe secrets
+(`redact`), and every line separator Python's `str.splitlines` knows (U+2028, U+2029, NEL ...)
+is escaped in JSON lines and double-quoted in YAML, so no reader ever splits a record.
+Readers never trust a file: a line that does not parse is skipped and reported
+(`read_events_salvaged`), and `load_status` salvages what it can of a corrupt status file and
+says what it dropped, so one bad file never disables its service's rollback.
+
 Every write replaces the file atomically (temporary file in the same directory, fsync,
 rename): a crash leaves the old file or the new one, never half a line. Appends rewrite the
 file the same way; the files are bounded, so this stays cheap. Readers sort by time, so lines
@@ -28,6 +36,7 @@ from __future__ import annotations
 
 import enum
 import json
+import logging
 import os
 import re
 import tempfile
@@ -39,6 +48,7 @@ from typing import Any
 
 import yaml
 
+from reconciler import redact, safepath
 from reconciler.errors import ReconcileError
 from reconciler.model import (
     LatencyBucket,
@@ -63,15 +73,18 @@ __all__ = [
     "ProbeRecord",
     "ServiceStatus",
     "StateError",
+    "StatusLoad",
     "append_events",
     "append_metrics",
     "atomic_write_text",
     "events_path",
     "format_time",
     "keep_windows",
+    "load_status",
     "metrics_path",
     "parse_time",
     "read_events",
+    "read_events_salvaged",
     "read_metrics",
     "read_status",
     "stage_since",
@@ -86,6 +99,11 @@ MAX_WINDOWS = 100  # the spec caps consecutive_failures at 100
 MAX_EVENTS = 1000
 METRICS_MONTHS = 3
 _SERVICE = re.compile(SERVICE_RE)
+log = logging.getLogger(__name__)
+# What `str.splitlines` splits on beyond `\n` and `\r` that `json.dumps` leaves raw: a
+# record holding one would become two lines for any reader that splits lines that way.
+_LINE_BREAKS = {"\x85": "\\u0085", "\u2028": "\\u2028", "\u2029": "\\u2029"}
+_SPLITS = frozenset("\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029")
 # libyaml when PyYAML has it: a plan reads every service's status file, and the pure-Python
 # loader takes ~10x longer on them (same constructor and resolver, so the same values).
 _SafeLoader: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
@@ -105,6 +123,7 @@ class EventKind(enum.Enum):
     PROMOTED = "promoted"
     FINALIZED = "finalized"
     PROBE_FAILED = "probe_failed"
+    STATE_REBUILT = "state_rebuilt"
 
 
 @dataclass(frozen=True)
@@ -171,36 +190,52 @@ def state_dir(root: Path, service: str) -> Path:
     """`<root>/state/<service>`, after checking `service` is a Cloud Run service id.
 
     The id rules (lowercase letters, digits, hyphens) already exclude `..`, `/` and every
-    other way out of `state/`; the resolved path is checked as well.
+    other way out of `state/`; the safe-path check refuses a symbolic link on the way.
     """
-    if not isinstance(service, str) or not _SERVICE.fullmatch(service):
-        raise StateError(f"{service!r} is not a valid Cloud Run service id")
-    base = (root / "state").resolve()
-    path = (base / service).resolve()
-    if path.parent != base:
-        raise StateError(f"state directory for {service!r} escapes {base}")
-    return root / "state" / service
+    return _service_file(root, service)
 
 
 def status_path(root: Path, service: str) -> Path:
     """`state/<service>/status.yaml`."""
-    return state_dir(root, service) / "status.yaml"
+    return _service_file(root, service, "status.yaml")
 
 
 def events_path(root: Path, service: str) -> Path:
     """`state/<service>/events.jsonl`."""
-    return state_dir(root, service) / "events.jsonl"
+    return _service_file(root, service, "events.jsonl")
 
 
 def metrics_path(root: Path, service: str, when: datetime) -> Path:
     """`state/<service>/metrics/YYYY-MM.jsonl` for the UTC month of `when`."""
     month = _utc(when).strftime("%Y-%m")
-    return state_dir(root, service) / "metrics" / f"{month}.jsonl"
+    return _service_file(root, service, "metrics", f"{month}.jsonl")
+
+
+def _service_file(root: Path, service: str, *parts: str) -> Path:
+    """`state/<service>/<parts...>`, checked once along its whole path."""
+    if not isinstance(service, str) or not _SERVICE.fullmatch(service):
+        raise StateError(f"{service!r} is not a valid Cloud Run service id")
+    return _safe(root, Path("state", service, *parts))
+
+
+def _safe(root: Path, path: Path) -> Path:
+    """`root / path` through the safe-path helper (a symbolic link is a `StateError`)."""
+    try:
+        safepath.inside(root, path)
+    except safepath.UnsafePathError as exc:
+        raise StateError(str(exc)) from None
+    return path if path.is_absolute() else root / path
 
 
 # --- writing --------------------------------------------------------------------------------
 def atomic_write_text(path: Path, text: str) -> None:
-    """Replace `path` with `text` (UTF-8, `\\n` newlines) atomically, creating parents."""
+    """Replace `path` with `text` (UTF-8, `\\n` newlines) atomically, creating parents.
+
+    The text is scrubbed of probe secrets, and a path under the repository's rollout/ or
+    state/ must pass the safe-path check (no symbolic link, nothing outside the repository).
+    """
+    safepath.guard(path)
+    text = redact.scrub(text)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
@@ -219,8 +254,9 @@ def atomic_write_text(path: Path, text: str) -> None:
 def write_status(root: Path, status: ServiceStatus) -> Path:
     """Write `status.yaml` for `status.service`; returns its path."""
     path = status_path(root, status.service)
-    text = yaml.safe_dump(
-        _status_to_data(status),
+    text = yaml.dump(
+        _scrubbed(_status_to_data(status)),
+        Dumper=_StatusDumper,
         sort_keys=False,
         default_flow_style=False,
         allow_unicode=True,
@@ -233,7 +269,9 @@ def write_status(root: Path, status: ServiceStatus) -> Path:
 def append_events(root: Path, service: str, events: Iterable[Event]) -> Path:
     """Append events to `events.jsonl`, keeping the newest `MAX_EVENTS`; returns its path."""
     path = events_path(root, service)
-    lines = _read_lines(path)
+    # Lines that do not parse (a truncated write, a bad merge) are dropped here; git history
+    # keeps them, and the file heals instead of failing every later run.
+    lines = [line for line in _read_lines(path) if _event_or_none(line) is not None]
     lines.extend(_json_line(_event_to_data(e)) for e in events)
     atomic_write_text(path, "".join(line + "\n" for line in lines[-MAX_EVENTS:]))
     return path
@@ -253,8 +291,14 @@ def append_metrics(root: Path, service: str, stats: Iterable[WindowStats]) -> li
         by_path.setdefault(metrics_path(root, service, s.end), []).append(s)
     written = []
     for path, new in sorted(by_path.items()):
-        lines = _read_lines(path)
-        seen = {_window_key(_stats_from_line(line, path, n)) for n, line in enumerate(lines, 1)}
+        lines = []
+        seen = set()
+        for line in _read_lines(path):
+            try:
+                seen.add(_window_key(_stats_from_data(json.loads(line))))
+            except (json.JSONDecodeError, KeyError, TypeError, ValueError):
+                continue  # unreadable: dropped from the file (git history keeps it)
+            lines.append(line)
         added = []
         for s in new:
             if _window_key(s) not in seen:
@@ -270,7 +314,15 @@ def append_metrics(root: Path, service: str, stats: Iterable[WindowStats]) -> li
 
 
 def _prune_months(directory: Path) -> None:
-    months = sorted(p for p in directory.glob("*.jsonl") if re.match(r"^\d{4}-\d{2}$", p.stem))
+    # Checked right before listing: a `metrics` link to elsewhere must never be pruned.
+    safepath.guard(directory)
+    if directory.is_symlink():
+        raise StateError(f"{directory}: is a symbolic link; not pruning it")
+    months = sorted(
+        p
+        for p in directory.glob("*.jsonl")
+        if re.match(r"^\d{4}-\d{2}$", p.stem) and not p.is_symlink()
+    )
     for old in months[:-METRICS_MONTHS]:
         old.unlink()
 
@@ -296,34 +348,102 @@ def read_status(root: Path, service: str) -> ServiceStatus | None:
 
 
 def read_events(root: Path, service: str) -> list[Event]:
-    """All events in `events.jsonl`, oldest first."""
+    """All readable events in `events.jsonl`, oldest first; unreadable lines are skipped
+    with a warning (see `read_events_salvaged` for what was dropped)."""
+    events, dropped = read_events_salvaged(root, service)
+    for problem in dropped:
+        log.warning("%s", problem)
+    return events
+
+
+def read_events_salvaged(root: Path, service: str) -> tuple[list[Event], list[str]]:
+    """The readable events, oldest first, and one `file:line: why` per line skipped."""
     path = events_path(root, service)
     events = []
+    dropped = []
     for n, line in enumerate(_read_lines(path), start=1):
         try:
             events.append(_event_from_data(json.loads(line)))
         except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
-            raise StateError(f"{path}:{n}: invalid event: {_why(exc)}") from None
-    return sorted(events, key=lambda e: e.time)
+            dropped.append(f"{path}:{n}: invalid event skipped: {_why(exc)}")
+    return sorted(events, key=lambda e: e.time), dropped
+
+
+def _event_or_none(line: str) -> Event | None:
+    try:
+        return _event_from_data(json.loads(line))
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError):
+        return None
+
+
+@dataclass(frozen=True)
+class StatusLoad:
+    """What `load_status` could make of `status.yaml`.
+
+    `status` is the snapshot (possibly salvaged: fields that did not parse are dropped), or
+    None when there is none or nothing usable (the loop then rebuilds it from live traffic
+    and git, as on a first run). `problem` says what was dropped; None when the file was
+    whole. `rebuilt` is True when the file existed but gave no usable snapshot.
+    """
+
+    status: ServiceStatus | None
+    problem: str | None = None
+    rebuilt: bool = False
+
+    def event(self, now: datetime, actor: str) -> Event | None:
+        """The warning event for events.jsonl when something was dropped, else None."""
+        if self.problem is None:
+            return None
+        return Event(
+            time=now,
+            kind=EventKind.STATE_REBUILT,
+            actor=actor,
+            reason=self.problem,
+            details={"rebuilt": self.rebuilt},
+        )
+
+
+def load_status(root: Path, service: str) -> StatusLoad:
+    """`read_status` for the loop: never raises on a corrupt file (a service's rollback must
+    not depend on its state file), salvaging what parses and saying what was dropped.
+
+    A path problem (a symbolic link) still raises: that is not corruption but an attack.
+    """
+    path = status_path(root, service)
+    try:
+        return StatusLoad(read_status(root, service))
+    except StateError as exc:
+        whole = str(exc)
+    try:
+        data = yaml.load(path.read_text(encoding="utf-8"), Loader=_SafeLoader)
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        data = None
+    salvaged, dropped = _salvage_status(data, service)
+    if salvaged is None:
+        return StatusLoad(None, f"{whole}; rebuilt from live traffic and git", rebuilt=True)
+    return StatusLoad(salvaged, f"{path}: dropped unreadable {', '.join(dropped)}")
 
 
 def read_metrics(root: Path, service: str, *, since: datetime | None = None) -> list[WindowStats]:
-    """Recorded windows (optionally those ending after `since`), by end time then revision."""
-    directory = state_dir(root, service) / "metrics"
+    """Recorded windows (optionally those ending after `since`), by end time then revision.
+
+    A line that does not parse is skipped with a warning naming the file and line.
+    """
+    directory = _safe(root, state_dir(root, service) / "metrics")
     out: list[WindowStats] = []
     for path in sorted(directory.glob("*.jsonl")):
+        if path.is_symlink():
+            log.warning("%s: a symbolic link; skipped", path)
+            continue
         for n, line in enumerate(_read_lines(path), start=1):
-            stats = _stats_from_line(line, path, n)
+            try:
+                stats = _stats_from_data(json.loads(line))
+            except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+                log.warning("%s:%d: invalid metrics line skipped: %s", path, n, _why(exc))
+                continue
             if since is None or stats.end > since:
                 out.append(stats)
     return sorted(out, key=lambda s: (s.end, s.revision, s.start))
-
-
-def _stats_from_line(line: str, path: Path, n: int) -> WindowStats:
-    try:
-        return _stats_from_data(json.loads(line))
-    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
-        raise StateError(f"{path}:{n}: invalid metrics line: {_why(exc)}") from None
 
 
 def _read_lines(path: Path) -> list[str]:
@@ -333,7 +453,9 @@ def _read_lines(path: Path) -> list[str]:
         return []
     except (OSError, UnicodeDecodeError) as exc:
         raise StateError(f"{path}: cannot read: {exc}") from None
-    return [line for line in text.splitlines() if line.strip()]
+    # Records end at `\n` only: `splitlines` would also split at U+2028 and friends, which a
+    # line written by an older version may hold raw inside a string.
+    return [line.rstrip("\r") for line in text.split("\n") if line.strip()]
 
 
 def _why(exc: BaseException) -> str:
@@ -414,7 +536,36 @@ def _opt_time(text: object) -> datetime | None:
 
 # --- (de)serialization with a fixed key order -----------------------------------------------
 def _json_line(data: Mapping[str, Any]) -> str:
-    return json.dumps(data, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+    """One record on one line: secrets scrubbed, every line separator escaped."""
+    text = json.dumps(_scrubbed(data), ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+    for raw, escaped in _LINE_BREAKS.items():
+        text = text.replace(raw, escaped)
+    return text
+
+
+def _scrubbed(data: Any) -> Any:
+    """`data` with probe secrets removed from every string, before it is serialized (a
+    scrub of the serialized text could turn a plain YAML scalar into a flow sequence)."""
+    if isinstance(data, str):
+        return redact.scrub(data)
+    if isinstance(data, Mapping):
+        return {k: _scrubbed(v) for k, v in data.items()}
+    if isinstance(data, list | tuple):
+        return [_scrubbed(v) for v in data]
+    return data
+
+
+class _StatusDumper(yaml.SafeDumper):
+    """SafeDumper that double-quotes any string holding a line separator, so it is written
+    escaped (`\\L`, `\\N`, `\\n`) rather than as a raw break a line reader splits at."""
+
+
+def _represent_str(dumper: yaml.SafeDumper, value: str) -> yaml.Node:
+    style = '"' if any(ch in _SPLITS for ch in value) else None
+    return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
+
+
+_StatusDumper.add_representer(str, _represent_str)
 
 
 def _status_to_data(s: ServiceStatus) -> dict[str, Any]:
@@ -480,6 +631,80 @@ def _status_from_data(d: Any) -> ServiceStatus:
     )
     verdict, verdict_at = _verdict_from_data(d["verdict"])
     return replace(status, verdict=verdict, verdict_at=verdict_at)
+
+
+def _salvage_status(data: Any, service: str) -> tuple[ServiceStatus | None, list[str]]:
+    """The parts of a corrupt status document that still parse.
+
+    The identity, phase, revisions, live split and generation are required (without them a
+    snapshot would lie about production); windows, probes, the verdict and the timers are
+    dropped when unreadable, or item by item when only some items are bad.
+    """
+    if (
+        not isinstance(data, dict)
+        or data.get("service") != service
+        or data.get("schema") != STATUS_SCHEMA
+    ):
+        return None, []
+    dropped: list[str] = []
+
+    def part(key: str, read: Any, default: Any) -> Any:
+        try:
+            return read(data.get(key)) if data.get(key) is not None else default
+        except (KeyError, TypeError, ValueError, AttributeError):
+            dropped.append(key)
+            return default
+
+    def items(key: str, read: Any) -> tuple[Any, ...]:
+        raw = data.get(key) or []
+        if not isinstance(raw, list):
+            dropped.append(key)
+            return ()
+        out = []
+        for item in raw:
+            try:
+                out.append(read(item))
+            except (KeyError, TypeError, ValueError, AttributeError):
+                dropped.append(f"{key} entry")
+        return tuple(out)
+
+    try:
+        revisions = data["revisions"]
+        if not isinstance(revisions, dict):
+            raise TypeError("revisions is not a mapping")
+        base = ServiceStatus(
+            service=service,
+            phase=Phase(data["phase"]),
+            stable_revision=str(revisions["stable"]),
+            canary_revision=_opt_str(revisions.get("canary")),
+            stage=_int(data["stage"]),
+            stage_since=None,
+            traffic=_split_from_data(data["traffic"]),
+            etag=str(data["etag"]),
+            generation=_int(data["generation"]),
+            observed_generation=_int(data["observed_generation"]),
+            last_reconcile=parse_time(data["last_reconcile"]),
+        )
+    except (KeyError, TypeError, ValueError, AttributeError):
+        return None, []
+    verdict, verdict_at = part("verdict", _verdict_from_data, (None, None))
+    status = replace(
+        base,
+        stage_since=part("stage_since", _opt_time, None),
+        spec_commit=part("spec_commit", _opt_str, None),
+        verdict=verdict,
+        verdict_at=verdict_at,
+        windows=items("windows", _stats_from_data),
+        applied=part("applied", _split_from_data, None),
+        passing_since=part("passing_since", _opt_time, None),
+        probes=items(
+            "probes",
+            lambda p: ProbeRecord(
+                str(p["name"]), _bool(p["ok"]), parse_time(p["at"]), str(p["reason"])
+            ),
+        ),
+    )
+    return status, sorted(set(dropped)) or ["fields"]
 
 
 def _verdict_to_data(v: Verdict, at: datetime | None) -> dict[str, Any]:
@@ -589,6 +814,12 @@ def _event_from_data(d: Any) -> Event:
 def _int(v: object) -> int:
     if isinstance(v, bool) or not isinstance(v, int):
         raise TypeError(f"expected an integer, got {v!r}")
+    return v
+
+
+def _bool(v: object) -> bool:
+    if not isinstance(v, bool):
+        raise TypeError(f"expected true or false, got {v!r}")
     return v
 
 

@@ -24,6 +24,7 @@ from typing import Any
 
 import yaml
 
+from reconciler import redact
 from reconciler.errors import ReconcileError
 
 __all__ = [
@@ -44,9 +45,10 @@ class YamlEditError(ReconcileError):
 # Plain scalars that load back as the same string under YAML 1.1 and 1.2: revision names,
 # providers, simple words. Anything else is double-quoted.
 _PLAIN_SAFE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]*$")
-# Characters that cannot stand unescaped inside a quoted YAML scalar without changing it.
+# Characters that cannot stand unescaped inside a quoted YAML scalar without changing it, and
+# the line separators (NEL, U+2028, U+2029) that YAML folds and line readers split at.
 _NEEDS_ESCAPE = re.compile(
-    "[^\t\x20-\x7e\xa0-\ud7ff\ue000-\ufefe\uff00-\ufffd\U00010000-\U0010ffff]"
+    "[^\t\x20-\x7e\xa0-\u2027\u202a-\ud7ff\ue000-\ufefe\uff00-\ufffd\U00010000-\U0010ffff]"
 )
 _YAML_KEYWORDS = frozenset(
     {"y", "n", "yes", "no", "on", "off", "true", "false", "null", "nan", "inf"}
@@ -97,9 +99,10 @@ def set_canary_percent(text: str, percent: int) -> str:
 def record_rollback(text: str, *, revision: str, at: datetime, reason: str) -> str:
     """The sticky rollback: `canary_percent: 0` and a `rolled_back` block at the end.
 
-    An existing `rolled_back` block is replaced.
+    An existing `rolled_back` block is replaced. The reason may quote a canary's answer, so
+    probe secrets are scrubbed from it (the file becomes a commit, and a PR comment).
     """
-    block = {"revision": revision, "at": at, "reason": reason}
+    block = {"revision": revision, "at": at, "reason": redact.scrub(reason)}
     return edit_rollout(
         text,
         remove=["rolled_back"],

@@ -5,10 +5,14 @@ from __future__ import annotations
 import logging
 import shutil
 import threading
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+import yaml
 
+from reconciler import yamledit
 from reconciler.gitops import (
     DEFAULT_NAME,
     Action,
@@ -160,17 +164,15 @@ def test_promote_commit_has_no_skip_marker(remote: Path, tmp_path: Path) -> None
     assert parse_trailers(message)["Reconcile-Action"] == "promote"
 
 
-def test_detached_head_is_a_clear_error(remote: Path, tmp_path: Path) -> None:
+def test_a_detached_head_is_reattached_before_committing(remote: Path, tmp_path: Path) -> None:
     work = clone(remote, tmp_path / "a")
     run_git(work, "checkout", "--quiet", "--detach")
     ops = _ops(work)
     write(work, "state/ion-api/status.yaml", "x\n")
-    with pytest.raises(GitOpsError, match="detached"):
-        ops.commit(["state/ion-api"], "reconcile(ion-api): record")
-    with pytest.raises(GitOpsError, match="detached"):
-        ops.push()
-    with pytest.raises(GitOpsError, match="detached"):
-        ops.pull()
+    sha = ops.commit(["state/ion-api"], "reconcile(ion-api): record")
+    assert ops.branch() == "main" and ops.head() == sha
+    assert ops.push() is True
+    assert _remote_log(remote, "%H")[0] == sha
 
 
 def test_not_a_repository(tmp_path: Path) -> None:
@@ -328,27 +330,88 @@ def test_unpushed_is_zero_without_a_remote_or_an_upstream_branch(
     assert ops.unpushed() == 0
 
 
-def test_rebase_conflict_aborts_cleanly_and_keeps_the_local_commit(
+CANARY_FILE = "service: ion-api\nrevisions: {stable: s-1, canary: c-2}\ncanary_percent: 5  # keep\n"
+AT = datetime(2026, 5, 1, 12, 0, tzinfo=UTC)
+
+
+def _rollback(text: str, at: datetime) -> str:
+    return yamledit.record_rollback(text, revision="c-2", at=at, reason="error_rate 7% > 5%")
+
+
+@pytest.mark.parametrize(
+    "theirs",
+    [
+        lambda t: yamledit.set_canary_percent(t, 10),
+        lambda t: _rollback(t, AT + timedelta(seconds=3)),
+        lambda t: t.replace("c-2", "c-3"),
+    ],
+    ids=["advance-vs-rollback", "two-rollbacks-differing-by-time", "new-canary-merged"],
+)
+def test_a_conflicting_rollback_is_rebuilt_on_the_remote_tip(
+    remote: Path, tmp_path: Path, theirs: Callable[[str], str]
+) -> None:
+    seed = _ops(clone(remote, tmp_path / "human"))
+    write(seed.root, "rollout/ion-api.yaml", CANARY_FILE)
+    seed.commit(["rollout/ion-api.yaml"], "canary c-2", skip_reconcile=False)
+    seed.push()
+    a, b = _ops(clone(remote, tmp_path / "a")), _ops(clone(remote, tmp_path / "b"))
+    write(a.root, "rollout/ion-api.yaml", theirs(CANARY_FILE))
+    write(a.root, "state/ion-api/events.jsonl", '{"n":"a"}\n')
+    a.commit(["rollout/ion-api.yaml", "state/ion-api"], "reconcile(ion-api): theirs")
+    a.push()
+    write(b.root, "rollout/ion-api.yaml", _rollback(CANARY_FILE, AT))
+    write(b.root, "state/ion-api/events.jsonl", '{"n":"b"}\n')
+    mine = b.commit(["rollout/ion-api.yaml", "state/ion-api"], "reconcile(ion-api): rollback")
+    write(b.root, "README.md", "unrelated human edit\n")
+
+    result = b.sync()
+
+    assert result.at_tip and result.rebuilt == (mine,), result
+    assert b.push() is True and b.branch() == "main"
+    assert not (b.root / ".git/rebase-merge").exists()
+    on_remote = yaml.safe_load(_remote_file(remote, "rollout/ion-api.yaml"))
+    theirs_data = yaml.safe_load(theirs(CANARY_FILE))
+    if theirs_data["revisions"]["canary"] != "c-2":
+        assert on_remote == theirs_data  # the remote moved to another canary: its file stays
+    elif "rolled_back" in theirs_data:
+        assert on_remote == theirs_data  # the same rollback, recorded once (the first)
+    else:
+        assert on_remote["canary_percent"] == 0 and on_remote["rolled_back"]["revision"] == "c-2"
+    # Both runners' records landed, nothing was force-pushed, the commit is kept.
+    assert _remote_file(remote, "state/ion-api/events.jsonl").splitlines() == [
+        '{"n":"a"}',
+        '{"n":"b"}',
+    ]
+    log_text = run_git(remote, "log", "--format=%B", "main")
+    assert f"Reconcile-Rebuilt-From: {mine}" in log_text
+    assert "reconcile(ion-api): theirs" in log_text
+    assert (b.root / "README.md").read_text() == "unrelated human edit\n"
+    assert run_git(b.root, "status", "--porcelain") == " M README.md"
+
+
+def test_a_conflict_outside_records_aborts_cleanly_and_keeps_the_local_commit(
     remote: Path, tmp_path: Path
 ) -> None:
     a, b = _ops(clone(remote, tmp_path / "a")), _ops(clone(remote, tmp_path / "b"))
-    write(a.root, "rollout/ion-api.yaml", ROLLOUT.replace("5 ", "10"))
-    a.commit(["rollout/ion-api.yaml"], "reconcile(ion-api): canary 5% -> 10%")
+    write(a.root, "README.md", "theirs\n")
+    a.commit(["README.md"], "reconcile(ion-api): readme")
     a.push()
-    write(b.root, "rollout/ion-api.yaml", ROLLOUT.replace("5 ", "0 "))
-    mine = b.commit(["rollout/ion-api.yaml"], "reconcile(ion-api): rollback")
-    write(b.root, "README.md", "unrelated human edit\n")
+    write(b.root, "README.md", "mine\n")
+    mine = b.commit(["README.md"], "reconcile(ion-api): readme too")
+    write(b.root, "rollout/ion-api.yaml", "unrelated human edit\n")
 
-    with pytest.raises(GitOpsError, match=r"conflicts in rollout/ion-api\.yaml.*rebase aborted"):
+    with pytest.raises(GitOpsError, match=r"conflicts in README\.md.*rebase aborted"):
         b.push()
+    result = b.sync()
+    assert not result.at_tip and "README.md: changed on both sides" in result.reason
 
     assert b.head() == mine
     assert b.branch() == "main"
     assert not (b.root / ".git/rebase-merge").exists()
-    assert (b.root / "rollout/ion-api.yaml").read_text() == ROLLOUT.replace("5 ", "0 ")
-    assert (b.root / "README.md").read_text() == "unrelated human edit\n"
-    assert run_git(b.root, "status", "--porcelain") == " M README.md"
-    assert _remote_file(remote, "rollout/ion-api.yaml") == ROLLOUT.replace("5 ", "10").strip()
+    assert (b.root / "README.md").read_text() == "mine\n"
+    assert run_git(b.root, "status", "--porcelain") == " M rollout/ion-api.yaml"
+    assert b.uncommitted(b.root / "rollout") == ["rollout/ion-api.yaml"]
+    assert _remote_file(remote, "README.md") == "theirs"
 
 
 def _status(when: str, phase: str) -> str:

@@ -7,12 +7,14 @@ does that), so a failing check's reason would carry the secret unless it is reda
 
 from __future__ import annotations
 
+import base64
 import json
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import ClassVar
+from urllib.parse import quote
 
 import pytest
 
@@ -152,3 +154,80 @@ def test_redact_exchange(
 ) -> None:
     got = redact_exchange(Exchange(200, 0.1, body, "application/json", error), secrets)
     assert (got.body, got.error) == (want_body, want_error)
+
+
+# A 51-character token with characters JSON escapes (`"` and `\`), so its JSON-escaped form
+# differs from the raw one.
+ESCAPED_SECRET = 'tk_"live\\9f3Kx2Qw1z-SECRET-never-print-this-value-x'
+
+
+class EchoForms(BaseHTTPRequestHandler):
+    """Echoes the Authorization header transformed (`form`), inside a long JSON value."""
+
+    form: ClassVar[str] = "json"
+
+    def do_GET(self) -> None:
+        auth = self.headers.get("Authorization", "")
+        token = auth.partition(" ")[2]
+        shown = {
+            "json": json.dumps(auth),
+            "url": quote(token, safe=""),
+            "base64": base64.b64encode(f"user:{token}".encode()).decode(),
+        }[EchoForms.form]
+        body = json.dumps({"status": f"echo: {shown}"}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.mark.parametrize("form", ["json", "url", "base64"])
+def test_an_echoed_token_leaks_in_no_form_into_any_sink(sb: Sandbox, form: str) -> None:
+    EchoForms.form = form
+    server = ThreadingHTTPServer(("127.0.0.1", 0), EchoForms)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        echo = f"http://127.0.0.1:{server.server_address[1]}"
+        sb.commit_rollout(rollout(sb, echo), "probes with secret headers")
+        env = {
+            "PROBE_TOKEN": f"Bearer {ESCAPED_SECRET}",
+            "DEP_TOKEN": DEP_SECRET,
+            "RECONCILE_METRICS_LAG": "0s",
+        }
+        runs = [reconcile_cli(sb.repo, "apply", env=env) for _ in range(3)]
+        runs.append(reconcile_cli(sb.repo, "probe", "ion-api", env=env))
+        runs.append(reconcile_cli(sb.repo, "report", "ion-api", "--kind", "interim", env=env))
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
+    events = (sb.repo / "state" / "ion-api" / "events.jsonl").read_text(encoding="utf-8")
+    assert "upstream-echo" in events, events  # the echo was really judged and recorded
+    sb.git("add", "--all", "state")
+    sb.git("commit", "--quiet", "--allow-empty", "-m", "report")
+    sb.git("push", "--quiet", "origin", "main")
+    sinks = [r.stdout + r.stderr for r in runs]
+    sinks += [p.read_text(encoding="utf-8") for p in (sb.repo / "state").rglob("*") if p.is_file()]
+    sinks += [sb.git("log", "-p", "--all", cwd=sb.remote), sb.remote_log("--all", "--format=%B")]
+    sinks.append(sb.rollout().read_text(encoding="utf-8"))
+    pieces = _pieces(ESCAPED_SECRET)
+    for text in sinks:
+        leaked = [p for p in pieces if p in text]
+        assert not leaked, (leaked, text[:2000])
+
+
+def _pieces(secret: str) -> set[str]:
+    """Every 12-character piece of the secret in each form a sink could hold it."""
+    forms = {
+        secret,
+        json.dumps(secret)[1:-1],
+        json.dumps(json.dumps(secret)[1:-1])[1:-1],
+        quote(secret, safe=""),
+        base64.b64encode(f"user:{secret}".encode()).decode()[8:-4],
+    }
+    return {f[i : i + 12] for f in forms for i in range(len(f) - 11)}

@@ -26,6 +26,7 @@ from reconciler.state import (
     metrics_path,
     parse_time,
     read_events,
+    read_events_salvaged,
     read_metrics,
     read_status,
     stage_since,
@@ -279,11 +280,13 @@ def test_events_read_in_time_order_after_a_union_merge(tmp_path: Path) -> None:
     assert [e.time for e in read_events(tmp_path, "ion-api")] == [_event(n).time for n in (1, 3, 5)]
 
 
-def test_invalid_event_line_names_file_and_line(tmp_path: Path) -> None:
+def test_invalid_event_line_is_skipped_and_named(tmp_path: Path) -> None:
     path = append_events(tmp_path, "ion-api", [_event(1)])
     path.write_text(path.read_text() + '{"time": "x"}\n')
-    with pytest.raises(StateError, match=rf"^{path}:2: invalid event"):
-        read_events(tmp_path, "ion-api")
+    events, dropped = read_events_salvaged(tmp_path, "ion-api")
+    assert events == [_event(1)]
+    assert len(dropped) == 1 and dropped[0].startswith(f"{path}:2: invalid event skipped")
+    assert read_events(tmp_path, "ion-api") == [_event(1)]
 
 
 # --- metrics --------------------------------------------------------------------------------

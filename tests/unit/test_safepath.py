@@ -1,0 +1,174 @@
+"""One safe-path helper for every read and write under rollout/ and state/: a symbolic link
+anywhere on the path, or a path leading out of the repository, is refused, for each kind of
+path the reconciler touches."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from reconciler import safepath
+from reconciler.cli import main
+from reconciler.loader import SpecError, load_spec
+from reconciler.model import WindowStats
+from reconciler.probes import Baseline, save_baseline
+from reconciler.state import (
+    Event,
+    EventKind,
+    StateError,
+    append_events,
+    append_metrics,
+    atomic_write_text,
+    read_events,
+    read_metrics,
+    read_status,
+)
+
+T0 = datetime(2026, 5, 1, 12, 0, tzinfo=UTC)
+TOKEN = "ghp_credentials-file-token-0123456789"
+ROLLOUT = """\
+service: ion-api
+project: naeda-genesis
+region: us-central1
+revisions: {stable: ion-api-00041-abc, canary: ion-api-00042-xyz}
+canary_percent: 5
+stages: [5, 10, 25, 50, 100]
+"""
+
+
+@pytest.fixture
+def repo(tmp_path: Path) -> Path:
+    root = tmp_path / "repo"
+    root.mkdir()
+    subprocess.run(["git", "init", "--quiet", str(root)], check=True)
+    (root / "state").mkdir()
+    (root / "rollout").mkdir()
+    return root
+
+
+@pytest.fixture
+def outside(tmp_path: Path) -> Path:
+    folder = tmp_path / "outside"
+    folder.mkdir()
+    (folder / "keep.txt").write_text("not the reconciler's\n")
+    return folder
+
+
+def _snapshot(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+
+def _window(month: int) -> WindowStats:
+    start = T0.replace(month=month)
+    return WindowStats("ion-api", "r1", start, start + timedelta(minutes=5), 10, 0, 10)
+
+
+def test_a_symlinked_service_dir_is_refused(repo: Path, outside: Path) -> None:
+    (repo / "state" / "ion-api").symlink_to(outside)
+    before = _snapshot(outside)
+    with pytest.raises(StateError, match=r"^state/ion-api: is a symbolic link"):
+        append_events(repo, "ion-api", [Event(T0, EventKind.APPLIED, "bot")])
+    with pytest.raises(StateError, match="symbolic link"):
+        read_status(repo, "ion-api")
+    assert _snapshot(outside) == before
+
+
+def test_a_symlinked_state_dir_is_refused(repo: Path, outside: Path) -> None:
+    (repo / "state").rmdir()
+    (repo / "state").symlink_to(outside)
+    with pytest.raises(StateError, match=r"^state: is a symbolic link"):
+        read_events(repo, "ion-api")
+    assert not (outside / "ion-api").exists()
+
+
+def test_a_symlinked_metrics_dir_is_never_written_or_pruned(repo: Path, outside: Path) -> None:
+    for month in ("2026-01", "2026-02", "2026-03", "2026-04"):
+        (outside / f"{month}.jsonl").write_text("someone else's file\n")
+    (repo / "state" / "ion-api").mkdir()
+    (repo / "state" / "ion-api" / "metrics").symlink_to(outside)
+    before = _snapshot(outside)
+    with pytest.raises(StateError, match="state/ion-api/metrics"):
+        append_metrics(repo, "ion-api", [_window(5)])
+    with pytest.raises(StateError, match="symbolic link"):
+        read_metrics(repo, "ion-api")
+    assert _snapshot(outside) == before
+
+
+def test_a_symlinked_month_file_is_neither_followed_nor_pruned(repo: Path, outside: Path) -> None:
+    append_metrics(repo, "ion-api", [_window(1)])
+    metrics = repo / "state" / "ion-api" / "metrics"
+    (metrics / "2026-01.jsonl").unlink()
+    (metrics / "2026-01.jsonl").symlink_to(outside / "keep.txt")
+    with pytest.raises(StateError, match=r"2026-01\.jsonl: is a symbolic link"):
+        append_metrics(repo, "ion-api", [_window(1)])
+    append_metrics(repo, "ion-api", [_window(m) for m in (2, 3, 4, 5)])  # prunes months
+    assert (outside / "keep.txt").read_text() == "not the reconciler's\n"
+    assert read_metrics(repo, "ion-api") == [_window(m) for m in (3, 4, 5)]  # 3 months kept
+
+
+def test_a_symlinked_status_file_is_refused(repo: Path, outside: Path) -> None:
+    (repo / "state" / "ion-api").mkdir()
+    (outside / "status.yaml").write_text(f"token: {TOKEN}\n")
+    (repo / "state" / "ion-api" / "status.yaml").symlink_to(outside / "status.yaml")
+    with pytest.raises(StateError, match=r"status\.yaml: is a symbolic link") as err:
+        read_status(repo, "ion-api")
+    assert TOKEN not in str(err.value)
+
+
+def test_a_symlinked_reports_dir_is_refused(repo: Path, outside: Path) -> None:
+    (repo / "state" / "ion-api").mkdir()
+    (repo / "state" / "ion-api" / "reports").symlink_to(outside)
+    with pytest.raises(safepath.UnsafePathError, match="state/ion-api/reports: is a symbolic"):
+        atomic_write_text(repo / "state" / "ion-api" / "reports" / "final-latest.md", "# r\n")
+    assert _snapshot(outside) == {"keep.txt": b"not the reconciler's\n"}
+
+
+def test_a_symlinked_baselines_dir_is_refused(repo: Path, outside: Path) -> None:
+    (repo / "state" / "ion-api").mkdir()
+    (repo / "state" / "ion-api" / "baselines").symlink_to(outside)
+    with pytest.raises(safepath.UnsafePathError, match="baselines: is a symbolic link"):
+        save_baseline(repo / "state", Baseline("ion-api", T0, "canary", "r1", ()))
+    assert _snapshot(outside) == {"keep.txt": b"not the reconciler's\n"}
+
+
+def test_a_path_leading_out_of_the_repository_is_refused(repo: Path, outside: Path) -> None:
+    with pytest.raises(safepath.UnsafePathError, match="outside the repository"):
+        safepath.inside(repo, Path("state") / ".." / ".." / "outside" / "x")
+    with pytest.raises(safepath.UnsafePathError, match="outside the repository"):
+        safepath.inside(repo, outside / "x")
+    assert safepath.inside(repo, "state/ion-api/new/file") == repo / "state/ion-api/new/file"
+
+
+def test_a_symlinked_rollout_file_is_an_error_naming_it(repo: Path, outside: Path) -> None:
+    (outside / "creds.yaml").write_text(f"service: {TOKEN}\n")
+    link = repo / "rollout" / "ion-api.yaml"
+    link.symlink_to(outside / "creds.yaml")
+    with pytest.raises(SpecError, match=r"rollout/ion-api.yaml: is a symbolic link") as err:
+        load_spec(link)
+    assert TOKEN not in str(err.value) and "outside" not in str(err.value)
+
+
+def test_a_symlinked_rollout_dir_is_an_error(repo: Path, outside: Path) -> None:
+    (repo / "rollout").rmdir()
+    (outside / "ion-api.yaml").write_text(ROLLOUT)
+    (repo / "rollout").symlink_to(outside)
+    with pytest.raises(SpecError, match=r"^rollout: is a symbolic link"):
+        load_spec(repo / "rollout" / "ion-api.yaml")
+
+
+def test_validate_and_plan_never_print_a_linked_file(
+    repo: Path, outside: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (repo / "rollout" / "ion-api.yaml").write_text(ROLLOUT)
+    (outside / "creds.yaml").write_text(f"token: {TOKEN}\nservice: [{TOKEN}\n")
+    (repo / "rollout" / "leak.yaml").symlink_to(outside / "creds.yaml")
+    os.chdir(repo)
+    assert main(["--repo", str(repo), "validate"]) == 1
+    assert main(["--repo", str(repo), "plan", "--offline", "--format", "markdown"]) == 1
+    out = capsys.readouterr()
+    assert "leak.yaml: is a symbolic link" in out.out + out.err
+    assert TOKEN not in out.out + out.err
