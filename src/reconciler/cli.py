@@ -749,6 +749,11 @@ def _duration(ctx: click.Context, param: click.Parameter, value: str | None) -> 
 )
 @click.option("--no-commit", is_flag=True, help="Change traffic and write state/, commit nothing.")
 @click.option("--no-push", is_flag=True, help="Commit locally, do not push.")
+@click.option(
+    "--stream",
+    is_flag=True,
+    help="Tail the canaries' request logs and roll back within seconds (never promotes).",
+)
 @pass_app
 def watch(
     app: App,
@@ -757,6 +762,7 @@ def watch(
     duration: object,
     no_commit: bool,
     no_push: bool,
+    stream: bool,
 ) -> None:
     """The monitor loop: apply every --interval for --duration, a line per tick.
 
@@ -764,10 +770,16 @@ def watch(
     verdict per service. Ctrl-C or SIGTERM stops cleanly after the current tick. Exit 4 if
     any tick rolled a canary back.
 
+    With --stream, one Cloud Logging tail follows every live canary's request logs instead
+    (--interval is unused): an anytime-valid test of the error rate rolls a canary back
+    seconds after a breach, through the same path as `reconcile rollback`. It never
+    promotes; the scheduled `apply` still does (docs/streaming.md).
+
     \b
     Examples:
       reconcile watch                              # every 30m for 24h
       reconcile watch --interval 1m --duration 2h --service ion-api
+      reconcile watch --stream --duration 24h      # roll back within seconds
     """
     from datetime import timedelta
 
@@ -777,6 +789,10 @@ def watch(
 
     assert isinstance(interval, timedelta) and isinstance(duration, timedelta)
     ctx = build_context(app.repo, commit=not no_commit, push=not no_push, progress=_echo_err)
+    if stream:
+        from reconciler.stream import watch_stream
+
+        raise click.exceptions.Exit(watch_stream(ctx, services, duration, click.echo))
     result = watch_loop(
         lambda: apply_all(ctx, services),
         interval=interval,

@@ -1,9 +1,9 @@
 """The official Google clients, pointed at Google or at the emulator.
 
 With `CLOUD_RUN_EMULATOR_HOST=host:port` set (the convention of Google's other emulators), every
-client talks plain-text gRPC to that address, Cloud Run and Monitoring alike; otherwise they use
-Application Default Credentials and Google's endpoints. Google modules are imported inside the
-functions so the CLI starts fast.
+client talks plain-text gRPC to that address, Cloud Run, Monitoring and Logging alike;
+otherwise they use Application Default Credentials and Google's endpoints. Google modules are
+imported inside the functions so the CLI starts fast.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     import grpc
     from google.api_core import operations_v1
     from google.cloud import monitoring_v3, run_v2
+    from google.cloud.logging_v2.services.logging_service_v2 import LoggingServiceV2Client
 
 EMULATOR_HOST_ENV = "CLOUD_RUN_EMULATOR_HOST"
 CLOCK_METHOD = "/reconciler.emulator.v1.Clock/Now"
@@ -129,6 +130,21 @@ def emulator_clock(host: str) -> Callable[[], datetime]:
         return when
 
     return read
+
+
+def logging_client(host: str | None = None) -> LoggingServiceV2Client:
+    """Cloud Logging v2 `LoggingServiceV2Client` (the emulator's when configured): the
+    streaming `tail_log_entries` and `list_log_entries`."""
+    from google.cloud.logging_v2.services.logging_service_v2 import LoggingServiceV2Client
+
+    target = emulator_host(host)
+    if target is None:
+        return _with_credentials(LoggingServiceV2Client, "Cloud Logging API")
+    from google.cloud.logging_v2.services.logging_service_v2.transports import (
+        LoggingServiceV2GrpcTransport,
+    )
+
+    return LoggingServiceV2Client(transport=LoggingServiceV2GrpcTransport(channel=_channel(target)))
 
 
 def operations_client(host: str | None = None) -> operations_v1.OperationsClient:

@@ -145,6 +145,13 @@ def test_watch_ticks_and_stops_after_its_duration(sb: Sandbox) -> None:
     assert f"stopped after {len(ticks)} ticks (duration)" in out.stdout
 
 
+def test_watch_stream_follows_the_canary_and_stops_after_its_duration(sb: Sandbox) -> None:
+    out = reconcile(sb, "watch", "--stream", "--duration", "3s")
+    assert out.returncode == 0, out.stderr
+    assert f"streaming request logs of ion-api ({CANARY})" in out.stdout
+    assert "stream stopped (duration); rolled back: nothing" in out.stdout
+
+
 def test_demo_shows_a_rollback_commit(tmp_path: Path) -> None:
     keep = tmp_path / "demo"
     out = subprocess.run(

@@ -453,13 +453,19 @@ def _resource(request: Any) -> str:
     return ""
 
 
-def serve(control: Control, port: int = 0, max_workers: int = 16) -> tuple[grpc.Server, int]:
-    """Start the gRPC server on 127.0.0.1:`port` (0: a free port); returns it and its port."""
+def serve(
+    control: Control,
+    port: int = 0,
+    max_workers: int = 16,
+    extra: Sequence[grpc.GenericRpcHandler] = (),
+) -> tuple[grpc.Server, int]:
+    """Start the gRPC server on 127.0.0.1:`port` (0: a free port) with the control plane's
+    handlers and `extra` ones (Cloud Logging); returns it and its port."""
     # No SO_REUSEPORT: a second emulator on a busy port must fail, not share it.
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=max_workers), options=[("grpc.so_reuseport", 0)]
     )
-    server.add_generic_rpc_handlers(control.handlers())
+    server.add_generic_rpc_handlers([*control.handlers(), *extra])
     try:
         bound = server.add_insecure_port(f"127.0.0.1:{port}")
     except RuntimeError:  # grpcio's way of saying the port is taken

@@ -20,6 +20,8 @@ from typing import Any, Literal
 
 from reconciler.emulator.control import Control, serve
 from reconciler.emulator.dataplane import DataPlane, LoadResult, send_load
+from reconciler.emulator.logs import DEFAULT_DELAY_SECONDS as DEFAULT_LOG_DELAY_SECONDS
+from reconciler.emulator.logs import Logs
 from reconciler.emulator.scenario import Behavior, Scenario, ScenarioError, load_scenario
 from reconciler.emulator.world import ApiError, World
 
@@ -33,14 +35,21 @@ class Emulator:
     by leaving its `with` block."""
 
     def __init__(
-        self, world: World, *, port: int = 0, http_port: int = 0, state: Path | None = None
+        self,
+        world: World,
+        *,
+        port: int = 0,
+        http_port: int = 0,
+        state: Path | None = None,
+        log_delay: float = DEFAULT_LOG_DELAY_SECONDS,
     ) -> None:
         self.world = world
+        self.logs = Logs(world, log_delay)
         self.state = state
         self.plane = DataPlane(world, self.admin, http_port)
         try:
             self.control = Control(world, self.plane.url_for)
-            self._grpc, self.grpc_port = serve(self.control, port)
+            self._grpc, self.grpc_port = serve(self.control, port, extra=self.logs.handlers())
         except BaseException:
             self.plane.stop()
             raise
@@ -64,6 +73,7 @@ class Emulator:
         latency_mode: Literal["real", "simulated"] | None = None,
         latency_scale: float | None = None,
         seed: int | None = None,
+        log_delay: float = DEFAULT_LOG_DELAY_SECONDS,
     ) -> Emulator:
         """Start on 127.0.0.1 (port 0: a free port).
 
@@ -71,7 +81,8 @@ class Emulator:
         built-in ion-api scenario. `state`: a JSON file loaded if it exists and kept up to date,
         so a restarted emulator sees the same world. `latency_mode="simulated"` records sampled
         latencies without sleeping (tests with p95 = 25 s finish at once); `latency_scale`
-        multiplies real sleeps. Both override the scenario.
+        multiplies real sleeps. Both override the scenario. `log_delay`: emulator seconds from
+        a served request to its Cloud Logging request log entry.
         """
         sc = load_scenario(scenario)
         overrides: dict[str, Any] = {}
@@ -90,7 +101,7 @@ class Emulator:
                 raise ScenarioError(f"{path}: not a usable emulator state file ({exc})") from None
             world.latency_mode = overrides.get("latency_mode", world.latency_mode)
             world.latency_scale = overrides.get("latency_scale", world.latency_scale)
-        return cls(world, port=port, http_port=http_port, state=path)
+        return cls(world, port=port, http_port=http_port, state=path, log_delay=log_delay)
 
     def stop(self) -> None:
         """Stop both servers (and write the state file one last time)."""

@@ -8,6 +8,7 @@ gRPC status code name.
 
 from __future__ import annotations
 
+import bisect
 import copy
 import hashlib
 import json
@@ -231,6 +232,8 @@ class World:
         self.revisions: dict[str, Revision] = {}
         self.operations: dict[str, Operation] = {}
         self.records: list[Record] = []
+        self.dropped = 0
+        """Records dropped from the front of `records` (keeps Logging insert ids unique)."""
         self.dependencies: dict[str, Dependency] = {d.name: d for d in scenario.dependencies}
         self.faults: dict[str, Fault] = {}
         self.calls: Counter[str] = Counter()
@@ -782,12 +785,23 @@ class World:
         self, project: str, region: str, service: str, revision: str, code: int, latency_ms: float
     ) -> None:
         """Remember one served request (it feeds ListTimeSeries)."""
-        rec = Record(self.now(), project, region, service, revision, code, latency_ms)
         with self._lock:
+            # Stamped under the lock, so records stay in time order (Cloud Logging reads them
+            # by time range).
+            rec = Record(self.now(), project, region, service, revision, code, latency_ms)
             self.records.append(rec)
             if len(self.records) > MAX_RECORDS:
+                self.dropped += len(self.records) - MAX_RECORDS
                 del self.records[: len(self.records) - MAX_RECORDS]
             self.version += 1
+
+    def served_between(self, start: float, end: float) -> tuple[int, list[Record]]:
+        """Served requests with `start < ts <= end` (records are kept in time order), and the
+        running number of the first of them (for Cloud Logging insert ids)."""
+        with self._lock:
+            lo = bisect.bisect_right(self.records, start, key=lambda r: r.ts)
+            hi = bisect.bisect_right(self.records, end, key=lambda r: r.ts)
+            return self.dropped + lo, self.records[lo:hi]
 
     def served(self) -> list[Record]:
         """A copy of the served-request log."""

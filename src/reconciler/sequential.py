@@ -1,0 +1,192 @@
+"""Anytime-valid sequential test of a canary's error rate from streamed request outcomes.
+
+Pure: counts in, a verdict out; `now` is an argument. The test may be evaluated after every
+request, forever, and still wrongly says FAIL for a canary whose true 5xx rate is at or
+below the limit with probability at most `alpha` (Ville's inequality applied to a mixture of
+likelihood ratios, a nonnegative supermartingale under the null). It only ever says FAIL or
+"no evidence yet": promotion stays with the windowed gates. docs/sequential.md explains it.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta
+from functools import lru_cache
+
+from reconciler.spec import Gates, format_percent
+
+DEFAULT_ALPHA = 0.01
+DEFAULT_RESTART = timedelta(minutes=1)
+DEFAULT_KEEP = 5
+# Alternatives of the mixture, as multiples of the limit: a breach anywhere from a little
+# above the limit to far above it is covered at the price of log(len) nats of evidence.
+MIXTURE_RATIOS = (1.25, 1.5, 2.0, 3.0, 5.0, 10.0, 20.0)
+# Candidate rates for the confidence bounds (vs stable): log-spaced from 0.001% to 50% and
+# mirrored above 50%, so bounds near 0 and near 100% are equally fine (2.4% apart, relative).
+_LOW = tuple(10 ** (-5 + (5 - math.log10(2)) * i / 200) for i in range(201))
+_GRID = (*_LOW, *(1 - p for p in reversed(_LOW[:-1])))
+
+
+@dataclass(frozen=True)
+class Tally:
+    """Requests and 5xx errors counted from the stream."""
+
+    requests: int = 0
+    errors: int = 0
+
+    def __add__(self, other: Tally) -> Tally:
+        return Tally(self.requests + other.requests, self.errors + other.errors)
+
+
+@dataclass(frozen=True)
+class Segment:
+    """Evidence gathered from `start` on; the `number`-th segment of this canary."""
+
+    number: int
+    start: datetime
+    canary: Tally = Tally()
+    stable: Tally = Tally()
+
+
+@dataclass(frozen=True)
+class Evidence:
+    """One canary's evidence: overlapping segments that restart every `restart`.
+
+    Restarting lets a canary that turns bad late in a long stage be caught as fast as one that
+    starts bad (old good traffic does not dilute new bad traffic); segment j is tested at level
+    alpha * 6 / (pi^2 j^2), so all segments together still err with probability <= alpha.
+    """
+
+    segments: tuple[Segment, ...] = ()
+    opened: int = 0
+
+
+@dataclass(frozen=True)
+class StreamVerdict:
+    """FAIL with a reason, or no evidence yet (never PASS)."""
+
+    fail: bool
+    reason: str = ""
+    segment: Segment | None = None
+
+
+NO_EVIDENCE = StreamVerdict(False)
+
+
+def segment_alpha(alpha: float, number: int) -> float:
+    """The share of `alpha` spent on segment `number` (1-based); the shares sum to alpha."""
+    return alpha * 6.0 / (math.pi**2 * number**2)
+
+
+def observe(
+    ev: Evidence,
+    canary: Tally,
+    stable: Tally,
+    now: datetime,
+    *,
+    restart: timedelta = DEFAULT_RESTART,
+    keep: int = DEFAULT_KEEP,
+) -> Evidence:
+    """Add one batch of outcomes to every live segment, opening a new segment first when the
+    last one is `restart` old. Keeps the first segment and the newest `keep` (dropping a
+    segment only gives up evidence, so the guarantee holds)."""
+    segments = ev.segments
+    opened = ev.opened
+    if not segments or now - segments[-1].start >= restart:
+        opened += 1
+        segments = (*segments, Segment(opened, now))
+    if len(segments) > keep + 1:
+        segments = (segments[0], *segments[-keep:])
+    grown = tuple(replace(s, canary=s.canary + canary, stable=s.stable + stable) for s in segments)
+    return Evidence(grown, opened)
+
+
+@lru_cache(maxsize=4096)
+def _slopes(limit: float) -> tuple[tuple[float, float], ...]:
+    """Per alternative p1: (log(p1/limit), log((1-p1)/(1-limit))), the log likelihood ratio
+    of one error and of one success."""
+    alts = sorted({min(limit * r, (1.0 + limit) / 2) for r in MIXTURE_RATIOS})
+    return tuple((math.log(p1 / limit), math.log((1 - p1) / (1 - limit))) for p1 in alts)
+
+
+def log_evidence(t: Tally, limit: float) -> float:
+    """Log of the mixture likelihood ratio against "the error rate is at most `limit`".
+
+    Each alternative p1 > limit gives a likelihood ratio whose expectation is at most 1 for
+    every true rate <= limit; their average is the mixture. +inf when `limit` is 0 and an error
+    was seen; -inf when `limit` >= 1 (nothing can exceed it).
+    """
+    if limit >= 1.0:
+        return -math.inf
+    if limit <= 0.0:
+        return math.inf if t.errors else 0.0
+    ok = t.requests - t.errors
+    logs = [t.errors * a + ok * b for a, b in _slopes(limit)]
+    top = max(logs)
+    return top + math.log(sum(math.exp(x - top) for x in logs) / len(logs))
+
+
+def lower_bound(t: Tally, alpha: float) -> float:
+    """Anytime-valid lower confidence bound of the error rate: with probability >= 1 - alpha
+    the true rate stays above it at every moment of the stream."""
+    threshold = math.log(1 / alpha)
+    # log_evidence falls as the limit rises (every term of the mixture does), so the rejected
+    # limits are a prefix of the grid: find its end by bisection.
+    lo, hi = 0, len(_GRID)
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if log_evidence(t, _GRID[mid]) >= threshold:
+            lo = mid + 1
+        else:
+            hi = mid
+    return _GRID[lo - 1] if lo else 0.0
+
+
+def upper_bound(t: Tally, alpha: float) -> float:
+    """Anytime-valid upper confidence bound of the error rate (the lower bound of the
+    success rate, mirrored)."""
+    return 1.0 - lower_bound(Tally(t.requests, t.requests - t.errors), alpha)
+
+
+def judge_stream(ev: Evidence, gates: Gates, alpha: float = DEFAULT_ALPHA) -> StreamVerdict:
+    """FAIL when some segment shows, at its share of `alpha`, that the canary's 5xx rate is
+    above `gates.error_rate.max`, or above stable's by more than `gates.vs_stable`."""
+    limit = gates.error_rate.max if gates.error_rate else None
+    delta = gates.vs_stable.error_rate_delta if gates.vs_stable else None
+    tests = (limit is not None) + (delta is not None)
+    if tests == 0:
+        return NO_EVIDENCE
+    for seg in ev.segments:
+        a = segment_alpha(alpha, seg.number) / tests
+        c = seg.canary
+        if limit is not None and log_evidence(c, limit) >= math.log(1 / a):
+            low = lower_bound(c, a)
+            seen = _seen(seg)
+            return StreamVerdict(
+                True,
+                f"error_rate above {format_percent(limit)} (at least {_pct(low)}; {seen}; "
+                f"anytime-valid, false alarm <= {format_percent(alpha)})",
+                seg,
+            )
+        if delta is not None and seg.stable.requests:
+            low, high = lower_bound(c, a / 2), upper_bound(seg.stable, a / 2)
+            if low - high > delta:
+                seen = _seen(seg)
+                return StreamVerdict(
+                    True,
+                    f"error_rate more than {format_percent(delta)} above stable (at least "
+                    f"{_pct(low)} vs at most {_pct(high)}; {seen}; anytime-valid, "
+                    f"false alarm <= {format_percent(alpha)})",
+                    seg,
+                )
+    return NO_EVIDENCE
+
+
+def _seen(seg: Segment) -> str:
+    c = seg.canary
+    return f"{c.errors} of {c.requests} requests failed since {seg.start:%H:%M:%S}Z"
+
+
+def _pct(rate: float) -> str:
+    return f"{rate * 100:.2g}%"

@@ -1,0 +1,141 @@
+"""The anytime-valid stream test: table rows, then its guarantee checked by simulation."""
+
+from __future__ import annotations
+
+import math
+import random
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from reconciler.sequential import (
+    Evidence,
+    Tally,
+    judge_stream,
+    log_evidence,
+    lower_bound,
+    observe,
+    segment_alpha,
+    upper_bound,
+)
+from reconciler.spec import ErrorRateGate, Gates, VsStableGate
+
+T0 = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
+MAX5 = Gates(error_rate=ErrorRateGate(max=0.05))
+DELTA2 = Gates(vs_stable=VsStableGate(error_rate_delta=0.02))
+BOTH = Gates(error_rate=ErrorRateGate(max=0.05), vs_stable=VsStableGate(error_rate_delta=0.02))
+
+
+NONE = Tally()
+
+
+def evidence(canary: Tally, stable: Tally = NONE) -> Evidence:
+    return observe(Evidence(), canary, stable, T0)
+
+
+@pytest.mark.parametrize(
+    ("gates", "canary", "stable", "fail", "words"),
+    [
+        (MAX5, Tally(0, 0), Tally(), False, ""),
+        (MAX5, Tally(10, 3), Tally(), False, ""),  # 30% on 10 requests: not enough yet
+        (MAX5, Tally(60, 18), Tally(), True, "error_rate above 5%"),
+        (MAX5, Tally(100, 6), Tally(), False, ""),  # 6% on 100: consistent with <= 5%
+        (MAX5, Tally(10_000, 700), Tally(), True, "at least"),
+        (MAX5, Tally(100_000, 500), Tally(), False, ""),  # a good canary, however long
+        (MAX5, Tally(5, 5), Tally(), True, "5 of 5 requests failed"),
+        (Gates(), Tally(100, 100), Tally(), False, ""),  # no error gate: never fails
+        (DELTA2, Tally(200, 30), Tally(2000, 10), True, "above stable"),
+        (DELTA2, Tally(200, 30), Tally(2000, 300), False, ""),  # stable as bad: no breach
+        (DELTA2, Tally(200, 30), Tally(0, 0), False, ""),  # no stable traffic: no comparison
+        (BOTH, Tally(1000, 60), Tally(5000, 5), True, "above stable"),  # 6%: max unsure
+        (Gates(error_rate=ErrorRateGate(max=0.0)), Tally(1000, 1), Tally(), True, "above 0%"),
+        (Gates(error_rate=ErrorRateGate(max=1.0)), Tally(10, 10), Tally(), False, ""),
+    ],
+    ids=[
+        "no-data",
+        "too-few",
+        "clear-breach",
+        "near-limit",
+        "large-breach",
+        "good-long",
+        "all-fail",
+        "no-gate",
+        "vs-stable-breach",
+        "vs-stable-both-bad",
+        "vs-stable-no-stable",
+        "both-gates-vs-stable-decides",
+        "limit-zero",
+        "limit-hundred",
+    ],
+)
+def test_judge_stream(gates: Gates, canary: Tally, stable: Tally, fail: bool, words: str) -> None:
+    verdict = judge_stream(evidence(canary, stable), gates)
+    assert verdict.fail is fail
+    assert words in verdict.reason
+
+
+@pytest.mark.parametrize(
+    ("minutes", "segments", "numbers"),
+    [(0, 1, [1]), (1, 2, [1, 2]), (5, 6, [1, 2, 3, 4, 5, 6]), (9, 6, [1, 6, 7, 8, 9, 10])],
+    ids=["first", "second", "full", "first-and-newest-kept"],
+)
+def test_observe_restarts_segments(minutes: int, segments: int, numbers: list[int]) -> None:
+    ev = Evidence()
+    for m in range(minutes + 1):
+        ev = observe(ev, Tally(10, 1), Tally(), T0 + timedelta(minutes=m))
+    assert len(ev.segments) == segments
+    assert [s.number for s in ev.segments] == numbers
+    assert ev.segments[0].canary == Tally(10 * (minutes + 1), minutes + 1)
+    assert ev.segments[-1].canary == Tally(10, 1)
+
+
+def test_late_breach_is_not_diluted_by_old_good_traffic() -> None:
+    ev = Evidence()
+    for m in range(12 * 60):  # 12 good hours at 100 requests a minute
+        ev = observe(ev, Tally(100, 0), Tally(), T0 + timedelta(minutes=m))
+    assert not judge_stream(ev, MAX5).fail
+    at = T0 + timedelta(hours=12)
+    for s in range(0, 180, 5):  # then 30% errors, batches every 5 s
+        ev = observe(ev, Tally(8, 3), Tally(), at + timedelta(seconds=s))
+        if judge_stream(ev, MAX5).fail:
+            break
+    assert judge_stream(ev, MAX5).fail
+    assert s < 120
+
+
+def test_segment_alphas_sum_to_alpha() -> None:
+    assert sum(segment_alpha(0.01, j) for j in range(1, 100_000)) == pytest.approx(0.01, rel=1e-4)
+
+
+@pytest.mark.parametrize(
+    ("tally", "low", "high"),
+    [(Tally(0, 0), 0.0, 1.0), (Tally(1000, 100), 0.06, 0.16), (Tally(1000, 0), 0.0, 0.01)],
+    ids=["nothing", "ten-percent", "no-errors"],
+)
+def test_bounds_bracket_the_rate(tally: Tally, low: float, high: float) -> None:
+    lo, hi = lower_bound(tally, 0.01), upper_bound(tally, 0.01)
+    assert lo <= tally.errors / max(tally.requests, 1) <= hi or tally.requests == 0
+    assert lo >= low * 0.999 or lo == 0.0
+    assert hi <= high or tally.requests == 0
+
+
+def test_log_evidence_grows_with_errors_and_falls_with_successes() -> None:
+    assert log_evidence(Tally(100, 20), 0.05) > log_evidence(Tally(100, 10), 0.05)
+    assert log_evidence(Tally(200, 10), 0.05) < log_evidence(Tally(100, 10), 0.05)
+    assert log_evidence(Tally(10, 1), 0.0) == math.inf
+
+
+def test_false_alarms_under_continuous_looking_stay_below_alpha() -> None:
+    # A canary exactly at the limit (the worst case for the guarantee), looked at after every
+    # request: the share of runs that ever say FAIL must stay near or below alpha.
+    rng = random.Random(7)
+    runs, fails = 300, 0
+    for _ in range(runs):
+        k = 0
+        for n in range(1, 2001):
+            if rng.random() < 0.05:
+                k += 1
+                if log_evidence(Tally(n, k), 0.05) >= math.log(1 / 0.05):
+                    fails += 1
+                    break
+    assert fails / runs <= 0.05 + 3 * math.sqrt(0.05 * 0.95 / runs)
