@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, TypeVar
 
 from reconciler.errors import ReconcileError
@@ -108,7 +108,11 @@ def metric_client(host: str | None = None) -> monitoring_v3.MetricServiceClient:
 
 def emulator_clock(host: str) -> Callable[[], datetime]:
     """A clock reading the emulator at `host`: its time moves with `reconcile emulator clock`,
-    so windows, bake and ingestion delays pass without waiting."""
+    so windows, bake and ingestion delays pass without waiting.
+
+    While the emulator is unreachable (restarting), the clock runs on from its last reading
+    at wall-clock pace, so a long-running loop keeps its sense of time; it fails (one line)
+    only if it never read the emulator at all."""
     import grpc
     from google.protobuf import empty_pb2, timestamp_pb2
 
@@ -117,16 +121,20 @@ def emulator_clock(host: str) -> Callable[[], datetime]:
         request_serializer=empty_pb2.Empty.SerializeToString,
         response_deserializer=timestamp_pb2.Timestamp.FromString,
     )
+    offset: list[timedelta] = []
 
     def read() -> datetime:
         try:
             stamp = now(empty_pb2.Empty(), timeout=10)
         except grpc.RpcError as exc:
+            if offset:
+                return datetime.now(UTC) + offset[-1]
             raise ReconcileError(
                 f"emulator at {host} ({EMULATOR_HOST_ENV}): cannot read its clock "
                 f"({exc.code().name})"
             ) from None
         when: datetime = stamp.ToDatetime(tzinfo=UTC)
+        offset[:] = [when - datetime.now(UTC)]
         return when
 
     return read

@@ -18,6 +18,7 @@ from google.protobuf import duration_pb2
 
 from reconciler import clients
 from reconciler.emulator import Emulator
+from reconciler.errors import ReconcileError
 
 STABLE = "ion-api-00041-abc"
 CANARY = "ion-api-00042-xyz"
@@ -339,3 +340,24 @@ def test_partial_results_leave_series_out_and_say_so(
     first = next(iter(pager.pages))
     assert [e.message for e in first.execution_errors] == ["shard unavailable"]
     assert {ts.metric.labels["response_code_class"] for ts in first.time_series} == {"2xx"}
+
+
+# --- 6. one virtual clock ----------------------------------------------------------------
+def test_the_reconciler_s_clock_is_the_emulator_s_and_survives_a_restart() -> None:
+    with Emulator.start(latency_mode="simulated") as emu:
+        clock = clients.emulator_clock(emu.grpc_target)
+        first = clock()
+        emu.advance_clock(300)
+        moved = clock()
+        assert timedelta(minutes=5) <= moved - first < timedelta(minutes=6)
+    # The emulator is gone (restarting): the clock runs on from its last reading.
+    after = clock()
+    assert timedelta(0) <= after - moved < timedelta(minutes=1)
+
+
+def test_a_clock_that_never_reached_the_emulator_is_one_line() -> None:
+    with Emulator.start(latency_mode="simulated") as emu:
+        target = emu.grpc_target
+    with pytest.raises(ReconcileError, match="cannot read its clock") as caught:
+        clients.emulator_clock(target)()
+    assert "\n" not in str(caught.value)
