@@ -265,10 +265,11 @@ def probe(
     the live canary (the URL Cloud Run reports for the tag `canary`); exits 1 when any fails.
 
     With --compare, sends the same request to canary and stable, one round every --delay,
-    and prints success, status codes and latency p50/p95 per side. Verdict FAIL when the
-    canary's success rate is more than 10 points below the stable's, or its p95 is over
-    1.5x the stable's and 100ms slower; INCONCLUSIVE when neither side succeeded. Exits 0
-    only on PASS.
+    and prints success, status codes and latency p50/p95 per side. Verdict FAIL only when a
+    test shows the canary worse than the stable beyond the margin at 95% confidence (success
+    rate more than 2 points lower; answers slower than 1.2x and 20ms more); INCONCLUSIVE
+    when too few requests to tell, with how many would be needed; PASS otherwise. Exits 1
+    on FAIL only (0 on PASS and INCONCLUSIVE).
 
     \b
     Example:
@@ -362,7 +363,8 @@ def _compare(
     for why in result.reasons:
         click.echo(f"  {why}")
     click.echo(f"rule: {result.rule.describe()}")
-    if result.outcome is not Outcome.PASS:
+    # INCONCLUSIVE is not evidence against the canary: only FAIL is an error exit.
+    if result.outcome is Outcome.FAIL:
         raise click.exceptions.Exit(1)
 
 
@@ -409,7 +411,14 @@ def bench(
     Example:
       reconcile bench ion-api --iterations 5
     """
-    from reconciler.probes import Baseline, Urls, bench, save_baseline
+    from reconciler.probes import (
+        Baseline,
+        Urls,
+        bench,
+        judge_to_baseline,
+        load_baseline,
+        save_baseline,
+    )
     from reconciler.progress import Progress
     from reconciler.runtime import utc_now
 
@@ -441,9 +450,19 @@ def bench(
         failed = [s.reason for s in result.samples if not s.ok]
         for why in dict.fromkeys(failed):
             click.echo(f"    failure: {why}")
-    saved = save_baseline(
-        app.state_dir, Baseline(service, taken_at, target, revision, tuple(results))
-    )
+    taken = Baseline(service, taken_at, target, revision, tuple(results))
+    try:
+        previous = load_baseline(app.state_dir, service)
+    except ReconcileError as exc:  # an unreadable old baseline must not block a new one
+        click.echo(f"previous baseline not compared: {exc}")
+        previous = None
+    if previous is not None:
+        click.echo(f"against the previous baseline ({previous.taken_at:%Y-%m-%d %H:%M} UTC):")
+        for name, judgement in judge_to_baseline(taken, previous):
+            click.echo(f"  {name}: {judgement.outcome.value}")
+            for why in judgement.reasons:
+                click.echo(f"    {why}")
+    saved = save_baseline(app.state_dir, taken)
     click.echo(f"baseline saved: {saved}")
 
 

@@ -388,7 +388,12 @@ def probe(
         results = run_probes(spec, urls, environ=ctx.environ)
     except ReconcileError as exc:
         return [st.ProbeRecord(c.name, False, now, str(exc)) for c in spec.probes]
-    return [st.ProbeRecord(r.name, r.ok, now, "" if r.ok else r.reason) for r in results]
+    return [
+        st.ProbeRecord(
+            r.name, r.ok, now, "" if r.ok else r.reason, r.latency if r.answered else None
+        )
+        for r in results
+    ]
 
 
 def check_dependencies(ctx: Context, spec: RolloutSpec, live: LiveService) -> str | None:

@@ -34,8 +34,9 @@ from typing import TYPE_CHECKING, Literal
 from reconciler.errors import ReconcileError
 from reconciler.model import Outcome, Verdict, WindowStats
 from reconciler.plan import Phase
+from reconciler.sidebyside import BaselineRule, Sample, judge_baseline
 from reconciler.spec import RolloutSpec, format_duration, format_percent
-from reconciler.stats import bucket_percentile, merge_buckets
+from reconciler.stats import bucket_percentile, merge_buckets, percentile
 
 if TYPE_CHECKING:
     from reconciler.probes import Baseline
@@ -780,37 +781,42 @@ def _probes_section(
     return out
 
 
-def _baseline_section(baseline: Baseline | None, canary: RevisionSummary | None) -> list[str]:
+def _baseline_section(
+    baseline: Baseline | None, records: Sequence[ProbeRecord], span: Span
+) -> list[str]:
     out = ["## Baseline", ""]
     if baseline is None:
         return [*out, "No baseline recorded (`reconcile bench SERVICE` takes one).", ""]
     of = f" revision `{baseline.revision}`" if baseline.revision else ""
+    rule = BaselineRule()
     out += [
         f"Taken {_time(baseline.taken_at)} by `reconcile bench` on the {baseline.target}{of}. "
-        "The baseline measures its probes' requests; the canary column is all the canary's "
-        "requests over the span. ⚠️ marks a P95 over 1.2× the baseline's and 100ms slower, or a "
-        "lower success rate.",
+        "Like with like: each check's bench is compared with the canary probe runs of the same "
+        "check over the span. The verdict is a test, not two point estimates: FAIL (❌) only "
+        "when the canary is worse beyond the margin at 95% confidence (success rate more than "
+        f"{rule.success_margin:.0%} lower, or answers slower than {rule.latency_ratio:g}x and "
+        f"{_secs(rule.latency_slack)} more); INCONCLUSIVE (–) when too few runs to tell.",
         "",
         "| check | iterations | success | P50 | P95 | confidence "
-        "| canary success | canary P50 | canary P95 |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| canary runs | canary success | canary P95 | verdict |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
-    c_success = canary.success_rate if canary is not None else None
-    c_p50 = canary.p50 if canary is not None else None
-    c_p95 = canary.p95 if canary is not None else None
+    mine = [r for r in records if span.holds_time(r.at)]
     for r in baseline.results:
         conf = f"{r.confidence_mean:.2f}" if r.confidence_mean is not None else "–"
-        success_mark = ""
-        if c_success is not None:
-            success_mark = WARN if c_success < r.success_rate - 1e-9 else OK
-        p95_mark = ""
-        if c_p95 is not None and r.p95 is not None:
-            slower = c_p95 > r.p95 * 1.2 and c_p95 - r.p95 >= 0.1
-            p95_mark = WARN if slower else OK
+        runs = [p for p in mine if p.name == r.name]
+        latencies = tuple(p.latency for p in runs if p.latency is not None)
+        canary = Sample(len(runs), sum(p.ok for p in runs), latencies)
+        got = judge_baseline(canary, r.sample, rule, names=("canary", "baseline"))
+        word = {Outcome.PASS: f"{OK} PASS", Outcome.FAIL: f"{BAD} FAIL"}.get(
+            got.outcome, "– INCONCLUSIVE"
+        )
+        why = f": {_cell('; '.join(got.reasons))}" if got.outcome is Outcome.FAIL else ""
+        c_success = canary.success_rate if runs else None
         out.append(
             f"| {r.name} | {len(r.samples)} | {_pct(r.success_rate)} | {_opt(r.p50, _secs)} "
-            f"| {_opt(r.p95, _secs)} | {conf} | {_opt(c_success, _pct)} {success_mark} "
-            f"| {_opt(c_p50, _secs)} | {_opt(c_p95, _secs)} {p95_mark} |".replace("  |", " |")
+            f"| {_opt(r.p95, _secs)} | {conf} | {len(runs)} | {_opt(c_success, _pct)} "
+            f"| {_opt(percentile(latencies, 95), _secs)} | {word}{why} |"
         )
     out.append("")
     return out
@@ -892,7 +898,7 @@ def build_report(
     lines += _traffic_section(spec, status, canary, stable)
     lines += _charts(spec, canary_rev, inside, span)
     lines += _probes_section(spec, status.probes, span)
-    lines += _baseline_section(baseline, canary)
+    lines += _baseline_section(baseline, status.probes, span)
     lines += _events_section(events, span)
     markdown = "\n".join(lines).rstrip() + "\n"
     return Report(status.service, kind, now, span, canary, stable, decision, markdown)

@@ -134,6 +134,8 @@ class ProbeRecord:
     ok: bool
     at: datetime
     reason: str = ""
+    latency: float | None = None
+    """Seconds to the answer; None when none arrived (or recorded before it was kept)."""
 
 
 @dataclass(frozen=True)
@@ -588,6 +590,8 @@ def _status_to_data(s: ServiceStatus) -> dict[str, Any]:
         "passing_since": None if s.passing_since is None else format_time(s.passing_since),
         "probes": [
             {"name": p.name, "ok": p.ok, "at": format_time(p.at), "reason": p.reason}
+            # 0.1 ms is finer than any probe can tell; more digits are noise in git diffs.
+            | ({} if p.latency is None else {"latency": round(p.latency, 4)})
             for p in s.probes
         ],
     }
@@ -625,7 +629,13 @@ def _status_from_data(d: Any) -> ServiceStatus:
         applied=None if d.get("applied") is None else _split_from_data(d["applied"]),
         passing_since=_opt_time(d.get("passing_since")),
         probes=tuple(
-            ProbeRecord(str(p["name"]), bool(p["ok"]), parse_time(p["at"]), str(p["reason"]))
+            ProbeRecord(
+                str(p["name"]),
+                bool(p["ok"]),
+                parse_time(p["at"]),
+                str(p["reason"]),
+                _opt_float(p.get("latency")),
+            )
             for p in d.get("probes") or ()
         ),
     )
@@ -700,7 +710,11 @@ def _salvage_status(data: Any, service: str) -> tuple[ServiceStatus | None, list
         probes=items(
             "probes",
             lambda p: ProbeRecord(
-                str(p["name"]), _bool(p["ok"]), parse_time(p["at"]), str(p["reason"])
+                str(p["name"]),
+                _bool(p["ok"]),
+                parse_time(p["at"]),
+                str(p["reason"]),
+                _opt_float(p.get("latency")),
             ),
         ),
     )

@@ -6,6 +6,7 @@ and percentiles from a bucketed distribution (Cloud Monitoring `request_latencie
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 from collections.abc import Iterable, Sequence
@@ -60,6 +61,20 @@ def difference_interval(x1: int, n1: int, x2: int, n2: int, z: float = Z95) -> t
         d - math.sqrt((p1 - l1) ** 2 + (u2 - p2) ** 2),
         d + math.sqrt((u1 - p1) ** 2 + (p2 - l2) ** 2),
     )
+
+
+def percentile(values: Sequence[float], q: float) -> float | None:
+    """The q-th percentile (0..100) with linear interpolation between closest ranks.
+
+    The same definition as `numpy.percentile`'s default; None for no values.
+    """
+    if not values:
+        return None
+    ordered = sorted(values)
+    rank = (len(ordered) - 1) * q / 100.0
+    low = math.floor(rank)
+    high = math.ceil(rank)
+    return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
 
 
 # --- bucketed distributions ---------------------------------------------------------------
@@ -214,3 +229,125 @@ def bucket_percentile(buckets: Sequence[LatencyBucket], q: float) -> float | Non
             return b.lower
         return b.lower + (b.upper - b.lower) * (rank - cumulative) / b.count
     raise AssertionError(f"rank {rank} beyond {total} samples")
+
+
+# --- two samples: is one worse than the other? ----------------------------------------------
+EXACT_U_MAX_PAIRS = 2500
+"""Above this many pairs (m * n, e.g. 50 x 50) or with ties, the U test uses the normal
+approximation; below it the exact distribution is cheap and the approximation is poor."""
+
+
+def midranks(values: Sequence[float]) -> tuple[list[float], list[int]]:
+    """Ranks (1-based, ties share their mean rank) of `values`, and the size of each tie group."""
+    order = sorted(range(len(values)), key=lambda i: values[i])
+    ranks = [0.0] * len(values)
+    groups: list[int] = []
+    start = 0
+    while start < len(order):
+        end = start
+        while end + 1 < len(order) and values[order[end + 1]] == values[order[start]]:
+            end += 1
+        for k in range(start, end + 1):
+            ranks[order[k]] = (start + end) / 2.0 + 1.0
+        groups.append(end - start + 1)
+        start = end + 1
+    return ranks, groups
+
+
+def u_statistic(x: Sequence[float], y: Sequence[float]) -> float:
+    """Mann-Whitney U of `x`: pairs (xi, yj) with xi > yj, a tie counting one half."""
+    ranks, _ = midranks([*x, *y])
+    m = len(x)
+    return sum(ranks[:m]) - m * (m + 1) / 2.0
+
+
+@functools.cache
+def u_null_counts(m: int, n: int) -> tuple[int, ...]:
+    """How many of the C(m+n, m) equally likely orderings give U = 0, 1, ..., m*n.
+
+    Without ties and under the null (both samples from one distribution) every ordering is
+    equally likely; the counts are the coefficients of the Gaussian binomial
+    prod_{i=1..m} (1 - q^(n+i)) / (1 - q^i), built here one factor at a time in integers.
+    """
+    if m < 0 or n < 0:
+        raise ValueError(f"sample sizes must not be negative, got {m}, {n}")
+    size = m * n + 1
+    counts = [0] * size
+    counts[0] = 1
+    for i in range(1, m + 1):
+        # Multiply by (1 - q^(n+i)), from the top so each coefficient is used before it changes.
+        for k in range(size - 1, n + i - 1, -1):
+            counts[k] -= counts[k - n - i]
+        # Divide by (1 - q^i): the running sum with stride i.
+        for k in range(i, size):
+            counts[k] += counts[k - i]
+    return tuple(counts)
+
+
+def u_test_greater(x: Sequence[float], y: Sequence[float]) -> float:
+    """One-sided p-value that `x` tends to be larger than `y` (Mann-Whitney U).
+
+    Exact for small samples without ties; otherwise the normal approximation with tie
+    correction and continuity correction. 1.0 when either sample is empty.
+    """
+    m, n = len(x), len(y)
+    if m == 0 or n == 0:
+        return 1.0
+    ranks, groups = midranks([*x, *y])
+    u = sum(ranks[:m]) - m * (m + 1) / 2.0
+    if m * n <= EXACT_U_MAX_PAIRS and all(g == 1 for g in groups):
+        counts = u_null_counts(m, n)
+        at_least = sum(counts[math.ceil(u - 1e-9) :])
+        return at_least / math.comb(m + n, m)
+    total = m + n
+    ties = sum(g**3 - g for g in groups)
+    variance = m * n / 12.0 * ((total + 1) - ties / (total * (total - 1)))
+    if variance <= 0:  # every value equal: no evidence either way
+        return 1.0
+    z = (u - m * n / 2.0 - 0.5) / math.sqrt(variance)
+    return 1.0 - NormalDist().cdf(z)
+
+
+def u_smallest_p(m: int, n: int) -> float:
+    """The smallest one-sided p-value the U test can give with m and n samples (no ties)."""
+    if m == 0 or n == 0:
+        return 1.0
+    return 1.0 / math.comb(m + n, m)
+
+
+def rank_test_requests(alpha: float, power: float = 0.8, effect: float = 0.75) -> int:
+    """Samples per side for a one-sided U test at `alpha` to reach `power` (Noether, 1987).
+
+    `effect` is P(x > y) under the alternative: 0.75 means a value drawn from `x` is larger
+    than one drawn from `y` three times in four. Equal sample sizes.
+    """
+    if not 0.5 < effect < 1.0:
+        raise ValueError(f"effect must be in (0.5, 1), got {effect}")
+    z = NormalDist().inv_cdf(1.0 - alpha) + NormalDist().inv_cdf(power)
+    total = z * z / (3.0 * (effect - 0.5) ** 2)
+    return max(1, math.ceil(total / 2.0))
+
+
+def tail_test_greater(x: Sequence[float], y: Sequence[float], q: float = 0.9) -> float:
+    """One-sided p-value that `x` has more values in the upper tail than `y` (exact).
+
+    Mood's quantile test: count the values of `x` above the pooled `q`-quantile. When both
+    samples come from one distribution every value is equally likely to be among those
+    above it, so that count is hypergeometric, whatever the distribution. Where the U test
+    sees the bulk, this sees the tail: a p95 that doubled while the median did not.
+    1.0 when either sample is empty or nothing lies above the quantile.
+    """
+    if not 0.0 < q < 1.0:
+        raise ValueError(f"quantile must be in (0, 1), got {q}")
+    m, n = len(x), len(y)
+    if m == 0 or n == 0:
+        return 1.0
+    pooled = sorted([*x, *y])
+    total = m + n
+    threshold = pooled[max(0, math.ceil(q * total) - 1)]
+    above = sum(v > threshold for v in pooled)
+    mine = sum(v > threshold for v in x)
+    if above == 0:
+        return 1.0
+    at_least = sum(math.comb(m, k) * math.comb(n, above - k) for k in range(mine, above + 1))
+    return at_least / math.comb(total, above)

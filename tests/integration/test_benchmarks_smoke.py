@@ -19,6 +19,7 @@ SRC = ROOT / "src"
 # script, smallest arguments, a line its output must contain
 CASES = [
     ("judge_simulation", ["--stages", "2"], "| 1,000 |"),
+    ("compare_simulation", ["--runs", "5"], "target: identical revisions at 100 requests"),
     ("plan_scale", ["--sizes", "1", "--reps", "1"], "target: plan for 1 services"),
     ("breach_to_rollback", ["--quick"], "ROLLED BACK"),
     ("cold_start", ["--runs", "1"], "target: `reconcile --help` under 0.3 s"),

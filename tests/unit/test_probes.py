@@ -18,14 +18,11 @@ from reconciler.probes import (
     Baseline,
     BenchResult,
     BenchSample,
-    CompareRule,
     Exchange,
     ProbeConfigError,
     ProbeResult,
-    SideStats,
     Urls,
     compare_to_baseline,
-    compare_verdict,
     evaluate,
     format_seconds,
     load_baseline,
@@ -281,40 +278,6 @@ def test_percentile(values: list[float], q: float, expected: float | None) -> No
     assert got == pytest.approx(expected) if expected is not None else got is None
 
 
-def side(successes: int, p95: float | None, requests: int = 10, label: str = "x") -> SideStats:
-    return SideStats(label, "http://h", requests, successes, {"200": successes}, p95, p95)
-
-
-VERDICTS = [
-    ("equal", side(10, 0.3), side(10, 0.3), Outcome.PASS),
-    ("one-more-failure-tolerated", side(9, 0.3), side(10, 0.3), Outcome.PASS),
-    ("two-more-failures", side(8, 0.3), side(10, 0.3), Outcome.FAIL),
-    ("canary-better", side(10, 0.2), side(5, 0.3), Outcome.PASS),
-    ("slower-over-ratio", side(10, 2.0), side(10, 0.3), Outcome.FAIL),
-    ("slower-within-ratio", side(10, 0.4), side(10, 0.3), Outcome.PASS),
-    ("slower-ratio-but-tiny", side(10, 0.008), side(10, 0.005), Outcome.PASS),
-    ("canary-no-answer", side(0, None), side(10, 0.3), Outcome.FAIL),
-    ("both-down", side(0, None), side(0, None), Outcome.INCONCLUSIVE),
-]
-
-
-@pytest.mark.parametrize(
-    ("canary", "stable", "outcome"), [v[1:] for v in VERDICTS], ids=[v[0] for v in VERDICTS]
-)
-def test_compare_verdict(canary: SideStats, stable: SideStats, outcome: Outcome) -> None:
-    got, reasons = compare_verdict(canary, stable, CompareRule())
-    assert got is outcome
-    assert bool(reasons) == (outcome is not Outcome.PASS)
-
-
-def test_compare_verdict_reasons_read_well() -> None:
-    _, reasons = compare_verdict(side(6, 2.0), side(10, 0.3))
-    assert reasons == (
-        "success 60% on canary vs 100% on stable (more than 10% lower)",
-        "p95 2s on canary vs 300ms on stable (over 1.5x)",
-    )
-
-
 def probe(ok: bool, status: int | None, latency: float, why: str = "") -> ProbeResult:
     reason = f"compare: {why}" if why else "compare: ok"
     return ProbeResult("compare", ok, status, latency, reason, "http://h", status is not None)
@@ -333,6 +296,7 @@ def test_side_stats() -> None:
     assert s.status_counts == {"200": 2, "500": 1, "no response": 1}
     assert s.p50 == pytest.approx(0.2)  # the 5 s timeout is not a latency sample
     assert set(s.failures) == {"HTTP 500, expected 2xx", "timeout after 5s"}
+    assert s.latencies == (0.1, 0.3, 0.2)  # what the verdict's rank test reads
 
 
 def bench_result(latencies: list[float], ok: int, confidence: float | None, name: str = "chat"):
@@ -345,10 +309,12 @@ def bench_result(latencies: list[float], ok: int, confidence: float | None, name
 
 BASE = bench_result([10.0, 10.5, 11.0, 10.2, 10.8], ok=5, confidence=0.85)
 
+# Five iterations against five: only a clear regression is one (a test, not point estimates).
 REGRESSIONS = [
     ("same", bench_result([10.0, 10.5, 11.0, 10.2, 10.8], 5, 0.85), []),
-    ("one-failure", bench_result([10.0, 10.5, 11.0, 10.2, 10.8], 4, 0.85), ["success 80%"]),
-    ("slower", bench_result([14.0, 14.5, 15.0, 14.2, 14.8], 5, 0.85), ["p95", "mean"]),
+    ("one-failure-is-noise", bench_result([10.0, 10.5, 11.0, 10.2, 10.8], 4, 0.85), []),
+    ("all-failing", bench_result([10.0, 10.5, 11.0, 10.2, 10.8], 0, 0.85), ["success 0%"]),
+    ("slower", bench_result([14.0, 14.5, 15.0, 14.2, 14.8], 5, 0.85), ["bench slower than 1.2x"]),
     ("a-bit-slower", bench_result([10.5, 11.0, 11.5, 10.7, 11.3], 5, 0.85), []),
     ("less-confident", bench_result([10.0, 10.5, 11.0, 10.2, 10.8], 5, 0.7), ["confidence 0.70"]),
     ("other-check", bench_result([99.0], 0, None, name="other"), []),

@@ -613,3 +613,46 @@ def test_a_gate_that_did_not_pass_is_listed_once() -> None:
         _spec(), _status(verdict=Verdict(Outcome.INCONCLUSIVE, (gate,))), None, now=NOW
     )
     assert decision.reasons == ("inconclusive: error_rate 3.0% straddles",)
+
+
+def _bench(name: str, latencies: list[float]) -> BenchResult:
+    return BenchResult(
+        name, "http://x/", tuple(BenchSample(True, 200, lat, None) for lat in latencies)
+    )
+
+
+def test_baseline_compares_probe_runs_with_the_bench_of_the_same_check() -> None:
+    # Like with like: canary probe runs of each check against that check's bench; a canary
+    # whose all-traffic P95 is slower (16 s) does not mark the probe comparison.
+    minutes = [NOW - timedelta(minutes=5 * i) for i in range(1, 11)]
+    probes = (
+        *(ProbeRecord("canary-health", True, at, latency=0.2 + i / 1000) for i, at in
+          enumerate(minutes)),
+        *(ProbeRecord("chat-smoke", False, at, "HTTP 500", latency=0.1) for at in minutes),
+        ProbeRecord("slow", True, minutes[0], latency=3.0),
+    )  # fmt: skip
+    baseline = Baseline(
+        "ion-api",
+        NOW - timedelta(days=3),
+        "stable",
+        STABLE,
+        (
+            _bench("canary-health", [0.2 + i / 1000 for i in range(10)]),
+            _bench("chat-smoke", [0.1] * 10),
+            _bench("slow", [0.2] * 5),
+        ),
+    )
+    windows = [_window(CANARY, NOW, p=(0.2, 16.0, 18.0)), _window(STABLE, NOW)]
+    md = build_report(
+        "interim", status=_status(probes=probes), now=NOW, spec=_spec(), windows=windows,
+        baseline=baseline,
+    ).markdown  # fmt: skip
+    _check_tables(md)
+    rows = {line.split(" | ")[0][2:]: line for line in md.splitlines() if line.startswith("| ")}
+    assert rows["canary-health"].endswith("| 10 | 100.0% | 209ms | – INCONCLUSIVE |")
+    assert (
+        "| 10 | 0.0% | 100ms | ❌ FAIL: success 0% on canary vs 100% on baseline"
+        in (rows["chat-smoke"])
+    )
+    assert rows["slow"].endswith("| 1 | 100.0% | 3.00s | – INCONCLUSIVE |")
+    assert "compared with the canary probe runs of the same check" in md

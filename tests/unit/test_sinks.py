@@ -17,7 +17,7 @@ import yaml
 from reconciler import redact, yamledit
 from reconciler.gitops import format_message
 from reconciler.model import Target, TrafficSplit
-from reconciler.probes import _show
+from reconciler.probes.checks import _show
 from reconciler.state import (
     Event,
     EventKind,

@@ -16,6 +16,7 @@ from reconciler.state import (
     Event,
     EventKind,
     Phase,
+    ProbeRecord,
     ServiceStatus,
     StateError,
     append_events,
@@ -105,6 +106,15 @@ STATUSES = [
     ),
     ("rolled-back", _status(phase=Phase.ROLLED_BACK, stage=0)),
     ("non-utc-times", _status(stage_since=T0.astimezone(timezone(timedelta(hours=9))))),
+    (
+        "probe-runs",
+        _status(
+            probes=(
+                ProbeRecord("canary-health", True, T0, latency=0.125),
+                ProbeRecord("chat-smoke", False, T0, "timeout after 15s"),  # no answer
+            )
+        ),
+    ),
 ]
 
 
