@@ -470,11 +470,10 @@ def site(app: App, out: Path) -> None:
     Example:
       reconcile site --out site
     """
-    from datetime import UTC, datetime
-
+    from reconciler.runtime import utc_now
     from reconciler.sitegen import build
 
-    written = build(app.repo, out, datetime.now(UTC))
+    written = build(app.repo, out, utc_now())
     click.echo(f"wrote {len(written)} pages to {out} (open {out / 'index.html'})")
 
 
