@@ -96,7 +96,14 @@ def validate(app: App, paths: tuple[Path, ...], check_env: bool) -> None:
       reconcile validate rollout/ion-api.yaml
       reconcile --repo ../infra validate
     """
-    from reconciler.loader import SpecError, find_rollout_files, load_spec
+    from reconciler.loader import (
+        SpecError,
+        find_rollout_files,
+        is_defaults_file,
+        load_defaults,
+        load_spec,
+    )
+    from reconciler.spec import DEFAULTS_FILE
 
     files: list[Path] = []
     failed = 0
@@ -105,6 +112,8 @@ def validate(app: App, paths: tuple[Path, ...], check_env: bool) -> None:
             found = find_rollout_files(path)
             if not found:
                 raise ReconcileError(f"{path}: no rollout files (*.yaml) found")
+            if (path / DEFAULTS_FILE).is_file():
+                files.append(path / DEFAULTS_FILE)
             files += found
         elif path.exists() or paths:
             files.append(path)
@@ -115,6 +124,10 @@ def validate(app: App, paths: tuple[Path, ...], check_env: bool) -> None:
     unset = 0
     for path in files:
         try:
+            if is_defaults_file(path):
+                load_defaults(path)
+                click.echo(f"{path}: ok (shared defaults)")
+                continue
             spec = load_spec(path)
         except SpecError as exc:
             failed += 1
@@ -152,7 +165,10 @@ def _line_of(path: Path, pattern: str) -> int:
     type=click.Path(dir_okay=False, path_type=Path),
     help="Write the schema to this file instead of stdout.",
 )
-def schema_command(out: Path | None) -> None:
+@click.option(
+    "--defaults", is_flag=True, help="The schema of rollout/_defaults.yaml (shared defaults)."
+)
+def schema_command(out: Path | None, defaults: bool) -> None:
     """Print the JSON Schema of the rollout file (for editors and other tools).
 
     Rules that span several keys (stages increasing, canary_percent one of the stages)
@@ -163,10 +179,11 @@ def schema_command(out: Path | None) -> None:
     Examples:
       reconcile schema > rollout.schema.json
       reconcile schema --out schema/rollout.schema.json
+      reconcile schema --defaults --out schema/defaults.schema.json
     """
     from reconciler.spec import schema_text
 
-    text = schema_text()
+    text = schema_text(defaults)
     if out is None:
         click.echo(text, nl=False)
         return
@@ -645,7 +662,15 @@ def apply(
     ctx = build_context(
         app.repo, commit=not (no_commit or dry_run), push=not no_push, progress=_echo_err
     )
-    result = apply_all(ctx, services, dry_run=dry_run, saved=saved)
+    from reconciler.notify import notified
+
+    result = notified(
+        app.repo,
+        lambda: apply_all(ctx, services, dry_run=dry_run, saved=saved),
+        warn=_echo_err,
+        now=ctx.clock,
+        enabled=not dry_run,
+    )
     if dry_run:
         plans = tuple(o.plan for o in result.outcomes if o.plan is not None)
         click.echo(plan_text(Plan(created_at=ctx.clock(), services=plans)), nl=False)
@@ -736,8 +761,16 @@ def rollback(app: App, service: str, force: bool, reason: str, no_push: bool) ->
         if not sys.stdin.isatty():
             raise ReconcileError("refusing to prompt without a terminal; pass --force to roll back")
         click.confirm(f"Roll back {service}: 100% of traffic to its stable revision?", abort=True)
+    from reconciler.notify import notified
+    from reconciler.reconcile import RunResult
+
     ctx = build_context(app.repo, push=not no_push, with_metrics=False)
-    outcome = manual.rollback(ctx, service, reason)
+    (outcome,) = notified(
+        app.repo,
+        lambda: RunResult((manual.rollback(ctx, service, reason),)),
+        warn=_echo_err,
+        now=ctx.clock,
+    ).outcomes
     sp = outcome.plan
     commit = f" (commit {outcome.commit[:10]})" if outcome.commit else ""
     if sp is None:
@@ -838,6 +871,7 @@ def watch(
     """
     from datetime import timedelta
 
+    from reconciler.notify import notified
     from reconciler.reconcile import apply_all
     from reconciler.runtime import build_context
     from reconciler.watch import watch as watch_loop
@@ -849,7 +883,7 @@ def watch(
 
         raise click.exceptions.Exit(watch_stream(ctx, services, duration, click.echo))
     result = watch_loop(
-        lambda: apply_all(ctx, services),
+        lambda: notified(app.repo, lambda: apply_all(ctx, services), warn=_echo_err, now=ctx.clock),
         interval=interval,
         duration=duration,
         clock=ctx.clock,
@@ -972,6 +1006,34 @@ def report(
     decision = made.decision
     click.echo(f"{service}: {kind} report written to {path}")
     click.echo(f"decision: {decision.action.value} ({'; '.join(decision.reasons)})")
+
+
+@cli.command()
+@click.option(
+    "--out",
+    required=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Write the site into this directory (created if missing).",
+)
+@pass_app
+def site(app: App, out: Path) -> None:
+    """Write a static status site from state/: a fleet table and a page per service.
+
+    Each service page shows where the rollout stands, its stage timeline, canary-versus-
+    stable charts of error rate and P95 (inline SVG), its events and latest reports. Plain
+    HTML and CSS, no JavaScript: open DIR/index.html, or publish DIR to GitHub Pages
+    (docs/status-site.md has the workflow job).
+
+    
+    Example:
+      reconcile site --out site
+    """
+    from datetime import UTC, datetime
+
+    from reconciler.sitegen import build
+
+    written = build(app.repo, out, datetime.now(UTC))
+    click.echo(f"wrote {len(written)} pages to {out} (open {out / 'index.html'})")
 
 
 from reconciler.emulator.cli import emulator  # noqa: E402

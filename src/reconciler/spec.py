@@ -443,6 +443,44 @@ class RolledBack(_Model):
     model_config = ConfigDict(frozen=True, extra="forbid", strict=False)
 
 
+# --- notifications ------------------------------------------------------------------------
+NoticeEvent = Literal["rollback", "block", "hold", "advance", "finalize"]
+NOTICE_EVENTS: tuple[NoticeEvent, ...] = ("rollback", "block", "hold", "advance", "finalize")
+
+
+class _Channel(_Model):
+    url: EnvValue = Field(
+        description="{env: NAME}: the webhook URL is a secret, read from the environment."
+    )
+    on: list[NoticeEvent] = Field(
+        default=list(NOTICE_EVENTS),
+        min_length=1,
+        description="Which events to send (default: all of them).",
+    )
+
+
+class SlackChannel(_Channel):
+    """A Slack incoming webhook."""
+
+    kind: Literal["slack"]
+
+
+class GoogleChatChannel(_Channel):
+    """A Google Chat space webhook."""
+
+    kind: Literal["google-chat"]
+
+
+class WebhookChannel(_Channel):
+    """Any HTTP endpoint: a JSON body signed with HMAC-SHA256 (docs/notifications.md)."""
+
+    kind: Literal["webhook"]
+    secret: EnvValue = Field(description="{env: NAME}: the HMAC-SHA256 key.")
+
+
+Channel = Annotated[SlackChannel | GoogleChatChannel | WebhookChannel, Field(discriminator="kind")]
+
+
 Stage = Annotated[int, Field(ge=1, le=100)]
 
 
@@ -477,6 +515,9 @@ class RolloutSpec(_Model):
     probes: list[Check] = Field(default=[], description="Checks of the canary at every stage.")
     dependencies: list[Check] = Field(
         default=[], description="Must be healthy before any traffic moves."
+    )
+    notify: list[Channel] = Field(
+        default=[], description="Where to send rollbacks, blocks, holds, advances, finalizes."
     )
     force: bool = Field(
         default=False, description="Skip the bake gate once; the plan shows it loudly."
@@ -553,6 +594,50 @@ class RolloutSpec(_Model):
         return None
 
 
+# --- rollout/_defaults.yaml ------------------------------------------------------------------
+DEFAULTS_FILE = "_defaults.yaml"
+DEFAULTABLE = (
+    "auto_advance",
+    "bake",
+    "self_heal",
+    "gates",
+    "metrics",
+    "probes",
+    "dependencies",
+    "notify",
+)
+"""Keys `rollout/_defaults.yaml` may set. What names a rollout (service, project, region,
+revisions, stages, canary_percent) and what a run writes (force, rolled_back) stay in each
+file, so the file alone says which revision gets how much traffic."""
+
+
+class RolloutDefaults(_Model):
+    """`rollout/_defaults.yaml`: keys merged under every rollout file of the directory.
+
+    A key the rollout file sets wins; `gates` merges per key (one gate replaces the same
+    gate of the defaults, whole). Validated on its own, like a rollout file.
+    """
+
+    auto_advance: bool | None = None
+    bake: Duration | None = None
+    self_heal: bool | None = None
+    gates: Gates | None = None
+    metrics: Metrics | None = None
+    probes: list[Check] | None = None
+    dependencies: list[Check] | None = None
+    notify: list[Channel] | None = None
+
+
+def merge_defaults(defaults: dict[str, Any], rollout: dict[str, Any]) -> dict[str, Any]:
+    """The rollout file's values over the defaults' (both plain parsed YAML): top-level keys
+    the file sets win, and `gates` merges key by key (each gate whole)."""
+    merged = {**defaults, **rollout}
+    gates_d, gates_r = defaults.get("gates"), rollout.get("gates")
+    if isinstance(gates_d, dict) and isinstance(gates_r, dict):
+        merged["gates"] = {**gates_d, **gates_r}
+    return merged
+
+
 def json_schema() -> dict[str, Any]:
     """The JSON Schema (draft-07) of a rollout file, for editors and other tools.
 
@@ -574,6 +659,22 @@ def json_schema() -> dict[str, Any]:
     }
 
 
-def schema_text() -> str:
-    """`json_schema()` as the text committed in `schema/rollout.schema.json`."""
-    return json.dumps(json_schema(), indent=2, ensure_ascii=False) + "\n"
+def defaults_json_schema() -> dict[str, Any]:
+    """The JSON Schema (draft-07) of `rollout/_defaults.yaml`."""
+    schema = RolloutDefaults.model_json_schema(
+        by_alias=True, mode="serialization", ref_template="#/definitions/{model}"
+    )
+    definitions = schema.pop("$defs", {})
+    schema["title"] = "Shared rollout defaults (rollout/_defaults.yaml)"
+    return {
+        "$schema": "http://json-schema.org/draft-07/schema#",
+        **schema,
+        "definitions": definitions,
+    }
+
+
+def schema_text(defaults: bool = False) -> str:
+    """`json_schema()` as the text committed in `schema/rollout.schema.json` (with
+    `defaults`, `defaults_json_schema()` for `schema/defaults.schema.json`)."""
+    schema = defaults_json_schema() if defaults else json_schema()
+    return json.dumps(schema, indent=2, ensure_ascii=False) + "\n"
