@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -54,18 +56,27 @@ def cli(ctx: click.Context, repo: Path, no_color: bool) -> None:
 
 @cli.command()
 @click.argument("paths", nargs=-1, metavar="[PATH]...", type=click.Path(path_type=Path))
+@click.option(
+    "--env",
+    "check_env",
+    is_flag=True,
+    help="Also report every environment variable the files read that is not set here.",
+)
 @pass_app
-def validate(app: App, paths: tuple[Path, ...]) -> None:
+def validate(app: App, paths: tuple[Path, ...], check_env: bool) -> None:
     """Check rollout files strictly (default: every rollout/*.yaml).
 
     PATH may be a file or a directory of rollout files. Each invalid file prints one line
     `path:line: message` on stderr, then a count; exit 1 if any file is invalid, else 0.
     Units are required (5%, 20s, 5m); unknown or duplicate keys, YAML 1.1 surprises
     (no, on, 010, 1:30) and a file name that differs from its service are errors.
+    With --env, every `{env: NAME}` a probe or dependency reads that the current
+    environment lacks is one more `path:line: ...` line (run it where apply runs).
 
     \b
     Examples:
       reconcile validate
+      reconcile validate --env
       reconcile validate rollout/ion-api.yaml
       reconcile --repo ../infra validate
     """
@@ -92,6 +103,9 @@ def validate(app: App, paths: tuple[Path, ...]) -> None:
             files.append(path)
         else:
             raise ReconcileError(f"{path}: no such directory; run in the repository or use --repo")
+    from reconciler.decide import env_needs
+
+    unset = 0
     for path in files:
         try:
             if is_defaults_file(path):
@@ -103,9 +117,30 @@ def validate(app: App, paths: tuple[Path, ...]) -> None:
             failed += 1
             click.echo(str(exc), err=True)
             continue
-        click.echo(f"{path}: ok ({spec.service}, canary {spec.canary_percent}%)")
+        missing = [n for n in env_needs(spec) if not os.environ.get(n[2])] if check_env else []
+        for check, header, var in missing:
+            line = _line_of(path, rf"\benv\s*:\s*[\"']?{re.escape(var)}\b")
+            click.echo(
+                f"{path}:{line}: {check}: header {header} reads environment variable {var}, "
+                "which is not set",
+                err=True,
+            )
+        unset += len(missing)
+        if not missing:
+            click.echo(f"{path}: ok ({spec.service}, canary {spec.canary_percent}%)")
     if failed:
         raise ReconcileError(f"{failed} of {len(files)} rollout files invalid")
+    if unset:
+        raise ReconcileError(f"{unset} environment variables the rollout files read are not set")
+
+
+def _line_of(path: Path, pattern: str) -> int:
+    """The first line of `path` matching `pattern` (1 when none does)."""
+    text = path.read_text(encoding="utf-8", errors="replace")
+    for n, line in enumerate(text.splitlines(), 1):
+        if re.search(pattern, line):
+            return n
+    return 1
 
 
 @cli.command("schema")

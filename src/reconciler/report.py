@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 from reconciler import charts
+from reconciler.analysis import promotion_blockers
 from reconciler.errors import ReconcileError
 from reconciler.model import Outcome, Verdict, WindowStats
 from reconciler.plan import Phase
@@ -393,15 +394,8 @@ def decide(
         return Decision(Action.HOLD, ("no verdict yet: the canary has not been judged",))
     if verdict.outcome is Outcome.FAIL:
         return Decision(Action.ROLL_BACK, tuple(verdict.failures) or ("verdict FAIL",))
-    reasons: list[str] = []
-    if verdict.outcome is Outcome.INCONCLUSIVE:
-        reasons += [f"inconclusive: {r}" for r in verdict.reasons] or ["verdict INCONCLUSIVE"]
-    # A gate that did not pass is listed above already, its target included.
-    missed = [
-        g.reason for g in verdict.gates if g.target_met is False and g.outcome is Outcome.PASS
-    ]
-    reasons += [f"target missed: {r}" for r in missed]
-    reasons += _span_findings(canary, _limits(spec))
+    # The one promotion-readiness rule the planner uses too, then the span's own findings.
+    reasons = promotion_blockers(verdict) + _span_findings(canary, _limits(spec))
     if reasons:
         return Decision(Action.HOLD, tuple(reasons))
     # PASS, targets met, no breach over the span: only the bake time is left.
