@@ -4,7 +4,8 @@ Pure: no I/O, no clock. The caller measures (metrics providers, probes), keeps r
 windows in state, and calls `judge()` once per tick.
 
 The rules, per gate:
-- A window with fewer than `gates.min_requests` requests is INCONCLUSIVE: never PASS or FAIL.
+- A window with fewer than `gates.min_requests` requests is INCONCLUSIVE: never PASS or FAIL;
+  so is a window whose data the provider reported incomplete (`WindowStats.incomplete`).
 - Rates are judged on a Wilson score interval (95% by default), not the point estimate: an
   error-rate window FAILs only when the interval's lower bound is above `max`, PASSes only
   when its upper bound is at or below `max`, and is INCONCLUSIVE in between. So a handful of
@@ -20,6 +21,12 @@ The rules, per gate:
   never a PASS.
 - `target` values are promotion goals, not rollback thresholds: they are reported
   (`GateResult.target_met`, the reason's "target ... met/missed") and never cause a FAIL.
+- The one promotion-readiness rule (`promotion_blockers`): a canary is ready to promote when
+  the verdict PASSes and no gate misses its `target`. The bake timer counts how long it has
+  been ready; the planner, `reconcile report` and the docs all use this rule.
+- Failing streaks are counters (`count_streaks`), kept in state/ between runs: each window
+  (and probe run) is counted once, so any `consecutive_failures` works however few windows
+  are kept and however many window lengths the gates use.
 - A failing probe counts as a failing gate: each probe is a gate whose runs (one per tick)
   are its windows, under the same `consecutive_failures` rule.
 - The verdict FAILs when any gate FAILs, PASSes only when every gate PASSes (and there is at
@@ -28,11 +35,11 @@ The rules, per gate:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from reconciler.model import GateResult, Outcome, Verdict, WindowStats
+from reconciler.model import GateResult, Outcome, ProbeRecord, Streak, Verdict, WindowStats
 from reconciler.spec import Gates, format_duration, format_percent
 from reconciler.stats import difference_interval, wilson_interval, z_score
 
@@ -63,6 +70,7 @@ def judge(
     probes: Sequence[ProbeRun] = (),
     expected_probes: Collection[str] = (),
     confidence: float = 0.95,
+    streaks: Mapping[str, int] | None = None,
 ) -> Verdict:
     """Judge a canary on its recent windows and probe runs.
 
@@ -77,6 +85,9 @@ def judge(
     `expected_probes`: names of the configured probes; one with no run is INCONCLUSIVE, so a
     probe the caller failed to run can never let a canary pass.
     `confidence`: two-sided level of the rate intervals.
+    `streaks`: failing-streak counts per gate from `count_streaks`; when given they decide
+    FAIL (the windows passed only supply the values reported), so a streak longer than the
+    windows kept still fails.
     """
     z = z_score(confidence)
     ctx = _Context(
@@ -84,13 +95,14 @@ def judge(
         z=z,
         level=f"{confidence * 100:g}%",
         stable={(s.start, s.end): s for s in stable},
+        streaks=streaks,
     )
     by_length: dict[timedelta, list[WindowStats]] = {}
     for w in sorted(canary, key=lambda w: w.end):
         by_length.setdefault(w.window, []).append(w)
 
     results = [_gate(ctx, rule, by_length.get(rule.window, [])) for rule in _rules(gates)]
-    results.extend(_probe_gates(probes, expected_probes, gates.consecutive_failures))
+    results.extend(_probe_gates(probes, expected_probes, gates.consecutive_failures, streaks))
     return Verdict(outcome=_overall(results), gates=tuple(results) or (_NOTHING,))
 
 
@@ -175,6 +187,7 @@ class _Context:
     z: float
     level: str
     stable: dict[tuple[datetime, datetime], WindowStats]
+    streaks: Mapping[str, int] | None = None
 
 
 @dataclass(frozen=True)
@@ -210,6 +223,11 @@ class _Rule:
 
 
 def _low_count(ctx: _Context, w: WindowStats) -> _Seen | None:
+    if w.incomplete is not None:
+        # Partial data can hide the errors (or the successes): it proves nothing either way.
+        return _Seen(
+            Outcome.INCONCLUSIVE, w, detail=f"incomplete data: {w.incomplete}", enough=False
+        )
     if w.requests < ctx.gates.min_requests:
         detail = f"{w.requests:,} requests < min_requests {ctx.gates.min_requests:,}"
         return _Seen(Outcome.INCONCLUSIVE, w, detail=detail, enough=False)
@@ -294,16 +312,18 @@ def _gate(ctx: _Context, rule: _Rule, windows: list[WindowStats]) -> GateResult:
         if s.outcome is Outcome.FAIL:
             streak.append(s)
     newest = seen[-1]
+    count = len(streak) if ctx.streaks is None else ctx.streaks.get(rule.name, 0)
 
-    if len(streak) >= needed:
-        value, text = rule.pool(streak)
+    if count >= needed and count > 0:
+        shown = streak or [newest]
+        value, text = rule.pool(shown)
         return _result(
             rule,
             Outcome.FAIL,
             value,
-            streak,
+            shown,
             f"{rule.name} {text} {rule.worse} {rule.limit(rule.threshold)}"
-            f" ({_plural(len(streak), 'window')}, {_requests(streak)})",
+            f" ({_plural(count, 'window')}, {_requests(shown)})",
         )
     if newest.outcome is Outcome.PASS:
         value, text = rule.pool([newest])
@@ -323,7 +343,8 @@ def _gate(ctx: _Context, rule: _Rule, windows: list[WindowStats]) -> GateResult:
             value,
             streak,
             f"{rule.name} {text} {rule.worse} {rule.limit(rule.threshold)}"
-            f" in {len(streak)} of {needed} windows needed to fail ({_requests(streak)})",
+            f" in {count or len(streak)} of {needed} windows needed to fail"
+            f" ({_requests(streak)})",
         )
     value, text = rule.pool([newest])
     return _result(
@@ -398,7 +419,10 @@ def _rate(events: int, requests: int) -> float | None:
 
 # --- probes ---------------------------------------------------------------------------------
 def _probe_gates(
-    runs: Sequence[ProbeRun], expected: Collection[str], needed: int
+    runs: Sequence[ProbeRun],
+    expected: Collection[str],
+    needed: int,
+    streaks: Mapping[str, int] | None = None,
 ) -> list[GateResult]:
     by_name: dict[str, list[ProbeRun]] = {name: [] for name in expected}
     for run in runs:
@@ -411,11 +435,10 @@ def _probe_gates(
                 GateResult(gate, Outcome.INCONCLUSIVE, None, None, 0, f"probe {name} not run")
             )
             continue
-        streak = 0
-        for run in reversed(history):
-            if run.ok:
-                break
-            streak += 1
+        if streaks is not None:
+            streak = 0 if history[-1].ok else streaks.get(gate, 0)
+        else:
+            streak = next((i for i, r in enumerate(reversed(history)) if r.ok), len(history))
         failing = f"probe {name} failing" + (
             f": {history[-1].reason}" if history[-1].reason else ""
         )
@@ -450,3 +473,72 @@ def _overall(results: Sequence[GateResult]) -> Outcome:
     if results and all(r.outcome is Outcome.PASS for r in results):
         return Outcome.PASS
     return Outcome.INCONCLUSIVE
+
+
+# --- streak counters and the promotion rule -------------------------------------------------
+def count_streaks(
+    previous: Mapping[str, Streak],
+    canary: Sequence[WindowStats],
+    gates: Gates,
+    *,
+    stable: Sequence[WindowStats] = (),
+    probes: Sequence[ProbeRecord] = (),
+    confidence: float = 0.95,
+) -> dict[str, Streak]:
+    """Advance each gate's failing-streak counter over the windows and probe runs it has not
+    counted yet (those ending after its `through`), oldest first.
+
+    A FAIL window adds one, a PASS resets to zero, an INCONCLUSIVE one changes nothing (the
+    same rule as `judge`). Pass the windows and runs of the current stage only: a new stage
+    starts from `previous={}`.
+    """
+    z = z_score(confidence)
+    ctx = _Context(
+        gates=gates,
+        z=z,
+        level=f"{confidence * 100:g}%",
+        stable={(s.start, s.end): s for s in stable},
+    )
+    out: dict[str, Streak] = {}
+    for rule in _rules(gates):
+        k = previous.get(rule.name, Streak())
+        for w in sorted((w for w in canary if w.window == rule.window), key=lambda w: w.end):
+            if k.through is not None and w.end <= k.through:
+                continue
+            outcome = rule.measure(ctx, rule, w).outcome
+            k = Streak(_next_count(k.failures, outcome), w.end)
+        out[rule.name] = k
+    for run in sorted(probes, key=lambda p: p.at):
+        gate = f"probe:{run.name}"
+        k = out.get(gate, previous.get(gate, Streak()))
+        if k.through is not None and run.at <= k.through:
+            continue
+        out[gate] = Streak(0 if run.ok else k.failures + 1, run.at)
+    return {g: k for g, k in out.items() if k.through is not None}
+
+
+def _next_count(failures: int, outcome: Outcome) -> int:
+    if outcome is Outcome.PASS:
+        return 0
+    return failures + 1 if outcome is Outcome.FAIL else failures
+
+
+def promotion_blockers(verdict: Verdict | None) -> list[str]:
+    """Why the canary is not ready to promote; empty when it is.
+
+    The one promotion-readiness rule: the verdict PASSes (every gate and probe passes) and
+    no gate misses its `target`. How long it must have held is the `bake` (see plan.baked).
+    """
+    if verdict is None:
+        return ["no verdict yet: the canary has not been judged"]
+    word = "inconclusive" if verdict.outcome is Outcome.INCONCLUSIVE else "failing"
+    out = [f"{word}: {r}" for r in verdict.reasons]
+    if verdict.outcome is not Outcome.PASS and not out:
+        out = [f"verdict {verdict.outcome.value}"]
+    # A gate that did not pass is listed already, its target included.
+    out += [
+        f"target missed: {g.reason}"
+        for g in verdict.gates
+        if g.target_met is False and g.outcome is Outcome.PASS
+    ]
+    return out

@@ -1,4 +1,5 @@
-"""Value types shared by the pure core and the edges: traffic, live services, stats, verdicts.
+"""Value types shared by the pure core and the edges: traffic, live services, stats, verdicts,
+and the observed state of a service (status, failure streaks, events) that state/ stores.
 
 Pure: no I/O, no clock, no network. Everything here is immutable.
 """
@@ -8,7 +9,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 
@@ -91,13 +92,13 @@ def _routing_key(
 
 @dataclass(frozen=True)
 class LiveService:
-    """What Cloud Run says a service is right now."""
+    """What Cloud Run says a service is right now: what serves, and what was asked for."""
 
     ref: ServiceRef
     traffic: TrafficSplit
-    """The requested traffic (`Service.traffic`)."""
+    """The split that SERVES (`Service.traffic_statuses`): what plans and records rest on."""
     statuses: TrafficSplit
-    """The traffic actually serving (`Service.traffic_statuses`)."""
+    """Also the serving split (`traffic_statuses`), kept for older callers."""
     etag: str
     generation: int
     observed_generation: int
@@ -107,8 +108,27 @@ class LiveService:
     """Names of the revisions that exist for this service."""
     latest_ready_revision: str = ""
     reconciling: bool = False
+    """True while Cloud Run is still working towards the requested split."""
     annotations: Mapping[str, str] = field(default_factory=dict)
     """Service annotations; the reconciler stamps its last write here (see reconcile.py)."""
+    requested: TrafficSplit = TrafficSplit()
+    """The requested split (`Service.traffic`); defaults to `traffic` (an empty split is never
+    a real request: Cloud Run always has one)."""
+    failure: str | None = None
+    """The `terminal_condition` message when that condition failed, else None."""
+
+    def __post_init__(self) -> None:
+        if not self.requested.targets:
+            object.__setattr__(self, "requested", self.traffic)
+
+    @property
+    def serving_requested(self) -> bool:
+        """True when what serves is what was asked for and nothing is failed or pending."""
+        return (
+            self.failure is None
+            and not self.reconciling
+            and self.requested.same_routing(self.traffic)
+        )
 
     def url_for_tag(self, tag: str) -> str | None:
         """The URL of a tagged target, if Cloud Run reported one."""
@@ -157,6 +177,9 @@ class WindowStats:
     """The non-empty buckets of the latency distribution, ascending; None when the provider
     gave no distribution. Percentiles over several windows are computed by merging these:
     per-window percentiles cannot be averaged."""
+    incomplete: str | None = None
+    """Why the provider's data for this window is known to be partial (Cloud Monitoring's
+    `execution_errors`), else None: such a window is never judged PASS or FAIL."""
 
     @property
     def error_rate(self) -> float | None:
@@ -265,3 +288,146 @@ def verdict_from_data(data: Mapping[str, Any]) -> Verdict:
             )
         )
     return Verdict(Outcome(data["outcome"]), tuple(gates))
+
+
+# --- observed state (state/ reads and writes these; the pure core decides on them) ----------
+class Phase(enum.Enum):
+    """Where a rollout stands."""
+
+    STABLE = "stable"
+    PROGRESSING = "progressing"
+    PAUSED = "paused"
+    PROMOTED = "promoted"
+    ROLLED_BACK = "rolled_back"
+
+
+class EventKind(enum.Enum):
+    """What the reconciler did."""
+
+    APPLIED = "applied"
+    DRIFT_CORRECTED = "drift_corrected"
+    ADVANCED = "advanced"
+    ROLLED_BACK = "rolled_back"
+    PROMOTED = "promoted"
+    FINALIZED = "finalized"
+    PROBE_FAILED = "probe_failed"
+    STATE_REBUILT = "state_rebuilt"
+
+
+@dataclass(frozen=True)
+class ProbeRecord:
+    """One probe run as kept in status.yaml (never with header values)."""
+
+    name: str
+    ok: bool
+    at: datetime
+    reason: str = ""
+    latency: float | None = None
+    """Seconds to the answer; None when none arrived (or recorded before it was kept)."""
+
+
+@dataclass(frozen=True)
+class Streak:
+    """One gate's failing streak, counted window by window (or probe run by run).
+
+    `failures` counts failing windows since the last passing one (inconclusive windows
+    neither count nor reset); `through` is the end of the newest window counted, so a window
+    is counted once however many runs see it and however few windows state/ keeps.
+    """
+
+    failures: int = 0
+    through: datetime | None = None
+
+
+@dataclass(frozen=True)
+class ServiceStatus:
+    """`state/<service>/status.yaml`: the live service and the last judgement of its canary."""
+
+    service: str
+    phase: Phase
+    stable_revision: str
+    canary_revision: str | None
+    stage: int
+    """The canary percent live now."""
+    stage_since: datetime | None
+    """When the live split reached `stage` for this canary; the bake timer counts from here."""
+    traffic: TrafficSplit
+    etag: str
+    generation: int
+    observed_generation: int
+    last_reconcile: datetime
+    spec_commit: str | None = None
+    """The commit of `rollout/<service>.yaml` that was applied."""
+    verdict: Verdict | None = None
+    verdict_at: datetime | None = None
+    windows: tuple[WindowStats, ...] = ()
+    """Recent windows of the canary and the stable revision, oldest first."""
+    applied: TrafficSplit | None = None
+    """The split the reconciler last applied and verified (drift is measured against it)."""
+    passing_since: datetime | None = None
+    """Since when the canary has been ready to promote without a break at `stage` (bake)."""
+    probes: tuple[ProbeRecord, ...] = ()
+    """Recent probe runs, oldest first (bounded like `windows`)."""
+    streaks: Mapping[str, Streak] = field(default_factory=dict)
+    """Failing streak per gate (`error_rate`, `probe:<name>` ...) at the current stage."""
+
+
+@dataclass(frozen=True)
+class Event:
+    """One line of `events.jsonl`.
+
+    `before` and `after` are short human forms (a traffic split's `describe()`, a percent,
+    a revision name); `details` holds anything structured worth keeping (scalars only).
+    """
+
+    time: datetime
+    kind: EventKind
+    actor: str
+    before: str = ""
+    after: str = ""
+    reason: str = ""
+    spec_commit: str | None = None
+    details: Mapping[str, str | int | float | bool | None] = field(default_factory=dict)
+
+
+def stage_since(
+    previous: ServiceStatus | None, *, canary: str | None, stage: int, now: datetime
+) -> datetime:
+    """When the current stage began: kept from `previous` while canary and stage are unchanged.
+
+    This is what makes the bake timer survive across runs.
+    """
+    if (
+        previous is not None
+        and previous.stage_since is not None
+        and previous.canary_revision == canary
+        and previous.stage == stage
+    ):
+        return previous.stage_since
+    return now
+
+
+MAX_WINDOWS = 100
+"""The most windows per revision status.yaml keeps."""
+
+
+def keep_windows(
+    old: Iterable[WindowStats], new: Iterable[WindowStats], *, keep: int = 10
+) -> tuple[WindowStats, ...]:
+    """Merge windows, drop duplicates, keep the newest `keep` per revision, oldest first."""
+    keep = max(1, min(keep, MAX_WINDOWS))
+    merged: dict[tuple[str, datetime, datetime], WindowStats] = {}
+    for s in (*old, *new):
+        merged[(s.revision, s.start, s.end)] = s
+    per_revision: dict[str, list[WindowStats]] = {}
+    for s in sorted(merged.values(), key=lambda s: (s.end, s.revision, s.start)):
+        per_revision.setdefault(s.revision, []).append(s)
+    kept = [s for windows in per_revision.values() for s in windows[-keep:]]
+    return tuple(sorted(kept, key=lambda s: (s.end, s.revision, s.start)))
+
+
+def format_time(when: datetime) -> str:
+    """`2026-05-01T12:00:00Z`: UTC, seconds (microseconds only when present)."""
+    if when.tzinfo is None:
+        raise ValueError(f"datetime {when} has no timezone")
+    return when.astimezone(UTC).isoformat().replace("+00:00", "Z")

@@ -1,8 +1,9 @@
 """The planner: desired (spec) + live + verdict + history -> a Plan value. Pure: `now` is an input.
 
 The rollout rules live here: which split git wants, when a change is a new stage, drift, a
-rollback or a finalize, when a promotion is blocked by the bake gate, and which edit of the
-rollout file the reconciler commits (rollback, auto-advance, finalize).
+rollback or a finalize, when a promotion is blocked by the bake gate or a changed stable
+revision, and the complete edit of the rollout file the reconciler commits (every key it
+writes or removes, `force` included), so a saved plan describes exactly what apply writes.
 """
 
 from __future__ import annotations
@@ -13,7 +14,17 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
-from reconciler.model import LiveService, Outcome, ServiceRef, Target, TrafficSplit, Verdict
+from reconciler.analysis import promotion_blockers
+from reconciler.model import (
+    LiveService,
+    Outcome,
+    ServiceRef,
+    Target,
+    TrafficSplit,
+    Verdict,
+    format_time,
+)
+from reconciler.model import Phase as Phase  # re-exported: the plan's phases
 from reconciler.spec import RolloutSpec, format_duration
 
 STABLE_TAG = "stable"
@@ -39,16 +50,6 @@ class Reason(enum.Enum):
     FINALIZE = "finalize"
 
 
-class Phase(enum.Enum):
-    """Where a rollout stands."""
-
-    STABLE = "stable"
-    PROGRESSING = "progressing"
-    PAUSED = "paused"
-    PROMOTED = "promoted"
-    ROLLED_BACK = "rolled_back"
-
-
 @dataclass(frozen=True)
 class Change:
     """One target's change: `+` added, `~` percent or tag changed, `-` removed."""
@@ -63,7 +64,8 @@ class Change:
 
 @dataclass(frozen=True)
 class SpecEdit:
-    """An edit of the rollout file the reconciler commits (dotted keys; None removes a key)."""
+    """The complete edit of the rollout file the reconciler commits: every key it writes
+    (dotted keys; a mapping value replaces the whole key; None removes the key)."""
 
     kind: Reason
     values: Mapping[str, Any]
@@ -77,7 +79,8 @@ class History:
     last_applied: TrafficSplit | None = None
     """The split the reconciler last applied and verified (None: never)."""
     passing_since: datetime | None = None
-    """Since when the canary's verdict has been PASS without a break at its current stage."""
+    """Since when the canary has been ready to promote (`promotion_blockers` empty) without a
+    break at its current stage."""
     stage_percent: int | None = None
     """The canary percent that `passing_since` refers to."""
 
@@ -216,6 +219,30 @@ def baked(history: History, canary_percent: int, spec: RolloutSpec, now: datetim
     )
 
 
+def _once(spec: RolloutSpec) -> dict[str, Any]:
+    """`force` applies to one change: the edit that carries out that change removes it."""
+    return {"force": None} if spec.force else {}
+
+
+def stable_block(spec: RolloutSpec, live: LiveService) -> str | None:
+    """Why the rollout file's `revisions.stable` may not take over now (None: it may).
+
+    The stable revision may change only to the canary live at 100% (a finalize done by
+    hand) or with `force: true`: otherwise a one-line edit would move every request to a
+    revision no gate has judged.
+    """
+    live_stable = live.traffic.tags().get(STABLE_TAG)
+    wanted = spec.revisions.stable
+    if live_stable is None or live_stable == wanted or spec.force:
+        return None
+    if live.traffic.percent_of(wanted) == 100:
+        return None
+    return (
+        f"revisions.stable changed from {live_stable} to {wanted}: the stable revision may "
+        "change only to the canary live at 100% (finalize) or with force: true"
+    )
+
+
 def _live_canary_percent(spec: RolloutSpec, live: LiveService) -> int:
     canary = spec.revisions.canary
     return live.traffic.percent_of(canary) if canary else 0
@@ -292,13 +319,17 @@ def plan_service(
         and (live_canary > 0 or spec.canary_percent > 0)
         and not rolled_back
     ):
-        after = split_for(spec.revisions.stable, None, 0)
-        reason_text = "; ".join(verdict.reasons) or "gates failed"
+        # A stable revision git changed without leave gets no traffic, a rollback included.
+        to = spec.revisions.stable
+        if stable_block(spec, live) is not None:
+            to = live.traffic.tags()[STABLE_TAG]
+        after = split_for(to, None, 0)
+        reason_text = "; ".join(verdict.failures) or "gates failed"
         edit = SpecEdit(
             Reason.ROLLBACK,
             {
                 "canary_percent": 0,
-                "rolled_back": {"revision": canary, "at": now.isoformat(), "reason": reason_text},
+                "rolled_back": {"revision": canary, "at": format_time(now), "reason": reason_text},
             },
             f"canary {live_canary}% -> 0% ({canary}): {reason_text}",
         )
@@ -327,7 +358,12 @@ def plan_service(
         after = split_for(canary, None, 0)
         edit = SpecEdit(
             Reason.FINALIZE,
-            {"revisions.stable": canary, "revisions.canary": None, "canary_percent": 0},
+            {
+                "revisions.stable": canary,
+                "revisions.canary": None,
+                "canary_percent": 0,
+                **_once(spec),  # force applied to the rollout that just finished
+            },
             f"promoted {canary}: now the stable revision",
         )
         return replace(
@@ -349,14 +385,14 @@ def plan_service(
             and spec.canary_percent > 0
             and nxt is not None
             and baked(history, spec.canary_percent, spec, now)
-            and (verdict is None or verdict.outcome is Outcome.PASS)
+            and not promotion_blockers(verdict)
         ):
             if spec.auto_advance:
                 after = split_for(spec.revisions.stable, canary, nxt)
                 edit = SpecEdit(
                     Reason.ADVANCE,
-                    {"canary_percent": nxt},
-                    f"canary {spec.canary_percent}% -> {nxt}% ({canary}): gates passed for "
+                    {"canary_percent": nxt, **_once(spec)},
+                    f"canary {spec.canary_percent}% -> {nxt}% ({canary}): ready to promote for "
                     f"{format_duration(spec.bake)}",
                 )
                 return replace(
@@ -389,15 +425,19 @@ def plan_service(
             drift=True,
         )
     reason = Reason.DRIFT if drift else (Reason.ROLLBACK if rolled_back else Reason.STAGE)
-    blocked = None
+    blocked = stable_block(spec, live) if reason is not Reason.ROLLBACK else None
     if reason is Reason.STAGE and not spec.force:
-        blocked = _gate_block(spec, live, history, now)
+        blocked = blocked or _gate_block(spec, live, history, now)
+    once = None
+    if reason is Reason.STAGE and spec.force:
+        once = SpecEdit(Reason.STAGE, _once(spec), "force used for this stage: removed")
     return replace(
         base,
         after=desired,
         changes=diff(live.traffic, desired),
         reason=reason,
         blocked=blocked,
+        edit=once,
         warnings=tuple(warnings),
         drift=drift,
     )
@@ -423,7 +463,7 @@ def rollback_plan(
     after = split_for(spec.revisions.stable, None, 0)
     values: dict[str, Any] = {"canary_percent": 0}
     if canary is not None:
-        values["rolled_back"] = {"revision": canary, "at": now.isoformat(), "reason": reason}
+        values["rolled_back"] = {"revision": canary, "at": format_time(now), "reason": reason}
     live_canary = _live_canary_percent(spec, live)
     return ServicePlan(
         ref=live.ref,

@@ -12,7 +12,8 @@ Times are written in UTC as `2026-05-01T12:00:00Z`.
 
 Bounded growth:
 - `status.yaml` keeps at most `keep` (default 10, never more than `MAX_WINDOWS`) recent
-  windows per revision: enough for the judge's `consecutive_failures`.
+  windows per revision, for the values a verdict reports; failing streaks are counters
+  (`streaks`), so `consecutive_failures` does not depend on how many windows are kept.
 - `events.jsonl` keeps the newest `MAX_EVENTS` events; older ones are dropped from the file
   (every event was committed, so `git log -p` still has them).
 - metrics go to one file per calendar month (UTC, by window end); only the newest
@@ -34,14 +35,13 @@ merged by git's `union` merge driver (see `gitops.py`) read back in order.
 
 from __future__ import annotations
 
-import enum
 import json
 import logging
 import os
 import re
 import tempfile
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -51,15 +51,24 @@ import yaml
 from reconciler import redact, safepath
 from reconciler.errors import ReconcileError
 from reconciler.model import (
+    MAX_WINDOWS,
+    Event,
+    EventKind,
     LatencyBucket,
+    Phase,
+    ProbeRecord,
+    ServiceStatus,
+    Streak,
     Target,
     TrafficSplit,
     Verdict,
     WindowStats,
+    format_time,
+    keep_windows,
+    stage_since,
     verdict_from_data,
     verdict_to_data,
 )
-from reconciler.plan import Phase
 from reconciler.spec import SERVICE_RE
 
 __all__ = [
@@ -74,6 +83,7 @@ __all__ = [
     "ServiceStatus",
     "StateError",
     "StatusLoad",
+    "Streak",
     "append_events",
     "append_metrics",
     "atomic_write_text",
@@ -95,7 +105,6 @@ __all__ = [
 ]
 
 STATUS_SCHEMA = 1
-MAX_WINDOWS = 100  # the spec caps consecutive_failures at 100
 MAX_EVENTS = 1000
 METRICS_MONTHS = 3
 _SERVICE = re.compile(SERVICE_RE)
@@ -111,80 +120,6 @@ _SafeLoader: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 class StateError(ReconcileError):
     """A state file cannot be read or a service name is not usable as a path."""
-
-
-class EventKind(enum.Enum):
-    """What the reconciler did."""
-
-    APPLIED = "applied"
-    DRIFT_CORRECTED = "drift_corrected"
-    ADVANCED = "advanced"
-    ROLLED_BACK = "rolled_back"
-    PROMOTED = "promoted"
-    FINALIZED = "finalized"
-    PROBE_FAILED = "probe_failed"
-    STATE_REBUILT = "state_rebuilt"
-
-
-@dataclass(frozen=True)
-class ProbeRecord:
-    """One probe run as kept in status.yaml (never with header values)."""
-
-    name: str
-    ok: bool
-    at: datetime
-    reason: str = ""
-    latency: float | None = None
-    """Seconds to the answer; None when none arrived (or recorded before it was kept)."""
-
-
-@dataclass(frozen=True)
-class ServiceStatus:
-    """`state/<service>/status.yaml`: the live service and the last judgement of its canary."""
-
-    service: str
-    phase: Phase
-    stable_revision: str
-    canary_revision: str | None
-    stage: int
-    """The canary percent live now."""
-    stage_since: datetime | None
-    """When the live split reached `stage` for this canary; the bake timer counts from here."""
-    traffic: TrafficSplit
-    etag: str
-    generation: int
-    observed_generation: int
-    last_reconcile: datetime
-    spec_commit: str | None = None
-    """The commit of `rollout/<service>.yaml` that was applied."""
-    verdict: Verdict | None = None
-    verdict_at: datetime | None = None
-    windows: tuple[WindowStats, ...] = ()
-    """Recent windows of the canary and the stable revision, oldest first."""
-    applied: TrafficSplit | None = None
-    """The split the reconciler last applied and verified (drift is measured against it)."""
-    passing_since: datetime | None = None
-    """Since when the verdict has been PASS without a break at `stage` (the bake gate)."""
-    probes: tuple[ProbeRecord, ...] = ()
-    """Recent probe runs, oldest first (bounded like `windows`)."""
-
-
-@dataclass(frozen=True)
-class Event:
-    """One line of `events.jsonl`.
-
-    `before` and `after` are short human forms (a traffic split's `describe()`, a percent,
-    a revision name); `details` holds anything structured worth keeping (scalars only).
-    """
-
-    time: datetime
-    kind: EventKind
-    actor: str
-    before: str = ""
-    after: str = ""
-    reason: str = ""
-    spec_commit: str | None = None
-    details: Mapping[str, str | int | float | bool | None] = field(default_factory=dict)
 
 
 # --- paths ----------------------------------------------------------------------------------
@@ -467,38 +402,6 @@ def _why(exc: BaseException) -> str:
 
 
 # --- helpers for the reconcile loop ---------------------------------------------------------
-def stage_since(
-    previous: ServiceStatus | None, *, canary: str | None, stage: int, now: datetime
-) -> datetime:
-    """When the current stage began: kept from `previous` while canary and stage are unchanged.
-
-    This is what makes the bake timer survive across runs.
-    """
-    if (
-        previous is not None
-        and previous.stage_since is not None
-        and previous.canary_revision == canary
-        and previous.stage == stage
-    ):
-        return previous.stage_since
-    return now
-
-
-def keep_windows(
-    old: Iterable[WindowStats], new: Iterable[WindowStats], *, keep: int = 10
-) -> tuple[WindowStats, ...]:
-    """Merge windows, drop duplicates, keep the newest `keep` per revision, oldest first."""
-    keep = max(1, min(keep, MAX_WINDOWS))
-    merged: dict[tuple[str, datetime, datetime], WindowStats] = {}
-    for s in (*old, *new):
-        merged[_window_key(s)] = s
-    per_revision: dict[str, list[WindowStats]] = {}
-    for s in sorted(merged.values(), key=lambda s: (s.end, s.revision, s.start)):
-        per_revision.setdefault(s.revision, []).append(s)
-    kept = [s for windows in per_revision.values() for s in windows[-keep:]]
-    return tuple(sorted(kept, key=lambda s: (s.end, s.revision, s.start)))
-
-
 def with_windows(
     status: ServiceStatus, new: Iterable[WindowStats], *, keep: int = 10
 ) -> ServiceStatus:
@@ -511,11 +414,6 @@ def _window_key(s: WindowStats) -> tuple[str, datetime, datetime]:
 
 
 # --- time -----------------------------------------------------------------------------------
-def format_time(when: datetime) -> str:
-    """`2026-05-01T12:00:00Z`: UTC, seconds (microseconds only when present)."""
-    return _utc(when).isoformat().replace("+00:00", "Z")
-
-
 def parse_time(text: str) -> datetime:
     """Inverse of `format_time`; a time without a zone is an error."""
     if not isinstance(text, str):
@@ -594,6 +492,20 @@ def _status_to_data(s: ServiceStatus) -> dict[str, Any]:
             | ({} if p.latency is None else {"latency": round(p.latency, 4)})
             for p in s.probes
         ],
+        # Written only when there is a streak, so quiet services keep their old bytes.
+        **(
+            {
+                "streaks": {
+                    gate: {
+                        "failures": k.failures,
+                        "through": None if k.through is None else format_time(k.through),
+                    }
+                    for gate, k in sorted(s.streaks.items())
+                }
+            }
+            if s.streaks
+            else {}
+        ),
     }
 
 
@@ -638,6 +550,11 @@ def _status_from_data(d: Any) -> ServiceStatus:
             )
             for p in d.get("probes") or ()
         ),
+        # Files written before streaks were counted have none: counting starts from windows.
+        streaks={
+            str(gate): Streak(_int(k["failures"]), _opt_time(k.get("through")))
+            for gate, k in (d.get("streaks") or {}).items()
+        },
     )
     verdict, verdict_at = _verdict_from_data(d["verdict"])
     return replace(status, verdict=verdict, verdict_at=verdict_at)
@@ -751,6 +668,8 @@ def _stats_to_data(s: WindowStats, *, buckets: bool = False) -> dict[str, Any]:
     # Absent rather than null when unknown, so lines without a distribution keep their bytes.
     if buckets and s.latency_buckets is not None:
         data["latency_buckets"] = [[b.lower, b.upper, b.count] for b in s.latency_buckets]
+    if s.incomplete is not None:
+        data["incomplete"] = s.incomplete
     return data
 
 
@@ -771,6 +690,7 @@ def _stats_from_data(d: Any) -> WindowStats:
         p99=_opt_float(d["p99"]),
         # Lines written before distributions were kept have no `latency_buckets`.
         latency_buckets=_buckets_from_data(d.get("latency_buckets")),
+        incomplete=None if d.get("incomplete") is None else str(d["incomplete"]),
     )
 
 

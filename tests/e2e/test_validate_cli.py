@@ -159,3 +159,47 @@ def test_schema_out_to_a_missing_directory_is_one_line(repo: Path) -> None:
     assert result.returncode == 1
     assert result.stderr.startswith("error: nowhere/rollout.schema.json: cannot write:")
     assert len(result.stderr.splitlines()) == 1
+
+
+def test_help_loads_no_heavy_module() -> None:
+    """`reconcile --help` starts fast because the commands import their work inside."""
+    code = (
+        "import sys; from reconciler.cli import main; main(['--help']); "
+        "heavy = [m for m in ('pydantic', 'google', 'git', 'httpx', 'reconciler.views', "
+        "'reconciler.reconcile') if m in sys.modules]; print('heavy:', heavy)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert out.stdout.strip().endswith("heavy: []"), out.stdout + out.stderr
+
+
+def test_validate_env_reports_every_unset_variable(repo: Path) -> None:
+    path = repo / "rollout" / "ion-api.yaml"
+    text = path.read_text(encoding="utf-8")
+    text = text.replace(
+        "  - name: chat-smoke\n",
+        "  - name: chat-smoke\n    headers: {Authorization: {env: CHAT_TOKEN}}\n",
+    ).replace(
+        "  - name: lumen-gateway\n",
+        "  - name: lumen-gateway\n    headers:\n      X-Key: {env: GATEWAY_KEY}\n",
+    )
+    path.write_text(text, encoding="utf-8")
+    assert reconcile("validate", cwd=repo).returncode == 0  # without --env: the file is valid
+    result = reconcile("validate", "--env", cwd=repo)
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.splitlines()
+    line_of = {
+        v: n
+        for n, t in enumerate(text.splitlines(), 1)
+        for v in ("CHAT_TOKEN", "GATEWAY_KEY")
+        if v in t
+    }
+    assert lines == [
+        f"rollout/ion-api.yaml:{line_of['CHAT_TOKEN']}: chat-smoke: header Authorization reads "
+        "environment variable CHAT_TOKEN, which is not set",
+        f"rollout/ion-api.yaml:{line_of['GATEWAY_KEY']}: lumen-gateway: header X-Key reads "
+        "environment variable GATEWAY_KEY, which is not set",
+        "error: 2 environment variables the rollout files read are not set",
+    ]

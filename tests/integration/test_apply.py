@@ -6,6 +6,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import yaml
 from google.cloud import run_v2
 
 from reconciler import clients
@@ -14,9 +15,9 @@ from reconciler.gitops import GitOps
 from reconciler.loader import load_spec
 from reconciler.plan import Plan, Reason
 from reconciler.reconcile import Context, apply_all, plan_all, read_stamp
-from reconciler.render import plan_from_json, plan_json
 from reconciler.sandbox import Sandbox, example_rollout, sandbox
 from reconciler.state import read_events, read_status
+from reconciler.views.plan import plan_from_json, plan_json
 
 STABLE = "ion-api-00041-abc"
 CANARY = "ion-api-00042-xyz"
@@ -195,3 +196,42 @@ def test_an_empty_saved_plan_applies_nothing(sb: Sandbox) -> None:
     result = apply_all(context(sb), saved=empty)
     assert result.exit_code == 0 and result.outcomes == ()
     assert sb.emu.write_attempts == 0
+
+
+def test_an_unset_probe_variable_blocks_and_never_rolls_back(sb: Sandbox) -> None:
+    text = example_rollout(sb.emu).replace(
+        "  - name: canary-health\n",
+        "  - name: canary-health\n    headers: {Authorization: {env: CHAT_TOKEN}}\n",
+    )
+    assert "CHAT_TOKEN" in text
+    sb.commit_rollout(text, "authenticated chat probe")
+    assert apply_all(context(sb, environ={"CHAT_TOKEN": "Bearer t0ken-value"})).exit_code == 0
+    assert live_split(sb)[CANARY] == (5, "canary")
+    writes = sb.emu.writes
+    for _ in range(4):  # more runs than consecutive_failures: still nothing is blamed on it
+        sb.emu.advance_clock(300)
+        result = apply_all(context(sb, environ={}))
+        assert result.exit_code == 1
+        (outcome,) = result.outcomes
+        assert not outcome.rolled_back and outcome.plan is not None
+        assert outcome.plan.blocked is not None and "\n" not in outcome.plan.blocked
+        assert "canary-health" in outcome.plan.blocked and "CHAT_TOKEN" in outcome.plan.blocked
+    assert sb.emu.writes == writes and live_split(sb)[CANARY] == (5, "canary")
+    assert "rolled_back" not in sb.remote_file("rollout/ion-api.yaml")
+    assert all(e.kind.value != "probe_failed" for e in read_events(sb.repo, "ion-api"))
+    plan = plan_all(sb.repo, [], CloudRunBackend(), sb.now(), environ={})
+    assert plan.services[0].blocked is not None and "CHAT_TOKEN" in plan.services[0].blocked
+
+
+def test_a_saved_plan_describes_exactly_what_apply_writes(sb: Sandbox) -> None:
+    assert apply_all(context(sb)).exit_code == 0
+    sb.commit_rollout(example_rollout(sb.emu, canary_percent=10) + "force: true\n", "to 10%")
+    before = yaml.safe_load(sb.rollout().read_text(encoding="utf-8"))
+    saved = plan_from_json(plan_json(plan_all(sb.repo, [], CloudRunBackend(), sb.now())))
+    (sp,) = saved.services
+    assert sp.edit is not None and dict(sp.edit.values) == {"force": None}
+    assert apply_all(context(sb), saved=saved).exit_code == 0
+    after = yaml.safe_load(sb.rollout().read_text(encoding="utf-8"))
+    # The file changed by exactly the saved edit: `force` removed, nothing else.
+    assert {k: v for k, v in before.items() if k != "force"} == after
+    assert live_split(sb)[CANARY] == (10, "canary")

@@ -19,6 +19,7 @@ from reconciler.state import (
     ProbeRecord,
     ServiceStatus,
     StateError,
+    Streak,
     append_events,
     append_metrics,
     atomic_write_text,
@@ -107,6 +108,10 @@ STATUSES = [
     ("rolled-back", _status(phase=Phase.ROLLED_BACK, stage=0)),
     ("non-utc-times", _status(stage_since=T0.astimezone(timezone(timedelta(hours=9))))),
     (
+        "streaks",
+        _status(streaks={"error_rate": Streak(13, T0), "probe:health": Streak(0, T0)}),
+    ),
+    (
         "probe-runs",
         _status(
             probes=(
@@ -116,6 +121,14 @@ STATUSES = [
         ),
     ),
 ]
+
+
+def test_a_status_written_before_streaks_still_loads(tmp_path: Path) -> None:
+    write_status(tmp_path, _status())
+    text = status_path(tmp_path, "ion-api").read_text(encoding="utf-8")
+    assert "streaks" not in text  # no streak: the file keeps its old bytes
+    status = read_status(tmp_path, "ion-api")
+    assert status is not None and status.streaks == {}
 
 
 @pytest.mark.parametrize("status", [s[1] for s in STATUSES], ids=[s[0] for s in STATUSES])

@@ -1,0 +1,553 @@
+"""One service's tick as a value: spec + status + live + new windows and probe runs -> Decision.
+
+Pure: no I/O, no clock (`now` is an argument). Every safety rule of a tick is decided here
+and table-tested: the traffic change and its reason (via `plan.plan_service`), the complete
+rollout-file edit, the next status (stage, bake timer, failure streaks), the events and the
+commit text. The loop only gathers the inputs, carries the Decision out and records it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, replace
+from datetime import datetime
+
+from reconciler.analysis import ProbeRun, count_streaks, judge, promotion_blockers
+from reconciler.model import (
+    Event,
+    EventKind,
+    LiveService,
+    Outcome,
+    Phase,
+    ProbeRecord,
+    ServiceStatus,
+    Streak,
+    TrafficSplit,
+    Verdict,
+    WindowStats,
+    keep_windows,
+    stage_since,
+)
+from reconciler.plan import (
+    History,
+    Reason,
+    ServicePlan,
+    SpecEdit,
+    is_rolled_back,
+    plan_service,
+    promote_edit,
+    rollback_plan,
+)
+from reconciler.spec import EnvValue, RolloutSpec
+
+_EVENT_KIND = {
+    Reason.STAGE: EventKind.APPLIED,
+    Reason.DRIFT: EventKind.DRIFT_CORRECTED,
+    Reason.ROLLBACK: EventKind.ROLLED_BACK,
+    Reason.ADVANCE: EventKind.ADVANCED,
+    Reason.FINALIZE: EventKind.FINALIZED,
+}
+# The `Reconcile-Action` trailer of the commit that records each reason.
+_ACTION = {
+    Reason.STAGE: "apply",
+    Reason.DRIFT: "drift",
+    Reason.ROLLBACK: "rollback",
+    Reason.ADVANCE: "advance",
+    Reason.FINALIZE: "finalize",
+    Reason.NONE: "record",
+}
+
+
+@dataclass(frozen=True)
+class Commit:
+    """The text of the commit that records a tick: subject, body and trailers."""
+
+    subject: str
+    body: str
+    trailers: Mapping[str, str]
+
+
+@dataclass(frozen=True)
+class Decision:
+    """Everything one tick of one service does, decided before anything is written.
+
+    `status`/`done`/`commit` hold when the plan is carried out (traffic written, file edited);
+    `held`/`held_commit` when it is not (nothing to do, blocked, or the write failed).
+    `events` are recorded either way. The live fields of a status (traffic, etag,
+    generation) are filled in by the executor from what Cloud Run reports after the write.
+    """
+
+    plan: ServicePlan
+    status: ServiceStatus
+    held: ServiceStatus
+    events: tuple[Event, ...] = ()
+    done: tuple[Event, ...] = ()
+    commit: Commit = Commit("", "", {})
+    held_commit: Commit = Commit("", "", {})
+    added: tuple[WindowStats, ...] = ()
+    """Windows measured this tick that state/ has not kept yet (for the metrics files)."""
+    previous: ServiceStatus | None = None
+
+    @property
+    def service(self) -> str:
+        return self.plan.service
+
+    @property
+    def verdict(self) -> Verdict | None:
+        return self.plan.verdict
+
+    @property
+    def edit(self) -> SpecEdit | None:
+        """The complete rollout-file edit (None: the file is left alone)."""
+        return self.plan.edit
+
+    @property
+    def blocked(self) -> str | None:
+        return self.plan.blocked
+
+    @property
+    def acts(self) -> bool:
+        """True when carrying this out writes traffic or the rollout file."""
+        return self.plan.has_changes
+
+    @property
+    def rollback(self) -> bool:
+        """True for a rollback (later work orders these first across services)."""
+        return self.acts and self.plan.reason is Reason.ROLLBACK
+
+    @property
+    def edit_first(self) -> bool:
+        """An advance is a change of desired state: committed before its traffic write."""
+        return self.edit is not None and self.edit.kind is Reason.ADVANCE
+
+    @property
+    def idle(self) -> bool:
+        """Nothing new to record when held: state/ is left alone rather than committed."""
+        return (
+            self.previous is not None
+            and replace(self.held, last_reconcile=self.previous.last_reconcile) == self.previous
+            and not (self.events or self.added)
+        )
+
+
+# --- inputs that are configuration, not evidence --------------------------------------------
+def env_needs(spec: RolloutSpec) -> list[tuple[str, str, str]]:
+    """(check, header, variable) for every `{env: NAME}` the rollout file's checks read."""
+    return [
+        (check.name, header, value.env)
+        for check in (*spec.probes, *spec.dependencies)
+        for header, value in check.headers.items()
+        if isinstance(value, EnvValue)
+    ]
+
+
+def missing_env(spec: RolloutSpec, environ: Mapping[str, str]) -> list[str]:
+    """One line per variable the rollout file needs that `environ` lacks (or has empty)."""
+    return [
+        f"{check}: header {header} reads environment variable {var}, which is not set"
+        for check, header, var in env_needs(spec)
+        if not environ.get(var)
+    ]
+
+
+# --- the tick --------------------------------------------------------------------------------
+def decide(
+    spec: RolloutSpec,
+    status: ServiceStatus | None,
+    live: LiveService,
+    *,
+    now: datetime,
+    windows: Iterable[WindowStats] = (),
+    probe_runs: Sequence[ProbeRecord] = (),
+    metrics_error: str | None = None,
+    config_errors: Sequence[str] = (),
+    spec_commit: str | None = None,
+    actor: str = "reconciler",
+    window_keep: int = 12,
+    check_revisions: bool = True,
+) -> Decision:
+    """Decide one service's tick. Raises PlanError when the spec names a missing revision.
+
+    `windows` and `probe_runs` are what this tick measured; `config_errors` are problems of
+    the rollout file or the environment (an unset variable, a bad URL template): they block
+    the service and never count against the canary.
+    """
+    canary = spec.revisions.canary
+    live_pct = live.traffic.percent_of(canary) if canary else 0
+    j = _judged(spec, status, live_pct, now, windows, probe_runs, metrics_error, window_keep)
+    history = History(
+        last_applied=status.applied if status else None,
+        passing_since=j.passing_since,
+        stage_percent=live_pct if j.passing_since else None,
+    )
+    verdict = j.verdict
+    sp = plan_service(
+        spec, live, now=now, verdict=verdict, history=history, check_revisions=check_revisions
+    )
+    if metrics_error:
+        sp = replace(sp, warnings=(*sp.warnings, f"metrics: {metrics_error}"))
+    sp = replace(sp, blocked=sp.blocked or _hold(spec, status, live, sp, config_errors))
+    events = tuple(
+        Event(now, EventKind.PROBE_FAILED, actor, reason=p.reason, spec_commit=spec_commit)
+        for p in probe_runs
+        if not p.ok
+    )
+    base = ServiceStatus(
+        service=spec.service,
+        phase=sp.phase if not sp.changes or status is None else status.phase,
+        stable_revision=spec.revisions.stable,
+        canary_revision=canary,
+        stage=live_pct,
+        stage_since=j.since,
+        traffic=live.traffic,
+        etag=live.etag,
+        generation=live.generation,
+        observed_generation=live.observed_generation,
+        last_reconcile=now,
+        spec_commit=spec_commit,
+        verdict=verdict if verdict is not None else (status.verdict if status else None),
+        verdict_at=now if verdict is not None else (status.verdict_at if status else None),
+        windows=j.windows,
+        applied=_held_applied(status, sp, live),
+        passing_since=j.passing_since,
+        probes=j.probes,
+        streaks=j.streaks,
+    )
+    return Decision(
+        plan=sp,
+        status=carried_out(base, sp, status, now),
+        held=base,
+        events=events,
+        done=(action_event(sp, now, actor, spec_commit),),
+        commit=commit_for(sp, spec_commit),
+        held_commit=Commit(
+            f"reconcile({spec.service}): observed state",
+            _verdict_body(verdict),
+            _trailers(spec.service, "record", spec_commit),
+        ),
+        added=j.added,
+        previous=status,
+    )
+
+
+@dataclass(frozen=True)
+class _Judgement:
+    """What a tick measured and concluded about the canary at its current stage."""
+
+    since: datetime
+    windows: tuple[WindowStats, ...]
+    added: tuple[WindowStats, ...]
+    probes: tuple[ProbeRecord, ...]
+    streaks: Mapping[str, Streak]
+    verdict: Verdict | None
+    passing_since: datetime | None
+
+
+def _judged(
+    spec: RolloutSpec,
+    status: ServiceStatus | None,
+    live_pct: int,
+    now: datetime,
+    windows: Iterable[WindowStats],
+    probe_runs: Sequence[ProbeRecord],
+    metrics_error: str | None,
+    window_keep: int,
+) -> _Judgement:
+    """Keep the new windows and probe runs, count streaks, judge, run the bake timer."""
+    canary = spec.revisions.canary
+    since = stage_since(status, canary=canary, stage=live_pct, now=now)
+    kept, added = merge_windows(status.windows if status else (), windows, window_keep)
+    configured = {p.name for p in spec.probes}
+    probes = ((*status.probes, *probe_runs) if status else tuple(probe_runs))[
+        -window_keep * max(1, len(spec.probes)) :
+    ]
+    current = [w for w in kept if w.start >= since]
+    same_stage = status is not None and status.stage_since == since
+    streaks = count_streaks(
+        status.streaks if status is not None and same_stage else {},
+        [w for w in current if w.revision == canary],
+        spec.gates,
+        stable=[w for w in current if w.revision == spec.revisions.stable],
+        probes=[p for p in probes if p.at >= since and p.name in configured],
+    )
+    verdict: Verdict | None = None
+    if canary is not None and live_pct > 0 and not is_rolled_back(spec):
+        verdict = _judge(spec, current, probes, since, streaks)
+        if metrics_error and verdict.outcome is not Outcome.FAIL:
+            verdict = Verdict(Outcome.INCONCLUSIVE, verdict.gates)
+    passing_since: datetime | None = None
+    if verdict is not None and not promotion_blockers(verdict):
+        # The bake timer: since when the canary has been ready to promote, at this stage.
+        passing_since = (status.passing_since if status and same_stage else None) or now
+    return _Judgement(since, kept, added, probes, streaks, verdict, passing_since)
+
+
+def decide_rollback(
+    spec: RolloutSpec,
+    status: ServiceStatus | None,
+    live: LiveService,
+    *,
+    now: datetime,
+    reason: str,
+    spec_commit: str | None = None,
+    actor: str = "reconciler",
+) -> Decision:
+    """`reconcile rollback`: 100% to stable at once and the sticky block, as one Decision."""
+    sp = rollback_plan(spec, live, now=now, reason=reason)
+    if is_rolled_back(spec) and spec.canary_percent == 0:
+        sp = replace(sp, edit=None)  # the block is in git already: only traffic is left
+    base = ServiceStatus(
+        service=spec.service,
+        phase=Phase.ROLLED_BACK,
+        stable_revision=spec.revisions.stable,
+        canary_revision=spec.revisions.canary,
+        stage=0,
+        stage_since=now,
+        traffic=live.traffic,
+        etag=live.etag,
+        generation=live.generation,
+        observed_generation=live.observed_generation,
+        last_reconcile=now,
+        spec_commit=spec_commit,
+        verdict=status.verdict if status else None,
+        verdict_at=status.verdict_at if status else None,
+        windows=status.windows if status else (),
+        applied=sp.after,
+        probes=status.probes if status else (),
+    )
+    event = Event(
+        now,
+        EventKind.ROLLED_BACK,
+        actor,
+        before=sp.before.describe(),
+        after=sp.after.describe(),
+        reason=reason,
+        spec_commit=spec_commit,
+        details={"manual": True},
+    )
+    return Decision(
+        plan=sp,
+        status=carried_out(base, sp, status, now),
+        held=base,
+        done=(event,),
+        commit=commit_for(sp, spec_commit),
+        held_commit=commit_for(sp, spec_commit),
+        previous=status,
+    )
+
+
+def promotion(spec: RolloutSpec, spec_commit: str | None = None) -> tuple[SpecEdit, Commit]:
+    """`reconcile promote`: the next stage as an edit, and its commit. Raises PlanError."""
+    edit = promote_edit(spec)
+    return edit, Commit(
+        f"reconcile({spec.service}): promote {edit.summary}",
+        "",
+        _trailers(spec.service, "promote", spec_commit),
+    )
+
+
+# --- the rules the planner cannot see (they need state/ or the environment) -----------------
+def _hold(
+    spec: RolloutSpec,
+    status: ServiceStatus | None,
+    live: LiveService,
+    sp: ServicePlan,
+    config_errors: Sequence[str],
+) -> str | None:
+    """Why nothing but a rollback may happen now (None: the plan stands)."""
+    if sp.reason is Reason.ROLLBACK:
+        return None  # a rollback is never held back
+    if config_errors:
+        return "configuration: " + "; ".join(config_errors)
+    requested = live.requested if live.requested is not None else live.traffic
+    if live.failure:
+        return f"the last traffic change failed: {live.failure}"
+    if not requested.same_routing(live.traffic):
+        return (
+            f"requested split {requested.describe()} is not serving "
+            f"(serving {live.traffic.describe()}): a failed rollout, not in sync"
+        )
+    canary = spec.revisions.canary
+    if (
+        sp.reason is Reason.DRIFT
+        and canary is not None
+        and sp.after.percent_of(canary) > 0
+        and (
+            (spec.rolled_back is not None and spec.rolled_back.revision == canary)
+            or (
+                status is not None
+                and status.phase is Phase.ROLLED_BACK
+                and status.canary_revision == canary
+            )
+        )
+    ):
+        return (
+            f"drift correction would route traffic to {canary}, which was rolled back; "
+            "name a new canary or remove the rolled_back block"
+        )
+    return None
+
+
+def _judge(
+    spec: RolloutSpec,
+    current: Sequence[WindowStats],
+    probes: Sequence[ProbeRecord],
+    since: datetime,
+    streaks: Mapping[str, Streak],
+) -> Verdict:
+    configured = {p.name for p in spec.probes}
+    return judge(
+        [w for w in current if w.revision == spec.revisions.canary],
+        spec.gates,
+        stable=[w for w in current if w.revision == spec.revisions.stable],
+        probes=[
+            ProbeRun(p.name, p.ok, p.reason)
+            for p in probes
+            if p.at >= since and p.name in configured
+        ],
+        expected_probes=sorted(configured),
+        streaks={gate: k.failures for gate, k in streaks.items()},
+    )
+
+
+def _held_applied(
+    status: ServiceStatus | None, sp: ServicePlan, live: LiveService
+) -> TrafficSplit | None:
+    if status is not None and status.applied is not None:
+        return status.applied
+    if not sp.changes and not sp.drift:
+        return live.traffic  # in sync on a first run: that is what git wants
+    return None
+
+
+def carried_out(
+    base: ServiceStatus, sp: ServicePlan, status: ServiceStatus | None, now: datetime
+) -> ServiceStatus:
+    """The status once `sp` is carried out: its split, its edit, a new stage's timers."""
+    values = sp.edit.values if sp.edit is not None else {}
+    stable = str(values.get("revisions.stable", base.stable_revision))
+    canary = None if "revisions.canary" in values else base.canary_revision
+    stage = sp.after.percent_of(canary) if canary else 0
+    since = stage_since(status, canary=canary, stage=stage, now=now)
+    new_stage = since != base.stage_since
+    return replace(
+        base,
+        phase=sp.phase,
+        stable_revision=stable,
+        canary_revision=canary,
+        stage=stage,
+        stage_since=since,
+        traffic=sp.after,
+        applied=sp.after,
+        passing_since=None,
+        streaks={} if new_stage else base.streaks,
+    )
+
+
+def action_event(sp: ServicePlan, now: datetime, actor: str, spec_commit: str | None) -> Event:
+    """The event recording that `sp` was carried out."""
+    return Event(
+        time=now,
+        kind=_EVENT_KIND.get(sp.reason, EventKind.APPLIED),
+        actor=actor,
+        before=sp.before.describe(),
+        after=sp.after.describe(),
+        reason=sp.edit.summary if sp.edit is not None else sp.reason.value,
+        spec_commit=spec_commit,
+        details=_verdict_details(sp.verdict),
+    )
+
+
+def commit_for(sp: ServicePlan, spec_commit: str | None) -> Commit:
+    """The commit recording that `sp` was carried out."""
+    canary = sp.canary
+    before = sp.before.percent_of(canary) if canary else 0
+    after = sp.after.percent_of(canary) if canary else 0
+    change = f"canary {before}% -> {after}%" + (f" ({canary})" if canary else "")
+    summary = {
+        Reason.ROLLBACK: f"rollback {change}",
+        Reason.FINALIZE: f"finalize: {canary} is the stable revision",
+        Reason.DRIFT: f"drift corrected, {change}",
+        Reason.ADVANCE: f"advance {change}",
+    }.get(sp.reason, change)
+    body = "\n\n".join(
+        part
+        for part in (sp.edit.summary if sp.edit is not None else "", _verdict_body(sp.verdict))
+        if part
+    )
+    return Commit(
+        f"reconcile({sp.service}): {summary}",
+        body,
+        _trailers(sp.service, _ACTION[sp.reason], spec_commit),
+    )
+
+
+def advance_commit(sp: ServicePlan, spec_commit: str | None) -> Commit:
+    """The commit of an advance's edit, made before its traffic write."""
+    edit = sp.edit.summary if sp.edit is not None else ""
+    return Commit(
+        f"reconcile({sp.service}): advance to {sp.canary_percent_after}%",
+        edit,
+        _trailers(sp.service, "advance", spec_commit),
+    )
+
+
+def merge_windows(
+    old: Sequence[WindowStats], new: Iterable[WindowStats], keep: int
+) -> tuple[tuple[WindowStats, ...], tuple[WindowStats, ...]]:
+    """Add `new` windows that do not overlap a kept window of the same revision and length.
+
+    Returns (all kept windows, the windows actually added). Runs more frequent than the
+    window would otherwise count one burst of errors twice.
+    """
+    added: list[WindowStats] = []
+    for w in new:
+        same = [o for o in (*old, *added) if o.revision == w.revision and o.window == w.window]
+        if any(w.start < o.end for o in same):
+            continue
+        added.append(w)
+    return keep_windows(old, added, keep=keep), tuple(added)
+
+
+def _trailers(service: str, action: str, spec_commit: str | None) -> dict[str, str]:
+    out = {"Reconcile-Service": service, "Reconcile-Action": action}
+    if spec_commit:
+        out["Reconcile-Spec-Commit"] = spec_commit
+    return out
+
+
+def _verdict_details(verdict: Verdict | None) -> dict[str, str | int | float | bool | None]:
+    if verdict is None:
+        return {}
+    out: dict[str, str | int | float | bool | None] = {"verdict": verdict.outcome.value}
+    for g in verdict.gates:
+        if g.outcome is Outcome.FAIL:
+            out[f"{g.gate}.value"] = g.value
+            out[f"{g.gate}.threshold"] = g.threshold
+            out[f"{g.gate}.samples"] = g.samples
+    return out
+
+
+def _verdict_body(verdict: Verdict | None) -> str:
+    if verdict is None:
+        return ""
+    lines = [f"Verdict: {verdict.outcome.value}"]
+    for g in verdict.gates:
+        lines.append(f"- {g.gate}: {g.outcome.value} - {g.reason}")
+    return "\n".join(lines)
+
+
+__all__ = [
+    "Commit",
+    "Decision",
+    "action_event",
+    "advance_commit",
+    "carried_out",
+    "commit_for",
+    "decide",
+    "decide_rollback",
+    "env_needs",
+    "merge_windows",
+    "missing_env",
+    "promotion",
+]

@@ -1,0 +1,396 @@
+"""Carrying out a Decision: dependencies, the rollout-file edit, the stamped traffic write and
+one record (status, metrics, events, commit), and recovering a write a crashed run left.
+
+Crash safety: every traffic write also stamps the service with an annotation (`STAMP_KEY`)
+describing the write. Traffic goes first, the git record second; if the process dies in
+between, the next run finds a stamp that state/ has not recorded yet and writes the missing
+record (including a rollback's sticky edit of the rollout file).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from reconciler import state as st
+from reconciler import yamledit
+from reconciler.backends import Conflict, TrafficBackend
+from reconciler.decide import Commit, Decision, advance_commit
+from reconciler.errors import ReconcileError
+from reconciler.gitops import GitOps
+from reconciler.loader import load_spec
+from reconciler.metrics import MetricsProvider
+from reconciler.model import LiveService, ServiceStatus, Target, TrafficSplit
+from reconciler.plan import Reason, ServicePlan, SpecEdit, desired_split, is_rolled_back
+from reconciler.spec import Metrics, RolloutSpec
+
+log = logging.getLogger(__name__)
+
+STAMP_KEY = "cloudrun-reconciler/last-apply"
+
+
+@dataclass
+class Context:
+    """What one run needs from the outside world; tests and the CLI build it."""
+
+    repo: Path
+    backend: TrafficBackend
+    clock: Callable[[], datetime]
+    metrics_for: Callable[[Metrics], MetricsProvider] | None = None
+    git: GitOps | None = None
+    push: bool = True
+    actor: str = "reconciler"
+    run_probes: bool = True
+    environ: Mapping[str, str] | None = None
+    max_workers: int = 16
+    window_keep: int = 12
+    recover_after: timedelta = timedelta(minutes=2)
+    """A stamp younger than this may belong to a concurrent run that is still recording it."""
+    progress: Callable[[str], None] = lambda _msg: None
+
+    @property
+    def state_root(self) -> Path:
+        return self.repo
+
+
+@dataclass
+class ServiceRun:
+    """Mutable scratch of one service's tick or manual action (kept out of the pure core)."""
+
+    path: Path
+    spec: RolloutSpec
+    live: LiveService
+    now: datetime
+    events: list[st.Event] = field(default_factory=list)
+    """Events found before deciding: late records of earlier writes (see `recover`), a
+    rebuilt status file."""
+    edited: bool = False
+    wrote: Decision | None = None
+    """The decision whose traffic this run wrote (set the moment the write is verified)."""
+    unconfirmed: str | None = None
+    """Why a rollback's traffic write could not be confirmed (it is recorded all the same)."""
+
+
+# --- the rollout file ----------------------------------------------------------------------
+def read_rollout(path: Path) -> str:
+    """A rollout file's text exactly as written (CRLF line ends kept for the byte-exact edit)."""
+    return path.read_bytes().decode("utf-8")
+
+
+def edit_text(text: str, edit: SpecEdit) -> str:
+    """The rollout file's text with the planner's complete edit applied (the one edit path):
+    a None value removes its key, a mapping replaces its key, every other byte is kept."""
+    remove = [k for k, v in edit.values.items() if v is None or isinstance(v, Mapping)]
+    values = {k: v for k, v in edit.values.items() if v is not None}
+    return yamledit.edit_rollout(text, set_values=values, remove=remove)
+
+
+def edit_rollout_file(run: ServiceRun, edit: SpecEdit) -> None:
+    """Carry out an edit of the run's rollout file, keeping every other byte."""
+    st.atomic_write_text(run.path, edit_text(read_rollout(run.path), edit))
+    run.edited = True
+
+
+# --- traffic -------------------------------------------------------------------------------
+def stamp(sp: ServicePlan, now: datetime, reason: str) -> dict[str, str]:
+    """The annotation written with a traffic change (see module docstring)."""
+    data = {
+        "action": sp.reason.value,
+        "at": st.format_time(now),
+        # Unique per write: two runs writing the same split in the same second must still
+        # tell their writes apart (see CloudRunBackend.set_traffic).
+        "write": uuid.uuid4().hex,
+        "from_generation": sp.generation,
+        "split": [[t.revision, t.percent, t.tag] for t in sp.after.targets],
+        "canary": sp.canary,
+        "reason": reason,
+    }
+    block = sp.edit.values.get("rolled_back") if sp.edit is not None else None
+    if isinstance(block, Mapping):
+        # The exact reason the rollback writes into the rollout file, so a recovered record
+        # is byte-identical to the one the writing run commits (no conflict if both land).
+        data["rolled_back_reason"] = str(block.get("reason", reason))
+    return {STAMP_KEY: json.dumps(data, separators=(",", ":"), sort_keys=True)}
+
+
+def read_stamp(live: LiveService) -> dict[str, Any] | None:
+    """The reconciler's last-write annotation on a live service, if any."""
+    raw = live.annotations.get(STAMP_KEY)
+    if not raw:
+        return None
+    try:
+        data = json.loads(raw)
+    except ValueError:
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _stamp_split(data: Mapping[str, Any]) -> TrafficSplit:
+    return TrafficSplit.of(Target(str(r), int(p), str(t)) for r, p, t in data.get("split", []))
+
+
+def write_traffic(
+    ctx: Context, d: Decision, redecide: Callable[[LiveService], Decision], now: datetime
+) -> tuple[Decision, LiveService, bool]:
+    """Set traffic with the decision's etag; on a conflict re-read and decide again once.
+
+    Returns the decision carried out, the live service, and whether this run wrote traffic
+    (False when a concurrent writer had already made the change).
+    """
+    sp = d.plan
+    reason = sp.edit.summary if sp.edit is not None else sp.reason.value
+    try:
+        live = ctx.backend.set_traffic(sp.ref, sp.after, sp.etag, stamp(sp, now, reason))
+        return d, live, True
+    except Conflict as exc:
+        log.info("%s: %s; re-reading and deciding again once", sp.ref.name, exc)
+    fresh = ctx.backend.get_service(sp.ref)
+    again = redecide(fresh)
+    if again.blocked:
+        raise ReconcileError(
+            f"{sp.ref.name}: changed during apply and is now blocked: {again.blocked}"
+        )
+    if not again.plan.changes:
+        return again, fresh, False
+    other = read_stamp(fresh)
+    if (
+        other is not None
+        and int(other.get("from_generation", -1)) >= sp.generation
+        and not again.rollback
+    ):
+        # Another reconciler wrote since our read, possibly from newer git than ours: undoing
+        # its write would lose an update. A rollback (toward stable) still goes ahead.
+        raise ReconcileError(
+            f"{sp.ref.name}: another reconciler changed traffic during this run "
+            f"({other.get('reason', '?')}); nothing overwritten, the next run re-reads git"
+        )
+    try:
+        live = ctx.backend.set_traffic(
+            again.plan.ref, again.plan.after, again.plan.etag, stamp(again.plan, now, reason)
+        )
+    except Conflict as exc:
+        raise ReconcileError(
+            f"{sp.ref.name}: changed again while applying ({exc}); nothing overwritten, "
+            "run apply again"
+        ) from None
+    return again, live, True
+
+
+def check_dependencies(ctx: Context, spec: RolloutSpec, live: LiveService) -> str | None:
+    """None when every `dependencies:` check passes, else why traffic must not move."""
+    if not spec.dependencies:
+        return None
+    from reconciler.probes import run_dependencies, urls_of
+
+    try:
+        results = run_dependencies(spec, urls_of(live), environ=ctx.environ)
+    except ReconcileError as exc:
+        return str(exc)
+    failed = [r.reason for r in results if not r.ok]
+    return "; ".join(failed) if failed else None
+
+
+# --- carrying a decision out ---------------------------------------------------------------
+def carry_out(
+    ctx: Context, run: ServiceRun, d: Decision, redecide: Callable[[LiveService], Decision]
+) -> tuple[Decision, bool]:
+    """Dependencies, (an advance: edit and commit first), traffic, edit. Raises on error.
+
+    Returns the decision carried out (a re-decided one after an etag conflict) and whether
+    this run carried it out. A rollback whose write cannot be confirmed is recorded anyway
+    (`run.unconfirmed`): the sticky block must never be lost to a failed read-back.
+    """
+    sp = d.plan
+    canary_before = sp.before.percent_of(sp.canary) if sp.canary else 0
+    if sp.changes and sp.canary_percent_after > canary_before:
+        unhealthy = check_dependencies(ctx, run.spec, run.live)
+        if unhealthy:
+            raise ReconcileError(
+                f"{sp.ref.name}: dependencies unhealthy, no traffic moved: {unhealthy}"
+            )
+    if d.edit_first and d.edit is not None:
+        edit_rollout_file(run, d.edit)
+        if ctx.git is not None:
+            _commit(ctx, advance_commit(sp, d.status.spec_commit), [run.path])
+    wrote = False
+    if sp.changes:
+        try:
+            d, run.live, wrote = write_traffic(ctx, d, redecide, run.now)
+            run.wrote = d if wrote else None
+        except ReconcileError as exc:
+            if not d.rollback or isinstance(exc, Conflict):
+                raise
+            run.unconfirmed = str(exc)
+            wrote = True
+        if wrote:
+            ctx.progress(
+                f"{sp.ref.service}: traffic {sp.before.describe()} -> {run.live.traffic.describe()}"
+            )
+    if d.edit is not None and not d.edit_first:
+        edit_rollout_file(run, d.edit)
+    # Not written and no edit: a concurrent reconciler made this change; it records it.
+    return d, wrote or d.edit is not None
+
+
+def _with_live(status: ServiceStatus, live: LiveService) -> ServiceStatus:
+    return replace(
+        status,
+        traffic=live.traffic,
+        etag=live.etag,
+        generation=live.generation,
+        observed_generation=live.observed_generation,
+    )
+
+
+@dataclass(frozen=True)
+class Record:
+    """What one tick wrote to the working tree and the commit that records it (a run may
+    commit several services' records together)."""
+
+    paths: tuple[Path, ...]
+    commit: Commit
+
+
+def write_record(ctx: Context, run: ServiceRun, d: Decision, applied: bool) -> Record | None:
+    """Write status, metrics and events of a tick; None when nothing new was seen (state/ is
+    left alone then rather than committed every run)."""
+    if not applied and d.idle and not (run.events or run.edited):
+        return None
+    root = ctx.state_root
+    service = run.spec.service
+    after = run.live.traffic.describe()
+    done = tuple(replace(e, after=after) for e in d.done) if applied else ()
+    events = (*run.events, *d.events, *done)
+    # An unconfirmed rollback keeps the live split it read: the next run reads it again.
+    st.write_status(root, _with_live(d.status if applied else d.held, run.live))
+    if d.added:
+        st.append_metrics(root, service, d.added)
+    if events:
+        st.append_events(root, service, events)
+    commit = d.commit if applied else d.held_commit
+    late = [e for e in run.events if e.details.get("recovered")]
+    if not applied and late:
+        commit = replace(
+            commit, subject=f"reconcile({service}): record missed write: {late[0].reason}"
+        )
+    return Record((st.state_dir(root, service), *([run.path] if run.edited else [])), commit)
+
+
+def record(ctx: Context, run: ServiceRun, d: Decision, applied: bool) -> str | None:
+    """Write the tick's record and commit it with any rollout-file edit; returns the commit."""
+    rec = write_record(ctx, run, d, applied)
+    if rec is None or ctx.git is None:
+        return None
+    try:
+        return _commit(ctx, rec.commit, list(rec.paths))
+    except ReconcileError as exc:
+        changed = " (traffic was changed; the next run records it)" if applied else ""
+        raise ReconcileError(f"{run.spec.service}: the commit failed{changed}: {exc}") from None
+
+
+def _commit(ctx: Context, commit: Commit, paths: list[Path]) -> str | None:
+    assert ctx.git is not None
+    return ctx.git.commit(paths, " ".join(commit.subject.split()), commit.body, commit.trailers)
+
+
+# --- recovering a write a crashed run did not record -----------------------------------------
+_KIND = {
+    Reason.STAGE: st.EventKind.APPLIED,
+    Reason.DRIFT: st.EventKind.DRIFT_CORRECTED,
+    Reason.ROLLBACK: st.EventKind.ROLLED_BACK,
+    Reason.ADVANCE: st.EventKind.ADVANCED,
+    Reason.FINALIZE: st.EventKind.FINALIZED,
+}
+
+
+def recover(ctx: Context, run: ServiceRun, spec_commit: str | None) -> None:
+    """Write the record of a traffic write that a crashed run did not commit."""
+    data = read_stamp(run.live)
+    if data is None or not run.live.traffic.same_routing(_stamp_split(data)):
+        return
+    try:
+        written_at = st.parse_time(str(data.get("at")))
+        reason = Reason(str(data.get("action")))
+    except (ValueError, TypeError):
+        return
+    if _recorded(ctx, run.spec.service, written_at, _KIND.get(reason, st.EventKind.APPLIED)):
+        return
+    # A young stamp may belong to a concurrent run that has not pushed its record yet. A
+    # rollback is recovered at once all the same: its record is idempotent, and without it
+    # this run would take the live 100% stable for drift and route to the bad canary again.
+    if reason is not Reason.ROLLBACK and run.now - written_at < ctx.recover_after:
+        return
+    why = str(data.get("reason", ""))
+    log.warning("%s: recording a write that was not committed (%s)", run.spec.service, why)
+    edit = _recovered_edit(run, reason, data, written_at)
+    if edit is not None:
+        edit_rollout_file(run, edit)
+        run.spec = load_spec(run.path)
+    run.events.append(
+        st.Event(
+            time=run.now,
+            kind=_KIND.get(reason, st.EventKind.APPLIED),
+            actor=ctx.actor,
+            after=run.live.traffic.describe(),
+            reason=f"recorded late: {why}",
+            spec_commit=spec_commit,
+            details={"recovered": True, "written_at": str(data.get("at", ""))},
+        )
+    )
+
+
+def _recovered_edit(
+    run: ServiceRun, reason: Reason, data: Mapping[str, Any], written_at: datetime
+) -> SpecEdit | None:
+    """The rollout-file edit the crashed run would have made (None: none is missing)."""
+    spec = run.spec
+    canary = data.get("canary")
+    same = bool(canary) and spec.revisions.canary == canary
+    if reason is Reason.ROLLBACK and same and not is_rolled_back(spec):
+        block = {
+            "revision": str(canary),
+            "at": st.format_time(written_at),
+            "reason": str(data.get("rolled_back_reason", data.get("reason", ""))),
+        }
+        return SpecEdit(reason, {"canary_percent": 0, "rolled_back": block}, "recorded late")
+    if reason is Reason.FINALIZE and same:
+        values: dict[str, Any] = {
+            "revisions.stable": str(canary),
+            "revisions.canary": None,
+            "canary_percent": 0,
+        }
+        return SpecEdit(reason, {**values, **({"force": None} if spec.force else {})}, "")
+    if reason is Reason.ADVANCE and same:
+        percent = _stamp_split(data).percent_of(str(canary))
+        if percent != spec.canary_percent and percent in spec.stages:
+            # The advance's own commit was lost (its push failed): write it again, or the
+            # live stage would look like drift and be undone.
+            return SpecEdit(reason, {"canary_percent": percent}, "")
+    if reason is Reason.STAGE and spec.force and desired_split(spec).same_routing(run.live.traffic):
+        # The crashed run used `force` for the stage git still wants; it applies once.
+        return SpecEdit(reason, {"force": None}, "")
+    return None
+
+
+def _recorded(ctx: Context, service: str, written_at: datetime, kind: st.EventKind) -> bool:
+    """Whether events.jsonl records the write stamped at `written_at`.
+
+    The event of a write has the write's kind and carries the stamp's time; a late record
+    carries it as `written_at`. Other events of that second (a probe failure of the same run)
+    are no record of it. (Not status.yaml's generation: a run that came too soon to recover
+    a crashed write still observes its generation, and the record would never be written.)
+    A full, trimmed events file starting after the write is taken as having recorded it.
+    """
+    events = st.read_events(ctx.state_root, service)
+    for e in reversed(events):
+        if e.details.get("written_at") == st.format_time(written_at):
+            return True
+        if e.time == written_at and e.kind is kind:
+            return True
+    return len(events) >= st.MAX_EVENTS and events[0].time > written_at
