@@ -678,11 +678,10 @@ def site(app: App, out: Path) -> None:
     Example:
       reconcile site --out site
     """
-    from datetime import UTC, datetime
-
+    from reconciler.runtime import utc_now
     from reconciler.sitegen import build
 
-    written = build(app.repo, out, datetime.now(UTC))
+    written = build(app.repo, out, utc_now())
     click.echo(f"wrote {len(written)} pages to {out} (open {out / 'index.html'})")
 
 
@@ -690,6 +689,10 @@ from reconciler.emulator.cli import emulator  # noqa: E402
 
 for command in (probe, bench, watch, report, emulator):
     cli.add_command(command)
+
+from reconciler.setup_gcp import setup  # noqa: E402
+
+cli.add_command(setup)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -68,6 +68,13 @@ REGION_RE = r"^[a-z]+(?:-[a-z]+)+[0-9]+$"
 CHECK_NAME_RE = r"^[a-z0-9][a-z0-9_-]{0,62}$"
 ENV_NAME_RE = r"^[A-Za-z_][A-Za-z0-9_]*$"
 HEADER_NAME_RE = r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$"
+# A tag URL (`https://TAG---SERVICE-HASH-REGION.a.run.app`) must fit one DNS label: Cloud Run
+# refuses a tag when the tag and the service name exceed 46 characters together.
+MAX_TAG_AND_SERVICE = 46
+TRAFFIC_TAGS = ("stable", "canary")
+"""The tags the reconciler writes (plan.py), so the longest decides the service name limit."""
+# Cloud Monitoring's shortest alignment period; windows are whole minutes of its samples.
+MIN_MONITORING_WINDOW = timedelta(seconds=60)
 
 
 def _matches(pattern: str, what: str, hint: str) -> Any:
@@ -424,6 +431,31 @@ class Check(_Model):
     expect_max: dict[str, float | int] = Field(
         default={}, description="JSON body fields that must be at most these numbers."
     )
+    auth: Literal["id_token"] | None = Field(
+        default=None,
+        description="id_token: send a Google-signed ID token minted from the runtime "
+        "credentials (a Cloud Run service that requires authentication).",
+    )
+    audience: (
+        Annotated[
+            str,
+            AfterValidator(_matches(_HTTP_URL.pattern, "ID token audience", "an http(s) URL")),
+        ]
+        | None
+    ) = Field(
+        default=None,
+        description="The ID token's audience (default: the service URL the check calls).",
+    )
+
+    @model_validator(mode="after")
+    def _auth_rules(self) -> Check:
+        if self.audience is not None and self.auth is None:
+            raise RuleError(("audience",), "audience needs auth: id_token")
+        if self.auth is not None and any(h.lower() == "authorization" for h in self.headers):
+            raise RuleError(
+                ("auth",), "auth: id_token sends the Authorization header; remove it from headers"
+            )
+        return self
 
     # By name too, so Python code can say `Check(json_body=...)`; the loader validates by
     # alias only, so a rollout file must say `json:`.
@@ -575,6 +607,24 @@ class RolloutSpec(_Model):
                 f"canary {canary} was rolled back ({rb.reason}); name a new canary or delete "
                 "the rolled_back block to retry",
             )
+        longest = max(len(t) for t in TRAFFIC_TAGS)
+        if len(self.service) + longest > MAX_TAG_AND_SERVICE:
+            raise RuleError(
+                ("service",),
+                f"{self.service!r} is {len(self.service)} characters: Cloud Run refuses the "
+                f"tag {TRAFFIC_TAGS[-1]!r} when tag and service name exceed "
+                f"{MAX_TAG_AND_SERVICE} together, so the longest usable name is "
+                f"{MAX_TAG_AND_SERVICE - longest} characters",
+            )
+        if isinstance(self.metrics, CloudMonitoringMetrics):
+            for loc, window in _windows(self.gates):
+                if window < MIN_MONITORING_WINDOW or window.total_seconds() % 60:
+                    raise RuleError(
+                        loc,
+                        f"{format_duration(window)}: Cloud Monitoring samples Cloud Run "
+                        "metrics every 60 s and refuses alignment periods under 60 s; use a "
+                        "whole number of minutes (1m or more)",
+                    )
         seen: set[str] = set()
         for kind, checks in (("probes", self.probes), ("dependencies", self.dependencies)):
             for i, check in enumerate(checks):
@@ -636,6 +686,16 @@ def merge_defaults(defaults: dict[str, Any], rollout: dict[str, Any]) -> dict[st
     if isinstance(gates_d, dict) and isinstance(gates_r, dict):
         merged["gates"] = {**gates_d, **gates_r}
     return merged
+
+
+def _windows(gates: Gates) -> list[tuple[tuple[str, ...], timedelta]]:
+    """Every configured window with its key path: `gates.window` and the gates' overrides."""
+    out: list[tuple[tuple[str, ...], timedelta]] = [(("gates", "window"), gates.window)]
+    for name in ("error_rate", "latency_p95", "success_rate"):
+        gate = getattr(gates, name)
+        if gate is not None and gate.window is not None:
+            out.append((("gates", name, "window"), gate.window))
+    return out
 
 
 def json_schema() -> dict[str, Any]:

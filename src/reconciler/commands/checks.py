@@ -220,8 +220,6 @@ def bench(
     Example:
       reconcile bench ion-api --iterations 5
     """
-    from datetime import UTC, datetime
-
     from reconciler.probes import (
         Baseline,
         Urls,
@@ -231,6 +229,7 @@ def bench(
         save_baseline,
     )
     from reconciler.progress import Progress
+    from reconciler.runtime import utc_now
     from reconciler.views.checks import baseline_lines, bench_lines
 
     spec = rollout_for(app, service)
@@ -248,7 +247,7 @@ def bench(
     urls = Urls(canary=base, stable=base, service=base)
     revision = spec.revisions.stable if target == "stable" else None
     click.echo(f"{service}: bench of {target} {base}, {iterations} iterations")
-    taken_at = datetime.now(UTC)
+    taken_at = utc_now()
     results = []
     with Progress("bench", iterations * max(len(checks), 1)) as progress:
         if not checks:

@@ -138,16 +138,15 @@ def report(
       reconcile report ion-api --kind final --stdout
       reconcile report ion-api --since 6h --out /tmp/ion-api.md
     """
-    from datetime import UTC, datetime
-
     from reconciler.report import generate, save
+    from reconciler.runtime import utc_now
     from reconciler.state import atomic_write_text
 
     made = generate(
         app.repo,
         service,
         "final" if kind == "final" else "interim",
-        now=datetime.now(UTC),
+        now=utc_now(),
         since=since,
     )
     if to_stdout:
