@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -18,6 +19,7 @@ if TYPE_CHECKING:
     from datetime import timedelta
 
     from reconciler.probes import ProbeResult, SideStats, Urls
+    from reconciler.shard import Shard
     from reconciler.spec import Check, RolloutSpec
 
 
@@ -513,6 +515,26 @@ service_option = click.option(
 )
 
 
+def _parse_shard(_ctx: click.Context, _param: click.Parameter, value: str | None) -> Any:
+    if value is None:
+        return None
+    from reconciler.shard import parse_shard
+
+    try:
+        return parse_shard(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+shard_option = click.option(
+    "--shard",
+    metavar="K/N",
+    callback=_parse_shard,
+    help="Only the rollouts of shard K of N (1-based; a stable hash of project/region/"
+    "service), for splitting a fleet across N runners.",
+)
+
+
 def _echo_err(message: str) -> None:
     click.echo(message, err=True)
 
@@ -542,6 +564,7 @@ def _echo_err(message: str) -> None:
     is_flag=True,
     help="Plan against the last observed state in state/ instead of the API (fork PRs).",
 )
+@shard_option
 @pass_app
 def plan(
     app: App,
@@ -550,6 +573,7 @@ def plan(
     out: Path | None,
     detailed_exitcode: bool,
     offline: bool,
+    shard: Shard | None,
 ) -> None:
     """Show what apply would change on live Cloud Run traffic, like `terraform plan`.
 
@@ -575,7 +599,7 @@ def plan(
         from reconciler.backends.cloudrun import CloudRunBackend
 
         backend = CloudRunBackend()
-    result = plan_all(app.repo, services, backend, utc_now(), offline=offline)
+    result = plan_all(app.repo, services, backend, utc_now(), offline=offline, shard=shard)
     rendered = render_plan(result, fmt)
     if out is not None:
         try:
@@ -601,6 +625,7 @@ def plan(
     "--no-commit", is_flag=True, help="Change traffic and write state/, but commit nothing."
 )
 @click.option("--no-push", is_flag=True, help="Commit locally, do not push.")
+@shard_option
 @pass_app
 def apply(
     app: App,
@@ -609,6 +634,7 @@ def apply(
     dry_run: bool,
     no_commit: bool,
     no_push: bool,
+    shard: Shard | None,
 ) -> None:
     """Reconcile live traffic with git: measure, probe, judge, move traffic, record.
 
@@ -645,6 +671,8 @@ def apply(
     ctx = build_context(
         app.repo, commit=not (no_commit or dry_run), push=not no_push, progress=_echo_err
     )
+    if shard is not None:
+        ctx = dataclasses.replace(ctx, shard=shard)
     result = apply_all(ctx, services, dry_run=dry_run, saved=saved)
     if dry_run:
         plans = tuple(o.plan for o in result.outcomes if o.plan is not None)

@@ -28,6 +28,7 @@ from reconciler.loader import load_spec
 from reconciler.metrics import MetricsProvider
 from reconciler.model import LiveService, ServiceStatus, Target, TrafficSplit
 from reconciler.plan import Reason, ServicePlan, SpecEdit, desired_split, is_rolled_back
+from reconciler.shard import Shard
 from reconciler.spec import Metrics, RolloutSpec
 
 log = logging.getLogger(__name__)
@@ -53,6 +54,8 @@ class Context:
     recover_after: timedelta = timedelta(minutes=2)
     """A stamp younger than this may belong to a concurrent run that is still recording it."""
     progress: Callable[[str], None] = lambda _msg: None
+    shard: Shard | None = None
+    """Reconcile only the rollouts this shard owns (`--shard K/N`); None: all."""
 
     @property
     def state_root(self) -> Path:

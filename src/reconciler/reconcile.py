@@ -28,6 +28,7 @@ from reconciler.gather import rollout_files as rollout_files
 from reconciler.model import LiveService, Verdict
 from reconciler.model import WindowStats as Window
 from reconciler.plan import Plan, PlanError, ServiceError, ServicePlan
+from reconciler.shard import Shard
 from reconciler.spec import RolloutSpec
 
 log = logging.getLogger(__name__)
@@ -79,16 +80,18 @@ def plan_all(
     offline: bool = False,
     max_workers: int = 16,
     environ: Mapping[str, str] | None = None,
+    shard: Shard | None = None,
 ) -> Plan:
     """Plan every selected service against live (or, offline, the last observed) state.
 
     The verdict and bake timer come from state/ (the windows and probe runs the last apply
     measured) through the same `decide` apply uses; plan never queries metrics or runs
     probes, so it is cheap and works on pull requests. Every variable the rollout file needs
-    that `environ` (default: the process environment) lacks blocks its service.
+    that `environ` (default: the process environment) lacks blocks its service. With
+    `shard`, only the rollouts that shard owns are planned.
     """
     files = rollout_files(repo / "rollout", patterns)
-    gathered = gather(repo, files, None if offline else backend, max_workers)
+    gathered = gather(repo, files, None if offline else backend, max_workers, shard)
     errors = [g for g in gathered if isinstance(g, ServiceError)]
     plans: list[ServicePlan] = []
     for g in gathered:
@@ -225,7 +228,7 @@ def apply_all(
         refused = check_saved(ctx, saved, patterns)
         if refused:
             return RunResult(refused, None, pull_error)
-    specs, load_errors = load_all(rollout_files(ctx.repo / "rollout", patterns))
+    specs, load_errors = load_all(rollout_files(ctx.repo / "rollout", patterns), ctx.shard)
     outcomes = [ServiceOutcome(e.service, error=e.message) for e in load_errors]
     lives = observe(ctx.backend, [s for _, s in specs], ctx.max_workers)
     ok: list[tuple[Path, RolloutSpec, LiveService]] = []
