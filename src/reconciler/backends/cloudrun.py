@@ -53,6 +53,7 @@ class CloudRunBackend:
         max_wait: float = 2.0,
         call_timeout: float = 30.0,
         operation_timeout: float = 300.0,
+        page_size: int = LIST_PAGE_SIZE,
     ) -> None:
         if services is None or revisions is None:
             from reconciler import clients
@@ -65,6 +66,7 @@ class CloudRunBackend:
         self._max_wait = max_wait
         self._call_timeout = call_timeout
         self._operation_timeout = operation_timeout
+        self._page_size = page_size
         self._lock = threading.Lock()
         self.calls = 0
         """API calls made (reads and writes), for benchmarks and tests."""
@@ -142,7 +144,7 @@ class CloudRunBackend:
 
         def services() -> list[Any]:
             pager = self._services.list_services(
-                request=run_v2.ListServicesRequest(parent=parent, page_size=LIST_PAGE_SIZE),
+                request=run_v2.ListServicesRequest(parent=parent, page_size=self._page_size),
                 retry=None,
                 timeout=self._call_timeout,
             )
@@ -151,7 +153,7 @@ class CloudRunBackend:
         def revisions() -> list[Any]:
             pager = self._revisions.list_revisions(
                 request=run_v2.ListRevisionsRequest(
-                    parent=f"{parent}/services/-", page_size=LIST_PAGE_SIZE
+                    parent=f"{parent}/services/-", page_size=self._page_size
                 ),
                 retry=None,
                 timeout=self._call_timeout,
