@@ -98,9 +98,10 @@ def validate(app: App, paths: tuple[Path, ...], check_env: bool) -> None:
       reconcile validate rollout/ion-api.yaml
       reconcile --repo ../infra validate
     """
-    from reconciler.loader import SpecError, find_rollout_files, load_spec
+    from reconciler.loader import SpecError, duplicate_identities, find_rollout_files, load_spec
 
     files: list[Path] = []
+    valid: list[tuple[Path, RolloutSpec]] = []
     failed = 0
     for path in paths or (app.rollout_dir,):
         if path.is_dir():
@@ -131,8 +132,13 @@ def validate(app: App, paths: tuple[Path, ...], check_env: bool) -> None:
                 err=True,
             )
         unset += len(missing)
+        valid.append((path, spec))
         if not missing:
             click.echo(f"{path}: ok ({spec.service}, canary {spec.canary_percent}%)")
+    clashes = duplicate_identities(valid)
+    for message in clashes.values():
+        click.echo(message, err=True)
+    failed += len(clashes)
     if failed:
         raise ReconcileError(f"{failed} of {len(files)} rollout files invalid")
     if unset:

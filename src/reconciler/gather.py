@@ -16,7 +16,7 @@ from reconciler.analysis import gate_windows
 from reconciler.backends import BackendError, ListingBackend, TrafficBackend
 from reconciler.errors import ReconcileError
 from reconciler.execute import Context
-from reconciler.loader import load_spec
+from reconciler.loader import duplicate_identities, find_rollout_files, load_spec
 from reconciler.metrics import MetricsError, StatsQuery
 from reconciler.model import LiveService, ServiceRef
 from reconciler.model import WindowStats as Window
@@ -34,7 +34,7 @@ def rollout_files(rollout_dir: Path, patterns: Sequence[str] = ()) -> list[Path]
     """
     if not rollout_dir.is_dir():
         raise ReconcileError(f"{rollout_dir}: no rollout directory (expected rollout/*.yaml)")
-    files = sorted(p for p in rollout_dir.iterdir() if p.suffix in (".yaml", ".yml"))
+    files = find_rollout_files(rollout_dir)
     if not patterns:
         return files
     for pat in patterns:
@@ -75,30 +75,28 @@ def _did_you_mean(pattern: str, names: Sequence[str]) -> str:
 def load_all(
     files: Iterable[Path], shard: Shard | None = None
 ) -> tuple[list[tuple[Path, RolloutSpec]], list[ServiceError]]:
-    """Load every rollout file (of `shard` only, if given); a bad file is an error for that
-    service only."""
+    """Load every rollout file; a bad file is an error for that service only, and so are two
+    files claiming one service (both named). With `shard`, only what that shard owns is
+    returned (every file is still read, so a clash across shards is still seen)."""
     specs: list[tuple[Path, RolloutSpec]] = []
-    errors: list[ServiceError] = []
+    errors: list[tuple[Path, ServiceError]] = []
     for path in files:
-        loaded = _load(path, shard)
-        if isinstance(loaded, ServiceError):
-            errors.append(loaded)
-        elif loaded is not None:
-            specs.append((path, loaded))
-    return specs, errors
+        try:
+            specs.append((path, load_spec(path)))
+        except ReconcileError as exc:
+            errors.append((path, ServiceError(path.stem, str(exc))))
+    clashes = duplicate_identities(specs)
+    errors += [(p, ServiceError(s.service, clashes[p])) for p, s in specs if p in clashes]
+    specs = [(p, s) for p, s in specs if p not in clashes]
+    if shard is not None:
+        specs = [(p, s) for p, s in specs if shard.owns(s.project, s.region, s.service)]
+        errors = [(p, e) for p, e in errors if shard.owns_unloadable(_shard_key(p))]
+    return specs, [e for _, e in errors]
 
 
-def _load(path: Path, shard: Shard | None) -> RolloutSpec | ServiceError | None:
-    """One rollout file: its spec, its error, or None when another shard owns it."""
-    try:
-        spec = load_spec(path)
-    except ReconcileError as exc:
-        if shard is not None and not shard.owns_unloadable(f"{path.parent.name}/{path.name}"):
-            return None
-        return ServiceError(path.stem, str(exc))
-    if shard is not None and not shard.owns(spec.project, spec.region, spec.service):
-        return None
-    return spec
+def _shard_key(path: Path) -> str:
+    """A file's shard key when it has no identity: its folder and name (machine-independent)."""
+    return f"{path.parent.name}/{path.name}"
 
 
 def ref_of(spec: RolloutSpec) -> ServiceRef:
@@ -202,7 +200,8 @@ def gather(
     shard: Shard | None = None,
 ) -> list[_Inputs | ServiceError]:
     """Each file's spec, status and live state (offline without a backend)."""
-    loaded = [x for x in (_load(path, shard) for path in files) if x is not None]
+    ok, errors = load_all(files, shard)
+    loaded: list[RolloutSpec | ServiceError] = [*errors, *(s for _, s in ok)]
     specs = [s for s in loaded if isinstance(s, RolloutSpec)]
     gathered: list[_Inputs | ServiceError] = []
     with ThreadPoolExecutor(max_workers=1) as pool:
