@@ -365,7 +365,9 @@ def test_plan_job() -> None:
     assert "github.event.pull_request.head.repo.full_name == github.repository" in auth["if"]
     script = _run_text(job)
     assert "reconcile validate" in script
-    assert re.search(r"\(plan --format markdown --out \S+ --detailed-exitcode\)", script)
+    # The comment is stdout's markdown; --out always saves the applyable json plan.
+    assert re.search(r'\(plan --format markdown --out \S+\.json"? --detailed-exitcode\)', script)
+    assert re.search(r'reconcile "\$\{args\[@\]\}" > "\$RUNNER_TEMP/plan.md"', script)
     assert "--offline" in script
     assert PLAN_MARKER in script
     assert "GITHUB_STEP_SUMMARY" in script
