@@ -295,7 +295,9 @@ class CloudRunBackend:
         # 7 retries the whole listing, which is bounded and rare, and keeps the pager simple.
         # The two pagers are independent: run them side by side (half the wall time).
         with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
-            later = pool.submit(self._call, f"list revisions in {parent}", revisions, "read", region_ref)
+            later = pool.submit(
+                self._call, f"list revisions in {parent}", revisions, "read", region_ref
+            )
             raw_services = self._call(f"list services in {parent}", services, "read", region_ref)
             raw_revisions = later.result()
         names: dict[str, set[str]] = {}
