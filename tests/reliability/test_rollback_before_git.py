@@ -62,9 +62,7 @@ def on_stable(sb: Sandbox) -> bool:
     return routing(live(sb.emu)) == routing(split_for(STABLE, None, 0))
 
 
-def test_traffic_is_on_stable_before_a_hanging_remote_gives_up(
-    sb: Sandbox, tmp_path: Path
-) -> None:
+def test_traffic_is_on_stable_before_a_hanging_remote_gives_up(sb: Sandbox, tmp_path: Path) -> None:
     journal = hanging_remote(sb, tmp_path)
     errors: list[BaseException] = []
 
