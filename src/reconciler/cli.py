@@ -555,6 +555,10 @@ from reconciler.emulator.cli import emulator  # noqa: E402
 for command in (probe, bench, watch, report, emulator):
     cli.add_command(command)
 
+from reconciler.setup_gcp import setup  # noqa: E402
+
+cli.add_command(setup)
+
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the exit code (0 ok, 1 error, 2 changes pending, 4 rolled back).

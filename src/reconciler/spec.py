@@ -431,6 +431,31 @@ class Check(_Model):
     expect_max: dict[str, float | int] = Field(
         default={}, description="JSON body fields that must be at most these numbers."
     )
+    auth: Literal["id_token"] | None = Field(
+        default=None,
+        description="id_token: send a Google-signed ID token minted from the runtime "
+        "credentials (a Cloud Run service that requires authentication).",
+    )
+    audience: (
+        Annotated[
+            str,
+            AfterValidator(_matches(_HTTP_URL.pattern, "ID token audience", "an http(s) URL")),
+        ]
+        | None
+    ) = Field(
+        default=None,
+        description="The ID token's audience (default: the service URL the check calls).",
+    )
+
+    @model_validator(mode="after")
+    def _auth_rules(self) -> Check:
+        if self.audience is not None and self.auth is None:
+            raise RuleError(("audience",), "audience needs auth: id_token")
+        if self.auth is not None and any(h.lower() == "authorization" for h in self.headers):
+            raise RuleError(
+                ("auth",), "auth: id_token sends the Authorization header; remove it from headers"
+            )
+        return self
 
     # By name too, so Python code can say `Check(json_body=...)`; the loader validates by
     # alias only, so a rollout file must say `json:`.
