@@ -104,8 +104,7 @@ def validate(app: App, paths: tuple[Path, ...], check_env: bool) -> None:
             files.append(path)
         else:
             raise ReconcileError(f"{path}: no such directory; run in the repository or use --repo")
-    from reconciler.decide import env_needs
-    from reconciler.notify import channel_env
+    from reconciler.decide import channel_env, env_needs
 
     unset = 0
     told: set[tuple[Path, int, str]] = set()

@@ -48,6 +48,8 @@ def rollback(ctx: Context, service: str, reason: str) -> ServiceOutcome:
     """
     outcome = roll_back_now(ctx, service, reason)
     publish(ctx, outcome)
+    if outcome.error:
+        raise ReconcileError(outcome.error)
     return outcome
 
 
@@ -55,6 +57,7 @@ def roll_back_now(ctx: Context, service: str, reason: str) -> ServiceOutcome:
     """The rollback's traffic write and its local record, without touching the remote: the
     desired state comes from the working tree and the live service (a clone that is behind
     still knows the stable revision it last applied, and the live service says what serves).
+    A write whose read-back failed is recorded all the same, with `error` saying so.
     """
     path = _one_file(ctx, service)
     spec = load_spec(path)
@@ -77,11 +80,12 @@ def roll_back_now(ctx: Context, service: str, reason: str) -> ServiceOutcome:
 
     d, applied = carry_out(ctx, run, redecide(live), redecide)
     commit = record(ctx, run, d, applied)
+    error = None
     if run.unconfirmed:
-        raise ReconcileError(
-            f"{d.plan.ref.name}: rollback recorded, not confirmed serving: {run.unconfirmed}"
-        )
-    return ServiceOutcome(spec.service, plan=d.plan, applied=True, rolled_back=True, commit=commit)
+        error = f"{d.plan.ref.name}: rollback recorded, not confirmed serving: {run.unconfirmed}"
+    return ServiceOutcome(
+        spec.service, plan=d.plan, applied=True, rolled_back=True, error=error, commit=commit
+    )
 
 
 def publish(ctx: Context, outcome: ServiceOutcome) -> None:

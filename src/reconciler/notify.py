@@ -246,17 +246,6 @@ def _delivery(
     return Delivery(channel.kind, name, url, body, headers, notice, secrets)
 
 
-def channel_env(channels: Sequence[Channel]) -> list[tuple[str, str]]:
-    """(what reads it, variable) for every environment variable `notify:` channels name: each
-    channel's URL and a signed webhook's HMAC key (`validate --env` lists the unset ones)."""
-    out: list[tuple[str, str]] = []
-    for channel in channels:
-        out.append((f"notify {channel.kind}: url", channel.url.env))
-        if isinstance(channel, WebhookChannel):
-            out.append((f"notify {channel.kind}: secret", channel.secret.env))
-    return out
-
-
 def secret_parts(url: str) -> list[str]:
     """What of a webhook URL is secret: all of it, and its path and query alone (an error
     may show them without the host)."""

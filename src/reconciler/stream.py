@@ -133,6 +133,8 @@ def roll_back(ctx: Context, service: str, reason: str) -> bool:
     if outcome.rolled_back:
         _notify(ctx, outcome)
     manual.publish(ctx, outcome)
+    if outcome.error:
+        raise ReconcileError(outcome.error)
     return outcome.rolled_back
 
 
