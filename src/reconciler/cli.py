@@ -73,8 +73,9 @@ def validate(app: App, paths: tuple[Path, ...], check_env: bool) -> None:
     `path:line: message` on stderr, then a count; exit 1 if any file is invalid, else 0.
     Units are required (5%, 20s, 5m); unknown or duplicate keys, YAML 1.1 surprises
     (no, on, 010, 1:30) and a file name that differs from its service are errors.
-    With --env, every `{env: NAME}` a probe or dependency reads that the current
-    environment lacks is one more `path:line: ...` line (run it where apply runs).
+    With --env, every `{env: NAME}` a probe or dependency reads, or a `notify:` channel
+    names (webhook URL, HMAC key), that the current environment lacks is one more
+    `path:line: ...` line (run it where apply runs).
 
     \b
     Examples:
@@ -91,7 +92,7 @@ def validate(app: App, paths: tuple[Path, ...], check_env: bool) -> None:
         load_defaults,
         load_spec,
     )
-    from reconciler.spec import DEFAULTS_FILE
+    from reconciler.spec import DEFAULTS_FILE, Channel
 
     files: list[Path] = []
     valid: list[tuple[Path, RolloutSpec]] = []
@@ -108,14 +109,41 @@ def validate(app: App, paths: tuple[Path, ...], check_env: bool) -> None:
             files.append(path)
         else:
             raise ReconcileError(f"{path}: no such directory; run in the repository or use --repo")
-    from reconciler.decide import env_needs
+    from reconciler.decide import channel_env, env_needs
 
     unset = 0
+    told: set[tuple[Path, int, str]] = set()
+
+    def unset_channels(path: Path, channels: Sequence[Channel] | None) -> int:
+        """Report the unset variables `notify:` channels name, at the line that names each
+        (in the shared defaults when the file inherits them there; once per line)."""
+        count = 0
+        for what, var in channel_env(channels or []) if check_env else []:
+            if os.environ.get(var):
+                continue
+            pattern = rf"\benv\s*:\s*[\"']?{re.escape(var)}\b"
+            where = path
+            defaults = path.parent / DEFAULTS_FILE
+            if not _has_line(path, pattern) and _has_line(defaults, pattern):
+                where = defaults
+            line = _line_of(where, pattern)
+            if (where, line, var) in told:
+                continue
+            told.add((where, line, var))
+            click.echo(
+                f"{where}:{line}: {what} reads environment variable {var}, which is not set",
+                err=True,
+            )
+            count += 1
+        return count
+
     for path in files:
         try:
             if is_defaults_file(path):
-                load_defaults(path)
-                click.echo(f"{path}: ok (shared defaults)")
+                shared = unset_channels(path, load_defaults(path).notify)
+                unset += shared
+                if not shared:
+                    click.echo(f"{path}: ok (shared defaults)")
                 continue
             spec = load_spec(path)
         except SpecError as exc:
@@ -130,9 +158,10 @@ def validate(app: App, paths: tuple[Path, ...], check_env: bool) -> None:
                 "which is not set",
                 err=True,
             )
-        unset += len(missing)
+        channels = unset_channels(path, spec.notify)
+        unset += len(missing) + channels
         valid.append((path, spec))
-        if not missing:
+        if not missing and not channels:
             click.echo(f"{path}: ok ({spec.service}, canary {spec.canary_percent}%)")
     clashes = duplicate_identities(valid)
     for message in clashes.values():
@@ -142,6 +171,14 @@ def validate(app: App, paths: tuple[Path, ...], check_env: bool) -> None:
         raise ReconcileError(f"{failed} of {len(files)} rollout files invalid")
     if unset:
         raise ReconcileError(f"{unset} environment variables the rollout files read are not set")
+
+
+def _has_line(path: Path, pattern: str) -> bool:
+    """Whether a line of `path` (when it exists) matches `pattern`."""
+    if not path.is_file():
+        return False
+    text = path.read_text(encoding="utf-8", errors="replace")
+    return any(re.search(pattern, line) for line in text.splitlines())
 
 
 def _line_of(path: Path, pattern: str) -> int:
