@@ -620,7 +620,9 @@ def apply(
     with any rollout-file edit, then pushed (fetch-rebase-retry on a race).
 
     \b
-    Exit codes: 0 ok, 1 error or blocked, 4 a canary was rolled back.
+    Exit codes: 0 ok, 1 error, blocked or a failed rollback, 3 degraded (the clone cannot
+    reach the remote's tip: rollbacks only), 4 a canary was rolled back and that is recorded
+    on the remote, 5 rolled back but not recorded on the remote yet (see README).
     \b
     Examples:
       reconcile apply
@@ -649,12 +651,17 @@ def apply(
     if dry_run:
         plans = tuple(o.plan for o in result.outcomes if o.plan is not None)
         click.echo(plan_text(Plan(created_at=ctx.clock(), services=plans)), nl=False)
+    # Degraded mode is said on every service line: each one was held to rollbacks only.
+    mark = " [degraded: rollbacks only]" if result.degraded else ""
     for o in result.outcomes:
         if o.error:
             _echo_err(
-                f"error: {o.service}: {o.error}"
-                if not o.error.startswith(o.service)
-                else f"error: {o.error}"
+                (
+                    f"error: {o.service}: {o.error}"
+                    if not o.error.startswith(o.service)
+                    else f"error: {o.error}"
+                )
+                + mark
             )
             continue
         if dry_run or o.plan is None:
@@ -662,17 +669,23 @@ def apply(
         sp = o.plan
         commit = f" (commit {o.commit[:10]})" if o.commit else ""
         if o.rolled_back:
-            click.echo(f"ROLLED BACK {o.service}: {sp.edit.summary if sp.edit else ''}{commit}")
+            where = "" if result.recorded else ", NOT yet recorded on the remote"
+            summary = sp.edit.summary if sp.edit else ""
+            click.echo(f"ROLLED BACK {o.service}: {summary}{commit}{where}{mark}")
         elif o.applied:
             change = f"{sp.before.describe()} -> {sp.after.describe()}"
-            click.echo(f"applied {o.service}: {sp.reason.value}, {change}{commit}")
+            click.echo(f"applied {o.service}: {sp.reason.value}, {change}{commit}{mark}")
+        elif o.held:
+            _echo_err(f"held {o.service}: {o.held}{mark}")
         elif sp.blocked:
-            _echo_err(f"blocked {o.service}: {sp.blocked}")
+            _echo_err(f"blocked {o.service}: {sp.blocked}{mark}")
         else:
             verdict = f", verdict {o.verdict.summary()}" if o.verdict else ""
-            click.echo(f"ok {o.service}: in sync ({sp.before.describe()}){verdict}")
+            click.echo(f"ok {o.service}: in sync ({sp.before.describe()}){verdict}{mark}")
         for note in (*sp.notes, *sp.warnings):
             click.echo(f"  {note}")
+    if result.degraded:
+        _echo_err(f"degraded: {result.degraded}; only rollbacks were applied")
     if result.git_error:
         _echo_err(f"error: {result.git_error}")
     raise click.exceptions.Exit(result.exit_code)

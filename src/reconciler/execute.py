@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
@@ -53,6 +54,11 @@ class Context:
     recover_after: timedelta = timedelta(minutes=2)
     """A stamp younger than this may belong to a concurrent run that is still recording it."""
     progress: Callable[[str], None] = lambda _msg: None
+    probe_budget: float = 60.0
+    """Seconds of a run in which canary probes may start; later ones are skipped (no
+    evidence), so a run of slow targets cannot hold up the writes that follow it."""
+    git_lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+    """Serializes every commit of a run: services are reconciled on a pool, git is not."""
 
     @property
     def state_root(self) -> Path:
@@ -296,7 +302,8 @@ def record(ctx: Context, run: ServiceRun, d: Decision, applied: bool) -> str | N
 
 def _commit(ctx: Context, commit: Commit, paths: list[Path]) -> str | None:
     assert ctx.git is not None
-    return ctx.git.commit(paths, " ".join(commit.subject.split()), commit.body, commit.trailers)
+    with ctx.git_lock:
+        return ctx.git.commit(paths, " ".join(commit.subject.split()), commit.body, commit.trailers)
 
 
 # --- recovering a write a crashed run did not record -----------------------------------------

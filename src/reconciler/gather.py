@@ -121,8 +121,9 @@ def offline_live(spec: RolloutSpec, status: st.ServiceStatus | None) -> LiveServ
     )
 
 
-_Inputs = tuple[RolloutSpec, st.ServiceStatus | None, LiveService | str]
-"""What planning one service needs: its rollout file, its state/ status, its live state."""
+_Inputs = tuple[RolloutSpec, st.StatusLoad, LiveService | str]
+"""What planning one service needs: its rollout file, its state/ status (salvaged when
+corrupt, saying what was dropped), its live state."""
 
 
 def gather(
@@ -148,12 +149,14 @@ def gather(
                 continue
             spec, future = item
             try:
-                status = st.read_status(repo, spec.service)
-            except ReconcileError as exc:  # a corrupt status file fails its service only
+                # A corrupt status file must not fail its plan (apply salvages it the same
+                # way): what parses is kept, the plan warns about the rest.
+                loaded = st.load_status(repo, spec.service)
+            except ReconcileError as exc:  # a symbolic link: refused, this service only
                 gathered.append(ServiceError(spec.service, str(exc)))
                 continue
-            live = offline_live(spec, status) if future is None else future.result()
-            gathered.append((spec, status, live))
+            live = offline_live(spec, loaded.status) if future is None else future.result()
+            gathered.append((spec, loaded, live))
     return gathered
 
 

@@ -11,7 +11,12 @@ from datetime import datetime, timedelta
 from types import FrameType
 
 from reconciler.errors import ReconcileError
-from reconciler.reconcile import ROLLED_BACK_EXIT, RunResult, ServiceOutcome
+from reconciler.reconcile import (
+    ROLLED_BACK_EXIT,
+    ROLLED_BACK_LOCAL_EXIT,
+    RunResult,
+    ServiceOutcome,
+)
 from reconciler.spec import format_duration
 
 
@@ -31,6 +36,8 @@ def describe(o: ServiceOutcome) -> str:
     text = f"{o.service} {pct}% {verdict}"
     if o.applied:
         text += f" ({sp.reason.value}: {sp.before.describe()} -> {sp.after.describe()})"
+    elif o.held:
+        text += f" ({o.held})"
     elif sp.blocked:
         text += f" (blocked: {sp.blocked})"
     return text
@@ -38,7 +45,9 @@ def describe(o: ServiceOutcome) -> str:
 
 def tick_line(n: int, at: datetime, result: RunResult) -> str:
     """One progress line for one tick."""
-    parts = [describe(o) for o in result.outcomes] or ["no services"]
+    # Degraded mode is said on every service's part, not once: each was held.
+    mark = " [degraded: rollbacks only]" if result.degraded else ""
+    parts = [describe(o) + mark for o in result.outcomes] or ["no services" + mark]
     if result.git_error:
         parts.append(result.git_error)
     return f"[{at.strftime('%Y-%m-%dT%H:%M:%SZ')}] tick {n}: " + " | ".join(parts)
@@ -82,7 +91,9 @@ def watch(
 ) -> WatchResult:
     """Reconcile now, then every `interval`, until `duration` has passed or `stop` is set.
 
-    Exit code: 4 if any tick rolled a canary back, else the last tick's code.
+    Exit code: when any tick rolled a canary back, 4 if the last tick left everything on
+    the remote (a later push carries an earlier tick's record), else 5; otherwise the last
+    tick's code.
     """
     stop = stop or threading.Event()
     start = clock()
@@ -102,12 +113,15 @@ def watch(
                 # One bad tick (git or API down) must not end the monitor loop.
                 result = RunResult((), None, f"tick failed: {exc}")
             code = result.exit_code
-            rolled_back = rolled_back or code == ROLLED_BACK_EXIT
+            rolled_back = rolled_back or code in (ROLLED_BACK_EXIT, ROLLED_BACK_LOCAL_EXIT)
+            if rolled_back:
+                landed = not (result.git_error or result.degraded)
+                code = ROLLED_BACK_EXIT if landed else ROLLED_BACK_LOCAL_EXIT
             report(tick_line(ticks, clock(), result))
             if stop.is_set():
-                return WatchResult(ticks, ROLLED_BACK_EXIT if rolled_back else code, "signal")
+                return WatchResult(ticks, code, "signal")
             elapsed = clock() - start
             if duration is not None and elapsed + interval > duration:
-                return WatchResult(ticks, ROLLED_BACK_EXIT if rolled_back else code, "duration")
+                return WatchResult(ticks, code, "duration")
             if stop.wait(interval.total_seconds()):
-                return WatchResult(ticks, ROLLED_BACK_EXIT if rolled_back else code, "signal")
+                return WatchResult(ticks, code, "signal")
