@@ -657,8 +657,9 @@ def apply(
         if o.error:
             _echo_err(
                 (
+                    # An error that already names its service (or its file) is not prefixed.
                     f"error: {o.service}: {o.error}"
-                    if not o.error.startswith(o.service)
+                    if o.service not in o.error.split(":", 1)[0]
                     else f"error: {o.error}"
                 )
                 + mark

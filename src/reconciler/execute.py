@@ -223,7 +223,7 @@ def carry_out(
     if d.edit_first and d.edit is not None:
         edit_rollout_file(run, d.edit)
         if ctx.git is not None:
-            _commit(ctx, advance_commit(sp, d.status.spec_commit), [run.path])
+            commit_paths(ctx, advance_commit(sp, d.status.spec_commit), [run.path])
     wrote = False
     if sp.changes:
         try:
@@ -294,13 +294,13 @@ def record(ctx: Context, run: ServiceRun, d: Decision, applied: bool) -> str | N
     if rec is None or ctx.git is None:
         return None
     try:
-        return _commit(ctx, rec.commit, list(rec.paths))
+        return commit_paths(ctx, rec.commit, list(rec.paths))
     except ReconcileError as exc:
         changed = " (traffic was changed; the next run records it)" if applied else ""
         raise ReconcileError(f"{run.spec.service}: the commit failed{changed}: {exc}") from None
 
 
-def _commit(ctx: Context, commit: Commit, paths: list[Path]) -> str | None:
+def commit_paths(ctx: Context, commit: Commit, paths: list[Path]) -> str | None:
     assert ctx.git is not None
     with ctx.git_lock:
         return ctx.git.commit(paths, " ".join(commit.subject.split()), commit.body, commit.trailers)

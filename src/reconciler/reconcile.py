@@ -23,7 +23,7 @@ from reconciler.decide import Decision, decide, missing_env
 from reconciler.errors import ReconcileError
 from reconciler.execute import STAMP_KEY as STAMP_KEY
 from reconciler.execute import Context as Context  # re-exported: callers build it from here
-from reconciler.execute import ServiceRun, carry_out, record, recover
+from reconciler.execute import ServiceRun, carry_out, commit_paths, record, recover
 from reconciler.execute import read_stamp as read_stamp
 from reconciler.gather import gather, load_all, measure, observe, probe
 from reconciler.gather import ref_of as ref_of
@@ -31,7 +31,7 @@ from reconciler.gather import rollout_files as rollout_files
 from reconciler.loader import load_spec
 from reconciler.model import LiveService, Verdict
 from reconciler.model import WindowStats as Window
-from reconciler.plan import Plan, PlanError, ServiceError, ServicePlan
+from reconciler.plan import Plan, PlanError, ServiceError, ServicePlan, is_rolled_back
 from reconciler.spec import RolloutSpec
 
 log = logging.getLogger(__name__)
@@ -300,9 +300,19 @@ def apply_all(
         refused = check_saved(ctx, saved, patterns)
         if refused:
             return RunResult(refused)
-    specs, load_errors = load_all(rollout_files(ctx.repo / "rollout", patterns))
-    outcomes = [ServiceOutcome(e.service, error=e.message) for e in load_errors]
+    files = rollout_files(ctx.repo / "rollout", patterns)
     dirty = set() if dry_run or ctx.git is None else _dirty(ctx)
+    specs, load_errors = load_all(files)
+    by_stem = {p.stem: p for p in files}
+    outcomes = [
+        ServiceOutcome(
+            e.service,
+            error=f"{_uncommitted(ctx, by_stem[e.service])}; it does not load either: {e.message}"
+            if by_stem[e.service].resolve() in dirty
+            else e.message,
+        )
+        for e in load_errors
+    ]
     lives = observe(ctx.backend, [s for _, s in specs], ctx.max_workers)
     ok: list[tuple[Path, RolloutSpec, LiveService]] = []
     for path, spec in specs:
@@ -331,9 +341,14 @@ def apply_all(
         mismatch = _differs(mine, d.plan) if mine is not None else None
         if mismatch:
             return ServiceOutcome(d.service, plan=d.plan, error=mismatch, verdict=d.verdict)
-        if d.rollback or any(e.details.get("recovered") for e in t.run.events):
-            # Rollbacks (and late records of earlier writes) never wait for git or others.
+        # A rollback the verdict decides now (and the late record of an earlier write) never
+        # waits for git or for others. Re-asserting a `rolled_back` block already in the file
+        # is desired state like any other: it waits for the sync (the remote may have
+        # cleared it), so a stale clone never reverts a canary a person retried.
+        if d.rollback and not is_rolled_back(spec):
             return _carry_and_record(ctx, t.run, d, t.redecide)
+        if any(e.details.get("recovered") for e in t.run.events):
+            _record_late(ctx, t)
         return t
 
     ticks = _on_pool(ctx, first, ok, outcomes)
@@ -343,20 +358,14 @@ def apply_all(
 
     def rest(t: _Tick) -> ServiceOutcome:
         d = t.decision
-        if degraded is not None:
-            held = f"degraded, {d.plan.reason.value} not applied: {degraded}" if d.acts else None
-            return ServiceOutcome(d.service, plan=d.plan, verdict=d.verdict, held=held)
-        if t.run.path.resolve() in dirty and d.acts:
+        if t.run.path.resolve() in dirty and not d.rollback:
             # Git is the desired state: applying an edit nobody committed would make live
             # traffic disagree with every commit. Other services go on.
-            rel = t.run.path.relative_to(ctx.repo).as_posix()
-            return ServiceOutcome(
-                d.service,
-                plan=d.plan,
-                verdict=d.verdict,
-                error=f"{rel}: uncommitted change in rollout/; nothing moved for this service, "
-                "commit it first (or try it with --dry-run or --no-commit)",
-            )
+            error = f"{_uncommitted(ctx, t.run.path)}, nothing moved for this service"
+            return ServiceOutcome(d.service, plan=d.plan, verdict=d.verdict, error=error)
+        if degraded is not None and not d.rollback:
+            held = f"degraded, {d.plan.reason.value} not applied: {degraded}" if d.acts else None
+            return ServiceOutcome(d.service, plan=d.plan, verdict=d.verdict, held=held)
         if not t.run.path.exists():
             return ServiceOutcome(d.service, error="rollout file removed by the sync; not applied")
         if t.run.path.read_bytes() != t.text:
@@ -417,6 +426,30 @@ def _name_of(item: object) -> str:
     spec = item[1]
     assert isinstance(spec, RolloutSpec)
     return spec.service
+
+
+def _record_late(ctx: Context, t: _Tick) -> None:
+    """Commit the late record of an earlier write now, before the sync; the service's own
+    decision still waits for it."""
+    run = t.run
+    service = run.spec.service
+    late = [e for e in run.events if e.details.get("recovered")]
+    st.append_events(ctx.state_root, service, run.events)
+    run.events.clear()
+    if ctx.git is not None:
+        subject = f"reconcile({service}): record missed write: {late[0].reason}"
+        paths = [st.state_dir(ctx.state_root, service), *([run.path] if run.edited else [])]
+        commit_paths(ctx, replace(t.decision.held_commit, subject=subject), paths)
+    run.edited = False
+    t.text = run.path.read_bytes()
+
+
+def _uncommitted(ctx: Context, path: Path) -> str:
+    rel = path.relative_to(ctx.repo).as_posix()
+    return (
+        f"{rel}: uncommitted change in rollout/ (commit it first, or try it with --dry-run "
+        "or --no-commit)"
+    )
 
 
 def _dirty(ctx: Context) -> set[Path]:
