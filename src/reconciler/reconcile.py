@@ -360,12 +360,13 @@ def apply_all(
         d = t.decision
         if t.run.path.resolve() in dirty and not d.rollback:
             # Git is the desired state: applying an edit nobody committed would make live
-            # traffic disagree with every commit. Other services go on.
+            # traffic disagree with every commit. Other services go on; what was measured is
+            # still recorded, or failing windows would never add up to a rollback.
             error = f"{_uncommitted(ctx, t.run.path)}, nothing moved for this service"
-            return ServiceOutcome(d.service, plan=d.plan, verdict=d.verdict, error=error)
+            return _held(ctx, t, error=error)
         if degraded is not None and not d.rollback:
             held = f"degraded, {d.plan.reason.value} not applied: {degraded}" if d.acts else None
-            return ServiceOutcome(d.service, plan=d.plan, verdict=d.verdict, held=held)
+            return _held(ctx, t, held=held)
         if not t.run.path.exists():
             return ServiceOutcome(d.service, error="rollout file removed by the sync; not applied")
         if t.run.path.read_bytes() != t.text:
@@ -428,6 +429,21 @@ def _name_of(item: object) -> str:
     return spec.service
 
 
+def _held(
+    ctx: Context, t: _Tick, *, error: str | None = None, held: str | None = None
+) -> ServiceOutcome:
+    """A service not carried out this run: its observations are recorded all the same."""
+    d = t.decision
+    commit = None
+    try:
+        commit = record(ctx, t.run, d, False)
+    except ReconcileError as exc:
+        error = f"{error}; {exc}" if error else str(exc)
+    return ServiceOutcome(
+        d.service, plan=d.plan, verdict=d.verdict, error=error, held=held, commit=commit
+    )
+
+
 def _record_late(ctx: Context, t: _Tick) -> None:
     """Commit the late record of an earlier write now, before the sync; the service's own
     decision still waits for it."""
@@ -477,9 +493,9 @@ def _push(
     if ctx.git is None or not ctx.push:
         return None, None
     committed = any(o.commit for o in outcomes)
-    if degraded is not None and not committed:
+    if degraded is not None and not any(o.commit for o in outcomes if o.applied):
         # The sync just failed to reach the remote: a push of older commits would too, and
-        # the run already says so (degraded). A run that recorded something still tries.
+        # the run already says so (degraded). A run that moved traffic still tries.
         return None, None
     if not (committed or ctx.git.unpushed()):
         return None, None

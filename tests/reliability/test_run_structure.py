@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -20,11 +20,13 @@ import yaml
 from reconciler import yamledit
 from reconciler.backends.cloudrun import CloudRunBackend
 from reconciler.emulator.scenario import DEFAULT_SCENARIO
+from reconciler.execute import Context
 from reconciler.plan import split_for
 from reconciler.reconcile import (
     DEGRADED_EXIT,
     ROLLED_BACK_EXIT,
     ROLLED_BACK_LOCAL_EXIT,
+    RunResult,
     apply_all,
     plan_all,
 )
@@ -50,6 +52,15 @@ def _failing_window(sb: Sandbox) -> None:
     assert second.exit_code == 0, [o.error for o in second.outcomes]
 
 
+def _until_rolled_back(sb: Sandbox, make: Callable[[], Context]) -> RunResult:
+    """Failing windows until a run rolls back (the gates need a run of failing windows)."""
+    for _ in range(3):
+        result = tick(sb, make(), canary=2000)
+        if any(o.rolled_back or o.rollback_failed for o in result.outcomes):
+            break
+    return result
+
+
 def _break_remote(sb: Sandbox) -> Path:
     moved = sb.remote.with_name(sb.remote.name + ".unreachable")
     sb.remote.rename(moved)
@@ -61,7 +72,7 @@ def test_an_uncommitted_edit_of_another_service_never_blocks_a_rollback(sb: Sand
     # A failed commit left another service's rollout file behind, uncommitted.
     other = sb.repo / "rollout" / "payments-api.yaml"
     other.write_text(sb.rollout().read_text().replace("ion-api", "payments-api"))
-    result = tick(sb, context(sb), canary=2000)
+    result = _until_rolled_back(sb, lambda: context(sb))
     by = {o.service: o for o in result.outcomes}
     assert by["ion-api"].rolled_back, result
     assert by["payments-api"].error is not None
@@ -74,7 +85,7 @@ def test_a_leftover_edit_of_the_failing_service_never_blocks_its_rollback(sb: Sa
     _failing_window(sb)
     rollout = sb.rollout()
     rollout.write_text(rollout.read_text() + "# left behind by a failed commit\n")
-    result = tick(sb, context(sb), canary=2000)
+    result = _until_rolled_back(sb, lambda: context(sb))
     assert result.exit_code == ROLLED_BACK_EXIT, result
     assert live_percents(sb) == {STABLE: 100}
     assert "rolled_back" in sb.remote_file("rollout/ion-api.yaml")
@@ -95,7 +106,7 @@ def test_an_uncommitted_edit_holds_only_its_own_service(sb: Sandbox) -> None:
 def test_degraded_rolls_back_exits_5_and_recovers_when_the_remote_returns(sb: Sandbox) -> None:
     _failing_window(sb)
     moved = _break_remote(sb)
-    result = tick(sb, context(sb), canary=2000)
+    result = _until_rolled_back(sb, lambda: context(sb))
     (outcome,) = result.outcomes
     assert result.degraded is not None, result
     assert outcome.rolled_back and outcome.commit is not None
@@ -137,9 +148,13 @@ def test_a_rejected_push_is_not_reported_as_a_recorded_rollback(sb: Sandbox) -> 
     hook = sb.remote / "hooks" / "pre-receive"
     hook.write_text("#!/bin/sh\necho 'protected branch' >&2\nexit 1\n")
     hook.chmod(0o755)
-    ctx = context(sb)
-    ctx.git.backoff = 0.01  # type: ignore[union-attr]
-    result = tick(sb, ctx, canary=2000)
+
+    def make() -> Context:
+        ctx = context(sb)
+        ctx.git.backoff = 0.01  # type: ignore[union-attr]
+        return ctx
+
+    result = _until_rolled_back(sb, make)
     (outcome,) = result.outcomes
     assert outcome.rolled_back
     assert result.git_error is not None and "ion-api moved" in result.git_error
@@ -229,22 +244,30 @@ def test_a_slow_probe_of_one_service_never_delays_another_services_rollback(
             slow.release.clear()
             slow.entered.clear()
             recorder = WriteRecorder(sb.emu)
-            sb.emu.advance_clock(WINDOW)
-            sb.emu.load("ion-api", 200)
-            sb.emu.load("ion-api", 2000, tag="canary")
-            thread, out = in_thread(lambda: apply_all(context(sb)))
-            assert slow.entered.wait(30), "the slow probe never started"
-            deadline = time.monotonic() + 25
-            while not recorder.of("ion-api") and time.monotonic() < deadline:
-                time.sleep(0.05)
+            for _ in range(3):  # failing windows until the gates roll ion-api back
+                slow.release.clear()
+                slow.entered.clear()
+                sb.emu.advance_clock(WINDOW)
+                sb.emu.load("ion-api", 200)
+                sb.emu.load("ion-api", 2000, tag="canary")
+                thread, out = in_thread(lambda: apply_all(context(sb)))
+                assert slow.entered.wait(30), "the slow probe never started"
+                deadline = time.monotonic() + 10
+                while not recorder.of("ion-api") and time.monotonic() < deadline:
+                    if not thread.is_alive():
+                        break
+                    time.sleep(0.05)
+                landed_while_held = bool(recorder.of("ion-api")) and not slow.release.is_set()
+                slow.release.set()
+                thread.join(60)
+                (result,) = out
+                if any(o.rolled_back for o in result.outcomes):
+                    break
             # ion-api's rollback landed while aaa-slow's probe was still being held.
-            assert not slow.release.is_set()
+            assert landed_while_held, recorder.splits
             assert [routing(s) for s in recorder.of("ion-api")] == [
                 routing(split_for(STABLE, None, 0))
             ], recorder.splits
-            slow.release.set()
-            thread.join(60)
-            (result,) = out
             assert {o.service for o in result.outcomes if o.rolled_back} == {"ion-api"}, result
     finally:
         slow.close()
