@@ -50,7 +50,8 @@ def cli(ctx: click.Context, repo: Path, no_color: bool) -> None:
       reconcile apply               make it so: gates, rollback, commit to git
     \b
     Exit codes: 0 ok or no changes, 1 error or blocked, 2 changes pending
-    (plan --detailed-exitcode), 4 apply rolled a canary back.
+    (plan --detailed-exitcode), 3 apply degraded (rollbacks only), 4 apply rolled a canary
+    back and recorded it on the remote, 5 rolled back but not recorded there yet.
     Without CLOUD_RUN_EMULATOR_HOST, Application Default Credentials are used.
     Colour only on a terminal, never with --no-color or NO_COLOR set.
     """
@@ -392,7 +393,9 @@ def apply(
     with any rollout-file edit, then pushed (fetch-rebase-retry on a race).
 
     \b
-    Exit codes: 0 ok, 1 error or blocked, 4 a canary was rolled back.
+    Exit codes: 0 ok, 1 error, blocked or a failed rollback, 3 degraded (the clone cannot
+    reach the remote's tip: rollbacks only), 4 a canary was rolled back and that is recorded
+    on the remote, 5 rolled back but not recorded on the remote yet (see README).
     \b
     Examples:
       reconcile apply

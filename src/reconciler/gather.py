@@ -188,8 +188,9 @@ def offline_live(spec: RolloutSpec, status: st.ServiceStatus | None) -> LiveServ
     )
 
 
-_Inputs = tuple[RolloutSpec, st.ServiceStatus | None, LiveService | str]
-"""What planning one service needs: its rollout file, its state/ status, its live state."""
+_Inputs = tuple[RolloutSpec, st.StatusLoad, LiveService | str]
+"""What planning one service needs: its rollout file, its state/ status (salvaged when
+corrupt, saying what was dropped), its live state."""
 
 
 def gather(
@@ -208,11 +209,13 @@ def gather(
         # The reads (list calls per region) wait on the API in the pool while this thread
         # reads state/ (CPU work in the pool would contend for the GIL).
         reads = pool.submit(observe, backend, specs, max_workers) if backend is not None else None
-        statuses: dict[str, st.ServiceStatus | ServiceError | None] = {}
+        statuses: dict[str, st.StatusLoad | ServiceError] = {}
         for spec in specs:
             try:
-                statuses[spec.service] = st.read_status(repo, spec.service)
-            except ReconcileError as exc:  # a corrupt status file fails its service only
+                # A corrupt status file must not fail its plan (apply salvages it the same
+                # way): what parses is kept, the plan warns about the rest.
+                statuses[spec.service] = st.load_status(repo, spec.service)
+            except ReconcileError as exc:  # a symbolic link: refused, this service only
                 statuses[spec.service] = ServiceError(spec.service, str(exc))
         lives = reads.result() if reads is not None else {}
     for item in loaded:
@@ -223,7 +226,7 @@ def gather(
         if isinstance(status, ServiceError):
             gathered.append(status)
             continue
-        live = lives[item.service] if backend is not None else offline_live(item, status)
+        live = lives[item.service] if backend is not None else offline_live(item, status.status)
         gathered.append((item, status, live))
     return gathered
 
