@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -19,6 +20,8 @@ from reconciler.errors import ReconcileError
 
 if TYPE_CHECKING:
     from reconciler.plan import Plan
+    from reconciler.shard import Shard
+    from reconciler.spec import RolloutSpec
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -47,7 +50,8 @@ def cli(ctx: click.Context, repo: Path, no_color: bool) -> None:
       reconcile apply               make it so: gates, rollback, commit to git
     \b
     Exit codes: 0 ok or no changes, 1 error or blocked, 2 changes pending
-    (plan --detailed-exitcode), 4 apply rolled a canary back.
+    (plan --detailed-exitcode), 3 apply degraded (rollbacks only), 4 apply rolled a canary
+    back and recorded it on the remote, 5 rolled back but not recorded there yet.
     Without CLOUD_RUN_EMULATOR_HOST, Application Default Credentials are used.
     Colour only on a terminal, never with --no-color or NO_COLOR set.
     """
@@ -70,8 +74,9 @@ def validate(app: App, paths: tuple[Path, ...], check_env: bool) -> None:
     `path:line: message` on stderr, then a count; exit 1 if any file is invalid, else 0.
     Units are required (5%, 20s, 5m); unknown or duplicate keys, YAML 1.1 surprises
     (no, on, 010, 1:30) and a file name that differs from its service are errors.
-    With --env, every `{env: NAME}` a probe or dependency reads that the current
-    environment lacks is one more `path:line: ...` line (run it where apply runs).
+    With --env, every `{env: NAME}` a probe or dependency reads, or a `notify:` channel
+    names (webhook URL, HMAC key), that the current environment lacks is one more
+    `path:line: ...` line (run it where apply runs).
 
     \b
     Examples:
@@ -82,14 +87,16 @@ def validate(app: App, paths: tuple[Path, ...], check_env: bool) -> None:
     """
     from reconciler.loader import (
         SpecError,
+        duplicate_identities,
         find_rollout_files,
         is_defaults_file,
         load_defaults,
         load_spec,
     )
-    from reconciler.spec import DEFAULTS_FILE
+    from reconciler.spec import DEFAULTS_FILE, Channel
 
     files: list[Path] = []
+    valid: list[tuple[Path, RolloutSpec]] = []
     failed = 0
     for path in paths or (app.rollout_dir,):
         if path.is_dir():
@@ -103,14 +110,41 @@ def validate(app: App, paths: tuple[Path, ...], check_env: bool) -> None:
             files.append(path)
         else:
             raise ReconcileError(f"{path}: no such directory; run in the repository or use --repo")
-    from reconciler.decide import env_needs
+    from reconciler.decide import channel_env, env_needs
 
     unset = 0
+    told: set[tuple[Path, int, str]] = set()
+
+    def unset_channels(path: Path, channels: Sequence[Channel] | None) -> int:
+        """Report the unset variables `notify:` channels name, at the line that names each
+        (in the shared defaults when the file inherits them there; once per line)."""
+        count = 0
+        for what, var in channel_env(channels or []) if check_env else []:
+            if os.environ.get(var):
+                continue
+            pattern = rf"\benv\s*:\s*[\"']?{re.escape(var)}\b"
+            where = path
+            defaults = path.parent / DEFAULTS_FILE
+            if not _has_line(path, pattern) and _has_line(defaults, pattern):
+                where = defaults
+            line = _line_of(where, pattern)
+            if (where, line, var) in told:
+                continue
+            told.add((where, line, var))
+            click.echo(
+                f"{where}:{line}: {what} reads environment variable {var}, which is not set",
+                err=True,
+            )
+            count += 1
+        return count
+
     for path in files:
         try:
             if is_defaults_file(path):
-                load_defaults(path)
-                click.echo(f"{path}: ok (shared defaults)")
+                shared = unset_channels(path, load_defaults(path).notify)
+                unset += shared
+                if not shared:
+                    click.echo(f"{path}: ok (shared defaults)")
                 continue
             spec = load_spec(path)
         except SpecError as exc:
@@ -125,13 +159,27 @@ def validate(app: App, paths: tuple[Path, ...], check_env: bool) -> None:
                 "which is not set",
                 err=True,
             )
-        unset += len(missing)
-        if not missing:
+        channels = unset_channels(path, spec.notify)
+        unset += len(missing) + channels
+        valid.append((path, spec))
+        if not missing and not channels:
             click.echo(f"{path}: ok ({spec.service}, canary {spec.canary_percent}%)")
+    clashes = duplicate_identities(valid)
+    for message in clashes.values():
+        click.echo(message, err=True)
+    failed += len(clashes)
     if failed:
         raise ReconcileError(f"{failed} of {len(files)} rollout files invalid")
     if unset:
         raise ReconcileError(f"{unset} environment variables the rollout files read are not set")
+
+
+def _has_line(path: Path, pattern: str) -> bool:
+    """Whether a line of `path` (when it exists) matches `pattern`."""
+    if not path.is_file():
+        return False
+    text = path.read_text(encoding="utf-8", errors="replace")
+    return any(re.search(pattern, line) for line in text.splitlines())
 
 
 def _line_of(path: Path, pattern: str) -> int:
@@ -141,6 +189,26 @@ def _line_of(path: Path, pattern: str) -> int:
         if re.search(pattern, line):
             return n
     return 1
+
+
+def _parse_shard(_ctx: click.Context, _param: click.Parameter, value: str | None) -> Any:
+    if value is None:
+        return None
+    from reconciler.shard import parse_shard
+
+    try:
+        return parse_shard(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+shard_option = click.option(
+    "--shard",
+    metavar="K/N",
+    callback=_parse_shard,
+    help="Only the rollouts of shard K of N (1-based; a stable hash of project/region/"
+    "service), for splitting a fleet across N runners.",
+)
 
 
 @cli.command("schema")
@@ -203,6 +271,7 @@ def schema_command(out: Path | None, defaults: bool) -> None:
     is_flag=True,
     help="Plan against the last observed state in state/ instead of the API (fork PRs).",
 )
+@shard_option
 @pass_app
 def plan(
     app: App,
@@ -211,6 +280,7 @@ def plan(
     out: Path | None,
     detailed_exitcode: bool,
     offline: bool,
+    shard: Shard | None,
 ) -> None:
     """Show what apply would change on live Cloud Run traffic, like `terraform plan`.
 
@@ -241,7 +311,7 @@ def plan(
         from reconciler.backends.cloudrun import CloudRunBackend
 
         backend = CloudRunBackend()
-    result = plan_all(app.repo, services, backend, utc_now(), offline=offline)
+    result = plan_all(app.repo, services, backend, utc_now(), offline=offline, shard=shard)
     if out is not None:
         try:
             atomic_write_text(out, plan_json(result))
@@ -302,6 +372,7 @@ def show(app: App, planfile: Path, fmt: str) -> None:
     "--no-commit", is_flag=True, help="Change traffic and write state/, but commit nothing."
 )
 @click.option("--no-push", is_flag=True, help="Commit locally, do not push.")
+@shard_option
 @pass_app
 def apply(
     app: App,
@@ -310,6 +381,7 @@ def apply(
     dry_run: bool,
     no_commit: bool,
     no_push: bool,
+    shard: Shard | None,
 ) -> None:
     """Reconcile live traffic with git: measure, probe, judge, move traffic, record.
 
@@ -321,7 +393,9 @@ def apply(
     with any rollout-file edit, then pushed (fetch-rebase-retry on a race).
 
     \b
-    Exit codes: 0 ok, 1 error or blocked, 4 a canary was rolled back.
+    Exit codes: 0 ok, 1 error, blocked or a failed rollback, 3 degraded (the clone cannot
+    reach the remote's tip: rollbacks only), 4 a canary was rolled back and that is recorded
+    on the remote, 5 rolled back but not recorded on the remote yet (see README).
     \b
     Examples:
       reconcile apply
@@ -338,6 +412,8 @@ def apply(
     ctx = build_context(
         app.repo, commit=not (no_commit or dry_run), push=not no_push, progress=echo_err
     )
+    if shard is not None:
+        ctx = dataclasses.replace(ctx, shard=shard)
     from reconciler.notify import notified
 
     result = notified(

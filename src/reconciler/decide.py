@@ -37,7 +37,7 @@ from reconciler.plan import (
     plan_service,
     rollback_plan,
 )
-from reconciler.spec import EnvValue, RolloutSpec
+from reconciler.spec import Channel, EnvValue, RolloutSpec, WebhookChannel
 
 _EVENT_KIND = {
     Reason.STAGE: EventKind.APPLIED,
@@ -138,6 +138,18 @@ def env_needs(spec: RolloutSpec) -> list[tuple[str, str, str]]:
         for header, value in check.headers.items()
         if isinstance(value, EnvValue)
     ]
+
+
+def channel_env(channels: Sequence[Channel]) -> list[tuple[str, str]]:
+    """(what reads it, variable) for every environment variable `notify:` channels name: each
+    channel's URL and a signed webhook's HMAC key (`validate --env` lists the unset ones; an
+    unset one only skips its channel, so it never blocks the service)."""
+    out: list[tuple[str, str]] = []
+    for channel in channels:
+        out.append((f"notify {channel.kind}: url", channel.url.env))
+        if isinstance(channel, WebhookChannel):
+            out.append((f"notify {channel.kind}: secret", channel.secret.env))
+    return out
 
 
 def missing_env(spec: RolloutSpec, environ: Mapping[str, str]) -> list[str]:
@@ -555,6 +567,7 @@ __all__ = [
     "action_event",
     "advance_commit",
     "carried_out",
+    "channel_env",
     "commit_for",
     "decide",
     "decide_rollback",

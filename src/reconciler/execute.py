@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
@@ -28,6 +29,7 @@ from reconciler.loader import load_spec
 from reconciler.metrics import MetricsProvider
 from reconciler.model import LiveService, ServiceStatus, Target, TrafficSplit
 from reconciler.plan import Reason, ServicePlan, SpecEdit, desired_split, is_rolled_back
+from reconciler.shard import Shard
 from reconciler.spec import Metrics, RolloutSpec
 
 log = logging.getLogger(__name__)
@@ -53,6 +55,13 @@ class Context:
     recover_after: timedelta = timedelta(minutes=2)
     """A stamp younger than this may belong to a concurrent run that is still recording it."""
     progress: Callable[[str], None] = lambda _msg: None
+    shard: Shard | None = None
+    """Reconcile only the rollouts this shard owns (`--shard K/N`); None: all."""
+    probe_budget: float = 60.0
+    """Seconds of a run in which canary probes may start; later ones are skipped (no
+    evidence), so a run of slow targets cannot hold up the writes that follow it."""
+    git_lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+    """Serializes every commit of a run: services are reconciled on a pool, git is not."""
 
     @property
     def state_root(self) -> Path:
@@ -217,7 +226,7 @@ def carry_out(
     if d.edit_first and d.edit is not None:
         edit_rollout_file(run, d.edit)
         if ctx.git is not None:
-            _commit(ctx, advance_commit(sp, d.status.spec_commit), [run.path])
+            commit_paths(ctx, advance_commit(sp, d.status.spec_commit), [run.path])
     wrote = False
     if sp.changes:
         try:
@@ -288,15 +297,16 @@ def record(ctx: Context, run: ServiceRun, d: Decision, applied: bool) -> str | N
     if rec is None or ctx.git is None:
         return None
     try:
-        return _commit(ctx, rec.commit, list(rec.paths))
+        return commit_paths(ctx, rec.commit, list(rec.paths))
     except ReconcileError as exc:
         changed = " (traffic was changed; the next run records it)" if applied else ""
         raise ReconcileError(f"{run.spec.service}: the commit failed{changed}: {exc}") from None
 
 
-def _commit(ctx: Context, commit: Commit, paths: list[Path]) -> str | None:
+def commit_paths(ctx: Context, commit: Commit, paths: list[Path]) -> str | None:
     assert ctx.git is not None
-    return ctx.git.commit(paths, " ".join(commit.subject.split()), commit.body, commit.trailers)
+    with ctx.git_lock:
+        return ctx.git.commit(paths, " ".join(commit.subject.split()), commit.body, commit.trailers)
 
 
 # --- recovering a write a crashed run did not record -----------------------------------------

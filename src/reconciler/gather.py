@@ -7,21 +7,22 @@ import difflib
 import fnmatch
 import re
 from collections.abc import Iterable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta
 from pathlib import Path
 
 from reconciler import state as st
 from reconciler.analysis import gate_windows
-from reconciler.backends import BackendError, TrafficBackend
+from reconciler.backends import BackendError, ListingBackend, TrafficBackend
 from reconciler.errors import ReconcileError
 from reconciler.execute import Context
-from reconciler.loader import load_spec
+from reconciler.loader import duplicate_identities, find_rollout_files, load_spec
 from reconciler.metrics import MetricsError, StatsQuery
 from reconciler.model import LiveService, ServiceRef
 from reconciler.model import WindowStats as Window
 from reconciler.plan import ServiceError
-from reconciler.spec import DEFAULTS_FILE, RolloutSpec
+from reconciler.shard import Shard
+from reconciler.spec import RolloutSpec
 
 
 # --- inputs ---------------------------------------------------------------------------------
@@ -33,11 +34,7 @@ def rollout_files(rollout_dir: Path, patterns: Sequence[str] = ()) -> list[Path]
     """
     if not rollout_dir.is_dir():
         raise ReconcileError(f"{rollout_dir}: no rollout directory (expected rollout/*.yaml)")
-    files = sorted(
-        p
-        for p in rollout_dir.iterdir()
-        if p.suffix in (".yaml", ".yml") and p.name != DEFAULTS_FILE
-    )
+    files = find_rollout_files(rollout_dir)
     if not patterns:
         return files
     for pat in patterns:
@@ -75,16 +72,31 @@ def _did_you_mean(pattern: str, names: Sequence[str]) -> str:
 
 
 # --- observe --------------------------------------------------------------------------------
-def load_all(files: Iterable[Path]) -> tuple[list[tuple[Path, RolloutSpec]], list[ServiceError]]:
-    """Load every rollout file; a bad file is an error for that service only."""
+def load_all(
+    files: Iterable[Path], shard: Shard | None = None
+) -> tuple[list[tuple[Path, RolloutSpec]], list[ServiceError]]:
+    """Load every rollout file; a bad file is an error for that service only, and so are two
+    files claiming one service (both named). With `shard`, only what that shard owns is
+    returned (every file is still read, so a clash across shards is still seen)."""
     specs: list[tuple[Path, RolloutSpec]] = []
-    errors: list[ServiceError] = []
+    errors: list[tuple[Path, ServiceError]] = []
     for path in files:
         try:
             specs.append((path, load_spec(path)))
         except ReconcileError as exc:
-            errors.append(ServiceError(path.stem, str(exc)))
-    return specs, errors
+            errors.append((path, ServiceError(path.stem, str(exc))))
+    clashes = duplicate_identities(specs)
+    errors += [(p, ServiceError(s.service, clashes[p])) for p, s in specs if p in clashes]
+    specs = [(p, s) for p, s in specs if p not in clashes]
+    if shard is not None:
+        specs = [(p, s) for p, s in specs if shard.owns(s.project, s.region, s.service)]
+        errors = [(p, e) for p, e in errors if shard.owns_unloadable(_shard_key(p))]
+    return specs, [e for _, e in errors]
+
+
+def _shard_key(path: Path) -> str:
+    """A file's shard key when it has no identity: its folder and name (machine-independent)."""
+    return f"{path.parent.name}/{path.name}"
 
 
 def ref_of(spec: RolloutSpec) -> ServiceRef:
@@ -100,15 +112,66 @@ def read_live(backend: TrafficBackend, spec: RolloutSpec) -> LiveService | str:
         return str(exc)
 
 
+LIST_FROM = 2
+"""A project and region with at least this many selected services is read by list calls
+(two pagers for the whole region); a lone service costs two calls either way, and a get does
+not transfer the rest of the region."""
+
+
 def observe(
     backend: TrafficBackend, specs: Sequence[RolloutSpec], max_workers: int = 16
 ) -> dict[str, LiveService | str]:
-    """Read every service concurrently (bounded pool); an error is kept per service."""
+    """Every service's live state, or the error reading it, kept per service.
+
+    Services are grouped by project and region: a group of `LIST_FROM` or more is read with
+    ListServices and ListRevisions across services (a few calls for 1,000 services); smaller
+    groups, or a backend that cannot list, with one read per service. Groups and single
+    reads run concurrently on a bounded pool.
+    """
     if not specs:
         return {}
-    with ThreadPoolExecutor(max_workers=max(1, min(max_workers, len(specs)))) as pool:
-        results = list(pool.map(lambda spec: read_live(backend, spec), specs))
-    return {spec.service: r for spec, r in zip(specs, results, strict=True)}
+    groups: dict[tuple[str, str], list[RolloutSpec]] = {}
+    for spec in specs:
+        groups.setdefault((spec.project, spec.region), []).append(spec)
+    listing = isinstance(backend, ListingBackend)
+    by_list = {k: g for k, g in groups.items() if listing and len(g) >= LIST_FROM}
+    singles = [s for k, g in groups.items() if k not in by_list for s in g]
+    out: dict[str, LiveService | str] = {}
+    workers = max(1, min(max_workers, len(by_list) + len(singles)))
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        listed = {
+            key: pool.submit(_read_region, backend, *key, members)
+            for key, members in by_list.items()
+        }
+        gets = [pool.submit(read_live, backend, spec) for spec in singles]
+        for spec, future in zip(singles, gets, strict=True):
+            out[spec.service] = future.result()
+        for region in listed.values():
+            out.update(region.result())
+    return {spec.service: out[spec.service] for spec in specs}
+
+
+def _read_region(
+    backend: TrafficBackend, project: str, region: str, specs: Sequence[RolloutSpec]
+) -> dict[str, LiveService | str]:
+    """The selected services of one project and region from its lists (errors per service)."""
+    assert isinstance(backend, ListingBackend)  # observe groups only listing backends here
+    try:
+        found = backend.list_services(project, region)
+    except BackendError as exc:
+        return {spec.service: str(exc) for spec in specs}
+    out: dict[str, LiveService | str] = {}
+    for spec in specs:
+        live = found.get(spec.service)
+        out[spec.service] = (
+            live
+            if live is not None
+            else (
+                f"get {ref_of(spec).name}: not found (not among the services listed in "
+                f"projects/{project}/locations/{region})"
+            )
+        )
+    return out
 
 
 def offline_live(spec: RolloutSpec, status: st.ServiceStatus | None) -> LiveService | str:
@@ -125,39 +188,46 @@ def offline_live(spec: RolloutSpec, status: st.ServiceStatus | None) -> LiveServ
     )
 
 
-_Inputs = tuple[RolloutSpec, st.ServiceStatus | None, LiveService | str]
-"""What planning one service needs: its rollout file, its state/ status, its live state."""
+_Inputs = tuple[RolloutSpec, st.StatusLoad, LiveService | str]
+"""What planning one service needs: its rollout file, its state/ status (salvaged when
+corrupt, saying what was dropped), its live state."""
 
 
 def gather(
-    repo: Path, files: Sequence[Path], backend: TrafficBackend | None, max_workers: int
+    repo: Path,
+    files: Sequence[Path],
+    backend: TrafficBackend | None,
+    max_workers: int,
+    shard: Shard | None = None,
 ) -> list[_Inputs | ServiceError]:
     """Each file's spec, status and live state (offline without a backend)."""
+    ok, errors = load_all(files, shard)
+    loaded: list[RolloutSpec | ServiceError] = [*errors, *(s for _, s in ok)]
+    specs = [s for s in loaded if isinstance(s, RolloutSpec)]
     gathered: list[_Inputs | ServiceError] = []
-    with ThreadPoolExecutor(max_workers=max(1, min(max_workers, len(files)))) as pool:
-        # The pool only waits on the API; this thread parses rollout files and state/ while
-        # the reads are in flight (CPU work in the pool would contend for the GIL).
-        pending: list[tuple[RolloutSpec, Future[LiveService | str] | None] | ServiceError] = []
-        for path in files:
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        # The reads (list calls per region) wait on the API in the pool while this thread
+        # reads state/ (CPU work in the pool would contend for the GIL).
+        reads = pool.submit(observe, backend, specs, max_workers) if backend is not None else None
+        statuses: dict[str, st.StatusLoad | ServiceError] = {}
+        for spec in specs:
             try:
-                spec = load_spec(path)
-            except ReconcileError as exc:
-                pending.append(ServiceError(path.stem, str(exc)))
-                continue
-            read = pool.submit(read_live, backend, spec) if backend is not None else None
-            pending.append((spec, read))
-        for item in pending:
-            if isinstance(item, ServiceError):
-                gathered.append(item)
-                continue
-            spec, future = item
-            try:
-                status = st.read_status(repo, spec.service)
-            except ReconcileError as exc:  # a corrupt status file fails its service only
-                gathered.append(ServiceError(spec.service, str(exc)))
-                continue
-            live = offline_live(spec, status) if future is None else future.result()
-            gathered.append((spec, status, live))
+                # A corrupt status file must not fail its plan (apply salvages it the same
+                # way): what parses is kept, the plan warns about the rest.
+                statuses[spec.service] = st.load_status(repo, spec.service)
+            except ReconcileError as exc:  # a symbolic link: refused, this service only
+                statuses[spec.service] = ServiceError(spec.service, str(exc))
+        lives = reads.result() if reads is not None else {}
+    for item in loaded:
+        if isinstance(item, ServiceError):
+            gathered.append(item)
+            continue
+        status = statuses[item.service]
+        if isinstance(status, ServiceError):
+            gathered.append(status)
+            continue
+        live = lives[item.service] if backend is not None else offline_live(item, status.status)
+        gathered.append((item, status, live))
     return gathered
 
 

@@ -18,6 +18,7 @@ import os
 import re
 import types
 import typing
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -106,15 +107,62 @@ def is_defaults_file(path: Path) -> bool:
 
 
 def find_rollout_files(directory: Path) -> list[Path]:
-    """The rollout files of a directory (`*.yaml`, and `*.yml` so that a misnamed one is
-    reported rather than silently skipped), sorted; never the shared `_defaults.yaml`."""
-    # A symbolic link is listed (not skipped) so that `load_spec` reports it.
-    return sorted(
-        p
-        for p in directory.iterdir()
-        if p.suffix in (".yaml", ".yml")
-        and (p.is_file() or p.is_symlink())
-        and not is_defaults_file(p)
+    """The rollout files of a directory and its sub-folders (`*.yaml`, and `*.yml` so that a
+    misnamed one is reported rather than silently skipped), sorted; never a shared
+    `_defaults.yaml` (each applies to the files of its own folder, see `load_spec`).
+
+    Sub-folders hold a fleet's files by region or team (`rollout/europe-west1/ion-api.yaml`);
+    a file's identity is (project, region, service) from its content, never its folder.
+    Folders starting with a dot are skipped. A symbolic link, to a file or a folder, is
+    listed (not followed, not skipped) so that `load_spec` reports it.
+    """
+    found: list[Path] = []
+    for here, folders, files in os.walk(directory, followlinks=False):
+        base = Path(here)
+        for name in list(folders):
+            if name.startswith(".") or (base / name).is_symlink():
+                folders.remove(name)
+                if not name.startswith("."):
+                    found.append(base / name)
+        found += (
+            base / n
+            for n in files
+            if Path(n).suffix in (".yaml", ".yml")
+            and not n.startswith(".")
+            and not is_defaults_file(base / n)
+        )
+    return sorted(found)
+
+
+def duplicate_identities(loaded: Sequence[tuple[Path, RolloutSpec]]) -> dict[Path, str]:
+    """Files that must not be reconciled because another file claims the same rollout:
+    each mapped to a one-line error naming both files.
+
+    Two files naming one (project, region, service) would fight over its traffic. Two naming
+    the same service id in different projects or regions are refused as well: state/ is
+    still kept per service id (`state/<service>/`), so they would overwrite each other's
+    observed state.
+    """
+    first: dict[str, tuple[Path, RolloutSpec]] = {}
+    out: dict[Path, str] = {}
+    for path, spec in loaded:
+        seen = first.setdefault(spec.service, (path, spec))
+        if seen[0] != path:
+            out[path] = _clash(path, spec, *seen)
+            out.setdefault(seen[0], _clash(seen[0], seen[1], path, spec))
+    return out
+
+
+def _clash(path: Path, spec: RolloutSpec, other: Path, theirs: RolloutSpec) -> str:
+    if (spec.project, spec.region) == (theirs.project, theirs.region):
+        return (
+            f"{path}: {other} names the same rollout (project {spec.project}, region "
+            f"{spec.region}, service {spec.service}); keep one file per rollout"
+        )
+    return (
+        f"{path}: {other} names service {spec.service} too (project {theirs.project}, region "
+        f"{theirs.region}); state/ is kept per service id, so one region per service id "
+        "for now"
     )
 
 

@@ -34,7 +34,8 @@ def _one_file(ctx: Context, service: str) -> Path:
 
 
 def _pull(ctx: Context) -> None:
-    """Act on the newest git: a laptop clone may be behind (a finalize, a new stable)."""
+    """Act on the newest git: a laptop clone may be behind (a finalize, a new stable). Never
+    before a rollback's traffic write (see `roll_back_now`)."""
     if ctx.git is not None and ctx.push and ctx.git.has_remote():
         try:
             ctx.git.pull()
@@ -45,10 +46,24 @@ def _pull(ctx: Context) -> None:
 def rollback(ctx: Context, service: str, reason: str) -> ServiceOutcome:
     """100% to stable at once, then the sticky `rolled_back` block, committed and pushed.
 
-    Already rolled back (all traffic on stable, the block in git): nothing to do.
+    Already rolled back (all traffic on stable, the block in git): nothing to do. Git is
+    reached only after the traffic write and the local commit (`roll_back_now`), so a slow
+    or unreachable remote never delays the rollback; `publish` says when it was not pushed.
+    """
+    outcome = roll_back_now(ctx, service, reason)
+    publish(ctx, outcome)
+    if outcome.error:
+        raise ReconcileError(outcome.error)
+    return outcome
+
+
+def roll_back_now(ctx: Context, service: str, reason: str) -> ServiceOutcome:
+    """The rollback's traffic write and its local record, without touching the remote: the
+    desired state comes from the working tree and the live service (a clone that is behind
+    still knows the stable revision it last applied, and the live service says what serves).
+    A write whose read-back failed is recorded all the same, with `error` saying so.
     """
     path = _one_file(ctx, service)
-    _pull(ctx)
     spec = load_spec(path)
     live = ctx.backend.get_service(ref_of(spec))
     if is_rolled_back(spec) and live.traffic.percents() == {spec.revisions.stable: 100}:
@@ -69,13 +84,34 @@ def rollback(ctx: Context, service: str, reason: str) -> ServiceOutcome:
 
     d, applied = carry_out(ctx, run, redecide(live), redecide)
     commit = record(ctx, run, d, applied)
-    if commit and ctx.push and ctx.git is not None:
-        ctx.git.push()
+    error = None
     if run.unconfirmed:
-        raise ReconcileError(
-            f"{d.plan.ref.name}: rollback recorded, not confirmed serving: {run.unconfirmed}"
-        )
-    return ServiceOutcome(spec.service, plan=d.plan, applied=True, rolled_back=True, commit=commit)
+        error = f"{d.plan.ref.name}: rollback recorded, not confirmed serving: {run.unconfirmed}"
+    return ServiceOutcome(
+        spec.service, plan=d.plan, applied=True, rolled_back=True, error=error, commit=commit
+    )
+
+
+def publish(ctx: Context, outcome: ServiceOutcome) -> None:
+    """Bring the rollback's record (and any earlier unpushed one) to the remote: sync onto
+    its tip, then push. Raises, saying the rollback is live and committed locally, when the
+    remote cannot be reached; the next run pushes the commit."""
+    if ctx.git is None or not ctx.push or not ctx.git.has_remote():
+        return
+    if not outcome.commit and not ctx.git.unpushed():
+        return
+    done = (
+        f"{outcome.service}: rolled back and recorded locally"
+        if outcome.rolled_back
+        else f"{outcome.service}: local commits"
+    )
+    synced = ctx.git.sync()
+    if not synced.at_tip:
+        raise ReconcileError(f"{done}, not pushed: {synced.reason}; the next run pushes it")
+    try:
+        ctx.git.push()
+    except ReconcileError as exc:
+        raise ReconcileError(f"{done}, not pushed: {exc}") from None
 
 
 @dataclass(frozen=True)

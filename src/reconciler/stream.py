@@ -3,7 +3,8 @@ judged by the anytime-valid test (`sequential`), rolling back within seconds of 
 
 The stream may only roll back: promotion stays with the windowed gates of `apply`. A rollback
 goes through `roll_back`, the one seam to the operator's rollback path (the same traffic
-write, rollout-file edit, commit and push as `reconcile rollback`). The controller outlives
+write, rollout-file edit, commit and push as `reconcile rollback`), which also sends the
+`notify:` notice once the rollback is recorded. The controller outlives
 a lost stream (reconnects with backoff), an API outage (the rollback is retried until it
 is live) and a git outage (the recording is retried; the traffic change never waits on git).
 """
@@ -23,7 +24,7 @@ from google.api_core.exceptions import GoogleAPICallError
 
 from reconciler.errors import ReconcileError
 from reconciler.lease import Lease, LeaseError, holder_id
-from reconciler.reconcile import ROLLED_BACK_EXIT, Context, rollout_files
+from reconciler.reconcile import ROLLED_BACK_EXIT, Context, ServiceOutcome, rollout_files
 from reconciler.sequential import (
     DEFAULT_ALPHA,
     DEFAULT_RESTART,
@@ -121,15 +122,41 @@ def request_filter(canaries: Sequence[Canary]) -> tuple[list[str], str]:
 
 
 def roll_back(ctx: Context, service: str, reason: str) -> bool:
-    """The operator's rollback path, as `reconcile rollback --force` runs it; then any commit
-    an earlier failed push left behind is pushed. True when it rolled back now, False when it
-    was rolled back already."""
+    """The operator's rollback path, as `reconcile rollback --force` runs it: the traffic
+    write and its local record first, then the `notify:` notice (sent on its own thread, so
+    it never delays this or another rollback), then the push of every commit the remote lacks
+    (a failed push raises and is retried). True when it rolled back now, False when it was
+    rolled back already."""
     from reconciler import manual
 
-    outcome = manual.rollback(ctx, service, reason)
-    if ctx.git is not None and ctx.push and ctx.git.unpushed():
-        ctx.git.push()
+    outcome = manual.roll_back_now(ctx, service, reason)
+    if outcome.rolled_back:
+        _notify(ctx, outcome)
+    manual.publish(ctx, outcome)
+    if outcome.error:
+        raise ReconcileError(outcome.error)
     return outcome.rolled_back
+
+
+def _notify(ctx: Context, outcome: ServiceOutcome) -> None:
+    """Send the rollback's notice as `apply` does, from a thread of its own. Not a daemon:
+    the process waits for it (bounded by the notify budget) before it exits."""
+    from reconciler import notify
+
+    try:
+        deliveries = notify.plan_deliveries(
+            ctx.repo, [outcome], {}, now=ctx.clock(), warn=log.warning
+        )
+    except ReconcileError as exc:  # an unreadable rollout file: the rollback still stands
+        log.warning("notify: skipped (%s)", exc)
+        return
+    if deliveries:
+        threading.Thread(
+            target=notify.send,
+            args=(deliveries,),
+            kwargs={"warn": log.warning},
+            name=f"notify-{outcome.service}",
+        ).start()
 
 
 @dataclass

@@ -11,7 +11,7 @@ from datetime import datetime, timedelta
 from types import FrameType
 
 from reconciler.errors import ReconcileError
-from reconciler.reconcile import ROLLED_BACK_EXIT, RunResult
+from reconciler.reconcile import ROLLED_BACK_EXIT, ROLLED_BACK_LOCAL_EXIT, RunResult
 from reconciler.spec import format_duration
 from reconciler.views.watch import tick_lines
 
@@ -54,7 +54,9 @@ def watch(
 ) -> WatchResult:
     """Reconcile now, then every `interval`, until `duration` has passed or `stop` is set.
 
-    Exit code: 4 if any tick rolled a canary back, else the last tick's code.
+    Exit code: when any tick rolled a canary back, 4 if the last tick left everything on
+    the remote (a later push carries an earlier tick's record), else 5; otherwise the last
+    tick's code.
     """
     stop = stop or threading.Event()
     start = clock()
@@ -75,14 +77,17 @@ def watch(
                 # One bad tick (git or API down) must not end the monitor loop.
                 result = RunResult((), None, f"tick failed: {exc}")
             code = result.exit_code
-            rolled_back = rolled_back or code == ROLLED_BACK_EXIT
+            rolled_back = rolled_back or code in (ROLLED_BACK_EXIT, ROLLED_BACK_LOCAL_EXIT)
+            if rolled_back:
+                landed = not (result.git_error or result.degraded)
+                code = ROLLED_BACK_EXIT if landed else ROLLED_BACK_LOCAL_EXIT
             lines, seen = tick_lines(ticks, clock(), result, seen)
             for line in lines:
                 report(line)
             if stop.is_set():
-                return WatchResult(ticks, ROLLED_BACK_EXIT if rolled_back else code, "signal")
+                return WatchResult(ticks, code, "signal")
             elapsed = clock() - start
             if duration is not None and elapsed + interval > duration:
-                return WatchResult(ticks, ROLLED_BACK_EXIT if rolled_back else code, "duration")
+                return WatchResult(ticks, code, "duration")
             if stop.wait(interval.total_seconds()):
-                return WatchResult(ticks, ROLLED_BACK_EXIT if rolled_back else code, "signal")
+                return WatchResult(ticks, code, "signal")

@@ -43,8 +43,9 @@ class YamlEditError(ReconcileError):
 
 
 # Plain scalars that load back as the same string under YAML 1.1 and 1.2: revision names,
-# providers, simple words. Anything else is double-quoted.
-_PLAIN_SAFE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]*$")
+# providers, simple words. Anything else is double-quoted. Matched with `fullmatch`: `$`
+# also matches before a trailing newline, which would write "A\n" plain and load it as "A".
+_PLAIN_SAFE = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]*")
 # Characters that cannot stand unescaped inside a quoted YAML scalar without changing it, and
 # the line separators (NEL, U+2028, U+2029) that YAML folds and line readers split at.
 _NEEDS_ESCAPE = re.compile(
@@ -358,7 +359,7 @@ def _scalar(value: object, style: str | None) -> str:
 
 
 def _plain_ok(text: str) -> bool:
-    return bool(_PLAIN_SAFE.match(text)) and text.lower() not in _YAML_KEYWORDS
+    return bool(_PLAIN_SAFE.fullmatch(text)) and text.lower() not in _YAML_KEYWORDS
 
 
 def _double_quoted(text: str) -> str:

@@ -203,3 +203,31 @@ def test_validate_env_reports_every_unset_variable(repo: Path) -> None:
         "environment variable GATEWAY_KEY, which is not set",
         "error: 2 environment variables the rollout files read are not set",
     ]
+
+
+def test_validate_env_lists_the_variables_of_notify_channels(repo: Path) -> None:
+    # The service's own channel, and a signed webhook inherited from the shared defaults
+    # (named once, at its line in the defaults file).
+    path = repo / "rollout" / "ion-api.yaml"
+    own = "notify:\n  - kind: slack\n    url: {env: SLACK_URL}\n"
+    path.write_text(path.read_text(encoding="utf-8") + own, encoding="utf-8")
+    shared = "notify:\n  - kind: webhook\n    url: {env: HOOK_URL}\n    secret: {env: HOOK_KEY}\n"
+    (repo / "rollout" / "_defaults.yaml").write_text(shared, encoding="utf-8")
+    other = repo / "rollout" / "ion-web.yaml"
+    other.write_text(
+        EXAMPLE.read_text(encoding="utf-8").replace("ion-api", "ion-web"), encoding="utf-8"
+    )
+    assert reconcile("validate", cwd=repo).returncode == 0
+    result = reconcile("validate", "--env", cwd=repo)
+    assert result.returncode == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    slack = len(path.read_text(encoding="utf-8").splitlines())
+    assert result.stderr.splitlines() == [
+        "rollout/_defaults.yaml:3: notify webhook: url reads environment variable HOOK_URL, "
+        "which is not set",
+        "rollout/_defaults.yaml:4: notify webhook: secret reads environment variable HOOK_KEY, "
+        "which is not set",
+        f"rollout/ion-api.yaml:{slack}: notify slack: url reads environment variable SLACK_URL, "
+        "which is not set",
+        "error: 3 environment variables the rollout files read are not set",
+    ]

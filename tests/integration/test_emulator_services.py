@@ -329,3 +329,28 @@ def test_transient_fault_heals_and_latency_is_added(
     revisions.get_revision(name=f"{name}/revisions/{STABLE}")
     assert time.monotonic() - started >= 0.3
     assert emulator.calls["GetRevision"] == 3
+
+
+def test_list_revisions_across_services_with_dash_pages(many_services: Emulator) -> None:
+    # Cloud Run: "To list all Revisions across Services, use - instead of Service name."
+    many_services.deploy("svc-3", "svc-3-00002-bbb")
+    revisions = clients.revisions_client(many_services.grpc_target)
+    parent = "projects/paging-proj/locations/europe-west1/services/-"
+    pager = revisions.list_revisions(
+        request=run_v2.ListRevisionsRequest(parent=parent, page_size=4)
+    )
+    pages = list(pager.pages)
+    assert [len(p.revisions) for p in pages] == [4, 2]
+    names = [r.name.split("/services/", 1)[1] for p in pages for r in p.revisions]
+    assert sorted(names) == sorted(
+        [f"svc-{i}/revisions/svc-{i}-00001-aaa" for i in range(5)]
+        + ["svc-3/revisions/svc-3-00002-bbb"]
+    )
+    # Each service's revisions still come newest first.
+    assert names.index("svc-3/revisions/svc-3-00002-bbb") < names.index(
+        "svc-3/revisions/svc-3-00001-aaa"
+    )
+    other = "projects/other/locations/europe-west1/services/-"
+    assert list(revisions.list_revisions(parent=other)) == []
+    with pytest.raises(exceptions.NotFound):
+        list(revisions.list_revisions(parent=parent.replace("/-", "/svc-99")))

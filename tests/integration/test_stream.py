@@ -3,6 +3,7 @@ remote; a breach rolled back in seconds, an emulator restart and a git outage su
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -19,6 +20,7 @@ from reconciler.runtime import build_context
 from reconciler.sandbox import Sandbox, example_rollout, sandbox
 from reconciler.spec import ErrorRateGate
 from reconciler.stream import CloudLogging, Controller, StreamResult, live_canaries
+from reconciler.testing.webhooks import WebhookRecorder
 
 SERVICE, STABLE, CANARY = "ion-api", "ion-api-00041-abc", "ion-api-00042-xyz"
 LOG_DELAY = 0.3
@@ -187,3 +189,35 @@ def test_a_second_controller_stands_by_until_the_lease_is_released(sb: Sandbox) 
             assert until(lambda: canary_percent(sb.emu) == 0, sb.emu), lines
     assert first_results[0].rollbacks == []
     assert results[0].rollbacks == [SERVICE]
+
+
+def test_a_streamed_rollback_is_told_after_its_record_and_never_waits_for_it(
+    sb: Sandbox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with WebhookRecorder.start() as hooks:
+        hooks.delay = 3.0  # a slow receiver (answered within one attempt's timeout)
+        monkeypatch.setenv("HOOK_URL", hooks.url("/hook"))
+        monkeypatch.setenv("HOOK_KEY", "k3y-for-hmac")
+        notify = (
+            "notify:\n  - kind: webhook\n    url: {env: HOOK_URL}\n    secret: {env: HOOK_KEY}\n"
+        )
+        sb.commit_rollout(sb.rollout().read_text(encoding="utf-8") + notify, "notify")
+        recorded_first: list[bool] = []
+        hooks.on_request = lambda _r: recorded_first.append(
+            "rolled_back:" in sb.rollout().read_text(encoding="utf-8")
+        )
+        with running(sb) as (_, lines, _results):
+            assert until(lambda: any("streaming" in line for line in lines), sb.emu)
+            sb.emu.behave(CANARY, error_rate=0.5)
+            assert until(lambda: canary_percent(sb.emu) == 0, sb.emu), lines
+            assert until(lambda: "rolled_back:" in sb.remote_file("rollout/ion-api.yaml"), sb.emu)
+            pushed = time.monotonic()
+            assert until(lambda: bool(hooks.requests), sb.emu), lines
+        (request,) = hooks.requests
+        # The record was pushed while the receiver still held the notice: never waited for.
+        assert pushed < request.at + hooks.delay
+    assert recorded_first == [True]
+    payload = json.loads(request.body)
+    assert (payload["event"], payload["service"]) == ("rollback", SERVICE)
+    assert payload["canary_percent"] == {"before": 5, "after": 0}
+    assert "stream: error_rate above 5%" in json.dumps(payload)

@@ -63,7 +63,7 @@ def live_with(*targets: Target, requested: TrafficSplit | None = None, **over: A
         generation=3,
         observed_generation=3,
         revisions=frozenset((STABLE, CANARY, OTHER)),
-        requested=requested if requested is not None else TrafficSplit(),
+        requested=requested or split,
         **over,
     )
 

@@ -30,12 +30,15 @@ class Outcome_:
     error: str | None = None
     commit: str | None = None
     verdict: Verdict | None = None
+    held: str | None = None
 
 
 @dataclass(frozen=True)
 class Run:
     outcomes: tuple[Outcome_, ...]
     git_error: str | None = None
+    degraded: str | None = None
+    recorded: bool = True
 
 
 def test_colour_only_when_asked_and_the_text_is_the_same_without_it() -> None:
@@ -143,3 +146,17 @@ def test_verdict_lines_lead_with_what_failed() -> None:
     assert line.startswith("FAIL: error_rate 7.12% > 5%")
     assert line.index("error_rate") < line.index("in 1 of 2 windows needed to fail")
     assert "latency_p95" not in line  # a passing gate is no reason
+
+
+def test_degraded_is_said_on_every_line_and_an_unpushed_rollback_says_so() -> None:
+    from reconciler.views.apply import run_lines
+
+    result = Run(
+        (Outcome_("billing-api", error="permission denied"), Outcome_("ion-api", held="degraded")),
+        degraded="the clone is not at the remote's tip (fetch failed)",
+        recorded=False,
+    )
+    lines = [line.text for line in run_lines(result)]
+    services = [x for x in lines if "billing-api" in x or "ion-api" in x]
+    assert services and all("[degraded: rollbacks only]" in x for x in services), lines
+    assert any(x.startswith("degraded:") for x in lines), lines

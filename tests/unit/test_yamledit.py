@@ -304,3 +304,12 @@ def test_any_reason_round_trips(reason: str) -> None:
     for quote in ("'", '"', ""):
         text = f"a: {quote}x{quote}  # c\n"
         assert yaml.safe_load(edit_rollout(text, set_values={"a": reason}))["a"] == reason
+
+
+@pytest.mark.parametrize("reason", ["A\n", "ion-api\n", "A\r\n"])
+def test_a_reason_ending_in_a_line_break_round_trips(reason: str) -> None:
+    # A word plus a trailing newline once looked plain (`$` matches before the newline), was
+    # written unquoted and loaded back without it.
+    after = record_rollback(ION_API, revision="ion-api-00042-xyz", at=AT, reason=reason)
+    assert yaml.safe_load(after)["rolled_back"]["reason"] == reason
+    assert yaml.safe_load(edit_rollout("a: x\n", set_values={"a": reason}))["a"] == reason

@@ -7,7 +7,7 @@ the official `google-cloud-run` client.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from reconciler.errors import ReconcileError
 from reconciler.model import LiveService, ServiceRef, TrafficSplit
@@ -47,4 +47,13 @@ class TrafficBackend(Protocol):
         annotations: Mapping[str, str] | None = None,
     ) -> LiveService:
         """Write `split` (and `annotations`) if the service still has `etag`; wait; verify."""
+        ...
+
+
+@runtime_checkable
+class ListingBackend(TrafficBackend, Protocol):
+    """A backend that can also read a whole project and region in a few list calls."""
+
+    def list_services(self, project: str, region: str) -> dict[str, LiveService]:
+        """Every service of `project` in `region`, by service id."""
         ...

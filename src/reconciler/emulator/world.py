@@ -322,13 +322,31 @@ class World:
             return copy.deepcopy(rev), copy.deepcopy(self._service(svc_key))
 
     def list_revisions(self, parent: str) -> list[tuple[Revision, Service]]:
-        """Snapshots of a service's revisions, newest first (as Cloud Run lists them)."""
+        """Snapshots of a service's revisions, newest first (as Cloud Run lists them).
+
+        A parent ending in `services/-` lists the revisions of every service of that project
+        and region (Cloud Run: "to list all Revisions across Services, use - instead of
+        Service name"), service by service in name order, each service's newest first.
+        """
+        m = re.fullmatch(r"projects/([^/]+)/locations/([^/]+)/services/-", parent)
         with self._lock:
-            svc = self._service(parent)
-            return [
-                (copy.deepcopy(self.revisions[svc.revision_key(r)]), copy.deepcopy(svc))
-                for r in reversed(svc.revisions)
-            ]
+            if m is None:
+                chosen = [self._service(parent)]
+            else:
+                project, region = m.groups()
+                chosen = sorted(
+                    (s for s in self.services.values()
+                     if s.project == project and s.region == region),
+                    key=lambda s: s.key,
+                )  # fmt: skip
+            out: list[tuple[Revision, Service]] = []
+            for svc in chosen:
+                snapshot = copy.deepcopy(svc)  # once per service, not once per revision
+                out.extend(
+                    (copy.deepcopy(self.revisions[svc.revision_key(r)]), snapshot)
+                    for r in reversed(svc.revisions)
+                )
+            return out
 
     def get_operation(self, name: str) -> tuple[Operation, Service]:
         """Poll an operation: counts the poll, completes it when its polls are used up."""

@@ -22,28 +22,38 @@ def _commit(sha: str | None) -> str:
     return f" (commit {sha[:10]})" if sha else ""
 
 
-def outcome_lines(o: ServiceOutcome, *, color: bool = False) -> list[Line]:
-    """The lines of one service's outcome: applied, rolled back, blocked, in sync or error."""
+def outcome_lines(
+    o: ServiceOutcome, *, color: bool = False, mark: str = "", recorded: bool = True
+) -> list[Line]:
+    """The lines of one service's outcome: applied, rolled back, held, blocked, in sync or
+    error. `mark` ends every line (degraded mode); `recorded` False says a rollback's record
+    has not reached the remote."""
     if o.error:
-        text = o.error if o.error.startswith(o.service) else f"{o.service}: {o.error}"
-        return [Line(f"{paint('error:', 'bad', color)} {text}", err=True)]
+        # An error that already names its service (or its file) is not prefixed.
+        named = o.service in o.error.split(":", 1)[0]
+        text = o.error if named else f"{o.service}: {o.error}"
+        return [Line(f"{paint('error:', 'bad', color)} {text}{mark}", err=True)]
     sp = o.plan
     if sp is None:
         return []
     if o.rolled_back:
         head = paint("ROLLED BACK", "bad", color)
         what = sp.edit.summary if sp.edit else ""
-        lines = [Line(f"{head} {o.service}: {what}{_commit(o.commit)}")]
+        where = "" if recorded else ", NOT yet recorded on the remote"
+        lines = [Line(f"{head} {o.service}: {what}{_commit(o.commit)}{where}{mark}")]
     elif o.applied:
         change = f"{sp.before.describe()} -> {sp.after.describe()}"
         head = paint("applied", "change", color)
-        lines = [Line(f"{head} {o.service}: {sp.reason.value}, {change}{_commit(o.commit)}")]
+        lines = [Line(f"{head} {o.service}: {sp.reason.value}, {change}{_commit(o.commit)}{mark}")]
+    elif o.held:
+        lines = [Line(f"{paint('held', 'bad', color)} {o.service}: {o.held}{mark}", err=True)]
     elif sp.blocked:
-        lines = [Line(f"{paint('blocked', 'bad', color)} {o.service}: {sp.blocked}", err=True)]
+        text = f"{paint('blocked', 'bad', color)} {o.service}: {sp.blocked}{mark}"
+        lines = [Line(text, err=True)]
     else:
         verdict = f", verdict {verdict_summary(o.verdict)}" if o.verdict else ""
         ok = paint("ok", "good", color)
-        lines = [Line(f"{ok} {o.service}: in sync ({sp.before.describe()}){verdict}")]
+        lines = [Line(f"{ok} {o.service}: in sync ({sp.before.describe()}){verdict}{mark}")]
     return lines + [Line(f"  {note}") for note in (*sp.notes, *sp.warnings)]
 
 
@@ -70,10 +80,15 @@ def run_lines(result: RunResult, *, dry_run: bool = False, color: bool = False) 
     A dry run has printed its plan already, so only its errors follow.
     """
     lines = []
+    # Degraded mode is said on every service line: each one was held to rollbacks only.
+    mark = " [degraded: rollbacks only]" if result.degraded else ""
     for o in result.outcomes:
         if dry_run and not o.error:
             continue
-        lines += outcome_lines(o, color=color)
+        lines += outcome_lines(o, color=color, mark=mark, recorded=result.recorded)
+    if result.degraded:
+        text = f"{result.degraded}; only rollbacks were applied"
+        lines.append(Line(f"{paint('degraded:', 'bad', color)} {text}", err=True))
     if result.git_error:
         lines.append(Line(f"{paint('error:', 'bad', color)} {result.git_error}", err=True))
     if not dry_run:

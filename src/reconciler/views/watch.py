@@ -24,6 +24,8 @@ def describe(o: ServiceOutcome) -> str:
     text = f"{o.service} {pct}% {verdict}"
     if o.applied:
         text += f" ({sp.reason.value}: {sp.before.describe()} -> {sp.after.describe()})"
+    elif o.held:
+        text += f" ({o.held})"
     elif sp.blocked:
         text += f" (blocked: {sp.blocked})"
     return text
@@ -42,7 +44,9 @@ def tick_lines(
     One changed service fits on the tick's line; several go one per line below it; a tick
     where nothing changed is one short line, whatever the number of services.
     """
-    now = {o.service: describe(o) for o in result.outcomes}
+    # Degraded mode is said on every service's line, not once: each one was held.
+    mark = " [degraded: rollbacks only]" if result.degraded else ""
+    now = {o.service: describe(o) + mark for o in result.outcomes}
     changed = [now[o.service] for o in result.outcomes if _news(o, now[o.service], seen)]
     if result.git_error:
         changed.append(result.git_error)
