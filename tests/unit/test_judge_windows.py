@@ -3,6 +3,7 @@ catch-up after late runs with coverage, and the low-traffic HELD policy."""
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any
@@ -135,7 +136,7 @@ def test_late_and_skipped_runs_leave_no_traffic_unjudged() -> None:
     canary = sorted((w for w in status.windows if w.revision == CANARY), key=lambda w: w.end)
     # Back to back from the stage start, no gap, no overlap.
     assert canary[0].start == T0
-    assert all(a.end == b.start for a, b in zip(canary, canary[1:], strict=False))
+    assert all(a.end == b.start for a, b in itertools.pairwise(canary))
     final_end = max(w.end for w in canary if not w.provisional)
     assert status.coverage.served == _served(T0, final_end)
     assert status.coverage.share == 1.0
