@@ -196,6 +196,8 @@ def decide(
         sp = replace(sp, warnings=(*sp.warnings, f"metrics: {metrics_error}"))
     if j.held:
         sp = replace(sp, warnings=(*sp.warnings, j.held))
+    if verdict is not None and j.coverage.served:
+        sp = replace(sp, notes=(*sp.notes, f"coverage: {j.coverage.describe()} at this stage"))
     sp = replace(sp, blocked=sp.blocked or _hold(spec, status, live, sp, config_errors))
     events = tuple(
         Event(now, EventKind.PROBE_FAILED, actor, reason=p.reason, spec_commit=spec_commit)

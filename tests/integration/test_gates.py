@@ -1,7 +1,7 @@
 """Analysis scenarios on the emulator: metrics it measured from served traffic decide.
 
-Each tick moves the emulator clock one gate window (5m) forward, serves real requests through
-the data plane, and runs `apply` with the emulator's clock, so windows are real, distinct and
+Each tick serves real requests through the data plane, moves the emulator clock one gate window
+(5m) forward, and runs `apply` with the emulator's clock, so windows are real, distinct and
 measured through the official Monitoring client.
 """
 
@@ -53,12 +53,13 @@ def context(sb: Sandbox) -> Context:
 
 
 def tick(sb: Sandbox, ctx: Context, canary: int, service: int = 200) -> RunResult:
-    """One window later: serve traffic (service URL and canary tag URL), then apply."""
-    sb.emu.advance_clock(WINDOW)
+    """Serve traffic (service URL and canary tag URL), then apply one window later: the
+    window, aligned on the stage start, then holds this traffic and none of the last tick's."""
     if service:
         sb.emu.load("ion-api", service)
     if canary:
         sb.emu.load("ion-api", canary, tag="canary")
+    sb.emu.advance_clock(WINDOW)
     return apply_all(ctx)
 
 

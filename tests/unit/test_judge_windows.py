@@ -141,6 +141,8 @@ def test_late_and_skipped_runs_leave_no_traffic_unjudged() -> None:
     assert status.coverage.served == _served(T0, final_end)
     assert status.coverage.share == 1.0
     assert status.coverage.describe().startswith("100% ")
+    d = _run(spec, status, T0 + timedelta(minutes=54))
+    assert any(n.startswith("coverage: 100% (") for n in d.plan.notes)  # status and plan
 
 
 def test_catch_up_is_capped_and_the_rest_lowers_coverage() -> None:
