@@ -4,7 +4,8 @@ Pure: no I/O, no clock. The caller measures (metrics providers, probes), keeps r
 windows in state, and calls `judge()` once per tick.
 
 The rules, per gate:
-- A window with fewer than `gates.min_requests` requests is INCONCLUSIVE: never PASS or FAIL.
+- A window with fewer than `gates.min_requests` requests is INCONCLUSIVE: never PASS or FAIL;
+  so is a window whose data the provider reported incomplete (`WindowStats.incomplete`).
 - Rates are judged on a Wilson score interval (95% by default), not the point estimate: an
   error-rate window FAILs only when the interval's lower bound is above `max`, PASSes only
   when its upper bound is at or below `max`, and is INCONCLUSIVE in between. So a handful of
@@ -238,6 +239,11 @@ class _Rule:
 
 
 def _low_count(ctx: _Context, w: WindowStats) -> _Seen | None:
+    if w.incomplete is not None:
+        # Partial data can hide the errors (or the successes): it proves nothing either way.
+        return _Seen(
+            Outcome.INCONCLUSIVE, w, detail=f"incomplete data: {w.incomplete}", enough=False
+        )
     if w.requests < ctx.gates.min_requests:
         detail = f"{w.requests:,} requests < min_requests {ctx.gates.min_requests:,}"
         return _Seen(Outcome.INCONCLUSIVE, w, detail=detail, enough=False)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, TypeVar
 
 from reconciler.errors import ReconcileError
@@ -21,6 +22,8 @@ if TYPE_CHECKING:
     from google.cloud.logging_v2.services.logging_service_v2 import LoggingServiceV2Client
 
 EMULATOR_HOST_ENV = "CLOUD_RUN_EMULATOR_HOST"
+CLOCK_METHOD = "/reconciler.emulator.v1.Clock/Now"
+"""The emulator's own clock (not a Google API): `reconcile emulator clock` moves it."""
 T = TypeVar("T")
 # Aggregated ListTimeSeries answers for many services can exceed gRPC's 4 MiB default.
 _MAX_MESSAGE_BYTES = 64 * 1024 * 1024
@@ -101,6 +104,40 @@ def metric_client(host: str | None = None) -> monitoring_v3.MetricServiceClient:
     return monitoring_v3.MetricServiceClient(
         transport=MetricServiceGrpcTransport(channel=_channel(target))
     )
+
+
+def emulator_clock(host: str) -> Callable[[], datetime]:
+    """A clock reading the emulator at `host`: its time moves with `reconcile emulator clock`,
+    so windows, bake and ingestion delays pass without waiting.
+
+    While the emulator is unreachable (restarting), the clock runs on from its last reading
+    at wall-clock pace, so a long-running loop keeps its sense of time; it fails (one line)
+    only if it never read the emulator at all."""
+    import grpc
+    from google.protobuf import empty_pb2, timestamp_pb2
+
+    now = _channel(host).unary_unary(
+        CLOCK_METHOD,
+        request_serializer=empty_pb2.Empty.SerializeToString,
+        response_deserializer=timestamp_pb2.Timestamp.FromString,
+    )
+    offset: list[timedelta] = []
+
+    def read() -> datetime:
+        try:
+            stamp = now(empty_pb2.Empty(), timeout=10)
+        except grpc.RpcError as exc:
+            if offset:
+                return datetime.now(UTC) + offset[-1]
+            raise ReconcileError(
+                f"emulator at {host} ({EMULATOR_HOST_ENV}): cannot read its clock "
+                f"({exc.code().name})"
+            ) from None
+        when: datetime = stamp.ToDatetime(tzinfo=UTC)
+        offset[:] = [when - datetime.now(UTC)]
+        return when
+
+    return read
 
 
 def logging_client(host: str | None = None) -> LoggingServiceV2Client:

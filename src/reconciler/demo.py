@@ -3,11 +3,14 @@
 A temp git repo with a bare remote, the in-process emulator, and the CLI exactly as a user
 types it: validate, plan, apply 5%, healthy traffic, an automatic advance, a bad revision,
 an automatic rollback; then the git log and the observed state. No cloud account.
+
+The emulator is as slow as Google where it matters (metrics sampled every minute and readable
+three minutes later, windows of at least a minute), so the story keeps realistic windows and
+moves the emulator's clock instead of waiting: the reconciler reads that same clock.
 """
 
 from __future__ import annotations
 
-import os
 import shlex
 import time
 from collections.abc import Callable, Sequence
@@ -20,20 +23,35 @@ from reconciler.sandbox import Sandbox, example_rollout, sandbox
 STABLE = "ion-api-00041-abc"
 GOOD = "ion-api-00042-xyz"
 BAD = "ion-api-00043-bad"
-WINDOW_S = 2.0
+WINDOW = "1m"
+WINDOW_S = 60.0
+BAKE = "2m"
+MAX_TICKS = 10
 
 
-def _say(text: str) -> None:
-    click.echo(click.style(f"\n# {text}", fg="cyan", bold=True))
+class _Voice:
+    """The narrator: styled lines when colour is on (a terminal, no NO_COLOR or --no-color),
+    and the commands it runs told the same (`--no-color` when off)."""
 
+    def __init__(self, color: bool) -> None:
+        self.color = color
 
-def _run(sb: Sandbox, argv: Sequence[str]) -> int:
-    from reconciler.cli import main
+    def style(
+        self, text: str, fg: str | None = None, bold: bool | None = None, dim: bool | None = None
+    ) -> str:
+        return click.style(text, fg=fg, bold=bold, dim=dim) if self.color else text
 
-    click.echo(click.style(f"$ reconcile {shlex.join(argv)}", bold=True))
-    code = main(["--repo", str(sb.repo), *argv])
-    click.echo(click.style(f"(exit {code})", dim=True))
-    return code
+    def say(self, text: str) -> None:
+        click.echo(self.style(f"\n# {text}", fg="cyan", bold=True))
+
+    def run(self, sb: Sandbox, argv: Sequence[str]) -> int:
+        from reconciler.cli import main
+
+        click.echo(self.style(f"$ reconcile {shlex.join(argv)}", bold=True))
+        plain = [] if self.color else ["--no-color"]
+        code = main(["--repo", str(sb.repo), *plain, *argv])
+        click.echo(self.style(f"(exit {code})", dim=True))
+        return code
 
 
 def _traffic(sb: Sandbox, canary_requests: int = 120) -> None:
@@ -45,37 +63,25 @@ def _traffic(sb: Sandbox, canary_requests: int = 120) -> None:
     )
 
 
-class _Ticker:
-    """Paces the story: each apply judges the last gate window, which must hold this tick's
-    traffic and none of the previous tick's (windows never overlap)."""
-
-    def __init__(self) -> None:
-        self.last = 0.0
-
-    def wait(self) -> None:
-        remaining = WINDOW_S + 0.1 - (time.monotonic() - self.last)
-        if remaining > 0:
-            time.sleep(remaining)
-        self.last = time.monotonic()
+def _minute(sb: Sandbox) -> None:
+    """One gate window of emulator time passes (`reconcile emulator clock +1m`)."""
+    sb.emu.advance_clock(WINDOW_S)
+    click.echo(click.style(f"  emulator clock +{WINDOW}: {sb.now():%H:%M:%S}", dim=True))
 
 
-def story(sb: Sandbox, out: Callable[[str], None] = click.echo) -> int:
+def story(sb: Sandbox, out: Callable[[str], None] = click.echo, *, color: bool = False) -> int:
     """Run the demo in a ready sandbox; returns the number of failed expectations."""
     problems = 0
+    voice = _Voice(color)
+    _say, _run = voice.say, voice.run
 
     def expect(code: int, wanted: int, what: str) -> None:
         nonlocal problems
         if code != wanted:
             problems += 1
-            out(click.style(f"!! expected exit {wanted} from {what}, got {code}", fg="red"))
+            out(voice.style(f"!! expected exit {wanted} from {what}, got {code}", fg="red"))
 
-    text = example_rollout(
-        sb.emu,
-        window=f"{int(WINDOW_S)}s",
-        bake=f"{int(WINDOW_S)}s",
-        min_requests=50,
-        auto_advance="true",
-    )
+    text = example_rollout(sb.emu, window=WINDOW, bake=BAKE, min_requests=50, auto_advance="true")
     sb.commit_rollout(text, "rollout: ion-api canary 5% with auto_advance")
     sb.emu.behave(GOOD, error_rate=0.0)
 
@@ -88,11 +94,14 @@ def story(sb: Sandbox, out: Callable[[str], None] = click.echo) -> int:
     _say("3. Apply: dependencies checked, traffic moved with the etag, read back, committed.")
     expect(_run(sb, ["apply"]), 0, "apply")
 
-    _say("4. Healthy traffic; each apply judges a window. PASS for `bake` -> auto-advance.")
-    ticker = _Ticker()
-    for _ in range(5):
-        ticker.wait()
+    _say(
+        f"4. Healthy traffic, a minute at a time (the emulator clock moves, nobody waits). Each "
+        f"apply judges a {WINDOW} window once Cloud Monitoring shows it (3 minutes late); "
+        f"PASS for `bake` ({BAKE}) -> auto-advance."
+    )
+    for _ in range(MAX_TICKS):
         _traffic(sb)
+        _minute(sb)
         expect(_run(sb, ["apply"]), 0, "apply (healthy)")
         if "canary_percent: 10" in sb.rollout().read_text(encoding="utf-8"):
             break
@@ -110,9 +119,9 @@ def story(sb: Sandbox, out: Callable[[str], None] = click.echo) -> int:
 
     _say("6. The new build fails 25% of requests. Two failing windows -> automatic rollback.")
     code = 0
-    for _ in range(5):
-        ticker.wait()
+    for _ in range(MAX_TICKS):
         _traffic(sb)
+        _minute(sb)
         code = _run(sb, ["apply"])
         if code == 4:
             break
@@ -128,20 +137,19 @@ def story(sb: Sandbox, out: Callable[[str], None] = click.echo) -> int:
     return problems
 
 
-def run_demo(keep: Path | None = None) -> int:
-    """The demo's entry point: 0 when the story went as told."""
+def run_demo(keep: Path | None = None, *, color: bool = False) -> int:
+    """The demo's entry point: 0 when the story went as told; styled only when `color`."""
     if keep is not None:
         keep.mkdir(parents=True, exist_ok=True)
         if any(keep.iterdir()):
             from reconciler.errors import ReconcileError
 
             raise ReconcileError(f"{keep}: --keep needs an empty or new directory")
-    os.environ.setdefault("RECONCILE_METRICS_LAG", "0s")  # the emulator ingests at once
     started = time.monotonic()
     with sandbox(keep, latency_mode="simulated", seed=11, keep=keep is not None) as sb:
         click.echo(f"emulator: gRPC {sb.emu.grpc_target}, HTTP {sb.emu.http_url}")
         click.echo(f"git: remote {sb.remote}, working tree {sb.repo}")
-        problems = story(sb)
+        problems = story(sb, color=color)
     elapsed = time.monotonic() - started
     where = f"kept in {keep}" if keep else "temp files removed"
     click.echo(f"\ndemo finished in {elapsed:.0f}s ({where})")

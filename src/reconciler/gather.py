@@ -22,7 +22,7 @@ from reconciler.metrics import MetricsError, MetricsProvider, StatsQuery
 from reconciler.model import LiveService, ServiceRef, SpanKind, stage_since
 from reconciler.model import WindowStats as Window
 from reconciler.plan import ServiceError
-from reconciler.spec import RolloutSpec
+from reconciler.spec import DEFAULTS_FILE, RolloutSpec
 
 
 # --- inputs ---------------------------------------------------------------------------------
@@ -34,7 +34,11 @@ def rollout_files(rollout_dir: Path, patterns: Sequence[str] = ()) -> list[Path]
     """
     if not rollout_dir.is_dir():
         raise ReconcileError(f"{rollout_dir}: no rollout directory (expected rollout/*.yaml)")
-    files = sorted(p for p in rollout_dir.iterdir() if p.suffix in (".yaml", ".yml"))
+    files = sorted(
+        p
+        for p in rollout_dir.iterdir()
+        if p.suffix in (".yaml", ".yml") and p.name != DEFAULTS_FILE
+    )
     if not patterns:
         return files
     for pat in patterns:

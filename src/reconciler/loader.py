@@ -13,6 +13,7 @@ Python values by hand, recording the line of every key and list item. That gives
 from __future__ import annotations
 
 import difflib
+import functools
 import os
 import re
 import types
@@ -33,7 +34,17 @@ from yaml.scanner import Scanner
 
 from reconciler import safepath
 from reconciler.errors import ReconcileError
-from reconciler.spec import STRICT_UNITS, Loc, RolloutSpec, RuleError, describe_value
+from reconciler.spec import (
+    DEFAULTABLE,
+    DEFAULTS_FILE,
+    STRICT_UNITS,
+    Loc,
+    RolloutDefaults,
+    RolloutSpec,
+    RuleError,
+    describe_value,
+    merge_defaults,
+)
 
 # libyaml's parser, when PyYAML was built with it: rollout files are read with it first.
 _CParser: Any
@@ -70,25 +81,45 @@ class SpecError(ReconcileError):
 class _Problem(Exception):
     """An error at a line of the file being loaded, turned into a SpecError by `parse_spec`."""
 
-    def __init__(self, line: int, message: str) -> None:
+    def __init__(self, line: int, message: str, path: Path | None = None) -> None:
         super().__init__(message)
         self.line = line
         self.message = message
+        self.path = path
+        """The file at fault when it is not the one being loaded (the shared defaults)."""
+
+
+class _Tree:
+    """A file's parsed values, the line of every key path, and which file each came from."""
+
+    def __init__(
+        self, values: dict[str, Any], lines: dict[Loc, int], files: dict[Loc, Path] | None = None
+    ) -> None:
+        self.values = values
+        self.lines = lines
+        self.files: dict[Loc, Path] = files or {}
+
+
+def is_defaults_file(path: Path) -> bool:
+    """True for `rollout/_defaults.yaml`, the shared defaults (not a service)."""
+    return path.name == DEFAULTS_FILE
 
 
 def find_rollout_files(directory: Path) -> list[Path]:
     """The rollout files of a directory (`*.yaml`, and `*.yml` so that a misnamed one is
-    reported rather than silently skipped), sorted."""
+    reported rather than silently skipped), sorted; never the shared `_defaults.yaml`."""
     # A symbolic link is listed (not skipped) so that `load_spec` reports it.
     return sorted(
         p
         for p in directory.iterdir()
-        if p.suffix in (".yaml", ".yml") and (p.is_file() or p.is_symlink())
+        if p.suffix in (".yaml", ".yml")
+        and (p.is_file() or p.is_symlink())
+        and not is_defaults_file(p)
     )
 
 
-def load_spec(path: Path) -> RolloutSpec:
-    """Read and validate one rollout file; raise SpecError (`path:line: message`).
+def _read(path: Path, what: str) -> bytes:
+    """The first MAX_BYTES + 1 bytes of a rollout or defaults file.
 
     A symbolic link (the file itself, or a folder on its way under the repository's rollout/)
     is an error naming the file; it is never followed, so a link to a file outside git is
@@ -102,27 +133,64 @@ def load_spec(path: Path) -> RolloutSpec:
         # O_NOFOLLOW: the link check above and this open cannot be raced apart.
         fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
         with os.fdopen(fd, "rb") as fh:
-            data = fh.read(MAX_BYTES + 1)
+            return fh.read(MAX_BYTES + 1)
     except FileNotFoundError:
         raise SpecError(f"{path}: no such file or directory") from None
     except IsADirectoryError:
-        raise SpecError(f"{path}: is a directory, not a rollout file") from None
+        raise SpecError(f"{path}: is a directory, not {what}") from None
     except OSError as exc:
         if path.is_symlink():
             raise SpecError(
-                f"{path}: is a symbolic link; a rollout file must be a regular file in the "
+                f"{path}: is a symbolic link; {what} must be a regular file in the "
                 "repository (not followed)"
             ) from None
         raise SpecError(f"{path}: cannot read: {exc.strerror or exc}") from None
-    return parse_spec(data, path)
 
 
-def parse_spec(data: bytes, path: Path) -> RolloutSpec:
-    """Validate the bytes of a rollout file named `path` (e.g. read from another git ref)."""
+def load_spec(path: Path) -> RolloutSpec:
+    """Read and validate one rollout file, merged over `_defaults.yaml` of its directory
+    when there is one; raise SpecError (`path:line: message`, naming the file at fault)."""
+    data = _read(path, "a rollout file")
+    defaults_path = path.parent / DEFAULTS_FILE
+    defaults = None
+    if (defaults_path.is_file() or defaults_path.is_symlink()) and not is_defaults_file(path):
+        defaults = (_read(defaults_path, "a defaults file"), defaults_path)
+    return parse_spec(data, path, defaults)
+
+
+def load_defaults(path: Path) -> RolloutDefaults:
+    """Read and validate a shared defaults file (`rollout/_defaults.yaml`) on its own."""
+    tree = _defaults_tree(_read(path, "a defaults file"), path)
+    return RolloutDefaults.model_validate(
+        tree.values, context=STRICT_UNITS, by_alias=True, by_name=False
+    )
+
+
+@functools.lru_cache(maxsize=4)
+def _defaults_tree(data: bytes, path: Path) -> _Tree:
+    """The validated values of a defaults file, with their lines (cached by content: every
+    rollout file of a run merges the same defaults; callers never modify the tree)."""
+    try:
+        text = _decode(data)
+        try:
+            values, lines = _compose(text, fast=True)
+        except _Problem:
+            values, lines = _compose(text, fast=False)
+        _validate(values, lines, RolloutDefaults)
+    except _Problem as problem:
+        raise SpecError(f"{path}:{problem.line}: {problem.message}") from None
+    return _Tree(values, lines, dict.fromkeys(lines, path))
+
+
+def parse_spec(data: bytes, path: Path, defaults: tuple[bytes, Path] | None = None) -> RolloutSpec:
+    """Validate the bytes of a rollout file named `path` (e.g. read from another git ref),
+    merged over `defaults`, the bytes and path of its `_defaults.yaml` (see `load_spec`)."""
+    shared = _defaults_tree(*defaults) if defaults is not None else None
 
     def read(text: str, fast: bool) -> RolloutSpec:
         tree, lines = _compose(text, fast=fast)
-        spec = _validate(tree, lines)
+        merged = _Tree(tree, lines) if shared is None else _merged(shared, _Tree(tree, lines))
+        spec = _validate(merged.values, merged.lines, RolloutSpec, merged.files)
         _check_file_name(spec, path, lines)
         return spec
 
@@ -134,7 +202,26 @@ def parse_spec(data: bytes, path: Path) -> RolloutSpec:
             # Say what is wrong in the reference parser's words and lines.
             return read(text, fast=False)
     except _Problem as problem:
-        raise SpecError(f"{path}:{problem.line}: {problem.message}") from None
+        raise SpecError(f"{problem.path or path}:{problem.line}: {problem.message}") from None
+
+
+def _merged(defaults: _Tree, rollout: _Tree) -> _Tree:
+    """`merge_defaults` over parsed trees, keeping each key path's line and file."""
+    values = merge_defaults(
+        {k: v for k, v in defaults.values.items() if k in DEFAULTABLE}, rollout.values
+    )
+    lines = dict(rollout.lines)
+    files: dict[Loc, Path] = {}
+    gates_merge = isinstance(rollout.values.get("gates"), dict)
+    for loc, line in defaults.lines.items():
+        if not loc:
+            continue
+        # The key whose presence in the rollout file overrides this default.
+        owner = loc[:2] if loc[0] == "gates" and gates_merge else loc[:1]
+        if owner not in rollout.lines:
+            lines[loc] = line
+            files[loc] = defaults.files[loc]
+    return _Tree(values, lines, files)
 
 
 def parse_yaml(data: bytes, path: Path) -> dict[str, Any]:
@@ -190,7 +277,9 @@ class _Strict:
         self.alias_lines = {}
 
     def resolve(self, kind: type[Node], value: Any, implicit: Any) -> str:
-        if kind is ScalarNode and implicit[0]:
+        # `implicit` is (plain, quoted); libyaml gives (False, False) for the non-specific
+        # tag `!`, which PyYAML's parser, our reference, reads as plain: do the same.
+        if kind is ScalarNode and (implicit[0] or not implicit[1]):
             return _PLAIN
         return str(super().resolve(kind, value, implicit))  # type: ignore[misc]
 
@@ -252,7 +341,7 @@ if _CParser is not None:
             self.alias_lines: dict[tuple[int, int], int] = {}  # none: the text has no alias
 
         def resolve(self, kind: type[Node], value: Any, implicit: Any) -> str:
-            if kind is ScalarNode and implicit[0]:
+            if kind is ScalarNode and (implicit[0] or not implicit[1]):  # see _Strict
                 return _PLAIN
             return str(BaseResolver.resolve(self, kind, value, implicit))  # type: ignore[no-untyped-call]
 
@@ -507,14 +596,27 @@ def _base60(value: str) -> str:
 
 
 # --- values -> RolloutSpec ------------------------------------------------------------------
-def _validate(tree: dict[str, Any], lines: dict[Loc, int]) -> RolloutSpec:
+_M = typing.TypeVar("_M", bound=BaseModel)
+
+
+def _validate(
+    tree: dict[str, Any],
+    lines: dict[Loc, int],
+    model: type[_M] = RolloutSpec,  # type: ignore[assignment]
+    files: dict[Loc, Path] | None = None,
+) -> _M:
     try:
-        return RolloutSpec.model_validate(tree, context=STRICT_UNITS, by_alias=True, by_name=False)
+        return model.model_validate(tree, context=STRICT_UNITS, by_alias=True, by_name=False)
     except ValidationError as exc:
-        raise _explain(exc.errors(), lines) from None
+        raise _explain(exc.errors(), lines, model, files or {}) from None
 
 
-def _explain(errors: list[ErrorDetails], lines: dict[Loc, int]) -> _Problem:
+def _explain(
+    errors: list[ErrorDetails],
+    lines: dict[Loc, int],
+    model: type[BaseModel],
+    files: dict[Loc, Path],
+) -> _Problem:
     """The first error in file order, as a `_Problem` at the line of the deepest known key."""
     placed = [_place(err, lines) for err in errors]
     # In file order, deepest first; a missing key last, since its line is only the parent's
@@ -531,8 +633,8 @@ def _explain(errors: list[ErrorDetails], lines: dict[Loc, int]) -> _Problem:
         expected = ", ".join(nouns[:-1]) + " or " + nouns[-1]
         message = f"expected {expected}, got {describe_value(err['input'])}"
     else:
-        message = _message(err)
-    return _Problem(line, f"{_at(path)}{message}")
+        message = _message(err, model)
+    return _Problem(line, f"{_at(path)}{message}", files.get(path))
 
 
 def _place(err: ErrorDetails, lines: dict[Loc, int]) -> tuple[int, Loc, ErrorDetails]:
@@ -565,7 +667,7 @@ _TYPE_NOUNS = {
 }
 
 
-def _message(err: ErrorDetails) -> str:
+def _message(err: ErrorDetails, model: type[BaseModel]) -> str:
     kind = err["type"]
     loc: Loc = tuple(err["loc"])
     value = err.get("input")
@@ -574,9 +676,10 @@ def _message(err: ErrorDetails) -> str:
     if kind == "missing":
         return f"missing required key {loc[-1]!r}"
     if kind == "union_tag_not_found":
-        return f"missing required key {ctx['discriminator']} (one of {_expected_tags(loc)})"
+        tags = _expected_tags(loc, model)
+        return f"missing required key {ctx['discriminator']} (one of {tags})"
     if kind == "extra_forbidden":
-        return _unknown_key(loc)
+        return _unknown_key(loc, model)
     if kind == "union_tag_invalid":
         return f"expected one of {ctx['expected_tags']}, got {ctx['tag']!r}"
     if kind == "value_error":
@@ -600,9 +703,14 @@ def _message(err: ErrorDetails) -> str:
     return f"{err['msg']}, got {got}"
 
 
-def _unknown_key(loc: Loc) -> str:
+def _unknown_key(loc: Loc, model: type[BaseModel]) -> str:
     key = str(loc[-1])
-    allowed = _keys_at(loc[:-1])
+    allowed = _keys_at(loc[:-1], model)
+    if model is RolloutDefaults and len(loc) == 1 and key in RolloutSpec.model_fields:
+        return (
+            f"{key!r} cannot be shared: it stays in each rollout file "
+            f"(allowed here: {', '.join(allowed)})"
+        )
     close = difflib.get_close_matches(key, allowed, n=1, cutoff=0.6)
     if close:
         return f"unknown key {key!r} (did you mean {close[0]!r}?)"
@@ -611,26 +719,26 @@ def _unknown_key(loc: Loc) -> str:
     return f"unknown key {key!r}"
 
 
-def _expected_tags(loc: Loc) -> str:
+def _expected_tags(loc: Loc, root: type[BaseModel]) -> str:
     tags: list[str] = []
-    for model in _models_at(loc):
+    for model in _models_at(loc, root):
         for info in model.model_fields.values():
             if typing.get_origin(info.annotation) is typing.Literal:
                 tags += [repr(a) for a in typing.get_args(info.annotation)]
     return ", ".join(tags)
 
 
-def _keys_at(loc: Loc) -> list[str]:
+def _keys_at(loc: Loc, root: type[BaseModel]) -> list[str]:
     """The keys the models at `loc` accept, as written in a file (aliases)."""
     keys: list[str] = []
-    for model in _models_at(loc):
+    for model in _models_at(loc, root):
         keys += [info.alias or name for name, info in model.model_fields.items()]
     return list(dict.fromkeys(keys))
 
 
-def _models_at(loc: Loc) -> list[type[BaseModel]]:
+def _models_at(loc: Loc, root: type[BaseModel]) -> list[type[BaseModel]]:
     """The models a pydantic error location points into (several for a union)."""
-    current: list[Any] = [RolloutSpec]
+    current: list[Any] = [root]
     for part in loc:
         following: list[Any] = []
         for tp in _flatten(current):

@@ -92,13 +92,13 @@ def _routing_key(
 
 @dataclass(frozen=True)
 class LiveService:
-    """What Cloud Run says a service is right now."""
+    """What Cloud Run says a service is right now: what serves, and what was asked for."""
 
     ref: ServiceRef
     traffic: TrafficSplit
-    """The requested traffic (`Service.traffic`)."""
+    """The split that SERVES (`Service.traffic_statuses`): what plans and records rest on."""
     statuses: TrafficSplit
-    """The traffic actually serving (`Service.traffic_statuses`)."""
+    """Also the serving split (`traffic_statuses`), kept for older callers."""
     etag: str
     generation: int
     observed_generation: int
@@ -108,16 +108,27 @@ class LiveService:
     """Names of the revisions that exist for this service."""
     latest_ready_revision: str = ""
     reconciling: bool = False
+    """True while Cloud Run is still working towards the requested split."""
     annotations: Mapping[str, str] = field(default_factory=dict)
     """Service annotations; the reconciler stamps its last write here (see reconcile.py)."""
-    requested: TrafficSplit | None = None
-    """The split the service asks for (`Service.traffic`); defaults to `traffic`."""
+    requested: TrafficSplit = TrafficSplit()
+    """The requested split (`Service.traffic`); defaults to `traffic` (an empty split is never
+    a real request: Cloud Run always has one)."""
     failure: str | None = None
     """The `terminal_condition` message when that condition failed, else None."""
 
     def __post_init__(self) -> None:
-        if self.requested is None:
+        if not self.requested.targets:
             object.__setattr__(self, "requested", self.traffic)
+
+    @property
+    def serving_requested(self) -> bool:
+        """True when what serves is what was asked for and nothing is failed or pending."""
+        return (
+            self.failure is None
+            and not self.reconciling
+            and self.requested.same_routing(self.traffic)
+        )
 
     def url_for_tag(self, tag: str) -> str | None:
         """The URL of a tagged target, if Cloud Run reported one."""
@@ -177,6 +188,9 @@ class WindowStats:
     provisional: bool = False
     """Newer than the ingestion horizon (lag + sample period): late points may still arrive,
     so the loop measures it again and replaces these numbers until it is final."""
+    incomplete: str | None = None
+    """Why the provider's data for this window is known to be partial (Cloud Monitoring's
+    `execution_errors`), else None: such a window is never judged PASS or FAIL."""
 
     @property
     def error_rate(self) -> float | None:

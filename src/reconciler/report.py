@@ -24,13 +24,13 @@ How the figures are computed:
 from __future__ import annotations
 
 import enum
-import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
+from reconciler import charts
 from reconciler.analysis import promotion_blockers
 from reconciler.errors import ReconcileError
 from reconciler.model import Outcome, Verdict, WindowStats
@@ -67,7 +67,7 @@ ReportKind = Literal["interim", "final"]
 KINDS: tuple[ReportKind, ...] = ("interim", "final")
 INTERIM_SPAN = timedelta(hours=24)
 """What an interim report covers by default: the last 24 hours."""
-MAX_CHART_POINTS = 48
+MAX_CHART_POINTS = charts.MAX_POINTS
 """Charts with more windows than this group consecutive windows into one point."""
 
 OK, WARN, BAD = "✅", "⚠️", "❌"
@@ -219,13 +219,7 @@ def _names(e: Event, revision: str) -> bool:
 
 
 # --- per-revision figures -------------------------------------------------------------------
-def _series(windows: Sequence[WindowStats], preferred: timedelta | None) -> list[WindowStats]:
-    """The windows of one length: `preferred` if recorded, else the shortest recorded."""
-    lengths = sorted({w.window for w in windows})
-    if not lengths:
-        return []
-    length = preferred if preferred in lengths else lengths[0]
-    return sorted((w for w in windows if w.window == length), key=lambda w: w.end)
+_series = charts.one_length
 
 
 def summarize(
@@ -493,123 +487,18 @@ def _limit_text(lim: _Limits | None, fmt: Callable[[float], str], which: str) ->
 
 
 # --- charts ---------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class _Point:
-    label: str
-    value: float
-
-
-def _groups(series: Sequence[WindowStats]) -> list[list[WindowStats]]:
-    size = max(1, math.ceil(len(series) / MAX_CHART_POINTS))
-    return [list(series[i : i + size]) for i in range(0, len(series), size)]
-
-
-def _label(when: datetime, span: Span) -> str:
-    fmt = "%H:%M" if span.length <= timedelta(days=1) else "%m-%d %H:%M"
-    return when.astimezone(UTC).strftime(fmt)
-
-
-def _nice_ceiling(x: float) -> float:
-    """A round axis maximum at or above `x` (1 for nothing): 1, 1.5, 2, 2.5, 3, 4, 5, 6 or 8
-    times a power of ten."""
-    if x <= 0:
-        return 1.0
-    power = 10.0 ** math.floor(math.log10(x))
-    for step in (1, 1.5, 2, 2.5, 3, 4, 5, 6, 8, 10):
-        if step * power >= x * (1 - 1e-12):
-            return round(step * power, 12)
-    raise AssertionError(f"no axis step for {x}")
-
-
-def _num(x: float) -> str:
-    return f"{x:.4f}".rstrip("0").rstrip(".") or "0"
-
-
-def _xychart(
-    title: str, y_label: str, points: Sequence[_Point], threshold: float | None
-) -> list[str]:
-    top = _nice_ceiling(max([p.value for p in points] + ([threshold] if threshold else [])) * 1.1)
-    out = [
-        "```mermaid",
-        "xychart-beta",
-        f'    title "{title}"',
-        "    x-axis [" + ", ".join(f'"{p.label}"' for p in points) + "]",
-        f'    y-axis "{y_label}" 0 --> {_num(top)}',
-        "    line [" + ", ".join(_num(p.value) for p in points) + "]",
-    ]
-    if threshold is not None:
-        out.append("    line [" + ", ".join(_num(threshold) for _ in points) + "]")
-    out.append("```")
-    return out
-
-
 def _charts(
-    spec: RolloutSpec | None, canary: str | None, windows: Sequence[WindowStats], span: Span
+    spec: RolloutSpec | None,
+    canary: str | None,
+    stable: str | None,
+    windows: Sequence[WindowStats],
 ) -> list[str]:
     out = ["## Charts", ""]
-    mine = [w for w in windows if w.revision == canary]
     gates = spec.gates if spec is not None else None
-    err_gate = gates.error_rate if gates is not None else None
-    lat_gate = gates.latency_p95 if gates is not None else None
-    base = gates.window if gates is not None else None
-
-    # Error rate: each point pools its windows' requests.
-    err_len = (err_gate.window if err_gate is not None else None) or base
-    series = [w for w in _series(mine, err_len) if w.requests > 0]
-    out += ["### Canary error rate per window", ""]
-    if canary is None or not series:
-        out += ["No data: no canary window with requests in the span.", ""]
-    else:
-        groups = _groups(series)
-        points = [
-            _Point(
-                _label(g[-1].end, span),
-                100 * sum(w.errors for w in g) / sum(w.requests for w in g),
-            )
-            for g in groups
-        ]
-        threshold = err_gate.max * 100 if err_gate is not None else None
-        out += _xychart("Canary error rate (%)", "error rate (%)", points, threshold)
-        out += [
-            _caption(series, groups, "error rate", threshold, "%", "pooled over its windows"),
-            "",
-        ]
-
-    # P95: a grouped point shows the worst window, which is what a threshold cares about.
-    lat_len = (lat_gate.window if lat_gate is not None else None) or base
-    series = [w for w in _series(mine, lat_len) if w.p95 is not None]
-    out += ["### Canary P95 latency per window", ""]
-    if canary is None or not series:
-        out += ["No data: no canary window with a measured P95 in the span.", ""]
-    else:
-        groups = _groups(series)
-        points = [
-            _Point(_label(g[-1].end, span), max(w.p95 for w in g if w.p95 is not None))
-            for g in groups
-        ]
-        threshold = lat_gate.max if lat_gate is not None else None
-        out += _xychart("Canary P95 latency (s)", "p95 (s)", points, threshold)
-        out += [_caption(series, groups, "P95", threshold, " s", "the worst of its windows"), ""]
+    errors, p95 = charts.chart_data(gates, canary, stable, windows, MAX_CHART_POINTS)
+    for heading, chart in (("Error rate", errors), ("P95 latency", p95)):
+        out += [f"### {heading} per window: canary and stable", "", *charts.mermaid(chart), ""]
     return out
-
-
-def _caption(
-    series: Sequence[WindowStats],
-    groups: Sequence[Sequence[WindowStats]],
-    what: str,
-    threshold: float | None,
-    unit: str,
-    grouped: str,
-) -> str:
-    length = format_duration(series[0].window)
-    text = f"First line: the canary's {what} per {length} window (x: window end, UTC)"
-    if len(groups) < len(series):
-        text += f"; each point is {len(groups[0])} windows, {grouped}"
-    if threshold is not None:
-        text += f". Second line: the rollback threshold, {_num(threshold)}{unit}."
-    else:
-        text += ". No rollback threshold configured."
-    return text
 
 
 # --- sections -------------------------------------------------------------------------------
@@ -890,7 +779,7 @@ def build_report(
     lines += _decision_section(kind, decision, status.verdict, status.verdict_at)
     lines += _stages_section(spec, status, now)
     lines += _traffic_section(spec, status, canary, stable)
-    lines += _charts(spec, canary_rev, inside, span)
+    lines += _charts(spec, canary_rev, status.stable_revision, inside)
     lines += _probes_section(spec, status.probes, span)
     lines += _baseline_section(baseline, status.probes, span)
     lines += _events_section(events, span)

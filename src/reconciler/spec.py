@@ -68,6 +68,13 @@ REGION_RE = r"^[a-z]+(?:-[a-z]+)+[0-9]+$"
 CHECK_NAME_RE = r"^[a-z0-9][a-z0-9_-]{0,62}$"
 ENV_NAME_RE = r"^[A-Za-z_][A-Za-z0-9_]*$"
 HEADER_NAME_RE = r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$"
+# A tag URL (`https://TAG---SERVICE-HASH-REGION.a.run.app`) must fit one DNS label: Cloud Run
+# refuses a tag when the tag and the service name exceed 46 characters together.
+MAX_TAG_AND_SERVICE = 46
+TRAFFIC_TAGS = ("stable", "canary")
+"""The tags the reconciler writes (plan.py), so the longest decides the service name limit."""
+# Cloud Monitoring's shortest alignment period; windows are whole minutes of its samples.
+MIN_MONITORING_WINDOW = timedelta(seconds=60)
 
 
 def _matches(pattern: str, what: str, hint: str) -> Any:
@@ -433,6 +440,31 @@ class Check(_Model):
     expect_max: dict[str, float | int] = Field(
         default={}, description="JSON body fields that must be at most these numbers."
     )
+    auth: Literal["id_token"] | None = Field(
+        default=None,
+        description="id_token: send a Google-signed ID token minted from the runtime "
+        "credentials (a Cloud Run service that requires authentication).",
+    )
+    audience: (
+        Annotated[
+            str,
+            AfterValidator(_matches(_HTTP_URL.pattern, "ID token audience", "an http(s) URL")),
+        ]
+        | None
+    ) = Field(
+        default=None,
+        description="The ID token's audience (default: the service URL the check calls).",
+    )
+
+    @model_validator(mode="after")
+    def _auth_rules(self) -> Check:
+        if self.audience is not None and self.auth is None:
+            raise RuleError(("audience",), "audience needs auth: id_token")
+        if self.auth is not None and any(h.lower() == "authorization" for h in self.headers):
+            raise RuleError(
+                ("auth",), "auth: id_token sends the Authorization header; remove it from headers"
+            )
+        return self
 
     # By name too, so Python code can say `Check(json_body=...)`; the loader validates by
     # alias only, so a rollout file must say `json:`.
@@ -450,6 +482,44 @@ class RolledBack(_Model):
 
     # Not strict: `at` is an ISO 8601 string in YAML (timestamps stay text in the loader).
     model_config = ConfigDict(frozen=True, extra="forbid", strict=False)
+
+
+# --- notifications ------------------------------------------------------------------------
+NoticeEvent = Literal["rollback", "block", "hold", "advance", "finalize"]
+NOTICE_EVENTS: tuple[NoticeEvent, ...] = ("rollback", "block", "hold", "advance", "finalize")
+
+
+class _Channel(_Model):
+    url: EnvValue = Field(
+        description="{env: NAME}: the webhook URL is a secret, read from the environment."
+    )
+    on: list[NoticeEvent] = Field(
+        default=list(NOTICE_EVENTS),
+        min_length=1,
+        description="Which events to send (default: all of them).",
+    )
+
+
+class SlackChannel(_Channel):
+    """A Slack incoming webhook."""
+
+    kind: Literal["slack"]
+
+
+class GoogleChatChannel(_Channel):
+    """A Google Chat space webhook."""
+
+    kind: Literal["google-chat"]
+
+
+class WebhookChannel(_Channel):
+    """Any HTTP endpoint: a JSON body signed with HMAC-SHA256 (docs/notifications.md)."""
+
+    kind: Literal["webhook"]
+    secret: EnvValue = Field(description="{env: NAME}: the HMAC-SHA256 key.")
+
+
+Channel = Annotated[SlackChannel | GoogleChatChannel | WebhookChannel, Field(discriminator="kind")]
 
 
 Stage = Annotated[int, Field(ge=1, le=100)]
@@ -486,6 +556,9 @@ class RolloutSpec(_Model):
     probes: list[Check] = Field(default=[], description="Checks of the canary at every stage.")
     dependencies: list[Check] = Field(
         default=[], description="Must be healthy before any traffic moves."
+    )
+    notify: list[Channel] = Field(
+        default=[], description="Where to send rollbacks, blocks, holds, advances, finalizes."
     )
     force: bool = Field(
         default=False, description="Skip the bake gate once; the plan shows it loudly."
@@ -538,6 +611,24 @@ class RolloutSpec(_Model):
                 f"canary {canary} was rolled back ({rb.reason}); name a new canary or delete "
                 "the rolled_back block to retry",
             )
+        longest = max(len(t) for t in TRAFFIC_TAGS)
+        if len(self.service) + longest > MAX_TAG_AND_SERVICE:
+            raise RuleError(
+                ("service",),
+                f"{self.service!r} is {len(self.service)} characters: Cloud Run refuses the "
+                f"tag {TRAFFIC_TAGS[-1]!r} when tag and service name exceed "
+                f"{MAX_TAG_AND_SERVICE} together, so the longest usable name is "
+                f"{MAX_TAG_AND_SERVICE - longest} characters",
+            )
+        if isinstance(self.metrics, CloudMonitoringMetrics):
+            for loc, window in _windows(self.gates):
+                if window < MIN_MONITORING_WINDOW or window.total_seconds() % 60:
+                    raise RuleError(
+                        loc,
+                        f"{format_duration(window)}: Cloud Monitoring samples Cloud Run "
+                        "metrics every 60 s and refuses alignment periods under 60 s; use a "
+                        "whole number of minutes (1m or more)",
+                    )
         seen: set[str] = set()
         for kind, checks in (("probes", self.probes), ("dependencies", self.dependencies)):
             for i, check in enumerate(checks):
@@ -549,17 +640,66 @@ class RolloutSpec(_Model):
                 seen.add(check.name)
         return self
 
-    @property
-    def stage_index(self) -> int | None:
-        """Index of `canary_percent` in `stages`, None at 0%."""
-        return self.stages.index(self.canary_percent) if self.canary_percent else None
-
     def next_stage(self) -> int | None:
         """The stage after the current one (the first stage from 0%), None at 100%."""
         for s in self.stages:
             if s > self.canary_percent:
                 return s
         return None
+
+
+# --- rollout/_defaults.yaml ------------------------------------------------------------------
+DEFAULTS_FILE = "_defaults.yaml"
+DEFAULTABLE = (
+    "auto_advance",
+    "bake",
+    "self_heal",
+    "gates",
+    "metrics",
+    "probes",
+    "dependencies",
+    "notify",
+)
+"""Keys `rollout/_defaults.yaml` may set. What names a rollout (service, project, region,
+revisions, stages, canary_percent) and what a run writes (force, rolled_back) stay in each
+file, so the file alone says which revision gets how much traffic."""
+
+
+class RolloutDefaults(_Model):
+    """`rollout/_defaults.yaml`: keys merged under every rollout file of the directory.
+
+    A key the rollout file sets wins; `gates` merges per key (one gate replaces the same
+    gate of the defaults, whole). Validated on its own, like a rollout file.
+    """
+
+    auto_advance: bool | None = None
+    bake: Duration | None = None
+    self_heal: bool | None = None
+    gates: Gates | None = None
+    metrics: Metrics | None = None
+    probes: list[Check] | None = None
+    dependencies: list[Check] | None = None
+    notify: list[Channel] | None = None
+
+
+def merge_defaults(defaults: dict[str, Any], rollout: dict[str, Any]) -> dict[str, Any]:
+    """The rollout file's values over the defaults' (both plain parsed YAML): top-level keys
+    the file sets win, and `gates` merges key by key (each gate whole)."""
+    merged = {**defaults, **rollout}
+    gates_d, gates_r = defaults.get("gates"), rollout.get("gates")
+    if isinstance(gates_d, dict) and isinstance(gates_r, dict):
+        merged["gates"] = {**gates_d, **gates_r}
+    return merged
+
+
+def _windows(gates: Gates) -> list[tuple[tuple[str, ...], timedelta]]:
+    """Every configured window with its key path: `gates.window` and the gates' overrides."""
+    out: list[tuple[tuple[str, ...], timedelta]] = [(("gates", "window"), gates.window)]
+    for name in ("error_rate", "latency_p95", "success_rate"):
+        gate = getattr(gates, name)
+        if gate is not None and gate.window is not None:
+            out.append((("gates", name, "window"), gate.window))
+    return out
 
 
 def json_schema() -> dict[str, Any]:
@@ -583,6 +723,22 @@ def json_schema() -> dict[str, Any]:
     }
 
 
-def schema_text() -> str:
-    """`json_schema()` as the text committed in `schema/rollout.schema.json`."""
-    return json.dumps(json_schema(), indent=2, ensure_ascii=False) + "\n"
+def defaults_json_schema() -> dict[str, Any]:
+    """The JSON Schema (draft-07) of `rollout/_defaults.yaml`."""
+    schema = RolloutDefaults.model_json_schema(
+        by_alias=True, mode="serialization", ref_template="#/definitions/{model}"
+    )
+    definitions = schema.pop("$defs", {})
+    schema["title"] = "Shared rollout defaults (rollout/_defaults.yaml)"
+    return {
+        "$schema": "http://json-schema.org/draft-07/schema#",
+        **schema,
+        "definitions": definitions,
+    }
+
+
+def schema_text(defaults: bool = False) -> str:
+    """`json_schema()` as the text committed in `schema/rollout.schema.json` (with
+    `defaults`, `defaults_json_schema()` for `schema/defaults.schema.json`)."""
+    schema = defaults_json_schema() if defaults else json_schema()
+    return json.dumps(schema, indent=2, ensure_ascii=False) + "\n"

@@ -683,6 +683,8 @@ def _stats_to_data(s: WindowStats, *, buckets: bool = False) -> dict[str, Any]:
     # Absent rather than null when unknown, so lines without a distribution keep their bytes.
     if buckets and s.latency_buckets is not None:
         data["latency_buckets"] = [[b.lower, b.upper, b.count] for b in s.latency_buckets]
+    if s.incomplete is not None:
+        data["incomplete"] = s.incomplete
     return data
 
 
@@ -704,6 +706,7 @@ def _stats_from_data(d: Any) -> WindowStats:
         # Lines written before distributions were kept have no `latency_buckets`.
         latency_buckets=_buckets_from_data(d.get("latency_buckets")),
         provisional=bool(d.get("provisional", False)),
+        incomplete=None if d.get("incomplete") is None else str(d["incomplete"]),
     )
 
 

@@ -1,4 +1,4 @@
-"""The monitor loop: reconcile every `interval` for `duration`, one progress line per tick."""
+"""The monitor loop: reconcile every `interval` for `duration`, reporting what each tick changed."""
 
 from __future__ import annotations
 
@@ -11,37 +11,9 @@ from datetime import datetime, timedelta
 from types import FrameType
 
 from reconciler.errors import ReconcileError
-from reconciler.reconcile import ROLLED_BACK_EXIT, RunResult, ServiceOutcome
+from reconciler.reconcile import ROLLED_BACK_EXIT, RunResult
 from reconciler.spec import format_duration
-
-
-def describe(o: ServiceOutcome) -> str:
-    """`ion-api 5% PASS` / `ion-api ROLLED BACK: error_rate 7.1% > 5%` / `payments error: ...`."""
-    if o.error:
-        return f"{o.service} error: {o.error}"
-    sp = o.plan
-    if sp is None:
-        return o.service
-    live = sp.after if o.applied else sp.before
-    pct = live.percent_of(sp.canary) if sp.canary else 0
-    if o.rolled_back:
-        why = "; ".join(o.verdict.failures) if o.verdict else (sp.edit.summary if sp.edit else "")
-        return f"{o.service} ROLLED BACK: {why}"
-    verdict = o.verdict.outcome.value if o.verdict else "-"
-    text = f"{o.service} {pct}% {verdict}"
-    if o.applied:
-        text += f" ({sp.reason.value}: {sp.before.describe()} -> {sp.after.describe()})"
-    elif sp.blocked:
-        text += f" (blocked: {sp.blocked})"
-    return text
-
-
-def tick_line(n: int, at: datetime, result: RunResult) -> str:
-    """One progress line for one tick."""
-    parts = [describe(o) for o in result.outcomes] or ["no services"]
-    if result.git_error:
-        parts.append(result.git_error)
-    return f"[{at.strftime('%Y-%m-%dT%H:%M:%SZ')}] tick {n}: " + " | ".join(parts)
+from reconciler.views.watch import tick_lines
 
 
 @dataclass
@@ -88,6 +60,7 @@ def watch(
     start = clock()
     ticks = 0
     code = 0
+    seen: dict[str, str] = {}
     rolled_back = False
     until = f" for {format_duration(duration)}" if duration else ""
     report(
@@ -103,7 +76,9 @@ def watch(
                 result = RunResult((), None, f"tick failed: {exc}")
             code = result.exit_code
             rolled_back = rolled_back or code == ROLLED_BACK_EXIT
-            report(tick_line(ticks, clock(), result))
+            lines, seen = tick_lines(ticks, clock(), result, seen)
+            for line in lines:
+                report(line)
             if stop.is_set():
                 return WatchResult(ticks, ROLLED_BACK_EXIT if rolled_back else code, "signal")
             elapsed = clock() - start

@@ -147,7 +147,8 @@ def test_interim_report_is_written_under_state(repo: Path) -> None:
     assert written.startswith("# ion-api: interim report\n")
     assert "| requests | 2,400 | 45,600 | – | – |" in written
     assert "| error rate | 0.5% ✅ | 0.1% ✅ | ≤ 1% | > 5% |" in written
-    assert written.count("```mermaid\nxychart-beta\n") == 2
+    assert written.count("```mermaid\n%%{init: ") == 2
+    assert written.count("\nxychart-beta\n") == 2
     assert "from the merged latency distributions" in written
     assert "| canary-health | 1 | 1 | 0 |" in written
     # The report is a new file in the working tree, for the user (or the job) to commit.

@@ -161,6 +161,19 @@ def test_schema_out_to_a_missing_directory_is_one_line(repo: Path) -> None:
     assert len(result.stderr.splitlines()) == 1
 
 
+def test_help_loads_no_heavy_module() -> None:
+    """`reconcile --help` starts fast because the commands import their work inside."""
+    code = (
+        "import sys; from reconciler.cli import main; main(['--help']); "
+        "heavy = [m for m in ('pydantic', 'google', 'git', 'httpx', 'reconciler.views', "
+        "'reconciler.reconcile') if m in sys.modules]; print('heavy:', heavy)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert out.stdout.strip().endswith("heavy: []"), out.stdout + out.stderr
+
+
 def test_validate_env_reports_every_unset_variable(repo: Path) -> None:
     path = repo / "rollout" / "ion-api.yaml"
     text = path.read_text(encoding="utf-8")

@@ -15,9 +15,9 @@ from reconciler.gitops import GitOps
 from reconciler.loader import load_spec
 from reconciler.plan import Plan, Reason
 from reconciler.reconcile import Context, apply_all, plan_all, read_stamp
-from reconciler.render import plan_from_json, plan_json
 from reconciler.sandbox import Sandbox, example_rollout, sandbox
 from reconciler.state import read_events, read_status
+from reconciler.views.plan import plan_from_json, plan_json
 
 STABLE = "ion-api-00041-abc"
 CANARY = "ion-api-00042-xyz"

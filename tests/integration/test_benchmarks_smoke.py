@@ -21,7 +21,7 @@ CASES = [
     ("judge_simulation", ["--stages", "2"], "| 1,000 |"),
     ("compare_simulation", ["--runs", "5"], "target: identical revisions at 100 requests"),
     ("plan_scale", ["--sizes", "1", "--reps", "1"], "target: plan for 1 services"),
-    ("breach_to_rollback", ["--quick", "--interval", "1"], "ROLLED BACK"),
+    ("breach_to_rollback", ["--quick"], "ROLLED BACK"),
     ("cold_start", ["--runs", "1"], "target: `reconcile --help` under 0.3 s"),
     ("stream_breach", ["--quick"], "ROLLED BACK: stream: error_rate above 5%"),
     ("stream_simulation", ["--stages", "2", "--bad-stages", "2"], "target: a good canary"),

@@ -12,6 +12,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -20,6 +21,7 @@ from google.cloud import run_v2
 
 from reconciler import clients
 from reconciler.cli import main
+from reconciler.runtime import utc_now
 
 SCENARIO = """\
 project: cli-project
@@ -118,6 +120,25 @@ def test_serve_speaks_to_the_official_clients_and_keeps_state(
         with pytest.raises(exceptions.ServiceUnavailable):
             services.get_service(name=name, retry=None)
         assert services.get_service(name=name, retry=None).name == name
+
+        # Google's failure modes: a revision that cannot start, an operation that fails.
+        reconcile(capsys, "deploy", "shop", "--revision", "shop-00003-bad", "--not-ready")
+        svc = services.get_service(name=name)
+        svc.traffic = [run_v2.TrafficTarget(revision="shop-00003-bad", percent=100)]
+        with pytest.raises(exceptions.FailedPrecondition, match="is not ready"):
+            services.update_service(service=svc).result(timeout=10)
+        reconcile(capsys, "fault", "--method", "Operation", "--code", "INTERNAL", "--times", "1")
+        svc = services.get_service(name=name)
+        svc.traffic = [run_v2.TrafficTarget(revision="shop-00001-one", percent=100)]
+        with pytest.raises(exceptions.InternalServerError):
+            services.update_service(service=svc).result(timeout=10)
+
+        # One virtual clock: the reconciler reads the emulator's time, which the CLI moves.
+        before = utc_now()
+        moved = datetime.fromisoformat(reconcile(capsys, "clock", "+5m").strip())
+        after = utc_now()
+        assert timedelta(minutes=5) <= after - before < timedelta(minutes=6)
+        assert before + timedelta(minutes=5) <= moved <= after
 
         monkeypatch.setenv("CLOUD_RUN_EMULATOR_HTTP", "http://127.0.0.1:1")
         assert main(["emulator", "status"]) == 1

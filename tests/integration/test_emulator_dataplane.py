@@ -93,6 +93,7 @@ def test_real_latency_mode_sleeps_and_measures() -> None:
         assert time.monotonic() - started >= 0.06
     with Emulator.start(scenario, latency_scale=0.0) as emu:
         emu.load("api", 20)
+        emu.advance_clock(60 + 180)  # one sample plus Cloud Monitoring's ingestion delay
         metrics = clients.metric_client(emu.grpc_target)
         end = emu.now()
         [series] = metrics.list_time_series(
@@ -121,6 +122,7 @@ def test_state_file_keeps_the_world_across_restarts(tmp_path: Path) -> None:
         new = emu.deploy("ion-api", "ion-api-00043-new", {"error_rate": 0.0})
         emu.drift("ion-api", {STABLE: 50, new: 50})
         emu.load("ion-api", 40)
+        emu.advance_clock(60 + 180)  # one sample plus Cloud Monitoring's ingestion delay
         name = emu.service_name("ion-api")
         generation = clients.services_client(emu.grpc_target).get_service(name=name).generation
     with Emulator.start(state=state) as emu:

@@ -17,6 +17,9 @@ from reconciler.emulator import Emulator
 
 COUNT = "run.googleapis.com/request_count"
 LATENCIES = "run.googleapis.com/request_latencies"
+# Cloud Monitoring reports a request at the end of its 60 s sample and makes it readable 180 s
+# later (the emulator's defaults): tests move the emulator clock past that before reading.
+INGESTED = 60 + 180
 A = monitoring_v3.Aggregation.Aligner
 R = monitoring_v3.Aggregation.Reducer
 
@@ -100,6 +103,7 @@ def test_split_and_latencies_are_measured_from_served_traffic(
 ) -> None:
     served = emu.load("checkout", 2000, concurrency=8)
     assert served.sent == 2000
+    emu.advance_clock(INGESTED)
 
     counts = by_revision(
         metrics,
@@ -167,6 +171,7 @@ def test_simulated_latency_records_long_latencies_without_waiting() -> None:
     }
     with Emulator.start(scenario, latency_mode="simulated") as emu:
         emu.load("slow", 1000)
+        emu.advance_clock(INGESTED)
         metrics = clients.metric_client(emu.grpc_target)
         req = request(
             emu,
@@ -190,6 +195,7 @@ def test_one_call_covers_several_services(
     emu.load("checkout", 30)
     emu.load("search", 20)
     emu.load("users", 10)
+    emu.advance_clock(INGESTED)
     agg = {
         "alignment_period": timedelta(minutes=5),
         "per_series_aligner": A.ALIGN_DELTA,
@@ -222,6 +228,7 @@ def test_interval_and_alignment_periods(
     emu.load("search", 40)
     emu.advance_clock(600)
     emu.load("search", 15)
+    emu.advance_clock(INGESTED)
     flt = f'metric.type = "{COUNT}" AND resource.labels.service_name = "search"'
 
     [recent] = metrics.list_time_series(
@@ -258,6 +265,7 @@ def test_raw_points_without_aggregation(
     emu: Emulator, metrics: monitoring_v3.MetricServiceClient
 ) -> None:
     emu.load("users", 25)
+    emu.advance_clock(INGESTED)
     series = list(
         metrics.list_time_series(
             request=request(
@@ -275,6 +283,7 @@ def test_no_traffic_means_no_series(
     emu: Emulator, metrics: monitoring_v3.MetricServiceClient
 ) -> None:
     emu.load("search", 5)
+    emu.advance_clock(INGESTED)
     req = request(
         emu,
         f'metric.type = "{COUNT}" AND resource.labels.service_name = "users"',
@@ -287,6 +296,7 @@ def test_no_traffic_means_no_series(
 def test_paging_and_headers_view(emu: Emulator, metrics: monitoring_v3.MetricServiceClient) -> None:
     for service in ("checkout", "search", "users"):
         emu.load(service, 10)
+    emu.advance_clock(INGESTED)
     req = request(
         emu,
         f'metric.type = "{COUNT}"',
@@ -338,6 +348,7 @@ def test_bad_requests_are_invalid_argument(
     aggregation: dict[str, Any],
 ) -> None:
     emu.load("search", 3)
+    emu.advance_clock(INGESTED)
     with pytest.raises(exceptions.InvalidArgument):
         list(metrics.list_time_series(request=request(emu, flt, **aggregation)))
 
@@ -345,7 +356,7 @@ def test_bad_requests_are_invalid_argument(
 def test_injected_fault_surfaces_as_service_unavailable(
     emu: Emulator, metrics: monitoring_v3.MetricServiceClient
 ) -> None:
-    emu.fault("ListTimeSeries", unavailable_rate=1.0)
+    emu.fault("ListTimeSeries", rate=1.0)
     with pytest.raises(exceptions.ServiceUnavailable):
         metrics.list_time_series(request=request(emu, f'metric.type = "{COUNT}"'), retry=None)
     assert emu.calls["ListTimeSeries"] == 1

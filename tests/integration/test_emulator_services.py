@@ -151,13 +151,13 @@ def test_invalid_traffic_is_refused_and_nothing_changes(
     assert (emulator.writes, emulator.write_attempts) == (0, 1)
 
 
-def test_stale_etag_is_aborted(services: run_v2.ServicesClient, name: str) -> None:
+def test_stale_etag_is_refused_as_aip_154_says(services: run_v2.ServicesClient, name: str) -> None:
     first = services.get_service(name=name)
     second = services.get_service(name=name)
     first.traffic = [target(STABLE, 90), target(CANARY, 10)]
     services.update_service(service=first).result(timeout=10)
     second.traffic = [target(STABLE, 50), target(CANARY, 50)]
-    with pytest.raises(exceptions.Aborted):
+    with pytest.raises(exceptions.FailedPrecondition, match="etag"):
         services.update_service(service=second)
     assert split(services.get_service(name=name)) == [(STABLE, 90, ""), (CANARY, 10, "")]
 
@@ -304,7 +304,7 @@ def test_injected_unavailable_surfaces_as_service_unavailable(
     emulator: Emulator,
     name: str,
 ) -> None:
-    emulator.fault("*", unavailable_rate=1.0)
+    emulator.fault("*", rate=1.0)
     with pytest.raises(exceptions.ServiceUnavailable):
         services.get_service(name=name, retry=None)
     with pytest.raises(exceptions.ServiceUnavailable):
@@ -320,11 +320,11 @@ def test_injected_unavailable_surfaces_as_service_unavailable(
 def test_transient_fault_heals_and_latency_is_added(
     revisions: run_v2.RevisionsClient, emulator: Emulator, name: str
 ) -> None:
-    emulator.fault("GetRevision", unavailable_rate=1.0, times=1)
+    emulator.fault("GetRevision", rate=1.0, times=1)
     with pytest.raises(exceptions.ServiceUnavailable):
         revisions.get_revision(name=f"{name}/revisions/{STABLE}")
     assert revisions.get_revision(name=f"{name}/revisions/{STABLE}").name.endswith(STABLE)
-    emulator.fault("GetRevision", unavailable_rate=0.0, latency_ms=300)
+    emulator.fault("GetRevision", rate=0.0, latency_ms=300)
     started = time.monotonic()
     revisions.get_revision(name=f"{name}/revisions/{STABLE}")
     assert time.monotonic() - started >= 0.3

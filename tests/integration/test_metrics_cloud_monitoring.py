@@ -65,6 +65,8 @@ SCENARIO: dict[str, Any] = {
     ],
 }
 CANARY_EXTRA = 100
+# Two samples (a load may straddle a minute) plus Cloud Monitoring's 180 s ingestion delay.
+INGESTED = 2 * 60 + 180
 LOAD = {"ion-api": 700, "pay-api": 200, "geo-api": 60}
 
 
@@ -111,6 +113,9 @@ def loaded() -> Iterator[Emulator]:
             emu.load(service, n, concurrency=16)
         # Through the canary's tag URL too, so its 7% errors cannot all miss by chance.
         emu.load("ion-api", CANARY_EXTRA, tag="canary", concurrency=16)
+        # Past the load's last sample (it may straddle a minute) plus the ingestion delay, so
+        # the provider's default 3-minute lag reads all of it.
+        emu.advance_clock(INGESTED)
         yield emu
 
 
@@ -122,7 +127,6 @@ def emu(loaded: Emulator) -> Iterator[Emulator]:
 
 
 def provider(emu: Emulator, **kw: Any) -> CloudMonitoringProvider:
-    kw.setdefault("ingestion_lag", timedelta(0))
     kw.setdefault("backoff", 0.0)
     return CloudMonitoringProvider(metric_client(emu.grpc_target), **kw)
 
@@ -206,7 +210,7 @@ def test_a_revision_without_traffic_is_no_data(emu: Emulator) -> None:
 
 def test_transient_unavailable_is_retried(emu: Emulator) -> None:
     truth = served(emu)
-    emu.fault("ListTimeSeries", unavailable_rate=1.0, times=2)
+    emu.fault("ListTimeSeries", rate=1.0, times=2)
     p = provider(emu, attempts=4)
     stats = p.window_stats([ION], WINDOW, emu.now())
 
@@ -215,8 +219,18 @@ def test_transient_unavailable_is_retried(emu: Emulator) -> None:
     assert sum(p.calls.values()) == 2
 
 
+def test_an_exhausted_quota_is_retried(emu: Emulator) -> None:
+    truth = served(emu)
+    emu.fault("ListTimeSeries", code="RESOURCE_EXHAUSTED", times=1)
+    p = provider(emu, attempts=3)
+    stats = p.window_stats([ION], WINDOW, emu.now())
+
+    assert stats[("ion-api", CANARY)].requests == truth[("ion-api", CANARY)].requests
+    assert p.rpcs == emu.calls["ListTimeSeries"] == 3  # one refusal, then both metrics
+
+
 def test_persistent_unavailable_gives_up_after_the_bound(emu: Emulator) -> None:
-    emu.fault("ListTimeSeries", unavailable_rate=1.0)
+    emu.fault("ListTimeSeries", rate=1.0)
     p = provider(emu, attempts=3)
 
     with pytest.raises(MetricsError) as info:
@@ -244,6 +258,8 @@ def test_ingestion_lag_moves_the_window_back() -> None:
         early = emu.load("ion-api", 40)
         emu.advance_clock(600)
         late = emu.load("ion-api", 25)
+        unlagged = provider(emu, ingestion_lag=timedelta(0)).window_stats([ION], WINDOW, emu.now())
+        emu.advance_clock(INGESTED)
         end = emu.now()
 
         fresh = provider(emu).window_stats([ION], WINDOW, end)
@@ -252,7 +268,28 @@ def test_ingestion_lag_moves_the_window_back() -> None:
     def total(stats: Any) -> int:
         return sum(s.requests for s in stats.values())
 
+    # Without the lag, a window ending now misses what Cloud Monitoring has not ingested yet.
+    assert total(unlagged) == 0
     assert total(fresh) == late.sent
     assert total(lagged) == early.sent
     s = lagged[("ion-api", STABLE)]
     assert (s.start, s.end) == (end - timedelta(minutes=15), end - timedelta(minutes=10))
+
+
+def test_partial_results_make_every_window_incomplete(emu: Emulator) -> None:
+    whole = provider(emu).window_stats([ION], WINDOW, emu.now())
+    assert all(s.incomplete is None for s in whole.values())
+    emu.partial_results("a shard timed out", {"metric.labels.response_code_class": "5xx"})
+    try:
+        stats = provider(emu).window_stats([ION], WINDOW, emu.now())
+    finally:
+        emu.clear_partial_results()
+    canary = stats[("ion-api", CANARY)]
+    # The 5xx series was dropped: the canary reads error-free, but it says it is incomplete.
+    assert whole[("ion-api", CANARY)].errors > 0 and canary.errors == 0
+    assert all(s.incomplete and "a shard timed out" in s.incomplete for s in stats.values())
+
+
+def test_an_alignment_period_under_a_minute_is_refused_by_the_api(emu: Emulator) -> None:
+    with pytest.raises(MetricsError, match="at least 60 seconds"):
+        provider(emu).window_stats([ION], timedelta(seconds=30), emu.now())

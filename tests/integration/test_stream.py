@@ -163,7 +163,7 @@ def test_live_canaries_skip_rolled_back_and_zero_percent(sb: Sandbox) -> None:
 def test_an_api_outage_during_the_rollback_is_retried_until_it_is_live(sb: Sandbox) -> None:
     with running(sb) as (_, lines, results):
         assert until(lambda: any("streaming" in line for line in lines), sb.emu)
-        sb.emu.fault("UpdateService", unavailable_rate=1.0)  # Cloud Run refuses every write
+        sb.emu.fault("UpdateService", rate=1.0)  # Cloud Run refuses every write
         sb.emu.behave(CANARY, error_rate=0.5)
         assert until(lambda: any("rollback incomplete" in line for line in lines), sb.emu, 30)
         assert canary_percent(sb.emu) == 5

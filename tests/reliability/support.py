@@ -12,7 +12,6 @@ import sys
 import threading
 import time
 from collections.abc import Mapping
-from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +33,8 @@ def context(sb: Sandbox, repo: Path | None = None, *, metrics: bool = False, **k
     """A reconcile context on the sandbox: emulator clock, real git, optional metrics."""
     where = repo or sb.repo
     if metrics:
-        provider = CloudMonitoringProvider(ingestion_lag=timedelta(0))
+        # Google's lag (the default): the emulator delays its points as Cloud Monitoring does.
+        provider = CloudMonitoringProvider()
         kw.setdefault("metrics_for", lambda _config: provider)
     kw.setdefault("clock", sb.now)
     return Context(repo=where, backend=CloudRunBackend(), git=GitOps(where), **kw)

@@ -55,7 +55,7 @@ def test_apply_converges_under_faults_and_never_serves_a_foreign_split(
     recorder = WriteRecorder(sb.emu)
     if not lro_done:
         sb.emu.lro(done=False, polls=2)  # GetOperation polls go through the faults too
-    sb.emu.fault("*", unavailable_rate=0.3, latency_ms=15)
+    sb.emu.fault("*", rate=0.3, latency_ms=15)
 
     with Sampler(sb.emu) as sampler:
         assert sampler.wait_until_seen(old), "the sampler never read the service"
@@ -91,7 +91,7 @@ def test_apply_converges_under_faults_and_never_serves_a_foreign_split(
 
 
 def test_errors_after_bounded_retries_are_one_line_and_move_nothing(sb: Sandbox) -> None:
-    sb.emu.fault("GetService", unavailable_rate=1.0)  # an outage, not a blip
+    sb.emu.fault("GetService", rate=1.0)  # an outage, not a blip
     result = apply_all(context(sb))
     assert result.exit_code == 1
     (outcome,) = result.outcomes

@@ -41,7 +41,7 @@ def kill_after_write(sb: Sandbox, repo: Path, *args: str) -> None:
     commit) leaves a wide window to kill in.
     """
     writes = sb.emu.writes
-    sb.emu.fault("GetService", unavailable_rate=0.0, latency_ms=1200)
+    sb.emu.fault("GetService", rate=0.0, latency_ms=1200)
     proc = popen_cli(repo, *(args or ("apply",)))
     try:
         deadline = time.monotonic() + 60

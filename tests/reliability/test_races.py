@@ -157,7 +157,7 @@ def test_four_reconcilers_racing_one_change_write_once_and_record_once(sb: Sandb
     repos = [sb.repo, *(sb.clone(f"runner-{i}") for i in range(3))]
     # A slow UpdateService (the delay is served before the write is judged) makes the runs'
     # writes overlap: several send the same etag, one lands, the others are refused.
-    sb.emu.fault("UpdateService", unavailable_rate=0.0, latency_ms=800)
+    sb.emu.fault("UpdateService", rate=0.0, latency_ms=800)
     results: list[RunResult] = []
     lock = threading.Lock()
 

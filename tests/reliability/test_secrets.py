@@ -95,7 +95,7 @@ def sb(tmp_path: Path) -> Iterator[Sandbox]:
 def test_header_secrets_never_leave_the_process(sb: Sandbox, echo: str) -> None:
     Echo.seen.clear()
     sb.commit_rollout(rollout(sb, echo), "probes with secret headers")
-    env = {"PROBE_TOKEN": PROBE_SECRET, "DEP_TOKEN": DEP_SECRET, "RECONCILE_METRICS_LAG": "0s"}
+    env = {"PROBE_TOKEN": PROBE_SECRET, "DEP_TOKEN": DEP_SECRET}
     runs = [
         reconcile_cli(sb.repo, "apply", env=env),  # 0% -> 5%: dependency checked
         reconcile_cli(sb.repo, "apply", env=env),  # canary live: the probes run and fail
@@ -197,7 +197,6 @@ def test_an_echoed_token_leaks_in_no_form_into_any_sink(sb: Sandbox, form: str) 
         env = {
             "PROBE_TOKEN": f"Bearer {ESCAPED_SECRET}",
             "DEP_TOKEN": DEP_SECRET,
-            "RECONCILE_METRICS_LAG": "0s",
         }
         runs = [reconcile_cli(sb.repo, "apply", env=env) for _ in range(3)]
         runs.append(reconcile_cli(sb.repo, "probe", "ion-api", env=env))

@@ -41,6 +41,7 @@ BAD_FILES = [
     ("duration-without-unit", 10, "bake: expected a duration like '5m' (ms, s, m, h, d), got 24"),
     ("empty", 1, "empty file"),
     ("expect-not-scalar", 20, "probes[0].expect.status: expected a string, an integer"),
+    ("gate-window-under-a-minute", 15, "gates.latency_p95.window: 45s: Cloud Monitoring samples"),
     ("float-exponent", 13, "gates.min_requests: 1e3 is a number in YAML 1.2 but text in"),
     ("header-env-typo", 21, "headers.Authorization.envv: unknown key 'envv' (did you mean 'env'?)"),
     ("json-body-key", 21, "probes[0].json_body: unknown key 'json_body' (did you mean 'json'?)"),
@@ -76,6 +77,8 @@ BAD_FILES = [
     ("unknown-key", 8, "unknown key 'canary_precent' (did you mean 'canary_percent'?)"),
     ("unknown-nested-key", 15, "gates.latency_p95.windw: unknown key 'windw' (did you mean"),
     ("unknown-provider", 11, "metrics.provider: expected one of 'cloud-monitoring', 'prometheus'"),
+    ("window-not-whole-minutes", 12, "gates.window: 90s: Cloud Monitoring samples"),
+    ("window-under-a-minute", 12, "gates.window: 30s: Cloud Monitoring samples Cloud Run metrics"),
     ("yaml-syntax", 10, "started at line 9"),
     (
         "yaml11-no",
@@ -110,6 +113,27 @@ def test_bad_file_is_one_line_at_the_defect(name: str, line: int, fragment: str)
     assert "\n" not in message
     assert message.startswith(f"{path}:{line}: "), message
     assert fragment in message
+
+
+@pytest.mark.parametrize(("length", "ok"), [(40, True), (41, False)], ids=["40", "41"])
+def test_service_names_whose_tag_urls_cannot_exist_are_refused(
+    tmp_path: Path, length: int, ok: bool
+) -> None:
+    service = "s" + "x" * (length - 1)
+    path = tmp_path / f"{service}.yaml"
+    path.write_text(
+        f"service: {service}\nproject: naeda-genesis\nregion: us-central1\n"
+        f"revisions: {{stable: {service}-00001-abc}}\ncanary_percent: 0\n"
+        "stages: [5, 10, 25, 50, 100]\nbake: 24h\n",
+        encoding="utf-8",
+    )
+    if ok:
+        assert load_spec(path).service == service
+        return
+    with pytest.raises(SpecError) as caught:
+        load_spec(path)
+    assert str(caught.value).startswith(f"{path}:1: service: "), caught.value
+    assert "longest usable name is 40 characters" in str(caught.value)
 
 
 def test_spec_error_is_an_operator_error() -> None:

@@ -126,3 +126,15 @@ def test_typical_rollout_files_take_the_libyaml_composer() -> None:
     assert loader._c_composable(text)
     assert not loader._c_composable(text + "x: &a 1\ny: *a\n")  # aliases: the hooked composer
     assert not loader._c_composable("a: " + "[" * 60 + "]" * 60 + "\n")  # depth: likewise
+
+
+def test_a_bare_non_specific_tag_reads_the_same_on_both_parsers(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Found by the property test above: libyaml reported `1: !` as text '', PyYAML as null.
+    for data in (b"1: !", b"a: ! 12", b"a: ! '12'"):
+        with monkeypatch.context() as patch:
+            fast = _outcome(lambda d=data: parse_yaml(d, Path("x.yaml")))
+            patch.setattr(loader, "_CParser", None)
+            reference = _outcome(lambda d=data: parse_yaml(d, Path("x.yaml")))
+        assert fast == reference, data

@@ -6,6 +6,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 from google.api import distribution_pb2
+from google.cloud import monitoring_v3
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -14,6 +15,7 @@ from reconciler.metrics.cloud_monitoring import (
     histogram_of,
     lagged_window,
     merge_histograms,
+    point_inside,
     series_filter,
 )
 
@@ -214,3 +216,33 @@ def test_merge_keeps_every_sample(parts: list[tuple[list[float], list[int]]]) ->
     total = sum(sum(h.counts) for h in histograms)
     scale = 1 if len({h.bounds for h in histograms}) == 1 else 1000
     assert sum(merged.counts) == pytest.approx(total * scale, abs=len(merged.counts))
+
+
+# --- points -------------------------------------------------------------------------------
+def _point(start: datetime | None, end: datetime) -> monitoring_v3.Point:
+    interval = monitoring_v3.TimeInterval(end_time=end)
+    if start is not None:
+        interval.start_time = start
+    return monitoring_v3.Point(interval=interval, value=monitoring_v3.TypedValue(int64_value=1))
+
+
+W_START = END - timedelta(minutes=5)
+
+
+@pytest.mark.parametrize(
+    ("start", "end", "inside"),
+    [
+        (W_START, END, True),
+        (END - timedelta(minutes=1), END - timedelta(seconds=30), True),
+        (None, END - timedelta(minutes=1), True),
+        (W_START - timedelta(minutes=1), END, False),
+        (W_START, END + timedelta(minutes=1), False),
+        (END, END + timedelta(minutes=1), False),
+        (None, W_START, False),
+    ],
+    ids=["the-window", "within", "gauge-within", "starts-early", "ends-late", "after", "at-start"],
+)
+def test_only_points_inside_the_window_count(
+    start: datetime | None, end: datetime, inside: bool
+) -> None:
+    assert point_inside(_point(start, end), W_START, END) is inside

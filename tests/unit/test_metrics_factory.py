@@ -24,7 +24,8 @@ CLOUD = CloudMonitoringMetrics(provider="cloud-monitoring")
         ({LAG_ENV: "0s"}, timedelta(0)),
         ({LAG_ENV: "90s"}, timedelta(seconds=90)),
         ({LAG_ENV: " 5m "}, timedelta(minutes=5)),
-        ({EMULATOR_HOST_ENV: "127.0.0.1:1"}, timedelta(0)),
+        # The emulator delays its points as Google does: the same default.
+        ({EMULATOR_HOST_ENV: "127.0.0.1:1"}, DEFAULT_INGESTION_LAG),
         ({EMULATOR_HOST_ENV: "127.0.0.1:1", LAG_ENV: "2m"}, timedelta(minutes=2)),
     ],
     ids=["unset", "empty", "zero", "90s", "spaces", "emulator", "emulator-explicit"],

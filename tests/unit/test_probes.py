@@ -232,6 +232,9 @@ def test_resolve_url(template: str, urls: Urls, url: str) -> None:
 def test_resolve_url_unknown_base_is_clear() -> None:
     with pytest.raises(ProbeConfigError, match=r"chat-smoke: .*\{canary_url\}.*tagged 'canary'"):
         resolve_url(check(), Urls(stable="https://s.example"))
+    # A tag can vanish by itself (Cloud Run's 2,000-tag cleanup): the error says so.
+    with pytest.raises(ProbeConfigError, match="2,000 tags; the next apply tags it again"):
+        resolve_url(check(), Urls(stable="https://s.example"))
 
 
 def test_headers_from_env_and_missing_variable_named_not_valued() -> None:

@@ -447,25 +447,26 @@ def _mermaid_blocks(markdown: str) -> list[list[str]]:
 
 def _check_xychart(lines: list[str]) -> list[list[float]]:
     """Assert an xychart-beta block is well-formed; return its line series."""
-    assert lines[0] == "xychart-beta"
-    title = re.fullmatch(r'    title "([^"]*)"', lines[1])
-    assert title, lines[1]
-    xaxis = re.fullmatch(r"    x-axis \[(.*)\]", lines[2])
-    assert xaxis, lines[2]
+    assert re.fullmatch(r"%%\{init: \{.*\}\}%%", lines[0]), lines[0]  # the line colours
+    assert lines[1] == "xychart-beta"
+    title = re.fullmatch(r'    title "([^"]*)"', lines[2])
+    assert title, lines[2]
+    xaxis = re.fullmatch(r"    x-axis \[(.*)\]", lines[3])
+    assert xaxis, lines[3]
     labels = re.findall(r'"([^"]*)"', xaxis.group(1))
     assert labels and xaxis.group(1) == ", ".join(f'"{x}"' for x in labels)
-    yaxis = re.fullmatch(r'    y-axis "[^"]*" 0 --> ([0-9.]+)', lines[3])
-    assert yaxis, lines[3]
+    yaxis = re.fullmatch(r'    y-axis "[^"]*" 0 --> ([0-9.]+)', lines[4])
+    assert yaxis, lines[4]
     top = float(yaxis.group(1))
     series = []
-    for line in lines[4:]:
+    for line in lines[5:]:
         m = re.fullmatch(r"    line \[(.*)\]", line)
         assert m, line
         values = [float(v) for v in m.group(1).split(", ")]
         assert len(values) == len(labels)
         assert all(0 <= v <= top for v in values)
         series.append(values)
-    assert 1 <= len(series) <= 2
+    assert 1 <= len(series) <= 3
     return series
 
 
@@ -492,15 +493,28 @@ def _busy(n: int, *, errors: int = 5) -> list[WindowStats]:
     return out
 
 
-def test_charts_are_well_formed_with_the_threshold_as_second_line() -> None:
+def test_charts_are_well_formed_canary_and_stable_together() -> None:
     report = build_report("interim", status=_status(), now=NOW, spec=_spec(), windows=_busy(12))
     blocks = _mermaid_blocks(report.markdown)
     assert len(blocks) == 2
     errors, p95 = (_check_xychart(b) for b in blocks)
-    assert errors[0] == [0.5] * 12 and errors[1] == [5.0] * 12
-    assert len(p95[0]) == 6 and p95[1] == [20.0] * 6  # the latency gate's 10m windows
-    assert "Second line: the rollback threshold, 5%." in report.markdown
+    # Canary 0.5%, stable 0%; the 5% threshold is far above the axis (0 to 0.6): not drawn.
+    assert errors == [[0.5] * 12, [0.0] * 12]
+    assert 'y-axis "Error rate (%)" 0 --> 0.6' in report.markdown
+    assert "The rollback threshold, 5%, is above every value (axis up to 0.6%)." in report.markdown
+    assert "Lines: 1. canary, 2. stable." in report.markdown
+    # The latency gate's 10m windows: the stable revision has none of that length.
+    assert len(p95) == 1 and len(p95[0]) == 6
     _check_tables(report.markdown)
+
+
+def test_threshold_is_drawn_when_inside_the_axis() -> None:
+    windows = [_window(CANARY, NOW - FIVE * i, errors=45) for i in range(4)]
+    report = build_report("interim", status=_status(), now=NOW, spec=_spec(), windows=windows)
+    errors, _ = (_check_xychart(b) for b in _mermaid_blocks(report.markdown))
+    assert errors == [[4.5] * 4, [5.0] * 4]
+    assert "Lines: 1. canary, 2. threshold. " in report.markdown
+    assert "The threshold line: the rollback threshold, 5%." in report.markdown
 
 
 def test_long_spans_group_windows_into_at_most_max_chart_points() -> None:
@@ -519,12 +533,12 @@ def test_long_spans_group_windows_into_at_most_max_chart_points() -> None:
     assert "the worst of its windows" in report.markdown
 
 
-def test_chart_without_a_threshold_has_one_line() -> None:
+def test_chart_without_a_threshold_has_no_threshold_line() -> None:
     spec = _spec(gates={"window": "5m", "error_rate": {"max": "5%"}})
     report = build_report("interim", status=_status(), now=NOW, spec=spec, windows=_busy(3))
     errors, p95 = (_check_xychart(b) for b in _mermaid_blocks(report.markdown))
-    assert len(errors) == 2 and len(p95) == 1  # no latency gate: the 5m windows, no threshold
-    assert p95[0] == [0.3] * 3
+    assert len(errors) == 2 and len(p95) == 2  # no latency gate: the 5m windows, both revisions
+    assert p95 == [[0.3] * 3, [0.3] * 3]
     assert "No rollback threshold configured." in report.markdown
 
 

@@ -264,13 +264,12 @@ def test_gate_targets_must_be_stricter_than_limits(
 
 
 @pytest.mark.parametrize(
-    ("percent", "index", "following"),
-    [(0, None, 5), (5, 0, 10), (50, 3, 100), (100, 4, None)],
+    ("percent", "following"),
+    [(0, 5), (5, 10), (50, 100), (100, None)],
     ids=["zero", "first", "middle", "last"],
 )
-def test_stage_index_and_next_stage(percent: int, index: int | None, following: int | None) -> None:
+def test_next_stage(percent: int, following: int | None) -> None:
     spec = RolloutSpec.model_validate({**BASE, "canary_percent": percent})
-    assert spec.stage_index == index
     assert spec.next_stage() == following
 
 

@@ -223,9 +223,15 @@ def test_no_expressions_inside_scripts(path: Path) -> None:
 @pytest.mark.parametrize("path", WORKFLOW_FILES, ids=_ids(WORKFLOW_FILES))
 def test_no_json_key_secrets(path: Path) -> None:
     workflow = _load(path)
-    for text in _strings(workflow):
+    # The one documented place for secrets: probe variables in the top-level `env:`, each
+    # `NAME: ${{ secrets.NAME }}` (see test_probe_secrets_pattern).
+    probe_secrets = {f"${{{{ secrets.{k} }}}}" for k in workflow.get("env", {})}
+    for text in _strings({k: v for k, v in workflow.items() if k != "env"}):
         for secret in re.findall(r"secrets\.(\w+)", text):
             assert secret == "GITHUB_TOKEN", f"secret {secret}: use Workload Identity Federation"
+    for text in _strings(workflow.get("env", {})):
+        if "secrets." in text:
+            assert text in probe_secrets, text
         assert "credentials_json" not in text
         assert "GOOGLE_APPLICATION_CREDENTIALS" not in text
         assert "GOOGLE_CREDENTIALS" not in text
@@ -242,7 +248,9 @@ def test_google_auth_is_workload_identity_federation(path: Path) -> None:
             assert inputs["workload_identity_provider"] == (
                 "${{ vars.GCP_WORKLOAD_IDENTITY_PROVIDER }}"
             )
-            assert inputs["service_account"] == "${{ vars.GCP_SERVICE_ACCOUNT }}"
+            # Two identities: a read-only one for plans, one that moves traffic for the rest.
+            identity = "APPLY" if _mutates(job) else "PLAN"
+            assert inputs["service_account"] == f"${{{{ vars.GCP_{identity}_SERVICE_ACCOUNT }}}}"
             assert job.get("permissions", {}).get("id-token") == "write", name
 
 
@@ -275,28 +283,140 @@ def _mutating_jobs() -> dict[str, dict[str, Any]]:
     return jobs
 
 
-def test_applies_never_overlap() -> None:
-    groups = set()
-    for name, job in _mutating_jobs().items():
-        concurrency = job.get("concurrency")
-        assert isinstance(concurrency, dict), f"{name}: no concurrency group"
-        # Cancelling an apply could stop it between a traffic change and its record.
-        assert concurrency["cancel-in-progress"] is False, name
-        group = str(concurrency["group"])
-        # One group for every event: nothing run-specific in its name.
-        for expression in re.findall(r"\$\{\{(.*?)\}\}", group):
-            assert expression.strip() in {"github.repository", "github.workflow"}, group
-        groups.add(group)
-    assert len(groups) == 1, groups
+def _group(job: dict[str, Any]) -> str:
+    concurrency = job.get("concurrency")
+    assert isinstance(concurrency, dict), "no concurrency group"
+    return str(concurrency["group"])
+
+
+def test_scheduled_and_push_applies_share_one_group() -> None:
+    job = _reconcile_jobs()["apply"]
+    # One group for every event (nothing run-specific in its name): two never run at once.
+    assert _group(job) == "reconcile-apply"
+    # Cancelling an apply could stop it between a traffic change and its record.
+    assert job["concurrency"]["cancel-in-progress"] is False
+
+
+def test_manual_dispatches_have_a_group_of_their_own() -> None:
+    job = _reconcile_jobs()["manual"]
+    assert job["concurrency"]["cancel-in-progress"] is False
+    # Unique per run: no other run ever shares it, so none can queue behind or displace it.
+    assert "${{ github.run_id }}" in _group(job)
+    assert not _group(job).startswith("reconcile-apply")
+
+
+# GitHub's concurrency rules, as documented ("Control the concurrency of workflows and
+# jobs"): one running and one pending run per group; a run that queues while another is
+# pending cancels the pending one; with cancel-in-progress it cancels the running one too.
+class Concurrency:
+    """A model of GitHub's concurrency groups, fed with the workflow's own configuration."""
+
+    def __init__(self) -> None:
+        self.running: dict[str, str] = {}
+        self.pending: dict[str, str] = {}
+        self.cancelled: list[str] = []
+        self.started: list[str] = []
+
+    def queue(self, run: str, job: dict[str, Any], context: dict[str, str]) -> None:
+        group = _evaluate(_group(job), context)
+        if job["concurrency"]["cancel-in-progress"] and group in self.running:
+            self.cancelled.append(self.running.pop(group))
+        if group not in self.running:
+            self.running[group] = run
+            self.started.append(run)
+            return
+        if group in self.pending:
+            self.cancelled.append(self.pending[group])
+        self.pending[group] = run
+
+    def finish(self, run: str) -> None:
+        (group,) = [g for g, r in self.running.items() if r == run]
+        del self.running[group]
+        if group in self.pending:
+            self.running[group] = self.pending.pop(group)
+            self.started.append(self.running[group])
+
+
+def _evaluate(template: str, context: dict[str, str]) -> str:
+    """`${{ name }}` expressions replaced from `context`; anything else fails the test."""
+
+    def value(match: re.Match[str]) -> str:
+        name = match.group(1).strip()
+        assert name in context, f"unmodelled expression in a concurrency group: {name}"
+        return context[name]
+
+    return re.sub(r"\$\{\{(.*?)\}\}", value, template)
+
+
+def _context(run_id: int, event: str, action: str = "", service: str = "") -> dict[str, str]:
+    return {
+        "github.run_id": str(run_id),
+        "github.event_name": event,
+        "github.workflow": "reconcile",
+        "github.repository": "acme/infra",
+        "inputs.action": action,
+        "inputs.service": service,
+    }
+
+
+def _rollback_during_applies(jobs: dict[str, dict[str, Any]]) -> Concurrency:
+    """A scheduled apply runs; a rollback is dispatched; a push and two schedules follow."""
+    github = Concurrency()
+    github.queue("schedule-1", jobs["apply"], _context(1, "schedule"))
+    github.queue(
+        "rollback", jobs["manual"], _context(2, "workflow_dispatch", "rollback", "ion-api")
+    )
+    github.queue("push-3", jobs["apply"], _context(3, "push"))
+    github.queue("schedule-4", jobs["apply"], _context(4, "schedule"))
+    github.queue("promote", jobs["manual"], _context(5, "workflow_dispatch", "promote", "ion-api"))
+    github.queue("schedule-6", jobs["apply"], _context(6, "schedule"))
+    github.finish("schedule-1")
+    return github
+
+
+def test_dispatched_rollback_is_never_cancelled_by_later_runs() -> None:
+    github = _rollback_during_applies(_reconcile_jobs())
+    assert "rollback" not in github.cancelled
+    assert "promote" not in github.cancelled
+    # It started at once, while the scheduled apply still held reconcile-apply.
+    assert github.started[:2] == ["schedule-1", "rollback"]
+    # Superseded applies are dropped, never the running one; the newest runs next.
+    assert github.cancelled == ["push-3", "schedule-4"]
+    assert github.started[-1] == "schedule-6"
+
+
+def test_the_concurrency_model_catches_a_shared_group() -> None:
+    # Guards the test above: with one group for every run (this workflow's earlier
+    # configuration), a later scheduled run cancels the pending rollback.
+    jobs = _reconcile_jobs()
+    shared = {"concurrency": {"group": "reconcile-apply", "cancel-in-progress": False}}
+    github = _rollback_during_applies({"apply": jobs["apply"], "manual": shared})
+    assert "rollback" in github.cancelled
 
 
 def test_applies_never_run_on_pull_requests() -> None:
-    for name, job in _mutating_jobs().items():
+    jobs = _mutating_jobs()
+    assert set(jobs) == {"apply", "manual"}
+    for name, job in jobs.items():
         condition = str(job.get("if", ""))
-        assert "github.event_name != 'pull_request'" in condition, name
         assert "github.ref == 'refs/heads/main'" in condition, name
-        # Defence in depth against a token that does trigger workflows (see the file header).
-        assert "[skip reconcile]" in condition, name
+    apply, manual = jobs["apply"]["if"], jobs["manual"]["if"]
+    assert "github.event_name != 'pull_request'" in apply
+    # Defence in depth against a token that does trigger workflows (see the file header).
+    assert "[skip reconcile]" in apply
+    assert "inputs.action == 'apply'" in apply
+    assert "github.event_name == 'workflow_dispatch'" in manual
+    assert "inputs.action != 'apply'" in manual
+
+
+def test_writing_jobs_run_in_the_protected_environment() -> None:
+    # Google trusts the apply identity only for refs/heads/main in this environment
+    # (`reconcile setup gcp --environment`, default production).
+    for name, job in _reconcile_jobs().items():
+        if _mutates(job):
+            assert job.get("environment") == "production", name
+        else:
+            assert "environment" not in job, name
 
 
 def test_apply_job_pushes_state_and_surfaces_rollbacks() -> None:
@@ -317,7 +437,7 @@ def test_apply_job_pushes_state_and_surfaces_rollbacks() -> None:
 
 def test_dispatch_rollback_does_not_prompt() -> None:
     # Actions has no terminal and the CLI refuses to prompt without one.
-    script = _run_text(_reconcile_jobs()["apply"])
+    script = _run_text(_reconcile_jobs()["manual"])
     rollbacks = [line for line in script.splitlines() if re.search(r"\breconcile rollback\b", line)]
     assert rollbacks
     assert all("--force" in line for line in rollbacks), rollbacks
@@ -326,12 +446,12 @@ def test_dispatch_rollback_does_not_prompt() -> None:
 def test_reconciler_commits_as_the_actions_bot() -> None:
     # The reconciler commits as RECONCILE_GIT_NAME/EMAIL (BotIdentity.from_env); git config
     # user.* would have no effect on its commits.
-    job = _reconcile_jobs()["apply"]
-    assert job["env"]["RECONCILE_GIT_NAME"] == "github-actions[bot]"
-    assert job["env"]["RECONCILE_GIT_EMAIL"] == (
-        "41898282+github-actions[bot]@users.noreply.github.com"
-    )
-    assert "git config user." not in _run_text(job)
+    for job in _mutating_jobs().values():
+        assert job["env"]["RECONCILE_GIT_NAME"] == "github-actions[bot]"
+        assert job["env"]["RECONCILE_GIT_EMAIL"] == (
+            "41898282+github-actions[bot]@users.noreply.github.com"
+        )
+        assert "git config user." not in _run_text(job)
 
 
 @pytest.mark.parametrize(
@@ -365,7 +485,9 @@ def test_plan_job() -> None:
     assert "github.event.pull_request.head.repo.full_name == github.repository" in auth["if"]
     script = _run_text(job)
     assert "reconcile validate" in script
-    assert re.search(r"\(plan --format markdown --out \S+ --detailed-exitcode\)", script)
+    # The comment is stdout's markdown; --out always saves the applyable json plan.
+    assert re.search(r'\(plan --format markdown --out \S+\.json"? --detailed-exitcode\)', script)
+    assert re.search(r'reconcile "\$\{args\[@\]\}" > "\$RUNNER_TEMP/plan.md"', script)
     assert "--offline" in script
     assert PLAN_MARKER in script
     assert "GITHUB_STEP_SUMMARY" in script
@@ -405,3 +527,134 @@ def test_ci_runs_the_ci_script() -> None:
     )
     assert setup["with"]["python-version"] == "3.11"
     assert [s["run"] for s in _steps(job) if "run" in s] == ["bash .ci/run"]
+
+
+# ---------------------------------------------------------------- reconcile.yml scripts, run
+
+
+def _step(job: str, name: str) -> dict[str, Any]:
+    return next(s for s in _steps(_reconcile_jobs()[job]) if s.get("name") == name)
+
+
+def _bash(script: str, env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    # As Actions runs a `shell: bash` step: bash --noprofile --norc -eo pipefail {0}.
+    path = cwd / "step.sh"
+    path.write_text(script, encoding="utf-8")
+    return subprocess.run(
+        ["bash", "--noprofile", "--norc", "-eo", "pipefail", str(path)],
+        cwd=cwd,
+        env={"PATH": os.environ["PATH"], **env},
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+
+
+@pytest.mark.parametrize(
+    ("action", "service", "reason", "ok"),
+    [
+        ("rollback", "ion-api", "p95 over budget since 10:05", True),
+        ("promote", "ion-api", "bake passed, go", True),
+        ("apply", "", "nightly check", True),
+        ("apply", "ion-api", "just this one", True),
+        ("rollback", "", "no service", False),
+        ("rollback", "payments", "not a rollout file", False),
+        ("rollback", "--force", "a flag", False),
+        ("rollback", "../state/x", "a path", False),
+        ("rollback", "Ion-API", "capitals", False),
+        ("rollback", "ion-api\n::stop-commands::x", "a workflow command", False),
+        ("rollback", "ion-api", "   ", False),
+        ("rollback", "ion-api", "two\nlines", False),
+        ("rollback", "ion-api", "x" * 301, False),
+    ],
+    ids=[
+        "rollback",
+        "promote",
+        "apply-all",
+        "apply-one",
+        "no-service",
+        "unknown-service",
+        "flag",
+        "path",
+        "capitals",
+        "newline-command",
+        "blank-reason",
+        "multiline-reason",
+        "long-reason",
+    ],
+)
+def test_dispatch_inputs_are_checked(
+    tmp_path: Path, action: str, service: str, reason: str, ok: bool
+) -> None:
+    job = "apply" if action == "apply" else "manual"
+    (tmp_path / "rollout").mkdir()
+    (tmp_path / "rollout" / "ion-api.yaml").write_text("service: ion-api\n", encoding="utf-8")
+    step = _step(job, "Check the dispatch inputs")
+    env = {"ACTION": action, "SERVICE": service, "REASON": reason}
+    result = _bash(step["run"], env, tmp_path)
+    assert (result.returncode == 0) == ok, result.stdout + result.stderr
+    if not ok:
+        assert result.stdout.startswith("::error title=reconcile "), result.stdout
+        # The rejected value never reaches the log (it could hold a workflow command).
+        assert "stop-commands" not in result.stdout
+
+
+def test_manual_job_checks_inputs_before_credentials() -> None:
+    names = [s.get("name", s.get("uses", "")) for s in _steps(_reconcile_jobs()["manual"])]
+    assert names.index("Check the dispatch inputs") < names.index("Authenticate to Google Cloud")
+
+
+STAND_IN_RECONCILE = """#!/usr/bin/env bash
+echo "reconcile $*" >> "$CALLS"
+if [ "$1 $2" = "validate --env" ] && [ -z "${CHAT_TOKEN:-}" ]; then
+  echo "rollout/chat.yaml:31: reads CHAT_TOKEN, which is not set" >&2
+  exit 1
+fi
+"""
+
+
+@pytest.mark.parametrize(
+    ("same_repository", "mapped", "calls", "exit_code"),
+    [
+        ("true", False, ["validate", "validate --env"], "1"),
+        ("true", True, ["validate", "validate --env"], "0"),
+        # Fork pull requests get no secrets: checking them would always fail.
+        ("false", False, ["validate"], "0"),
+    ],
+    ids=["unmapped-variable-fails", "mapped-variable-passes", "fork-skips-env"],
+)
+def test_plan_fails_on_a_variable_without_a_secret(
+    tmp_path: Path, same_repository: str, mapped: bool, calls: list[str], exit_code: str
+) -> None:
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "reconcile").write_text(STAND_IN_RECONCILE, encoding="utf-8")
+    (bin_dir / "reconcile").chmod(0o755)
+    step = _step("plan", "reconcile validate")
+    env = {
+        "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
+        "SAME_REPOSITORY": same_repository,
+        "RUNNER_TEMP": str(tmp_path),
+        "GITHUB_OUTPUT": str(tmp_path / "output"),
+        "CALLS": str(tmp_path / "calls"),
+        **({"CHAT_TOKEN": "from-a-secret"} if mapped else {}),
+    }
+    result = _bash(step["run"], env, tmp_path)
+    assert result.returncode == 0, result.stderr  # the comment job fails the check, later
+    recorded = (tmp_path / "calls").read_text(encoding="utf-8").splitlines()
+    assert recorded == [f"reconcile {c}" for c in calls]
+    assert (tmp_path / "output").read_text(encoding="utf-8") == f"exit={exit_code}\n"
+    if exit_code == "1":
+        assert "reads CHAT_TOKEN, which is not set" in result.stdout
+
+
+def test_probe_secrets_pattern() -> None:
+    workflow = _load(RECONCILE)
+    for name, value in workflow["env"].items():
+        if "secrets." in str(value):
+            assert value == f"${{{{ secrets.{name} }}}}", name
+    # The pattern is documented where a user adds the mapping.
+    text = RECONCILE.read_text(encoding="utf-8")
+    assert "#   CHAT_TOKEN: ${{ secrets.CHAT_TOKEN }}" in text
+    assert "reconcile validate --env" in _run_text(_reconcile_jobs()["plan"])

@@ -22,7 +22,14 @@ class NotFound(BackendError):
 
 
 class Conflict(BackendError):
-    """The service changed since it was read (stale etag): re-read and re-plan."""
+    """The service changed since it was read (stale etag): re-read and re-plan.
+
+    Only an etag mismatch is a conflict; a failed operation never is (`OperationFailed`)."""
+
+
+class OperationFailed(BackendError):
+    """Cloud Run accepted the write but its operation failed: the old split keeps serving,
+    and the message carries the reason from `terminal_condition`."""
 
 
 class TrafficBackend(Protocol):

@@ -1,41 +1,129 @@
 """TrafficBackend on the official `google-cloud-run` client (Cloud Run Admin API v2).
 
-Writes send the Service back with only `traffic` changed and the etag it was read with, wait
-for the long-running operation, then read `traffic_statuses` back to verify the split is live.
-Transient errors are retried (bounded); a conflict is reported, never overwritten.
+Writes send only `traffic` (and `annotations` when given) under an update mask, with the etag
+they were read with, never the template (so no echoed `template.revision`); they wait for the
+long-running operation, then read back what serves (`traffic_statuses`). Cloud Run's failures
+are kept apart: a stale etag is a `Conflict`, an operation that failed (a revision that cannot
+serve) is `OperationFailed` with `terminal_condition`'s reason, never a conflict. Reads and
+writes are paced by a token bucket per project and region (Cloud Run's per-minute quotas);
+RESOURCE_EXHAUSTED and transient errors are retried with bounded backoff, and a write whose
+call failed is read back before it is reported failed (it may have landed).
 """
 
 from __future__ import annotations
 
 import concurrent.futures
 import logging
+import os
 import threading
+import time
 from collections.abc import Callable, Mapping
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 from google.api_core import exceptions as gexc
 from google.cloud import run_v2
 from google.protobuf import field_mask_pb2
 from tenacity import (
+    RetryCallState,
     Retrying,
     retry_if_exception_type,
     stop_after_attempt,
     wait_exponential,
 )
 
-from reconciler.backends import BackendError, Conflict, NotFound
+from reconciler.backends import BackendError, Conflict, NotFound, OperationFailed
 from reconciler.model import LiveService, ServiceRef, Target, TrafficSplit
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+Kind = Literal["read", "write"]
 
 LATEST = "LATEST"
 """Stands for a `TRAFFIC_TARGET_ALLOCATION_TYPE_LATEST` target, which names no revision."""
 
+# Cloud Run Admin API rate quotas per project and region (docs/emulator.md says where they
+# come from); override with the environment variables or the constructor.
+READS_PER_MINUTE = 1000
+WRITES_PER_MINUTE = 60
+READS_ENV = "RECONCILE_READS_PER_MINUTE"
+WRITES_ENV = "RECONCILE_WRITES_PER_MINUTE"
+
+RECONCILING_POLL_SECONDS = 0.5
 TRANSIENT = (gexc.ServiceUnavailable, gexc.DeadlineExceeded, gexc.RetryError)
+QUOTA = (gexc.ResourceExhausted, gexc.TooManyRequests)
 _REVISION = run_v2.TrafficTargetAllocationType.TRAFFIC_TARGET_ALLOCATION_TYPE_REVISION
 _LATEST = run_v2.TrafficTargetAllocationType.TRAFFIC_TARGET_ALLOCATION_TYPE_LATEST
+_FAILED = run_v2.Condition.State.CONDITION_FAILED
+
+
+class TokenBucket:
+    """`per_minute` calls a minute, in bursts of at most that many (0: unlimited)."""
+
+    def __init__(
+        self,
+        per_minute: int,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.per_minute = per_minute
+        self._clock = clock
+        self._sleep = sleep
+        self._tokens = float(per_minute)
+        self._at = clock()
+        self._lock = threading.Lock()
+        self.waited = 0.0
+        """Seconds spent waiting for tokens (for benchmarks and tests)."""
+
+    def acquire(self) -> None:
+        """Take one token, sleeping until one is there."""
+        if self.per_minute <= 0:
+            return
+        while True:
+            with self._lock:
+                now = self._clock()
+                rate = self.per_minute / 60.0
+                self._tokens = min(self.per_minute, self._tokens + (now - self._at) * rate)
+                self._at = now
+                if self._tokens >= 1.0:
+                    self._tokens -= 1.0
+                    return
+                pause = (1.0 - self._tokens) / rate
+                self.waited += pause
+            self._sleep(pause)
+
+
+class _Refused(Exception):
+    """UpdateService itself answered ABORTED or FAILED_PRECONDITION (an etag mismatch, or not:
+    the caller reads the service to tell)."""
+
+    def __init__(self, error: gexc.GoogleAPICallError) -> None:
+        super().__init__(error.message)
+        self.error = error
+
+
+class _Failed(Exception):
+    """The write's operation finished with an error."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+def _env_quota(name: str, default: int) -> int:
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise BackendError(
+            f"${name}: expected a whole number of calls per minute, got {raw!r}"
+        ) from None
+    if value < 0:
+        raise BackendError(f"${name}: must not be negative, got {value}")
+    return value
 
 
 class CloudRunBackend:
@@ -48,8 +136,11 @@ class CloudRunBackend:
         *,
         attempts: int = 6,
         max_wait: float = 2.0,
+        quota_wait: float = 30.0,
         call_timeout: float = 30.0,
         operation_timeout: float = 300.0,
+        reads_per_minute: int | None = None,
+        writes_per_minute: int | None = None,
     ) -> None:
         if services is None or revisions is None:
             from reconciler import clients
@@ -60,24 +151,51 @@ class CloudRunBackend:
         self._revisions = revisions
         self._attempts = attempts
         self._max_wait = max_wait
+        self._quota_wait = quota_wait
         self._call_timeout = call_timeout
         self._operation_timeout = operation_timeout
+        self._quotas: dict[Kind, int] = {
+            "read": _env_quota(READS_ENV, READS_PER_MINUTE)
+            if reads_per_minute is None
+            else reads_per_minute,
+            "write": _env_quota(WRITES_ENV, WRITES_PER_MINUTE)
+            if writes_per_minute is None
+            else writes_per_minute,
+        }
+        self._buckets: dict[tuple[Kind, str, str], TokenBucket] = {}
         self._lock = threading.Lock()
         self.calls = 0
         """API calls made (reads and writes), for benchmarks and tests."""
 
+    def bucket(self, kind: Kind, ref: ServiceRef) -> TokenBucket:
+        """The token bucket of `kind` calls in the service's project and region."""
+        key = (kind, ref.project, ref.region)
+        with self._lock:
+            if key not in self._buckets:
+                self._buckets[key] = TokenBucket(self._quotas[kind])
+            return self._buckets[key]
+
     # --- edges --------------------------------------------------------------------------------
-    def _call(self, what: str, fn: Callable[[], T]) -> T:
-        """Run one API call with bounded retries on transient errors only."""
+    def _wait(self, state: RetryCallState) -> float:
+        # Quotas refill over a minute: back off longer than for a transient blip.
+        error = state.outcome.exception() if state.outcome is not None else None
+        if isinstance(error, QUOTA):
+            return float(wait_exponential(multiplier=0.5, max=self._quota_wait)(state))
+        return float(wait_exponential(multiplier=0.1, max=self._max_wait)(state))
+
+    def _call(self, what: str, fn: Callable[[], T], kind: Kind, ref: ServiceRef) -> T:
+        """Run one API call, paced, with bounded retries on transient and quota errors only."""
         retrying = Retrying(
-            retry=retry_if_exception_type(TRANSIENT),
+            retry=retry_if_exception_type((*TRANSIENT, *QUOTA)),
             stop=stop_after_attempt(self._attempts),
-            wait=wait_exponential(multiplier=0.1, max=self._max_wait),
+            wait=self._wait,
             reraise=True,
         )
+        bucket = self.bucket(kind, ref)
         try:
             for attempt in retrying:
                 with attempt:
+                    bucket.acquire()
                     with self._lock:
                         self.calls += 1
                     if attempt.retry_state.attempt_number > 1:
@@ -87,14 +205,23 @@ class CloudRunBackend:
                     return fn()
         except gexc.NotFound as exc:
             raise NotFound(f"{what}: not found ({exc.message})") from None
-        except (gexc.Aborted, gexc.FailedPrecondition) as exc:
-            raise Conflict(f"{what}: changed since it was read ({exc.message})") from None
+        except gexc.AlreadyExists as exc:
+            raise BackendError(
+                f"{what}: {exc.message} (Cloud Run refuses a write that names an existing "
+                "revision with another template; this reconciler never sends the template, so "
+                "another writer did: re-read and retry)"
+            ) from None
         except gexc.PermissionDenied as exc:
             raise BackendError(f"{what}: permission denied ({exc.message})") from None
         except gexc.Unauthenticated as exc:
             raise BackendError(
                 f"{what}: not authenticated ({exc.message}); run "
                 "`gcloud auth application-default login` or set CLOUD_RUN_EMULATOR_HOST"
+            ) from None
+        except QUOTA as exc:
+            raise BackendError(
+                f"{what}: Cloud Run quota still exhausted after {self._attempts} attempts "
+                f"({_msg(exc)}); lower the pace ({READS_ENV}, {WRITES_ENV}) or ask for more quota"
             ) from None
         except TRANSIENT as exc:
             raise BackendError(
@@ -115,6 +242,8 @@ class CloudRunBackend:
             lambda: self._services.get_service(
                 name=ref.name, retry=None, timeout=self._call_timeout
             ),
+            "read",
+            ref,
         )
 
     def _revision_names(self, ref: ServiceRef) -> frozenset[str]:
@@ -124,7 +253,7 @@ class CloudRunBackend:
             )
             return [r.name.rsplit("/", 1)[-1] for r in pager]
 
-        return frozenset(self._call(f"list revisions of {ref.name}", list_all))
+        return frozenset(self._call(f"list revisions of {ref.name}", list_all, "read", ref))
 
     # --- TrafficBackend --------------------------------------------------------------------------
     def get_service(self, ref: ServiceRef) -> LiveService:
@@ -139,63 +268,127 @@ class CloudRunBackend:
         etag: str,
         annotations: Mapping[str, str] | None = None,
     ) -> LiveService:
-        """Write `split` if the service still has `etag`, wait, and verify it is live.
+        """Write `split` if the service still has `etag`, wait, and verify it serves.
 
         `annotations` are merged into the service's annotations in the same write, so the
         service itself remembers what the reconciler last did (crash recovery).
+        Raises `Conflict` (etag mismatch), `OperationFailed` (accepted, not serving) or
+        `BackendError`; a write reported failed that in fact landed is returned as landed.
         """
         if split.total() != 100:
             raise BackendError(f"{ref.name}: refusing a split that sums to {split.total()}%")
         raw = self._get_raw(ref)  # no write without a fresh read
         if etag and raw.etag != etag:
             raise Conflict(f"{ref.name}: etag {raw.etag} != {etag} (changed since it was read)")
+        sent_etag = raw.etag
         paths = ["traffic"]
+        body = run_v2.Service(
+            name=ref.name,
+            etag=sent_etag,
+            traffic=[
+                run_v2.TrafficTarget(
+                    type_=_REVISION, revision=t.revision, percent=t.percent, tag=t.tag
+                )
+                for t in split.targets
+            ],
+        )
         if annotations:
-            for key, value in annotations.items():
-                raw.annotations[key] = value
+            # The mask replaces the whole map: send the service's own annotations with ours.
+            body.annotations = {**dict(raw.annotations), **annotations}
             paths.append("annotations")
-        raw.traffic = [
-            run_v2.TrafficTarget(type_=_REVISION, revision=t.revision, percent=t.percent, tag=t.tag)
-            for t in split.targets
-        ]
+        request = run_v2.UpdateServiceRequest(
+            service=body, update_mask=field_mask_pb2.FieldMask(paths=paths)
+        )
 
         def update() -> Any:
-            op = self._services.update_service(
-                service=raw,
-                update_mask=field_mask_pb2.FieldMask(paths=paths),
-                retry=None,
-                timeout=self._call_timeout,
-            )
-            return op.result(timeout=self._operation_timeout)
+            try:
+                op = self._services.update_service(
+                    request=request, retry=None, timeout=self._call_timeout
+                )
+            except (gexc.Aborted, gexc.FailedPrecondition) as exc:
+                raise _Refused(exc) from None
+            try:
+                return op.result(timeout=self._operation_timeout)
+            except gexc.GoogleAPICallError as exc:
+                done = op.operation
+                if done.done and done.HasField("error"):
+                    raise _Failed(type(exc).__name__, exc.message or "") from None
+                raise  # polling the operation failed, not the operation: retried or reported
 
         try:
-            self._call(f"update traffic of {ref.name}", update)
-        except BackendError as exc:
+            self._call(f"update traffic of {ref.name}", update, "write", ref)
+        except _Failed as failed:
+            after = self.get_service(ref)
+            reason = after.failure or failed.message
+            raise OperationFailed(
+                f"{ref.name}: the traffic change was accepted but its operation failed "
+                f"({failed.code}): {reason}; still serving {after.traffic.describe()}"
+            ) from None
+        except _Refused as refused:
+            # ABORTED and FAILED_PRECONDITION mean an etag mismatch only if the etag moved.
+            mine = self._landed(ref, split, annotations, conflict=True)
+            if mine is not None:
+                return mine
+            current = self._get_raw(ref)
+            if current.etag != sent_etag:
+                raise Conflict(
+                    f"{ref.name}: changed since it was read ({refused.error.message})"
+                ) from None
+            raise BackendError(
+                f"{ref.name}: update refused: {type(refused.error).__name__}: "
+                f"{refused.error.message}"
+            ) from None
+        except BackendError:
             # The write may have landed before the error (an answer lost, then a retry that
-            # met our own new etag): re-read before judging. The split alone does not prove
-            # the write was ours - a concurrent writer may have set the same split - so with
-            # annotations (the reconciler's stamp is unique per write) it must also carry
-            # them; without, a conflict is never ours. Not ours: the caller re-reads.
+            # met our own new etag): read back before reporting it failed.
+            landed = self._landed(ref, split, annotations, conflict=False)
+            if landed is not None:
+                return landed
+            raise
+        live = self.get_service(ref)
+        if not (live.traffic.same_routing(split) and live.requested.same_routing(split)):
+            raise BackendError(
+                f"{ref.name}: traffic not live after update: wanted {split.describe()}, "
+                f"serving {live.traffic.describe()}"
+                + (f" ({live.failure})" if live.failure else "")
+            )
+        return live
+
+    def _landed(
+        self,
+        ref: ServiceRef,
+        split: TrafficSplit,
+        annotations: Mapping[str, str] | None,
+        *,
+        conflict: bool,
+    ) -> LiveService | None:
+        """The service if our write is serving after all, else None.
+
+        The split alone does not prove the write was ours - a concurrent writer may have set
+        the same split - so with annotations (the reconciler's stamp is unique per write) it
+        must also carry them; without, a conflict is never ours.
+        """
+        deadline = time.monotonic() + self._operation_timeout
+        while True:
             try:
                 after = self.get_service(ref)
             except BackendError:
-                raise exc from None  # the write's error says more than the re-read's
-            landed = after.statuses.same_routing(split) and after.traffic.same_routing(split)
+                return None  # the write's own error says more than the re-read's
             if annotations:
                 ours = all(after.annotations.get(k) == v for k, v in annotations.items())
             else:
-                ours = not isinstance(exc, Conflict)
-            if landed and ours:
-                log.info("%s: write reported %s but the split is live", ref.name, exc)
-                return after
-            raise
-        live = self.get_service(ref)
-        if not (live.traffic.same_routing(split) and live.statuses.same_routing(split)):
-            raise BackendError(
-                f"{ref.name}: traffic not live after update: wanted {split.describe()}, "
-                f"serving {live.statuses.describe()}"
-            )
-        return live
+                ours = not conflict
+            asked = after.requested.same_routing(split)
+            # Our write was accepted and Cloud Run is still rolling it out: wait for the
+            # outcome rather than report a write that may yet serve as failed.
+            if not (ours and asked and after.reconciling) or time.monotonic() >= deadline:
+                break
+            time.sleep(RECONCILING_POLL_SECONDS)
+        landed = asked and after.traffic.same_routing(split)
+        if landed and ours:
+            log.info("%s: the write was reported failed but the split serves", ref.name)
+            return after
+        return None
 
 
 def _msg(exc: Exception) -> str:
@@ -214,16 +407,24 @@ def _targets(items: Any, with_uri: bool = False) -> tuple[TrafficSplit, dict[str
 
 
 def to_live(ref: ServiceRef, raw: Any, revisions: frozenset[str]) -> LiveService:
-    """Convert a `run_v2.Service` into the LiveService value."""
+    """Convert a `run_v2.Service` into the LiveService value: `traffic` is what serves
+    (`traffic_statuses`), `requested` what was asked for (`traffic`)."""
     # The plain protobuf message under the proto-plus wrapper: reading its fields directly
     # skips proto-plus's per-attribute marshalling, most of a read's cost in a large plan.
     pb = run_v2.Service.pb(raw)
-    traffic, _ = _targets(pb.traffic)
-    statuses, uris = _targets(pb.traffic_statuses, with_uri=True)
+    requested, _ = _targets(pb.traffic)
+    serving, uris = _targets(pb.traffic_statuses, with_uri=True)
+    failure = None
+    terminal = pb.terminal_condition
+    if terminal.state == _FAILED:
+        reason = run_v2.Condition.CommonReason(terminal.reason).name if terminal.reason else ""
+        failure = terminal.message or reason or "terminal condition failed"
     return LiveService(
         ref=ref,
-        traffic=traffic,
-        statuses=statuses,
+        traffic=serving,
+        statuses=serving,
+        requested=requested,
+        failure=failure,
         etag=pb.etag,
         generation=int(pb.generation),
         observed_generation=int(pb.observed_generation),

@@ -187,11 +187,17 @@ def status(url: str) -> None:
 @url_option
 @click.argument("service")
 @click.option("--revision", help="Name of the new revision (default: generated).")
+@click.option(
+    "--not-ready",
+    is_flag=True,
+    help="Its container cannot start: traffic written to it ends in a failed operation.",
+)
 @behavior_options
 def deploy(
     url: str,
     service: str,
     revision: str | None,
+    not_ready: bool,
     error_rate: float | None,
     client_error_rate: float | None,
     p50: float | None,
@@ -200,8 +206,8 @@ def deploy(
 ) -> None:
     """Deploy a new revision of SERVICE with no traffic; prints its name."""
     beh = _behavior(error_rate, client_error_rate, p50, p95, raw)
-    answer = admin_call(url, "deploy", {"service": service, "revision": revision, "behavior": beh})
-    click.echo(answer["revision"])
+    payload = {"service": service, "revision": revision, "behavior": beh, "ready": not not_ready}
+    click.echo(admin_call(url, "deploy", payload)["revision"])
 
 
 @emulator.command()
@@ -226,14 +232,26 @@ def behave(
 
 @emulator.command()
 @url_option
-@click.option("--method", default="*", show_default=True, help="gRPC method, e.g. GetService.")
+@click.option(
+    "--method",
+    default="*",
+    show_default=True,
+    help="gRPC method, e.g. GetService; `Operation`: the result of UpdateService's operation.",
+)
 @click.option(
     "--rate",
     type=click.FloatRange(0, 1),
     default=1.0,
     show_default=True,
-    help="Share of calls failing UNAVAILABLE.",
+    help="Share of calls failing with --code.",
 )
+@click.option(
+    "--code",
+    default="UNAVAILABLE",
+    show_default=True,
+    help="gRPC status code name, e.g. INTERNAL, ABORTED, RESOURCE_EXHAUSTED.",
+)
+@click.option("--message", default="", help="The error message (default: a generic one).")
 @click.option(
     "--latency-ms",
     type=click.FloatRange(min=0),
@@ -244,14 +262,51 @@ def behave(
 @click.option("--times", type=click.IntRange(min=1), help="Heal after this many failures.")
 @click.option("--clear", is_flag=True, help="Remove every injected fault.")
 def fault(
-    url: str, method: str, rate: float, latency_ms: float, times: int | None, clear: bool
+    url: str,
+    method: str,
+    rate: float,
+    code: str,
+    message: str,
+    latency_ms: float,
+    times: int | None,
+    clear: bool,
 ) -> None:
-    """Inject UNAVAILABLE errors and latency into the gRPC API."""
+    """Inject errors (any status code) and latency into the gRPC API."""
     if clear:
         admin_call(url, "clear-faults", {})
         return
-    payload = {"method": method, "unavailable_rate": rate, "latency_ms": latency_ms}
-    admin_call(url, "fault", {**payload, "times": times})
+    payload = {"method": method, "rate": rate, "latency_ms": latency_ms, "code": code.upper()}
+    admin_call(url, "fault", {**payload, "times": times, "message": message})
+
+
+@emulator.command("partial-results")
+@url_option
+@click.option(
+    "--drop",
+    "drops",
+    multiple=True,
+    help="LABEL=VALUE a series must have to be left out, e.g. "
+    "metric.labels.response_code_class=5xx (repeatable).",
+)
+@click.option(
+    "--message",
+    default="Some time series could not be read; the results are incomplete.",
+    show_default=True,
+)
+@click.option("--times", type=click.IntRange(min=1), help="Only the next N ListTimeSeries calls.")
+@click.option("--clear", is_flag=True, help="Answer completely again.")
+def partial_results(
+    url: str, drops: tuple[str, ...], message: str, times: int | None, clear: bool
+) -> None:
+    """Make ListTimeSeries answer incompletely, with `execution_errors` saying so."""
+    if clear:
+        admin_call(url, "partial-results", {"clear": True})
+        return
+    try:
+        drop = dict(d.split("=", 1) for d in drops)
+    except ValueError:
+        raise click.BadParameter("use --drop LABEL=VALUE") from None
+    admin_call(url, "partial-results", {"message": message, "drop": drop, "times": times})
 
 
 @emulator.command()
@@ -318,7 +373,21 @@ def lro(url: str, pending: bool, polls: int) -> None:
 
 @emulator.command()
 @url_option
-@click.argument("seconds", type=float)
-def clock(url: str, seconds: float) -> None:
-    """Move emulator time forward by SECONDS."""
+@click.argument("amount")
+def clock(url: str, amount: str) -> None:
+    """Move emulator time forward by AMOUNT (`+5m`, `90s`, `1h`, or plain seconds); prints
+    the new emulator time. With CLOUD_RUN_EMULATOR_HOST set the reconciler reads this clock,
+    so windows, bake and ingestion delays pass without waiting."""
+    from reconciler.spec import parse_duration
+
+    text = amount.strip().removeprefix("+")
+    try:
+        seconds = float(text)
+    except ValueError:
+        try:
+            seconds = parse_duration(text).total_seconds()
+        except ValueError as exc:
+            raise click.BadParameter(f"{amount!r}: {exc}", param_hint="AMOUNT") from None
+    if seconds < 0:
+        raise click.BadParameter("the clock only moves forward", param_hint="AMOUNT")
     click.echo(admin_call(url, "clock", {"advance_seconds": seconds})["now"])

@@ -18,7 +18,8 @@ from typing import Any, TypeVar
 import grpc
 from google.cloud import monitoring_v3, run_v2
 from google.longrunning import operations_pb2
-from google.protobuf import any_pb2
+from google.protobuf import any_pb2, empty_pb2, timestamp_pb2
+from google.rpc import status_pb2
 
 from reconciler.emulator import monitoring
 from reconciler.emulator.world import ApiError, Operation, Revision, Route, Service, World
@@ -33,6 +34,11 @@ T = TypeVar("T")
 _ALLOCATION = run_v2.TrafficTargetAllocationType
 _SUCCEEDED = run_v2.Condition.State.CONDITION_SUCCEEDED
 _RECONCILING = run_v2.Condition.State.CONDITION_RECONCILING
+_FAILED = run_v2.Condition.State.CONDITION_FAILED
+CLOCK_SERVICE = "reconciler.emulator.v1.Clock"
+"""Not a Google API: the emulator's virtual clock, read by the reconciler (`Now`)."""
+# How long WaitOperation blocks at most when the request names no timeout.
+WAIT_OPERATION_SECONDS = 10.0
 
 
 def timestamp(epoch: float) -> datetime:
@@ -77,8 +83,18 @@ def _template(svc: Service) -> run_v2.RevisionTemplate:
 
 
 def _conditions(svc: Service) -> tuple[run_v2.Condition, list[run_v2.Condition]]:
-    state = _RECONCILING if svc.reconciling else _SUCCEEDED
     when = timestamp(svc.updated)
+    if svc.failure and not svc.reconciling:
+        failed = {
+            "state": _FAILED,
+            "message": svc.failure,
+            "reason": run_v2.Condition.CommonReason.REVISION_FAILED,
+            "last_transition_time": when,
+        }
+        return run_v2.Condition(type_="Ready", **failed), [
+            run_v2.Condition(type_="RoutesReady", **failed)
+        ]
+    state = _RECONCILING if svc.reconciling else _SUCCEEDED
     ready = run_v2.Condition(type_="Ready", state=state, last_transition_time=when)
     others = [
         run_v2.Condition(type_=t, state=state, last_transition_time=when)
@@ -87,10 +103,15 @@ def _conditions(svc: Service) -> tuple[run_v2.Condition, list[run_v2.Condition]]
     return ready, others
 
 
-def render_service(svc: Service, url_for: UrlFor) -> run_v2.Service:
-    """A `google.cloud.run.v2.Service` for one emulated service."""
+def render_service(
+    svc: Service, url_for: UrlFor, ready: Callable[[str], bool] = lambda _r: True
+) -> run_v2.Service:
+    """A `google.cloud.run.v2.Service` for one emulated service (`ready`: whether a revision,
+    by short name, can serve)."""
     terminal, conditions = _conditions(svc)
     latest = svc.revision_key(svc.latest_revision)
+    good = [r for r in svc.revisions if ready(r)]
+    latest_ready = svc.revision_key(good[-1]) if good else ""
     uri = url_for(svc, "")
     return run_v2.Service(
         name=svc.key,
@@ -122,7 +143,7 @@ def render_service(svc: Service, url_for: UrlFor) -> run_v2.Service:
         ],
         uri=uri,
         urls=[uri],
-        latest_ready_revision=latest,
+        latest_ready_revision=latest_ready,
         latest_created_revision=latest,
         terminal_condition=terminal,
         conditions=conditions,
@@ -147,6 +168,17 @@ def _target(r: Route) -> run_v2.TrafficTarget:
 def render_revision(rev: Revision, svc: Service) -> run_v2.Revision:
     """A `google.cloud.run.v2.Revision`."""
     when = timestamp(rev.created)
+    if rev.behavior.ready:
+        ready = run_v2.Condition(type_="Ready", state=_SUCCEEDED, last_transition_time=when)
+    else:
+        ready = run_v2.Condition(
+            type_="Ready",
+            state=_FAILED,
+            message="The user-provided container failed to start and listen on the port "
+            "defined by the PORT environment variable.",
+            reason=run_v2.Condition.CommonReason.CONTAINER_MISSING,
+            last_transition_time=when,
+        )
     return run_v2.Revision(
         name=svc.revision_key(rev.name),
         uid=f"{svc.uid}-{rev.generation}",
@@ -157,20 +189,25 @@ def render_revision(rev: Revision, svc: Service) -> run_v2.Revision:
         launch_stage="GA",
         containers=_template(svc).containers,
         max_instance_request_concurrency=80,
-        conditions=[run_v2.Condition(type_="Ready", state=_SUCCEEDED, last_transition_time=when)],
+        conditions=[ready],
         observed_generation=1,
         reconciling=False,
         etag=f"{svc.uid}-{rev.generation}",
     )
 
 
-def render_operation(op: Operation, svc: Service, url_for: UrlFor) -> operations_pb2.Operation:
-    """A `google.longrunning.Operation` whose metadata (and response, once done) is the
-    service, as Cloud Run's UpdateService returns."""
+def render_operation(
+    op: Operation, svc: Service, url_for: UrlFor, ready: Callable[[str], bool] = lambda _r: True
+) -> operations_pb2.Operation:
+    """A `google.longrunning.Operation` whose metadata is the service, as Cloud Run's
+    UpdateService returns; once done, the service as `response`, or the failure as `error`."""
     packed = any_pb2.Any()
-    packed.Pack(run_v2.Service.pb(render_service(svc, url_for)))
+    packed.Pack(run_v2.Service.pb(render_service(svc, url_for, ready)))
     out = operations_pb2.Operation(name=op.name, done=op.done, metadata=packed)
-    if op.done:
+    if op.done and op.error_code:
+        code = grpc.StatusCode[op.error_code].value[0]
+        out.error.CopyFrom(status_pb2.Status(code=code, message=op.error_message))
+    elif op.done:
         out.response.CopyFrom(packed)
     return out
 
@@ -196,13 +233,15 @@ class Control:
     # Services
     def get_service(self, req: run_v2.GetServiceRequest) -> run_v2.Service:
         """Services/GetService."""
-        return render_service(self.world.get_service(req.name), self.url_for)
+        svc = self.world.get_service(req.name)
+        return render_service(svc, self.url_for, self.world.ready_of(svc))
 
     def list_services(self, req: run_v2.ListServicesRequest) -> run_v2.ListServicesResponse:
         """Services/ListServices (paged)."""
         items, token = page(self.world.list_services(req.parent), req.page_size, req.page_token)
         return run_v2.ListServicesResponse(
-            services=[render_service(s, self.url_for) for s in items], next_page_token=token
+            services=[render_service(s, self.url_for, self.world.ready_of(s)) for s in items],
+            next_page_token=token,
         )
 
     def update_service(self, req: run_v2.UpdateServiceRequest) -> operations_pb2.Operation:
@@ -240,7 +279,7 @@ class Control:
 
     def _operation(self, op: Operation) -> operations_pb2.Operation:
         svc = op.preview or self.world.get_service(op.service)
-        return render_operation(op, svc, self.url_for)
+        return render_operation(op, svc, self.url_for, self.world.ready_of(svc))
 
     # Revisions
     def get_revision(self, req: run_v2.GetRevisionRequest) -> run_v2.Revision:
@@ -259,7 +298,25 @@ class Control:
     def get_operation(self, req: operations_pb2.GetOperationRequest) -> operations_pb2.Operation:
         """Operations/GetOperation (each call is one poll)."""
         op, svc = self.world.get_operation(req.name)
-        return render_operation(op, svc, self.url_for)
+        return render_operation(op, svc, self.url_for, self.world.ready_of(svc))
+
+    def wait_operation(self, req: operations_pb2.WaitOperationRequest) -> operations_pb2.Operation:
+        """Operations/WaitOperation: blocks until the operation is done or `timeout` passes
+        (then answers it as it is, possibly not done, as AIP-151 allows)."""
+        limit = req.timeout.ToTimedelta().total_seconds() if req.HasField("timeout") else 0.0
+        deadline = time.monotonic() + (limit or WAIT_OPERATION_SECONDS)
+        while True:
+            op, svc = self.world.get_operation(req.name)
+            if op.done or time.monotonic() >= deadline:
+                return render_operation(op, svc, self.url_for, self.world.ready_of(svc))
+            time.sleep(0.02)
+
+    # Clock (emulator only)
+    def now(self, _req: empty_pb2.Empty) -> timestamp_pb2.Timestamp:
+        """Clock/Now: emulator time, which `reconcile emulator clock` moves."""
+        out = timestamp_pb2.Timestamp()
+        out.FromDatetime(timestamp(self.world.now()))
+        return out
 
     # Monitoring
     def list_time_series(
@@ -320,6 +377,23 @@ class Control:
                         operations_pb2.GetOperationRequest.FromString,
                         operations_pb2.Operation.SerializeToString,
                     ),
+                    "WaitOperation": self._unary(
+                        "WaitOperation",
+                        self.wait_operation,
+                        operations_pb2.WaitOperationRequest.FromString,
+                        operations_pb2.Operation.SerializeToString,
+                    ),
+                },
+            ),
+            grpc.method_handlers_generic_handler(
+                CLOCK_SERVICE,
+                {
+                    "Now": self._unary(
+                        "Now",
+                        self.now,
+                        empty_pb2.Empty.FromString,
+                        timestamp_pb2.Timestamp.SerializeToString,
+                    ),
                 },
             ),
             grpc.method_handlers_generic_handler(
@@ -345,11 +419,19 @@ class Control:
         world = self.world
 
         def handle(request: Any, context: grpc.ServicerContext) -> Any:
-            delay, fail = world.take_fault(method)
+            if method == "Now":  # the emulator's clock is no API: not counted, never faulty
+                return fn(request)
+            delay, fault = world.take_fault(method)
             if delay:
                 time.sleep(delay)
-            if fail:
-                context.abort(grpc.StatusCode.UNAVAILABLE, f"emulator: injected fault in {method}")
+            exhausted = world.take_quota(method, _resource(request))
+            if exhausted:
+                context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, exhausted)
+            if fault is not None:
+                context.abort(
+                    grpc.StatusCode[fault.code],
+                    fault.message or f"emulator: injected fault in {method}",
+                )
             try:
                 return fn(request)
             except ApiError as exc:
@@ -358,6 +440,17 @@ class Control:
         return grpc.unary_unary_rpc_method_handler(
             handle, request_deserializer=deserialize, response_serializer=serialize
         )
+
+
+def _resource(request: Any) -> str:
+    """The resource name a request is about (quotas are per its project and region)."""
+    if isinstance(request, run_v2.UpdateServiceRequest):
+        return str(request.service.name)
+    for attr in ("name", "parent"):
+        value = getattr(request, attr, "")
+        if isinstance(value, str) and value:
+            return value
+    return ""
 
 
 def serve(

@@ -314,11 +314,14 @@ class Logs:
         self, requests: Iterator[logging_types.TailLogEntriesRequest], context: grpc.ServicerContext
     ) -> Iterator[logging_types.TailLogEntriesResponse]:
         """TailLogEntries: entries that become visible after the session opened, in batches."""
-        delay_s, fail = self.world.take_fault("TailLogEntries")
+        delay_s, fault = self.world.take_fault("TailLogEntries")
         if delay_s:
             time.sleep(delay_s)
-        if fail:
-            context.abort(grpc.StatusCode.UNAVAILABLE, "emulator: injected fault in TailLogEntries")
+        if fault is not None:
+            context.abort(
+                grpc.StatusCode[fault.code],
+                fault.message or "emulator: injected fault in TailLogEntries",
+            )
         try:
             req = next(requests)
         except StopIteration:
@@ -394,11 +397,13 @@ class Logs:
         world = self.world
 
         def list_entries(request: Any, context: grpc.ServicerContext) -> Any:
-            delay_s, fail = world.take_fault("ListLogEntries")
+            delay_s, fault = world.take_fault("ListLogEntries")
             if delay_s:
                 time.sleep(delay_s)
-            if fail:
-                context.abort(grpc.StatusCode.UNAVAILABLE, "emulator: injected fault")
+            if fault is not None:
+                context.abort(
+                    grpc.StatusCode[fault.code], fault.message or "emulator: injected fault"
+                )
             try:
                 return self.list_log_entries(request)
             except ApiError as exc:

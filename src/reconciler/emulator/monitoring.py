@@ -13,6 +13,11 @@ points in 60 s samples), ALIGN_DELTA, ALIGN_SUM, ALIGN_RATE, ALIGN_PERCENTILE_{9
 reducers REDUCE_NONE, REDUCE_SUM, REDUCE_MEAN, REDUCE_MIN, REDUCE_MAX, REDUCE_COUNT,
 REDUCE_PERCENTILE_{99,95,50,05}; `group_by_fields`; view FULL/HEADERS; paging (page_size
 counts time series). Anything else is INVALID_ARGUMENT, never a silent approximation.
+
+As Google's (scenario `monitoring:`): each request is reported in the sample (60 s) that holds
+it, stamped at the sample's end, and readable only `ingestion_delay` (180 s) after that end;
+an `alignment_period` under 60 s is INVALID_ARGUMENT; injected partial results leave series
+out and say so in `execution_errors`.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ from typing import Any
 
 from google.api import distribution_pb2, metric_pb2
 from google.cloud import monitoring_v3
+from google.rpc import code_pb2, status_pb2
 
 from reconciler.emulator.world import ApiError, Record, World
 
@@ -38,7 +44,6 @@ RESOURCE_TYPE = "cloud_run_revision"
 NUM_FINITE_BUCKETS = 100
 GROWTH_FACTOR = 1.15
 SCALE = 1.0
-RAW_SAMPLE_SECONDS = 60.0
 MAX_ALIGNED_PERIODS = 100_000
 DEFAULT_PAGE_SIZE = 10_000
 MAX_PAGE_SIZE = 100_000
@@ -392,6 +397,16 @@ def list_time_series(
         raise ApiError("INVALID_ARGUMENT", "emulator: secondary_aggregation is not supported")
     if aligner != _A.ALIGN_NONE and period <= 0:
         raise ApiError("INVALID_ARGUMENT", "aggregation.alignment_period is required")
+    shortest = world.monitoring.min_alignment_period
+    if aligner != _A.ALIGN_NONE and period < shortest:
+        raise ApiError(
+            "INVALID_ARGUMENT",
+            f'Field aggregation.alignmentPeriod had an invalid value of "{period:g}s": The '
+            f"alignment period must be at least {shortest:g} seconds.",
+        )
+    sample_s = world.monitoring.sample_period
+    # Only samples ingested by now can be read.
+    visible_until = world.now() - world.monitoring.ingestion_delay
     if reducer != _R.REDUCE_NONE and aligner == _A.ALIGN_NONE:
         raise ApiError("INVALID_ARGUMENT", "a cross_series_reducer needs a per_series_aligner")
     group_by = [_normal_key(f) for f in agg.group_by_fields]
@@ -402,6 +417,9 @@ def list_time_series(
     if metric_type in (REQUEST_COUNT, REQUEST_LATENCIES):
         for rec in world.served():
             if rec.project != project:
+                continue
+            reported = (math.floor(rec.ts / sample_s) + 1) * sample_s
+            if reported > visible_until:
                 continue
             key = _series_key(rec)
             ok = verdicts.get(key)
@@ -418,10 +436,10 @@ def list_time_series(
         for key, recs in raw.items():
             samples: dict[int, list[Record]] = defaultdict(list)
             for r in recs:
-                samples[int(r.ts // RAW_SAMPLE_SECONDS)] += [r]
+                samples[int(r.ts // sample_s)] += [r]
             points = {}
             for idx, rs in samples.items():
-                lo, hi = idx * RAW_SAMPLE_SECONDS, (idx + 1) * RAW_SAMPLE_SECONDS
+                lo, hi = idx * sample_s, (idx + 1) * sample_s
                 if lo < end and hi > start:
                     bounds[-idx] = (lo, hi)
                     points[-idx] = _value_of(metric_type, rs)
@@ -434,8 +452,10 @@ def list_time_series(
         for key, recs in raw.items():
             periods: dict[int, list[Record]] = defaultdict(list)
             for r in recs:
-                if start < r.ts <= end or (start == end and r.ts == end):
-                    k = int((end - r.ts) // period)
+                # A request counts at the end of its sample, where Cloud Monitoring puts it.
+                ts = (math.floor(r.ts / sample_s) + 1) * sample_s
+                if start < ts <= end or (start == end and ts == end):
+                    k = int((end - ts) // period)
                     if k < count:
                         periods[k].append(r)
             points = {}
@@ -444,6 +464,19 @@ def list_time_series(
                 points[k] = _align(metric_type, aligner, rs, period)
             if points:
                 aligned[key] = points
+
+    partial = world.take_partial()
+    errors = []
+    if partial is not None:
+        aligned = {
+            key: pts
+            for key, pts in aligned.items()
+            if not (
+                partial.drop
+                and all(_flat(metric_type, key).get(k) == v for k, v in partial.drop.items())
+            )
+        }
+        errors.append(status_pb2.Status(code=code_pb2.UNAVAILABLE, message=partial.message))
 
     # Cross-series reduction by the group-by fields.
     out: list[tuple[dict[str, str], dict[int, Value]]] = []
@@ -486,7 +519,9 @@ def list_time_series(
                 points=[] if headers_only else [_point(*bounds[k], pts[k]) for k in sorted(pts)],
             )
         )
-    return monitoring_v3.ListTimeSeriesResponse(time_series=series, next_page_token=token)
+    return monitoring_v3.ListTimeSeriesResponse(
+        time_series=series, next_page_token=token, execution_errors=errors
+    )
 
 
 def _prefixed(labels: Mapping[str, str], prefix: str) -> dict[str, str]:

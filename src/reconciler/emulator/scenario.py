@@ -15,6 +15,12 @@ services:
 dependencies:                              # served at {http_url}/deps/<name>/...
   - name: lumen-gateway
     body: {status: healthy, gemini_api: connected}
+# Google's rules, on by default (docs/emulator.md has the table and the sources):
+lro: {done: true, polls: 1, failure_code: FAILED_PRECONDITION}
+etag: {mode: enforce, code: FAILED_PRECONDITION}
+quotas: {read_per_minute: 1000, write_per_minute: 60}      # per project and region
+limits: {tags_per_region: 2000}
+monitoring: {sample_period: 60s, ingestion_delay: 180s, min_alignment_period: 60s}
 ```
 """
 
@@ -28,6 +34,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from reconciler.errors import ReconcileError
+from reconciler.spec import parse_duration
 
 DEFAULT_HEALTH: dict[str, Any] = {
     "status": "healthy",
@@ -83,6 +90,9 @@ class Behavior(_Frozen):
     """Body of `GET /api/health`."""
     chat: dict[str, Any] = Field(default_factory=lambda: dict(DEFAULT_CHAT))
     """Body of `POST /chat`."""
+    ready: bool = True
+    """False: the revision cannot start (its container fails), so a traffic write that routes
+    to it ends in a failed operation and the old split keeps serving."""
 
     @model_validator(mode="after")
     def _shares(self) -> Behavior:
@@ -135,6 +145,27 @@ class Dependency(_Frozen):
     body: dict[str, Any] = Field(default_factory=lambda: {"status": "healthy"})
 
 
+StatusCode = Literal[
+    "CANCELLED",
+    "UNKNOWN",
+    "INVALID_ARGUMENT",
+    "DEADLINE_EXCEEDED",
+    "NOT_FOUND",
+    "ALREADY_EXISTS",
+    "PERMISSION_DENIED",
+    "RESOURCE_EXHAUSTED",
+    "FAILED_PRECONDITION",
+    "ABORTED",
+    "OUT_OF_RANGE",
+    "UNIMPLEMENTED",
+    "INTERNAL",
+    "UNAVAILABLE",
+    "DATA_LOSS",
+    "UNAUTHENTICATED",
+]
+"""A `grpc.StatusCode` name other than OK."""
+
+
 class LroScenario(_Frozen):
     """How UpdateService operations complete."""
 
@@ -142,6 +173,55 @@ class LroScenario(_Frozen):
     """True: the returned operation is already done. False: poll GetOperation."""
     polls: int = Field(default=1, ge=0)
     """Pending operations answer `done=false` to this many GetOperation calls."""
+    failure_code: StatusCode = "FAILED_PRECONDITION"
+    """The code of an operation that fails because a revision it routes to is not ready."""
+
+
+class EtagScenario(_Frozen):
+    """Whether UpdateService checks `etag`, and the code it answers a stale one with.
+
+    Cloud Run v2 does not document either; AIP-154 says FAILED_PRECONDITION."""
+
+    mode: Literal["enforce", "ignore"] = "enforce"
+    code: Literal["FAILED_PRECONDITION", "ABORTED"] = "FAILED_PRECONDITION"
+
+
+class QuotaScenario(_Frozen):
+    """Admin API rate quotas per project and region (0: unlimited)."""
+
+    read_per_minute: int = Field(default=1000, ge=0)
+    write_per_minute: int = Field(default=60, ge=0)
+
+
+class LimitScenario(_Frozen):
+    """Resource limits per project and region."""
+
+    tags_per_region: int = Field(default=2000, ge=1)
+
+
+def _seconds(value: object) -> object:
+    if isinstance(value, str):
+        return parse_duration(value).total_seconds()
+    return value
+
+
+class MonitoringScenario(_Frozen):
+    """How Cloud Monitoring sees the served requests: sampled, late, coarse."""
+
+    sample_period: float = Field(default=60.0, gt=0)
+    """Seconds per sample: a request is reported at the end of its sample."""
+    ingestion_delay: float = Field(default=180.0, ge=0)
+    """Seconds after its sample ends before a point can be read."""
+    min_alignment_period: float = Field(default=60.0, ge=0)
+    """Shorter `aggregation.alignment_period`s are INVALID_ARGUMENT."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _durations(cls, value: object) -> object:
+        # `60s`, `3m` or plain seconds.
+        if isinstance(value, dict):
+            return {k: _seconds(v) for k, v in value.items()}
+        return value
 
 
 class Scenario(_Frozen):
@@ -153,6 +233,10 @@ class Scenario(_Frozen):
     latency_mode: Literal["real", "simulated"] = "real"
     latency_scale: float = Field(default=1.0, ge=0.0)
     lro: LroScenario = LroScenario()
+    etag: EtagScenario = EtagScenario()
+    quotas: QuotaScenario = QuotaScenario()
+    limits: LimitScenario = LimitScenario()
+    monitoring: MonitoringScenario = MonitoringScenario()
     services: list[ServiceScenario] = Field(default_factory=list)
     dependencies: list[Dependency] = Field(default_factory=list)
 

@@ -206,10 +206,16 @@ class Emulator:
         service: str,
         revision: str | None = None,
         behavior: Mapping[str, Any] | None = None,
+        *,
+        ready: bool = True,
     ) -> str:
         """Deploy a new revision with no traffic (as CI's `gcloud run deploy --no-traffic`);
-        returns its name (generated as `<service>-NNNNN-abc` when not given)."""
-        return self.world.deploy(service, revision, behavior)
+        returns its name (generated as `<service>-NNNNN-abc` when not given). `ready=False`:
+        its container cannot start, so routing traffic to it fails."""
+        beh = dict(behavior or {})
+        if not ready:
+            beh["ready"] = False
+        return self.world.deploy(service, revision, beh)
 
     def behave(
         self, revision: str, changes: Mapping[str, Any] | None = None, **kw: Any
@@ -220,14 +226,31 @@ class Emulator:
     def fault(
         self,
         method: str = "*",
-        unavailable_rate: float = 1.0,
+        rate: float = 1.0,
         latency_ms: float = 0.0,
         times: int | None = None,
+        code: str = "UNAVAILABLE",
+        message: str = "",
     ) -> None:
-        """Inject faults into a gRPC method (`GetService`, `UpdateService`, ... or `*`):
-        UNAVAILABLE with probability `unavailable_rate`, after `latency_ms`; `times` heals the
-        fault after that many failures."""
-        self.world.set_fault(method, unavailable_rate, latency_ms, times)
+        """Inject faults into a gRPC method (`GetService`, `UpdateService`, ... or `*`), or into
+        the result of UpdateService's operation (`Operation`: the write is accepted, its
+        operation fails and the old split keeps serving): status `code` with probability
+        `rate`, after `latency_ms`; `times` heals the fault after that many failures."""
+        self.world.set_fault(method, rate, latency_ms, times, code, message)
+
+    def partial_results(
+        self,
+        message: str = "Some time series could not be read; the results are incomplete.",
+        drop: Mapping[str, str] | None = None,
+        times: int | None = None,
+    ) -> None:
+        """Make ListTimeSeries incomplete: series with all the `drop` labels (flat keys such as
+        `metric.labels.response_code_class`) left out, `execution_errors` saying `message`."""
+        self.world.set_partial_results(message, drop, times)
+
+    def clear_partial_results(self) -> None:
+        """ListTimeSeries answers completely again."""
+        self.world.clear_partial_results()
 
     def clear_faults(self) -> None:
         """Remove every injected fault."""
@@ -287,6 +310,7 @@ class Emulator:
                 {
                     "name": svc.key,
                     "url": self.plane.url_for(svc),
+                    "failure": svc.failure,
                     "generation": svc.generation,
                     "revisions": svc.revisions,
                     "traffic": [
@@ -310,16 +334,27 @@ class Emulator:
         if op == "status":
             return self.status()
         if op == "deploy":
-            return {"revision": self.deploy(p["service"], p.get("revision"), p.get("behavior"))}
+            name = self.deploy(
+                p["service"], p.get("revision"), p.get("behavior"), ready=bool(p.get("ready", True))
+            )
+            return {"revision": name}
         if op == "behave":
             return {"behavior": self.behave(p["revision"], p["behavior"]).model_dump()}
         if op == "fault":
             self.fault(
                 p.get("method", "*"),
-                float(p.get("unavailable_rate", 1.0)),
+                float(p.get("rate", 1.0)),
                 float(p.get("latency_ms", 0.0)),
                 p.get("times"),
+                str(p.get("code", "UNAVAILABLE")),
+                str(p.get("message", "")),
             )
+            return {"ok": True}
+        if op == "partial-results":
+            if p.get("clear"):
+                self.clear_partial_results()
+            else:
+                self.partial_results(str(p["message"]), p.get("drop"), p.get("times"))
             return {"ok": True}
         if op == "clear-faults":
             self.clear_faults()

@@ -19,7 +19,7 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,6 +27,9 @@ from typing import Any
 from reconciler.emulator.scenario import Behavior, Dependency, Scenario
 
 TAG_RE = re.compile(r"^[a-z](?:[a-z0-9-]{0,44}[a-z0-9])?$")
+# A tag URL is `https://TAG---SERVICE-HASH-REGION.a.run.app`; its first DNS label must fit 63
+# characters, which leaves 46 for the tag and the service name together.
+MAX_TAG_AND_SERVICE = 46
 REVISION_NAME_RE = re.compile(r"^[a-z](?:[a-z0-9-]{0,61}[a-z0-9])?$")
 _NUMBERED = re.compile(r"^.*-(\d{5})-[a-z0-9]+$")
 # A pending operation completes after its polls, or after this long even if nobody polls.
@@ -53,6 +56,8 @@ class Route:
     percent: int
     tag: str = ""
     latest: bool = False
+    since: float = 0.0
+    """When the tag was created (emulator time): tag cleanup deletes the oldest first."""
 
 
 @dataclass
@@ -90,6 +95,8 @@ class Service:
     labels: dict[str, str] = field(default_factory=dict)
     annotations: dict[str, str] = field(default_factory=dict)
     description: str = ""
+    failure: str = ""
+    """The message of a failed `terminal_condition` ('' when the last change succeeded)."""
 
     @property
     def key(self) -> str:
@@ -134,6 +141,9 @@ class Operation:
     deadline: float
     preview: Service | None = None
     """validate_only: the service as it would have become (nothing applied)."""
+    error_code: str = ""
+    """Set when the operation fails: a `grpc.StatusCode` name, with `error_message`."""
+    error_message: str = ""
 
 
 @dataclass(frozen=True)
@@ -151,12 +161,50 @@ class Record:
 
 @dataclass
 class Fault:
-    """Injected trouble for one gRPC method (or `*` for all)."""
+    """Injected trouble for one gRPC method (or `*` for all, or `Operation` for the result of
+    UpdateService's long-running operation)."""
 
-    unavailable_rate: float = 0.0
+    rate: float = 0.0
+    """Share of calls that fail with `code`."""
     latency_ms: float = 0.0
     times: int | None = None
     """Fail at most this many calls, then heal (None: until cleared)."""
+    code: str = "UNAVAILABLE"
+    message: str = ""
+
+
+@dataclass
+class Bucket:
+    """A token bucket refilled in emulator time: `capacity` calls per 60 s."""
+
+    capacity: int
+    tokens: float
+    at: float
+
+    def take(self, now: float) -> bool:
+        """Spend one token if there is one."""
+        self.tokens = min(self.capacity, self.tokens + (now - self.at) * self.capacity / 60.0)
+        self.at = now
+        if self.tokens < 1.0:
+            return False
+        self.tokens -= 1.0
+        return True
+
+
+@dataclass
+class PartialResults:
+    """Injected incomplete ListTimeSeries answers: matching series dropped, an error said."""
+
+    message: str
+    drop: dict[str, str]
+    """Flat labels (`metric.labels.response_code_class`) a series must have to be dropped."""
+    times: int | None = None
+
+
+READ_METHODS = frozenset(
+    {"GetService", "ListServices", "GetRevision", "ListRevisions", "GetOperation", "WaitOperation"}
+)
+WRITE_METHODS = frozenset({"UpdateService"})
 
 
 class World:
@@ -170,6 +218,14 @@ class World:
         self.latency_scale = scenario.latency_scale
         self.lro_done = scenario.lro.done
         self.lro_polls = scenario.lro.polls
+        self.failure_code = scenario.lro.failure_code
+        self.etag_mode = scenario.etag.mode
+        self.etag_code = scenario.etag.code
+        self.quotas = scenario.quotas
+        self.tags_per_region = scenario.limits.tags_per_region
+        self.monitoring = scenario.monitoring
+        self.buckets: dict[tuple[str, str, str], Bucket] = {}
+        self.partial: PartialResults | None = None
         self.rng = random.Random(scenario.seed)
         self.clock_offset = clock_offset
         self.services: dict[str, Service] = {}
@@ -214,6 +270,9 @@ class World:
             )
             if svc.key in self.services:
                 raise ApiError("ALREADY_EXISTS", f"scenario: duplicate service {svc.key}")
+            for r in svc.traffic:
+                if r.tag:
+                    _check_tag_length(r.tag, svc.name)
             self.services[svc.key] = svc
             for i, rs in enumerate(spec.revisions):
                 created = now - 3600.0 * (len(spec.revisions) - i)
@@ -286,6 +345,16 @@ class World:
             svc = op.preview or self._service(op.service)
             return copy.deepcopy(op), copy.deepcopy(svc)
 
+    def ready_of(self, svc: Service) -> Callable[[str], bool]:
+        """Whether a revision of `svc` (by short name) can serve."""
+        with self._lock:
+            ready = {
+                r: self.revisions[svc.revision_key(r)].behavior.ready
+                for r in svc.revisions
+                if svc.revision_key(r) in self.revisions
+            }
+        return lambda name: ready.get(name, True)
+
     def _service(self, name: str) -> Service:
         svc = self.services.get(name)
         if svc is None:
@@ -303,9 +372,42 @@ class World:
         svc = self.services.get(op.service)
         if svc is not None and svc.observed_generation < op.generation:
             svc.observed_generation = svc.generation
-            svc.statuses = self._resolve(svc, svc.traffic)
+            if op.error_code:
+                # Cloud Run keeps the requested `traffic` but serves the last good split, and
+                # says why in `terminal_condition` (service.proto, `reconciling`).
+                svc.failure = op.error_message
+            else:
+                svc.statuses = self._resolve(svc, svc.traffic)
+                svc.failure = ""
             svc.updated = self.now()
         self.version += 1
+
+    def _not_ready(self, svc: Service, routes: Iterable[Route]) -> list[str]:
+        """Revisions a split would route to (a percent or a tag) that cannot serve."""
+        out = []
+        for r in self._resolve(svc, routes):
+            rev = self.revisions.get(svc.revision_key(r.revision))
+            if rev is not None and not rev.behavior.ready and (r.percent or r.tag):
+                out.append(r.revision)
+        return sorted(set(out))
+
+    def _cleanup_tags(self, svc: Service) -> None:
+        """Past the per-region tag limit, delete this service's tags that carry no traffic,
+        oldest first (Cloud Run's documented tag cleanup)."""
+        count = sum(
+            1
+            for s in self.services.values()
+            if (s.project, s.region) == (svc.project, svc.region)
+            for r in s.traffic
+            if r.tag
+        )
+        idle = sorted((r for r in svc.traffic if r.tag and r.percent == 0), key=lambda r: r.since)
+        doomed = {id(r) for r in idle[: max(0, count - self.tags_per_region)]}
+        if not doomed:
+            return
+        gone = {r.tag for r in svc.traffic if id(r) in doomed}
+        svc.traffic = [r for r in svc.traffic if id(r) not in doomed]
+        svc.statuses = [r for r in svc.statuses if not (r.tag in gone and r.percent == 0)]
 
     # --- writes -----------------------------------------------------------------------------
     def update_service(
@@ -329,17 +431,25 @@ class World:
         with self._lock:
             self._settle()
             svc = self._service(name)
-            if etag and etag != svc.etag:
+            if etag and etag != svc.etag and self.etag_mode == "enforce":
                 raise ApiError(
-                    "ABORTED",
-                    f"service {name}: etag {etag!r} is stale (current {svc.etag!r}); "
-                    "re-read the service and retry",
+                    self.etag_code,
+                    f"The etag provided ({etag}) does not match the current etag of "
+                    f"{name}. Re-read the resource and retry the request.",
                 )
             target = copy.deepcopy(svc)
             new_revision = ""
             if template is not None or template_revision:
                 tpl = template if template is not None else svc.template
                 named = template_revision and template_revision != svc.template_revision
+                if template_revision and not named and tpl != svc.template:
+                    # A read-modify-write that echoes `template.revision` with a changed
+                    # template asks for an existing revision name with another config.
+                    raise ApiError(
+                        "ALREADY_EXISTS",
+                        f"Revision named '{template_revision}' with different configuration "
+                        "already exists.",
+                    )
                 if named or tpl != svc.template:
                     new_revision = template_revision if named else self._next_revision(svc)
                     self._check_new_revision(svc, new_revision)
@@ -349,6 +459,10 @@ class World:
             if traffic is not None:
                 routes = traffic or [Route("", 100, latest=True)]
                 self._validate_traffic(target, routes)
+                now = self.now()
+                born = {r.tag: r.since for r in svc.traffic if r.tag}
+                for r in routes:
+                    r.since = born.get(r.tag, now) if r.tag else 0.0
                 target.traffic = routes
             if labels is not None:
                 target.labels = dict(labels)
@@ -371,6 +485,8 @@ class World:
                     new_revision, svc.name, Behavior(), self.now(), target.generation
                 )
             self.services[name] = target
+            if traffic is not None:
+                self._cleanup_tags(target)
             done = self.lro_done or not changed
             op = Operation(
                 op_name,
@@ -380,6 +496,17 @@ class World:
                 polls_left=self.lro_polls,
                 deadline=self.now() + PENDING_OPERATION_MAX_SECONDS,
             )
+            broken = self._not_ready(target, target.traffic) if changed else []
+            if broken:
+                op.error_code = self.failure_code
+                op.error_message = (
+                    f"Revision '{broken[0]}' is not ready and cannot serve traffic. The "
+                    "user-provided container failed to start and listen on the port defined "
+                    "by the PORT environment variable."
+                )
+            elif changed and (fault := self._draw_fault("Operation")) is not None:
+                op.error_code = fault.code
+                op.error_message = fault.message or "emulator: injected fault in the operation"
             self.operations[op_name] = op
             if done:
                 self._complete(op)
@@ -425,6 +552,7 @@ class World:
             if r.tag:
                 if not TAG_RE.match(r.tag):
                     raise ApiError("INVALID_ARGUMENT", f"invalid traffic tag {r.tag!r}")
+                _check_tag_length(r.tag, svc.name)
                 if r.tag in tags:
                     raise ApiError("INVALID_ARGUMENT", f"duplicate traffic tag {r.tag!r}")
                 tags.add(r.tag)
@@ -434,7 +562,9 @@ class World:
 
     def _resolve(self, svc: Service, routes: Iterable[Route]) -> list[Route]:
         return [
-            Route(svc.latest_revision if r.latest else r.revision, r.percent, r.tag, r.latest)
+            Route(
+                svc.latest_revision if r.latest else r.revision, r.percent, r.tag, r.latest, r.since
+            )
             for r in routes
         ]
 
@@ -506,8 +636,12 @@ class World:
                 else:
                     routes.append(Route(rev, 0, tag))
             self._validate_traffic(svc, routes)
+            born = {r.tag: r.since for r in svc.traffic if r.tag}
+            for r in routes:
+                r.since = born.get(r.tag, self.now()) if r.tag else 0.0
             svc.traffic = routes
             svc.statuses = self._resolve(svc, routes)
+            svc.failure = ""  # applied at once: what serves is what was asked for
             svc.generation += 1
             svc.observed_generation = svc.generation
             svc.updated = self.now()
@@ -522,36 +656,93 @@ class World:
     def set_fault(
         self,
         method: str = "*",
-        unavailable_rate: float = 1.0,
+        rate: float = 1.0,
         latency_ms: float = 0.0,
         times: int | None = None,
+        code: str = "UNAVAILABLE",
+        message: str = "",
     ) -> None:
-        """Inject UNAVAILABLE (with probability) and added latency into a gRPC method."""
-        if not 0.0 <= unavailable_rate <= 1.0:
-            raise ApiError("INVALID_ARGUMENT", "unavailable_rate must be within 0..1")
+        """Make a gRPC method (`*`: all; `Operation`: UpdateService's operation result) fail
+        with `code` with probability `rate`, after `latency_ms`."""
+        if not 0.0 <= rate <= 1.0:
+            raise ApiError("INVALID_ARGUMENT", "rate must be within 0..1")
+        if code == "OK" or code not in _STATUS_CODES:
+            raise ApiError("INVALID_ARGUMENT", f"fault code {code!r} is not a gRPC error code")
         with self._lock:
-            self.faults[method] = Fault(unavailable_rate, latency_ms, times)
+            self.faults[method] = Fault(rate, latency_ms, times, code, message)
+
+    def set_partial_results(
+        self, message: str, drop: Mapping[str, str] | None = None, times: int | None = None
+    ) -> None:
+        """Make ListTimeSeries answer incompletely: series with the `drop` labels left out and
+        `execution_errors` saying `message` (None message clears)."""
+        with self._lock:
+            self.partial = PartialResults(message, dict(drop or {}), times)
+
+    def clear_partial_results(self) -> None:
+        """ListTimeSeries answers completely again."""
+        with self._lock:
+            self.partial = None
+
+    def take_partial(self) -> PartialResults | None:
+        """The partial-results injection for one ListTimeSeries call (counts it down)."""
+        with self._lock:
+            p = self.partial
+            if p is not None and p.times is not None:
+                p.times -= 1
+                if p.times <= 0:
+                    self.partial = None
+            return copy.deepcopy(p)
+
+    def take_quota(self, method: str, resource: str) -> str:
+        """Spend a read or write token of the resource's project and region; returns the
+        RESOURCE_EXHAUSTED message when the bucket is empty ('' when the call may proceed)."""
+        kind = "read" if method in READ_METHODS else "write" if method in WRITE_METHODS else ""
+        m = re.match(r"projects/([^/]+)/locations/([^/]+)", resource)
+        if not kind or m is None:
+            return ""
+        limit = self.quotas.read_per_minute if kind == "read" else self.quotas.write_per_minute
+        if limit <= 0:
+            return ""
+        project, region = m.groups()
+        with self._lock:
+            now = self.now()
+            key = (kind, project, region)
+            bucket = self.buckets.setdefault(key, Bucket(limit, float(limit), now))
+            if bucket.take(now):
+                return ""
+        title = kind.capitalize()
+        return (
+            f"Quota exceeded for quota metric '{title} requests' and limit '{title} requests "
+            f"per minute per region' of service 'run.googleapis.com' for consumer "
+            f"'project_number:{_project_number(project)}'."
+        )
 
     def clear_faults(self) -> None:
         """Remove every injected fault."""
         with self._lock:
             self.faults.clear()
 
-    def take_fault(self, method: str) -> tuple[float, bool]:
-        """Count a call of `method`; returns (seconds to delay, whether to fail UNAVAILABLE)."""
+    def take_fault(self, method: str) -> tuple[float, Fault | None]:
+        """Count a call of `method`; returns (seconds to delay, the fault to fail with)."""
         with self._lock:
             self.calls[method] += 1
             if method == "UpdateService":
                 self.write_attempts += 1
             fault = self.faults.get(method) or self.faults.get("*")
             if fault is None:
-                return 0.0, False
-            fail = self.rng.random() < fault.unavailable_rate
-            if fail and fault.times is not None:
-                fault.times -= 1
-                if fault.times <= 0:
-                    self.faults = {k: v for k, v in self.faults.items() if v is not fault}
-            return fault.latency_ms / 1000.0, fail
+                return 0.0, None
+            return fault.latency_ms / 1000.0, self._draw_fault(method)
+
+    def _draw_fault(self, method: str) -> Fault | None:
+        fault = self.faults.get(method) or (self.faults.get("*") if method != "Operation" else None)
+        if fault is None or self.rng.random() >= fault.rate:
+            return None
+        if fault.times is not None:
+            fault.times -= 1
+            if fault.times <= 0:
+                self.faults = {k: v for k, v in self.faults.items() if v is not fault}
+        return copy.copy(fault)
 
     def reset_counters(self) -> None:
         """Zero the call and write counters."""
@@ -688,9 +879,46 @@ class World:
         os.replace(tmp, path)
 
 
+_STATUS_CODES = frozenset(
+    {
+        "CANCELLED",
+        "UNKNOWN",
+        "INVALID_ARGUMENT",
+        "DEADLINE_EXCEEDED",
+        "NOT_FOUND",
+        "ALREADY_EXISTS",
+        "PERMISSION_DENIED",
+        "RESOURCE_EXHAUSTED",
+        "FAILED_PRECONDITION",
+        "ABORTED",
+        "OUT_OF_RANGE",
+        "UNIMPLEMENTED",
+        "INTERNAL",
+        "UNAVAILABLE",
+        "DATA_LOSS",
+        "UNAUTHENTICATED",
+    }
+)
+
+
+def _check_tag_length(tag: str, service: str) -> None:
+    if len(tag) + len(service) > MAX_TAG_AND_SERVICE:
+        raise ApiError(
+            "INVALID_ARGUMENT",
+            f"spec.traffic.tag: traffic tag '{tag}' and service name '{service}' together are "
+            f"too long. Combined traffic tag and service name cannot exceed "
+            f"{MAX_TAG_AND_SERVICE} characters.",
+        )
+
+
+def _project_number(project: str) -> int:
+    # A stable fake project number, as Google's quota messages name the consumer by number.
+    return int(hashlib.sha256(project.encode()).hexdigest()[:11], 16)
+
+
 def _spec(svc: Service) -> tuple[Any, ...]:
     return (
-        [asdict(r) for r in svc.traffic],
+        [(r.revision, r.percent, r.tag, r.latest) for r in svc.traffic],
         svc.revisions,
         svc.template,
         svc.template_revision,

@@ -56,11 +56,9 @@ def provider_for(
     """The provider a rollout file's `metrics:` block names.
 
     `cloud-monitoring` reads its ingestion lag from $RECONCILE_METRICS_LAG (a duration like
-    `3m`); unset, it is 3 minutes against Google and 0 against the emulator
-    ($CLOUD_RUN_EMULATOR_HOST set), which has no ingestion delay. An unknown provider is an
-    error, never a silent default.
+    `3m`); unset, it is 3 minutes, against Google and the emulator alike (the emulator
+    delays its points as Google does). An unknown provider is an error, never a silent default.
     """
-    from reconciler.clients import EMULATOR_HOST_ENV
     from reconciler.spec import CloudMonitoringMetrics, PrometheusMetrics, parse_duration
 
     if isinstance(metrics, CloudMonitoringMetrics):
@@ -76,7 +74,7 @@ def provider_for(
         except ValueError as exc:
             raise ReconcileError(f"${LAG_ENV}: {exc}") from None
         if lag is None:
-            lag = timedelta(0) if env.get(EMULATOR_HOST_ENV) else DEFAULT_INGESTION_LAG
+            lag = DEFAULT_INGESTION_LAG
         return CloudMonitoringProvider(ingestion_lag=lag)
     if isinstance(metrics, PrometheusMetrics):
         from reconciler.metrics.prometheus import PrometheusProvider

@@ -13,8 +13,13 @@ minutes after the request was served. A window ending "now" would miss its newes
 read as a traffic drop (fewer requests, fewer errors: a bad canary would look better than it
 is). The queried window therefore ends at `end - ingestion_lag`; the returned `WindowStats`
 carry the window actually measured. Set the lag with the constructor argument or, through
-`reconciler.metrics.provider_for`, with `RECONCILE_METRICS_LAG` (e.g. `3m`; `0s` for the
-emulator, which has no lag).
+`reconciler.metrics.provider_for`, with `RECONCILE_METRICS_LAG` (default `3m`, against Google
+and against the emulator alike: the emulator delays its points as Google does).
+
+Partial answers: a listing whose `execution_errors` is not empty lacks some data (a dropped
+5xx series reads as a healthy canary), so every window of that project is returned with
+`incomplete` set and the judge never calls it PASS. Points are summed only when their
+interval lies inside the queried window.
 """
 
 from __future__ import annotations
@@ -58,6 +63,7 @@ __all__ = [
     "histogram_of",
     "lagged_window",
     "merge_histograms",
+    "point_inside",
     "series_filter",
 ]
 
@@ -201,8 +207,9 @@ class CloudMonitoringProvider:
     `client`: a `monitoring_v3.MetricServiceClient` (default: `reconciler.clients.
     metric_client()`, created on first use, so the emulator or ADC is picked up then).
     `ingestion_lag`: how far the queried window is moved back from `end` (see the module doc).
-    `attempts`, `backoff`: bounded retries of UNAVAILABLE and DEADLINE_EXCEEDED only, with
-    exponential waits starting at `backoff` seconds. `timeout`: seconds per RPC.
+    `attempts`, `backoff`: bounded retries of UNAVAILABLE, DEADLINE_EXCEEDED and
+    RESOURCE_EXHAUSTED only, with exponential waits starting at `backoff` seconds.
+    `timeout`: seconds per RPC.
 
     `calls` counts listings per (project, metric) - one per window_stats call however many
     services - and `rpcs` every RPC sent (pages and retries included).
@@ -257,8 +264,10 @@ class CloudMonitoringProvider:
         wanted = sorted({(q.ref.service, r) for q in batch for r in q.revisions})
         services = {s for s, _ in wanted}
         revisions = {r for _, r in wanted}
-        counts = self._counts(project, services, revisions, window, start, stop)
-        latencies = self._latencies(project, services, revisions, window, start, stop)
+        problems: list[str] = []
+        counts = self._counts(project, services, revisions, window, start, stop, problems)
+        latencies = self._latencies(project, services, revisions, window, start, stop, problems)
+        incomplete = "; ".join(dict.fromkeys(problems)) or None
         out: dict[tuple[str, str], WindowStats] = {}
         for key in wanted:
             by_class = counts.get(key, Counter())
@@ -283,6 +292,7 @@ class CloudMonitoringProvider:
                 latency_buckets=buckets_from_counts(hist.bounds, hist.counts, scale=unit)
                 if hist is not None
                 else None,
+                incomplete=incomplete,
             )
         return out
 
@@ -294,15 +304,19 @@ class CloudMonitoringProvider:
         window: timedelta,
         start: datetime,
         stop: datetime,
+        problems: list[str],
     ) -> dict[tuple[str, str], Counter[str]]:
         """Requests per (service, revision) and response code class (`2xx`, `5xx`, ...)."""
         out: dict[tuple[str, str], Counter[str]] = {}
-        for ts in self._list(project, REQUEST_COUNT, services, revisions, window, start, stop):
+        listed = self._list(project, REQUEST_COUNT, services, revisions, window, start, stop)
+        problems.extend(listed.problems)
+        for ts in listed.series:
             key = _revision_key(ts)
             code_class = str(ts.metric.labels.get("response_code_class", ""))
             by_class = out.setdefault(key, Counter())
             for point in ts.points:
-                by_class[code_class] += _count(point)
+                if point_inside(point, start, stop):
+                    by_class[code_class] += _count(point)
         return out
 
     def _latencies(
@@ -313,14 +327,19 @@ class CloudMonitoringProvider:
         window: timedelta,
         start: datetime,
         stop: datetime,
+        problems: list[str],
     ) -> dict[tuple[str, str], tuple[Histogram | None, float]]:
         """The merged latency histogram per (service, revision) and its unit in seconds."""
         parts: dict[tuple[str, str], list[Histogram]] = {}
         units: dict[tuple[str, str], float] = {}
-        for ts in self._list(project, REQUEST_LATENCIES, services, revisions, window, start, stop):
+        listed = self._list(project, REQUEST_LATENCIES, services, revisions, window, start, stop)
+        problems.extend(listed.problems)
+        for ts in listed.series:
             key = _revision_key(ts)
             units[key] = _unit_seconds(ts.unit)
             for point in ts.points:
+                if not point_inside(point, start, stop):
+                    continue
                 hist = histogram_of(point.value.distribution_value)
                 if hist is not None and any(hist.counts):
                     parts.setdefault(key, []).append(hist)
@@ -335,8 +354,9 @@ class CloudMonitoringProvider:
         window: timedelta,
         start: datetime,
         stop: datetime,
-    ) -> list[Any]:
-        """Every series of one aggregated listing, following page tokens."""
+    ) -> _Listing:
+        """Every series of one aggregated listing, following page tokens, and the
+        `execution_errors` any page reported."""
         from google.cloud import monitoring_v3
 
         group_by = [_SERVICE, _REVISION] + ([_CODE_CLASS] if metric == REQUEST_COUNT else [])
@@ -355,11 +375,15 @@ class CloudMonitoringProvider:
         )
         self.calls[(project, metric)] += 1
         series: list[Any] = []
+        problems: list[str] = []
         for _ in range(MAX_PAGES):
             page = self._page(project, metric, request)
             series.extend(page.time_series)
+            problems.extend(
+                f"{metric}: {e.message or 'code ' + str(e.code)}" for e in page.execution_errors
+            )
             if not page.next_page_token:
-                return series
+                return _Listing(series, problems)
             request.page_token = page.next_page_token
         raise MetricsError(
             f"cloud monitoring: project {project}: {metric}: more than {MAX_PAGES} pages"
@@ -371,12 +395,16 @@ class CloudMonitoringProvider:
         from google.auth import exceptions as auth_exceptions
 
         client = self._metric_client(project, metric)
+        # Quota (RESOURCE_EXHAUSTED) refills within the minute: as retryable as a blip.
+        transient = (
+            exceptions.ServiceUnavailable,
+            exceptions.DeadlineExceeded,
+            exceptions.ResourceExhausted,
+        )
         retrying = Retrying(
             stop=stop_after_attempt(self.attempts),
             wait=wait_exponential(multiplier=self.backoff, max=self.backoff * 8),
-            retry=retry_if_exception_type(
-                (exceptions.ServiceUnavailable, exceptions.DeadlineExceeded)
-            ),
+            retry=retry_if_exception_type(transient),
             reraise=True,
         )
 
@@ -388,7 +416,7 @@ class CloudMonitoringProvider:
         where = f"cloud monitoring: project {project}: {metric}"
         try:
             return retrying(call)
-        except (exceptions.ServiceUnavailable, exceptions.DeadlineExceeded) as exc:
+        except transient as exc:
             raise MetricsError(
                 f"{where}: {_first_line(exc)} (after {self.attempts} attempts)"
             ) from exc
@@ -411,6 +439,25 @@ class CloudMonitoringProvider:
                     f"{_first_line(exc)}"
                 ) from exc
         return self._client
+
+
+@dataclass(frozen=True)
+class _Listing:
+    series: list[Any]
+    problems: list[str]
+    """`execution_errors` messages: the listing is known to be incomplete."""
+
+
+# Timestamps round-trip through protobuf at microsecond precision at best.
+_SLACK = timedelta(milliseconds=1)
+
+
+def point_inside(point: Any, start: datetime, stop: datetime) -> bool:
+    """Whether a point's interval lies within the queried window (others are not ours)."""
+    interval = point.interval
+    end = interval.end_time
+    begin = interval.start_time if type(interval).pb(interval).HasField("start_time") else end
+    return bool(start - _SLACK <= begin and end <= stop + _SLACK and end > start)
 
 
 def _revision_key(ts: Any) -> tuple[str, str]:

@@ -279,7 +279,8 @@ def resolve_url(check: Check, urls: Urls) -> str:
         why = (
             "the service reports no URL"
             if kind == "service"
-            else f"no traffic target is tagged {kind!r}"
+            else f"no traffic target is tagged {kind!r} (Cloud Run deletes tags without "
+            "traffic once its region holds 2,000 tags; the next apply tags it again)"
         )
         raise ProbeConfigError(f"{check.name}: url {check.url} needs {{{m.group(1)}}}, but {why}")
     return base.rstrip("/") + check.url[m.end() :]

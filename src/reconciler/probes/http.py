@@ -15,7 +15,9 @@ from typing import TYPE_CHECKING, Any
 import httpcore
 import httpx
 
+from reconciler import redact
 from reconciler.errors import ReconcileError
+from reconciler.idtoken import GoogleIdTokens, IdTokenError, IdTokenSource, default_audience
 from reconciler.model import ServiceRef
 from reconciler.probes.checks import (
     MAX_BODY_BYTES,
@@ -23,6 +25,7 @@ from reconciler.probes.checks import (
     REDACTED,
     USER_AGENT,
     Exchange,
+    ProbeConfigError,
     ProbeResult,
     Urls,
     redact_exchange,
@@ -213,11 +216,19 @@ class Prober:
     Every request is bounded: one wall-clock deadline (the check's timeout) covers connect,
     headers and body, and the decoded body is capped at `MAX_BODY_BYTES` while streaming.
     `environ` supplies `{env: NAME}` header values (default: the process environment at
-    the time of each request).
+    the time of each request); `id_tokens` mints `auth: id_token` tokens (default: google-auth,
+    on first use).
     """
 
-    def __init__(self, *, environ: Mapping[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        environ: Mapping[str, str] | None = None,
+        id_tokens: IdTokenSource | None = None,
+    ) -> None:
         self._environ = environ
+        self._id_tokens = id_tokens
+        self._minted: set[str] = set()  # every token sent, redacted from every answer
         self._backend = _DeadlineBackend()
         self._client = httpx.Client(
             # Only codings decoded here under the size cap are offered.
@@ -310,6 +321,8 @@ class Prober:
         """Send `check` to an already resolved `url`; secrets the answer echoes are redacted."""
         environ = self._environ if self._environ is not None else os.environ
         headers = resolve_headers(check, environ)
+        if check.auth == "id_token":
+            headers["Authorization"] = f"Bearer {self._id_token(check, url)}"
         exchange = self.exchange(
             check.method,
             url,
@@ -321,8 +334,19 @@ class Prober:
             headers[name]
             for name, value in check.headers.items()
             if isinstance(value, EnvValue) and len(headers[name]) >= MIN_REDACTED_SECRET
-        ]
+        ] + list(self._minted)
         return redact_exchange(exchange, secrets) if secrets else exchange
+
+    def _id_token(self, check: Check, url: str) -> str:
+        if self._id_tokens is None:
+            self._id_tokens = GoogleIdTokens()
+        try:
+            token = self._id_tokens(check.audience or default_audience(url))
+        except IdTokenError as exc:
+            raise ProbeConfigError(f"{check.name}: {exc}") from None
+        redact.register(token)  # every sink scrubs it from now on
+        self._minted.add(token)
+        return token
 
     def run(self, check: Check, urls: Urls) -> ProbeResult:
         """Run one check against the URLs its placeholder stands for."""
@@ -338,6 +362,8 @@ class Prober:
                 for part in {secret, secret.partition(" ")[2]}:
                     if len(part) >= MIN_REDACTED_SECRET:
                         reason = reason.replace(part, REDACTED)
+        for token in self._minted:
+            reason = reason.replace(token, REDACTED)
         return replace(result, reason=reason) if reason != result.reason else result
 
 

@@ -1,7 +1,8 @@
-"""Plans and statuses as text (terminal), markdown (PR comment) and json (machines).
+"""A plan as text (terminal, like `terraform plan`) and as json (the saved, applyable plan).
 
 Pure: values in, strings out. The json form is a stable, versioned schema (see
-docs/plan-json.md) and `plan_from_json` reads it back for `reconcile apply PLANFILE`.
+docs/plan-json.md) and `plan_from_json` reads it back for `reconcile apply PLANFILE` and
+`reconcile show PLANFILE`. The PR comment is in `views.comment`.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from datetime import datetime
 from typing import Any
 
 from reconciler.model import (
+    Outcome,
     ServiceRef,
     Target,
     TrafficSplit,
@@ -29,9 +31,9 @@ from reconciler.plan import (
     ServicePlan,
     SpecEdit,
 )
+from reconciler.views.style import action_style, paint
 
 PLAN_FORMAT_VERSION = 1
-MARKDOWN_MARKER = "<!-- reconcile-plan -->"
 
 
 # --- gcloud ----------------------------------------------------------------------------------
@@ -61,44 +63,56 @@ def gcloud_command(sp: ServicePlan) -> str:
 
 
 # --- text ------------------------------------------------------------------------------------
+def verdict_summary(verdict: Verdict) -> str:
+    """`FAIL: <failed gates>; <inconclusive gates>`: what failed leads, whatever the gate order."""
+    failed = [g.reason for g in verdict.gates if g.outcome is Outcome.FAIL]
+    unsure = [g.reason for g in verdict.gates if g.outcome is Outcome.INCONCLUSIVE]
+    why = "; ".join([*failed, *unsure])
+    return verdict.outcome.value + (f": {why}" if why else "")
+
+
 def _pct(n: int) -> str:
     return f"{n:>3}%"
 
 
-def _change_line(c: Change) -> str:
+def _change_line(c: Change, color: bool) -> str:
     tag = c.tag_after or c.tag_before
     tag_part = ""
     if c.tag_before != c.tag_after:
         tag_part = f"  tag {c.tag_before or '-'} -> {c.tag_after or '-'}"
     elif tag:
         tag_part = f"  [{tag}]"
-    return f"    {c.action.value} {c.revision:<40} {_pct(c.before)} -> {_pct(c.after)}{tag_part}"
+    symbol = paint(c.action.value, action_style(c.action), color)
+    return f"    {symbol} {c.revision:<40} {_pct(c.before)} -> {_pct(c.after)}{tag_part}"
 
 
-def _symbol(sp: ServicePlan) -> str:
+def _symbol(sp: ServicePlan, color: bool) -> str:
     if sp.blocked:
-        return "!"
-    return "~" if sp.has_changes else " "
+        return paint("!", "bad", color)
+    return paint("~", "change", color) if sp.has_changes else " "
 
 
-def service_text(sp: ServicePlan) -> list[str]:
-    """The text block of one service in a plan."""
+def service_text(sp: ServicePlan, *, color: bool = False) -> list[str]:
+    """The text block of one service in a plan (ANSI colour on `+ ~ -` when `color`)."""
     ref = sp.ref
-    head = f"{_symbol(sp)} {ref.service} ({ref.project}/{ref.region})  reason: {sp.reason.value}"
+    head = (
+        f"{_symbol(sp, color)} {paint(ref.service, 'bold', color)} "
+        f"({ref.project}/{ref.region})  reason: {sp.reason.value}"
+    )
     lines = [head, f"    phase {sp.phase.value}, canary {sp.canary_percent}%"]
     if sp.changes:
-        lines += [_change_line(c) for c in sp.changes]
+        lines += [_change_line(c, color) for c in sp.changes]
         lines.append(f"    split: {sp.before.describe()}  ->  {sp.after.describe()}")
     else:
         lines.append(f"    live: {sp.before.describe()} (no traffic change)")
     if sp.edit is not None:
         lines.append(f"    rollout file: {sp.edit.summary}")
     if sp.verdict is not None:
-        lines.append(f"    verdict: {sp.verdict.summary()}")
-    lines += [f"    warning: {w}" for w in sp.warnings]
+        lines.append(f"    verdict: {verdict_summary(sp.verdict)}")
+    lines += [f"    {paint('warning:', 'change', color)} {w}" for w in sp.warnings]
     lines += [f"    note: {n}" for n in sp.notes]
     if sp.blocked:
-        lines.append(f"    BLOCKED: {sp.blocked}")
+        lines.append(f"    {paint('BLOCKED:', 'bad', color)} {sp.blocked}")
     if sp.changes and not sp.blocked:
         lines.append(f"    $ {gcloud_command(sp)}")
     lines.append(f"    computed against generation {sp.generation}, etag {sp.etag or '-'}")
@@ -110,99 +124,26 @@ def summary_line(plan: Plan) -> str:
     change = sum(1 for s in plan.services if s.has_changes)
     blocked = len(plan.blocked)
     same = len(plan.services) - change - blocked
+    errors = len(plan.errors)
     return (
-        f"Plan: {change} to change, {same} unchanged, {blocked} blocked, {len(plan.errors)} errors."
+        f"Plan: {change} to change, {same} unchanged, {blocked} blocked, "
+        f"{errors} {'error' if errors == 1 else 'errors'}."
     )
 
 
-def plan_text(plan: Plan) -> str:
-    """Terminal form, like `terraform plan`."""
+def plan_text(plan: Plan, *, color: bool = False) -> str:
+    """Terminal form, like `terraform plan` (ANSI colour when `color`)."""
     lines: list[str] = []
     if plan.offline:
         lines.append("(offline: planned against the last observed state in state/, not the API)")
     for sp in plan.services:
-        lines += service_text(sp)
+        lines += service_text(sp, color=color)
         lines.append("")
     for err in plan.errors:
-        lines.append(f"x {err.service}: {err.message}")
+        lines.append(f"{paint('x', 'bad', color)} {err.service}: {err.message}")
         lines.append("")
     lines.append(summary_line(plan))
     return "\n".join(lines) + "\n"
-
-
-# --- markdown --------------------------------------------------------------------------------
-def _md_escape(text: str) -> str:
-    return text.replace("|", "\\|").replace("\n", " ")
-
-
-def plan_markdown(plan: Plan) -> str:
-    """PR-comment form: a table per service, before -> after, reasons, warnings."""
-    out = [MARKDOWN_MARKER, "### reconcile plan", ""]
-    if plan.offline:
-        out += [
-            "> Offline plan: computed against the last observed state committed in `state/` "
-            "(no cloud credentials on this run).",
-            "",
-        ]
-    out += [f"**{summary_line(plan)}**", ""]
-    for sp in plan.services:
-        icon = "⛔" if sp.blocked else ("🔀" if sp.has_changes else "✅")
-        out.append(f"#### {icon} `{sp.ref.service}` — {sp.reason.value}")
-        out.append("")
-        out.append(
-            f"project `{sp.ref.project}`, region `{sp.ref.region}`, phase **{sp.phase.value}**, "
-            f"canary **{sp.canary_percent}%**"
-        )
-        out.append("")
-        if sp.changes:
-            out += ["| | revision | tag | before | after |", "|---|---|---|---:|---:|"]
-            for c in sp.changes:
-                tag = c.tag_after or c.tag_before
-                if c.tag_before != c.tag_after:
-                    tag = f"{c.tag_before or '–'} → {c.tag_after or '–'}"
-                out.append(
-                    f"| `{c.action.value}` | `{c.revision}` | {tag} | {c.before}% | {c.after}% |"
-                )
-            out.append("")
-        else:
-            out += [f"No traffic change (live: `{sp.before.describe()}`).", ""]
-        if sp.blocked:
-            out += [f"> **Blocked:** {_md_escape(sp.blocked)}", ""]
-        if sp.edit is not None:
-            out += [f"Rollout file edit: {_md_escape(sp.edit.summary)}", ""]
-        if sp.verdict is not None:
-            out += _verdict_md(sp.verdict)
-        for w in sp.warnings:
-            out.append(f"> ⚠️ {_md_escape(w)}")
-        for n in sp.notes:
-            out.append(f"> {_md_escape(n)}")
-        if sp.warnings or sp.notes:
-            out.append("")
-        if sp.changes and not sp.blocked:
-            out += ["```sh", gcloud_command(sp), "```", ""]
-    for err in plan.errors:
-        out += [f"#### ❌ `{err.service}`", "", f"> {_md_escape(err.message)}", ""]
-    return "\n".join(out).rstrip() + "\n"
-
-
-def _verdict_md(verdict: Verdict) -> list[str]:
-    out = [
-        f"Verdict: **{verdict.outcome.value}**",
-        "",
-        "| gate | result | measured | threshold | samples |",
-        "|---|---|---:|---:|---:|",
-    ]
-    for g in verdict.gates:
-        out.append(
-            f"| {g.gate} | {g.outcome.value} | {_num(g.value)} | {_num(g.threshold)} "
-            f"| {g.samples} |"
-        )
-    out.append("")
-    return out
-
-
-def _num(v: float | None) -> str:
-    return "–" if v is None else f"{v:.4g}"
 
 
 # --- json ------------------------------------------------------------------------------------
@@ -343,49 +284,3 @@ def plan_from_json(text: str) -> Plan:
         raise
     except (ValueError, KeyError, TypeError, AttributeError) as exc:
         raise PlanFileError(f"not a reconcile plan file ({type(exc).__name__}: {exc})") from None
-
-
-def render_plan(plan: Plan, fmt: str) -> str:
-    """Dispatch on `text`, `markdown` or `json`."""
-    if fmt == "markdown":
-        return plan_markdown(plan)
-    if fmt == "json":
-        return plan_json(plan)
-    return plan_text(plan)
-
-
-# --- status ----------------------------------------------------------------------------------
-def status_text(plans: list[ServicePlan], errors: list[ServiceError]) -> str:
-    """Desired vs live per service, phase and stage."""
-    lines = [f"{'SERVICE':<28} {'PHASE':<12} {'CANARY':>6}  {'LIVE':<48} SYNC"]
-    for sp in plans:
-        sync = "in sync" if not sp.changes else ("drift" if sp.drift else "pending")
-        if sp.blocked:
-            sync = "blocked"
-        lines.append(
-            f"{sp.ref.service:<28} {sp.phase.value:<12} {sp.canary_percent:>5}%  "
-            f"{sp.before.describe():<48} {sync}"
-        )
-        for n in (*sp.notes, *sp.warnings):
-            lines.append(f"{'':<28} {n}")
-        if sp.blocked:
-            lines.append(f"{'':<28} blocked: {sp.blocked}")
-    for e in errors:
-        lines.append(f"{e.service:<28} error: {e.message}")
-    return "\n".join(lines) + "\n"
-
-
-def status_json(plans: list[ServicePlan], errors: list[ServiceError]) -> str:
-    """Status as json: the per-service plan dicts plus errors."""
-    return (
-        json.dumps(
-            {
-                "services": [service_plan_dict(sp) for sp in plans],
-                "errors": [{"service": e.service, "message": e.message} for e in errors],
-            },
-            indent=2,
-            sort_keys=True,
-            ensure_ascii=False,
-        )
-        + "\n"
-    )

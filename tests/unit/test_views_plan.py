@@ -1,4 +1,4 @@
-"""Rendering: text like terraform, markdown for PRs, json that reads back."""
+"""Plan views: text like terraform, markdown for PRs, json that reads back."""
 
 from __future__ import annotations
 
@@ -7,16 +7,15 @@ import json
 import pytest
 
 from reconciler.plan import History, Plan, ServiceError, plan_service
-from reconciler.render import (
-    MARKDOWN_MARKER,
+from reconciler.views.comment import MARKER, plan_markdown
+from reconciler.views.plan import (
     PlanFileError,
     gcloud_command,
     plan_from_json,
     plan_json,
-    plan_markdown,
     plan_text,
-    status_text,
 )
+from reconciler.views.status import status_text
 from tests.unit.test_plan import (
     ALL_STABLE,
     AT_5,
@@ -65,17 +64,18 @@ def test_text_blocked_and_errors() -> None:
     assert "BLOCKED: stage 5% has not passed its gates for bake 1h" in out
     assert "x payments: boom" in out
     assert "gcloud" not in out  # never suggest a command for a blocked change
-    assert "1 blocked, 1 errors" in out
+    assert "1 blocked, 1 error." in out
 
 
 def test_markdown_has_marker_table_and_reasons() -> None:
     rb = plan_service(make_spec(), AT_5, now=NOW, verdict=FAIL)
     md = plan_markdown(Plan(created_at=NOW, services=(rb,)))
-    assert md.startswith(MARKDOWN_MARKER)
+    assert md.startswith(MARKER)
     assert "| `~` | `ion-api-00041-abc` | stable | 95% | 100% |" in md
     assert "| `-` | `ion-api-00042-xyz` | canary → – | 5% | 0% |" in md
     assert "rollback" in md and "7.1% > 5%" in md
-    assert "| error_rate | FAIL | 0.071 | 0.05 | 900 |" in md
+    # Units on every value, and the gate's reason kept.
+    assert "| error_rate | ❌ FAIL | 7.1% | ≤ 5% | 900 | error_rate 7.1% > 5% |" in md
 
 
 def test_json_round_trip() -> None:

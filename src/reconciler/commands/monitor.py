@@ -1,0 +1,167 @@
+"""`reconcile watch` and `reconcile report`: the monitor loop and the stage reports."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from pathlib import Path
+
+import click
+
+from reconciler.commands import (
+    App,
+    echo_err,
+    parse_interval,
+    parse_span,
+    pass_app,
+    service_option,
+)
+from reconciler.errors import ReconcileError
+
+
+@click.command()
+@service_option
+@click.option(
+    "--interval",
+    default="30m",
+    show_default=True,
+    callback=parse_interval,
+    help="Time between reconciles (s, m, h).",
+)
+@click.option(
+    "--duration",
+    default="24h",
+    show_default=True,
+    callback=parse_interval,
+    help="Stop after this long (s, m, h, d).",
+)
+@click.option("--no-commit", is_flag=True, help="Change traffic and write state/, commit nothing.")
+@click.option("--no-push", is_flag=True, help="Commit locally, do not push.")
+@click.option(
+    "--stream",
+    is_flag=True,
+    help="Tail the canaries' request logs and roll back within seconds (never promotes).",
+)
+@pass_app
+def watch(
+    app: App,
+    services: tuple[str, ...],
+    interval: object,
+    duration: object,
+    no_commit: bool,
+    no_push: bool,
+    stream: bool,
+) -> None:
+    """The monitor loop: apply every --interval for --duration, printing what changed.
+
+    Each tick measures, judges, rolls back or advances exactly like `apply`. It prints the
+    services whose state changed since the tick before (every write, rollback and error),
+    and one short line when nothing did. Ctrl-C or SIGTERM stops cleanly after the current
+    tick. Exit 4 if any tick rolled a canary back.
+
+    With --stream, one Cloud Logging tail follows every live canary's request logs instead
+    (--interval is unused): an anytime-valid test of the error rate rolls a canary back
+    seconds after a breach, through the same path as `reconcile rollback`. It never
+    promotes; the scheduled `apply` still does (docs/streaming.md).
+
+    \b
+    Examples:
+      reconcile watch                              # every 30m for 24h
+      reconcile watch --interval 1m --duration 2h --service ion-api
+      reconcile watch --stream --duration 24h      # roll back within seconds
+    """
+    from datetime import timedelta
+
+    from reconciler.notify import notified
+    from reconciler.reconcile import apply_all
+    from reconciler.runtime import build_context
+    from reconciler.watch import watch as watch_loop
+
+    assert isinstance(interval, timedelta) and isinstance(duration, timedelta)
+    ctx = build_context(app.repo, commit=not no_commit, push=not no_push, progress=echo_err)
+    if stream:
+        from reconciler.stream import watch_stream
+
+        raise click.exceptions.Exit(watch_stream(ctx, services, duration, click.echo))
+    result = watch_loop(
+        lambda: notified(app.repo, lambda: apply_all(ctx, services), warn=echo_err, now=ctx.clock),
+        interval=interval,
+        duration=duration,
+        clock=ctx.clock,
+        report=lambda line: click.echo(line),
+    )
+    click.echo(f"stopped after {result.ticks} ticks ({result.stopped_by})")
+    raise click.exceptions.Exit(result.exit_code)
+
+
+@click.command()
+@click.argument("service")
+@click.option(
+    "--kind",
+    type=click.Choice(["interim", "final"]),
+    default="interim",
+    show_default=True,
+    help="interim: the last 24h; final: the whole rollout, with a go/no-go.",
+)
+@click.option(
+    "--since",
+    metavar="DURATION",
+    callback=parse_span,
+    help="Cover the last DURATION (24h, 7d, ...) instead of the kind's span.",
+)
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    metavar="FILE",
+    help="Write the report to FILE instead of state/SERVICE/reports/.",
+)
+@click.option("--stdout", "to_stdout", is_flag=True, help="Print the report; write no file.")
+@pass_app
+def report(
+    app: App,
+    service: str,
+    kind: str,
+    since: timedelta | None,
+    out: Path | None,
+    to_stdout: bool,
+) -> None:
+    """Write a stage report of SERVICE from its state/ (markdown that renders on GitHub).
+
+    Covers the stages and the time span, traffic, request counts, error and success rate,
+    P50/P95/P99 of canary and stable against the rollout file's targets and rollback
+    thresholds, charts of error rate and P95 per window, probe results, the baseline
+    comparison, the events, and the decision: advance, hold or roll back (go/no-go in a
+    final report). Saved as state/SERVICE/reports/<kind>-<UTC time>.md and <kind>-latest.md.
+
+    \b
+    Example:
+      reconcile report ion-api --kind interim
+      reconcile report ion-api --kind final --stdout
+      reconcile report ion-api --since 6h --out /tmp/ion-api.md
+    """
+    from reconciler.report import generate, save
+    from reconciler.runtime import utc_now
+    from reconciler.state import atomic_write_text
+
+    made = generate(
+        app.repo,
+        service,
+        "final" if kind == "final" else "interim",
+        now=utc_now(),
+        since=since,
+    )
+    if to_stdout:
+        click.echo(made.markdown, nl=False)
+        return
+    if out is not None:
+        if not out.parent.is_dir():
+            raise ReconcileError(f"{out}: no such directory {out.parent}")
+        try:
+            atomic_write_text(out, made.markdown)
+        except OSError as exc:
+            raise ReconcileError(f"{out}: cannot write the report: {exc.strerror}") from None
+        path = out
+    else:
+        path = save(app.repo, made)
+    decision = made.decision
+    click.echo(f"{service}: {kind} report written to {path}")
+    click.echo(f"decision: {decision.action.value} ({'; '.join(decision.reasons)})")

@@ -1,0 +1,187 @@
+"""CloudRunBackend against the emulator's Google rules: it trusts what serves, keeps failed
+operations apart from etag conflicts, paces and retries quotas, and never reports a write
+that landed as failed. Official clients only."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from google.api_core import exceptions
+
+from reconciler import clients
+from reconciler.backends import BackendError, Conflict, OperationFailed
+from reconciler.backends.cloudrun import CloudRunBackend, TokenBucket
+from reconciler.emulator import Emulator
+from reconciler.model import ServiceRef, Target, TrafficSplit
+
+STABLE = "ion-api-00041-abc"
+CANARY = "ion-api-00042-xyz"
+REF = ServiceRef("naeda-genesis", "us-central1", "ion-api")
+
+
+def canary_at(pct: int, canary: str = CANARY) -> TrafficSplit:
+    return TrafficSplit.of([Target(STABLE, 100 - pct, "stable"), Target(canary, pct, "canary")])
+
+
+@pytest.fixture
+def backend(emulator: Emulator) -> CloudRunBackend:
+    return CloudRunBackend(max_wait=0.05)
+
+
+def test_a_revision_that_cannot_serve_is_an_operation_failure_naming_the_reason(
+    emulator: Emulator, backend: CloudRunBackend
+) -> None:
+    bad = emulator.deploy("ion-api", "ion-api-00043-bad", ready=False)
+    live = backend.get_service(REF)
+    with pytest.raises(OperationFailed) as caught:
+        backend.set_traffic(REF, canary_at(5, bad), live.etag)
+    message = str(caught.value)
+    assert not isinstance(caught.value, Conflict)
+    assert f"Revision '{bad}' is not ready" in message and "\n" not in message
+    assert f"still serving {STABLE}=100" in message
+    after = backend.get_service(REF)
+    assert after.traffic.percents() == {STABLE: 100}  # what serves
+    assert after.requested.same_routing(canary_at(5, bad))  # what was asked for
+    assert after.failure is not None and bad in after.failure
+    assert not after.reconciling and not after.serving_requested
+
+
+@pytest.mark.parametrize("code", ["FAILED_PRECONDITION", "ABORTED", "INTERNAL"])
+def test_an_operation_s_error_is_never_a_conflict(
+    emulator: Emulator, backend: CloudRunBackend, code: str
+) -> None:
+    emulator.fault("Operation", code=code, message="rollout stopped", times=1)
+    live = backend.get_service(REF)
+    with pytest.raises(OperationFailed, match=f"failed \\({code.title().replace('_', '')}"):
+        backend.set_traffic(REF, canary_at(5), live.etag)
+
+
+@pytest.mark.parametrize("code", ["FAILED_PRECONDITION", "ABORTED"])
+def test_a_stale_etag_at_the_server_is_a_conflict_whatever_its_code(code: str) -> None:
+    scenario: dict[str, Any] = {
+        "etag": {"code": code},
+        "services": [{"name": "ion-api", "revisions": [{"name": STABLE}, {"name": CANARY}]}],
+    }
+    with Emulator.start(scenario, latency_mode="simulated") as emu:
+        backend = CloudRunBackend(
+            clients.services_client(emu.grpc_target), clients.revisions_client(emu.grpc_target)
+        )
+        live = backend.get_service(REF)
+        # The write waits at the server while someone else changes the service: the server,
+        # not the client's own read, sees the stale etag.
+        emu.fault("UpdateService", rate=0.0, latency_ms=1000)
+
+        def meddle() -> None:
+            while emu.write_attempts == 0:
+                time.sleep(0.01)
+            emu.drift("ion-api", {STABLE: 80, CANARY: 20})
+
+        other = threading.Thread(target=meddle)
+        other.start()
+        with pytest.raises(Conflict, match="changed since it was read \\(The etag provided"):
+            backend.set_traffic(REF, canary_at(5), live.etag)
+        other.join()
+
+
+def test_a_refusal_that_is_not_an_etag_mismatch_is_not_a_conflict(
+    emulator: Emulator, backend: CloudRunBackend
+) -> None:
+    emulator.fault("UpdateService", code="FAILED_PRECONDITION", message="org policy", times=1)
+    live = backend.get_service(REF)
+    with pytest.raises(BackendError, match="update refused: FailedPrecondition: org policy") as e:
+        backend.set_traffic(REF, canary_at(5), live.etag)
+    assert not isinstance(e.value, Conflict)
+
+
+def test_writes_send_only_traffic_and_annotations(
+    emulator: Emulator, backend: CloudRunBackend
+) -> None:
+    # A concurrent deploy moves template.revision on; a client echoing the old one would get
+    # 409 ALREADY_EXISTS or undo the deploy. Ours sends no template at all.
+    live = backend.get_service(REF)
+    new = emulator.deploy("ion-api", "ion-api-00043-new")
+    after = backend.set_traffic(REF, canary_at(5), "", {"reconciler/at": "x"})
+    assert after.traffic.same_routing(canary_at(5))
+    svc = clients.services_client().get_service(name=REF.name)
+    assert svc.template.revision == new
+    assert svc.annotations["reconciler/at"] == "x"
+    assert live.etag != after.etag
+
+
+def test_resource_exhausted_is_retried_with_backoff(
+    emulator: Emulator, backend: CloudRunBackend
+) -> None:
+    other = clients.services_client()
+    with pytest.raises(exceptions.ResourceExhausted):
+        # Another client spends the project's read quota (1,000 a minute, refilling as it goes).
+        for _ in range(5000):
+            other.get_service(name=REF.name, retry=None)
+    before = emulator.calls.get("GetService", 0)
+    live = backend.get_service(REF)
+    assert live.traffic.percents() == {STABLE: 100}
+    assert emulator.calls["GetService"] - before >= 2  # refused at least once, then served
+
+
+def test_a_write_that_landed_is_never_reported_failed(
+    emulator: Emulator, backend: CloudRunBackend
+) -> None:
+    # The write is accepted; polling its operation is refused (quota), so the client retries
+    # the write, which now meets its own new etag. It reads back and finds its write.
+    emulator.lro(done=False, polls=1)
+    emulator.fault("GetOperation", code="RESOURCE_EXHAUSTED", times=1)
+    live = backend.get_service(REF)
+    stamp = {"reconciler/write": "w-1"}
+    # The operation finishes a few (emulator) seconds later, whoever polls it.
+    later = threading.Timer(0.5, emulator.advance_clock, [10])
+    later.start()
+    after = backend.set_traffic(REF, canary_at(5), live.etag, stamp)
+    later.join()
+    assert after.traffic.same_routing(canary_at(5))
+    assert emulator.writes == 1 and emulator.write_attempts == 2
+
+
+class FakeTime:
+    """A clock that only sleeping moves."""
+
+    def __init__(self) -> None:
+        self.t = 0.0
+        self.sleeps: list[float] = []
+
+    def clock(self) -> float:
+        return self.t
+
+    def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        self.t += seconds
+
+
+def test_token_bucket_allows_a_minute_s_worth_then_paces() -> None:
+    fake = FakeTime()
+    bucket = TokenBucket(60, fake.clock, fake.sleep)
+    for _ in range(60):
+        bucket.acquire()
+    assert fake.sleeps == []  # a minute's worth at once
+    fake.t += 0.5  # half a token refilled: the next call waits the other half second
+    bucket.acquire()
+    assert fake.sleeps == [pytest.approx(0.5)]
+    for _ in range(3):
+        bucket.acquire()  # then one a second
+    assert fake.sleeps[1:] == [pytest.approx(1.0)] * 3
+    assert bucket.waited == pytest.approx(3.5)
+
+
+def test_unlimited_bucket_never_waits() -> None:
+    bucket = TokenBucket(0)
+    for _ in range(10_000):
+        bucket.acquire()
+    assert bucket.waited == 0.0
+
+
+@pytest.fixture(autouse=True)
+def _no_leftover_faults(emulator: Emulator) -> Iterator[None]:
+    yield
+    emulator.clear_faults()
