@@ -118,7 +118,8 @@ class LiveService:
     """The `terminal_condition` message when that condition failed, else None."""
 
     def __post_init__(self) -> None:
-        if not self.requested.targets:
+        # Older callers pass `requested=None` for "same as what serves".
+        if not isinstance(self.requested, TrafficSplit) or not self.requested.targets:
             object.__setattr__(self, "requested", self.traffic)
 
     @property
