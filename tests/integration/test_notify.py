@@ -83,9 +83,10 @@ def run(
 
 
 def tick(sb: Sandbox, environ: dict[str, str], warnings: list[str], **kw: float) -> RunResult:
-    sb.emu.advance_clock(300)
+    # Served first, then one window later: the stage-aligned window holds this traffic.
     sb.emu.load("ion-api", 200)
     sb.emu.load("ion-api", 2000, tag="canary")
+    sb.emu.advance_clock(300)
     return run(sb, environ, warnings, **kw)
 
 
