@@ -12,6 +12,11 @@ Two estimates per row: a seeded Monte Carlo run of the real judge, and an exact 
 a Markov chain over the same tail of windows, whose per-window classes (PASS / FAIL /
 INCONCLUSIVE for every possible error count) also come from the judge itself.
 
+A second table compares whole windows only (before) with fail fast (after): runs every
+minute, each also judging the partial span since the last whole window (`judge(partial=)`),
+requests spread evenly over the window; it gives the false-rollback rate at 0.5% errors and
+the minutes from the stage start to the rollback at 7% and 30% errors.
+
 Run: `python benchmarks/judge_simulation.py [--stages N] [--seed S]`. Prints markdown tables.
 """
 
@@ -92,6 +97,69 @@ def simulate(requests: int, p: float, stages: int, rng: random.Random) -> list[i
     sampler = Binomial(requests, p, rng)
     draws = iter(sampler.draw, -1)  # an endless stream of error counts
     return [rolled_back_at(requests, draws) for _ in range(stages)]
+
+
+# --- fail fast: per-minute runs that also judge the partial span -------------------------
+MINUTES = 5  # runs per window
+
+
+def minutes_to_rollback(
+    requests: int, per_minute: Binomial, fail_fast: bool, minutes: int
+) -> int | None:
+    """The minute (1-based) whose run rolls back, None if none in `minutes`."""
+    tail: deque[WindowStats] = deque(maxlen=TAIL)
+    share = requests // MINUTES
+    span_req = span_err = 0
+    for m in range(minutes):
+        span_req += share
+        span_err += per_minute.draw()
+        if (m + 1) % MINUTES == 0:
+            tail.append(window(m // MINUTES, span_req, span_err))
+            span_req = span_err = 0
+            if judge(tail, GATES).outcome is Outcome.FAIL:
+                return m + 1
+        elif fail_fast:
+            start = T0 + (m // MINUTES) * WINDOW
+            part = WindowStats(
+                "api", "api-canary", start, start + timedelta(minutes=m % MINUTES + 1),
+                span_req, span_err, span_req - span_err, span="partial",
+            )  # fmt: skip
+            if judge(tail, GATES, partial=[part]).outcome is Outcome.FAIL:
+                return m + 1
+    return None
+
+
+def fail_fast_table(stages: int, rng: random.Random) -> None:
+    """Before/after rows: false rollbacks at 0.5%, minutes to rollback at 7% and 30%."""
+    print(
+        "\nFail fast (runs every minute, partial spans judged) vs whole windows only:\n\n"
+        "| requests/window | mode | good (0.5%): stages rolled back | 7%: median / p95 minutes "
+        "| 30%: median / p95 minutes |\n|---:|---|---:|---:|---:|"
+    )
+    horizon = STAGE_WINDOWS * MINUTES
+    for n in SIZES:
+        for fast in (False, True):
+            good = [
+                minutes_to_rollback(n, Binomial(n // MINUTES, GOOD, rng), fast, horizon)
+                for _ in range(max(1, stages // 8))
+            ]
+            cells = []
+            for p in (BAD, 0.30):
+                got = [
+                    minutes_to_rollback(n, Binomial(n // MINUTES, p, rng), fast, 120)
+                    for _ in range(stages)
+                ]
+                cells.append(f"{_q(got, 0.5)} / {_q(got, 0.95)}")
+            k = sum(r is not None for r in good)
+            mode = "fail fast" if fast else "whole windows"
+            print(f"| {n:,} | {mode} | {k}/{len(good)} | {cells[0]} | {cells[1]} |")
+
+
+def _q(results: list[int | None], q: float) -> str:
+    """A quantile of minutes to rollback; `>2h` when not rolled back by then."""
+    ordered = sorted(r if r is not None else 10**9 for r in results)
+    v = ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+    return ">2h" if v >= 10**9 else str(v)
 
 
 # --- exact figures: a Markov chain over the judge's per-window classes --------------------
@@ -222,6 +290,7 @@ def main() -> None:
     for n in SIZES:
         cells = [pct(exact(classes_by_size[n], r).p_rollback) for r in rates]
         print(f"| {n:,} | " + " | ".join(cells) + " |")
+    fail_fast_table(args.stages, rng)
     print(f"\nelapsed {time.perf_counter() - began:.1f}s")
 
 

@@ -27,6 +27,16 @@ The rules, per gate:
 - Failing streaks are counters (`count_streaks`), kept in state/ between runs: each window
   (and probe run) is counted once, so any `consecutive_failures` works however few windows
   are kept and however many window lengths the gates use.
+- Fail fast, pass slowly: the span since the last judged window (a `partial` window, shorter
+  than the gate's window) is judged too, but only as failing evidence: when it has
+  `min_requests` and its rate interval lies wholly beyond the limit, the gate FAILs at once,
+  whatever `consecutive_failures` says. It never passes a gate and is never counted in a
+  streak; latency p95 (no interval) ignores it.
+- Provisional windows (newer than the ingestion horizon) are judged on their current numbers
+  but never advance the stored streak counters: the caller counts them on top of the stored
+  counts for one verdict and measures them again until final.
+- `gates.inconclusive_limit`: INCONCLUSIVE windows in a row are counted too (`Streak.
+  inconclusive`); at the limit the service is HELD (`held_reason`).
 - A failing probe counts as a failing gate: each probe is a gate whose runs (one per tick)
   are its windows, under the same `consecutive_failures` rule.
 - The verdict FAILs when any gate FAILs, PASSes only when every gate PASSes (and there is at
@@ -71,6 +81,7 @@ def judge(
     expected_probes: Collection[str] = (),
     confidence: float = 0.95,
     streaks: Mapping[str, int] | None = None,
+    partial: Sequence[WindowStats] = (),
 ) -> Verdict:
     """Judge a canary on its recent windows and probe runs.
 
@@ -88,6 +99,8 @@ def judge(
     `streaks`: failing-streak counts per gate from `count_streaks`; when given they decide
     FAIL (the windows passed only supply the values reported), so a streak longer than the
     windows kept still fails.
+    `partial`: the canary's span since its last judged window, of any length (its stable
+    counterpart goes in `stable`): failing evidence only (see the module doc).
     """
     z = z_score(confidence)
     ctx = _Context(
@@ -101,7 +114,10 @@ def judge(
     for w in sorted(canary, key=lambda w: w.end):
         by_length.setdefault(w.window, []).append(w)
 
-    results = [_gate(ctx, rule, by_length.get(rule.window, [])) for rule in _rules(gates)]
+    results = [
+        _fail_fast(ctx, rule, partial) or _gate(ctx, rule, by_length.get(rule.window, []))
+        for rule in _rules(gates)
+    ]
     results.extend(_probe_gates(probes, expected_probes, gates.consecutive_failures, streaks))
     return Verdict(outcome=_overall(results), gates=tuple(results) or (_NOTHING,))
 
@@ -290,6 +306,26 @@ def _straddles(ctx: _Context, lo: float, hi: float, rule: _Rule) -> str:
 
 
 # --- from windows to a gate result ----------------------------------------------------------
+def _fail_fast(ctx: _Context, rule: _Rule, partial: Sequence[WindowStats]) -> GateResult | None:
+    """A FAIL from a partial window whose interval lies wholly beyond the limit, else None."""
+    if rule.measure is _latency:
+        return None  # a p95 has no interval: one partial span is no blatant evidence
+    for w in partial:
+        seen = rule.measure(ctx, rule, w)
+        if seen.outcome is Outcome.FAIL:
+            value, text = rule.pool([seen])
+            return _result(
+                rule,
+                Outcome.FAIL,
+                value,
+                [seen],
+                f"{rule.name} {text} {rule.worse} {rule.limit(rule.threshold)}"
+                f" in the {format_duration(w.end - w.start)} since the last judged window"
+                f" ({_requests([seen])}; {ctx.level} interval wholly beyond the limit)",
+            )
+    return None
+
+
 def _gate(ctx: _Context, rule: _Rule, windows: list[WindowStats]) -> GateResult:
     needed = ctx.gates.consecutive_failures
     if not windows:
@@ -490,7 +526,8 @@ def count_streaks(
 
     A FAIL window adds one, a PASS resets to zero, an INCONCLUSIVE one changes nothing (the
     same rule as `judge`). Pass the windows and runs of the current stage only: a new stage
-    starts from `previous={}`.
+    starts from `previous={}`. Only whole windows count (`span == "window"`); the caller
+    leaves provisional ones out of what it stores (see the module doc).
     """
     z = z_score(confidence)
     ctx = _Context(
@@ -502,11 +539,16 @@ def count_streaks(
     out: dict[str, Streak] = {}
     for rule in _rules(gates):
         k = previous.get(rule.name, Streak())
-        for w in sorted((w for w in canary if w.window == rule.window), key=lambda w: w.end):
+        whole = (w for w in canary if w.window == rule.window and w.span == "window")
+        for w in sorted(whole, key=lambda w: w.end):
             if k.through is not None and w.end <= k.through:
                 continue
             outcome = rule.measure(ctx, rule, w).outcome
-            k = Streak(_next_count(k.failures, outcome), w.end)
+            k = Streak(
+                _next_count(k.failures, outcome),
+                w.end,
+                k.inconclusive + 1 if outcome is Outcome.INCONCLUSIVE else 0,
+            )
         out[rule.name] = k
     for run in sorted(probes, key=lambda p: p.at):
         gate = f"probe:{run.name}"
@@ -521,6 +563,23 @@ def _next_count(failures: int, outcome: Outcome) -> int:
     if outcome is Outcome.PASS:
         return 0
     return failures + 1 if outcome is Outcome.FAIL else failures
+
+
+def held_reason(gates: Gates, streaks: Mapping[str, Streak]) -> str | None:
+    """`HELD: ...` when a gate has had `inconclusive_limit` INCONCLUSIVE windows in a row
+    (too little traffic to judge): the canary is not promoted, and the operator is told."""
+    limit = gates.inconclusive_limit
+    if limit is None:
+        return None
+    stuck = sorted(g for g, k in streaks.items() if k.inconclusive >= limit)
+    if not stuck:
+        return None
+    worst = max(streaks[g].inconclusive for g in stuck)
+    return (
+        f"HELD: {', '.join(stuck)} inconclusive in {_plural(worst, 'window')} in a row"
+        f" (inconclusive_limit {limit}); not promoted until a window is judged"
+        f" (min_requests {gates.min_requests:,})"
+    )
 
 
 def promotion_blockers(verdict: Verdict | None) -> list[str]:

@@ -12,8 +12,15 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
 
-from reconciler.analysis import ProbeRun, count_streaks, judge, promotion_blockers
+from reconciler.analysis import (
+    ProbeRun,
+    count_streaks,
+    held_reason,
+    judge,
+    promotion_blockers,
+)
 from reconciler.model import (
+    Coverage,
     Event,
     EventKind,
     LiveService,
@@ -84,7 +91,8 @@ class Decision:
     commit: Commit = Commit("", "", {})
     held_commit: Commit = Commit("", "", {})
     added: tuple[WindowStats, ...] = ()
-    """Windows measured this tick that state/ has not kept yet (for the metrics files)."""
+    """Windows that became final this tick (for the metrics files: each written once, with
+    its final numbers)."""
     previous: ServiceStatus | None = None
 
     @property
@@ -198,6 +206,10 @@ def decide(
     if metrics_error:
         sp = replace(sp, warnings=(*sp.warnings, f"metrics: {metrics_error}"))
     sp = paused_plan(spec, sp)
+    if j.held:
+        sp = replace(sp, warnings=(*sp.warnings, j.held))
+    if verdict is not None and j.coverage.served:
+        sp = replace(sp, notes=(*sp.notes, f"coverage: {j.coverage.describe()} at this stage"))
     sp = replace(sp, blocked=sp.blocked or _hold(spec, status, live, sp, config_errors))
     events = tuple(
         Event(now, EventKind.PROBE_FAILED, actor, reason=p.reason, spec_commit=spec_commit)
@@ -224,6 +236,7 @@ def decide(
         passing_since=j.passing_since,
         probes=j.probes,
         streaks=j.streaks,
+        coverage=j.coverage,
     )
     return Decision(
         plan=sp,
@@ -253,6 +266,8 @@ class _Judgement:
     streaks: Mapping[str, Streak]
     verdict: Verdict | None
     passing_since: datetime | None
+    coverage: Coverage
+    held: str | None
 
 
 def _judged(
@@ -265,33 +280,72 @@ def _judged(
     metrics_error: str | None,
     window_keep: int,
 ) -> _Judgement:
-    """Keep the new windows and probe runs, count streaks, judge, run the bake timer."""
+    """Keep the new windows and probe runs, count streaks, judge, run the bake timer.
+
+    Whole windows are kept (a provisional one replaced when measured again); the stored
+    streak counters and the coverage advance over final windows only, each counted once;
+    provisional windows count on top of the stored streaks for this tick's verdict; partial
+    spans are failing evidence for this verdict only; gaps only count as served traffic.
+    """
     canary = spec.revisions.canary
     since = stage_since(status, canary=canary, stage=live_pct, now=now)
-    kept, added = merge_windows(status.windows if status else (), windows, window_keep)
+    new = tuple(windows)
+    kept, added = merge_windows(status.windows if status else (), new, window_keep)
     configured = {p.name for p in spec.probes}
     probes = ((*status.probes, *probe_runs) if status else tuple(probe_runs))[
         -window_keep * max(1, len(spec.probes)) :
     ]
     current = [w for w in kept if w.start >= since]
     same_stage = status is not None and status.stage_since == since
+    stage_probes = [p for p in probes if p.at >= since and p.name in configured]
+    stable_rev = spec.revisions.stable
+    final = [w for w in current if not w.provisional]
     streaks = count_streaks(
         status.streaks if status is not None and same_stage else {},
-        [w for w in current if w.revision == canary],
+        [w for w in final if w.revision == canary],
         spec.gates,
-        stable=[w for w in current if w.revision == spec.revisions.stable],
-        probes=[p for p in probes if p.at >= since and p.name in configured],
+        stable=[w for w in final if w.revision == stable_rev],
+        probes=stage_probes,
     )
+    # Provisional windows weigh on this verdict with their current numbers, on top of the
+    # stored counts, and are counted for good only once final (never twice).
+    seen = {
+        **streaks,
+        **count_streaks(
+            streaks,
+            [w for w in current if w.revision == canary],
+            spec.gates,
+            stable=[w for w in current if w.revision == stable_rev],
+        ),
+    }
+    coverage = _covered(
+        status.coverage if status is not None and same_stage else Coverage(),
+        [w for w in added if w.revision == canary and w.start >= since],
+        [w for w in new if w.span == "gap" and w.revision == canary and w.start >= since],
+    )
+    partial = [w for w in new if w.span == "partial" and w.start >= since]
     verdict: Verdict | None = None
     if canary is not None and live_pct > 0 and not is_rolled_back(spec):
-        verdict = _judge(spec, current, probes, since, streaks)
+        verdict = _judge(spec, [*current, *partial], probes, since, seen)
         if metrics_error and verdict.outcome is not Outcome.FAIL:
             verdict = Verdict(Outcome.INCONCLUSIVE, verdict.gates)
     passing_since: datetime | None = None
     if verdict is not None and not promotion_blockers(verdict):
         # The bake timer: since when the canary has been ready to promote, at this stage.
         passing_since = (status.passing_since if status and same_stage else None) or now
-    return _Judgement(since, kept, added, probes, streaks, verdict, passing_since)
+    held = held_reason(spec.gates, seen) if verdict is not None else None
+    if held is not None:
+        passing_since = None  # HELD: never promoted, so the bake does not run either
+    return _Judgement(since, kept, added, probes, streaks, verdict, passing_since, coverage, held)
+
+
+def _covered(
+    previous: Coverage, judged: Sequence[WindowStats], gaps: Sequence[WindowStats]
+) -> Coverage:
+    """The stage's coverage after this tick: newly final windows were judged and served;
+    gaps (spans a capped catch-up skipped) were served only."""
+    ok = sum(w.requests for w in judged)
+    return Coverage(previous.judged + ok, previous.served + ok + sum(w.requests for w in gaps))
 
 
 def decide_rollback(
@@ -420,9 +474,11 @@ def _judge(
     streaks: Mapping[str, Streak],
 ) -> Verdict:
     configured = {p.name for p in spec.probes}
+    canary = [w for w in current if w.revision == spec.revisions.canary]
     return judge(
-        [w for w in current if w.revision == spec.revisions.canary],
+        [w for w in canary if w.span == "window"],
         spec.gates,
+        partial=[w for w in canary if w.span == "partial"],
         stable=[w for w in current if w.revision == spec.revisions.stable],
         probes=[
             ProbeRun(p.name, p.ok, p.reason)
@@ -519,18 +575,29 @@ def advance_commit(sp: ServicePlan, spec_commit: str | None) -> Commit:
 def merge_windows(
     old: Sequence[WindowStats], new: Iterable[WindowStats], keep: int
 ) -> tuple[tuple[WindowStats, ...], tuple[WindowStats, ...]]:
-    """Add `new` windows that do not overlap a kept window of the same revision and length.
+    """Add the new whole windows that do not overlap a kept window of the same revision and
+    length; a window measured again replaces its kept provisional numbers.
 
-    Returns (all kept windows, the windows actually added). Runs more frequent than the
-    window would otherwise count one burst of errors twice.
+    Returns (all kept windows, the windows that became final: new final windows and
+    provisional ones measured final). Runs more frequent than the window would otherwise
+    count one burst of errors twice.
     """
+    by_key = {(o.revision, o.start, o.end): o for o in old}
     added: list[WindowStats] = []
     for w in new:
+        if w.span != "window":
+            continue
+        prior = by_key.get((w.revision, w.start, w.end))
+        if prior is not None:
+            if prior.provisional:
+                added.append(w)  # keep_windows lets the later measurement win
+            continue
         same = [o for o in (*old, *added) if o.revision == w.revision and o.window == w.window]
         if any(w.start < o.end for o in same):
             continue
         added.append(w)
-    return keep_windows(old, added, keep=keep), tuple(added)
+    final = tuple(w for w in added if not w.provisional)
+    return keep_windows(old, added, keep=keep), final
 
 
 def _trailers(service: str, action: str, spec_commit: str | None) -> dict[str, str]:

@@ -8,6 +8,7 @@ import fnmatch
 import re
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -17,8 +18,8 @@ from reconciler.backends import BackendError, ListingBackend, TrafficBackend
 from reconciler.errors import ReconcileError
 from reconciler.execute import Context
 from reconciler.loader import duplicate_identities, find_rollout_files, load_spec
-from reconciler.metrics import MetricsError, StatsQuery
-from reconciler.model import LiveService, ServiceRef
+from reconciler.metrics import MetricsError, MetricsProvider, StatsQuery
+from reconciler.model import LiveService, ServiceRef, SpanKind, stage_since
 from reconciler.model import WindowStats as Window
 from reconciler.plan import ServiceError
 from reconciler.shard import Shard
@@ -232,44 +233,113 @@ def gather(
 
 
 # --- measure ----------------------------------------------------------------------------------
+MAX_CATCHUP = 12
+"""The most whole windows per gate length one run measures after late or missed runs; older
+unjudged traffic is measured once as a `gap` (it lowers coverage, and is said so)."""
+SAMPLE_PERIOD = timedelta(seconds=60)
+"""Cloud Run's metrics sample period: a window is final once older than lag + this."""
+MIN_SPAN = timedelta(seconds=60)
+"""The shortest span queried (Cloud Monitoring's smallest alignment period); partial spans
+are whole minutes."""
+
+
+def spans(
+    spec: RolloutSpec,
+    status: st.ServiceStatus | None,
+    live: LiveService,
+    now: datetime,
+    lag: timedelta,
+) -> list[tuple[datetime, datetime, SpanKind]]:
+    """What one run measures for one service, per gate window length: every whole window
+    since the last judged one (aligned on the stage start, at most `MAX_CATCHUP`, older ones
+    as one gap), the kept provisional windows again, and the partial span up to the
+    ingestion horizon (`now - lag`). Pure."""
+    canary = spec.revisions.canary
+    if canary is None or live.traffic.percent_of(canary) == 0:
+        return []
+    since = stage_since(status, canary=canary, stage=live.traffic.percent_of(canary), now=now)
+    horizon = now - lag
+    kept = [w for w in (status.windows if status else ()) if w.start >= since]
+    out: list[tuple[datetime, datetime, SpanKind]] = []
+    for length in gate_windows(spec.gates):
+        mine = [w for w in kept if w.revision == canary and w.window == length]
+        out.extend((w.start, w.end, "window") for w in mine if w.provisional)
+        cursor = max((w.end for w in mine), default=since)
+        whole = int((horizon - cursor) / length) if horizon > cursor else 0
+        if whole > MAX_CATCHUP:
+            skip = cursor + (whole - MAX_CATCHUP) * length
+            out.append((cursor, skip, "gap"))
+            cursor, whole = skip, MAX_CATCHUP
+        for i in range(whole):
+            out.append((cursor + i * length, cursor + (i + 1) * length, "window"))
+        cursor += whole * length
+        rest = (horizon - cursor) // MIN_SPAN * MIN_SPAN
+        if rest >= MIN_SPAN:
+            out.append((cursor, cursor + rest, "partial"))
+    return list(dict.fromkeys(out))
+
+
 def measure(
     ctx: Context,
     items: Sequence[tuple[RolloutSpec, LiveService]],
     now: datetime,
 ) -> tuple[dict[tuple[str, str], list[Window]], dict[str, str]]:
-    """New windows for the canary and stable of every service with a live canary.
+    """The windows (see `spans`) of the canary and stable of every service with a live
+    canary; each state/ status is read here for its last judged window.
 
-    Batched: one provider call per metrics configuration and window length, covering every
-    service that shares it (the Cloud Monitoring provider makes one API call per metric per
-    project). Returns windows by (service, revision) and metric errors by service.
+    Batched: one provider call per metrics configuration and span, covering every service
+    that shares it (the Cloud Monitoring provider makes one API call per metric per project).
+    Returns windows by (service, revision) and metric errors by service.
     """
     out: dict[tuple[str, str], list[Window]] = {}
     errors: dict[str, str] = {}
     if ctx.metrics_for is None:
         return out, errors
-    groups: dict[tuple[str, timedelta], list[tuple[RolloutSpec, StatsQuery]]] = {}
+    groups: dict[
+        tuple[str, datetime, datetime, SpanKind], list[tuple[RolloutSpec, StatsQuery]]
+    ] = {}
+    providers: dict[str, MetricsProvider] = {}
     for spec, live in items:
         canary = spec.revisions.canary
-        if canary is None or live.traffic.percent_of(canary) == 0:
+        if canary is None:
             continue
-        revisions = (canary, spec.revisions.stable)
-        for length in gate_windows(spec.gates):
-            key = (spec.metrics.model_dump_json(), length)
-            groups.setdefault(key, []).append((spec, StatsQuery(ref_of(spec), revisions)))
-    for (_, length), members in groups.items():
-        provider = ctx.metrics_for(members[0][0].metrics)
+        key = spec.metrics.model_dump_json()
+        if key not in providers:
+            providers[key] = ctx.metrics_for(spec.metrics)
+        lag = _lag(providers[key])
         try:
-            stats = provider.window_stats([q for _, q in members], length, now)
+            status = st.read_status(ctx.repo, spec.service)
+        except ReconcileError:
+            status = None  # the service's own tick reports the corrupt file
+        query = StatsQuery(ref_of(spec), (canary, spec.revisions.stable))
+        for start, end, kind in spans(spec, status, live, now, lag):
+            groups.setdefault((key, start, end, kind), []).append((spec, query))
+    for (key, start, end, kind), members in groups.items():
+        provider = providers[key]
+        lag = _lag(provider)
+        try:
+            # The provider moves its window back by its lag: ask for the one wanted.
+            stats = provider.window_stats([q for _, q in members], end - start, end + lag)
         except MetricsError as exc:
             for spec, _ in members:
                 errors[spec.service] = str(exc)
             continue
+        provisional = end > now - lag - SAMPLE_PERIOD
         for spec, q in members:
             for rev in q.revisions:
                 w = stats.get((spec.service, rev))
                 if w is not None:
+                    w = replace(w, start=start, end=end, span=kind, provisional=provisional)
                     out.setdefault((spec.service, rev), []).append(w)
+    for found in out.values():
+        found.sort(key=lambda w: (w.end, w.start))
     return out, errors
+
+
+def _lag(provider: MetricsProvider) -> timedelta:
+    """The provider's ingestion lag (Cloud Monitoring has one; others read at once)."""
+    lag = getattr(provider, "ingestion_lag", None)
+    return lag if isinstance(lag, timedelta) else timedelta(0)
 
 
 # --- probe ------------------------------------------------------------------------------------

@@ -10,7 +10,7 @@ import enum
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, Literal
 
 
 @dataclass(frozen=True, order=True)
@@ -118,7 +118,8 @@ class LiveService:
     """The `terminal_condition` message when that condition failed, else None."""
 
     def __post_init__(self) -> None:
-        if not self.requested.targets:
+        # Older callers pass `requested=None` for "same as what serves".
+        if not isinstance(self.requested, TrafficSplit) or not self.requested.targets:
             object.__setattr__(self, "requested", self.traffic)
 
     @property
@@ -155,6 +156,10 @@ class LatencyBucket:
     count: int
 
 
+SpanKind = Literal["window", "partial", "gap"]
+"""What a measured span is to the judge (see `WindowStats.span`)."""
+
+
 @dataclass(frozen=True)
 class WindowStats:
     """Measured traffic of one revision over one window.
@@ -177,6 +182,13 @@ class WindowStats:
     """The non-empty buckets of the latency distribution, ascending; None when the provider
     gave no distribution. Percentiles over several windows are computed by merging these:
     per-window percentiles cannot be averaged."""
+    span: SpanKind = "window"
+    """`window`: a whole gate window. `partial`: the span since the last judged point, shorter
+    than a window: failing evidence only (fail fast), never kept or counted. `gap`: traffic a
+    capped catch-up could not judge, measured once for coverage only."""
+    provisional: bool = False
+    """Newer than the ingestion horizon (lag + sample period): late points may still arrive,
+    so the loop measures it again and replaces these numbers until it is final."""
     incomplete: str | None = None
     """Why the provider's data for this window is known to be partial (Cloud Monitoring's
     `execution_errors`), else None: such a window is never judged PASS or FAIL."""
@@ -333,10 +345,34 @@ class Streak:
     `failures` counts failing windows since the last passing one (inconclusive windows
     neither count nor reset); `through` is the end of the newest window counted, so a window
     is counted once however many runs see it and however few windows state/ keeps.
+    `inconclusive` counts INCONCLUSIVE windows in a row (any PASS or FAIL resets it), for
+    `gates.inconclusive_limit`.
     """
 
     failures: int = 0
     through: datetime | None = None
+    inconclusive: int = 0
+
+
+@dataclass(frozen=True)
+class Coverage:
+    """How much of the canary's traffic at the current stage was judged: requests in final,
+    whole windows out of the requests served up to the end of the newest of them."""
+
+    judged: int = 0
+    served: int = 0
+
+    @property
+    def share(self) -> float | None:
+        """judged / served, None before anything was served."""
+        return self.judged / self.served if self.served else None
+
+    def describe(self) -> str:
+        """`100% (1,200 of 1,200 requests judged)`, or `no traffic yet`."""
+        share = self.share
+        if share is None:
+            return "no traffic yet"
+        return f"{share * 100:.0f}% ({self.judged:,} of {self.served:,} requests judged)"
 
 
 @dataclass(frozen=True)
@@ -370,6 +406,8 @@ class ServiceStatus:
     """Recent probe runs, oldest first (bounded like `windows`)."""
     streaks: Mapping[str, Streak] = field(default_factory=dict)
     """Failing streak per gate (`error_rate`, `probe:<name>` ...) at the current stage."""
+    coverage: Coverage = Coverage()
+    """Judged out of served canary requests at the current stage."""
 
 
 @dataclass(frozen=True)

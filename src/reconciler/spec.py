@@ -329,6 +329,15 @@ class Gates(_Model):
     consecutive_failures: int = Field(
         default=2, ge=1, le=100, description="FAIL only after this many failing windows in a row."
     )
+    inconclusive_limit: int | None = Field(
+        default=None,
+        ge=1,
+        le=1000,
+        description=(
+            "After this many INCONCLUSIVE windows in a row (too little traffic, an interval "
+            "straddling the limit) the service is HELD: never promoted, and said so."
+        ),
+    )
     error_rate: ErrorRateGate | None = None
     latency_p95: LatencyGate | None = None
     success_rate: SuccessRateGate | None = None

@@ -52,6 +52,7 @@ from reconciler import redact, safepath
 from reconciler.errors import ReconcileError
 from reconciler.model import (
     MAX_WINDOWS,
+    Coverage,
     Event,
     EventKind,
     LatencyBucket,
@@ -500,10 +501,16 @@ def _status_to_data(s: ServiceStatus) -> dict[str, Any]:
                         "failures": k.failures,
                         "through": None if k.through is None else format_time(k.through),
                     }
+                    | ({"inconclusive": k.inconclusive} if k.inconclusive else {})
                     for gate, k in sorted(s.streaks.items())
                 }
             }
             if s.streaks
+            else {}
+        ),
+        **(
+            {"coverage": {"judged": s.coverage.judged, "served": s.coverage.served}}
+            if s.coverage.served
             else {}
         ),
     }
@@ -552,9 +559,15 @@ def _status_from_data(d: Any) -> ServiceStatus:
         ),
         # Files written before streaks were counted have none: counting starts from windows.
         streaks={
-            str(gate): Streak(_int(k["failures"]), _opt_time(k.get("through")))
+            str(gate): Streak(
+                _int(k["failures"]), _opt_time(k.get("through")), _int(k.get("inconclusive", 0))
+            )
             for gate, k in (d.get("streaks") or {}).items()
         },
+        coverage=Coverage(
+            _int((d.get("coverage") or {}).get("judged", 0)),
+            _int((d.get("coverage") or {}).get("served", 0)),
+        ),
     )
     verdict, verdict_at = _verdict_from_data(d["verdict"])
     return replace(status, verdict=verdict, verdict_at=verdict_at)
@@ -665,6 +678,8 @@ def _stats_to_data(s: WindowStats, *, buckets: bool = False) -> dict[str, Any]:
         "p95": s.p95,
         "p99": s.p99,
     }
+    if s.provisional:  # absent when final, so final windows keep their old bytes
+        data["provisional"] = True
     # Absent rather than null when unknown, so lines without a distribution keep their bytes.
     if buckets and s.latency_buckets is not None:
         data["latency_buckets"] = [[b.lower, b.upper, b.count] for b in s.latency_buckets]
@@ -690,6 +705,7 @@ def _stats_from_data(d: Any) -> WindowStats:
         p99=_opt_float(d["p99"]),
         # Lines written before distributions were kept have no `latency_buckets`.
         latency_buckets=_buckets_from_data(d.get("latency_buckets")),
+        provisional=bool(d.get("provisional", False)),
         incomplete=None if d.get("incomplete") is None else str(d["incomplete"]),
     )
 

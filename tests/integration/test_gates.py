@@ -147,3 +147,16 @@ def test_canary_with_too_little_traffic_stays_inconclusive(sb: Sandbox) -> None:
     plan = plan_all(sb.repo, [], CloudRunBackend(), sb.now())
     assert plan.services[0].verdict is not None
     assert "min_requests" in plan.services[0].verdict.summary()
+
+
+def test_a_blatant_failure_rolls_back_on_the_first_run_with_enough_requests(sb: Sandbox) -> None:
+    """Fail fast on the emulator clock with Google's delays: 600 canary requests failing 30%
+    in the first minutes of the stage are judged as a partial span once readable, though no
+    whole window has ended and two failing windows would be needed."""
+    ctx = context(sb)
+    assert apply_all(ctx).exit_code == 0
+    sb.emu.behave(CANARY, error_rate=0.3)
+    sb.emu.load("ion-api", 600, tag="canary")
+    sb.emu.advance_clock(LAG + 120)  # readable, two minutes into the first 5m window
+    assert apply_all(ctx).exit_code == 4
+    assert live_percents(sb) == {STABLE: 100}
