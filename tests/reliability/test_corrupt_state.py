@@ -62,7 +62,9 @@ def test_a_failing_canary_with_corrupt_state_is_still_rolled_back(
 ) -> None:
     ctx = context(sb)
     assert apply_all(ctx).exit_code == 0  # 5% live
-    assert tick(sb, ctx, canary=2000).exit_code == 0  # one failing window recorded
+    # One window recorded, too small to judge (enough failing requests would fail fast and
+    # roll back before the state is damaged).
+    assert tick(sb, ctx, canary=50).exit_code == 0
     state = sb.repo / "state" / "ion-api"
     corrupt(state)
     sb.git("commit", "--quiet", "-am", "state damaged by a bad merge")
