@@ -22,9 +22,9 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
-from reconciler.emulator.scenario import Behavior, Dependency, Scenario
+from reconciler.emulator.scenario import Behavior, Dependency, Scenario, StatusCode
 
 TAG_RE = re.compile(r"^[a-z](?:[a-z0-9-]{0,44}[a-z0-9])?$")
 # A tag URL is `https://TAG---SERVICE-HASH-REGION.a.run.app`; its first DNS label must fit 63
@@ -897,26 +897,8 @@ class World:
         os.replace(tmp, path)
 
 
-_STATUS_CODES = frozenset(
-    {
-        "CANCELLED",
-        "UNKNOWN",
-        "INVALID_ARGUMENT",
-        "DEADLINE_EXCEEDED",
-        "NOT_FOUND",
-        "ALREADY_EXISTS",
-        "PERMISSION_DENIED",
-        "RESOURCE_EXHAUSTED",
-        "FAILED_PRECONDITION",
-        "ABORTED",
-        "OUT_OF_RANGE",
-        "UNIMPLEMENTED",
-        "INTERNAL",
-        "UNAVAILABLE",
-        "DATA_LOSS",
-        "UNAUTHENTICATED",
-    }
-)
+_STATUS_CODES = frozenset(get_args(StatusCode))
+"""The `grpc.StatusCode` names a fault or an operation may answer (one list: the scenario's)."""
 
 
 def _check_tag_length(tag: str, service: str) -> None:
