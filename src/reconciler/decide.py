@@ -123,11 +123,6 @@ class Decision:
         return self.acts and self.plan.reason is Reason.ROLLBACK
 
     @property
-    def edit_first(self) -> bool:
-        """An advance is a change of desired state: committed before its traffic write."""
-        return self.edit is not None and self.edit.kind is Reason.ADVANCE
-
-    @property
     def idle(self) -> bool:
         """Nothing new to record when held: state/ is left alone rather than committed."""
         return (
@@ -562,16 +557,6 @@ def commit_for(sp: ServicePlan, spec_commit: str | None) -> Commit:
     )
 
 
-def advance_commit(sp: ServicePlan, spec_commit: str | None) -> Commit:
-    """The commit of an advance's edit, made before its traffic write."""
-    edit = sp.edit.summary if sp.edit is not None else ""
-    return Commit(
-        f"reconcile({sp.service}): advance to {sp.canary_percent_after}%",
-        edit,
-        _trailers(sp.service, "advance", spec_commit),
-    )
-
-
 def merge_windows(
     old: Sequence[WindowStats], new: Iterable[WindowStats], keep: int
 ) -> tuple[tuple[WindowStats, ...], tuple[WindowStats, ...]]:
@@ -632,7 +617,6 @@ __all__ = [
     "Commit",
     "Decision",
     "action_event",
-    "advance_commit",
     "carried_out",
     "channel_env",
     "commit_for",

@@ -1,10 +1,12 @@
-"""Carrying out a Decision: dependencies, the rollout-file edit, the stamped traffic write and
-one record (status, metrics, events, commit), and recovering a write a crashed run left.
+"""Carrying out a Decision: dependencies, the stamped traffic write, the rollout-file edit and
+its record (status, metrics, events), committed alone (`record`, a manual action) or with the
+rest of a run (`write_record` + `commit_records`); and recovering a write a crashed run left.
 
 Crash safety: every traffic write also stamps the service with an annotation (`STAMP_KEY`)
-describing the write. Traffic goes first, the git record second; if the process dies in
-between, the next run finds a stamp that state/ has not recorded yet and writes the missing
-record (including a rollback's sticky edit of the rollout file).
+describing the write. Traffic goes first, the rollout-file edit and the git record second;
+if the process dies in between, the next run finds a stamp that state/ has not recorded yet
+and writes the missing record, including the edit (a rollback's sticky block, an advance's
+`canary_percent`, a finalize), so no commit is needed before the write.
 """
 
 from __future__ import annotations
@@ -22,13 +24,14 @@ from typing import Any
 from reconciler import state as st
 from reconciler import yamledit
 from reconciler.backends import Conflict, TrafficBackend
-from reconciler.decide import Commit, Decision, advance_commit
+from reconciler.decide import Commit, Decision
 from reconciler.errors import ReconcileError
 from reconciler.gitops import GitOps
 from reconciler.loader import load_spec
 from reconciler.metrics import MetricsProvider
 from reconciler.model import LiveService, ServiceStatus, Target, TrafficSplit
 from reconciler.plan import Reason, ServicePlan, SpecEdit, desired_split, is_rolled_back
+from reconciler.runcommit import Entry, run_commit
 from reconciler.shard import Shard
 from reconciler.spec import Metrics, RolloutSpec
 
@@ -209,7 +212,7 @@ def check_dependencies(ctx: Context, spec: RolloutSpec, live: LiveService) -> st
 def carry_out(
     ctx: Context, run: ServiceRun, d: Decision, redecide: Callable[[LiveService], Decision]
 ) -> tuple[Decision, bool]:
-    """Dependencies, (an advance: edit and commit first), traffic, edit. Raises on error.
+    """Dependencies, traffic (stamped), then the rollout-file edit. Raises on error.
 
     Returns the decision carried out (a re-decided one after an etag conflict) and whether
     this run carried it out. A rollback whose write cannot be confirmed is recorded anyway
@@ -223,10 +226,6 @@ def carry_out(
             raise ReconcileError(
                 f"{sp.ref.name}: dependencies unhealthy, no traffic moved: {unhealthy}"
             )
-    if d.edit_first and d.edit is not None:
-        edit_rollout_file(run, d.edit)
-        if ctx.git is not None:
-            commit_paths(ctx, advance_commit(sp, d.status.spec_commit), [run.path])
     wrote = False
     if sp.changes:
         try:
@@ -241,7 +240,7 @@ def carry_out(
             ctx.progress(
                 f"{sp.ref.service}: traffic {sp.before.describe()} -> {run.live.traffic.describe()}"
             )
-    if d.edit is not None and not d.edit_first:
+    if d.edit is not None:
         edit_rollout_file(run, d.edit)
     # Not written and no edit: a concurrent reconciler made this change; it records it.
     return d, wrote or d.edit is not None
@@ -259,11 +258,14 @@ def _with_live(status: ServiceStatus, live: LiveService) -> ServiceStatus:
 
 @dataclass(frozen=True)
 class Record:
-    """What one tick wrote to the working tree and the commit that records it (a run may
-    commit several services' records together)."""
+    """What one tick wrote to the working tree and the commit that would record it alone (a
+    run commits every service's record together, `commit_records`)."""
 
+    service: str
     paths: tuple[Path, ...]
     commit: Commit
+    late: bool = False
+    """Only the late record of an earlier write (see `recover`)."""
 
 
 def write_record(ctx: Context, run: ServiceRun, d: Decision, applied: bool) -> Record | None:
@@ -285,10 +287,14 @@ def write_record(ctx: Context, run: ServiceRun, d: Decision, applied: bool) -> R
     commit = d.commit if applied else d.held_commit
     late = [e for e in run.events if e.details.get("recovered")]
     if not applied and late:
-        commit = replace(
-            commit, subject=f"reconcile({service}): record missed write: {late[0].reason}"
-        )
-    return Record((st.state_dir(root, service), *([run.path] if run.edited else [])), commit)
+        commit = late_commit(commit, service, late[0])
+    paths = (st.state_dir(root, service), *([run.path] if run.edited else []))
+    return Record(service, paths, commit)
+
+
+def late_commit(commit: Commit, service: str, late: st.Event) -> Commit:
+    """The commit text of a late record of an earlier write (`recover`)."""
+    return replace(commit, subject=f"reconcile({service}): record missed write: {late.reason}")
 
 
 def record(ctx: Context, run: ServiceRun, d: Decision, applied: bool) -> str | None:
@@ -304,9 +310,21 @@ def record(ctx: Context, run: ServiceRun, d: Decision, applied: bool) -> str | N
 
 
 def commit_paths(ctx: Context, commit: Commit, paths: list[Path]) -> str | None:
+    """One service's commit of `paths`; None when nothing in them changed."""
     assert ctx.git is not None
     with ctx.git_lock:
         return ctx.git.commit(paths, " ".join(commit.subject.split()), commit.body, commit.trailers)
+
+
+def commit_records(ctx: Context, records: list[Record]) -> str | None:
+    """Commit many services' records as one commit (`runcommit.run_commit`); None when there
+    is no git or nothing in them changed. Raises `ReconcileError` when git fails."""
+    if ctx.git is None or not records:
+        return None
+    text = run_commit([Entry(r.commit, r.late) for r in records])
+    paths = [p for r in records for p in r.paths]
+    with ctx.git_lock:
+        return ctx.git.commit(paths, text.subject, text.body, text.trailers)
 
 
 # --- recovering a write a crashed run did not record -----------------------------------------

@@ -94,6 +94,7 @@ __all__ = [
     "is_reconciler_commit",
     "parse_trailers",
     "reconcile_trailers",
+    "trailer_pairs",
 ]
 
 log = logging.getLogger(__name__)
@@ -200,10 +201,21 @@ def reconcile_trailers(
     return out
 
 
+Trailers = Mapping[str, str] | Sequence[tuple[str, str]]
+"""A commit's trailers: a mapping, or (key, value) pairs where a key may repeat (a run's
+commit carries `Reconcile-Service`/`Reconcile-Action` once per service it records)."""
+
+
+def _pairs(trailers: Trailers | None) -> list[tuple[str, str]]:
+    if trailers is None:
+        return []
+    return list(trailers.items()) if isinstance(trailers, Mapping) else list(trailers)
+
+
 def format_message(
     subject: str,
     body: str = "",
-    trailers: Mapping[str, str] | None = None,
+    trailers: Trailers | None = None,
     *,
     skip_reconcile: bool = True,
 ) -> str:
@@ -213,34 +225,42 @@ def format_message(
     body = redact.scrub(body)
     if not subject:
         raise ValueError("a commit needs a subject")
-    all_trailers = {k: redact.scrub(v) for k, v in (trailers or {}).items()}
+    all_trailers = [(k, redact.scrub(v)) for k, v in _pairs(trailers)]
     if skip_reconcile:
+        all_trailers = [(k, v) for k, v in all_trailers if k != SKIP_TRAILER]
         if SKIP_MARKER not in subject:
             subject = f"{subject} {SKIP_MARKER}"
-        all_trailers[SKIP_TRAILER] = "true"
-    for key, value in all_trailers.items():
+        all_trailers.append((SKIP_TRAILER, "true"))
+    for key, value in all_trailers:
         if not _TRAILER_KEY.match(key) or "\n" in value or not value.strip():
             raise ValueError(f"invalid trailer {key!r}: {value!r}")
     parts = [subject]
     if body.strip():
         parts.append(body.strip("\n"))
     if all_trailers:
-        parts.append("\n".join(f"{k}: {v}" for k, v in all_trailers.items()))
+        parts.append("\n".join(f"{k}: {v}" for k, v in all_trailers))
     return "\n\n".join(parts) + "\n"
 
 
-def parse_trailers(message: str) -> dict[str, str]:
-    """The trailers of a commit message: its last paragraph when every line is `Key: value`."""
+def trailer_pairs(message: str) -> list[tuple[str, str]]:
+    """Every trailer of a commit message in order, repeated keys kept: its last paragraph
+    when every line is `Key: value`."""
     paragraphs = [p for p in re.split(r"\n\s*\n", message.strip()) if p.strip()]
     if len(paragraphs) < 2:
-        return {}
-    out = {}
+        return []
+    out = []
     for line in paragraphs[-1].splitlines():
         m = _TRAILER_LINE.match(line.strip())
         if not m:
-            return {}
-        out[m.group(1)] = m.group(2).strip()
+            return []
+        out.append((m.group(1), m.group(2).strip()))
     return out
+
+
+def parse_trailers(message: str) -> dict[str, str]:
+    """The trailers of a commit message as a mapping (a repeated key keeps its last value;
+    see `trailer_pairs` for a run's commit)."""
+    return dict(trailer_pairs(message))
 
 
 def is_reconciler_commit(message: str) -> bool:
@@ -367,7 +387,7 @@ class GitOps:
         paths: Iterable[Path | str],
         subject: str,
         body: str = "",
-        trailers: Mapping[str, str] | None = None,
+        trailers: Trailers | None = None,
         *,
         skip_reconcile: bool = True,
     ) -> str | None:

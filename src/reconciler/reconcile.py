@@ -2,28 +2,31 @@
 
 `gather` reads rollout files, state/ and live services (concurrently), measures windows
 (batched per metrics configuration) and runs probes; `decide.decide` makes every decision
-as a value; `execute` carries it out and records it. Nothing here decides.
+as a value; `execute` carries it out and writes its record; `recording` commits the run's
+records together and pushes them. Nothing here decides.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import time
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, replace
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
+from reconciler import saved as saved_mod
 from reconciler import state as st
 from reconciler.backends import TrafficBackend
 from reconciler.decide import Decision, decide, missing_env
 from reconciler.errors import ReconcileError
 from reconciler.execute import STAMP_KEY as STAMP_KEY
 from reconciler.execute import Context as Context  # re-exported: callers build it from here
-from reconciler.execute import ServiceRun, carry_out, commit_paths, record, recover
+from reconciler.execute import Record, ServiceRun, carry_out, late_commit, recover, write_record
 from reconciler.execute import read_stamp as read_stamp
 from reconciler.gather import gather, load_all, measure, observe, probe
 from reconciler.gather import ref_of as ref_of
@@ -32,6 +35,7 @@ from reconciler.loader import load_spec
 from reconciler.model import LiveService, Verdict
 from reconciler.model import WindowStats as Window
 from reconciler.plan import Plan, PlanError, ServiceError, ServicePlan, is_rolled_back
+from reconciler.recording import Book, push, sync
 from reconciler.shard import Shard
 from reconciler.spec import RolloutSpec
 
@@ -73,11 +77,16 @@ class RunResult:
     git_error: str | None = None
     degraded: str | None = None
     """Why the clone is not at the remote's tip (rollbacks only this run); None when it is."""
+    rollbacks_pushed: bool | None = None
+    """Whether the run's rollback commit reached the remote (None: there was none, or no push)."""
+    commits: tuple[str, ...] = ()
+    """The run's commits, in order: at most a rollback commit and a record commit."""
 
     @property
     def recorded(self) -> bool:
         """Whether every rollback of the run is committed and on the remote."""
-        return self.pushed is True and all(o.commit for o in self.outcomes if o.rolled_back)
+        landed = self.pushed is True or self.rollbacks_pushed is True
+        return landed and all(o.commit for o in self.outcomes if o.rolled_back)
 
     @property
     def exit_code(self) -> int:
@@ -214,35 +223,14 @@ def _prepare(
     return _Tick(run, d, redecide, path.read_bytes())
 
 
-def reconcile_service(
-    ctx: Context,
-    path: Path,
-    spec: RolloutSpec,
-    live: LiveService,
-    new_windows: Sequence[Window],
-    metrics_error: str | None,
-    *,
-    dry_run: bool = False,
-    saved: ServicePlan | None = None,
-) -> ServiceOutcome:
-    """Gather one service's inputs, decide, carry the Decision out and record it.
-
-    With `saved` (from `apply PLANFILE`), a decision that no longer matches it is refused
-    before anything is written.
-    """
-    t = _prepare(ctx, path, spec, live, new_windows, metrics_error, dry_run=dry_run)
-    d = t.decision
-    if dry_run:
-        return ServiceOutcome(d.service, plan=d.plan, verdict=d.verdict)
-    mismatch = _differs(saved, d.plan) if saved is not None else None
-    if mismatch:
-        return ServiceOutcome(d.service, plan=d.plan, error=mismatch, verdict=d.verdict)
-    return _carry_and_record(ctx, t.run, d, t.redecide)
-
-
 def _carry_and_record(
-    ctx: Context, run: ServiceRun, d: Decision, redecide: Callable[[LiveService], Decision]
+    ctx: Context,
+    book: Book,
+    run: ServiceRun,
+    d: Decision,
+    redecide: Callable[[LiveService], Decision],
 ) -> ServiceOutcome:
+    """Carry a decision out and write its record for the run's next commit."""
     error: str | None = None
     applied = False
     if d.acts:
@@ -260,11 +248,7 @@ def _carry_and_record(
             f"{d.plan.ref.name}: rollback written but NOT confirmed serving, the next run "
             f"retries it: {run.unconfirmed}"
         )
-    commit = None
-    try:
-        commit = record(ctx, run, d, applied)
-    except ReconcileError as exc:
-        error = f"{error}; {exc}" if error else str(exc)
+    book.add(write_record(ctx, run, d, applied))
     rolled_back = applied and d.rollback and run.unconfirmed is None
     return ServiceOutcome(
         d.service,
@@ -272,7 +256,6 @@ def _carry_and_record(
         applied=applied,
         rolled_back=rolled_back,
         error=error,
-        commit=commit,
         events=(*run.events, *d.events, *(d.done if applied else ())),
         verdict=d.verdict,
         rollback_failed=d.rollback and not rolled_back,
@@ -280,68 +263,60 @@ def _carry_and_record(
 
 
 # --- a run ----------------------------------------------------------------------------------------
-def apply_all(
-    ctx: Context,
-    patterns: Sequence[str] = (),
-    *,
-    dry_run: bool = False,
-    saved: Plan | None = None,
-) -> RunResult:
-    """Reconcile every selected service; one failing service never blocks the others.
+class Listener(Protocol):
+    """Told of a run's progress as it happens (the CLI prints each service as it finishes)."""
 
-    Rollbacks first: every service is decided from the working tree as it is, on a pool
-    (probes of different services run concurrently), and a rollback is carried out and
-    committed the moment it is decided, before anything that can block it (the git sync,
-    another service, an uncommitted edit). Then the clone is synced with the remote; when it
-    cannot reach the remote's tip the run is degraded and applies nothing else. Otherwise
-    every other decision is carried out (re-decided when the sync changed its rollout file).
-    """
-    if saved is not None:
-        if not saved.services:
-            return RunResult(())  # an empty saved plan applies nothing
-        patterns = saved_services(ctx.repo / "rollout", saved)
-        refused = check_saved(ctx, saved, patterns)
-        if refused:
-            return RunResult(refused)
-    files = rollout_files(ctx.repo / "rollout", patterns)
-    dirty = set() if dry_run or ctx.git is None else _dirty(ctx)
-    specs, load_errors = load_all(files, ctx.shard)
-    by_stem = {p.stem: p for p in files}
-    outcomes = [
-        ServiceOutcome(
-            e.service,
-            error=f"{_uncommitted(ctx, by_stem[e.service])}; it does not load either: {e.message}"
-            if e.service in by_stem and by_stem[e.service].resolve() in dirty
-            else e.message,
-        )
-        for e in load_errors
-    ]
-    lives = observe(ctx.backend, [s for _, s in specs], ctx.max_workers)
-    ok: list[tuple[Path, RolloutSpec, LiveService]] = []
-    for path, spec in specs:
-        live = lives[spec.service]
-        if isinstance(live, str):
-            outcomes.append(ServiceOutcome(spec.service, error=live))
-        else:
-            ok.append((path, spec, live))
-    windows, metric_errors = measure(ctx, [(s, lv) for _, s, lv in ok], ctx.clock())
-    saved_by = {s.service: s for s in saved.services} if saved else {}
-    deadline = time.monotonic() + ctx.probe_budget
+    def started(self, total: int) -> None:
+        """The run has `total` services."""
 
-    def first(item: tuple[Path, RolloutSpec, LiveService]) -> _Tick | ServiceOutcome:
+    def finished(self, outcome: ServiceOutcome, degraded: bool) -> None:
+        """One service is done (its commit, if any, is made at the end of the run);
+        `degraded`: the run is held to rollbacks only."""
+
+
+Item = tuple[Path, RolloutSpec, LiveService]
+
+
+@dataclass
+class _Run:
+    """What every service of one run shares: inputs measured once, the outcomes so far and
+    the records waiting for the run's commit."""
+
+    ctx: Context
+    dry_run: bool
+    dirty: set[Path]
+    saved: Mapping[str, ServicePlan]
+    listener: Listener | None
+    book: Book
+    windows: Mapping[tuple[str, str], Sequence[Window]] = field(default_factory=dict)
+    metric_errors: Mapping[str, str] = field(default_factory=dict)
+    deadline: float = 0.0
+    outcomes: list[ServiceOutcome] = field(default_factory=list)
+
+    degraded: str | None = None
+
+    def done(self, outcome: ServiceOutcome) -> None:
+        self.outcomes.append(outcome)
+        if self.listener is not None:
+            self.listener.finished(outcome, self.degraded is not None)
+
+    def first(self, item: Item) -> _Tick | ServiceOutcome:
+        """Decide from the working tree as it is; a rollback is carried out at once."""
         path, spec, live = item
-        mine = saved_by.get(spec.service)
-        stale = _stale(mine, live) if mine is not None else None
-        if stale:
-            return ServiceOutcome(spec.service, error=stale)
+        mine = self.saved.get(spec.service)
+        moved = saved_mod.stale(mine, live) if mine is not None else None
+        if moved:
+            return ServiceOutcome(spec.service, error=moved)
         won = [w for rev in (spec.revisions.canary, spec.revisions.stable) if rev
-               for w in windows.get((spec.service, rev), [])]  # fmt: skip
-        err = metric_errors.get(spec.service)
-        t = _prepare(ctx, path, spec, live, won, err, dry_run=dry_run, probe_deadline=deadline)
+               for w in self.windows.get((spec.service, rev), [])]  # fmt: skip
+        err = self.metric_errors.get(spec.service)
+        t = _prepare(
+            self.ctx, path, spec, live, won, err, dry_run=self.dry_run, probe_deadline=self.deadline
+        )
         d = t.decision
-        if dry_run:
+        if self.dry_run:
             return ServiceOutcome(d.service, plan=d.plan, verdict=d.verdict)
-        mismatch = _differs(mine, d.plan) if mine is not None else None
+        mismatch = saved_mod.differs(mine, d.plan) if mine is not None else None
         if mismatch:
             return ServiceOutcome(d.service, plan=d.plan, error=mismatch, verdict=d.verdict)
         # A rollback the verdict decides now (and the late record of an earlier write) never
@@ -349,75 +324,197 @@ def apply_all(
         # is desired state like any other: it waits for the sync (the remote may have
         # cleared it), so a stale clone never reverts a canary a person retried.
         if d.rollback and not is_rolled_back(spec):
-            return _carry_and_record(ctx, t.run, d, t.redecide)
+            return _carry_and_record(self.ctx, self.book, t.run, d, t.redecide)
         if any(e.details.get("recovered") for e in t.run.events):
-            _record_late(ctx, t)
+            self._record_late(t)
         return t
 
-    ticks = _on_pool(ctx, first, ok, outcomes)
-    degraded = None if dry_run else _sync(ctx)
-    if degraded is not None:
-        log.warning("degraded: %s", degraded)
-
-    def rest(t: _Tick) -> ServiceOutcome:
+    def rest(self, degraded: str | None, t: _Tick) -> ServiceOutcome:
+        """Carry out a decision after the sync (or hold it, recording what was measured)."""
         d = t.decision
-        if t.run.path.resolve() in dirty and not d.rollback:
+        if t.run.path.resolve() in self.dirty and not d.rollback:
             # Git is the desired state: applying an edit nobody committed would make live
             # traffic disagree with every commit. Other services go on; what was measured is
             # still recorded, or failing windows would never add up to a rollback.
-            error = f"{_uncommitted(ctx, t.run.path)}, nothing moved for this service"
-            return _held(ctx, t, error=error)
+            error = f"{_uncommitted(self.ctx, t.run.path)}, nothing moved for this service"
+            return self._held(t, error=error)
         if degraded is not None and not d.rollback:
             held = f"degraded, {d.plan.reason.value} not applied: {degraded}" if d.acts else None
-            return _held(ctx, t, held=held)
+            return self._held(t, held=held)
         if not t.run.path.exists():
             return ServiceOutcome(d.service, error="rollout file removed by the sync; not applied")
         if t.run.path.read_bytes() != t.text:
             # The sync brought a newer desired state: decide again from it.
             spec = load_spec(t.run.path)
-            again = _prepare(
-                ctx,
-                t.run.path,
-                spec,
-                t.run.live,
-                [],
-                None,
-                probe_deadline=deadline,
+            t = _prepare(
+                self.ctx, t.run.path, spec, t.run.live, [], None, probe_deadline=self.deadline
             )
-            return _carry_and_record(ctx, again.run, again.decision, again.redecide)
-        return _carry_and_record(ctx, t.run, d, t.redecide)
+        return _carry_and_record(self.ctx, self.book, t.run, t.decision, t.redecide)
 
-    done = _on_pool(ctx, rest, ticks, outcomes)
+    def _held(
+        self, t: _Tick, *, error: str | None = None, held: str | None = None
+    ) -> ServiceOutcome:
+        """A service not carried out this run: its observations are recorded all the same."""
+        d = t.decision
+        self.book.add(write_record(self.ctx, t.run, d, False))
+        return ServiceOutcome(d.service, plan=d.plan, verdict=d.verdict, error=error, held=held)
+
+    def _record_late(self, t: _Tick) -> None:
+        """Write the late record of an earlier write for the run's first commit (before the
+        sync); the service's own decision still waits for it."""
+        run = t.run
+        service = run.spec.service
+        late = [e for e in run.events if e.details.get("recovered")]
+        st.append_events(self.ctx.state_root, service, run.events)
+        run.events.clear()
+        paths = (st.state_dir(self.ctx.state_root, service), *([run.path] if run.edited else []))
+        commit = late_commit(t.decision.held_commit, service, late[0])
+        self.book.add(Record(service, paths, commit, late=True))
+        run.edited = False
+        t.text = run.path.read_bytes()
+
+
+def apply_all(
+    ctx: Context,
+    patterns: Sequence[str] = (),
+    *,
+    dry_run: bool = False,
+    saved: Plan | None = None,
+    listener: Listener | None = None,
+) -> RunResult:
+    """Reconcile every selected service; one failing service never blocks the others.
+
+    Rollbacks first: every service is decided from the working tree as it is, on a pool
+    (probes of different services run concurrently), and a rollback's traffic is written the
+    moment it is decided, before anything that can block it (the git sync, another service,
+    an uncommitted edit). The run's rollbacks (and late records of earlier writes) are then
+    committed as one commit, the clone synced with the remote, and that commit pushed; when
+    the clone cannot reach the remote's tip the run is degraded and applies nothing else.
+    Otherwise every other decision is carried out (re-decided when the sync changed its
+    rollout file) and the run's records are committed as one commit and pushed.
+    docs/git-and-state.md, "Commits of a run".
+    """
+    if saved is not None:
+        if not saved.services:
+            return RunResult(())  # an empty saved plan applies nothing
+        patterns = saved_mod.saved_services(ctx.repo / "rollout", saved)
+        refused = _refused(ctx, saved, patterns)
+        if refused:
+            for o in refused:
+                if listener is not None:
+                    listener.finished(o, False)
+            return RunResult(refused)
+    run, items = _start(ctx, patterns, dry_run, saved, listener)
+    ticks = _on_pool(run, run.first, items)
+    if dry_run:
+        return _result(run)
+    early = run.book.commit(moved=_moved(run))
+    degraded = run.degraded = sync(ctx)
+    if degraded is not None:
+        log.warning("degraded: %s", degraded)
+    first = _Push.of(ctx, _moved(run, committed=True), degraded) if early else _Push()
+    done = _on_pool(run, functools.partial(run.rest, degraded), ticks)
     assert not done  # `rest` always gives an outcome
-    pushed, git_error = (None, None) if dry_run else _push(ctx, outcomes, degraded)
-    ordered = tuple(sorted(outcomes, key=lambda o: o.service))
-    return RunResult(ordered, pushed, git_error, degraded)
+    last = run.book.commit(moved=_moved(run))
+    # Everything not on the remote yet: this run's record and a rollback commit whose push
+    # failed (the push takes every unpushed commit).
+    landed = first.moved if first.pushed else ()
+    unpushed = [s for s in _moved(run, committed=True) if s not in landed]
+    final = _Push.of(ctx, unpushed, degraded, committed=last is not None)
+    if final.pushed is None:
+        final = first
+    return _result(run, final, degraded, rollbacks_pushed=first.pushed)
+
+
+@dataclass(frozen=True)
+class _Push:
+    """One push of the run's commits: whether it landed, why not, the services it moved."""
+
+    pushed: bool | None = None
+    error: str | None = None
+    moved: tuple[str, ...] = ()
+
+    @classmethod
+    def of(
+        cls, ctx: Context, moved: Sequence[str], degraded: str | None, *, committed: bool = True
+    ) -> _Push:
+        pushed, error = push(ctx, moved, committed, degraded)
+        return cls(pushed, error, tuple(moved))
+
+
+def _moved(run: _Run, *, committed: bool = False) -> list[str]:
+    """Services whose traffic this run changed (with `committed`: and whose record is in one
+    of the run's commits)."""
+    return [
+        o.service
+        for o in run.outcomes
+        if o.applied and (not committed or o.service in run.book.commits)
+    ]
+
+
+def _start(
+    ctx: Context,
+    patterns: Sequence[str],
+    dry_run: bool,
+    saved: Plan | None,
+    listener: Listener | None,
+) -> tuple[_Run, list[Item]]:
+    """Load the rollout files, read live services and measure windows: the run's shared
+    inputs, and the services that can be decided (the others already have an outcome)."""
+    files = rollout_files(ctx.repo / "rollout", patterns)
+    dirty = set() if dry_run or ctx.git is None else _dirty(ctx)
+    specs, load_errors = load_all(files, ctx.shard)
+    run = _Run(ctx, dry_run, dirty, saved_mod.by_service(saved), listener, Book(ctx))
+    if listener is not None:
+        listener.started(len(specs) + len(load_errors))
+    by_stem = {p.stem: p for p in files}
+    for e in load_errors:
+        path = by_stem.get(e.service)
+        if path is not None and path.resolve() in dirty:
+            run.done(
+                ServiceOutcome(
+                    e.service,
+                    error=f"{_uncommitted(ctx, path)}; it does not load either: {e.message}",
+                )
+            )
+        else:
+            run.done(ServiceOutcome(e.service, error=e.message))
+    lives = observe(ctx.backend, [s for _, s in specs], ctx.max_workers)
+    items: list[Item] = []
+    for path, spec in specs:
+        live = lives[spec.service]
+        if isinstance(live, str):
+            run.done(ServiceOutcome(spec.service, error=live))
+        else:
+            items.append((path, spec, live))
+    run.windows, run.metric_errors = measure(ctx, [(s, lv) for _, s, lv in items], ctx.clock())
+    run.deadline = time.monotonic() + ctx.probe_budget
+    return run, items
 
 
 _T = TypeVar("_T")
 
 
 def _on_pool(
-    ctx: Context,
-    work: Callable[[_T], _Tick | ServiceOutcome],
-    items: Sequence[_T],
-    outcomes: list[ServiceOutcome],
+    run: _Run, work: Callable[[_T], _Tick | ServiceOutcome], items: Sequence[_T]
 ) -> list[_Tick]:
-    """Run `work` per service on the run's bounded pool; outcomes go to `outcomes`, ticks
-    still to carry out are returned. One service's error never stops the others."""
+    """Run `work` per service on the run's bounded pool; each outcome is done the moment its
+    service finishes, ticks still to carry out are returned. One service's error never stops
+    the others."""
     if not items:
         return []
     ticks: list[_Tick] = []
-    with ThreadPoolExecutor(max_workers=max(1, min(ctx.max_workers, len(items)))) as pool:
-        futures = [pool.submit(work, item) for item in items]
-        for item, future in zip(items, futures, strict=True):
+    workers = max(1, min(run.ctx.max_workers, len(items)))
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        futures = {pool.submit(work, item): item for item in items}
+        for future in as_completed(futures):
             try:
                 got = future.result()
             except (ReconcileError, PlanError) as exc:
-                outcomes.append(ServiceOutcome(_name_of(item), error=str(exc)))
+                run.done(ServiceOutcome(_name_of(futures[future]), error=str(exc)))
                 continue
             if isinstance(got, ServiceOutcome):
-                outcomes.append(got)
+                run.done(got)
             else:
                 ticks.append(got)
     return ticks
@@ -432,35 +529,42 @@ def _name_of(item: object) -> str:
     return spec.service
 
 
-def _held(
-    ctx: Context, t: _Tick, *, error: str | None = None, held: str | None = None
-) -> ServiceOutcome:
-    """A service not carried out this run: its observations are recorded all the same."""
-    d = t.decision
-    commit = None
-    try:
-        commit = record(ctx, t.run, d, False)
-    except ReconcileError as exc:
-        error = f"{error}; {exc}" if error else str(exc)
-    return ServiceOutcome(
-        d.service, plan=d.plan, verdict=d.verdict, error=error, held=held, commit=commit
+def _result(
+    run: _Run,
+    push: _Push | None = None,
+    degraded: str | None = None,
+    *,
+    rollbacks_pushed: bool | None = None,
+) -> RunResult:
+    """The run's outcomes (each with the commit holding its record), sorted by service."""
+    book = run.book
+    outcomes = sorted(
+        (replace(o, commit=book.commits.get(o.service)) for o in run.outcomes),
+        key=lambda o: o.service,
+    )
+    errors = [*book.errors, *([push.error] if push is not None and push.error else [])]
+    return RunResult(
+        tuple(outcomes),
+        push.pushed if push is not None else None,
+        "; ".join(errors) or None,
+        degraded,
+        rollbacks_pushed=rollbacks_pushed,
+        commits=tuple(book.shas),
     )
 
 
-def _record_late(ctx: Context, t: _Tick) -> None:
-    """Commit the late record of an earlier write now, before the sync; the service's own
-    decision still waits for it."""
-    run = t.run
-    service = run.spec.service
-    late = [e for e in run.events if e.details.get("recovered")]
-    st.append_events(ctx.state_root, service, run.events)
-    run.events.clear()
-    if ctx.git is not None:
-        subject = f"reconcile({service}): record missed write: {late[0].reason}"
-        paths = [st.state_dir(ctx.state_root, service), *([run.path] if run.edited else [])]
-        commit_paths(ctx, replace(t.decision.held_commit, subject=subject), paths)
-    run.edited = False
-    t.text = run.path.read_bytes()
+def _refused(ctx: Context, saved: Plan, names: Sequence[str]) -> tuple[ServiceOutcome, ...]:
+    """One error outcome per service when the saved plan is stale for any (none applied)."""
+    fresh = plan_all(
+        ctx.repo,
+        names,
+        ctx.backend,
+        ctx.clock(),
+        max_workers=ctx.max_workers,
+        environ=ctx.environ,
+    )
+    failed = saved_mod.refusals(saved, fresh)
+    return tuple(ServiceOutcome(name, error=failed[name]) for name in sorted(failed))
 
 
 def _uncommitted(ctx: Context, path: Path) -> str:
@@ -475,127 +579,3 @@ def _dirty(ctx: Context) -> set[Path]:
     """Rollout files with a change git has not committed (each service's own problem)."""
     assert ctx.git is not None
     return {(ctx.repo / rel).resolve() for rel in ctx.git.uncommitted(ctx.repo / "rollout")}
-
-
-def _sync(ctx: Context) -> str | None:
-    """Bring the clone onto the remote's tip; returns why it could not (degraded), or None."""
-    if ctx.git is None or not ctx.push or not ctx.git.has_remote():
-        return None
-    result = ctx.git.sync()
-    for note in (*result.repaired, *result.notes):
-        log.warning("git: %s", note)
-    if result.at_tip:
-        return None
-    return f"the clone is not at the remote's tip ({result.reason})"
-
-
-def _push(
-    ctx: Context, outcomes: Sequence[ServiceOutcome], degraded: str | None
-) -> tuple[bool | None, str | None]:
-    """Push the run's commits (and any an earlier failed push left)."""
-    if ctx.git is None or not ctx.push:
-        return None, None
-    committed = any(o.commit for o in outcomes)
-    if degraded is not None and not any(o.commit for o in outcomes if o.applied):
-        # The sync just failed to reach the remote: a push of older commits would too, and
-        # the run already says so (degraded). A run that moved traffic still tries.
-        return None, None
-    if not (committed or ctx.git.unpushed()):
-        return None, None
-    moved = [o.service for o in outcomes if o.applied]
-    what = f"traffic of {', '.join(moved)} moved and is" if moved else "the records are"
-    try:
-        return ctx.git.push(), None
-    except ReconcileError as exc:
-        lost = "degraded; " if degraded else ""
-        return False, (
-            f"{lost}push failed: {what} committed locally only, the next run pushes it: {exc}"
-        )
-
-
-def saved_services(rollout_dir: Path, saved: Plan) -> list[str]:
-    """The services a saved plan names, each an exact service with a rollout file here.
-
-    A hand-edited plan naming `ion-*` (or a service that has no rollout file) is refused
-    as a whole: a saved plan is an exact list, never a pattern.
-    """
-    present = {p.stem for p in rollout_files(rollout_dir)}
-    names = [s.service for s in saved.services]
-    for name in names:
-        if name not in present:
-            why = "a pattern" if any(ch in name for ch in "*?[]") else "not a service"
-            raise ReconcileError(
-                f"saved plan names {name!r}, {why} in {rollout_dir}; a saved plan lists exact "
-                "services: run plan again"
-            )
-    return names
-
-
-def check_saved(ctx: Context, saved: Plan, names: Sequence[str]) -> tuple[ServiceOutcome, ...]:
-    """All or nothing: the saved plan against a fresh read-only plan of the same services.
-
-    Returns one error outcome per service (empty when every service still matches): with
-    one stale service, none is applied.
-    """
-    fresh = plan_all(
-        ctx.repo,
-        names,
-        ctx.backend,
-        ctx.clock(),
-        max_workers=ctx.max_workers,
-        environ=ctx.environ,
-    )
-    by_name = {p.service: p for p in fresh.services}
-    failed = {e.service: e.message for e in fresh.errors}
-    for sp in saved.services:
-        now = by_name.get(sp.service)
-        if now is None:
-            failed.setdefault(sp.service, f"{sp.ref.name}: cannot be planned now")
-            continue
-        problem = _stale_at(sp, now.etag, now.generation) or _differs(sp, now)
-        if problem:
-            failed[sp.service] = problem
-    if not failed:
-        return ()
-    stale = ", ".join(sorted(failed))
-    return tuple(
-        ServiceOutcome(
-            sp.service,
-            error=failed.get(sp.service)
-            or f"{sp.ref.name}: not applied, the saved plan is stale for {stale}",
-        )
-        for sp in sorted(saved.services, key=lambda s: s.service)
-    )
-
-
-def _stale(saved: ServicePlan, live: LiveService) -> str | None:
-    return _stale_at(saved, live.etag, live.generation)
-
-
-def _stale_at(saved: ServicePlan, etag: str, generation: int) -> str | None:
-    if saved.etag != etag or saved.generation != generation:
-        return (
-            f"{saved.ref.name}: saved plan is stale (computed against generation "
-            f"{saved.generation}, live is generation {generation}); run plan again"
-        )
-    return None
-
-
-def _differs(saved: ServicePlan, fresh: ServicePlan) -> str | None:
-    """Why the saved plan no longer describes what apply would do (None: it does)."""
-    if not saved.after.same_routing(fresh.after) or saved.reason is not fresh.reason:
-        return (
-            f"{saved.ref.name}: saved plan is stale (it would now do {fresh.reason.value}: "
-            f"{fresh.after.describe()}); run plan again"
-        )
-    if _edit_keys(saved) != _edit_keys(fresh):
-        return (
-            f"{saved.ref.name}: saved plan is stale (the rollout-file edit would now write "
-            f"{', '.join(_edit_keys(fresh)) or 'nothing'}); run plan again"
-        )
-    return None
-
-
-def _edit_keys(sp: ServicePlan) -> tuple[str, ...]:
-    # Keys, not values: a rollback's block carries the time it is written.
-    return tuple(sorted(sp.edit.values)) if sp.edit is not None else ()

@@ -62,9 +62,11 @@ def test_plan_shows_first_stage_then_apply_makes_it_live(sb: Sandbox) -> None:
     again = plan_all(sb.repo, [], CloudRunBackend(), sb.now())
     assert not again.has_changes
 
-    # Git tells the truth: the remote has the state and a readable message.
+    # Git tells the truth: the remote has the state and a readable message (the run's
+    # subject, then a line per service that did something).
     log = sb.remote_log("-1", "--format=%s%n%b")
-    assert log.startswith("reconcile(ion-api): canary 0% -> 5% (ion-api-00042-xyz)")
+    assert log.startswith("reconcile: 1 applied [skip reconcile]\n")
+    assert "\nreconcile(ion-api): canary 0% -> 5% (ion-api-00042-xyz)\n" in log
     assert "Reconcile-Action: apply" in log
     status_text = sb.remote_file("state/ion-api/status.yaml")
     assert "ion-api-00042-xyz" in status_text

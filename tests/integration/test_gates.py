@@ -86,7 +86,8 @@ def test_canary_with_7_percent_errors_is_rolled_back_within_two_windows(sb: Sand
 
     # The rollback is in git with the measured values and the thresholds that caused it.
     body = sb.remote_log("-1", "--format=%s%n%b")
-    assert body.startswith("reconcile(ion-api): rollback canary 5% -> 0% (ion-api-00042-xyz)")
+    assert body.startswith("reconcile: 1 rolled back [skip reconcile]\n")
+    assert "\nreconcile(ion-api): rollback canary 5% -> 0% (ion-api-00042-xyz)\n" in body
     assert "error_rate: FAIL - error_rate" in body and "> 5%" in body
     spec = load_spec(sb.rollout())
     assert spec.rolled_back is not None and spec.canary_percent == 0
@@ -122,7 +123,7 @@ def test_healthy_canary_with_auto_advance_and_short_bake_advances_5_10_25(sb: Sa
     assert seen[-1] == 25, seen
     assert seen.index(10) >= 2  # it waited for the bake at 5% (PASS held for 10m)
     assert live_percents(sb) == {STABLE: 75, CANARY: 25}
-    subjects = sb.remote_log("--format=%s").splitlines()
+    subjects = sb.remote_log("--format=%b").splitlines()  # a line per service that acted
     assert any(s.startswith("reconcile(ion-api): advance canary 5% -> 10%") for s in subjects)
     assert any(s.startswith("reconcile(ion-api): advance canary 10% -> 25%") for s in subjects)
 

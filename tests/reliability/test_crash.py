@@ -60,7 +60,8 @@ def kill_after_write(sb: Sandbox, repo: Path, *args: str) -> None:
 
 
 def remote_subjects(sb: Sandbox) -> list[str]:
-    return sb.remote_log("--format=%s").splitlines()
+    """The run commits' subjects and their lines per service."""
+    return sb.remote_log("--format=%B").splitlines()
 
 
 def test_killed_apply_is_recorded_by_the_next_run(sb: Sandbox) -> None:

@@ -65,7 +65,7 @@ def test_four_runners_pushing_at_once_all_land(tmp_path: Path) -> None:
         for name, proc in second.items():
             assert proc.returncode == 0, (name, proc.stdout, proc.stderr)
 
-        subjects = sb.remote_log("--format=%s").splitlines()
+        subjects = sb.remote_log("--format=%b").splitlines()  # a line per service that acted
         for name in SERVICES:
             for change in ("canary 0% -> 5%", "canary 5% -> 25%"):
                 hits = [s for s in subjects if s.startswith(f"reconcile({name}): {change}")]

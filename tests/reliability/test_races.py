@@ -183,5 +183,5 @@ def test_four_reconcilers_racing_one_change_write_once_and_record_once(sb: Sandb
     sb.git("pull", "--quiet", "--rebase")
     kinds = [e.kind.value for e in read_events(sb.repo, "ion-api")]
     assert kinds == ["applied"], kinds
-    subjects = sb.remote_log("--format=%s").splitlines()
+    subjects = sb.remote_log("--format=%b").splitlines()  # a line per service that acted
     assert sum("canary 0% -> 5%" in s for s in subjects) == 1, subjects

@@ -39,6 +39,7 @@ class Run:
     git_error: str | None = None
     degraded: str | None = None
     recorded: bool = True
+    commits: tuple[str, ...] = ()
 
 
 def test_colour_only_when_asked_and_the_text_is_the_same_without_it() -> None:

@@ -1,4 +1,5 @@
-"""What `apply`, `rollback` and `promote` print: a line per service and a closing summary."""
+"""What `apply`, `rollback` and `promote` print: a line per service (as it finishes), the
+progress of a long run, and the closing lines (the run's commits, git errors, a summary)."""
 
 from __future__ import annotations
 
@@ -22,12 +23,9 @@ def _commit(sha: str | None) -> str:
     return f" (commit {sha[:10]})" if sha else ""
 
 
-def outcome_lines(
-    o: ServiceOutcome, *, color: bool = False, mark: str = "", recorded: bool = True
-) -> list[Line]:
+def outcome_lines(o: ServiceOutcome, *, color: bool = False, mark: str = "") -> list[Line]:
     """The lines of one service's outcome: applied, rolled back, held, blocked, in sync or
-    error. `mark` ends every line (degraded mode); `recorded` False says a rollback's record
-    has not reached the remote."""
+    error. `mark` ends every line (degraded mode)."""
     if o.error:
         # An error that already names its service (or its file) is not prefixed.
         named = o.service in o.error.split(":", 1)[0]
@@ -39,8 +37,7 @@ def outcome_lines(
     if o.rolled_back:
         head = paint("ROLLED BACK", "bad", color)
         what = sp.edit.summary if sp.edit else ""
-        where = "" if recorded else ", NOT yet recorded on the remote"
-        lines = [Line(f"{head} {o.service}: {what}{_commit(o.commit)}{where}{mark}")]
+        lines = [Line(f"{head} {o.service}: {what}{_commit(o.commit)}{mark}")]
     elif o.applied:
         change = f"{sp.before.describe()} -> {sp.after.describe()}"
         head = paint("applied", "change", color)
@@ -74,8 +71,38 @@ def summary(result: RunResult) -> str:
     )
 
 
+def progress_line(done: int, total: int, changed: int, rolled_back: int, elapsed_s: float) -> str:
+    """`apply: 412/1000 services, 3 changed, 0 rolled back, 12 s` (stderr, long runs)."""
+    return (
+        f"apply: {done}/{total} services, {changed} changed, {rolled_back} rolled back, "
+        f"{elapsed_s:.0f} s"
+    )
+
+
+def closing_lines(result: RunResult, *, dry_run: bool = False, color: bool = False) -> list[Line]:
+    """What `apply` prints after every service's line: a rollback not yet on the remote,
+    degraded mode, a git failure, the run's commits and the summary."""
+    lines = []
+    if not result.recorded:
+        for o in result.outcomes:
+            if o.rolled_back:
+                text = f"{o.service}: the rollback is NOT yet recorded on the remote"
+                lines.append(Line(f"{paint('warning:', 'bad', color)} {text}", err=True))
+    if result.degraded:
+        text = f"{result.degraded}; only rollbacks were applied"
+        lines.append(Line(f"{paint('degraded:', 'bad', color)} {text}", err=True))
+    if result.git_error:
+        lines.append(Line(f"{paint('error:', 'bad', color)} {result.git_error}", err=True))
+    if result.commits:
+        shas = ", ".join(sha[:10] for sha in result.commits)
+        lines.append(Line(f"recorded in {len(result.commits)} commit(s): {shas}"))
+    if not dry_run:
+        lines.append(Line(summary(result)))
+    return lines
+
+
 def run_lines(result: RunResult, *, dry_run: bool = False, color: bool = False) -> list[Line]:
-    """Everything `apply` prints after its work: outcomes, a git failure, the summary.
+    """Everything `apply` prints after its work: outcomes, then `closing_lines`.
 
     A dry run has printed its plan already, so only its errors follow.
     """
@@ -85,15 +112,8 @@ def run_lines(result: RunResult, *, dry_run: bool = False, color: bool = False) 
     for o in result.outcomes:
         if dry_run and not o.error:
             continue
-        lines += outcome_lines(o, color=color, mark=mark, recorded=result.recorded)
-    if result.degraded:
-        text = f"{result.degraded}; only rollbacks were applied"
-        lines.append(Line(f"{paint('degraded:', 'bad', color)} {text}", err=True))
-    if result.git_error:
-        lines.append(Line(f"{paint('error:', 'bad', color)} {result.git_error}", err=True))
-    if not dry_run:
-        lines.append(Line(summary(result)))
-    return lines
+        lines += outcome_lines(o, color=color, mark=mark)
+    return lines + closing_lines(result, dry_run=dry_run, color=color)
 
 
 def rollback_line(service: str, sp: ServicePlan | None, commit: str | None) -> str:
