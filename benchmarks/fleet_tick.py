@@ -7,12 +7,14 @@ writes. Then it runs steady ticks: `apply_all` with the Cloud Monitoring provide
 emulator, no probes and no git (commits are another benchmark's subject), nothing to change.
 Per tick it reports, from the emulator's own per-method counter, the read calls (Cloud Run
 Admin API) and the metric queries (ListTimeSeries), the wall time (median of `--reps`) and the
-process's peak resident memory.
+process's peak resident memory. With `--git` the repo is a git repository and each tick
+commits as `apply` does (no remote): the commits per tick are reported too (issue 15: one per
+run at most, none when nothing is new).
 
 The target is issue 15's: at most 20 Cloud Run read calls per tick for 1,000 services in one
 region (writes excluded); before reads by list it was 2 per service (2,000).
 
-Run: `python benchmarks/fleet_tick.py [--services 1000] [--reps 3]`.
+Run: `python benchmarks/fleet_tick.py [--services 1000] [--reps 3] [--git]`.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import argparse
 import os
 import resource
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -37,9 +40,10 @@ from reconciler.testing.emulator import emulator_process
 READS = {"GetService", "ListServices", "GetRevision", "ListRevisions", "GetOperation"}
 
 
-def tick(repo: Path) -> None:
-    """One steady `apply` tick: metrics measured, nothing to change, no git."""
+def tick(repo: Path, use_git: bool = False) -> None:
+    """One steady `apply` tick: metrics measured, nothing to change (git: commit, no push)."""
     from reconciler.backends.cloudrun import CloudRunBackend
+    from reconciler.gitops import GitOps
     from reconciler.reconcile import Context, apply_all
     from reconciler.runtime import metrics_factory, utc_now
 
@@ -49,6 +53,7 @@ def tick(repo: Path) -> None:
         clock=utc_now,
         metrics_for=metrics_factory(),
         run_probes=False,
+        git=GitOps(repo) if use_git else None,
     )
     result = apply_all(ctx)
     bad = [o for o in result.outcomes if o.error or o.applied]
@@ -56,10 +61,29 @@ def tick(repo: Path) -> None:
         raise RuntimeError(f"a steady tick changed or failed something: {bad[0]}")
 
 
+def init_git(repo: Path) -> None:
+    """The fleet's repo as git: everything so far in one commit, as a human would have it."""
+    who = ["-c", "user.name=fleet", "-c", "user.email=fleet@example.invalid"]
+    subprocess.run(["git", "init", "--quiet", "--initial-branch", "main", str(repo)], check=True)
+    subprocess.run(["git", "-C", str(repo), "add", "--all"], check=True)
+    subprocess.run(["git", "-C", str(repo), *who, "commit", "--quiet", "-m", "fleet"], check=True)
+
+
+def commit_count(repo: Path) -> int:
+    out = subprocess.run(
+        ["git", "-C", str(repo), "rev-list", "--count", "HEAD"],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    return int(out.stdout)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--services", type=int, default=1000)
     parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--git", action="store_true", help="commit each tick; count commits")
     args = parser.parse_args()
     n = args.services
     started = time.perf_counter()
@@ -74,14 +98,19 @@ def main() -> None:
             os.environ["RECONCILE_METRICS_LAG"] = "0s"
             http_url = env["CLOUD_RUN_EMULATOR_HTTP"]
             ps.seed_state(repo)
+            if args.git:
+                init_git(repo)
             walls: list[float] = []
             counted: dict[str, int] = {}
+            commits: list[int] = []
             for _ in range(args.reps):
                 admin_call(http_url, "reset-counters", {})
+                before = commit_count(repo) if args.git else 0
                 t0 = time.perf_counter()
-                tick(repo)
+                tick(repo, args.git)
                 walls.append(time.perf_counter() - t0)
                 counted = ps.calls(http_url)
+                commits.append(commit_count(repo) - before if args.git else 0)
     reads = sum(v for k, v in counted.items() if k in READS)
     queries = counted.get("ListTimeSeries", 0)
     peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -96,6 +125,8 @@ def main() -> None:
         f"| {peak_mib:.0f} |"
     )
     print()
+    if args.git:
+        print(f"git commits per tick: {', '.join(map(str, commits))}")
     met = "met" if reads <= 20 else "NOT met"
     print(f"target: at most 20 read calls per tick for {n:,} services in one region: {met}")
     print(f"elapsed {time.perf_counter() - started:.1f}s")

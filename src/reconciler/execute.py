@@ -271,15 +271,17 @@ class Record:
 def write_record(ctx: Context, run: ServiceRun, d: Decision, applied: bool) -> Record | None:
     """Write status, metrics and events of a tick; None when nothing new was seen (state/ is
     left alone then rather than committed every run)."""
-    if not applied and d.idle and not (run.events or run.edited):
-        return None
     root = ctx.state_root
+    # An unconfirmed rollback keeps the live split it read: the next run reads it again.
+    status = _with_live(d.status if applied else d.held, run.live)
+    quiet = not (applied or run.events or run.edited or d.events or d.added)
+    if quiet and (d.idle or _unchanged(root, status, d.previous)):
+        return None
     service = run.spec.service
     after = run.live.traffic.describe()
     done = tuple(replace(e, after=after) for e in d.done) if applied else ()
     events = (*run.events, *d.events, *done)
-    # An unconfirmed rollback keeps the live split it read: the next run reads it again.
-    st.write_status(root, _with_live(d.status if applied else d.held, run.live))
+    st.write_status(root, status)
     if d.added:
         st.append_metrics(root, service, d.added)
     if events:
@@ -290,6 +292,20 @@ def write_record(ctx: Context, run: ServiceRun, d: Decision, applied: bool) -> R
         commit = late_commit(commit, service, late[0])
     paths = (st.state_dir(root, service), *([run.path] if run.edited else []))
     return Record(service, paths, commit)
+
+
+def _unchanged(root: Path, status: ServiceStatus, previous: ServiceStatus | None) -> bool:
+    """Whether `status` says nothing the status file does not: only its times (the run's,
+    the same verdict judged again) would change."""
+    if previous is None:
+        return False
+    steady = replace(status, last_reconcile=previous.last_reconcile, verdict_at=previous.verdict_at)
+    try:
+        return st.status_path(root, status.service).read_text(encoding="utf-8") == st.status_text(
+            steady
+        )
+    except (OSError, ValueError):
+        return False
 
 
 def late_commit(commit: Commit, service: str, late: st.Event) -> Commit:

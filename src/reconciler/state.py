@@ -189,10 +189,9 @@ def atomic_write_text(path: Path, text: str) -> None:
         raise
 
 
-def write_status(root: Path, status: ServiceStatus) -> Path:
-    """Write `status.yaml` for `status.service`; returns its path."""
-    path = status_path(root, status.service)
-    text = yaml.dump(
+def status_text(status: ServiceStatus) -> str:
+    """The text of `status.yaml` for `status` (what `write_status` writes)."""
+    return yaml.dump(
         _scrubbed(_status_to_data(status)),
         Dumper=_StatusDumper,
         sort_keys=False,
@@ -200,7 +199,12 @@ def write_status(root: Path, status: ServiceStatus) -> Path:
         allow_unicode=True,
         width=100,
     )
-    atomic_write_text(path, text)
+
+
+def write_status(root: Path, status: ServiceStatus) -> Path:
+    """Write `status.yaml` for `status.service`; returns its path."""
+    path = status_path(root, status.service)
+    atomic_write_text(path, status_text(status))
     return path
 
 
