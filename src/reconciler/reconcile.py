@@ -2,8 +2,9 @@
 
 `gather` reads rollout files, state/ and live services (concurrently), measures windows
 (batched per metrics configuration) and runs probes; `decide.decide` makes every decision
-as a value; `execute` carries it out and writes its record; `recording` commits the run's
-records together and pushes them. Nothing here decides.
+as a value; `servicetick` runs one service's tick (`execute` carries a decision out and
+writes its record); `recording` commits the run's records together and pushes them; this
+module orders all of it into a run. Nothing here decides.
 """
 
 from __future__ import annotations
@@ -22,86 +23,30 @@ from typing import Protocol, TypeVar
 from reconciler import saved as saved_mod
 from reconciler import state as st
 from reconciler.backends import TrafficBackend
-from reconciler.decide import Decision, decide, missing_env
+from reconciler.decide import decide, missing_env
 from reconciler.errors import ReconcileError
 from reconciler.execute import STAMP_KEY as STAMP_KEY
 from reconciler.execute import Context as Context  # re-exported: callers build it from here
-from reconciler.execute import Record, ServiceRun, carry_out, late_commit, recover, write_record
+from reconciler.execute import Record, late_commit, write_record
 from reconciler.execute import read_stamp as read_stamp
-from reconciler.gather import gather, load_all, measure, observe, probe
+from reconciler.gather import gather, load_all, measure, observe
 from reconciler.gather import ref_of as ref_of
 from reconciler.gather import rollout_files as rollout_files
 from reconciler.loader import load_spec
-from reconciler.model import LiveService, Verdict
+from reconciler.model import LiveService
 from reconciler.model import WindowStats as Window
+from reconciler.outcome import DEGRADED_EXIT as DEGRADED_EXIT
+from reconciler.outcome import ROLLED_BACK_EXIT as ROLLED_BACK_EXIT
+from reconciler.outcome import ROLLED_BACK_LOCAL_EXIT as ROLLED_BACK_LOCAL_EXIT
+from reconciler.outcome import RunResult as RunResult
+from reconciler.outcome import ServiceOutcome as ServiceOutcome
 from reconciler.plan import Plan, PlanError, ServiceError, ServicePlan, is_rolled_back
 from reconciler.recording import Book, push, sync
+from reconciler.servicetick import Tick, carry_and_record, prepare
 from reconciler.shard import Shard
 from reconciler.spec import RolloutSpec
 
 log = logging.getLogger(__name__)
-
-ROLLED_BACK_EXIT = 4
-"""A canary was rolled back: the rollback serves AND its record is on the remote."""
-ROLLED_BACK_LOCAL_EXIT = 5
-"""A canary was rolled back and serves, but its record did not reach the remote (the push
-failed, the clone is degraded, or --no-push/--no-commit): the next run pushes it."""
-DEGRADED_EXIT = 3
-"""The clone could not reach the remote's tip: only rollbacks were applied, nothing else."""
-
-
-@dataclass(frozen=True)
-class ServiceOutcome:
-    """What happened to one service in one run."""
-
-    service: str
-    plan: ServicePlan | None = None
-    applied: bool = False
-    rolled_back: bool = False
-    error: str | None = None
-    commit: str | None = None
-    events: tuple[st.Event, ...] = ()
-    verdict: Verdict | None = None
-    rollback_failed: bool = False
-    """A rollback was decided but its write did not come to serve (the next run retries)."""
-    held: str | None = None
-    """Why a change this run decided was not carried out (degraded mode); None otherwise."""
-
-
-@dataclass(frozen=True)
-class RunResult:
-    """The outcome of one `apply` run over many services."""
-
-    outcomes: tuple[ServiceOutcome, ...]
-    pushed: bool | None = None
-    git_error: str | None = None
-    degraded: str | None = None
-    """Why the clone is not at the remote's tip (rollbacks only this run); None when it is."""
-    rollbacks_pushed: bool | None = None
-    """Whether the run's rollback commit reached the remote (None: there was none, or no push)."""
-    commits: tuple[str, ...] = ()
-    """The run's commits, in order: at most a rollback commit and a record commit."""
-
-    @property
-    def recorded(self) -> bool:
-        """Whether every rollback of the run is committed and on the remote."""
-        landed = self.pushed is True or self.rollbacks_pushed is True
-        return landed and all(o.commit for o in self.outcomes if o.rolled_back)
-
-    @property
-    def exit_code(self) -> int:
-        """The worst of the run (README, "Exit codes"): 1 when a rollback failed; 4 when a
-        canary was rolled back and that is recorded on the remote, 5 when it is not (yet);
-        1 on any other error or blocked change; 3 when degraded; else 0."""
-        if any(o.rollback_failed for o in self.outcomes):
-            return 1
-        if any(o.rolled_back for o in self.outcomes):
-            return ROLLED_BACK_EXIT if self.recorded else ROLLED_BACK_LOCAL_EXIT
-        if self.git_error or any(o.error for o in self.outcomes):
-            return 1
-        if any(o.plan is not None and o.plan.blocked for o in self.outcomes):
-            return 1
-        return DEGRADED_EXIT if self.degraded else 0
 
 
 # --- plan (read-only) -----------------------------------------------------------------------
@@ -157,111 +102,6 @@ def plan_all(
     )
 
 
-# --- one service ------------------------------------------------------------------------------
-@dataclass
-class _Tick:
-    """One service decided (and not yet carried out): what the run acts on."""
-
-    run: ServiceRun
-    decision: Decision
-    redecide: Callable[[LiveService], Decision]
-    text: bytes
-    """The rollout file's bytes when decided: a sync that changes them makes it stale."""
-
-
-def _prepare(
-    ctx: Context,
-    path: Path,
-    spec: RolloutSpec,
-    live: LiveService,
-    new_windows: Sequence[Window],
-    metrics_error: str | None,
-    *,
-    dry_run: bool = False,
-    probe_deadline: float | None = None,
-) -> _Tick:
-    """Gather what only this service needs (state/, a late record, probes) and decide."""
-    now = ctx.clock()
-    # A corrupt status file must not stop this service's rollback: what parses is kept, the
-    # rest is rebuilt from live traffic and git, and an event says what was dropped.
-    loaded = st.load_status(ctx.state_root, spec.service)
-    status = loaded.status
-    spec_commit = ctx.git.last_commit_touching(path) if ctx.git else None
-    run = ServiceRun(path, spec, live, now)
-    rebuilt = loaded.event(now, ctx.actor)
-    if rebuilt is not None:
-        log.warning("%s: %s", spec.service, rebuilt.reason)
-        run.events.append(rebuilt)
-    if not dry_run:
-        recover(ctx, run, spec_commit)
-    spec = run.spec
-    config = missing_env(spec, os.environ if ctx.environ is None else ctx.environ)
-    probes: list[st.ProbeRecord] = []
-    in_budget = probe_deadline is None or time.monotonic() < probe_deadline
-    if not dry_run and not config and in_budget:
-        probes, config = probe(ctx, spec, live, now)
-
-    def redecide(fresh: LiveService) -> Decision:
-        return decide(
-            spec,
-            status,
-            fresh,
-            now=now,
-            windows=new_windows,
-            probe_runs=probes,
-            metrics_error=metrics_error,
-            config_errors=config,
-            spec_commit=spec_commit,
-            actor=ctx.actor,
-            window_keep=ctx.window_keep,
-        )
-
-    d = redecide(live)
-    if not in_budget and spec.probes and d.acts and not d.rollback:
-        # No probe ran: that is no evidence for moving traffic forward.
-        d = replace(d, plan=replace(d.plan, blocked="probes skipped: the run's budget ran out"))
-    return _Tick(run, d, redecide, path.read_bytes())
-
-
-def _carry_and_record(
-    ctx: Context,
-    book: Book,
-    run: ServiceRun,
-    d: Decision,
-    redecide: Callable[[LiveService], Decision],
-) -> ServiceOutcome:
-    """Carry a decision out and write its record for the run's next commit."""
-    error: str | None = None
-    applied = False
-    if d.acts:
-        try:
-            d, applied = carry_out(ctx, run, d, redecide)
-        except ReconcileError as exc:
-            error = str(exc)
-            # A failure after the traffic write (the rollout edit) must not hide the write.
-            if run.wrote is not None:
-                d, applied = run.wrote, True
-            elif d.rollback:
-                error = f"{error} (rollback NOT done: traffic unchanged, the next run retries)"
-    if run.unconfirmed:
-        error = (
-            f"{d.plan.ref.name}: rollback written but NOT confirmed serving, the next run "
-            f"retries it: {run.unconfirmed}"
-        )
-    book.add(write_record(ctx, run, d, applied))
-    rolled_back = applied and d.rollback and run.unconfirmed is None
-    return ServiceOutcome(
-        d.service,
-        plan=d.plan,
-        applied=applied,
-        rolled_back=rolled_back,
-        error=error,
-        events=(*run.events, *d.events, *(d.done if applied else ())),
-        verdict=d.verdict,
-        rollback_failed=d.rollback and not rolled_back,
-    )
-
-
 # --- a run ----------------------------------------------------------------------------------------
 class Listener(Protocol):
     """Told of a run's progress as it happens (the CLI prints each service as it finishes)."""
@@ -300,7 +140,7 @@ class _Run:
         if self.listener is not None:
             self.listener.finished(outcome, self.degraded is not None)
 
-    def first(self, item: Item) -> _Tick | ServiceOutcome:
+    def first(self, item: Item) -> Tick | ServiceOutcome:
         """Decide from the working tree as it is; a rollback is carried out at once."""
         path, spec, live = item
         mine = self.saved.get(spec.service)
@@ -310,7 +150,7 @@ class _Run:
         won = [w for rev in (spec.revisions.canary, spec.revisions.stable) if rev
                for w in self.windows.get((spec.service, rev), [])]  # fmt: skip
         err = self.metric_errors.get(spec.service)
-        t = _prepare(
+        t = prepare(
             self.ctx, path, spec, live, won, err, dry_run=self.dry_run, probe_deadline=self.deadline
         )
         d = t.decision
@@ -324,12 +164,12 @@ class _Run:
         # is desired state like any other: it waits for the sync (the remote may have
         # cleared it), so a stale clone never reverts a canary a person retried.
         if d.rollback and not is_rolled_back(spec):
-            return _carry_and_record(self.ctx, self.book, t.run, d, t.redecide)
+            return carry_and_record(self.ctx, self.book, t.run, d, t.redecide)
         if any(e.details.get("recovered") for e in t.run.events):
             self._record_late(t)
         return t
 
-    def rest(self, degraded: str | None, t: _Tick) -> ServiceOutcome:
+    def rest(self, degraded: str | None, t: Tick) -> ServiceOutcome:
         """Carry out a decision after the sync (or hold it, recording what was measured)."""
         d = t.decision
         if t.run.path.resolve() in self.dirty and not d.rollback:
@@ -346,20 +186,20 @@ class _Run:
         if t.run.path.read_bytes() != t.text:
             # The sync brought a newer desired state: decide again from it.
             spec = load_spec(t.run.path)
-            t = _prepare(
+            t = prepare(
                 self.ctx, t.run.path, spec, t.run.live, [], None, probe_deadline=self.deadline
             )
-        return _carry_and_record(self.ctx, self.book, t.run, t.decision, t.redecide)
+        return carry_and_record(self.ctx, self.book, t.run, t.decision, t.redecide)
 
     def _held(
-        self, t: _Tick, *, error: str | None = None, held: str | None = None
+        self, t: Tick, *, error: str | None = None, held: str | None = None
     ) -> ServiceOutcome:
         """A service not carried out this run: its observations are recorded all the same."""
         d = t.decision
         self.book.add(write_record(self.ctx, t.run, d, False))
         return ServiceOutcome(d.service, plan=d.plan, verdict=d.verdict, error=error, held=held)
 
-    def _record_late(self, t: _Tick) -> None:
+    def _record_late(self, t: Tick) -> None:
         """Write the late record of an earlier write for the run's first commit (before the
         sync); the service's own decision still waits for it."""
         run = t.run
@@ -496,14 +336,14 @@ _T = TypeVar("_T")
 
 
 def _on_pool(
-    run: _Run, work: Callable[[_T], _Tick | ServiceOutcome], items: Sequence[_T]
-) -> list[_Tick]:
+    run: _Run, work: Callable[[_T], Tick | ServiceOutcome], items: Sequence[_T]
+) -> list[Tick]:
     """Run `work` per service on the run's bounded pool; each outcome is done the moment its
     service finishes, ticks still to carry out are returned. One service's error never stops
     the others."""
     if not items:
         return []
-    ticks: list[_Tick] = []
+    ticks: list[Tick] = []
     workers = max(1, min(run.ctx.max_workers, len(items)))
     with ThreadPoolExecutor(max_workers=workers) as pool:
         futures = {pool.submit(work, item): item for item in items}
@@ -521,7 +361,7 @@ def _on_pool(
 
 
 def _name_of(item: object) -> str:
-    if isinstance(item, _Tick):
+    if isinstance(item, Tick):
         return item.decision.service
     assert isinstance(item, tuple)
     spec = item[1]
