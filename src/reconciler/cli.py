@@ -403,10 +403,11 @@ def apply(
       reconcile apply --service ion-api --dry-run
       reconcile apply plan.json          # exactly a saved plan; refused when stale
     """
+    from reconciler.applylive import LiveApply
     from reconciler.plan import Plan
     from reconciler.reconcile import apply_all
     from reconciler.runtime import build_context
-    from reconciler.views.apply import run_lines
+    from reconciler.views.apply import closing_lines, outcome_lines
     from reconciler.views.plan import plan_text
 
     saved = _read_plan(planfile) if planfile is not None else None
@@ -417,19 +418,26 @@ def apply(
         ctx = dataclasses.replace(ctx, shard=shard)
     from reconciler.notify import notified
 
-    result = notified(
-        app.repo,
-        lambda: apply_all(ctx, services, dry_run=dry_run, saved=saved),
-        warn=echo_err,
-        now=ctx.clock,
-        enabled=not dry_run,
-    )
+    live = LiveApply(color=app.color, lines=not dry_run)
+    try:
+        result = notified(
+            app.repo,
+            lambda: apply_all(ctx, services, dry_run=dry_run, saved=saved, listener=live),
+            warn=echo_err,
+            now=ctx.clock,
+            enabled=not dry_run,
+        )
+    finally:
+        live.close()
     if dry_run:
         plans = tuple(o.plan for o in result.outcomes if o.plan is not None)
         click.echo(
             plan_text(Plan(created_at=ctx.clock(), services=plans), color=app.color), nl=False
         )
-    for line in run_lines(result, dry_run=dry_run, color=app.color):
+        for o in result.outcomes:
+            for line in outcome_lines(o, color=app.color) if o.error else ():
+                click.echo(line.text, err=line.err)
+    for line in closing_lines(result, dry_run=dry_run, color=app.color):
         click.echo(line.text, err=line.err)
     raise click.exceptions.Exit(result.exit_code)
 
