@@ -3,10 +3,11 @@ its record (status, metrics, events), committed alone (`record`, a manual action
 rest of a run (`write_record` + `commit_records`); and recovering a write a crashed run left.
 
 Crash safety: every traffic write also stamps the service with an annotation (`STAMP_KEY`)
-describing the write. Traffic goes first, the rollout-file edit and the git record second;
-if the process dies in between, the next run finds a stamp that state/ has not recorded yet
-and writes the missing record, including the edit (a rollback's sticky block, an advance's
-`canary_percent`, a finalize), so no commit is needed before the write.
+describing the write and the action its commit records. Traffic goes first, the rollout-file
+edit and the git record second; if the process dies in between, the next run finds a stamp
+that state/ has not recorded yet and writes that action's missing record, including its edit
+(a rollback's sticky block, an abort's pause, an advance's `canary_percent`, a finalize), so
+no commit is needed before the write.
 """
 
 from __future__ import annotations
@@ -22,14 +23,21 @@ from pathlib import Path
 from typing import Any
 
 from reconciler import state as st
-from reconciler import yamledit
+from reconciler import verbs, yamledit
 from reconciler.backends import Conflict, TrafficBackend
 from reconciler.decide import Commit, Decision
 from reconciler.errors import ReconcileError
 from reconciler.gitops import GitOps
 from reconciler.loader import load_spec
 from reconciler.metrics import MetricsProvider
-from reconciler.model import LiveService, ServiceStatus, Target, TrafficSplit
+from reconciler.model import (
+    CommitAction,
+    LiveService,
+    ServiceRef,
+    ServiceStatus,
+    Target,
+    TrafficSplit,
+)
 from reconciler.plan import Reason, ServicePlan, SpecEdit, desired_split, is_rolled_back
 from reconciler.runcommit import Entry, run_commit
 from reconciler.shard import Shard
@@ -88,6 +96,11 @@ class ServiceRun:
     unconfirmed: str | None = None
     """Why a rollback's traffic write could not be confirmed (it is recorded all the same)."""
 
+    @property
+    def ref(self) -> ServiceRef:
+        """The rollout's identity (its state/ folder)."""
+        return ServiceRef(self.spec.project, self.spec.region, self.spec.service)
+
 
 # --- the rollout file ----------------------------------------------------------------------
 def read_rollout(path: Path) -> str:
@@ -110,10 +123,15 @@ def edit_rollout_file(run: ServiceRun, edit: SpecEdit) -> None:
 
 
 # --- traffic -------------------------------------------------------------------------------
-def stamp(sp: ServicePlan, now: datetime, reason: str) -> dict[str, str]:
-    """The annotation written with a traffic change (see module docstring)."""
-    data = {
+def stamp(
+    sp: ServicePlan, now: datetime, reason: str, commits: CommitAction | None = None
+) -> dict[str, str]:
+    """The annotation written with a traffic change (see module docstring); `commits` is what
+    the write's commit records, so a recovered record is that action's (an abort is no
+    rollback)."""
+    data: dict[str, Any] = {
         "action": sp.reason.value,
+        "commits": commits.value if commits is not None else None,
         "at": st.format_time(now),
         # Unique per write: two runs writing the same split in the same second must still
         # tell their writes apart (see CloudRunBackend.set_traffic).
@@ -143,6 +161,14 @@ def read_stamp(live: LiveService) -> dict[str, Any] | None:
     return data if isinstance(data, dict) else None
 
 
+def _commits(d: Decision) -> CommitAction | None:
+    """What the decision's commit records (its `Reconcile-Action` trailer)."""
+    try:
+        return CommitAction(d.commit.trailers.get("Reconcile-Action", ""))
+    except ValueError:
+        return None
+
+
 def _stamp_split(data: Mapping[str, Any]) -> TrafficSplit:
     return TrafficSplit.of(Target(str(r), int(p), str(t)) for r, p, t in data.get("split", []))
 
@@ -158,7 +184,9 @@ def write_traffic(
     sp = d.plan
     reason = sp.edit.summary if sp.edit is not None else sp.reason.value
     try:
-        live = ctx.backend.set_traffic(sp.ref, sp.after, sp.etag, stamp(sp, now, reason))
+        live = ctx.backend.set_traffic(
+            sp.ref, sp.after, sp.etag, stamp(sp, now, reason, _commits(d))
+        )
         return d, live, True
     except Conflict as exc:
         log.info("%s: %s; re-reading and deciding again once", sp.ref.name, exc)
@@ -184,7 +212,10 @@ def write_traffic(
         )
     try:
         live = ctx.backend.set_traffic(
-            again.plan.ref, again.plan.after, again.plan.etag, stamp(again.plan, now, reason)
+            again.plan.ref,
+            again.plan.after,
+            again.plan.etag,
+            stamp(again.plan, now, reason, _commits(again)),
         )
     except Conflict as exc:
         raise ReconcileError(
@@ -261,7 +292,8 @@ class Record:
     """What one tick wrote to the working tree and the commit that would record it alone (a
     run commits every service's record together, `commit_records`)."""
 
-    service: str
+    key: str
+    """The rollout's `ServiceRef.key`."""
     paths: tuple[Path, ...]
     commit: Commit
     late: bool = False
@@ -275,35 +307,36 @@ def write_record(ctx: Context, run: ServiceRun, d: Decision, applied: bool) -> R
     # An unconfirmed rollback keeps the live split it read: the next run reads it again.
     status = _with_live(d.status if applied else d.held, run.live)
     quiet = not (applied or run.events or run.edited or d.events or d.added)
-    if quiet and (d.idle or _unchanged(root, status, d.previous)):
+    if quiet and (d.idle or _unchanged(root, run.ref, status, d.previous)):
         return None
     service = run.spec.service
+    ref = run.ref
     after = run.live.traffic.describe()
     done = tuple(replace(e, after=after) for e in d.done) if applied else ()
     events = (*run.events, *d.events, *done)
-    st.write_status(root, status)
+    st.write_status(root, ref, status)
     if d.added:
-        st.append_metrics(root, service, d.added)
+        st.append_metrics(root, ref, d.added)
     if events:
-        st.append_events(root, service, events)
+        st.append_events(root, ref, events)
     commit = d.commit if applied else d.held_commit
     late = [e for e in run.events if e.details.get("recovered")]
     if not applied and late:
         commit = late_commit(commit, service, late[0])
-    paths = (st.state_dir(root, service), *([run.path] if run.edited else []))
-    return Record(service, paths, commit)
+    paths = (st.state_dir(root, ref), *([run.path] if run.edited else []))
+    return Record(ref.key, paths, commit)
 
 
-def _unchanged(root: Path, status: ServiceStatus, previous: ServiceStatus | None) -> bool:
+def _unchanged(
+    root: Path, ref: ServiceRef, status: ServiceStatus, previous: ServiceStatus | None
+) -> bool:
     """Whether `status` says nothing the status file does not: only its times (the run's,
     the same verdict judged again) would change."""
     if previous is None:
         return False
     steady = replace(status, last_reconcile=previous.last_reconcile, verdict_at=previous.verdict_at)
     try:
-        return st.status_path(root, status.service).read_text(encoding="utf-8") == st.status_text(
-            steady
-        )
+        return st.status_path(root, ref).read_text(encoding="utf-8") == st.status_text(steady)
     except (OSError, ValueError):
         return False
 
@@ -361,9 +394,11 @@ def recover(ctx: Context, run: ServiceRun, spec_commit: str | None) -> None:
     try:
         written_at = st.parse_time(str(data.get("at")))
         reason = Reason(str(data.get("action")))
+        # Stamps written before they said what they commit rebuild by `reason` alone.
+        commits = CommitAction(data["commits"]) if data.get("commits") else None
     except (ValueError, TypeError):
         return
-    if _recorded(ctx, run.spec.service, written_at, _KIND.get(reason, st.EventKind.APPLIED)):
+    if _recorded(ctx, run.ref, written_at, _KIND.get(reason, st.EventKind.APPLIED)):
         return
     # A young stamp may belong to a concurrent run that has not pushed its record yet. A
     # rollback is recovered at once all the same: its record is idempotent, and without it
@@ -372,7 +407,7 @@ def recover(ctx: Context, run: ServiceRun, spec_commit: str | None) -> None:
         return
     why = str(data.get("reason", ""))
     log.warning("%s: recording a write that was not committed (%s)", run.spec.service, why)
-    edit = _recovered_edit(run, reason, data, written_at)
+    edit = _recovered_edit(run, reason, commits, data, written_at)
     if edit is not None:
         edit_rollout_file(run, edit)
         run.spec = load_spec(run.path)
@@ -384,18 +419,31 @@ def recover(ctx: Context, run: ServiceRun, spec_commit: str | None) -> None:
             after=run.live.traffic.describe(),
             reason=f"recorded late: {why}",
             spec_commit=spec_commit,
-            details={"recovered": True, "written_at": str(data.get("at", ""))},
+            details={
+                "recovered": True,
+                "written_at": str(data.get("at", "")),
+                **({"abort": True} if commits is CommitAction.ABORT else {}),
+            },
         )
     )
 
 
 def _recovered_edit(
-    run: ServiceRun, reason: Reason, data: Mapping[str, Any], written_at: datetime
+    run: ServiceRun,
+    reason: Reason,
+    commits: CommitAction | None,
+    data: Mapping[str, Any],
+    written_at: datetime,
 ) -> SpecEdit | None:
     """The rollout-file edit the crashed run would have made (None: none is missing)."""
     spec = run.spec
     canary = data.get("canary")
     same = bool(canary) and spec.revisions.canary == canary
+    if commits is CommitAction.ABORT:
+        # Traffic went to stable as in a rollback, but an abort pauses and sets no block.
+        if same and not is_rolled_back(spec) and (spec.canary_percent or not spec.paused):
+            return replace(verbs.abort(spec), summary="recorded late")
+        return None
     if reason is Reason.ROLLBACK and same and not is_rolled_back(spec):
         block = {
             "revision": str(canary),
@@ -422,7 +470,7 @@ def _recovered_edit(
     return None
 
 
-def _recorded(ctx: Context, service: str, written_at: datetime, kind: st.EventKind) -> bool:
+def _recorded(ctx: Context, ref: ServiceRef, written_at: datetime, kind: st.EventKind) -> bool:
     """Whether events.jsonl records the write stamped at `written_at`.
 
     The event of a write has the write's kind and carries the stamp's time; a late record
@@ -431,7 +479,7 @@ def _recorded(ctx: Context, service: str, written_at: datetime, kind: st.EventKi
     a crashed write still observes its generation, and the record would never be written.)
     A full, trimmed events file starting after the write is taken as having recorded it.
     """
-    events = st.read_events(ctx.state_root, service)
+    events = st.read_events(ctx.state_root, ref)
     for e in reversed(events):
         if e.details.get("written_at") == st.format_time(written_at):
             return True

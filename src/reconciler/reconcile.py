@@ -22,6 +22,7 @@ from typing import Protocol, TypeVar
 
 from reconciler import saved as saved_mod
 from reconciler import state as st
+from reconciler import statemigrate
 from reconciler.backends import TrafficBackend
 from reconciler.decide import decide, missing_env
 from reconciler.errors import ReconcileError
@@ -143,13 +144,14 @@ class _Run:
     def first(self, item: Item) -> Tick | ServiceOutcome:
         """Decide from the working tree as it is; a rollback is carried out at once."""
         path, spec, live = item
-        mine = self.saved.get(spec.service)
+        key = ref_of(spec).key
+        mine = self.saved.get(key)
         moved = saved_mod.stale(mine, live) if mine is not None else None
         if moved:
             return ServiceOutcome(spec.service, error=moved)
         won = [w for rev in (spec.revisions.canary, spec.revisions.stable) if rev
-               for w in self.windows.get((spec.service, rev), [])]  # fmt: skip
-        err = self.metric_errors.get(spec.service)
+               for w in self.windows.get((key, rev), [])]  # fmt: skip
+        err = self.metric_errors.get(key)
         t = prepare(
             self.ctx, path, spec, live, won, err, dry_run=self.dry_run, probe_deadline=self.deadline
         )
@@ -205,11 +207,11 @@ class _Run:
         run = t.run
         service = run.spec.service
         late = [e for e in run.events if e.details.get("recovered")]
-        st.append_events(self.ctx.state_root, service, run.events)
+        st.append_events(self.ctx.state_root, run.ref, run.events)
         run.events.clear()
-        paths = (st.state_dir(self.ctx.state_root, service), *([run.path] if run.edited else []))
+        paths = (st.state_dir(self.ctx.state_root, run.ref), *([run.path] if run.edited else []))
         commit = late_commit(t.decision.held_commit, service, late[0])
-        self.book.add(Record(service, paths, commit, late=True))
+        self.book.add(Record(run.ref.key, paths, commit, late=True))
         run.edited = False
         t.text = run.path.read_bytes()
 
@@ -248,14 +250,14 @@ def apply_all(
     ticks = _on_pool(run, run.first, items)
     if dry_run:
         return _result(run)
-    early = run.book.commit(moved=_moved(run))
+    early = run.book.commit(moved=_moved_keys(run))
     degraded = run.degraded = sync(ctx)
     if degraded is not None:
         log.warning("degraded: %s", degraded)
     first = _Push.of(ctx, _moved(run, committed=True), degraded) if early else _Push()
     done = _on_pool(run, functools.partial(run.rest, degraded), ticks)
     assert not done  # `rest` always gives an outcome
-    last = run.book.commit(moved=_moved(run))
+    last = run.book.commit(moved=_moved_keys(run))
     # Everything not on the remote yet: this run's record and a rollback commit whose push
     # failed (the push takes every unpushed commit).
     landed = first.moved if first.pushed else ()
@@ -288,7 +290,7 @@ def _moved(run: _Run, *, committed: bool = False) -> list[str]:
     return [
         o.service
         for o in run.outcomes
-        if o.applied and (not committed or o.service in run.book.commits)
+        if o.applied and (not committed or _key(o) in run.book.commits)
     ]
 
 
@@ -319,10 +321,16 @@ def _start(
             )
         else:
             run.done(ServiceOutcome(e.service, error=e.message))
+    if not dry_run:
+        unmoved = _migrate(ctx, files, [s for _, s in specs])
+        for _, s in specs:
+            if ref_of(s).key in unmoved:
+                run.done(ServiceOutcome(s.service, error=unmoved[ref_of(s).key]))
+        specs = [(p, s) for p, s in specs if ref_of(s).key not in unmoved]
     lives = observe(ctx.backend, [s for _, s in specs], ctx.max_workers)
     items: list[Item] = []
     for path, spec in specs:
-        live = lives[spec.service]
+        live = lives[ref_of(spec).key]
         if isinstance(live, str):
             run.done(ServiceOutcome(spec.service, error=live))
         else:
@@ -379,7 +387,7 @@ def _result(
     """The run's outcomes (each with the commit holding its record), sorted by service."""
     book = run.book
     outcomes = sorted(
-        (replace(o, commit=book.commits.get(o.service)) for o in run.outcomes),
+        (replace(o, commit=book.commits.get(_key(o) or "")) for o in run.outcomes),
         key=lambda o: o.service,
     )
     errors = [*book.errors, *([push.error] if push is not None and push.error else [])]
@@ -405,6 +413,35 @@ def _refused(ctx: Context, saved: Plan, names: Sequence[str]) -> tuple[ServiceOu
     )
     failed = saved_mod.refusals(saved, fresh)
     return tuple(ServiceOutcome(name, error=failed[name]) for name in sorted(failed))
+
+
+def _moved_keys(run: _Run) -> list[str]:
+    return [k for o in run.outcomes if o.applied and (k := _key(o)) is not None]
+
+
+def _key(o: ServiceOutcome) -> str | None:
+    """The rollout's identity key of an outcome (None: it never got as far as a plan)."""
+    return o.plan.ref.key if o.plan is not None else None
+
+
+def _migrate(ctx: Context, files: Sequence[Path], specs: Sequence[RolloutSpec]) -> dict[str, str]:
+    """Move old-layout `state/<service>/` folders to their rollout's folder and commit the
+    move (once: see `statemigrate`); returns the rollouts refused, by identity, with why."""
+    if not statemigrate.legacy_folders(ctx.repo):
+        return {}
+    # Every rollout file claims, not only this shard's: a second claimant refuses the move.
+    every, broken = load_all(files)
+    done = statemigrate.migrate(
+        ctx.repo,
+        [ref_of(s) for _, s in every],
+        owned={ref_of(s).key for s in specs},
+        unloadable={e.service for e in broken},
+    )
+    if done.moves and ctx.git is not None:
+        subject, body = statemigrate.commit_message(done)
+        with ctx.git_lock:
+            ctx.git.commit(done.paths, subject, body)
+    return dict(done.refused)
 
 
 def _uncommitted(ctx: Context, path: Path) -> str:

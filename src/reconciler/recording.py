@@ -25,7 +25,8 @@ class Book:
     ctx: Context
     pending: list[Record] = field(default_factory=list)
     commits: dict[str, str] = field(default_factory=dict)
-    """Service -> the sha of the run's commit holding its (latest) record."""
+    """Rollout key (`ServiceRef.key`) -> the sha of the run's commit holding its (latest)
+    record."""
     shas: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
@@ -38,20 +39,20 @@ class Book:
 
     def commit(self, moved: Sequence[str] = ()) -> str | None:
         """Commit every pending record as one commit; None when there was nothing new (or no
-        git). A failed commit is kept in `errors`: `moved` names the services whose traffic
-        changed, which the next run records from their stamps."""
+        git). A failed commit is kept in `errors`: `moved` has the keys of the rollouts whose
+        traffic changed, which the next run records from their stamps."""
         with self._lock:
             records, self.pending = self.pending, []
         try:
             sha = commit_records(self.ctx, records)
         except ReconcileError as exc:
-            changed = [r.service for r in records if r.service in moved]
+            changed = [r.key for r in records if r.key in moved]
             what = f" (traffic of {', '.join(changed)} was changed; the next run records it)"
             self.errors.append(f"the run's commit failed{what if changed else ''}: {exc}")
             return None
         if sha is not None:
             self.shas.append(sha)
-            self.commits.update((r.service, sha) for r in records)
+            self.commits.update((r.key, sha) for r in records)
         return sha
 
 
@@ -71,7 +72,7 @@ def push(
     ctx: Context, moved: Sequence[str], committed: bool, degraded: str | None
 ) -> tuple[bool | None, str | None]:
     """Push the run's commits (and any an earlier failed push left): (pushed, error), with
-    (None, None) when nothing was pushed. `moved` names the services whose traffic changed
+    (None, None) when nothing was pushed. `moved` has the keys of the rollouts whose traffic changed
     and whose record is among the commits."""
     if ctx.git is None or not ctx.push:
         return None, None

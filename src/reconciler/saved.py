@@ -36,10 +36,10 @@ def refusals(saved: Plan, fresh: Plan) -> dict[str, str]:
     Returns why each service is refused (empty when every service still matches): with one
     stale service, none is applied.
     """
-    by_name = {p.service: p for p in fresh.services}
+    by_name = {p.ref.key: p for p in fresh.services}
     failed = {e.service: e.message for e in fresh.errors}
     for sp in saved.services:
-        now = by_name.get(sp.service)
+        now = by_name.get(sp.ref.key)
         if now is None:
             failed.setdefault(sp.service, f"{sp.ref.name}: cannot be planned now")
             continue
@@ -91,5 +91,5 @@ def _edit_keys(sp: ServicePlan) -> tuple[str, ...]:
 
 
 def by_service(saved: Plan | None) -> Mapping[str, ServicePlan]:
-    """The saved plan's services by name (empty without a saved plan)."""
-    return {s.service: s for s in saved.services} if saved else {}
+    """The saved plan's services by identity (`ServiceRef.key`; empty without a plan)."""
+    return {s.ref.key: s for s in saved.services} if saved else {}

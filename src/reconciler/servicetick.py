@@ -14,7 +14,7 @@ from reconciler import state as st
 from reconciler.decide import Decision, decide, missing_env
 from reconciler.errors import ReconcileError
 from reconciler.execute import Context, ServiceRun, carry_out, recover, write_record
-from reconciler.gather import probe
+from reconciler.gather import probe, ref_of
 from reconciler.model import LiveService
 from reconciler.model import WindowStats as Window
 from reconciler.outcome import ServiceOutcome
@@ -50,7 +50,7 @@ def prepare(
     now = ctx.clock()
     # A corrupt status file must not stop this service's rollback: what parses is kept, the
     # rest is rebuilt from live traffic and git, and an event says what was dropped.
-    loaded = st.load_status(ctx.state_root, spec.service)
+    loaded = st.load_status(ctx.state_root, ref_of(spec))
     status = loaded.status
     spec_commit = ctx.git.last_commit_touching(path) if ctx.git else None
     run = ServiceRun(path, spec, live, now)

@@ -18,6 +18,7 @@ from reconciler.testing.git import run_git
 
 from ..integration.test_gates import LAG, WINDOW, context, rollout
 
+PLACE = "naeda-genesis/us-central1"
 HEALTHY = {"error_rate": 0.0, "latency_ms": {"p50": 100, "p95": 200}}
 
 
@@ -112,7 +113,7 @@ def test_one_advance_one_rollback_one_steady_make_a_rollback_and_a_record_commit
     assert _services_and_actions(record) == [("good-api", "advance")]
     changed = run_git(sb.remote, "show", "--name-only", "--format=", "main").split()
     assert "rollout/good-api.yaml" in changed
-    assert any(p.startswith("state/ion-api/") for p in changed), changed
+    assert any(p.startswith(f"state/{PLACE}/ion-api/") for p in changed), changed
     assert not any("bad-api" in p for p in changed), changed
 
     # The next run observes the new stage and the rollback's commit (new facts, committed);
