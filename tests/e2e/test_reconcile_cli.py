@@ -192,8 +192,18 @@ def test_demo_shows_a_rollback_commit(tmp_path: Path) -> None:
         check=False,
     )
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
-    assert "reconcile(ion-api): rollback canary 5% -> 0% (ion-api-00043-bad)" in out.stdout
-    assert "advance canary 5% -> 10%" in out.stdout
+    # The git log of the demo: a commit per run, its subject summing the run.
+    assert "reconcile: 1 rolled back [skip reconcile]" in out.stdout
+    assert "reconcile: 1 advanced [skip reconcile]" in out.stdout
+    rollback = subprocess.run(
+        ["git", "log", "--format=%B", "main"],
+        cwd=keep / "remote.git",
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert "reconcile(ion-api): rollback canary 5% -> 0% (ion-api-00043-bad)" in rollback
+    assert "reconcile(ion-api): advance canary 5% -> 10%" in rollback
     assert (keep / "remote.git").is_dir()
 
 

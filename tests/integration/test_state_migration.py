@@ -66,7 +66,7 @@ def test_apply_moves_old_state_once_and_the_canary_carries_on(sb: Sandbox) -> No
         "state: move 1 rollout to state/<project>/<region>/<service>/ [skip reconcile]"
     ]
     # git sees a rename: the status file's history reaches back before the move.
-    follow = sb.git("log", "--follow", "--format=%s", "--", f"{ION_DIR}/status.yaml")
+    follow = sb.git("log", "--follow", "--format=%B", "--", f"{ION_DIR}/status.yaml")
     assert "state as the older version kept it" in follow
     assert "canary 0% -> 5%" in follow
 
