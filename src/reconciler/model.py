@@ -408,6 +408,9 @@ class ServiceStatus:
     """Failing streak per gate (`error_rate`, `probe:<name>` ...) at the current stage."""
     coverage: Coverage = Coverage()
     """Judged out of served canary requests at the current stage."""
+    reported: Mapping[str, datetime] = field(default_factory=dict)
+    """The scheduled reports written for this canary (`interim@25`, `final@25`, `final`)
+    and when, so each is written once."""
 
 
 @dataclass(frozen=True)

@@ -971,10 +971,12 @@ def generate(
     now: datetime,
     since: timedelta | None = None,
     metrics_for: Callable[[Metrics], MetricsProvider] | None = None,
+    unasked: str = "the provider was not asked",
 ) -> Report:
     """Read `state/<service>/`, the rollout file (if any) and the latest baseline, ask the
-    rollout file's metrics provider (made by `metrics_for`; None: ask none) for the span,
-    and build the report. Raises `ReportError` when the service has no state yet."""
+    rollout file's metrics provider (made by `metrics_for`; None: ask none, and say
+    `unasked`) for the span, and build the report. Raises `ReportError` when the service has
+    no state yet."""
     from reconciler.gather import ref_of
     from reconciler.loader import load_spec
     from reconciler.metrics import StatsQuery
@@ -999,7 +1001,7 @@ def generate(
     if spec is None:
         source = Source(None, reason="no rollout file, so no metrics provider to ask")
     elif metrics_for is None:
-        source = Source(provider_name(spec.metrics), reason="the provider was not asked")
+        source = Source(provider_name(spec.metrics), reason=unasked)
     else:
         canary = _canary_of(status, spec)
         span = report_span(

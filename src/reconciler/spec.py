@@ -526,6 +526,20 @@ Stage = Annotated[int, Field(ge=1, le=100)]
 
 
 # --- the rollout file ---------------------------------------------------------------------
+class Reports(_Model):
+    """When the scheduled `apply` writes and commits stage reports by itself (null: never)."""
+
+    interim: Window | None = Field(
+        default=timedelta(hours=24),
+        description="Interim report of a stage once it has been live this long.",
+    )
+    final: Window | None = Field(
+        default=timedelta(hours=48),
+        description="Go/no-go report of a stage once it has been live this long; a final "
+        "report is also written when the rollout finalizes or rolls back.",
+    )
+
+
 class RolloutSpec(_Model):
     """Desired state of one Cloud Run service's canary rollout."""
 
@@ -560,6 +574,7 @@ class RolloutSpec(_Model):
     notify: list[Channel] = Field(
         default=[], description="Where to send rollbacks, blocks, holds, advances, finalizes."
     )
+    reports: Reports = Reports()
     force: bool = Field(
         default=False, description="Skip the bake gate once; the plan shows it loudly."
     )
@@ -664,6 +679,7 @@ DEFAULTABLE = (
     "probes",
     "dependencies",
     "notify",
+    "reports",
 )
 """Keys `rollout/_defaults.yaml` may set. What names a rollout (service, project, region,
 revisions, stages, canary_percent) and what a run writes (force, rolled_back) stay in each
@@ -685,6 +701,7 @@ class RolloutDefaults(_Model):
     probes: list[Check] | None = None
     dependencies: list[Check] | None = None
     notify: list[Channel] | None = None
+    reports: Reports | None = None
 
 
 def merge_defaults(defaults: dict[str, Any], rollout: dict[str, Any]) -> dict[str, Any]:

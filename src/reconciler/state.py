@@ -513,6 +513,11 @@ def _status_to_data(s: ServiceStatus) -> dict[str, Any]:
             if s.coverage.served
             else {}
         ),
+        **(
+            {"reported": {key: format_time(at) for key, at in sorted(s.reported.items())}}
+            if s.reported
+            else {}
+        ),
     }
 
 
@@ -568,6 +573,7 @@ def _status_from_data(d: Any) -> ServiceStatus:
             _int((d.get("coverage") or {}).get("judged", 0)),
             _int((d.get("coverage") or {}).get("served", 0)),
         ),
+        reported=_reported(d.get("reported")),
     )
     verdict, verdict_at = _verdict_from_data(d["verdict"])
     return replace(status, verdict=verdict, verdict_at=verdict_at)
@@ -647,8 +653,18 @@ def _salvage_status(data: Any, service: str) -> tuple[ServiceStatus | None, list
                 _opt_float(p.get("latency")),
             ),
         ),
+        reported=part("reported", _reported, {}),
     )
     return status, sorted(set(dropped)) or ["fields"]
+
+
+def _reported(d: Any) -> dict[str, datetime]:
+    """`reported:` of status.yaml (absent in files written before scheduled reports)."""
+    if d is None:
+        return {}
+    if not isinstance(d, dict):
+        raise TypeError("reported is not a mapping")
+    return {str(key): parse_time(at) for key, at in d.items()}
 
 
 def _verdict_to_data(v: Verdict, at: datetime | None) -> dict[str, Any]:
