@@ -41,6 +41,7 @@ from reconciler.plan import (
     Reason,
     ServicePlan,
     SpecEdit,
+    coverage_note,
     is_rolled_back,
     plan_service,
     rollback_plan,
@@ -228,9 +229,13 @@ def decide(
         sp = replace(sp, warnings=(*sp.warnings, f"metrics: {metrics_error}"))
     sp = paused_plan(spec, sp)
     if j.held:
-        sp = replace(sp, warnings=(*sp.warnings, j.held))
+        sp = replace(sp, warnings=(*sp.warnings, j.held), held=j.held)
     if verdict is not None and j.coverage.served:
-        sp = replace(sp, notes=(*sp.notes, f"coverage: {j.coverage.describe()} at this stage"))
+        sp = replace(
+            sp,
+            notes=(*sp.notes, coverage_note(j.coverage)),
+            coverage=j.coverage,
+        )
     sp = replace(sp, blocked=sp.blocked or _hold(spec, status, live, sp, config_errors))
     events = tuple(
         Event(now, EventKind.PROBE_FAILED, actor, reason=p.reason, spec_commit=spec_commit)

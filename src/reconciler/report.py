@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 from reconciler import charts
-from reconciler.analysis import promotion_blockers
+from reconciler.analysis import held_reason, promotion_blockers
 from reconciler.errors import ReconcileError
 from reconciler.model import Outcome, Verdict, WindowStats
 from reconciler.plan import Phase
@@ -183,6 +183,8 @@ class Decision:
     action: Action
     reasons: tuple[str, ...]
     next_stage: int | None = None
+    held: str | None = None
+    """Why the canary is HELD (`gates.inconclusive_limit`: too little traffic to judge)."""
 
     @property
     def go(self) -> str:
@@ -455,8 +457,12 @@ def decide(
         return Decision(Action.HOLD, ("no verdict yet: the canary has not been judged",))
     if verdict.outcome is Outcome.FAIL:
         return Decision(Action.ROLL_BACK, tuple(verdict.failures) or ("verdict FAIL",))
+    # `gates.inconclusive_limit` (the loop's own rule): too little traffic to judge, held.
+    held = held_reason(spec.gates, status.streaks) if spec is not None else None
     # The one promotion-readiness rule the planner uses too, then the span's own findings.
     reasons = promotion_blockers(verdict) + _span_findings(canary, _limits(spec))
+    if held is not None:
+        return Decision(Action.HOLD, (held, *reasons), held=held)
     if reasons:
         return Decision(Action.HOLD, tuple(reasons))
     # PASS, targets met, no breach over the span: only the bake time is left.
@@ -693,6 +699,8 @@ def _decision_section(
         head = f"**Go/no-go: {decision.go}** ({decision.action.value})"
         if decision.action is Action.ADVANCE and decision.next_stage is not None:
             head += f", next stage {decision.next_stage}%"
+    if decision.held:
+        head += " · ⏸️ **HELD**: too little traffic to judge (see `gates.inconclusive_limit`)"
     out += [head, ""]
     out += [f"- {_cell(r)}" for r in decision.reasons]
     out.append("")
@@ -887,6 +895,11 @@ def build_report(
         f"| generated | {_time(now)} |",
         f"| figures | {_cell(_source_head(source))} |",
         f"| phase | {status.phase.value}, canary at {status.stage}% |",
+        *(
+            [f"| coverage | {_cell(status.coverage.describe())} at this stage, by the runs |"]
+            if status.coverage.served
+            else []
+        ),
         f"| revisions | {revisions} |",
         f"| live traffic | `{status.traffic.describe()}` |",
         "",
@@ -894,6 +907,19 @@ def build_report(
     lines += _decision_section(kind, decision, status.verdict, status.verdict_at)
     lines += _stages_section(spec, status, now)
     lines += _traffic_section(spec, status, canary, stable, source, measured_to)
+    if measured_to is not None and canary is not None and canary.requests and canary_rev:
+        recorded = summarize(canary_rev, "canary", inside, preferred)
+        lines += [
+            f"Judged by the runs: their recorded windows hold {recorded.requests:,} of the "
+            f"{canary.requests:,} canary requests served in the span "
+            f"({_pct(min(recorded.requests / canary.requests, 1.0))})"
+            + (
+                "; the rest was served in windows not yet ended or not measured by a run."
+                if recorded.requests < canary.requests
+                else "."
+            ),
+            "",
+        ]
     lines += _charts(spec, canary_rev, status.stable_revision, inside)
     lines += _probes_section(spec, status.probes, span)
     lines += _baseline_section(baseline, status.probes, span)
