@@ -425,6 +425,7 @@ def _judged(
         status.coverage if status is not None and same_stage else Coverage(),
         [w for w in added if w.revision == canary and w.start >= since],
         [w for w in new if w.span == "gap" and w.revision == canary and w.start >= since],
+        sum(p.synthetic for p in probe_runs),
     )
     partial = [w for w in new if w.span == "partial" and w.start >= since]
     verdict: Verdict | None = None
@@ -443,12 +444,20 @@ def _judged(
 
 
 def _covered(
-    previous: Coverage, judged: Sequence[WindowStats], gaps: Sequence[WindowStats]
+    previous: Coverage,
+    judged: Sequence[WindowStats],
+    gaps: Sequence[WindowStats],
+    synthetic: int = 0,
 ) -> Coverage:
     """The stage's coverage after this tick: newly final windows were judged and served;
-    gaps (spans a capped catch-up skipped) were served only."""
+    gaps (spans a capped catch-up skipped) were served only; `synthetic` requests the probes'
+    `repeat:` sent this tick are counted apart (the metrics count them when measured)."""
     ok = sum(w.requests for w in judged)
-    return Coverage(previous.judged + ok, previous.served + ok + sum(w.requests for w in gaps))
+    return Coverage(
+        previous.judged + ok,
+        previous.served + ok + sum(w.requests for w in gaps),
+        previous.synthetic + synthetic,
+    )
 
 
 def decide_rollback(

@@ -491,6 +491,7 @@ def _status_to_data(s: ServiceStatus) -> dict[str, Any]:
             {"name": p.name, "ok": p.ok, "at": format_time(p.at), "reason": p.reason}
             # 0.1 ms is finer than any probe can tell; more digits are noise in git diffs.
             | ({} if p.latency is None else {"latency": round(p.latency, 4)})
+            | ({"synthetic": p.synthetic} if p.synthetic else {})
             for p in s.probes
         ],
         # Written only when there is a streak, so quiet services keep their old bytes.
@@ -509,8 +510,11 @@ def _status_to_data(s: ServiceStatus) -> dict[str, Any]:
             else {}
         ),
         **(
-            {"coverage": {"judged": s.coverage.judged, "served": s.coverage.served}}
-            if s.coverage.served
+            {
+                "coverage": {"judged": s.coverage.judged, "served": s.coverage.served}
+                | ({"synthetic": s.coverage.synthetic} if s.coverage.synthetic else {})
+            }
+            if s.coverage.served or s.coverage.synthetic
             else {}
         ),
         **(
@@ -559,6 +563,7 @@ def _status_from_data(d: Any) -> ServiceStatus:
                 parse_time(p["at"]),
                 str(p["reason"]),
                 _opt_float(p.get("latency")),
+                _int(p.get("synthetic", 0)),
             )
             for p in d.get("probes") or ()
         ),
@@ -572,6 +577,7 @@ def _status_from_data(d: Any) -> ServiceStatus:
         coverage=Coverage(
             _int((d.get("coverage") or {}).get("judged", 0)),
             _int((d.get("coverage") or {}).get("served", 0)),
+            _int((d.get("coverage") or {}).get("synthetic", 0)),
         ),
         reported=_reported(d.get("reported")),
     )
@@ -651,6 +657,7 @@ def _salvage_status(data: Any, service: str) -> tuple[ServiceStatus | None, list
                 parse_time(p["at"]),
                 str(p["reason"]),
                 _opt_float(p.get("latency")),
+                _int(p.get("synthetic", 0)),
             ),
         ),
         reported=part("reported", _reported, {}),
