@@ -503,14 +503,22 @@ def decide_rollback(
         spec_commit=spec_commit,
         details={"manual": True},
     )
+    # The closing report comes with a rollback by hand as with the loop's own.
+    prior = _reported(status, spec.revisions.canary)
+    due = reports_due(spec, prior, sp, 0, now, now) if "final" not in prior else ()
+    base = replace(base, reported=prior)
     return Decision(
         plan=sp,
-        status=carried_out(base, sp, status, now),
+        status=replace(
+            carried_out(base, sp, status, now),
+            reported=_with_reports(prior, due, now, closing=True),
+        ),
         held=base,
         done=(event,),
-        commit=commit_for(sp, spec_commit),
+        commit=_with_report_lines(commit_for(sp, spec_commit), due),
         held_commit=commit_for(sp, spec_commit),
         previous=status,
+        reports=due,
     )
 
 

@@ -408,3 +408,13 @@ def test_a_rollback_closes_with_the_final_report() -> None:
     assert [(r.kind, r.key, r.closing) for r in d.reports] == [("final", "final", True)]
     assert "Report: final report: the rollout rolled back" in d.commit.body
     assert "Report:" not in d.held_commit.body
+
+
+def test_a_rollback_by_hand_closes_with_the_final_report_once() -> None:
+    d = decide_rollback(make_spec(), status_at(AT_5), AT_5, now=NOW, reason="by hand")
+    assert [(r.key, r.closing) for r in d.reports] == [("final", True)]
+    assert d.status.reported == {"final": NOW}
+    again = decide_rollback(
+        make_spec(), status_at(AT_5, reported={"final": T0}), AT_5, now=NOW, reason="again"
+    )
+    assert again.reports == ()
