@@ -1,11 +1,11 @@
-"""Interim and final stage reports: markdown under `state/<service>/reports/`.
+"""Interim and final stage reports: markdown under `state/<project>/<region>/<service>/reports/`.
 
 `build_report(...)` is pure: values in (rollout spec, status, events, metric windows, the
 baseline, `now`), a `Report` out, whose `markdown` renders on GitHub (tables, and mermaid
 `xychart-beta` charts of error rate and p95 per window against their rollback thresholds).
-`generate(...)` reads `state/<service>/` and the rollout file, asks the metrics provider for
-the span (see `measure_span`); `save(...)` writes `state/<service>/reports/<kind>-<UTC time>.md`
-and `<kind>-latest.md`.
+`generate(...)` reads the rollout's state folder and rollout file, asks the metrics provider
+for the span (see `measure_span`); `save(...)` writes `reports/<kind>-<UTC time>.md` and
+`<kind>-latest.md` there.
 
 Where the figures come from (`Source`): the metrics provider, asked once per metric for the
 whole span (every request served in it, whether or not a run recorded a window), or, when it
@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, Literal
 from reconciler import charts
 from reconciler.analysis import held_reason, promotion_blockers
 from reconciler.errors import ReconcileError
-from reconciler.model import Outcome, Verdict, WindowStats
+from reconciler.model import Outcome, ServiceRef, Verdict, WindowStats
 from reconciler.plan import Phase
 from reconciler.sidebyside import BaselineRule, Sample, judge_baseline
 from reconciler.spec import Metrics, RolloutSpec, format_duration, format_percent
@@ -991,7 +991,7 @@ def _short(exc: BaseException, limit: int = 200) -> str:
 
 def generate(
     root: Path,
-    service: str,
+    ref: ServiceRef,
     kind: ReportKind,
     *,
     now: datetime,
@@ -999,30 +999,30 @@ def generate(
     metrics_for: Callable[[Metrics], MetricsProvider] | None = None,
     unasked: str = "the provider was not asked",
 ) -> Report:
-    """Read `state/<service>/`, the rollout file (if any) and the latest baseline, ask the
-    rollout file's metrics provider (made by `metrics_for`; None: ask none, and say
-    `unasked`) for the span, and build the report. Raises `ReportError` when the service has
-    no state yet."""
-    from reconciler.gather import ref_of
+    """Read the rollout's state folder (`state/<project>/<region>/<service>/`), its rollout
+    file (if any) and the latest baseline, ask the rollout file's metrics provider (made by
+    `metrics_for`; None: ask none, and say `unasked`) for the span, and build the report.
+    Raises `ReportError` when the service has no state yet."""
     from reconciler.loader import load_spec
     from reconciler.metrics import StatsQuery
     from reconciler.probes import load_baseline
-    from reconciler.state import read_events, read_metrics, read_status, status_path
+    from reconciler.state import read_events, read_metrics, read_status, state_dir, status_path
 
-    status = read_status(root, service)
+    service = ref.service
+    status = read_status(root, ref)
     if status is None:
         raise ReportError(
-            f"{status_path(root, service)}: no state yet for {service} "
+            f"{status_path(root, ref)}: no state yet for {service} "
             "(nothing reconciled; run `reconcile apply` first)"
         )
     path = root / "rollout" / f"{service}.yaml"
     spec = load_spec(path) if path.is_file() else None
-    events = read_events(root, service)
+    events = read_events(root, ref)
     # A final report's span starts at the canary's first event or window: read every
     # recorded month (metrics files are bounded); otherwise read from the span's start.
     earliest = None if kind == "final" and since is None else now - (since or INTERIM_SPAN)
-    windows = read_metrics(root, service, since=earliest)
-    baseline = load_baseline(root / "state", service)
+    windows = read_metrics(root, ref, since=earliest)
+    baseline = load_baseline(state_dir(root, ref).parent, service)
     source: Source
     if spec is None:
         source = Source(None, reason="no rollout file, so no metrics provider to ask")
@@ -1047,9 +1047,7 @@ def generate(
             source = Source(name, reason=f"{name} could not be set up", detail=_short(exc))
         else:
             try:
-                source = measure_span(
-                    provider, name, StatsQuery(ref_of(spec), revisions), span, now=now
-                )
+                source = measure_span(provider, name, StatsQuery(ref, revisions), span, now=now)
             finally:
                 close = getattr(provider, "close", None)
                 if callable(close):
@@ -1067,12 +1065,14 @@ def generate(
     )
 
 
-def save(root: Path, report: Report) -> Path:
-    """Write `state/<service>/reports/<kind>-<UTC time>.md` and `<kind>-latest.md`; the path
-    of the first."""
+def save(root: Path, ref: ServiceRef, report: Report) -> Path:
+    """Write `reports/<kind>-<UTC time>.md` and `<kind>-latest.md` in the state folder of
+    `ref`; the path of the first."""
     from reconciler.state import atomic_write_text, state_dir
 
-    folder = state_dir(root, report.service) / "reports"
+    if report.service != ref.service:
+        raise ValueError(f"report of {report.service} saved as a report of {ref.key}")
+    folder = state_dir(root, ref) / "reports"
     stamp = report.generated.astimezone(UTC).strftime("%Y%m%dT%H%M%SZ")
     path = folder / f"{report.kind}-{stamp}.md"
     atomic_write_text(path, report.markdown)

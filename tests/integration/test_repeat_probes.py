@@ -18,12 +18,13 @@ from reconciler.backends.cloudrun import CloudRunBackend
 from reconciler.gitops import GitOps
 from reconciler.loader import load_spec
 from reconciler.metrics.cloud_monitoring import CloudMonitoringProvider
-from reconciler.model import Outcome
+from reconciler.model import Outcome, ServiceRef
 from reconciler.reconcile import Context, RunResult, apply_all
 from reconciler.sandbox import Sandbox, example_rollout, sandbox
 from reconciler.state import read_status
 
 CANARY = "ion-api-00042-xyz"
+ION = ServiceRef("naeda-genesis", "us-central1", "ion-api")
 WINDOW = 300.0
 LAG = 180.0
 REPEAT = "{rate: 50/s, max: 150, budget: 10s}"
@@ -77,7 +78,7 @@ def test_repeat_makes_a_quiet_failing_canary_judged_and_rolled_back(sb: Sandbox)
     codes = [quiet_tick(sb, ctx).exit_code]
     # 20 real requests, the probe, then exactly `max` synthetic ones.
     assert canary_served(sb) - before == 20 + 1 + 150
-    status = read_status(sb.repo, "ion-api")
+    status = read_status(sb.repo, ION)
     assert status is not None
     (record,) = status.probes
     assert record.name == "synthetic" and record.synthetic == 150
@@ -106,7 +107,7 @@ def test_without_repeat_the_same_canary_stays_inconclusive(sb: Sandbox) -> None:
         verdict = result.outcomes[0].verdict
         assert verdict is not None and verdict.outcome is not Outcome.FAIL
         assert "min_requests" in verdict.summary()
-    status = read_status(sb.repo, "ion-api")
+    status = read_status(sb.repo, ION)
     assert status is not None and status.coverage.synthetic == 0
 
 
@@ -119,5 +120,5 @@ def test_repeat_stops_at_its_wall_clock_budget(sb: Sandbox) -> None:
     before = canary_served(sb)
     assert apply_all(ctx).exit_code == 0
     assert canary_served(sb) - before == 1 + 2
-    status = read_status(sb.repo, "ion-api")
+    status = read_status(sb.repo, ION)
     assert status is not None and status.probes[0].synthetic == 2

@@ -26,7 +26,7 @@ from reconciler.emulator.world import Record
 from reconciler.metrics import MetricsProvider
 from reconciler.metrics.cloud_monitoring import CloudMonitoringProvider
 from reconciler.metrics.prometheus import PrometheusProvider
-from reconciler.model import Target, TrafficSplit
+from reconciler.model import ServiceRef, Target, TrafficSplit
 from reconciler.report import Report, generate
 from reconciler.spec import Metrics
 from reconciler.state import Event, EventKind, Phase, ServiceStatus, append_events, write_status
@@ -48,6 +48,7 @@ gates:
   success_rate: {{min: 90%, target: 95%}}
 """
 BATCHES, PER_BATCH = 4, 150
+ION = ServiceRef("naeda-genesis", "us-central1", "ion-api")
 
 
 def _repo(tmp_path: Path, emulator: Emulator, rollout: str = ROLLOUT) -> tuple[Path, datetime]:
@@ -58,11 +59,12 @@ def _repo(tmp_path: Path, emulator: Emulator, rollout: str = ROLLOUT) -> tuple[P
     start = emulator.now().replace(microsecond=0) - timedelta(seconds=1)
     append_events(
         root,
-        "ion-api",
+        ION,
         [Event(start, EventKind.APPLIED, "reconciler", f"{STABLE}=100", f"{CANARY}=25")],
     )
     write_status(
         root,
+        ION,
         ServiceStatus(
             service="ion-api",
             phase=Phase.PROGRESSING,
@@ -151,7 +153,7 @@ def test_report_counts_traffic_no_run_recorded(emulator: Emulator, tmp_path: Pat
         made.append(_cloud_monitoring(emulator))
         return made[0]
 
-    report = generate(root, "ion-api", "interim", now=now, metrics_for=provider)
+    report = generate(root, ION, "interim", now=now, metrics_for=provider)
 
     assert report.source is not None and report.source.measured
     # One aggregated query per metric for the whole span, however long it is.
@@ -170,7 +172,7 @@ def test_report_counts_traffic_no_run_recorded(emulator: Emulator, tmp_path: Pat
     assert "No data" not in md.split("## Traffic and gates")[1].split("## Charts")[0]
 
     # The same state read offline (no provider asked) knows no traffic at all.
-    offline = generate(root, "ion-api", "interim", now=now)
+    offline = generate(root, ION, "interim", now=now)
     assert offline.canary is not None and offline.canary.requests == 0
     assert "No data: no metric window recorded in the span." in offline.markdown
     assert "windows recorded in state/: the provider was not asked" in offline.markdown
@@ -183,7 +185,7 @@ def test_provider_down_falls_back_to_recorded_windows(emulator: Emulator, tmp_pa
 
     report = generate(
         root,
-        "ion-api",
+        ION,
         "interim",
         now=emulator.now(),
         metrics_for=lambda _m: _cloud_monitoring(emulator, attempts=2),
@@ -207,7 +209,7 @@ def test_a_span_older_than_retention_uses_recorded_windows(
     provider = _cloud_monitoring(emulator)
     report = generate(
         root,
-        "ion-api",
+        ION,
         "final",
         now=emulator.now() + timedelta(weeks=7),
         metrics_for=lambda _m: provider,
@@ -246,7 +248,7 @@ def test_report_from_prometheus(tmp_path: Path) -> None:
             made.append(PrometheusProvider(prom.url))
             return made[-1]
 
-        report = generate(root, "ion-api", "interim", now=now, metrics_for=provider)
+        report = generate(root, ION, "interim", now=now, metrics_for=provider)
         assert report.source is not None and report.source.measured, report.source
         assert made[0].calls == 6  # one query per measure for the whole span
         _check_against_raw(report, list(emu.world.served()), "prometheus")
@@ -254,7 +256,7 @@ def test_report_from_prometheus(tmp_path: Path) -> None:
         assert "computed by Prometheus at" in report.markdown
 
         prom.stop()
-        down = generate(root, "ion-api", "interim", now=now, metrics_for=provider)
+        down = generate(root, ION, "interim", now=now, metrics_for=provider)
         assert down.source is not None and not down.source.measured
         assert down.source.reason.startswith(f"Prometheus at {prom.url}")
         assert down.source.reason.endswith("could not answer")

@@ -16,11 +16,13 @@ import pytest
 from reconciler.backends.cloudrun import CloudRunBackend
 from reconciler.gitops import GitOps
 from reconciler.metrics.cloud_monitoring import CloudMonitoringProvider
+from reconciler.model import ServiceRef
 from reconciler.reconcile import Context, RunResult, apply_all
 from reconciler.sandbox import Sandbox, example_rollout, sandbox
-from reconciler.state import read_status
+from reconciler.state import read_status, state_dir
 
 CANARY = "ion-api-00042-xyz"
+ION = ServiceRef("naeda-genesis", "us-central1", "ion-api")
 WINDOW = 300.0
 LAG = 180.0
 
@@ -56,13 +58,13 @@ def tick(sb: Sandbox, ctx: Context, canary: int = 200) -> RunResult:
 
 
 def reports(sb: Sandbox) -> list[str]:
-    folder = sb.repo / "state" / "ion-api" / "reports"
+    folder = state_dir(sb.repo, ION) / "reports"
     return sorted(p.name for p in folder.glob("*.md")) if folder.is_dir() else []
 
 
 def committed_with(sb: Sandbox, name: str) -> str:
     """The subject and body of the remote commit that added state/ion-api/reports/NAME."""
-    path = f"state/ion-api/reports/{name}"
+    path = f"state/naeda-genesis/us-central1/ion-api/reports/{name}"
     return sb.remote_log("--diff-filter=A", "--format=%s%n%b", "--", path)
 
 
@@ -93,14 +95,14 @@ def test_interim_and_go_no_go_reports_appear_by_themselves(sb: Sandbox) -> None:
     assert "Report: interim report: 5% live for 20m" in body
     assert "Report: go/no-go report: 5% live for 40m" in committed_with(sb, final)
 
-    text = (sb.repo / "state/ion-api/reports" / interim).read_text(encoding="utf-8")
+    text = (state_dir(sb.repo, ION) / "reports" / interim).read_text(encoding="utf-8")
     assert text.startswith("# ion-api: interim report\n")
     # Measured from the provider for the span, not only from what runs recorded.
     assert "| figures | Cloud Monitoring, one query per metric over the span |" in text
-    final_text = (sb.repo / "state/ion-api/reports" / final).read_text(encoding="utf-8")
+    final_text = (state_dir(sb.repo, ION) / "reports" / final).read_text(encoding="utf-8")
     assert "**Go/no-go: NO-GO for now** (hold)" in final_text  # bake 24h not over
 
-    status = read_status(sb.repo, "ion-api")
+    status = read_status(sb.repo, ION)
     assert status is not None and set(status.reported) == {"interim@5", "final@5"}
 
 
@@ -118,7 +120,7 @@ def test_a_rollback_commits_the_final_report_with_it(sb: Sandbox) -> None:
     body = committed_with(sb, final)
     assert body.startswith("reconcile(ion-api): rollback canary 5% -> 0%"), body
     assert "Report: final report: the rollout rolled back" in body
-    text = (sb.repo / "state/ion-api/reports" / final).read_text(encoding="utf-8")
+    text = (state_dir(sb.repo, ION) / "reports" / final).read_text(encoding="utf-8")
     assert "**Go/no-go: NO-GO** (roll back)" in text
     assert "written with the rollback, which waits on no metrics provider" in text
 
