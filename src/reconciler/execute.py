@@ -25,7 +25,7 @@ from typing import Any
 from reconciler import state as st
 from reconciler import verbs, yamledit
 from reconciler.backends import Conflict, TrafficBackend
-from reconciler.decide import Commit, Decision
+from reconciler.decide import Commit, Decision, ReportDue
 from reconciler.errors import ReconcileError
 from reconciler.gitops import GitOps
 from reconciler.loader import load_spec
@@ -306,7 +306,8 @@ def write_record(ctx: Context, run: ServiceRun, d: Decision, applied: bool) -> R
     root = ctx.state_root
     # An unconfirmed rollback keeps the live split it read: the next run reads it again.
     status = _with_live(d.status if applied else d.held, run.live)
-    quiet = not (applied or run.events or run.edited or d.events or d.added)
+    due = d.reports_due(applied)
+    quiet = not (applied or run.events or run.edited or d.events or d.added or due)
     if quiet and (d.idle or _unchanged(root, run.ref, status, d.previous)):
         return None
     service = run.spec.service
@@ -319,6 +320,8 @@ def write_record(ctx: Context, run: ServiceRun, d: Decision, applied: bool) -> R
         st.append_metrics(root, ref, d.added)
     if events:
         st.append_events(root, ref, events)
+    for report in due:
+        write_report(ctx, run, report, rollback=d.rollback)
     commit = d.commit if applied else d.held_commit
     late = [e for e in run.events if e.details.get("recovered")]
     if not applied and late:
@@ -344,6 +347,31 @@ def _unchanged(
 def late_commit(commit: Commit, service: str, late: st.Event) -> Commit:
     """The commit text of a late record of an earlier write (`recover`)."""
     return replace(commit, subject=f"reconcile({service}): record missed write: {late.reason}")
+
+
+def write_report(ctx: Context, run: ServiceRun, due: ReportDue, *, rollback: bool) -> None:
+    """Write a scheduled report in the rollout's state folder (`reports/`) from the state just
+    written, so the record's commit carries it. A rollback's report asks no metrics provider (its
+    record must not wait on one): it uses the recorded windows and says so. A report that
+    cannot be made is logged and never stops the record."""
+    from reconciler.report import generate, save
+
+    try:
+        made = generate(
+            ctx.state_root,
+            run.ref,
+            due.kind,
+            now=run.now,
+            metrics_for=None if rollback else ctx.metrics_for,
+            unasked="written with the rollback, which waits on no metrics provider"
+            if rollback
+            else "no metrics provider configured for this run",
+        )
+        path = save(ctx.state_root, run.ref, made)
+    except ReconcileError as exc:
+        log.warning("%s: %s not written: %s", run.spec.service, due.reason, exc)
+        return
+    ctx.progress(f"{run.spec.service}: {due.reason}: {path.relative_to(ctx.repo).as_posix()}")
 
 
 def record(ctx: Context, run: ServiceRun, d: Decision, applied: bool) -> str | None:
