@@ -298,6 +298,8 @@ class Record:
     commit: Commit
     late: bool = False
     """Only the late record of an earlier write (see `recover`)."""
+    listed: bool = False
+    """Named in the run's commit even if it only observed (it wrote a report)."""
 
 
 def write_record(ctx: Context, run: ServiceRun, d: Decision, applied: bool) -> Record | None:
@@ -327,7 +329,7 @@ def write_record(ctx: Context, run: ServiceRun, d: Decision, applied: bool) -> R
     if not applied and late:
         commit = late_commit(commit, service, late[0])
     paths = (st.state_dir(root, ref), *([run.path] if run.edited else []))
-    return Record(ref.key, paths, commit)
+    return Record(ref.key, paths, commit, listed=bool(due))
 
 
 def _unchanged(
@@ -398,7 +400,7 @@ def commit_records(ctx: Context, records: list[Record]) -> str | None:
     is no git or nothing in them changed. Raises `ReconcileError` when git fails."""
     if ctx.git is None or not records:
         return None
-    text = run_commit([Entry(r.commit, r.late) for r in records])
+    text = run_commit([Entry(r.commit, r.late, r.listed) for r in records])
     paths = [p for r in records for p in r.paths]
     with ctx.git_lock:
         return ctx.git.commit(paths, text.subject, text.body, text.trailers)

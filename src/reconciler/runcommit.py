@@ -32,6 +32,8 @@ class Entry:
     commit: Commit
     late: bool = False
     """A late record of a write an earlier (crashed) run made."""
+    listed: bool = False
+    """Given its line and trailers even when it only observed (it wrote a report)."""
 
     @property
     def action(self) -> str:
@@ -59,11 +61,11 @@ def summary(entries: Sequence[Entry]) -> str:
 
 def run_commit(entries: Sequence[Entry]) -> RunCommit:
     """The commit recording `entries` (at least one): `reconcile: <summary>`, then for each
-    service that did something (sorted by name) its own subject and body lines, and its
-    trailers in the same order."""
+    service that did something or is `listed` (sorted by name) its own subject and body
+    lines, and its trailers in the same order."""
     if not entries:
         raise ValueError("a run's commit records at least one service")
-    acted = sorted((e for e in entries if e.action != _QUIET), key=lambda e: e.service)
+    acted = sorted((e for e in entries if e.action != _QUIET or e.listed), key=lambda e: e.service)
     lines: list[str] = []
     trailers: list[tuple[str, str]] = []
     for e in acted:

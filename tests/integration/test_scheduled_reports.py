@@ -91,7 +91,7 @@ def test_interim_and_go_no_go_reports_appear_by_themselves(sb: Sandbox) -> None:
 
     # Each is in the run's record commit, said in its body, on the remote.
     body = committed_with(sb, interim)
-    assert body.startswith("reconcile(ion-api): observed state"), body
+    assert "\nreconcile(ion-api): observed state" in body, body  # its line in the run's commit
     assert "Report: interim report: 5% live for 20m" in body
     assert "Report: go/no-go report: 5% live for 40m" in committed_with(sb, final)
 
@@ -118,7 +118,8 @@ def test_a_rollback_commits_the_final_report_with_it(sb: Sandbox) -> None:
     (final,) = (n for n in names if n.startswith("final-2"))
     assert not [n for n in names if n.startswith("interim")]
     body = committed_with(sb, final)
-    assert body.startswith("reconcile(ion-api): rollback canary 5% -> 0%"), body
+    assert body.startswith("reconcile: 1 rolled back [skip reconcile]\n"), body
+    assert "\nreconcile(ion-api): rollback canary 5% -> 0%" in body, body
     assert "Report: final report: the rollout rolled back" in body
     text = (state_dir(sb.repo, ION) / "reports" / final).read_text(encoding="utf-8")
     assert "**Go/no-go: NO-GO** (roll back)" in text

@@ -75,3 +75,18 @@ def test_lines_and_trailers_per_acting_service_in_name_order() -> None:
 def test_a_run_commit_records_something() -> None:
     with pytest.raises(ValueError):
         run_commit([])
+
+
+def test_an_observing_service_that_wrote_a_report_is_listed() -> None:
+    report = Commit(
+        "reconcile(ion-api): observed state",
+        "Report: interim report: 5% live for 20m",
+        {"Reconcile-Service": "ion-api", "Reconcile-Action": "record"},
+    )
+    text = run_commit([Entry(report, listed=True), entry("quiet", "record")])
+    assert text.subject == "reconcile: 2 observed"
+    assert text.body.splitlines() == [
+        "reconcile(ion-api): observed state",
+        "  Report: interim report: 5% live for 20m",
+    ]
+    assert text.trailers == (("Reconcile-Service", "ion-api"), ("Reconcile-Action", "record"))
