@@ -28,7 +28,15 @@ from reconciler.gitops import GitOps
 from reconciler.loader import load_spec
 from reconciler.metrics import MetricsProvider
 from reconciler.model import LiveService, ServiceStatus, Target, TrafficSplit
-from reconciler.plan import Reason, ServicePlan, SpecEdit, desired_split, is_rolled_back
+from reconciler.plan import (
+    Reason,
+    ServicePlan,
+    SpecEdit,
+    desired_split,
+    is_rolled_back,
+    rollback_block,
+    rollback_values,
+)
 from reconciler.shard import Shard
 from reconciler.spec import Metrics, RolloutSpec
 
@@ -120,8 +128,8 @@ def stamp(sp: ServicePlan, now: datetime, reason: str) -> dict[str, str]:
         "canary": sp.canary,
         "reason": reason,
     }
-    block = sp.edit.values.get("rolled_back") if sp.edit is not None else None
-    if isinstance(block, Mapping):
+    block = rollback_block(sp.edit)
+    if block is not None:
         # The exact reason the rollback writes into the rollout file, so a recovered record
         # is byte-identical to the one the writing run commits (no conflict if both land).
         data["rolled_back_reason"] = str(block.get("reason", reason))
@@ -363,12 +371,9 @@ def _recovered_edit(
     canary = data.get("canary")
     same = bool(canary) and spec.revisions.canary == canary
     if reason is Reason.ROLLBACK and same and not is_rolled_back(spec):
-        block = {
-            "revision": str(canary),
-            "at": st.format_time(written_at),
-            "reason": str(data.get("rolled_back_reason", data.get("reason", ""))),
-        }
-        return SpecEdit(reason, {"canary_percent": 0, "rolled_back": block}, "recorded late")
+        why = str(data.get("rolled_back_reason", data.get("reason", "")))
+        values = rollback_values(spec, str(canary), written_at, why)
+        return SpecEdit(reason, values, "recorded late")
     if reason is Reason.FINALIZE and same:
         values: dict[str, Any] = {
             "revisions.stable": str(canary),
