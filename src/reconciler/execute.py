@@ -372,8 +372,8 @@ def _recovered_edit(
     same = bool(canary) and spec.revisions.canary == canary
     if reason is Reason.ROLLBACK and same and not is_rolled_back(spec):
         why = str(data.get("rolled_back_reason", data.get("reason", "")))
-        values = rollback_values(spec, str(canary), written_at, why)
-        return SpecEdit(reason, values, "recorded late")
+        block = rollback_values(spec, str(canary), written_at, why)
+        return SpecEdit(reason, block, "recorded late")
     if reason is Reason.FINALIZE and same:
         values: dict[str, Any] = {
             "revisions.stable": str(canary),

@@ -139,8 +139,8 @@ def step(spec: RolloutSpec, region: str, states: Mapping[str, RegionState]) -> W
     if lead and nxt == goal:
         # The lead follows the file as a single-region rollout: its plan judges the raise.
         return replace(base, percent=goal)
-    previous = [_state(states, r) for r in waves[index - 1]] if index else []
-    cap = _cleared_stage(spec, previous) if index else goal
+    ahead = [_state(states, r) for r in waves[index - 1]] if index else []
+    cap = _cleared_stage(spec, ahead) if index else goal
     if nxt > cap:
         previous = waves[index - 1]
         waiting = (
