@@ -151,7 +151,8 @@ def step(spec: RolloutSpec, region: str, states: Mapping[str, RegionState]) -> W
     if me.stage > 0 and not me.baked:
         waiting = f"{nxt}% waits for this region's own bake at {me.stage}%"
         return replace(base, waiting=waiting)
-    waiting = None if nxt == goal else f"catching up: {nxt}% on the way to {goal}%"
+    # Below what the previous wave cleared (a retried region): climbing back, a bake a stage.
+    waiting = f"catching up: {nxt}% on the way to {cap}%" if nxt < cap else None
     return replace(base, percent=nxt, waiting=waiting)
 
 
