@@ -144,7 +144,7 @@ def step(spec: RolloutSpec, region: str, states: Mapping[str, RegionState]) -> W
     if nxt > cap:
         previous = waves[index - 1]
         waiting = (
-            f"wave {index + 1} waits: {nxt}% starts here after wave {index} "
+            f"{nxt}% starts here after wave {index} "
             f"({_names(previous)}) passed it for bake {format_duration(spec.bake)}"
         )
         return replace(base, waiting=waiting)

@@ -3,6 +3,7 @@ does to each region's Decision (`decide` with every region's status)."""
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -19,8 +20,9 @@ from reconciler.model import (
     TrafficSplit,
     WindowStats,
 )
-from reconciler.plan import Reason, is_rolled_back
+from reconciler.plan import Plan, Reason, is_rolled_back
 from reconciler.spec import RolloutSpec
+from reconciler.views.plan import plan_from_json, plan_json, plan_text
 from reconciler.waves import RegionState, expand, region_state, step, waves_of
 
 NOW = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
@@ -79,8 +81,8 @@ STEPS = [
     # hold (fragment or None), waiting (fragment or None)
     ("lead-starts-the-first-stage", {}, US, {}, 5, False, False, None, None),
     ("wave2-waits-for-wave1-to-start", {}, EU, {US: S(0)}, 0, False, False, None,
-     "wave 2 waits: 5% starts here after wave 1 (us-central1) passed it for bake 1h"),
-    ("wave2-waits-for-wave1-bake", {}, EU, {US: S(5)}, 0, False, False, None, "wave 2 waits"),
+     "5% starts here after wave 1 (us-central1) passed it for bake 1h"),
+    ("wave2-waits-for-wave1-bake", {}, EU, {US: S(5)}, 0, False, False, None, "starts here after"),
     ("wave2-starts-once-wave1-baked", {}, EU, {US: B(5)}, 5, False, False, None, None),
     ("wave2-both-regions-start", {}, ASIA, {US: B(5), EU: S(5)}, 5, False, False, None, None),
     ("lead-advances-once-wave1-baked", {}, US, {US: B(5)}, 5, True, False, None, None),
@@ -117,8 +119,8 @@ STEPS = [
      ASIA, {US: B(10), EU: B(5)}, 5, False, False, None, None),
     ("three-waves-third-waits-for-second", {"waves": [[US], [EU], [ASIA]],
                                             "canary_percent": 10},
-     ASIA, {US: B(10), EU: S(5)}, 0, False, False, None, "wave 3 waits: 5% starts here after "
-     "wave 2 (europe-west1)"),
+     ASIA, {US: B(10), EU: S(5)}, 0, False, False, None,
+     "5% starts here after wave 2 (europe-west1)"),
     ("finalize-waits-for-every-region", {"canary_percent": 100}, US,
      {US: S(100), EU: B(100), ASIA: B(50)}, 100, False, False, None,
      "finalize waits for every region at 100% (asia-northeast1 not yet)"),
@@ -343,7 +345,7 @@ def test_wave_two_waits_without_blocking() -> None:
     d = decide(region_spec(EU), None, live(EU, 0), now=NOW, regions={US: status(US, 5)})
     assert not d.acts and d.blocked is None
     assert d.plan.canary_percent == 0
-    assert any(n.startswith("wave 2: wave 2 waits: 5% starts here") for n in d.plan.notes)
+    assert any(n.startswith("wave 2: 5% starts here after wave 1") for n in d.plan.notes)
 
 
 def test_a_wave_two_region_baked_at_its_stage_never_advances_the_file() -> None:
@@ -374,3 +376,50 @@ def test_finalize_waits_for_every_region_then_only_the_lead_writes_it() -> None:
     other = decide(region_spec(EU, **over), status(EU, 100), live(EU, 100), now=NOW,
                    regions={US: status(US, 100), ASIA: status(ASIA, 100)})  # fmt: skip
     assert not other.acts
+
+
+# --- the plan draws a file's regions as its waves ------------------------------------------------
+def waves_plan(**over: Any) -> Plan:
+    spec = make_spec(canary_percent=10, **over)
+    lives = {US: live(US, 10), EU: live(EU, 5), ASIA: live(ASIA, 5, tagged=False)}
+    statuses = {US: status(US, 10), EU: status(EU, 5, passing_since=T0), ASIA: None}
+    services = []
+    for s in expand(spec):
+        others = {r: st for r, st in statuses.items() if r != s.region}
+        services.append(decide(s, statuses[s.region], lives[s.region], now=NOW, regions=others))
+    return Plan(created_at=NOW, services=tuple(d.plan for d in services))
+
+
+def test_plan_text_draws_waves_as_groups() -> None:
+    out = plan_text(waves_plan())
+    head = (
+        "ion-api (naeda-genesis) in 2 waves  1: [us-central1]  2: [europe-west1, asia-northeast1]"
+    )
+    assert head in out
+    lines = out.splitlines()
+    order = [
+        next(i for i, line in enumerate(lines) if line.strip().startswith(what))
+        for what in ("wave 1: us-central1", "ion-api (naeda-genesis/us-central1)", "wave 2:",
+                     "ion-api (naeda-genesis/europe-west1)",
+                     "~ ion-api (naeda-genesis/asia-northeast1)")
+    ]  # fmt: skip
+    assert order == sorted(order)
+    assert "note: wave 2: 10% starts here after wave 1 (us-central1)" in out
+    assert "HOLD" not in out
+    assert out.rstrip().endswith("Plan: 1 to change, 2 unchanged, 0 blocked, 0 errors.")
+
+
+def test_plan_text_says_the_hold_once_with_its_reason() -> None:
+    out = plan_text(waves_plan(**rolled(ASIA)))
+    assert out.count("HOLD:") == 1
+    assert "HOLD: asia-northeast1 rolled back (error_rate 9% > 5%); no region takes a new" in out
+    assert "reconcile retry ion-api" in out
+
+
+def test_plan_json_keeps_waves_and_hold() -> None:
+    plan = waves_plan(**rolled(ASIA))
+    data = json.loads(plan_json(plan))
+    eu = next(s for s in data["services"] if s["region"] == EU)
+    assert eu["wave"] == 2 and eu["waves"] == [[US], [EU, ASIA]]
+    assert eu["hold"].startswith("HOLD: asia-northeast1 rolled back")
+    assert plan_from_json(plan_json(plan)) == plan
