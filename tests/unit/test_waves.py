@@ -23,6 +23,7 @@ from reconciler.model import (
 from reconciler.plan import Plan, Reason, is_rolled_back
 from reconciler.spec import RolloutSpec
 from reconciler.views.plan import plan_from_json, plan_json, plan_text
+from reconciler.views.status import status_text
 from reconciler.waves import RegionState, expand, region_state, step, waves_of
 
 NOW = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
@@ -423,3 +424,11 @@ def test_plan_json_keeps_waves_and_hold() -> None:
     assert eu["wave"] == 2 and eu["waves"] == [[US], [EU, ASIA]]
     assert eu["hold"].startswith("HOLD: asia-northeast1 rolled back")
     assert plan_from_json(plan_json(plan)) == plan
+
+
+def test_status_names_each_region_and_wave_and_says_the_hold() -> None:
+    plan = waves_plan(**rolled(ASIA))
+    out = status_text(list(plan.services), [])
+    assert "ion-api europe-west1 (wave 2)" in out
+    assert "ion-api us-central1 (wave 1)" in out
+    assert "HOLD: asia-northeast1 rolled back" in out
