@@ -26,6 +26,15 @@ class ServiceRef:
         """The full resource name used by the Cloud Run Admin API v2."""
         return f"projects/{self.project}/locations/{self.region}/services/{self.service}"
 
+    @property
+    def key(self) -> str:
+        """One string identity for a rollout: `project/region/service`.
+
+        Used wherever a rollout needs a string key (maps, logs, commit trailers, state paths),
+        so the same service id in two regions or projects stays two rollouts.
+        """
+        return f"{self.project}/{self.region}/{self.service}"
+
 
 @dataclass(frozen=True, order=True)
 class Target:
