@@ -108,9 +108,15 @@ def edit_text(text: str, edit: SpecEdit) -> str:
     return yamledit.edit_rollout(text, set_values=values, remove=remove)
 
 
+_EDITS = threading.Lock()
+"""Serializes rollout-file edits: the regions of a file with `waves:` are reconciled on a
+pool, and two of them rolled back in one run each add their entry to the same file."""
+
+
 def edit_rollout_file(run: ServiceRun, edit: SpecEdit) -> None:
     """Carry out an edit of the run's rollout file, keeping every other byte."""
-    st.atomic_write_text(run.path, edit_text(read_rollout(run.path), edit))
+    with _EDITS:
+        st.atomic_write_text(run.path, edit_text(read_rollout(run.path), edit))
     run.edited = True
 
 
