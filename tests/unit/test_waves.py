@@ -22,6 +22,7 @@ from reconciler.model import (
 )
 from reconciler.plan import Plan, Reason, is_rolled_back
 from reconciler.spec import RolloutSpec
+from reconciler.views.comment import plan_markdown
 from reconciler.views.plan import plan_from_json, plan_json, plan_text
 from reconciler.views.status import status_text
 from reconciler.waves import RegionState, expand, region_state, step, waves_of
@@ -431,4 +432,10 @@ def test_status_names_each_region_and_wave_and_says_the_hold() -> None:
     out = status_text(list(plan.services), [])
     assert "ion-api europe-west1 (wave 2)" in out
     assert "ion-api us-central1 (wave 1)" in out
+    assert "HOLD: asia-northeast1 rolled back" in out
+
+
+def test_the_pull_request_comment_names_each_region_s_wave() -> None:
+    out = plan_markdown(waves_plan(**rolled(ASIA)))
+    assert "`naeda-genesis` / `europe-west1` · wave 2 of 2" in out
     assert "HOLD: asia-northeast1 rolled back" in out
