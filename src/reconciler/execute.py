@@ -39,6 +39,7 @@ from reconciler.plan import (
 )
 from reconciler.shard import Shard
 from reconciler.spec import Metrics, RolloutSpec
+from reconciler.waves import for_region
 
 log = logging.getLogger(__name__)
 
@@ -355,7 +356,7 @@ def recover(ctx: Context, run: ServiceRun, spec_commit: str | None) -> None:
     edit = _recovered_edit(run, reason, data, written_at)
     if edit is not None:
         edit_rollout_file(run, edit)
-        run.spec = load_spec(run.path)
+        run.spec = for_region(load_spec(run.path), run.spec.region)
     run.events.append(
         st.Event(
             time=run.now,

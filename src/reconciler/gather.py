@@ -24,6 +24,7 @@ from reconciler.model import WindowStats as Window
 from reconciler.plan import ServiceError
 from reconciler.shard import Shard
 from reconciler.spec import RolloutSpec
+from reconciler.waves import expand
 
 
 # --- inputs ---------------------------------------------------------------------------------
@@ -76,16 +77,34 @@ def _did_you_mean(pattern: str, names: Sequence[str]) -> str:
 def load_all(
     files: Iterable[Path], shard: Shard | None = None
 ) -> tuple[list[tuple[Path, RolloutSpec]], list[ServiceError]]:
-    """Load every rollout file; a bad file is an error for that service only, and so are two
-    files claiming one service (both named). With `shard`, only what that shard owns is
-    returned (every file is still read, so a clash across shards is still seen)."""
+    """Load every rollout file, one spec per region of a file with `waves:`; a bad file is an
+    error for that service only, and so are two files claiming one service (both named).
+    With `shard`, only what that shard owns is returned (every file is still read, so a
+    clash across shards is still seen)."""
     specs: list[tuple[Path, RolloutSpec]] = []
     errors: list[tuple[Path, ServiceError]] = []
     for path in files:
         try:
-            specs.append((path, load_spec(path)))
+            spec = load_spec(path)
         except ReconcileError as exc:
             errors.append((path, ServiceError(path.stem, str(exc))))
+            continue
+        if spec.waves is not None:
+            # Refused until state/ is kept per region: the regions would share one status.
+            regions = sum(len(w) for w in spec.waves)
+            errors.append(
+                (
+                    path,
+                    ServiceError(
+                        spec.service,
+                        f"{path}: waves name {regions} regions of {spec.service}, but state/ "
+                        f"is kept per service id (state/{spec.service}/), so they would "
+                        "overwrite each other's observed state; refused",
+                    ),
+                )
+            )
+            continue
+        specs.extend((path, s) for s in expand(spec))
     clashes = duplicate_identities(specs)
     errors += [(p, ServiceError(s.service, clashes[p])) for p, s in specs if p in clashes]
     specs = [(p, s) for p, s in specs if p not in clashes]
@@ -98,6 +117,20 @@ def load_all(
 def _shard_key(path: Path) -> str:
     """A file's shard key when it has no identity: its folder and name (machine-independent)."""
     return f"{path.parent.name}/{path.name}"
+
+
+def region_statuses(root: Path, spec: RolloutSpec) -> dict[str, st.ServiceStatus | None]:
+    """The observed status of every other region of a file with `waves:`, by region, for
+    the wave rule (empty without waves). One that cannot be read counts as not started."""
+    out: dict[str, st.ServiceStatus | None] = {}
+    for other in expand(spec):
+        if other.region == spec.region:
+            continue
+        try:
+            out[other.region] = st.load_status(root, other.service).status
+        except ReconcileError:
+            out[other.region] = None
+    return out
 
 
 def ref_of(spec: RolloutSpec) -> ServiceRef:
@@ -122,7 +155,8 @@ not transfer the rest of the region."""
 def observe(
     backend: TrafficBackend, specs: Sequence[RolloutSpec], max_workers: int = 16
 ) -> dict[str, LiveService | str]:
-    """Every service's live state, or the error reading it, kept per service.
+    """Every service's live state, or the error reading it, by `ServiceRef.key` (the
+    regions of a file with waves share a service id).
 
     Services are grouped by project and region: a group of `LIST_FROM` or more is read with
     ListServices and ListRevisions across services (a few calls for 1,000 services); smaller
@@ -146,10 +180,10 @@ def observe(
         }
         gets = [pool.submit(read_live, backend, spec) for spec in singles]
         for spec, future in zip(singles, gets, strict=True):
-            out[spec.service] = future.result()
+            out[ref_of(spec).key] = future.result()
         for region in listed.values():
             out.update(region.result())
-    return {spec.service: out[spec.service] for spec in specs}
+    return {ref_of(spec).key: out[ref_of(spec).key] for spec in specs}
 
 
 def _read_region(
@@ -160,11 +194,11 @@ def _read_region(
     try:
         found = backend.list_services(project, region)
     except BackendError as exc:
-        return {spec.service: str(exc) for spec in specs}
+        return {ref_of(spec).key: str(exc) for spec in specs}
     out: dict[str, LiveService | str] = {}
     for spec in specs:
         live = found.get(spec.service)
-        out[spec.service] = (
+        out[ref_of(spec).key] = (
             live
             if live is not None
             else (
@@ -227,7 +261,7 @@ def gather(
         if isinstance(status, ServiceError):
             gathered.append(status)
             continue
-        live = lives[item.service] if backend is not None else offline_live(item, status.status)
+        live = lives[ref_of(item).key] if backend is not None else offline_live(item, status.status)
         gathered.append((item, status, live))
     return gathered
 
@@ -287,16 +321,18 @@ def measure(
     """The windows (see `spans`) of the canary and stable of every service with a live
     canary; each state/ status is read here for its last judged window.
 
-    Batched: one provider call per metrics configuration and span, covering every service
-    that shares it (the Cloud Monitoring provider makes one API call per metric per project).
-    Returns windows by (service, revision) and metric errors by service.
+    Batched: one provider call per metrics configuration, region and span, covering every
+    service that shares them (the Cloud Monitoring provider makes one API call per metric
+    per project and region; a service in several regions has the same revision names in
+    each, so one call never mixes regions). Returns windows by (`ServiceRef.key`, revision)
+    and metric errors by `ServiceRef.key`.
     """
     out: dict[tuple[str, str], list[Window]] = {}
     errors: dict[str, str] = {}
     if ctx.metrics_for is None:
         return out, errors
     groups: dict[
-        tuple[str, datetime, datetime, SpanKind], list[tuple[RolloutSpec, StatsQuery]]
+        tuple[str, str, datetime, datetime, SpanKind], list[tuple[RolloutSpec, StatsQuery]]
     ] = {}
     providers: dict[str, MetricsProvider] = {}
     for spec, live in items:
@@ -313,8 +349,9 @@ def measure(
             status = None  # the service's own tick reports the corrupt file
         query = StatsQuery(ref_of(spec), (canary, spec.revisions.stable))
         for start, end, kind in spans(spec, status, live, now, lag):
-            groups.setdefault((key, start, end, kind), []).append((spec, query))
-    for (key, start, end, kind), members in groups.items():
+            place = f"{spec.project}/{spec.region}"
+            groups.setdefault((key, place, start, end, kind), []).append((spec, query))
+    for (key, _place, start, end, kind), members in groups.items():
         provider = providers[key]
         lag = _lag(provider)
         try:
@@ -322,7 +359,7 @@ def measure(
             stats = provider.window_stats([q for _, q in members], end - start, end + lag)
         except MetricsError as exc:
             for spec, _ in members:
-                errors[spec.service] = str(exc)
+                errors[ref_of(spec).key] = str(exc)
             continue
         provisional = end > now - lag - SAMPLE_PERIOD
         for spec, q in members:
@@ -330,7 +367,7 @@ def measure(
                 w = stats.get((spec.service, rev))
                 if w is not None:
                     w = replace(w, start=start, end=end, span=kind, provisional=provisional)
-                    out.setdefault((spec.service, rev), []).append(w)
+                    out.setdefault((ref_of(spec).key, rev), []).append(w)
     for found in out.values():
         found.sort(key=lambda w: (w.end, w.start))
     return out, errors

@@ -25,7 +25,7 @@ from reconciler.execute import STAMP_KEY as STAMP_KEY
 from reconciler.execute import Context as Context  # re-exported: callers build it from here
 from reconciler.execute import ServiceRun, carry_out, commit_paths, record, recover
 from reconciler.execute import read_stamp as read_stamp
-from reconciler.gather import gather, load_all, measure, observe, probe
+from reconciler.gather import gather, load_all, measure, observe, probe, region_statuses
 from reconciler.gather import ref_of as ref_of
 from reconciler.gather import rollout_files as rollout_files
 from reconciler.loader import load_spec
@@ -34,6 +34,7 @@ from reconciler.model import WindowStats as Window
 from reconciler.plan import Plan, PlanError, ServiceError, ServicePlan, is_rolled_back
 from reconciler.shard import Shard
 from reconciler.spec import RolloutSpec
+from reconciler.waves import for_region
 
 log = logging.getLogger(__name__)
 
@@ -135,6 +136,7 @@ def plan_all(
                 now=now,
                 config_errors=config,
                 check_revisions=not offline,
+                regions=region_statuses(repo, spec),
             )
             salvaged = (f"state: {loaded.problem}",) if loaded.problem else ()
             plans.append(replace(d.plan, warnings=(*d.plan.warnings, *salvaged)))
@@ -188,6 +190,7 @@ def _prepare(
     spec = run.spec
     config = missing_env(spec, os.environ if ctx.environ is None else ctx.environ)
     probes: list[st.ProbeRecord] = []
+    regions = region_statuses(ctx.state_root, spec)
     in_budget = probe_deadline is None or time.monotonic() < probe_deadline
     if not dry_run and not config and in_budget:
         probes, config = probe(ctx, spec, live, now)
@@ -205,6 +208,7 @@ def _prepare(
             spec_commit=spec_commit,
             actor=ctx.actor,
             window_keep=ctx.window_keep,
+            regions=regions,
         )
 
     d = redecide(live)
@@ -319,24 +323,24 @@ def apply_all(
     lives = observe(ctx.backend, [s for _, s in specs], ctx.max_workers)
     ok: list[tuple[Path, RolloutSpec, LiveService]] = []
     for path, spec in specs:
-        live = lives[spec.service]
+        live = lives[ref_of(spec).key]
         if isinstance(live, str):
             outcomes.append(ServiceOutcome(spec.service, error=live))
         else:
             ok.append((path, spec, live))
     windows, metric_errors = measure(ctx, [(s, lv) for _, s, lv in ok], ctx.clock())
-    saved_by = {s.service: s for s in saved.services} if saved else {}
+    saved_by = {s.ref.key: s for s in saved.services} if saved else {}
     deadline = time.monotonic() + ctx.probe_budget
 
     def first(item: tuple[Path, RolloutSpec, LiveService]) -> _Tick | ServiceOutcome:
         path, spec, live = item
-        mine = saved_by.get(spec.service)
+        mine = saved_by.get(ref_of(spec).key)
         stale = _stale(mine, live) if mine is not None else None
         if stale:
             return ServiceOutcome(spec.service, error=stale)
         won = [w for rev in (spec.revisions.canary, spec.revisions.stable) if rev
-               for w in windows.get((spec.service, rev), [])]  # fmt: skip
-        err = metric_errors.get(spec.service)
+               for w in windows.get((ref_of(spec).key, rev), [])]  # fmt: skip
+        err = metric_errors.get(ref_of(spec).key)
         t = _prepare(ctx, path, spec, live, won, err, dry_run=dry_run, probe_deadline=deadline)
         d = t.decision
         if dry_run:
@@ -374,7 +378,7 @@ def apply_all(
             return ServiceOutcome(d.service, error="rollout file removed by the sync; not applied")
         if t.run.path.read_bytes() != t.text:
             # The sync brought a newer desired state: decide again from it.
-            spec = load_spec(t.run.path)
+            spec = for_region(load_spec(t.run.path), t.run.spec.region)
             again = _prepare(
                 ctx,
                 t.run.path,
@@ -545,10 +549,10 @@ def check_saved(ctx: Context, saved: Plan, names: Sequence[str]) -> tuple[Servic
         max_workers=ctx.max_workers,
         environ=ctx.environ,
     )
-    by_name = {p.service: p for p in fresh.services}
+    by_name = {p.ref.key: p for p in fresh.services}
     failed = {e.service: e.message for e in fresh.errors}
     for sp in saved.services:
-        now = by_name.get(sp.service)
+        now = by_name.get(sp.ref.key)
         if now is None:
             failed.setdefault(sp.service, f"{sp.ref.name}: cannot be planned now")
             continue

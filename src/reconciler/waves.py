@@ -76,6 +76,13 @@ def expand(spec: RolloutSpec) -> list[RolloutSpec]:
     return [spec.model_copy(update={"region": region}) for region in _regions(waves_of(spec))]
 
 
+def for_region(spec: RolloutSpec, region: str) -> RolloutSpec:
+    """The spec of one region of the file (a file read again names its lead region)."""
+    if spec.waves is None or spec.region == region:
+        return spec
+    return spec.model_copy(update={"region": region})
+
+
 def region_state(
     spec: RolloutSpec, region: str, status: ServiceStatus | None, now: datetime
 ) -> RegionState:
