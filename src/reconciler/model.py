@@ -322,6 +322,25 @@ class Phase(enum.Enum):
     ROLLED_BACK = "rolled_back"
 
 
+class CommitAction(enum.Enum):
+    """What a reconciler commit records (its `Reconcile-Action` trailer): the loop's actions
+    and every operator verb."""
+
+    APPLY = "apply"
+    DRIFT = "drift"
+    ADVANCE = "advance"
+    ROLLBACK = "rollback"
+    PROMOTE = "promote"
+    FINALIZE = "finalize"
+    RECORD = "record"
+    PAUSE = "pause"
+    RESUME = "resume"
+    ABORT = "abort"
+    RETRY = "retry"
+    # `reconcile canary start`; "canary" is the value its commits have always carried.
+    CANARY_START = "canary"
+
+
 class EventKind(enum.Enum):
     """What the reconciler did."""
 
