@@ -85,26 +85,9 @@ def load_all(
     errors: list[tuple[Path, ServiceError]] = []
     for path in files:
         try:
-            spec = load_spec(path)
+            specs.extend((path, s) for s in expand(load_spec(path)))
         except ReconcileError as exc:
             errors.append((path, ServiceError(path.stem, str(exc))))
-            continue
-        if spec.waves is not None:
-            # Refused until state/ is kept per region: the regions would share one status.
-            regions = sum(len(w) for w in spec.waves)
-            errors.append(
-                (
-                    path,
-                    ServiceError(
-                        spec.service,
-                        f"{path}: waves name {regions} regions of {spec.service}, but state/ "
-                        f"is kept per service id (state/{spec.service}/), so they would "
-                        "overwrite each other's observed state; refused",
-                    ),
-                )
-            )
-            continue
-        specs.extend((path, s) for s in expand(spec))
     clashes = duplicate_identities(specs)
     errors += [(p, ServiceError(s.service, clashes[p])) for p, s in specs if p in clashes]
     specs = [(p, s) for p, s in specs if p not in clashes]
@@ -127,7 +110,7 @@ def region_statuses(root: Path, spec: RolloutSpec) -> dict[str, st.ServiceStatus
         if other.region == spec.region:
             continue
         try:
-            out[other.region] = st.load_status(root, other.service).status
+            out[other.region] = st.load_status(root, ref_of(other)).status
         except ReconcileError:
             out[other.region] = None
     return out
@@ -155,8 +138,7 @@ not transfer the rest of the region."""
 def observe(
     backend: TrafficBackend, specs: Sequence[RolloutSpec], max_workers: int = 16
 ) -> dict[str, LiveService | str]:
-    """Every service's live state, or the error reading it, by `ServiceRef.key` (the
-    regions of a file with waves share a service id).
+    """Every service's live state, or the error reading it, by identity (`ServiceRef.key`).
 
     Services are grouped by project and region: a group of `LIST_FROM` or more is read with
     ListServices and ListRevisions across services (a few calls for 1,000 services); smaller
@@ -189,7 +171,8 @@ def observe(
 def _read_region(
     backend: TrafficBackend, project: str, region: str, specs: Sequence[RolloutSpec]
 ) -> dict[str, LiveService | str]:
-    """The selected services of one project and region from its lists (errors per service)."""
+    """The selected services of one project and region from its lists (errors per service),
+    by identity."""
     assert isinstance(backend, ListingBackend)  # observe groups only listing backends here
     try:
         found = backend.list_services(project, region)
@@ -249,15 +232,15 @@ def gather(
             try:
                 # A corrupt status file must not fail its plan (apply salvages it the same
                 # way): what parses is kept, the plan warns about the rest.
-                statuses[spec.service] = st.load_status(repo, spec.service)
+                statuses[ref_of(spec).key] = st.load_status(repo, ref_of(spec))
             except ReconcileError as exc:  # a symbolic link: refused, this service only
-                statuses[spec.service] = ServiceError(spec.service, str(exc))
+                statuses[ref_of(spec).key] = ServiceError(spec.service, str(exc))
         lives = reads.result() if reads is not None else {}
     for item in loaded:
         if isinstance(item, ServiceError):
             gathered.append(item)
             continue
-        status = statuses[item.service]
+        status = statuses[ref_of(item).key]
         if isinstance(status, ServiceError):
             gathered.append(status)
             continue
@@ -321,20 +304,21 @@ def measure(
     """The windows (see `spans`) of the canary and stable of every service with a live
     canary; each state/ status is read here for its last judged window.
 
-    Batched: one provider call per metrics configuration, region and span, covering every
-    service that shares them (the Cloud Monitoring provider makes one API call per metric
-    per project and region; a service in several regions has the same revision names in
-    each, so one call never mixes regions). Returns windows by (`ServiceRef.key`, revision)
-    and metric errors by `ServiceRef.key`.
+    Batched: one provider call per metrics configuration and span, covering every service
+    that shares it (the Cloud Monitoring provider makes one API call per metric per project).
+    Returns windows by (identity, revision) and metric errors by identity
+    (`ServiceRef.key`). Providers answer by (service, revision), so one call never holds
+    the same service id twice (the same service in two regions goes in separate calls).
     """
     out: dict[tuple[str, str], list[Window]] = {}
     errors: dict[str, str] = {}
     if ctx.metrics_for is None:
         return out, errors
     groups: dict[
-        tuple[str, str, datetime, datetime, SpanKind], list[tuple[RolloutSpec, StatsQuery]]
+        tuple[str, int, datetime, datetime, SpanKind], list[tuple[RolloutSpec, StatsQuery]]
     ] = {}
     providers: dict[str, MetricsProvider] = {}
+    seen: dict[str, int] = {}
     for spec, live in items:
         canary = spec.revisions.canary
         if canary is None:
@@ -344,14 +328,14 @@ def measure(
             providers[key] = ctx.metrics_for(spec.metrics)
         lag = _lag(providers[key])
         try:
-            status = st.read_status(ctx.repo, spec.service)
+            status = st.read_status(ctx.repo, ref_of(spec))
         except ReconcileError:
             status = None  # the service's own tick reports the corrupt file
         query = StatsQuery(ref_of(spec), (canary, spec.revisions.stable))
+        twin = seen[spec.service] = seen.get(spec.service, -1) + 1
         for start, end, kind in spans(spec, status, live, now, lag):
-            place = f"{spec.project}/{spec.region}"
-            groups.setdefault((key, place, start, end, kind), []).append((spec, query))
-    for (key, _place, start, end, kind), members in groups.items():
+            groups.setdefault((key, twin, start, end, kind), []).append((spec, query))
+    for (key, _, start, end, kind), members in groups.items():
         provider = providers[key]
         lag = _lag(provider)
         try:

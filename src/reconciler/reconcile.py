@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from reconciler import state as st
+from reconciler import statemigrate
 from reconciler.backends import TrafficBackend
 from reconciler.decide import Decision, decide, missing_env
 from reconciler.errors import ReconcileError
@@ -177,7 +178,7 @@ def _prepare(
     now = ctx.clock()
     # A corrupt status file must not stop this service's rollback: what parses is kept, the
     # rest is rebuilt from live traffic and git, and an event says what was dropped.
-    loaded = st.load_status(ctx.state_root, spec.service)
+    loaded = st.load_status(ctx.state_root, ref_of(spec))
     status = loaded.status
     spec_commit = ctx.git.last_commit_touching(path) if ctx.git else None
     run = ServiceRun(path, spec, live, now)
@@ -320,6 +321,11 @@ def apply_all(
         )
         for e in load_errors
     ]
+    if not dry_run:
+        unmoved = _migrate(ctx, files, [s for _, s in specs])
+        outcomes += [ServiceOutcome(s.service, error=unmoved[ref_of(s).key])
+                     for _, s in specs if ref_of(s).key in unmoved]  # fmt: skip
+        specs = [(p, s) for p, s in specs if ref_of(s).key not in unmoved]
     lives = observe(ctx.backend, [s for _, s in specs], ctx.max_workers)
     ok: list[tuple[Path, RolloutSpec, LiveService]] = []
     for path, spec in specs:
@@ -457,14 +463,34 @@ def _record_late(ctx: Context, t: _Tick) -> None:
     run = t.run
     service = run.spec.service
     late = [e for e in run.events if e.details.get("recovered")]
-    st.append_events(ctx.state_root, service, run.events)
+    st.append_events(ctx.state_root, run.ref, run.events)
     run.events.clear()
     if ctx.git is not None:
         subject = f"reconcile({service}): record missed write: {late[0].reason}"
-        paths = [st.state_dir(ctx.state_root, service), *([run.path] if run.edited else [])]
+        paths = [st.state_dir(ctx.state_root, run.ref), *([run.path] if run.edited else [])]
         commit_paths(ctx, replace(t.decision.held_commit, subject=subject), paths)
     run.edited = False
     t.text = run.path.read_bytes()
+
+
+def _migrate(ctx: Context, files: Sequence[Path], specs: Sequence[RolloutSpec]) -> dict[str, str]:
+    """Move old-layout `state/<service>/` folders to their rollout's folder and commit the
+    move (once: see `statemigrate`); returns the rollouts refused, by identity, with why."""
+    if not statemigrate.legacy_folders(ctx.repo):
+        return {}
+    # Every rollout file claims, not only this shard's: a second claimant refuses the move.
+    every, broken = load_all(files)
+    done = statemigrate.migrate(
+        ctx.repo,
+        [ref_of(s) for _, s in every],
+        owned={ref_of(s).key for s in specs},
+        unloadable={e.service for e in broken},
+    )
+    if done.moves and ctx.git is not None:
+        subject, body = statemigrate.commit_message(done)
+        with ctx.git_lock:
+            ctx.git.commit(done.paths, subject, body)
+    return dict(done.refused)
 
 
 def _uncommitted(ctx: Context, path: Path) -> str:
