@@ -685,6 +685,14 @@ class RolloutSpec(_Model):
                 named[region] = i
         if self.waves is not None and self.region not in named:
             raise RuleError(("region",), f"{self.region} is not one of the waves' regions")
+        if self.waves is not None and isinstance(self.metrics, PrometheusMetrics):
+            # Its queries select by service and revision only: the regions' series would be
+            # summed, and one region's failure diluted by the others.
+            raise RuleError(
+                ("metrics", "provider"),
+                "prometheus queries cannot tell the regions of waves apart (no region in "
+                "them); use cloud-monitoring, or one file per region",
+            )
         for region in self.rolled_back_regions:
             if region not in named:
                 raise RuleError(

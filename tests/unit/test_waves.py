@@ -439,3 +439,8 @@ def test_the_pull_request_comment_names_each_region_s_wave() -> None:
     out = plan_markdown(waves_plan(**rolled(ASIA)))
     assert "`naeda-genesis` / `europe-west1` · wave 2 of 2" in out
     assert "HOLD: asia-northeast1 rolled back" in out
+
+
+def test_waves_refuse_a_metrics_provider_that_cannot_tell_regions_apart() -> None:
+    with pytest.raises(ValueError, match="prometheus queries cannot tell the regions"):
+        make_spec(metrics={"provider": "prometheus", "url": "http://prometheus:9090"})
