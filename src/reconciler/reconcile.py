@@ -30,7 +30,7 @@ from reconciler.execute import STAMP_KEY as STAMP_KEY
 from reconciler.execute import Context as Context  # re-exported: callers build it from here
 from reconciler.execute import Record, late_commit, write_record
 from reconciler.execute import read_stamp as read_stamp
-from reconciler.gather import gather, load_all, measure, observe
+from reconciler.gather import gather, load_all, measure, observe, region_statuses
 from reconciler.gather import ref_of as ref_of
 from reconciler.gather import rollout_files as rollout_files
 from reconciler.loader import load_spec
@@ -46,6 +46,7 @@ from reconciler.recording import Book, push, sync
 from reconciler.servicetick import Tick, carry_and_record, prepare
 from reconciler.shard import Shard
 from reconciler.spec import RolloutSpec
+from reconciler.waves import for_region
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +91,7 @@ def plan_all(
                 now=now,
                 config_errors=config,
                 check_revisions=not offline,
+                regions=region_statuses(repo, spec),
             )
             salvaged = (f"state: {loaded.problem}",) if loaded.problem else ()
             plans.append(replace(d.plan, warnings=(*d.plan.warnings, *salvaged)))
@@ -187,7 +189,7 @@ class _Run:
             return ServiceOutcome(d.service, error="rollout file removed by the sync; not applied")
         if t.run.path.read_bytes() != t.text:
             # The sync brought a newer desired state: decide again from it.
-            spec = load_spec(t.run.path)
+            spec = for_region(load_spec(t.run.path), t.run.spec.region)
             t = prepare(
                 self.ctx, t.run.path, spec, t.run.live, [], None, probe_deadline=self.deadline
             )

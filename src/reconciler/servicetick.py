@@ -14,7 +14,7 @@ from reconciler import state as st
 from reconciler.decide import Decision, decide, missing_env
 from reconciler.errors import ReconcileError
 from reconciler.execute import Context, ServiceRun, carry_out, recover, write_record
-from reconciler.gather import probe, ref_of
+from reconciler.gather import probe, ref_of, region_statuses
 from reconciler.model import LiveService
 from reconciler.model import WindowStats as Window
 from reconciler.outcome import ServiceOutcome
@@ -63,6 +63,7 @@ def prepare(
     spec = run.spec
     config = missing_env(spec, os.environ if ctx.environ is None else ctx.environ)
     probes: list[st.ProbeRecord] = []
+    regions = region_statuses(ctx.state_root, spec)
     in_budget = probe_deadline is None or time.monotonic() < probe_deadline
     if not dry_run and not config and in_budget:
         probes, config = probe(ctx, spec, live, now)
@@ -80,6 +81,7 @@ def prepare(
             spec_commit=spec_commit,
             actor=ctx.actor,
             window_keep=ctx.window_keep,
+            regions=regions,
         )
 
     d = redecide(live)
