@@ -3,7 +3,7 @@
 ```
 state/P/R/S/status.yaml            what is live and what was judged, rewritten every run
 state/P/R/S/events.jsonl           what the reconciler did, append-only, newest last
-state/P/R/S/metrics/YYYY-MM.jsonl  one line per measured window per revision
+state/P/R/S/metrics/YYYY-MM-DD.jsonl  one compact line per measured window per revision
 ```
 
 One folder per rollout identity (`ServiceRef`: project, region, service), so the same service
@@ -20,8 +20,10 @@ Bounded growth:
   (`streaks`), so `consecutive_failures` does not depend on how many windows are kept.
 - `events.jsonl` keeps the newest `MAX_EVENTS` events; older ones are dropped from the file
   (every event was committed, so `git log -p` still has them).
-- metrics go to one file per calendar month (UTC, by window end); only the newest
-  `METRICS_MONTHS` month files are kept, older ones are deleted (again, git history keeps them).
+- metrics go to one file per UTC day (by window end), appended to, never rewritten, in a
+  compact line format (`_metric_to_data`); the files of the newest `METRICS_MONTHS` calendar
+  months are kept, older ones are deleted (again, git history keeps them). Older versions
+  wrote one rewritten file a month (`YYYY-MM.jsonl`, full keys): those are still read.
 
 Sinks defend themselves: every path goes through `safepath` (no symbolic link anywhere under
 `state/`, nothing outside the repository), every string is scrubbed of probe secrets
@@ -31,10 +33,11 @@ Readers never trust a file: a line that does not parse is skipped and reported
 (`read_events_salvaged`), and `load_status` salvages what it can of a corrupt status file and
 says what it dropped, so one bad file never disables its service's rollback.
 
-Every write replaces the file atomically (temporary file in the same directory, fsync,
-rename): a crash leaves the old file or the new one, never half a line. Appends rewrite the
-file the same way; the files are bounded, so this stays cheap. Readers sort by time, so lines
-merged by git's `union` merge driver (see `gitops.py`) read back in order.
+status.yaml and events.jsonl are replaced atomically (temporary file in the same directory,
+fsync, rename): a crash leaves the old file or the new one, never half a line. Metrics lines
+are appended (fsync): a crash can leave at most one cut line, which readers skip and the
+next append closes with a newline. Readers sort by time and drop repeated windows, so lines
+merged by git's `union` merge driver (see `gitops.py`) read back in order, once.
 """
 
 from __future__ import annotations
@@ -44,9 +47,9 @@ import logging
 import os
 import re
 import tempfile
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -91,6 +94,7 @@ __all__ = [
     "StatusLoad",
     "Streak",
     "append_events",
+    "append_lines",
     "append_metrics",
     "atomic_write_text",
     "events_path",
@@ -117,6 +121,8 @@ METRICS_MONTHS = 3
 _SERVICE = re.compile(SERVICE_RE)
 _PROJECT = re.compile(PROJECT_RE)
 _REGION = re.compile(REGION_RE)
+_METRICS_FILE = re.compile(r"^\d{4}-\d{2}(?:-\d{2})?$")
+"""A metrics file's stem: a day (`2026-05-01`), or a month as older versions wrote them."""
 log = logging.getLogger(__name__)
 # What `str.splitlines` splits on beyond `\n` and `\r` that `json.dumps` leaves raw: a
 # record holding one would become two lines for any reader that splits lines that way.
@@ -153,9 +159,14 @@ def events_path(root: Path, ref: ServiceRef) -> Path:
 
 
 def metrics_path(root: Path, ref: ServiceRef, when: datetime) -> Path:
-    """`state/<project>/<region>/<service>/metrics/YYYY-MM.jsonl` for the UTC month of `when`."""
-    month = _utc(when).strftime("%Y-%m")
-    return _service_file(root, ref, "metrics", f"{month}.jsonl")
+    """`state/<project>/<region>/<service>/metrics/YYYY-MM-DD.jsonl` for the UTC day of `when`.
+
+    One file a day keeps what a run appends to small (a day of windows, not a month's):
+    git hashes and compresses the whole file each commit, so a run costs the same on the
+    last day of a month as on the first. Older versions wrote `YYYY-MM.jsonl`; they are read.
+    """
+    day = _utc(when).strftime("%Y-%m-%d")
+    return _service_file(root, ref, "metrics", f"{day}.jsonl")
 
 
 def state_refs(root: Path) -> list[ServiceRef]:
@@ -257,11 +268,12 @@ def append_events(root: Path, ref: ServiceRef, events: Iterable[Event]) -> Path:
 
 
 def append_metrics(root: Path, ref: ServiceRef, stats: Iterable[WindowStats]) -> list[Path]:
-    """Append one line per window to the month file of its end; returns the files written.
+    """Append one compact line per window to the day file of its end; the files written.
 
-    A window already recorded (same revision, start and end) is not written again, so a run
-    that repeats after a failed push records nothing twice. Month files beyond the newest
-    `METRICS_MONTHS` are deleted.
+    Only the new lines are written (appended, never a rewrite of what is there), so git
+    stores each run as a few new lines. A window already recorded (same revision, start and
+    end) is not written again, so a run that repeats after a failed push records nothing
+    twice. Files of months beyond the newest `METRICS_MONTHS` are deleted.
     """
     by_path: dict[Path, list[WindowStats]] = {}
     for s in stats:
@@ -270,26 +282,40 @@ def append_metrics(root: Path, ref: ServiceRef, stats: Iterable[WindowStats]) ->
         by_path.setdefault(metrics_path(root, ref, s.end), []).append(s)
     written = []
     for path, new in sorted(by_path.items()):
-        lines = []
-        seen = set()
-        for line in _read_lines(path):
-            try:
-                seen.add(_window_key(_stats_from_data(json.loads(line))))
-            except (json.JSONDecodeError, KeyError, TypeError, ValueError):
-                continue  # unreadable: dropped from the file (git history keeps it)
-            lines.append(line)
+        seen = {_window_key(w) for w in _parse_metrics(path, ref.service)}
         added = []
         for s in new:
             if _window_key(s) not in seen:
                 seen.add(_window_key(s))
                 added.append(s)
-        if not added:
-            continue
-        lines.extend(_json_line(_stats_to_data(s, buckets=True)) for s in added)
-        atomic_write_text(path, "".join(line + "\n" for line in lines))
-        written.append(path)
+        if added:
+            append_lines(path, [_json_line(_metric_to_data(s)) for s in added])
+            written.append(path)
     _prune_months(state_dir(root, ref) / "metrics")
     return written
+
+
+def append_lines(path: Path, lines: Sequence[str]) -> None:
+    """Append whole lines to `path` (creating it and its parents), scrubbed, and fsync.
+
+    A line cut short by a crash is completed with a newline first, so it stays one
+    unreadable line (skipped by readers) instead of swallowing the next record. The same
+    safe-path check as `atomic_write_text` applies.
+    """
+    safepath.guard(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text = redact.scrub("".join(line + "\n" for line in lines))
+    flags = os.O_RDWR | os.O_CREAT | os.O_APPEND | getattr(os, "O_NOFOLLOW", 0)
+    fd = os.open(path, flags, 0o644)
+    with os.fdopen(fd, "r+b") as fh:
+        size = fh.seek(0, os.SEEK_END)
+        if size:
+            fh.seek(size - 1)
+            if fh.read(1) != b"\n":
+                text = "\n" + text
+        fh.write(text.encode("utf-8"))
+        fh.flush()
+        os.fsync(fh.fileno())
 
 
 def _prune_months(directory: Path) -> None:
@@ -297,13 +323,12 @@ def _prune_months(directory: Path) -> None:
     safepath.guard(directory)
     if directory.is_symlink():
         raise StateError(f"{directory}: is a symbolic link; not pruning it")
-    months = sorted(
-        p
-        for p in directory.glob("*.jsonl")
-        if re.match(r"^\d{4}-\d{2}$", p.stem) and not p.is_symlink()
-    )
-    for old in months[:-METRICS_MONTHS]:
-        old.unlink()
+    files = [p for p in directory.glob("*.jsonl") if _METRICS_FILE.match(p.stem)]
+    months = sorted({p.stem[:7] for p in files})
+    keep = set(months[-METRICS_MONTHS:])
+    for old in files:
+        if old.stem[:7] not in keep and not old.is_symlink():
+            old.unlink()
 
 
 # --- reading --------------------------------------------------------------------------------
@@ -409,23 +434,38 @@ def read_metrics(
 ) -> list[WindowStats]:
     """Recorded windows (optionally those ending after `since`), by end time then revision.
 
-    A line that does not parse is skipped with a warning naming the file and line.
+    Reads day files and the month files of older versions, both line formats; only files
+    whose day or month can hold a window ending after `since` are opened. A window recorded
+    twice (lines merged by git's union driver) is returned once. A line that does not parse
+    is skipped with a warning naming the file and line.
     """
     directory = _safe(root, state_dir(root, ref) / "metrics")
-    out: list[WindowStats] = []
+    first = None if since is None else _utc(since).strftime("%Y-%m-%d")
+    out: dict[tuple[str, datetime, datetime], WindowStats] = {}
     for path in sorted(directory.glob("*.jsonl")):
         if path.is_symlink():
             log.warning("%s: a symbolic link; skipped", path)
             continue
-        for n, line in enumerate(_read_lines(path), start=1):
-            try:
-                stats = _stats_from_data(json.loads(line))
-            except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
-                log.warning("%s:%d: invalid metrics line skipped: %s", path, n, _why(exc))
-                continue
+        # `2026-05` sorts before `2026-05-01`: a month file is read for any day of it.
+        stem = path.stem
+        if first is not None and _METRICS_FILE.match(stem) and stem < first[: len(stem)]:
+            continue
+        for stats in _parse_metrics(path, ref.service, warn=True):
             if since is None or stats.end > since:
-                out.append(stats)
-    return sorted(out, key=lambda s: (s.end, s.revision, s.start))
+                out.setdefault(_window_key(stats), stats)
+    return sorted(out.values(), key=lambda s: (s.end, s.revision, s.start))
+
+
+def _parse_metrics(path: Path, service: str, *, warn: bool = False) -> list[WindowStats]:
+    """The readable windows of one metrics file (either line format), in file order."""
+    out: list[WindowStats] = []
+    for n, line in enumerate(_read_lines(path), start=1):
+        try:
+            out.append(_metric_from_line(line, service))
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+            if warn:
+                log.warning("%s:%d: invalid metrics line skipped: %s", path, n, _why(exc))
+    return out
 
 
 def _read_lines(path: Path) -> list[str]:
@@ -728,9 +768,9 @@ def _verdict_from_data(d: Any) -> tuple[Verdict | None, datetime | None]:
     return verdict_from_data(d), _opt_time(d["at"])
 
 
-def _stats_to_data(s: WindowStats, *, buckets: bool = False) -> dict[str, Any]:
-    """A window as written; `buckets` adds its latency distribution (metrics files only:
-    status.yaml's windows serve the judge, which needs no distribution)."""
+def _stats_to_data(s: WindowStats) -> dict[str, Any]:
+    """A window as status.yaml keeps it (no distribution: the judge needs none; the
+    metrics files keep it, see `_metric_to_data`)."""
     data: dict[str, Any] = {
         "service": s.service,
         "revision": s.revision,
@@ -747,9 +787,6 @@ def _stats_to_data(s: WindowStats, *, buckets: bool = False) -> dict[str, Any]:
     }
     if s.provisional:  # absent when final, so final windows keep their old bytes
         data["provisional"] = True
-    # Absent rather than null when unknown, so lines without a distribution keep their bytes.
-    if buckets and s.latency_buckets is not None:
-        data["latency_buckets"] = [[b.lower, b.upper, b.count] for b in s.latency_buckets]
     if s.incomplete is not None:
         data["incomplete"] = s.incomplete
     return data
@@ -775,6 +812,83 @@ def _stats_from_data(d: Any) -> WindowStats:
         provisional=bool(d.get("provisional", False)),
         incomplete=None if d.get("incomplete") is None else str(d["incomplete"]),
     )
+
+
+# A metrics line, compact: what the folder already says (the service, the revision's
+# `<service>-` prefix) and what is derived (rates) is left out, keys are one letter, the end
+# is epoch seconds (`u`: its microseconds, when any), the window's length is seconds (`v`:
+# its microseconds, when any), latencies are kept to 0.1 ms and bucket bounds to 10
+# significant digits (float noise like 0.0010000000000000002 is not information):
+#   {"r":"00042-xyz","e":1777637100,"w":300,"n":1000,"x":5,"k":995,"p":[0.1,0.3,0.5],
+#    "b":[[0.1,0.2,400],[0.2,null,600]]}
+# `R` holds a revision name that does not start with the service's; `P` marks a provisional
+# window, `i` an incomplete one. Lines of older versions (full keys) are read as well.
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def _metric_to_data(s: WindowStats) -> dict[str, Any]:
+    prefix = f"{s.service}-"
+    data: dict[str, Any] = (
+        {"r": s.revision[len(prefix) :]} if s.revision.startswith(prefix) else {"R": s.revision}
+    )
+    end, end_us = _seconds(_utc(s.end) - _EPOCH)
+    length, length_us = _seconds(s.end - s.start)
+    data["e"] = end
+    if end_us:
+        data["u"] = end_us
+    data["w"] = length
+    if length_us:
+        data["v"] = length_us
+    data |= {
+        "n": s.requests,
+        "x": s.errors,
+        "k": s.successes,
+        "p": [None if v is None else round(v, 4) for v in (s.p50, s.p95, s.p99)],
+    }
+    if s.latency_buckets is not None:
+        data["b"] = [[_sig(b.lower), _sig(b.upper), b.count] for b in s.latency_buckets]
+    if s.provisional:
+        data["P"] = 1
+    if s.incomplete is not None:
+        data["i"] = s.incomplete
+    return data
+
+
+def _metric_from_line(line: str, service: str) -> WindowStats:
+    d = json.loads(line)
+    if not isinstance(d, dict):
+        raise TypeError("not a mapping")
+    if "revision" in d:  # the older, full-key line
+        return _stats_from_data(d)
+    revision = str(d["R"]) if "R" in d else f"{service}-{d['r']}"
+    end = _EPOCH + timedelta(seconds=_int(d["e"]), microseconds=_int(d.get("u", 0)))
+    length = timedelta(seconds=_int(d["w"]), microseconds=_int(d.get("v", 0)))
+    p50, p95, p99 = (_opt_float(v) for v in d["p"])
+    return WindowStats(
+        service=service,
+        revision=revision,
+        start=end - length,
+        end=end,
+        requests=_int(d["n"]),
+        errors=_int(d["x"]),
+        successes=_int(d["k"]),
+        p50=p50,
+        p95=p95,
+        p99=p99,
+        latency_buckets=_buckets_from_data(d.get("b")),
+        provisional=bool(d.get("P", False)),
+        incomplete=None if d.get("i") is None else str(d["i"]),
+    )
+
+
+def _seconds(delta: timedelta) -> tuple[int, int]:
+    """A duration as whole seconds and the microseconds beyond them (exact, unlike a float)."""
+    micros = (delta.days * 86400 + delta.seconds) * 1_000_000 + delta.microseconds
+    return divmod(micros, 1_000_000)
+
+
+def _sig(value: float | None) -> float | None:
+    return None if value is None else float(f"{value:.10g}")
 
 
 def _buckets_from_data(items: Any) -> tuple[LatencyBucket, ...] | None:

@@ -26,6 +26,11 @@ CASES = [
     ("cold_start", ["--runs", "1"], "target: `reconcile --help` under 0.3 s"),
     ("stream_breach", ["--quick"], "ROLLED BACK: stream: error_rate above 5%"),
     ("stream_simulation", ["--stages", "2", "--bad-stages", "2"], "target: a good canary"),
+    (
+        "repo_growth",
+        ["--services", "3", "--days", "2", "--ticks-per-day", "3"],
+        "target: a few MB (at most 5) per 1,000 services per day",
+    ),
 ]
 
 

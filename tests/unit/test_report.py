@@ -37,6 +37,7 @@ from reconciler.state import (
     ProbeRecord,
     ServiceStatus,
     append_metrics,
+    metrics_path,
     read_metrics,
     read_status,
     with_windows,
@@ -429,9 +430,14 @@ def test_metrics_lines_keep_the_distribution_and_old_lines_still_read(tmp_path: 
     w = _window(CANARY, NOW, buckets=buckets)
     old = _window(STABLE, NOW)
     append_metrics(tmp_path, ION, [w, old])
-    text = (tmp_path / ION_DIR / "metrics/2026-05.jsonl").read_text()
-    assert text.count("latency_buckets") == 1  # a window without one writes no key
-    assert read_metrics(tmp_path, ION) == sorted([w, old], key=lambda s: s.revision)
+    text = metrics_path(tmp_path, ION, NOW).read_text()
+    assert text.count('"b":') == 1  # a window without one writes no key
+    # Bounds are kept to 10 significant digits (no float noise), counts exactly.
+    kept = tuple(replace(b, lower=round(b.lower, 9), upper=b.upper and round(b.upper, 9))
+                 for b in buckets)  # fmt: skip
+    assert read_metrics(tmp_path, ION) == sorted(
+        [replace(w, latency_buckets=kept), old], key=lambda s: s.revision
+    )
     # status.yaml's windows serve the judge: no distribution there, so it stays small.
     write_status(tmp_path, ION, with_windows(_status(), [w]))
     assert "latency_buckets" not in (tmp_path / ION_DIR / "status.yaml").read_text()

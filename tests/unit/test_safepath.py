@@ -23,6 +23,7 @@ from reconciler.state import (
     append_events,
     append_metrics,
     atomic_write_text,
+    metrics_path,
     read_events,
     read_metrics,
     read_status,
@@ -114,10 +115,10 @@ def test_a_symlinked_metrics_dir_is_never_written_or_pruned(repo: Path, outside:
 
 def test_a_symlinked_month_file_is_neither_followed_nor_pruned(repo: Path, outside: Path) -> None:
     append_metrics(repo, ION, [_window(1)])
-    metrics = repo / ION_DIR / "metrics"
-    (metrics / "2026-01.jsonl").unlink()
-    (metrics / "2026-01.jsonl").symlink_to(outside / "keep.txt")
-    with pytest.raises(StateError, match=r"2026-01\.jsonl: is a symbolic link"):
+    january = metrics_path(repo, ION, _window(1).end)
+    january.unlink()
+    january.symlink_to(outside / "keep.txt")
+    with pytest.raises(StateError, match=rf"{january.name}: is a symbolic link"):
         append_metrics(repo, ION, [_window(1)])
     append_metrics(repo, ION, [_window(m) for m in (2, 3, 4, 5)])  # prunes months
     assert (outside / "keep.txt").read_text() == "not the reconciler's\n"

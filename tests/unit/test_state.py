@@ -321,11 +321,11 @@ def test_invalid_event_line_is_skipped_and_named(tmp_path: Path) -> None:
 
 
 # --- metrics --------------------------------------------------------------------------------
-def test_metrics_go_to_month_files_and_round_trip(tmp_path: Path) -> None:
+def test_metrics_go_to_day_files_and_round_trip(tmp_path: Path) -> None:
     may_end = datetime(2026, 5, 31, 23, 55, tzinfo=UTC)
     windows = [_window(CANARY, 0, at=may_end), _window(STABLE, 0, at=may_end), _window(CANARY, 1)]
     written = append_metrics(tmp_path, ION, windows)
-    assert [p.name for p in written] == ["2026-05.jsonl", "2026-06.jsonl"]
+    assert [p.name for p in written] == ["2026-05-01.jsonl", "2026-06-01.jsonl"]
     assert read_metrics(tmp_path, ION) == sorted(
         windows, key=lambda w: (w.end, w.revision, w.start)
     )
@@ -334,15 +334,53 @@ def test_metrics_go_to_month_files_and_round_trip(tmp_path: Path) -> None:
     assert read_metrics(tmp_path, ION, since=since) == [windows[1], windows[0]]
 
 
-def test_metrics_line_has_rates_and_percentiles(tmp_path: Path) -> None:
+def test_metrics_line_is_compact_and_exact(tmp_path: Path) -> None:
     (path,) = append_metrics(tmp_path, ION, [_window(CANARY, 1)])
     assert path == metrics_path(tmp_path, ION, _window(CANARY, 1).end)
     assert path.read_text() == (
-        '{"service":"ion-api","revision":"ion-api-00042-xyz","start":"2026-05-01T12:05:00Z",'
-        '"end":"2026-05-01T12:10:00Z","requests":1001,"errors":7,"successes":989,'
-        '"error_rate":0.006993006993006993,"success_rate":0.988011988011988,'
-        '"p50":0.12,"p95":0.301,"p99":null}\n'
+        '{"r":"00042-xyz","e":1777637400,"w":300,"n":1001,"x":7,"k":989,"p":[0.12,0.301,null]}\n'
     )
+    odd = replace(
+        _window(CANARY, 1),
+        revision="hand-named",
+        end=_window(CANARY, 1).end + timedelta(microseconds=12785),
+        p50=0.1150495542609,
+    )
+    append_metrics(tmp_path, ION, [odd])
+    line = path.read_text().splitlines()[1]
+    assert line.startswith('{"R":"hand-named","e":1777637400,"u":12785,"w":300,"v":12785,')
+    assert '"p":[0.115,0.301,null]' in line
+    (back,) = [w for w in read_metrics(tmp_path, ION) if w.revision == "hand-named"]
+    assert back == replace(odd, p50=0.115)
+
+
+def test_metrics_are_appended_never_rewritten(tmp_path: Path) -> None:
+    (path,) = append_metrics(tmp_path, ION, [_window(CANARY, 0)])
+    first = path.read_bytes()
+    path.write_bytes(first + b'{"r":"00042-xyz","e":17776')  # a crash cut the last line
+    append_metrics(tmp_path, ION, [_window(CANARY, 1)])
+    lines = path.read_bytes().split(b"\n")
+    assert path.read_bytes().startswith(first)  # what was there is untouched
+    assert lines[1] == b'{"r":"00042-xyz","e":17776' and lines[2].startswith(b'{"r":')
+    assert read_metrics(tmp_path, ION) == [_window(CANARY, 0), _window(CANARY, 1)]
+
+
+def test_old_month_files_and_union_merged_repeats_read_once(tmp_path: Path) -> None:
+    old = state_dir(tmp_path, ION) / "metrics" / "2026-04.jsonl"
+    old.parent.mkdir(parents=True)
+    line = (
+        '{"service":"ion-api","revision":"ion-api-00042-xyz","start":"2026-04-30T12:05:00Z",'
+        '"end":"2026-04-30T12:10:00Z","requests":1001,"errors":7,"successes":989,'
+        '"error_rate":0.007,"success_rate":0.988,"p50":0.12,"p95":0.301,"p99":null,'
+        '"latency_buckets":[[0.0,0.1,3],[0.1,null,2]]}\n'
+    )
+    old.write_text(line + line, encoding="utf-8")  # both sides' lines after a union merge
+    append_metrics(tmp_path, ION, [_window(CANARY, 0), _window(CANARY, 0)])
+    (april, may) = read_metrics(tmp_path, ION)
+    assert april.end == datetime(2026, 4, 30, 12, 10, tzinfo=UTC) and april.errors == 7
+    assert april.latency_buckets is not None and april.latency_buckets[1].upper is None
+    assert may == _window(CANARY, 0)
+    assert read_metrics(tmp_path, ION, since=datetime(2026, 5, 1, tzinfo=UTC)) == [may]
 
 
 def test_metrics_are_not_recorded_twice(tmp_path: Path) -> None:
@@ -353,10 +391,15 @@ def test_metrics_are_not_recorded_twice(tmp_path: Path) -> None:
 
 
 def test_old_metrics_months_are_pruned(tmp_path: Path) -> None:
+    old = state_dir(tmp_path, ION) / "metrics" / "2026-01.jsonl"
+    old.parent.mkdir(parents=True)
+    old.write_text("{}\n", encoding="utf-8")  # a month file of an older version
     for month in range(1, 7):
-        append_metrics(tmp_path, ION, [_window(CANARY, 0, at=datetime(2026, month, 2, tzinfo=UTC))])
+        for day in (2, 3):
+            at = datetime(2026, month, day, tzinfo=UTC)
+            append_metrics(tmp_path, ION, [_window(CANARY, 0, at=at)])
     names = sorted(p.name for p in (state_dir(tmp_path, ION) / "metrics").iterdir())
-    assert names == ["2026-04.jsonl", "2026-05.jsonl", "2026-06.jsonl"]
+    assert names == [f"2026-0{m}-0{d}.jsonl" for m in (4, 5, 6) for d in (2, 3)]
 
 
 def test_metrics_of_another_service_are_refused(tmp_path: Path) -> None:

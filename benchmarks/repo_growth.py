@@ -1,0 +1,318 @@
+"""How much does the repository grow when every run records every canary, and does a run
+(and reading the history) cost the same after a week as after a day?
+
+For N services (default 100 and 1,000), all canarying all the time (the worst case: a
+promoted or idle service records nothing), the script simulates ticks at the shipped `*/5`
+schedule (288 a day): per tick and service, the product's own state writers record what a
+steady tick observes (`state.write_status` with two new 5-minute windows and a verdict,
+`state.append_metrics` with the windows and their latency distribution, and an event every
+3 hours), then the product's `GitOps.commit` makes ONE commit for the whole tick, as the
+one-commit-per-run loop does. It does not run `apply` per tick: at 1,000 services that is a
+minute per tick on this machine (benchmarks/README.md, fleet_tick), so a simulated week
+would take days; what is measured here is what the state files and git make of a tick.
+
+At each checkpoint (end of day 1, end of the last day) it reports: the packed repository
+size after `git gc` (`git count-objects -vH`, size-pack), a `git clone --no-local` time, the
+time of `git log -1 -- <one service's status.yaml>` and of `git log --oneline | wc -l`, and
+the median time of the tick's writes and of its commit over the checkpoint's last ticks.
+Ratios compare the last checkpoint with day 1 in the same run: a run must cost the same
+after a week. The size is also given per 1,000 services per day (target: a few MB), and so
+is the steady growth (what the days after the first added), which a small run's fixed
+overhead (the first commits, pack headers) does not inflate. `--ticks-per-day` below 288
+simulates fewer, equally sized ticks; the per-day figures are then scaled to 288 ticks.
+
+Run: `python benchmarks/repo_growth.py [--services 100 1000] [--days 7] [--ticks-per-day 288]`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from reconciler import state as st
+from reconciler.gitops import GitOps
+from reconciler.model import (
+    GateResult,
+    LatencyBucket,
+    Outcome,
+    ServiceRef,
+    ServiceStatus,
+    Target,
+    TrafficSplit,
+    Verdict,
+    WindowStats,
+)
+from reconciler.testing.git import git_environment
+
+PROJECT, REGION = "bench-project", "us-central1"
+START = datetime(2026, 5, 1, tzinfo=UTC)
+TICK = timedelta(minutes=5)
+EVENT_EVERY = 36
+"""Ticks between two events of one service (3 hours: a stage advanced, a probe failed)."""
+BOUNDS = [0.001 * 1.4**k for k in range(40)]
+"""Cloud Run's request_latencies layout in seconds (exponential, like Cloud Monitoring's)."""
+
+
+def git(repo: Path, *args: str) -> str:
+    """Run git in `repo`; its stdout."""
+    done = subprocess.run(["git", *args], cwd=repo, capture_output=True, text=True, check=True)
+    return done.stdout
+
+
+def timed(fn: object, reps: int = 3) -> float:
+    """Median wall seconds of `fn()` over `reps` runs."""
+    walls = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        fn()  # type: ignore[operator]
+        walls.append(time.perf_counter() - t0)
+    return statistics.median(walls)
+
+
+class Fleet:
+    """N services' observed state, advanced one tick at a time through the state writers."""
+
+    def __init__(self, repo: Path, n: int, seed: int = 7) -> None:
+        self.repo = repo
+        self.rng = random.Random(seed)
+        self.refs = [ServiceRef(PROJECT, REGION, f"svc-{i:04d}") for i in range(n)]
+        self.status: dict[str, ServiceStatus] = {}
+        for ref in self.refs:
+            stable, canary = f"{ref.service}-00041-abc", f"{ref.service}-00042-xyz"
+            split = TrafficSplit.of([Target(stable, 95, "stable"), Target(canary, 5, "canary")])
+            self.status[ref.key] = ServiceStatus(
+                service=ref.service,
+                phase=st.Phase.PROGRESSING,
+                stable_revision=stable,
+                canary_revision=canary,
+                stage=5,
+                stage_since=START,
+                traffic=split,
+                etag=f"etag-{ref.service}",
+                generation=7,
+                observed_generation=7,
+                last_reconcile=START,
+                spec_commit="0" * 40,
+                applied=split,
+            )
+
+    def _window(self, ref: ServiceRef, revision: str, end: datetime, share: float) -> WindowStats:
+        requests = max(1, int(self.rng.gauss(3000 * share, 100 * share)))
+        errors = self.rng.randrange(0, max(1, requests // 200))
+        counts = [0] * (len(BOUNDS) + 1)
+        for _ in range(12):  # a realistic spread: a dozen busy buckets around 100 ms
+            counts[min(len(counts) - 1, max(0, int(self.rng.gauss(13, 3))))] += requests // 12
+        buckets = tuple(
+            LatencyBucket(BOUNDS[i - 1] if i else 0.0, BOUNDS[i] if i < len(BOUNDS) else None, c)
+            for i, c in enumerate(counts)
+            if c
+        )
+        p50 = self.rng.uniform(0.08, 0.12)
+        return WindowStats(
+            service=ref.service,
+            revision=revision,
+            start=end - TICK,
+            end=end,
+            requests=requests,
+            errors=errors,
+            successes=requests - errors,
+            p50=p50,
+            p95=p50 * self.rng.uniform(2.5, 3.5),
+            p99=p50 * self.rng.uniform(4.0, 5.0),
+            latency_buckets=buckets,
+        )
+
+    def tick(self, k: int) -> None:
+        """Record tick `k` of every service (the files a steady tick writes)."""
+        now = START + k * TICK
+        for i, ref in enumerate(self.refs):
+            old = self.status[ref.key]
+            assert old.canary_revision is not None
+            windows = [
+                self._window(ref, old.canary_revision, now, 0.05),
+                self._window(ref, old.stable_revision, now, 0.95),
+            ]
+            canary = windows[0]
+            rate = canary.errors / canary.requests
+            verdict = Verdict(
+                Outcome.PASS,
+                (
+                    GateResult("error_rate", Outcome.PASS, rate, 0.05, canary.requests,
+                               f"error_rate {rate:.2%} <= 5%"),
+                    GateResult("latency_p95", Outcome.PASS, canary.p95, 20.0, canary.requests,
+                               f"latency_p95 {canary.p95:.3f}s <= 20s"),
+                ),
+            )  # fmt: skip
+            status = replace(
+                st.with_windows(old, windows),
+                last_reconcile=now,
+                verdict=verdict,
+                verdict_at=now,
+                passing_since=old.passing_since or now,
+            )
+            self.status[ref.key] = status
+            st.write_status(self.repo, ref, status)
+            st.append_metrics(self.repo, ref, windows)
+            if (k + i) % EVENT_EVERY == 0:
+                event = st.Event(now, st.EventKind.PROBE_FAILED, "reconciler", reason="timeout")
+                st.append_events(self.repo, ref, [event])
+
+
+def measure(repo: Path, base: Path, probe: Path, label: str) -> dict[str, float]:
+    """Size after gc, clone time and the two `git log` times, now."""
+    git(repo, "gc", "--quiet")
+    counts = dict(line.split(": ", 1) for line in git(repo, "count-objects", "-v").splitlines())
+    size_mib = int(counts["size-pack"]) / 1024  # KiB
+    # The same objects repacked with a wide delta search: every service's files share names
+    # (status.yaml, the day's metrics file), and git's default window of 10 candidates often
+    # holds other services' files instead of the previous version of the same one.
+    wide = base / f"wide-{label}"
+    git(base, "clone", "--quiet", "--bare", "--no-local", str(repo), str(wide))
+    git(wide, "repack", "-adfq", "--window=250", "--depth=250")
+    counts = dict(line.split(": ", 1) for line in git(wide, "count-objects", "-v").splitlines())
+    wide_mib = int(counts["size-pack"]) / 1024
+    shutil.rmtree(wide)
+    target = base / f"clone-{label}"
+
+    def clone() -> None:
+        shutil.rmtree(target, ignore_errors=True)
+        git(base, "clone", "--quiet", "--no-local", str(repo), str(target))
+
+    clone_s = timed(clone)
+    shutil.rmtree(target, ignore_errors=True)
+    rel = probe.relative_to(repo).as_posix()
+    log1_s = timed(lambda: git(repo, "log", "-1", "--format=%H", "--", rel), reps=5)
+    commits: list[int] = []
+    count_s = timed(lambda: commits.append(len(git(repo, "log", "--oneline").splitlines())))
+    return {
+        "size_mib": size_mib,
+        "wide_mib": wide_mib,
+        "clone_s": clone_s,
+        "log1_s": log1_s,
+        "count_s": count_s,
+        "commits": float(commits[-1]),
+    }
+
+
+def run(n: int, days: int, per_day: int, base: Path) -> list[dict[str, float]]:
+    """Simulate `days` days of `per_day` ticks for N services; one row per checkpoint."""
+    repo = base / f"repo-{n}"
+    repo.mkdir()
+    git(repo, "init", "--quiet", "--initial-branch=main")
+    # git's automatic gc runs inside the commit that triggers it (counted in its time, as in a
+    # long-lived clone), never detached where it would race the checkpoint's own gc.
+    git(repo, "config", "gc.autoDetach", "false")
+    (repo / ".gitattributes").write_text("state/**/*.jsonl merge=union\n", encoding="utf-8")
+    git(repo, "add", "-A")
+    git(repo, "-c", "user.name=seed", "-c", "user.email=seed@example.com",
+        "commit", "--quiet", "-m", "seed")  # fmt: skip
+    ops = GitOps(repo)
+    fleet = Fleet(repo, n)
+    probe = st.status_path(repo, fleet.refs[0])
+    rows = []
+    checkpoints = sorted({1, days})
+    writes: list[float] = []
+    commits: list[float] = []
+    for k in range(1, days * per_day + 1):
+        t0 = time.perf_counter()
+        fleet.tick(k)
+        t1 = time.perf_counter()
+        sha = ops.commit(["state"], f"reconcile: {n} observed")
+        if sha is None:
+            raise RuntimeError("a tick that observed new windows made no commit")
+        writes.append(t1 - t0)
+        commits.append(time.perf_counter() - t1)
+        day, rest = divmod(k, per_day)
+        if rest == 0 and day in checkpoints:
+            last = slice(-min(12, per_day), None)
+            row = measure(repo, base, probe, f"{n}-{day}")
+            row |= {
+                "day": float(day),
+                "write_s": statistics.median(writes[last]),
+                "commit_s": statistics.median(commits[last]),
+            }
+            rows.append(row)
+            print(f"  {n:,} services, day {day}: {row}", file=sys.stderr, flush=True)
+    shutil.rmtree(repo)
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--services", type=int, nargs="+", default=[100, 1000])
+    parser.add_argument("--days", type=int, default=7)
+    parser.add_argument("--ticks-per-day", type=int, default=288)
+    args = parser.parse_args()
+    started = time.perf_counter()
+    print(
+        f"repository growth: {args.ticks_per_day} ticks a day, one commit per tick, "
+        "every service canarying"
+    )
+    print()
+    print("| services | day | commits | packed size, MiB | wide repack, MiB "
+          "| MiB per 1,000 services per day | clone, s | `git log -1 -- status.yaml`, s "
+          "| `git log --oneline \\| wc -l`, s "
+          "| tick writes, s | tick commit, s |")  # fmt: skip
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    ratios = []
+    per_1000_day = []
+    steady_rows: list[tuple[int, float, float]] = []
+    with tempfile.TemporaryDirectory(prefix="repo-growth-") as tmp:
+        base = Path(tmp)
+        # Isolated git: no user config, hooks or leaked GIT_* variables change the figures.
+        for key, value in git_environment(base / "home").items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        for n in args.services:
+            rows = run(n, args.days, args.ticks_per_day, base)
+            for r in rows:
+                scale = 1000 / n / r["day"] * (288 / args.ticks_per_day)
+                per_1000_day.append(r["size_mib"] * scale)
+                print(
+                    f"| {n:,} | {r['day']:.0f} | {r['commits']:,.0f} | {r['size_mib']:.2f} "
+                    f"| {r['wide_mib']:.2f} "
+                    f"| {r['size_mib'] * scale:.2f} | {r['clone_s']:.2f} | {r['log1_s']:.3f} "
+                    f"| {r['count_s']:.3f} | {r['write_s']:.2f} | {r['commit_s']:.2f} |"
+                )
+            if len(rows) > 1:
+                first, last = rows[0], rows[-1]
+                # Steady growth: what the days after the first added (no fixed overhead).
+                days = last["day"] - first["day"]
+                steady = (last["size_mib"] - first["size_mib"]) / days
+                steady_rows.append((n, last["day"], steady * 1000 / n * (288 / args.ticks_per_day)))
+                ratios.append(
+                    (n, last["day"], *(last[k] / first[k] for k in ("write_s", "commit_s",
+                                                                    "log1_s", "clone_s")))
+                )  # fmt: skip
+    print()
+    for n, day, write, commit, log1, clone in ratios:
+        print(
+            f"{n:,} services, day {day:.0f} / day 1: tick writes {write:.2f}x, tick commit "
+            f"{commit:.2f}x, `git log -1 -- status.yaml` {log1:.2f}x, clone {clone:.2f}x"
+        )
+    for n, day, growth in steady_rows:
+        print(
+            f"{n:,} services: growth from day 1 to day {day:.0f}, {growth:.2f} MiB a day per "
+            "1,000 services "
+            "(packed, scaled to 288 ticks a day)"
+        )
+    worst = max(g for _, _, g in steady_rows) if steady_rows else max(per_1000_day)
+    met = "met" if worst <= 5 else "NOT met"
+    print(f"target: a few MB (at most 5) per 1,000 services per day: {worst:.2f} MiB, {met}")
+    print(f"elapsed {time.perf_counter() - started:.1f}s")
+
+
+if __name__ == "__main__":
+    main()
