@@ -10,12 +10,13 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Literal
 
 from reconciler.analysis import (
     ProbeRun,
     count_streaks,
+    gate_windows,
     held_reason,
     judge,
     promotion_blockers,
@@ -159,6 +160,92 @@ class Decision:
 
 
 # --- inputs that are configuration, not evidence --------------------------------------------
+CATCHUP = 12
+"""The most whole windows per gate length one run measures after late, missed or unrecorded
+runs (`gather.spans`); older unjudged traffic is measured once as a gap."""
+CHECKPOINT_MAX = timedelta(hours=1)
+"""The longest a canarying service goes without a committed record when nothing is new."""
+SCHEDULE_MARGIN = timedelta(minutes=10)
+"""Room for the scheduled run after a checkpoint falls due (twice the shipped `*/5`)."""
+
+
+def checkpoint_interval(spec: RolloutSpec) -> timedelta:
+    """How old a service's last record may grow before a run with nothing new writes one.
+
+    A run that writes nothing leaves the last judged window where the last record put it,
+    and the next run measures again from there (the provider is the source of truth), but
+    at most `catchup` windows of the shortest gate length; older traffic becomes a gap that
+    lowers coverage. So a record is due before that horizon, less a schedule interval:
+    min(1h, catchup x shortest window - 10 min), never below the shortest window.
+    """
+    lengths = gate_windows(spec.gates)
+    if not lengths:
+        return CHECKPOINT_MAX
+    shortest = lengths[0]
+    return max(shortest, min(CHECKPOINT_MAX, CATCHUP * shortest - SCHEDULE_MARGIN))
+
+
+def _kinds(verdict: Verdict | None) -> tuple[object, ...] | None:
+    """A verdict's outcome and its gates' outcomes: what a checkpoint treats as news."""
+    if verdict is None:
+        return None
+    return (verdict.outcome, tuple((g.gate, g.outcome) for g in verdict.gates))
+
+
+def news(previous: ServiceStatus | None, status: ServiceStatus) -> bool:
+    """Whether `status` says something the last record `previous` does not, beyond the
+    steady progress of a canary (newer windows and probe runs, the same verdict judged again,
+    the streaks' newest counted window, coverage growing without a gap): a first
+    observation, a changed stage, traffic, spec, verdict or gate outcome, streak count,
+    hold, bake start, report, or unjudged traffic (a gap)."""
+    if previous is None:
+        return True
+    if _kinds(previous.verdict) != _kinds(status.verdict):
+        return True
+    if _counts(previous.streaks) != _counts(status.streaks):
+        return True
+    unjudged = status.coverage.served - status.coverage.judged
+    if unjudged != previous.coverage.served - previous.coverage.judged:
+        return True
+    steady = replace(
+        status,
+        last_reconcile=previous.last_reconcile,
+        verdict=previous.verdict,
+        verdict_at=previous.verdict_at,
+        windows=previous.windows,
+        probes=previous.probes,
+        streaks=previous.streaks,
+        coverage=previous.coverage,
+    )
+    return steady != previous
+
+
+def _counts(streaks: Mapping[str, Streak]) -> dict[str, tuple[int, int]]:
+    """The streaks' counts without the newest window each counted (which moves every run)."""
+    return {
+        k: (s.failures, s.inconclusive) for k, s in streaks.items() if s.failures or s.inconclusive
+    }
+
+
+def record_due(
+    previous: ServiceStatus | None,
+    status: ServiceStatus,
+    *,
+    now: datetime,
+    interval: timedelta,
+    news_elsewhere: bool = False,
+) -> bool:
+    """Whether a run writes (and commits) a service's record: when it has news for it
+    (`news`, or `news_elsewhere`: events, an edit, a traffic write, a report) or when the
+    last record is at least `interval` old (a checkpoint, see `checkpoint_interval`).
+    Otherwise the run writes nothing for it and the next run judges the same traffic again
+    from the last record."""
+    if news_elsewhere or news(previous, status):
+        return True
+    assert previous is not None
+    return now - previous.last_reconcile >= interval
+
+
 def env_needs(spec: RolloutSpec) -> list[tuple[str, str, str]]:
     """(check, header, variable) for every `{env: NAME}` the rollout file's checks read."""
     return [

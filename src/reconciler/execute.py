@@ -25,7 +25,7 @@ from typing import Any
 from reconciler import state as st
 from reconciler import verbs, yamledit
 from reconciler.backends import Conflict, TrafficBackend
-from reconciler.decide import Commit, Decision, ReportDue
+from reconciler.decide import Commit, Decision, ReportDue, checkpoint_interval, record_due
 from reconciler.errors import ReconcileError
 from reconciler.gitops import GitOps
 from reconciler.loader import load_spec
@@ -324,8 +324,18 @@ def write_record(ctx: Context, run: ServiceRun, d: Decision, applied: bool) -> R
     # An unconfirmed rollback keeps the live split it read: the next run reads it again.
     status = _with_live(d.status if applied else d.held, run.live)
     due = d.reports_due(applied)
-    quiet = not (applied or run.events or run.edited or d.events or d.added or due)
+    quiet = not (applied or run.events or run.edited or d.events or due)
     if quiet and (d.idle or _unchanged(root, run.ref, status, d.previous)):
+        return None
+    # Between checkpoints a steady canary's newer windows are not news: nothing is written,
+    # and the next run judges the same traffic again from the last record.
+    if not record_due(
+        d.previous,
+        status,
+        now=run.now,
+        interval=checkpoint_interval(run.spec),
+        news_elsewhere=not quiet,
+    ):
         return None
     service = run.spec.service
     ref = run.ref

@@ -15,6 +15,7 @@ from pathlib import Path
 from reconciler import state as st
 from reconciler.analysis import gate_windows
 from reconciler.backends import BackendError, ListingBackend, TrafficBackend
+from reconciler.decide import CATCHUP
 from reconciler.errors import ReconcileError
 from reconciler.execute import Context
 from reconciler.loader import duplicate_identities, find_rollout_files, load_spec
@@ -250,7 +251,7 @@ def gather(
 
 
 # --- measure ----------------------------------------------------------------------------------
-MAX_CATCHUP = 12
+MAX_CATCHUP = CATCHUP
 """The most whole windows per gate length one run measures after late or missed runs; older
 unjudged traffic is measured once as a `gap` (it lowers coverage, and is said so)."""
 SAMPLE_PERIOD = timedelta(seconds=60)

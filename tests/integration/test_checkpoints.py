@@ -1,0 +1,132 @@
+"""Checkpoints: a steady canary is committed only when a run has news for it or its last
+record is older than the checkpoint interval, and nothing goes unjudged in between.
+
+On the emulator clock (each tick serves traffic, moves the clock one 5-minute window and
+runs `apply`, as tests/integration/test_scheduled_reports.py does). With 5-minute gates the
+interval is min(1h, 12 x 5m - 10m) = 50 minutes (`decide.checkpoint_interval`).
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterator
+from datetime import datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from reconciler.backends.cloudrun import CloudRunBackend
+from reconciler.decide import checkpoint_interval
+from reconciler.gitops import GitOps
+from reconciler.loader import load_spec
+from reconciler.metrics.cloud_monitoring import CloudMonitoringProvider
+from reconciler.model import ServiceRef
+from reconciler.reconcile import Context, RunResult, apply_all
+from reconciler.sandbox import Sandbox, example_rollout, sandbox
+from reconciler.state import read_metrics, read_status, state_dir
+
+CANARY = "ion-api-00042-xyz"
+ION = ServiceRef("naeda-genesis", "us-central1", "ion-api")
+WINDOW = 300.0
+LAG = 180.0
+
+
+@pytest.fixture
+def sb(tmp_path: Path) -> Iterator[Sandbox]:
+    with sandbox(tmp_path) as s:
+        yield s
+
+
+def context(sb: Sandbox) -> Context:
+    provider = CloudMonitoringProvider()
+    return Context(
+        repo=sb.repo,
+        backend=CloudRunBackend(),
+        clock=sb.now,
+        git=GitOps(sb.repo),
+        metrics_for=lambda _cfg: provider,
+    )
+
+
+def start(sb: Sandbox) -> Context:
+    """ion-api at 5% (no probes: every tick's evidence comes from the metrics provider)."""
+    text = example_rollout(sb.emu)
+    head, rest = text.split("probes:\n", 1)
+    sb.commit_rollout(head + rest[rest.index("dependencies:") :], "ion-api canary")
+    sb.emu.behave(CANARY, error_rate=0.0)
+    ctx = context(sb)
+    assert apply_all(ctx).exit_code == 0
+    return ctx
+
+
+def tick(sb: Sandbox, ctx: Context) -> RunResult:
+    sb.emu.load("ion-api", 200)
+    sb.emu.load("ion-api", 200, tag="canary")
+    sb.emu.advance_clock(WINDOW)
+    return apply_all(ctx)
+
+
+def canary_windows(sb: Sandbox) -> list[tuple[datetime, datetime]]:
+    """The canary's windows in the metrics files, in order; each line is one window, so a
+    window written twice would appear twice here."""
+    lines = sum(
+        len(path.read_text(encoding="utf-8").splitlines())
+        for path in (state_dir(sb.repo, ION) / "metrics").glob("*.jsonl")
+    )
+    recorded = read_metrics(sb.repo, ION)
+    assert lines == len(recorded)
+    return sorted((w.start, w.end) for w in recorded if w.revision == CANARY)
+
+
+def test_a_steady_canary_is_committed_at_news_and_checkpoints_only(sb: Sandbox) -> None:
+    ctx = start(sb)
+    interval = checkpoint_interval(load_spec(sb.rollout()))
+    assert interval == timedelta(minutes=50)
+    committed: list[float] = []  # minutes since the canary went live, of each tick's commit
+    t0 = sb.now()
+    for _ in range(24):  # two hours at 5%
+        result = tick(sb, ctx)
+        assert result.exit_code == 0
+        assert not sb.git("status", "--porcelain", "--", "state"), "a skipped run wrote state/"
+        if result.commits:
+            committed.append((sb.now() - t0).total_seconds() / 60)
+    # The first judged windows are news (verdict, bake start); then one record per
+    # checkpoint interval, not one per run.
+    assert len(committed) <= 5, committed
+    steady = committed[1:]
+    assert steady, committed
+    for a, b in itertools.pairwise(steady):
+        assert b - a >= interval.total_seconds() / 60, committed
+        assert b - a <= interval.total_seconds() / 60 + WINDOW / 60, committed
+
+    # Nothing went unjudged across the runs that wrote nothing: every canary request
+    # served at this stage was judged, and the windows follow each other without a gap,
+    # each written once.
+    status = read_status(sb.repo, ION)
+    assert status is not None and status.coverage.served > 0
+    assert status.coverage.judged == status.coverage.served
+    windows = canary_windows(sb)
+    assert len(windows) >= 12
+    assert len(set(windows)) == len(windows)
+    for (_, end), (begin, _) in itertools.pairwise(windows):
+        assert begin == end
+
+
+def test_a_breach_between_checkpoints_rolls_back_and_commits_on_the_first_run(
+    sb: Sandbox,
+) -> None:
+    ctx = start(sb)
+    commits = 0
+    for _ in range(4):
+        commits += len(tick(sb, ctx).commits)
+    assert commits <= 2  # the run after the last commit wrote nothing
+    sb.emu.behave(CANARY, error_rate=0.3)
+    sb.emu.load("ion-api", 600, tag="canary")
+    sb.emu.advance_clock(LAG + 120)
+    result = apply_all(ctx)
+    assert result.exit_code == 4
+    assert result.commits
+    log = sb.remote_log("-1", "--format=%s%n%b")
+    assert "rolled back" in log.splitlines()[0], log
+    assert "reconcile(ion-api): rollback canary 5% -> 0%" in log, log
+    assert not sb.git("status", "--porcelain", "--", "state")
