@@ -156,6 +156,38 @@ def _service_account(options: Options, account: str, title: str) -> Step:
     )
 
 
+def _bind(
+    why: str,
+    resource: tuple[str, ...],
+    where: tuple[str, ...],
+    member: str,
+    role: str,
+    *,
+    notes: tuple[str, ...] = (),
+) -> Step:
+    """`gcloud RESOURCE add-iam-policy-binding NAME ...`: one role for one member on one
+    resource (`resource` is the command group and the resource's name). Adding a binding
+    that exists is a no-op, so the step needs no `exists` check."""
+    *group, name = resource
+    return Step(
+        why=why,
+        run=(
+            "gcloud",
+            *group,
+            "add-iam-policy-binding",
+            name,
+            *where,
+            "--member",
+            member,
+            "--role",
+            role,
+            *(("--condition=None",) if group == ["projects"] else ()),
+            "--format=none",
+        ),
+        notes=notes,
+    )
+
+
 def _shell_name(service: str) -> str:
     return "RUNTIME_SA_" + service.upper().replace("-", "_")
 
@@ -236,24 +268,16 @@ def steps(specs: Iterable[RolloutSpec], options: Options) -> list[Step]:
         _service_account(options, options.plan_account, "reconcile plan (read-only)"),
         _service_account(options, options.apply_account, "reconcile apply"),
     ]
-    for email in (plan_sa, apply_sa):
-        out.append(
-            Step(
-                why=f"{email} reads services, revisions and metrics of the project",
-                run=(
-                    "gcloud",
-                    "projects",
-                    "add-iam-policy-binding",
-                    project,
-                    "--member",
-                    f"serviceAccount:{email}",
-                    "--role",
-                    _role(options, "reconcilerRead"),
-                    "--condition=None",
-                    "--format=none",
-                ),
-            )
+    out += [
+        _bind(
+            f"{email} reads services, revisions and metrics of the project",
+            ("projects", project),
+            (),
+            f"serviceAccount:{email}",
+            _role(options, "reconcilerRead"),
         )
+        for email in (plan_sa, apply_sa)
+    ]
     invoked = [spec for spec in services if needs_id_token(spec)]
     if invoked:
         out.append(
@@ -264,43 +288,27 @@ def steps(specs: Iterable[RolloutSpec], options: Options) -> list[Step]:
                 INVOKE_PERMISSIONS,
             )
         )
+    apply_member = f"serviceAccount:{apply_sa}"
     for spec in services:
         where = ("--project", project, "--region", spec.region)
+        service = ("run", "services", spec.service)
         out.append(
-            Step(
-                why=f"{spec.service} ({spec.region}): traffic changes on this service only",
-                run=(
-                    "gcloud",
-                    "run",
-                    "services",
-                    "add-iam-policy-binding",
-                    spec.service,
-                    *where,
-                    "--member",
-                    f"serviceAccount:{apply_sa}",
-                    "--role",
-                    _role(options, "reconcilerApply"),
-                    "--format=none",
-                ),
+            _bind(
+                f"{spec.service} ({spec.region}): traffic changes on this service only",
+                service,
+                where,
+                apply_member,
+                _role(options, "reconcilerApply"),
             )
         )
         if spec in invoked:
             out.append(
-                Step(
-                    why=f"{spec.service}: probes with auth: id_token call the private service",
-                    run=(
-                        "gcloud",
-                        "run",
-                        "services",
-                        "add-iam-policy-binding",
-                        spec.service,
-                        *where,
-                        "--member",
-                        f"serviceAccount:{apply_sa}",
-                        "--role",
-                        _role(options, "reconcilerInvoke"),
-                        "--format=none",
-                    ),
+                _bind(
+                    f"{spec.service}: probes with auth: id_token call the private service",
+                    service,
+                    where,
+                    apply_member,
+                    _role(options, "reconcilerInvoke"),
                 )
             )
         variable = _shell_name(spec.service)
@@ -309,6 +317,7 @@ def steps(specs: Iterable[RolloutSpec], options: Options) -> list[Step]:
             f"{url} (outside the rollout files)"
             for url in _foreign_id_token_urls(spec)
         )
+        runtime = f"${{{variable}:-${{PROJECT_NUMBER}}-compute@developer.gserviceaccount.com}}"
         out += [
             Step(
                 why=f"{spec.service}: its runtime service account (empty: the Compute Engine "
@@ -324,44 +333,24 @@ def steps(specs: Iterable[RolloutSpec], options: Options) -> list[Step]:
                 ),
                 capture=variable,
             ),
-            Step(
-                why=f"{spec.service}: UpdateService needs actAs on the runtime service account",
-                run=(
-                    "gcloud",
-                    "iam",
-                    "service-accounts",
-                    "add-iam-policy-binding",
-                    f"${{{variable}:-${{PROJECT_NUMBER}}-compute@developer.gserviceaccount.com}}",
-                    "--project",
-                    project,
-                    "--member",
-                    f"serviceAccount:{apply_sa}",
-                    "--role",
-                    _role(options, "reconcilerActAs"),
-                    "--format=none",
-                ),
+            _bind(
+                f"{spec.service}: UpdateService needs actAs on the runtime service account",
+                ("iam", "service-accounts", runtime),
+                ("--project", project),
+                apply_member,
+                _role(options, "reconcilerActAs"),
                 notes=notes,
             ),
         ]
     if invoked:
         out.append(
-            Step(
-                why="under Workload Identity Federation the apply identity signs its own ID "
+            _bind(
+                "under Workload Identity Federation the apply identity signs its own ID "
                 "tokens for auth: id_token probes",
-                run=(
-                    "gcloud",
-                    "iam",
-                    "service-accounts",
-                    "add-iam-policy-binding",
-                    apply_sa,
-                    "--project",
-                    project,
-                    "--member",
-                    f"serviceAccount:{apply_sa}",
-                    "--role",
-                    "roles/iam.serviceAccountOpenIdTokenCreator",
-                    "--format=none",
-                ),
+                ("iam", "service-accounts", apply_sa),
+                ("--project", project),
+                apply_member,
+                "roles/iam.serviceAccountOpenIdTokenCreator",
             )
         )
     pool_args = ("--project", project, "--location", "global")
@@ -443,42 +432,29 @@ def steps(specs: Iterable[RolloutSpec], options: Options) -> list[Step]:
                 GITHUB_ISSUER,
             ),
         ),
-        Step(
-            why="the plan identity: pull requests from branches of the repository (GitHub "
-            "gives fork pull requests no token)",
-            run=(
-                "gcloud",
-                "iam",
-                "service-accounts",
-                "add-iam-policy-binding",
-                plan_sa,
-                "--project",
-                project,
-                "--role",
-                "roles/iam.workloadIdentityUser",
-                "--member",
-                f"{principals}/attribute.event_name/pull_request",
-                "--format=none",
-            ),
+    ]
+    trusted = (
+        (
+            plan_sa,
+            "attribute.event_name/pull_request",
+            "the plan identity: pull requests from branches of the repository (GitHub gives "
+            "fork pull requests no token)",
         ),
-        Step(
-            why=f"the apply identity: refs/heads/main in the {options.environment} environment "
-            "only",
-            run=(
-                "gcloud",
-                "iam",
-                "service-accounts",
-                "add-iam-policy-binding",
-                apply_sa,
-                "--project",
-                project,
-                "--role",
-                "roles/iam.workloadIdentityUser",
-                "--member",
-                f"{principals}/attribute.ref_environment/refs/heads/main:{options.environment}",
-                "--format=none",
-            ),
+        (
+            apply_sa,
+            f"attribute.ref_environment/refs/heads/main:{options.environment}",
+            f"the apply identity: refs/heads/main in the {options.environment} environment only",
         ),
+    )
+    out += [
+        _bind(
+            why,
+            ("iam", "service-accounts", email),
+            ("--project", project),
+            f"{principals}/{attribute}",
+            "roles/iam.workloadIdentityUser",
+        )
+        for email, attribute, why in trusted
     ]
     out.append(
         Step(
