@@ -1,10 +1,12 @@
-"""Anytime-valid sequential test of a canary's error rate from streamed request outcomes.
+"""Anytime-valid sequential tests of a canary's error rate and p95 latency from streamed
+request outcomes.
 
-Pure: counts in, a verdict out; `now` is an argument. The test may be evaluated after every
-request, forever, and still wrongly says FAIL for a canary whose true 5xx rate is at or
-below the limit with probability at most `alpha` (Ville's inequality applied to a mixture of
-likelihood ratios, a nonnegative supermartingale under the null). It only ever says FAIL or
-"no evidence yet": promotion stays with the windowed gates. docs/sequential.md explains it.
+Pure: counts in, a verdict out; `now` is an argument. The tests may be evaluated after every
+request, forever, and still wrongly say FAIL for a canary within its gates (5xx rate at or
+below `error_rate.max`, p95 latency at or below `latency_p95.max`) with probability at most
+`alpha` (Ville's inequality applied to a mixture of likelihood ratios, a nonnegative
+supermartingale under the null). They only ever say FAIL or "no evidence yet": promotion
+stays with the windowed gates. docs/streaming.md explains them.
 """
 
 from __future__ import annotations
@@ -14,11 +16,14 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from functools import lru_cache
 
-from reconciler.spec import Gates, format_percent
+from reconciler.spec import Gates, format_latency, format_percent
 
 DEFAULT_ALPHA = 0.01
 DEFAULT_RESTART = timedelta(minutes=1)
 DEFAULT_KEEP = 5
+# `latency_p95.max` holds when at most 5% of requests are slower than it: the p95 is at or
+# below a value exactly when the share of requests above that value is at most 1 - 0.95.
+LATENCY_TAIL = 0.05
 # Alternatives of the mixture, as multiples of the limit: a breach anywhere from a little
 # above the limit to far above it is covered at the price of log(len) nats of evidence.
 MIXTURE_RATIOS = (1.25, 1.5, 2.0, 3.0, 5.0, 10.0, 20.0)
@@ -30,13 +35,21 @@ _GRID = (*_LOW, *(1 - p for p in reversed(_LOW[:-1])))
 
 @dataclass(frozen=True)
 class Tally:
-    """Requests and 5xx errors counted from the stream."""
+    """Requests, 5xx errors and requests slower than `latency_p95.max`, from the stream."""
 
     requests: int = 0
     errors: int = 0
+    slow: int = 0
 
     def __add__(self, other: Tally) -> Tally:
-        return Tally(self.requests + other.requests, self.errors + other.errors)
+        return Tally(
+            self.requests + other.requests, self.errors + other.errors, self.slow + other.slow
+        )
+
+    def slow_as_errors(self) -> Tally:
+        """The slow requests in the errors' place: the latency test is the error test on
+        "slower than max" against a limit of `LATENCY_TAIL`."""
+        return Tally(self.requests, self.slow)
 
 
 @dataclass(frozen=True)
@@ -151,10 +164,13 @@ def upper_bound(t: Tally, alpha: float) -> float:
 
 def judge_stream(ev: Evidence, gates: Gates, alpha: float = DEFAULT_ALPHA) -> StreamVerdict:
     """FAIL when some segment shows, at its share of `alpha`, that the canary's 5xx rate is
-    above `gates.error_rate.max`, or above stable's by more than `gates.vs_stable`."""
+    above `gates.error_rate.max`, or above stable's by more than `gates.vs_stable`, or that
+    more than 5% of its requests are slower than `gates.latency_p95.max` (its p95 is above
+    max). Each configured test gets an equal share of the segment's `alpha`."""
     limit = gates.error_rate.max if gates.error_rate else None
     delta = gates.vs_stable.error_rate_delta if gates.vs_stable else None
-    tests = (limit is not None) + (delta is not None)
+    slowest = gates.latency_p95.max if gates.latency_p95 else None
+    tests = (limit is not None) + (delta is not None) + (slowest is not None)
     if tests == 0:
         return NO_EVIDENCE
     for seg in ev.segments:
@@ -180,6 +196,18 @@ def judge_stream(ev: Evidence, gates: Gates, alpha: float = DEFAULT_ALPHA) -> St
                     f"false alarm <= {format_percent(alpha)})",
                     seg,
                 )
+        slow = c.slow_as_errors()
+        if slowest is not None and log_evidence(slow, LATENCY_TAIL) >= math.log(1 / a):
+            low = lower_bound(slow, a)
+            over = format_latency(slowest)
+            return StreamVerdict(
+                True,
+                f"latency_p95 above {over} (at least {_pct(low)} of requests slower than "
+                f"{over}, p95 allows {format_percent(LATENCY_TAIL)}; {c.slow} of "
+                f"{c.requests} requests slower since {seg.start:%H:%M:%S}Z; anytime-valid, "
+                f"false alarm <= {format_percent(alpha)})",
+                seg,
+            )
     return NO_EVIDENCE
 
 

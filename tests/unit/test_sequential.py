@@ -9,6 +9,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from reconciler.sequential import (
+    LATENCY_TAIL,
     Evidence,
     Tally,
     judge_stream,
@@ -18,12 +19,14 @@ from reconciler.sequential import (
     segment_alpha,
     upper_bound,
 )
-from reconciler.spec import ErrorRateGate, Gates, VsStableGate
+from reconciler.spec import ErrorRateGate, Gates, LatencyGate, VsStableGate
 
 T0 = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
 MAX5 = Gates(error_rate=ErrorRateGate(max=0.05))
 DELTA2 = Gates(vs_stable=VsStableGate(error_rate_delta=0.02))
 BOTH = Gates(error_rate=ErrorRateGate(max=0.05), vs_stable=VsStableGate(error_rate_delta=0.02))
+LAT20 = Gates(latency_p95=LatencyGate(max=20.0))
+ALL = Gates(error_rate=ErrorRateGate(max=0.05), latency_p95=LatencyGate(max=20.0))
 
 
 NONE = Tally()
@@ -50,6 +53,14 @@ def evidence(canary: Tally, stable: Tally = NONE) -> Evidence:
         (BOTH, Tally(1000, 60), Tally(5000, 5), True, "above stable"),  # 6%: max unsure
         (Gates(error_rate=ErrorRateGate(max=0.0)), Tally(1000, 1), Tally(), True, "above 0%"),
         (Gates(error_rate=ErrorRateGate(max=1.0)), Tally(10, 10), Tally(), False, ""),
+        (LAT20, Tally(60, 0, 20), Tally(), True, "latency_p95 above 20s"),
+        (LAT20, Tally(60, 0, 20), Tally(), True, "20 of 60 requests slower"),
+        (LAT20, Tally(100, 0, 6), Tally(), False, ""),  # 6% slower: p95 may still be <= 20s
+        (LAT20, Tally(100_000, 0, 1000), Tally(), False, ""),  # 1% slower, however long
+        (LAT20, Tally(60, 60, 0), Tally(), False, ""),  # errors are not slow requests
+        (MAX5, Tally(60, 0, 60), Tally(), False, ""),  # no latency gate: slowness not judged
+        (ALL, Tally(60, 1, 30), Tally(), True, "latency_p95 above 20s"),
+        (ALL, Tally(60, 18, 30), Tally(), True, "error_rate above 5%"),  # errors said first
     ],
     ids=[
         "no-data",
@@ -66,6 +77,14 @@ def evidence(canary: Tally, stable: Tally = NONE) -> Evidence:
         "both-gates-vs-stable-decides",
         "limit-zero",
         "limit-hundred",
+        "latency-breach",
+        "latency-breach-counts",
+        "latency-near-limit",
+        "latency-good-long",
+        "latency-errors-not-slow",
+        "latency-no-gate",
+        "both-latency-decides",
+        "both-errors-first",
     ],
 )
 def test_judge_stream(gates: Gates, canary: Tally, stable: Tally, fail: bool, words: str) -> None:
@@ -139,3 +158,28 @@ def test_false_alarms_under_continuous_looking_stay_below_alpha() -> None:
                     fails += 1
                     break
     assert fails / runs <= 0.05 + 3 * math.sqrt(0.05 * 0.95 / runs)
+
+
+def test_latency_false_alarms_under_continuous_looking_stay_below_alpha() -> None:
+    # A canary whose p95 is exactly at max (5% of requests slower, the worst case for the
+    # guarantee), judged by judge_stream after every request: the share of runs that ever say
+    # FAIL must stay near or below alpha.
+    rng = random.Random(11)
+    runs, fails, alpha = 300, 0, 0.05
+    start = Evidence()
+    for _ in range(runs):
+        ev = start
+        for _ in range(2000):
+            slow = int(rng.random() < LATENCY_TAIL)
+            ev = observe(ev, Tally(1, 0, slow), NONE, T0, restart=timedelta(days=1))
+            if slow and judge_stream(ev, LAT20, alpha).fail:
+                fails += 1
+                break
+    assert fails / runs <= alpha + 3 * math.sqrt(alpha * (1 - alpha) / runs)
+
+
+def test_the_latency_test_only_ever_fails_or_waits() -> None:
+    # A fast canary never earns a verdict of its own: promotion stays with the windowed gates.
+    ev = evidence(Tally(100_000, 0, 0))
+    verdict = judge_stream(ev, ALL)
+    assert (verdict.fail, verdict.reason) == (False, "")
