@@ -194,6 +194,13 @@ def one(rate: float, delay: float, speed: float, rng: random.Random) -> Result:
             result.evidence = judged - breach
             result.react = written - judged
             result.settle = live - written
+            if result.react > 2.0:
+                # A slow reaction is the controller's own (a lost stream, the lease, git):
+                # what it said is the first clue.
+                print(
+                    f"slow reaction ({result.react:.1f} s); watch --stream said:", file=sys.stderr
+                )
+                print("\n".join(lines), file=sys.stderr)
         return result
 
 

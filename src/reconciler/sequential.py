@@ -12,15 +12,22 @@ stays with the windowed gates. docs/streaming.md explains them.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import lru_cache
 
 from reconciler.spec import Gates, format_latency, format_percent
 
 DEFAULT_ALPHA = 0.01
-DEFAULT_RESTART = timedelta(minutes=1)
+# A breach is diluted by at most this much healthy traffic in the segment that catches it.
+DEFAULT_RESTART = timedelta(seconds=10)
 DEFAULT_KEEP = 5
+# Segment j is tested at alpha / (SEGMENT_NORM (j+1) ln^2(j+1)): shares that sum to at most
+# alpha (SEGMENT_NORM bounds the sum over j >= 1 of 1/((j+1) ln^2(j+1)), 2.10974..., from
+# above) and shrink slowly, so a breach in hour 12 pays about as much as with one segment a
+# minute and 1/j^2 shares, while a breach in the first minute is judged by a segment that
+# started at most 10 s before it.
+SEGMENT_NORM = 2.1098
 # `latency_p95.max` holds when at most 5% of requests are slower than it: the p95 is at or
 # below a value exactly when the share of requests above that value is at most 1 - 0.95.
 LATENCY_TAIL = 0.05
@@ -46,6 +53,11 @@ class Tally:
             self.requests + other.requests, self.errors + other.errors, self.slow + other.slow
         )
 
+    def __sub__(self, other: Tally) -> Tally:
+        return Tally(
+            self.requests - other.requests, self.errors - other.errors, self.slow - other.slow
+        )
+
     def slow_as_errors(self) -> Tally:
         """The slow requests in the errors' place: the latency test is the error test on
         "slower than max" against a limit of `LATENCY_TAIL`."""
@@ -63,16 +75,38 @@ class Segment:
 
 
 @dataclass(frozen=True)
+class _Start:
+    """Where a segment starts: the canary's and stable's running totals at that moment."""
+
+    number: int
+    start: datetime
+    canary: Tally
+    stable: Tally
+
+
+@dataclass(frozen=True)
 class Evidence:
     """One canary's evidence: overlapping segments that restart every `restart`.
 
     Restarting lets a canary that turns bad late in a long stage be caught as fast as one that
-    starts bad (old good traffic does not dilute new bad traffic); segment j is tested at level
-    alpha * 6 / (pi^2 j^2), so all segments together still err with probability <= alpha.
+    starts bad (old good traffic does not dilute new bad traffic); segment j is tested at its
+    share of alpha (`segment_alpha`), so all segments together still err with probability
+    <= alpha. Running totals and where each kept segment starts are stored, so a batch costs
+    one addition however many segments are kept.
     """
 
-    segments: tuple[Segment, ...] = ()
+    canary: Tally = Tally()
+    stable: Tally = Tally()
+    starts: tuple[_Start, ...] = ()
     opened: int = 0
+
+    @property
+    def segments(self) -> tuple[Segment, ...]:
+        """The kept segments, oldest first, each with its counts since its start."""
+        return tuple(
+            Segment(s.number, s.start, self.canary - s.canary, self.stable - s.stable)
+            for s in self.starts
+        )
 
 
 @dataclass(frozen=True)
@@ -88,8 +122,9 @@ NO_EVIDENCE = StreamVerdict(False)
 
 
 def segment_alpha(alpha: float, number: int) -> float:
-    """The share of `alpha` spent on segment `number` (1-based); the shares sum to alpha."""
-    return alpha * 6.0 / (math.pi**2 * number**2)
+    """The share of `alpha` spent on segment `number` (1-based); the shares sum to at most
+    alpha."""
+    return alpha / (SEGMENT_NORM * (number + 1) * math.log(number + 1) ** 2)
 
 
 def observe(
@@ -102,17 +137,27 @@ def observe(
     keep: int = DEFAULT_KEEP,
 ) -> Evidence:
     """Add one batch of outcomes to every live segment, opening a new segment first when the
-    last one is `restart` old. Keeps the first segment and the newest `keep` (dropping a
-    segment only gives up evidence, so the guarantee holds)."""
-    segments = ev.segments
-    opened = ev.opened
-    if not segments or now - segments[-1].start >= restart:
+    last one is `restart` old. Keeps the first segment, the newest `keep`, and the oldest of
+    each doubling of age (`restart` x 1, 2, 4, ...), so a slow breach still has a segment
+    about as old as itself; dropping a segment only gives up evidence, so the guarantee
+    holds."""
+    starts, opened = ev.starts, ev.opened
+    if not starts or now - starts[-1].start >= restart:
         opened += 1
-        segments = (*segments, Segment(opened, now))
-    if len(segments) > keep + 1:
-        segments = (segments[0], *segments[-keep:])
-    grown = tuple(replace(s, canary=s.canary + canary, stable=s.stable + stable) for s in segments)
-    return Evidence(grown, opened)
+        starts = _kept((*starts, _Start(opened, now, ev.canary, ev.stable)), now, restart, keep)
+    return Evidence(ev.canary + canary, ev.stable + stable, starts, opened)
+
+
+def _kept(
+    starts: tuple[_Start, ...], now: datetime, restart: timedelta, keep: int
+) -> tuple[_Start, ...]:
+    first, rest = starts[0], starts[1:]
+    oldest: dict[int, _Start] = {}
+    for s in rest:  # oldest first: the first one seen in a band is its oldest
+        band = max(0, math.floor(math.log2(max((now - s.start) / restart, 1.0))))
+        oldest.setdefault(band, s)
+    chosen = {s.number for s in oldest.values()} | {s.number for s in rest[-keep:]}
+    return (first, *(s for s in rest if s.number in chosen))
 
 
 @lru_cache(maxsize=4096)

@@ -108,8 +108,12 @@ def test_a_breach_is_rolled_back_in_seconds_and_recorded_in_git(sb: Sandbox) -> 
         assert "stream: error_rate above 5%" in sb.remote_log("-1", "--format=%B")
         # A human deletes the block to retry the canary: the stream watches it again.
         streams = sum("streaming" in line for line in lines)
-        sb.git("pull", "--quiet", "--rebase")
-        sb.commit_rollout(example_rollout(sb.emu), "retry the canary")
+        # From a clone of their own: a pull in the controller's clone races its fetches
+        # (both write FETCH_HEAD), which no human shares with a running controller.
+        human = sb.clone("human")
+        (human / "rollout" / "ion-api.yaml").write_text(example_rollout(sb.emu), "utf-8")
+        sb.git("commit", "--quiet", "-am", "retry the canary", cwd=human)
+        sb.git("push", "--quiet", "origin", "main", cwd=human)
         assert until(lambda: sum("streaming" in line for line in lines) > streams, sb.emu), lines
     assert results[0].rollbacks == [SERVICE]
     assert results[0].exit_code == 4

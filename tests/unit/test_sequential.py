@@ -10,6 +10,7 @@ import pytest
 
 from reconciler.sequential import (
     LATENCY_TAIL,
+    SEGMENT_NORM,
     Evidence,
     Tally,
     judge_stream,
@@ -94,18 +95,38 @@ def test_judge_stream(gates: Gates, canary: Tally, stable: Tally, fail: bool, wo
 
 
 @pytest.mark.parametrize(
-    ("minutes", "segments", "numbers"),
-    [(0, 1, [1]), (1, 2, [1, 2]), (5, 6, [1, 2, 3, 4, 5, 6]), (9, 6, [1, 6, 7, 8, 9, 10])],
-    ids=["first", "second", "full", "first-and-newest-kept"],
+    ("steps", "segments", "numbers"),
+    [(0, 1, [1]), (1, 2, [1, 2]), (5, 6, [1, 2, 3, 4, 5, 6])],
+    ids=["first", "second", "full"],
 )
-def test_observe_restarts_segments(minutes: int, segments: int, numbers: list[int]) -> None:
+def test_observe_restarts_segments(steps: int, segments: int, numbers: list[int]) -> None:
     ev = Evidence()
-    for m in range(minutes + 1):
-        ev = observe(ev, Tally(10, 1), Tally(), T0 + timedelta(minutes=m))
+    for m in range(steps + 1):  # one batch per restart (10 s)
+        ev = observe(ev, Tally(10, 1), Tally(), T0 + timedelta(seconds=10 * m))
     assert len(ev.segments) == segments
     assert [s.number for s in ev.segments] == numbers
-    assert ev.segments[0].canary == Tally(10 * (minutes + 1), minutes + 1)
+    assert ev.segments[0].canary == Tally(10 * (steps + 1), steps + 1)
     assert ev.segments[-1].canary == Tally(10, 1)
+
+
+def test_kept_segments_cover_every_age_of_a_day() -> None:
+    # 24 h of 5 s batches: a bounded number of segments, always the first, and for a breach
+    # any time ago one that started before it with at most a few times its age of old traffic.
+    ev, now = Evidence(), T0
+    for b in range(24 * 720):
+        now = T0 + timedelta(seconds=5 * (b + 1))
+        ev = observe(ev, Tally(2, 0), Tally(1, 0), now)
+        assert len(ev.segments) <= 20
+        if b % 97 == 0:
+            ages = [(now - seg.start).total_seconds() for seg in ev.segments[1:]]
+            for ago in (30, 60, 300, 3600, 6 * 3600):
+                if (now - T0).total_seconds() >= 4 * ago:
+                    assert any(ago <= age <= 4 * ago for age in ages), (b, ago, ages)
+    first = ev.segments[0]
+    assert (first.number, first.start, first.canary) == (1, T0 + timedelta(seconds=5), Tally(34560))
+    last = ev.segments[-1]
+    assert last.canary == Tally(2 * int((now - last.start).total_seconds() / 5 + 1))
+    assert last.stable == Tally(int((now - last.start).total_seconds() / 5 + 1))
 
 
 def test_late_breach_is_not_diluted_by_old_good_traffic() -> None:
@@ -122,8 +143,14 @@ def test_late_breach_is_not_diluted_by_old_good_traffic() -> None:
     assert s < 120
 
 
-def test_segment_alphas_sum_to_alpha() -> None:
-    assert sum(segment_alpha(0.01, j) for j in range(1, 100_000)) == pytest.approx(0.01, rel=1e-4)
+def test_segment_alphas_sum_to_at_most_alpha() -> None:
+    # The first 10^6 shares plus a bound of the rest (the tail of 1/(n ln^2 n) is below
+    # 1/ln N): never more than alpha, and not much less (alpha is not wasted).
+    n = 1_000_000
+    total = math.fsum(segment_alpha(0.01, j) for j in range(1, n + 1))
+    rest = 0.01 / SEGMENT_NORM / math.log(n + 1)
+    assert 0.0099 < total + rest <= 0.01
+    assert segment_alpha(0.01, 1) > segment_alpha(0.01, 2) > segment_alpha(0.01, 8640) > 0
 
 
 @pytest.mark.parametrize(
