@@ -11,7 +11,15 @@ from typing import Any
 import pytest
 
 from reconciler import state
-from reconciler.model import GateResult, Outcome, Target, TrafficSplit, Verdict, WindowStats
+from reconciler.model import (
+    GateResult,
+    Outcome,
+    ServiceRef,
+    Target,
+    TrafficSplit,
+    Verdict,
+    WindowStats,
+)
 from reconciler.state import (
     Event,
     EventKind,
@@ -400,3 +408,11 @@ def test_time_format_round_trips() -> None:
     assert parse_time(format_time(when)) == when
     with pytest.raises(ValueError, match="no zone"):
         parse_time("2026-05-01T12:00:00")
+
+
+def test_service_ref_key_is_one_string_per_rollout() -> None:
+    a = ServiceRef("p", "us-central1", "api")
+    b = ServiceRef("p", "europe-west1", "api")
+    assert a.key == "p/us-central1/api"
+    assert a.key != b.key
+    assert ServiceRef("p", "us-central1", "api").key == a.key
