@@ -102,11 +102,14 @@ def stage(rng: random.Random, sizes: list[int], p: float, slow: float = 0.0) -> 
 def _above(ev: Evidence) -> bool:
     """Whether some segment's error or slow share is above its limit: otherwise no test can
     have evidence (every alternative's likelihood ratio is below 1)."""
-    return any(
-        seg.canary.errors > LIMIT * seg.canary.requests
-        or seg.canary.slow > LATENCY_TAIL * seg.canary.requests
-        for seg in ev.segments
-    )
+    total = ev.canary
+    for s in ev.starts:
+        n = total.requests - s.canary.requests
+        if total.errors - s.canary.errors > LIMIT * n or total.slow - s.canary.slow > (
+            LATENCY_TAIL * n
+        ):
+            return True
+    return False
 
 
 def naive_stage(rng: random.Random, sizes: list[int], p: float) -> int | None:

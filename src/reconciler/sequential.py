@@ -154,7 +154,8 @@ def _kept(
     first, rest = starts[0], starts[1:]
     oldest: dict[int, _Start] = {}
     for s in rest:  # oldest first: the first one seen in a band is its oldest
-        band = max(0, math.floor(math.log2(max((now - s.start) / restart, 1.0))))
+        # floor(log2(age / restart)), 0 below one restart: the age's doubling band.
+        band = max(0, ((now - s.start) // restart).bit_length() - 1)
         oldest.setdefault(band, s)
     chosen = {s.number for s in oldest.values()} | {s.number for s in rest[-keep:]}
     return (first, *(s for s in rest if s.number in chosen))
