@@ -122,7 +122,7 @@ not transfer the rest of the region."""
 def observe(
     backend: TrafficBackend, specs: Sequence[RolloutSpec], max_workers: int = 16
 ) -> dict[str, LiveService | str]:
-    """Every service's live state, or the error reading it, kept per service.
+    """Every service's live state, or the error reading it, by identity (`ServiceRef.key`).
 
     Services are grouped by project and region: a group of `LIST_FROM` or more is read with
     ListServices and ListRevisions across services (a few calls for 1,000 services); smaller
@@ -146,25 +146,26 @@ def observe(
         }
         gets = [pool.submit(read_live, backend, spec) for spec in singles]
         for spec, future in zip(singles, gets, strict=True):
-            out[spec.service] = future.result()
+            out[ref_of(spec).key] = future.result()
         for region in listed.values():
             out.update(region.result())
-    return {spec.service: out[spec.service] for spec in specs}
+    return {ref_of(spec).key: out[ref_of(spec).key] for spec in specs}
 
 
 def _read_region(
     backend: TrafficBackend, project: str, region: str, specs: Sequence[RolloutSpec]
 ) -> dict[str, LiveService | str]:
-    """The selected services of one project and region from its lists (errors per service)."""
+    """The selected services of one project and region from its lists (errors per service),
+    by identity."""
     assert isinstance(backend, ListingBackend)  # observe groups only listing backends here
     try:
         found = backend.list_services(project, region)
     except BackendError as exc:
-        return {spec.service: str(exc) for spec in specs}
+        return {ref_of(spec).key: str(exc) for spec in specs}
     out: dict[str, LiveService | str] = {}
     for spec in specs:
         live = found.get(spec.service)
-        out[spec.service] = (
+        out[ref_of(spec).key] = (
             live
             if live is not None
             else (
@@ -215,19 +216,19 @@ def gather(
             try:
                 # A corrupt status file must not fail its plan (apply salvages it the same
                 # way): what parses is kept, the plan warns about the rest.
-                statuses[spec.service] = st.load_status(repo, spec.service)
+                statuses[ref_of(spec).key] = st.load_status(repo, ref_of(spec))
             except ReconcileError as exc:  # a symbolic link: refused, this service only
-                statuses[spec.service] = ServiceError(spec.service, str(exc))
+                statuses[ref_of(spec).key] = ServiceError(spec.service, str(exc))
         lives = reads.result() if reads is not None else {}
     for item in loaded:
         if isinstance(item, ServiceError):
             gathered.append(item)
             continue
-        status = statuses[item.service]
+        status = statuses[ref_of(item).key]
         if isinstance(status, ServiceError):
             gathered.append(status)
             continue
-        live = lives[item.service] if backend is not None else offline_live(item, status.status)
+        live = lives[ref_of(item).key] if backend is not None else offline_live(item, status.status)
         gathered.append((item, status, live))
     return gathered
 
@@ -289,16 +290,19 @@ def measure(
 
     Batched: one provider call per metrics configuration and span, covering every service
     that shares it (the Cloud Monitoring provider makes one API call per metric per project).
-    Returns windows by (service, revision) and metric errors by service.
+    Returns windows by (identity, revision) and metric errors by identity
+    (`ServiceRef.key`). Providers answer by (service, revision), so one call never holds
+    the same service id twice (the same service in two regions goes in separate calls).
     """
     out: dict[tuple[str, str], list[Window]] = {}
     errors: dict[str, str] = {}
     if ctx.metrics_for is None:
         return out, errors
     groups: dict[
-        tuple[str, datetime, datetime, SpanKind], list[tuple[RolloutSpec, StatsQuery]]
+        tuple[str, int, datetime, datetime, SpanKind], list[tuple[RolloutSpec, StatsQuery]]
     ] = {}
     providers: dict[str, MetricsProvider] = {}
+    seen: dict[str, int] = {}
     for spec, live in items:
         canary = spec.revisions.canary
         if canary is None:
@@ -308,13 +312,14 @@ def measure(
             providers[key] = ctx.metrics_for(spec.metrics)
         lag = _lag(providers[key])
         try:
-            status = st.read_status(ctx.repo, spec.service)
+            status = st.read_status(ctx.repo, ref_of(spec))
         except ReconcileError:
             status = None  # the service's own tick reports the corrupt file
         query = StatsQuery(ref_of(spec), (canary, spec.revisions.stable))
+        twin = seen[spec.service] = seen.get(spec.service, -1) + 1
         for start, end, kind in spans(spec, status, live, now, lag):
-            groups.setdefault((key, start, end, kind), []).append((spec, query))
-    for (key, start, end, kind), members in groups.items():
+            groups.setdefault((key, twin, start, end, kind), []).append((spec, query))
+    for (key, _, start, end, kind), members in groups.items():
         provider = providers[key]
         lag = _lag(provider)
         try:
@@ -322,7 +327,7 @@ def measure(
             stats = provider.window_stats([q for _, q in members], end - start, end + lag)
         except MetricsError as exc:
             for spec, _ in members:
-                errors[spec.service] = str(exc)
+                errors[ref_of(spec).key] = str(exc)
             continue
         provisional = end > now - lag - SAMPLE_PERIOD
         for spec, q in members:
@@ -330,7 +335,7 @@ def measure(
                 w = stats.get((spec.service, rev))
                 if w is not None:
                     w = replace(w, start=start, end=end, span=kind, provisional=provisional)
-                    out.setdefault((spec.service, rev), []).append(w)
+                    out.setdefault((ref_of(spec).key, rev), []).append(w)
     for found in out.values():
         found.sort(key=lambda w: (w.end, w.start))
     return out, errors
@@ -366,7 +371,12 @@ def probe(
         return [], [str(exc)]
     records = [
         st.ProbeRecord(
-            r.name, r.ok, now, "" if r.ok else r.reason, r.latency if r.answered else None
+            r.name,
+            r.ok,
+            now,
+            "" if r.ok else r.reason,
+            r.latency if r.answered else None,
+            r.synthetic,
         )
         for r in results
     ]

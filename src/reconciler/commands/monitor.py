@@ -14,6 +14,7 @@ from reconciler.commands import (
     parse_span,
     pass_app,
     service_option,
+    state_ref_for,
 )
 from reconciler.errors import ReconcileError
 
@@ -112,9 +113,14 @@ def watch(
     "--out",
     type=click.Path(dir_okay=False, path_type=Path),
     metavar="FILE",
-    help="Write the report to FILE instead of state/SERVICE/reports/.",
+    help="Write the report to FILE instead of the rollout's reports/ in state/.",
 )
 @click.option("--stdout", "to_stdout", is_flag=True, help="Print the report; write no file.")
+@click.option(
+    "--offline",
+    is_flag=True,
+    help="Ask no metrics provider: figures from the windows recorded in state/ only.",
+)
 @pass_app
 def report(
     app: App,
@@ -123,14 +129,21 @@ def report(
     since: timedelta | None,
     out: Path | None,
     to_stdout: bool,
+    offline: bool,
 ) -> None:
-    """Write a stage report of SERVICE from its state/ (markdown that renders on GitHub).
+    """Write a stage report of SERVICE (markdown that renders on GitHub).
+
+    Traffic figures come from the rollout file's metrics provider, asked once per metric
+    for the whole span; when it cannot answer (unreachable, no credentials, span older than
+    its retention) or with --offline, from the windows recorded in state/. The report says
+    which, and why.
 
     Covers the stages and the time span, traffic, request counts, error and success rate,
     P50/P95/P99 of canary and stable against the rollout file's targets and rollback
     thresholds, charts of error rate and P95 per window, probe results, the baseline
     comparison, the events, and the decision: advance, hold or roll back (go/no-go in a
-    final report). Saved as state/SERVICE/reports/<kind>-<UTC time>.md and <kind>-latest.md.
+    final report). Saved as state/PROJECT/REGION/SERVICE/reports/<kind>-<UTC time>.md and
+    <kind>-latest.md.
 
     \b
     Example:
@@ -138,16 +151,19 @@ def report(
       reconcile report ion-api --kind final --stdout
       reconcile report ion-api --since 6h --out /tmp/ion-api.md
     """
-    from reconciler.report import generate, save
+    from reconciler.metrics import provider_for
+    from reconciler.report import generate, save, source_text
     from reconciler.runtime import utc_now
     from reconciler.state import atomic_write_text
 
+    ref = state_ref_for(app, service)
     made = generate(
         app.repo,
-        service,
+        ref,
         "final" if kind == "final" else "interim",
         now=utc_now(),
         since=since,
+        metrics_for=None if offline else provider_for,
     )
     if to_stdout:
         click.echo(made.markdown, nl=False)
@@ -161,7 +177,8 @@ def report(
             raise ReconcileError(f"{out}: cannot write the report: {exc.strerror}") from None
         path = out
     else:
-        path = save(app.repo, made)
+        path = save(app.repo, ref, made)
     decision = made.decision
     click.echo(f"{service}: {kind} report written to {path}")
     click.echo(f"decision: {decision.action.value} ({'; '.join(decision.reasons)})")
+    click.echo(f"figures: {source_text(made.source)}")
