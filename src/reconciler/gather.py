@@ -24,6 +24,7 @@ from reconciler.model import WindowStats as Window
 from reconciler.plan import ServiceError
 from reconciler.shard import Shard
 from reconciler.spec import RolloutSpec
+from reconciler.waves import expand
 
 
 # --- inputs ---------------------------------------------------------------------------------
@@ -76,14 +77,15 @@ def _did_you_mean(pattern: str, names: Sequence[str]) -> str:
 def load_all(
     files: Iterable[Path], shard: Shard | None = None
 ) -> tuple[list[tuple[Path, RolloutSpec]], list[ServiceError]]:
-    """Load every rollout file; a bad file is an error for that service only, and so are two
-    files claiming one service (both named). With `shard`, only what that shard owns is
-    returned (every file is still read, so a clash across shards is still seen)."""
+    """Load every rollout file, one spec per region of a file with `waves:`; a bad file is an
+    error for that service only, and so are two files claiming one service (both named).
+    With `shard`, only what that shard owns is returned (every file is still read, so a
+    clash across shards is still seen)."""
     specs: list[tuple[Path, RolloutSpec]] = []
     errors: list[tuple[Path, ServiceError]] = []
     for path in files:
         try:
-            specs.append((path, load_spec(path)))
+            specs.extend((path, s) for s in expand(load_spec(path)))
         except ReconcileError as exc:
             errors.append((path, ServiceError(path.stem, str(exc))))
     clashes = duplicate_identities(specs)
@@ -98,6 +100,20 @@ def load_all(
 def _shard_key(path: Path) -> str:
     """A file's shard key when it has no identity: its folder and name (machine-independent)."""
     return f"{path.parent.name}/{path.name}"
+
+
+def region_statuses(root: Path, spec: RolloutSpec) -> dict[str, st.ServiceStatus | None]:
+    """The observed status of every other region of a file with `waves:`, by region, for
+    the wave rule (empty without waves). One that cannot be read counts as not started."""
+    out: dict[str, st.ServiceStatus | None] = {}
+    for other in expand(spec):
+        if other.region == spec.region:
+            continue
+        try:
+            out[other.region] = st.load_status(root, ref_of(other)).status
+        except ReconcileError:
+            out[other.region] = None
+    return out
 
 
 def ref_of(spec: RolloutSpec) -> ServiceRef:
