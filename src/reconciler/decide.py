@@ -180,7 +180,7 @@ def decide(
     probe_runs: Sequence[ProbeRecord] = (),
     metrics_error: str | None = None,
     config_errors: Sequence[str] = (),
-    spec_commit: str | None = None,
+    spec_id: str | None = None,
     actor: str = "reconciler",
     window_keep: int = 12,
     check_revisions: bool = True,
@@ -210,9 +210,11 @@ def decide(
         sp = replace(sp, warnings=(*sp.warnings, j.held))
     if verdict is not None and j.coverage.served:
         sp = replace(sp, notes=(*sp.notes, f"coverage: {j.coverage.describe()} at this stage"))
-    sp = replace(sp, blocked=sp.blocked or _hold(spec, status, live, sp, config_errors))
+    sp = replace(
+        sp, blocked=sp.blocked or _hold(spec, status, live, sp, config_errors), spec_id=spec_id
+    )
     events = tuple(
-        Event(now, EventKind.PROBE_FAILED, actor, reason=p.reason, spec_commit=spec_commit)
+        Event(now, EventKind.PROBE_FAILED, actor, reason=p.reason, spec_id=spec_id)
         for p in probe_runs
         if not p.ok
     )
@@ -228,7 +230,7 @@ def decide(
         generation=live.generation,
         observed_generation=live.observed_generation,
         last_reconcile=now,
-        spec_commit=spec_commit,
+        spec_id=spec_id,
         verdict=verdict if verdict is not None else (status.verdict if status else None),
         verdict_at=now if verdict is not None else (status.verdict_at if status else None),
         windows=j.windows,
@@ -243,12 +245,12 @@ def decide(
         status=carried_out(base, sp, status, now),
         held=base,
         events=events,
-        done=(action_event(sp, now, actor, spec_commit),),
-        commit=commit_for(sp, spec_commit),
+        done=(action_event(sp, now, actor, spec_id),),
+        commit=commit_for(sp, spec_id),
         held_commit=Commit(
             f"reconcile({spec.service}): observed state",
             _verdict_body(verdict),
-            _trailers(spec.service, "record", spec_commit),
+            _trailers(spec.service, "record", spec_id),
         ),
         added=j.added,
         previous=status,
@@ -355,7 +357,7 @@ def decide_rollback(
     *,
     now: datetime,
     reason: str,
-    spec_commit: str | None = None,
+    spec_id: str | None = None,
     actor: str = "reconciler",
 ) -> Decision:
     """`reconcile rollback`: 100% to stable at once and the sticky block, as one Decision."""
@@ -374,7 +376,7 @@ def decide_rollback(
         generation=live.generation,
         observed_generation=live.observed_generation,
         last_reconcile=now,
-        spec_commit=spec_commit,
+        spec_id=spec_id,
         verdict=status.verdict if status else None,
         verdict_at=status.verdict_at if status else None,
         windows=status.windows if status else (),
@@ -388,7 +390,7 @@ def decide_rollback(
         before=sp.before.describe(),
         after=sp.after.describe(),
         reason=reason,
-        spec_commit=spec_commit,
+        spec_id=spec_id,
         details={"manual": True},
     )
     return Decision(
@@ -396,8 +398,8 @@ def decide_rollback(
         status=carried_out(base, sp, status, now),
         held=base,
         done=(event,),
-        commit=commit_for(sp, spec_commit),
-        held_commit=commit_for(sp, spec_commit),
+        commit=commit_for(sp, spec_id),
+        held_commit=commit_for(sp, spec_id),
         previous=status,
     )
 
@@ -524,7 +526,7 @@ def carried_out(
     )
 
 
-def action_event(sp: ServicePlan, now: datetime, actor: str, spec_commit: str | None) -> Event:
+def action_event(sp: ServicePlan, now: datetime, actor: str, spec_id: str | None) -> Event:
     """The event recording that `sp` was carried out."""
     return Event(
         time=now,
@@ -533,12 +535,12 @@ def action_event(sp: ServicePlan, now: datetime, actor: str, spec_commit: str | 
         before=sp.before.describe(),
         after=sp.after.describe(),
         reason=sp.edit.summary if sp.edit is not None else sp.reason.value,
-        spec_commit=spec_commit,
+        spec_id=spec_id,
         details=_verdict_details(sp.verdict),
     )
 
 
-def commit_for(sp: ServicePlan, spec_commit: str | None) -> Commit:
+def commit_for(sp: ServicePlan, spec_id: str | None) -> Commit:
     """The commit recording that `sp` was carried out."""
     canary = sp.canary
     before = sp.before.percent_of(canary) if canary else 0
@@ -558,17 +560,17 @@ def commit_for(sp: ServicePlan, spec_commit: str | None) -> Commit:
     return Commit(
         f"reconcile({sp.service}): {summary}",
         body,
-        _trailers(sp.service, _ACTION[sp.reason], spec_commit),
+        _trailers(sp.service, _ACTION[sp.reason], spec_id),
     )
 
 
-def advance_commit(sp: ServicePlan, spec_commit: str | None) -> Commit:
+def advance_commit(sp: ServicePlan, spec_id: str | None) -> Commit:
     """The commit of an advance's edit, made before its traffic write."""
     edit = sp.edit.summary if sp.edit is not None else ""
     return Commit(
         f"reconcile({sp.service}): advance to {sp.canary_percent_after}%",
         edit,
-        _trailers(sp.service, "advance", spec_commit),
+        _trailers(sp.service, "advance", spec_id),
     )
 
 
@@ -600,10 +602,10 @@ def merge_windows(
     return keep_windows(old, added, keep=keep), final
 
 
-def _trailers(service: str, action: str, spec_commit: str | None) -> dict[str, str]:
+def _trailers(service: str, action: str, spec_id: str | None) -> dict[str, str]:
     out = {"Reconcile-Service": service, "Reconcile-Action": action}
-    if spec_commit:
-        out["Reconcile-Spec-Commit"] = spec_commit
+    if spec_id:
+        out["Reconcile-Spec"] = spec_id
     return out
 
 

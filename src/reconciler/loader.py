@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import difflib
 import functools
+import hashlib
 import os
 import re
 import types
@@ -204,6 +205,27 @@ def load_spec(path: Path) -> RolloutSpec:
     if (defaults_path.is_file() or defaults_path.is_symlink()) and not is_defaults_file(path):
         defaults = (_read(defaults_path, "a defaults file"), defaults_path)
     return parse_spec(data, path, defaults)
+
+
+def blob_id(data: bytes) -> str:
+    """The id git gives a file of these bytes (`git hash-object`), computed without git."""
+    return hashlib.sha1(b"blob %d\0" % len(data) + data, usedforsecurity=False).hexdigest()
+
+
+def spec_id_of(path: Path) -> str:
+    """What identifies a rollout file's desired state, by content: the blob id of the file,
+    then `+` and the blob id of the `_defaults.yaml` it inherits, when there is one.
+
+    Constant cost whatever the history (no `git log`), the same in a clone, a worktree or a
+    copy, and it changes when either file does, so an edit of the shared defaults is a new
+    spec for every service under them. `git cat-file -p <id>` shows the exact text, and
+    `git log --find-object=<id>` the commits that wrote it.
+    """
+    own = blob_id(_read(path, "a rollout file"))
+    defaults_path = path.parent / DEFAULTS_FILE
+    if is_defaults_file(path) or not (defaults_path.is_file() or defaults_path.is_symlink()):
+        return own
+    return f"{own}+{blob_id(_read(defaults_path, 'a defaults file'))}"
 
 
 def load_defaults(path: Path) -> RolloutDefaults:

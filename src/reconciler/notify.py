@@ -128,7 +128,7 @@ def snapshot(repo: Path) -> dict[str, Seen]:
             continue
         if status is not None:
             out[service] = Seen(
-                status.spec_commit,
+                status.spec_id,
                 status.stage,
                 status.verdict.outcome if status.verdict is not None else None,
             )
@@ -161,7 +161,7 @@ def plan_deliveries(
         status = read_status(repo, o.service)
         after = (
             Seen(
-                status.spec_commit,
+                status.spec_id,
                 status.stage,
                 status.verdict.outcome if status.verdict is not None else None,
             )

@@ -106,6 +106,9 @@ class ServicePlan:
     notes: tuple[str, ...] = ()
     verdict: Verdict | None = None
     drift: bool = False
+    spec_id: str | None = None
+    """The rollout file (and shared defaults) the plan was computed from, by content (see
+    `ServiceStatus.spec_id`): a saved plan is stale once either file changed."""
 
     @property
     def has_changes(self) -> bool:

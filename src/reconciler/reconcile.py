@@ -28,7 +28,7 @@ from reconciler.execute import read_stamp as read_stamp
 from reconciler.gather import gather, load_all, measure, observe, probe
 from reconciler.gather import ref_of as ref_of
 from reconciler.gather import rollout_files as rollout_files
-from reconciler.loader import load_spec
+from reconciler.loader import load_spec, spec_id_of
 from reconciler.model import LiveService, Verdict
 from reconciler.model import WindowStats as Window
 from reconciler.plan import Plan, PlanError, ServiceError, ServicePlan, is_rolled_back
@@ -122,7 +122,7 @@ def plan_all(
     for g in gathered:
         if isinstance(g, ServiceError):
             continue
-        spec, loaded, live = g
+        path, spec, loaded, live = g
         if isinstance(live, str):
             errors.append(ServiceError(spec.service, live))
             continue
@@ -134,6 +134,7 @@ def plan_all(
                 live,
                 now=now,
                 config_errors=config,
+                spec_id=spec_id_of(path),
                 check_revisions=not offline,
             )
             salvaged = (f"state: {loaded.problem}",) if loaded.problem else ()
@@ -177,14 +178,14 @@ def _prepare(
     # rest is rebuilt from live traffic and git, and an event says what was dropped.
     loaded = st.load_status(ctx.state_root, spec.service)
     status = loaded.status
-    spec_commit = ctx.git.last_commit_touching(path) if ctx.git else None
+    spec_id = spec_id_of(path)
     run = ServiceRun(path, spec, live, now)
     rebuilt = loaded.event(now, ctx.actor)
     if rebuilt is not None:
         log.warning("%s: %s", spec.service, rebuilt.reason)
         run.events.append(rebuilt)
     if not dry_run:
-        recover(ctx, run, spec_commit)
+        recover(ctx, run, spec_id)
     spec = run.spec
     config = missing_env(spec, os.environ if ctx.environ is None else ctx.environ)
     probes: list[st.ProbeRecord] = []
@@ -202,7 +203,7 @@ def _prepare(
             probe_runs=probes,
             metrics_error=metrics_error,
             config_errors=config,
-            spec_commit=spec_commit,
+            spec_id=spec_id,
             actor=ctx.actor,
             window_keep=ctx.window_keep,
         )
@@ -592,6 +593,13 @@ def _differs(saved: ServicePlan, fresh: ServicePlan) -> str | None:
         return (
             f"{saved.ref.name}: saved plan is stale (the rollout-file edit would now write "
             f"{', '.join(_edit_keys(fresh)) or 'nothing'}); run plan again"
+        )
+    if saved.spec_id and fresh.spec_id and saved.spec_id != fresh.spec_id:
+        # Same traffic, other desired state (gates, bake, stages, shared defaults): what was
+        # reviewed is not what would be applied.
+        return (
+            f"{saved.ref.name}: saved plan is stale (its rollout file or the _defaults.yaml "
+            "it inherits changed since it was planned); run plan again"
         )
     return None
 

@@ -482,7 +482,7 @@ def _status_to_data(s: ServiceStatus) -> dict[str, Any]:
         "generation": s.generation,
         "observed_generation": s.observed_generation,
         "last_reconcile": format_time(s.last_reconcile),
-        "spec_commit": s.spec_commit,
+        "spec_id": s.spec_id,
         "verdict": None if s.verdict is None else _verdict_to_data(s.verdict, s.verdict_at),
         "windows": [_stats_to_data(w) for w in s.windows],
         "applied": None if s.applied is None else _split_to_data(s.applied),
@@ -543,7 +543,7 @@ def _status_from_data(d: Any) -> ServiceStatus:
         generation=_int(d["generation"]),
         observed_generation=_int(d["observed_generation"]),
         last_reconcile=parse_time(d["last_reconcile"]),
-        spec_commit=_opt_str(d["spec_commit"]),
+        spec_id=_spec_id(d),
         windows=tuple(_stats_from_data(w) for w in d["windows"]),
         applied=None if d.get("applied") is None else _split_from_data(d["applied"]),
         passing_since=_opt_time(d.get("passing_since")),
@@ -631,7 +631,7 @@ def _salvage_status(data: Any, service: str) -> tuple[ServiceStatus | None, list
     status = replace(
         base,
         stage_since=part("stage_since", _opt_time, None),
-        spec_commit=part("spec_commit", _opt_str, None),
+        spec_id=_spec_id(data),
         verdict=verdict,
         verdict_at=verdict_at,
         windows=items("windows", _stats_from_data),
@@ -735,7 +735,7 @@ def _event_to_data(e: Event) -> dict[str, Any]:
         "before": e.before,
         "after": e.after,
         "reason": e.reason,
-        "spec_commit": e.spec_commit,
+        "spec_id": e.spec_id,
         "details": dict(e.details),
     }
 
@@ -753,9 +753,15 @@ def _event_from_data(d: Any) -> Event:
         before=str(d["before"]),
         after=str(d["after"]),
         reason=str(d["reason"]),
-        spec_commit=_opt_str(d["spec_commit"]),
+        spec_id=_spec_id(d),
         details=details,
     )
+
+
+def _spec_id(d: Mapping[str, Any]) -> str | None:
+    # Files written before the spec was identified by content name the commit of the rollout
+    # file instead (`spec_commit`): still an identity of what was applied, kept as it is.
+    return _opt_str(d.get("spec_id", d.get("spec_commit")))
 
 
 def _int(v: object) -> int:

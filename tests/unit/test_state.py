@@ -73,7 +73,7 @@ def _status(**changes: Any) -> ServiceStatus:
         generation=7,
         observed_generation=7,
         last_reconcile=T0 + timedelta(minutes=30),
-        spec_commit="0123456789abcdef0123456789abcdef01234567",
+        spec_id="0123456789abcdef0123456789abcdef01234567",
         verdict=Verdict(
             Outcome.FAIL,
             (
@@ -98,7 +98,7 @@ STATUSES = [
             phase=Phase.PROMOTED,
             stage=0,
             stage_since=None,
-            spec_commit=None,
+            spec_id=None,
             verdict=None,
             verdict_at=None,
             windows=(),
@@ -157,7 +157,7 @@ def test_status_is_deterministic_and_readable(tmp_path: Path) -> None:
         "generation",
         "observed_generation",
         "last_reconcile",
-        "spec_commit",
+        "spec_id",
         "verdict",
         "windows",
         "applied",
@@ -264,7 +264,7 @@ def _event(n: int, kind: EventKind = EventKind.ADVANCED) -> Event:
         before=f"{STABLE}=95 {CANARY}=5",
         after=f"{STABLE}=90 {CANARY}=10",
         reason=f"gates passed for 24h ({n})",
-        spec_commit="abc123",
+        spec_id="abc123",
         details={"windows": 3, "error_rate": 0.002, "forced": False, "note": None},
     )
 
@@ -284,7 +284,7 @@ def test_events_append_one_compact_line_each(tmp_path: Path) -> None:
         '{"time":"2026-05-01T12:01:00Z","kind":"advanced","actor":"cloudrun-reconciler[bot]",'
         '"before":"ion-api-00041-abc=95 ion-api-00042-xyz=5",'
         '"after":"ion-api-00041-abc=90 ion-api-00042-xyz=10","reason":"gates passed for 24h (1)",'
-        '"spec_commit":"abc123","details":{"windows":3,"error_rate":0.002,"forced":false,'
+        '"spec_id":"abc123","details":{"windows":3,"error_rate":0.002,"forced":false,'
         '"note":null}}'
     )
 
