@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from reconciler import state
 from reconciler.model import GateResult, Outcome, Target, TrafficSplit, Verdict, WindowStats
@@ -400,3 +401,32 @@ def test_time_format_round_trips() -> None:
     assert parse_time(format_time(when)) == when
     with pytest.raises(ValueError, match="no zone"):
         parse_time("2026-05-01T12:00:00")
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "a: text\nb: 12\nc: -3\nd: 0\ne: null\nf: ~\ng: true\nh: False\ni: 'quoted'\n",
+        "octal: 010\nhex: 0x1f\nunder: 1_000\nbase60: 1:30\nfloat: 1.5\ninf: .inf\nexp: 1e+3\n",
+        "when: 2026-12-07T10:00:00Z\nday: 2026-12-07\nbin: !!binary aGVsbG8=\nyes: yes\n",
+        "set: !!set {a, b}\nomap: !!omap [{a: 1}, {b: 2}]\nlist: [1, [2, {x: y}]]\n",
+        "base: &b {x: 1, y: [1, 2]}\nsame: *b\nmerged:\n  <<: *b\n  y: 3\n",
+        "1: int key\n3.5: float key\nnull: null key\n",
+        "a: 1\na: 2\n",
+        "",
+        "- just\n- a list\n",
+        "plain scalar",
+    ],
+)
+def test_status_yaml_reads_as_pyyaml_does(text: str) -> None:
+    # The status reader builds common nodes itself; whatever it builds must be what the
+    # constructor would (values and types alike).
+    fast = state._load_yaml(text)
+    slow = yaml.load(text, Loader=state._SafeLoader)
+    assert fast == slow
+    assert repr(fast) == repr(slow)
+
+
+def test_a_recursive_alias_in_a_status_file_is_read_not_a_crash() -> None:
+    got = state._load_yaml("a: &x [1, *x]\n")
+    assert got["a"][1] is got["a"]
