@@ -6,7 +6,7 @@ from __future__ import annotations
 import difflib
 import fnmatch
 import re
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import replace
 from datetime import datetime, timedelta
@@ -348,12 +348,23 @@ def measure(
         query = StatsQuery(ref_of(spec), (canary, spec.revisions.stable))
         for start, end, kind in spans(spec, status, live, now, lag):
             groups.setdefault((key, start, end, kind), []).append((spec, query))
-    for (key, start, end, kind), members in groups.items():
+
+    def ask(group: tuple[str, datetime, datetime, SpanKind]) -> Mapping[tuple[str, str], Window]:
+        key, start, end, _ = group
         provider = providers[key]
-        lag = _lag(provider)
+        # The provider moves its window back by its lag: ask for the one wanted.
+        return provider.window_stats(
+            [q for _, q in groups[group]], end - start, end + _lag(provider)
+        )
+
+    # Services whose stages started at different times share no span: the queries of the
+    # groups go out together on the run's pool rather than one after another.
+    with ThreadPoolExecutor(max_workers=max(1, min(ctx.max_workers, len(groups)))) as pool:
+        answers = {group: pool.submit(ask, group) for group in groups}
+    for (key, start, end, kind), members in groups.items():
+        lag = _lag(providers[key])
         try:
-            # The provider moves its window back by its lag: ask for the one wanted.
-            stats = provider.window_stats([q for _, q in members], end - start, end + lag)
+            stats = answers[(key, start, end, kind)].result()
         except MetricsError as exc:
             for spec, _ in members:
                 errors[spec.service] = str(exc)
