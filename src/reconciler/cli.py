@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import os
-import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -17,12 +15,12 @@ from reconciler.commands import App, color_wanted, echo_err, pass_app, service_o
 from reconciler.commands.checks import bench, probe
 from reconciler.commands.control import abort, canary, pause, promote, resume, retry, rollback
 from reconciler.commands.monitor import report, watch
+from reconciler.commands.validate import validate
 from reconciler.errors import ReconcileError
 
 if TYPE_CHECKING:
     from reconciler.plan import Plan
     from reconciler.shard import Shard
-    from reconciler.spec import RolloutSpec
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -57,139 +55,6 @@ def cli(ctx: click.Context, repo: Path, no_color: bool) -> None:
     Colour only on a terminal, never with --no-color or NO_COLOR set.
     """
     ctx.obj = App(repo, color=color_wanted(no_color))
-
-
-@cli.command()
-@click.argument("paths", nargs=-1, metavar="[PATH]...", type=click.Path(path_type=Path))
-@click.option(
-    "--env",
-    "check_env",
-    is_flag=True,
-    help="Also report every environment variable the files read that is not set here.",
-)
-@pass_app
-def validate(app: App, paths: tuple[Path, ...], check_env: bool) -> None:
-    """Check rollout files strictly (default: every rollout/*.yaml).
-
-    PATH may be a file or a directory of rollout files. Each invalid file prints one line
-    `path:line: message` on stderr, then a count; exit 1 if any file is invalid, else 0.
-    Units are required (5%, 20s, 5m); unknown or duplicate keys, YAML 1.1 surprises
-    (no, on, 010, 1:30) and a file name that differs from its service are errors.
-    With --env, every `{env: NAME}` a probe or dependency reads, or a `notify:` channel
-    names (webhook URL, HMAC key), that the current environment lacks is one more
-    `path:line: ...` line (run it where apply runs).
-
-    \b
-    Examples:
-      reconcile validate
-      reconcile validate --env
-      reconcile validate rollout/ion-api.yaml
-      reconcile --repo ../infra validate
-    """
-    from reconciler.loader import (
-        SpecError,
-        duplicate_identities,
-        find_rollout_files,
-        is_defaults_file,
-        load_defaults,
-        load_spec,
-    )
-    from reconciler.spec import DEFAULTS_FILE, Channel
-
-    files: list[Path] = []
-    valid: list[tuple[Path, RolloutSpec]] = []
-    failed = 0
-    for path in paths or (app.rollout_dir,):
-        if path.is_dir():
-            found = find_rollout_files(path)
-            if not found:
-                raise ReconcileError(f"{path}: no rollout files (*.yaml) found")
-            if (path / DEFAULTS_FILE).is_file():
-                files.append(path / DEFAULTS_FILE)
-            files += found
-        elif path.exists() or paths:
-            files.append(path)
-        else:
-            raise ReconcileError(f"{path}: no such directory; run in the repository or use --repo")
-    from reconciler.decide import channel_env, env_needs
-
-    unset = 0
-    told: set[tuple[Path, int, str]] = set()
-
-    def unset_channels(path: Path, channels: Sequence[Channel] | None) -> int:
-        """Report the unset variables `notify:` channels name, at the line that names each
-        (in the shared defaults when the file inherits them there; once per line)."""
-        count = 0
-        for what, var in channel_env(channels or []) if check_env else []:
-            if os.environ.get(var):
-                continue
-            pattern = rf"\benv\s*:\s*[\"']?{re.escape(var)}\b"
-            where = path
-            defaults = path.parent / DEFAULTS_FILE
-            if not _has_line(path, pattern) and _has_line(defaults, pattern):
-                where = defaults
-            line = _line_of(where, pattern)
-            if (where, line, var) in told:
-                continue
-            told.add((where, line, var))
-            click.echo(
-                f"{where}:{line}: {what} reads environment variable {var}, which is not set",
-                err=True,
-            )
-            count += 1
-        return count
-
-    for path in files:
-        try:
-            if is_defaults_file(path):
-                shared = unset_channels(path, load_defaults(path).notify)
-                unset += shared
-                if not shared:
-                    click.echo(f"{path}: ok (shared defaults)")
-                continue
-            spec = load_spec(path)
-        except SpecError as exc:
-            failed += 1
-            click.echo(str(exc), err=True)
-            continue
-        missing = [n for n in env_needs(spec) if not os.environ.get(n[2])] if check_env else []
-        for check, header, var in missing:
-            line = _line_of(path, rf"\benv\s*:\s*[\"']?{re.escape(var)}\b")
-            click.echo(
-                f"{path}:{line}: {check}: header {header} reads environment variable {var}, "
-                "which is not set",
-                err=True,
-            )
-        channels = unset_channels(path, spec.notify)
-        unset += len(missing) + channels
-        valid.append((path, spec))
-        if not missing and not channels:
-            click.echo(f"{path}: ok ({spec.service}, canary {spec.canary_percent}%)")
-    clashes = duplicate_identities(valid)
-    for message in clashes.values():
-        click.echo(message, err=True)
-    failed += len(clashes)
-    if failed:
-        raise ReconcileError(f"{failed} of {len(files)} rollout files invalid")
-    if unset:
-        raise ReconcileError(f"{unset} environment variables the rollout files read are not set")
-
-
-def _has_line(path: Path, pattern: str) -> bool:
-    """Whether a line of `path` (when it exists) matches `pattern`."""
-    if not path.is_file():
-        return False
-    text = path.read_text(encoding="utf-8", errors="replace")
-    return any(re.search(pattern, line) for line in text.splitlines())
-
-
-def _line_of(path: Path, pattern: str) -> int:
-    """The first line of `path` matching `pattern` (1 when none does)."""
-    text = path.read_text(encoding="utf-8", errors="replace")
-    for n, line in enumerate(text.splitlines(), 1):
-        if re.search(pattern, line):
-            return n
-    return 1
 
 
 def _parse_shard(_ctx: click.Context, _param: click.Parameter, value: str | None) -> Any:
@@ -527,6 +392,7 @@ def site(app: App, out: Path) -> None:
 from reconciler.emulator.cli import emulator  # noqa: E402
 
 for command in (
+    validate,
     rollback,
     promote,
     pause,

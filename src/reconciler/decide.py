@@ -20,6 +20,7 @@ from reconciler.analysis import (
     promotion_blockers,
 )
 from reconciler.model import (
+    CommitAction,
     Coverage,
     Event,
     EventKind,
@@ -55,12 +56,12 @@ _EVENT_KIND = {
 }
 # The `Reconcile-Action` trailer of the commit that records each reason.
 _ACTION = {
-    Reason.STAGE: "apply",
-    Reason.DRIFT: "drift",
-    Reason.ROLLBACK: "rollback",
-    Reason.ADVANCE: "advance",
-    Reason.FINALIZE: "finalize",
-    Reason.NONE: "record",
+    Reason.STAGE: CommitAction.APPLY,
+    Reason.DRIFT: CommitAction.DRIFT,
+    Reason.ROLLBACK: CommitAction.ROLLBACK,
+    Reason.ADVANCE: CommitAction.ADVANCE,
+    Reason.FINALIZE: CommitAction.FINALIZE,
+    Reason.NONE: CommitAction.RECORD,
 }
 
 
@@ -250,7 +251,7 @@ def decide(
         held_commit=Commit(
             f"reconcile({spec.service}): observed state",
             _verdict_body(verdict),
-            _trailers(spec.service, "record", spec_id),
+            _trailers(spec.service, CommitAction.RECORD, spec_id),
         ),
         added=j.added,
         previous=status,
@@ -570,7 +571,7 @@ def advance_commit(sp: ServicePlan, spec_id: str | None) -> Commit:
     return Commit(
         f"reconcile({sp.service}): advance to {sp.canary_percent_after}%",
         edit,
-        _trailers(sp.service, "advance", spec_id),
+        _trailers(sp.service, CommitAction.ADVANCE, spec_id),
     )
 
 
@@ -602,8 +603,8 @@ def merge_windows(
     return keep_windows(old, added, keep=keep), final
 
 
-def _trailers(service: str, action: str, spec_id: str | None) -> dict[str, str]:
-    out = {"Reconcile-Service": service, "Reconcile-Action": action}
+def _trailers(service: str, action: CommitAction, spec_id: str | None) -> dict[str, str]:
+    out = {"Reconcile-Service": service, "Reconcile-Action": action.value}
     if spec_id:
         out["Reconcile-Spec"] = spec_id
     return out

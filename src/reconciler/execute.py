@@ -2,9 +2,10 @@
 one record (status, metrics, events, commit), and recovering a write a crashed run left.
 
 Crash safety: every traffic write also stamps the service with an annotation (`STAMP_KEY`)
-describing the write. Traffic goes first, the git record second; if the process dies in
-between, the next run finds a stamp that state/ has not recorded yet and writes the missing
-record (including a rollback's sticky edit of the rollout file).
+describing the write and the action its commit records. Traffic goes first, the git record
+second; if the process dies in between, the next run finds a stamp that state/ has not
+recorded yet and writes that action's missing record (including a rollback's sticky edit of
+the rollout file, or an abort's pause).
 """
 
 from __future__ import annotations
@@ -20,14 +21,14 @@ from pathlib import Path
 from typing import Any
 
 from reconciler import state as st
-from reconciler import yamledit
+from reconciler import verbs, yamledit
 from reconciler.backends import Conflict, TrafficBackend
 from reconciler.decide import Commit, Decision, advance_commit
 from reconciler.errors import ReconcileError
 from reconciler.gitops import GitOps
 from reconciler.loader import load_spec
 from reconciler.metrics import MetricsProvider
-from reconciler.model import LiveService, ServiceStatus, Target, TrafficSplit
+from reconciler.model import CommitAction, LiveService, ServiceStatus, Target, TrafficSplit
 from reconciler.plan import Reason, ServicePlan, SpecEdit, desired_split, is_rolled_back
 from reconciler.shard import Shard
 from reconciler.spec import Metrics, RolloutSpec
@@ -107,10 +108,15 @@ def edit_rollout_file(run: ServiceRun, edit: SpecEdit) -> None:
 
 
 # --- traffic -------------------------------------------------------------------------------
-def stamp(sp: ServicePlan, now: datetime, reason: str) -> dict[str, str]:
-    """The annotation written with a traffic change (see module docstring)."""
-    data = {
+def stamp(
+    sp: ServicePlan, now: datetime, reason: str, commits: CommitAction | None = None
+) -> dict[str, str]:
+    """The annotation written with a traffic change (see module docstring); `commits` is what
+    the write's commit records, so a recovered record is that action's (an abort is no
+    rollback)."""
+    data: dict[str, Any] = {
         "action": sp.reason.value,
+        "commits": commits.value if commits is not None else None,
         "at": st.format_time(now),
         # Unique per write: two runs writing the same split in the same second must still
         # tell their writes apart (see CloudRunBackend.set_traffic).
@@ -140,6 +146,14 @@ def read_stamp(live: LiveService) -> dict[str, Any] | None:
     return data if isinstance(data, dict) else None
 
 
+def _commits(d: Decision) -> CommitAction | None:
+    """What the decision's commit records (its `Reconcile-Action` trailer)."""
+    try:
+        return CommitAction(d.commit.trailers.get("Reconcile-Action", ""))
+    except ValueError:
+        return None
+
+
 def _stamp_split(data: Mapping[str, Any]) -> TrafficSplit:
     return TrafficSplit.of(Target(str(r), int(p), str(t)) for r, p, t in data.get("split", []))
 
@@ -155,7 +169,9 @@ def write_traffic(
     sp = d.plan
     reason = sp.edit.summary if sp.edit is not None else sp.reason.value
     try:
-        live = ctx.backend.set_traffic(sp.ref, sp.after, sp.etag, stamp(sp, now, reason))
+        live = ctx.backend.set_traffic(
+            sp.ref, sp.after, sp.etag, stamp(sp, now, reason, _commits(d))
+        )
         return d, live, True
     except Conflict as exc:
         log.info("%s: %s; re-reading and deciding again once", sp.ref.name, exc)
@@ -181,7 +197,10 @@ def write_traffic(
         )
     try:
         live = ctx.backend.set_traffic(
-            again.plan.ref, again.plan.after, again.plan.etag, stamp(again.plan, now, reason)
+            again.plan.ref,
+            again.plan.after,
+            again.plan.etag,
+            stamp(again.plan, now, reason, _commits(again)),
         )
     except Conflict as exc:
         raise ReconcileError(
@@ -327,6 +346,8 @@ def recover(ctx: Context, run: ServiceRun, spec_id: str | None) -> None:
     try:
         written_at = st.parse_time(str(data.get("at")))
         reason = Reason(str(data.get("action")))
+        # Stamps written before they said what they commit rebuild by `reason` alone.
+        commits = CommitAction(data["commits"]) if data.get("commits") else None
     except (ValueError, TypeError):
         return
     if _recorded(ctx, run.spec.service, written_at, _KIND.get(reason, st.EventKind.APPLIED)):
@@ -338,7 +359,7 @@ def recover(ctx: Context, run: ServiceRun, spec_id: str | None) -> None:
         return
     why = str(data.get("reason", ""))
     log.warning("%s: recording a write that was not committed (%s)", run.spec.service, why)
-    edit = _recovered_edit(run, reason, data, written_at)
+    edit = _recovered_edit(run, reason, commits, data, written_at)
     if edit is not None:
         edit_rollout_file(run, edit)
         run.spec = load_spec(run.path)
@@ -350,18 +371,31 @@ def recover(ctx: Context, run: ServiceRun, spec_id: str | None) -> None:
             after=run.live.traffic.describe(),
             reason=f"recorded late: {why}",
             spec_id=spec_id,
-            details={"recovered": True, "written_at": str(data.get("at", ""))},
+            details={
+                "recovered": True,
+                "written_at": str(data.get("at", "")),
+                **({"abort": True} if commits is CommitAction.ABORT else {}),
+            },
         )
     )
 
 
 def _recovered_edit(
-    run: ServiceRun, reason: Reason, data: Mapping[str, Any], written_at: datetime
+    run: ServiceRun,
+    reason: Reason,
+    commits: CommitAction | None,
+    data: Mapping[str, Any],
+    written_at: datetime,
 ) -> SpecEdit | None:
     """The rollout-file edit the crashed run would have made (None: none is missing)."""
     spec = run.spec
     canary = data.get("canary")
     same = bool(canary) and spec.revisions.canary == canary
+    if commits is CommitAction.ABORT:
+        # Traffic went to stable as in a rollback, but an abort pauses and sets no block.
+        if same and not is_rolled_back(spec) and (spec.canary_percent or not spec.paused):
+            return replace(verbs.abort(spec), summary="recorded late")
+        return None
     if reason is Reason.ROLLBACK and same and not is_rolled_back(spec):
         block = {
             "revision": str(canary),

@@ -55,7 +55,6 @@ not changed), because two appends to the same events or metrics file are both tr
 from __future__ import annotations
 
 import contextlib
-import enum
 import functools
 import logging
 import os
@@ -77,6 +76,7 @@ import yaml
 
 from reconciler import redact, statemerge, yamledit
 from reconciler.errors import ReconcileError
+from reconciler.model import CommitAction as Action  # defined with the pure values it records
 
 __all__ = [
     "DEFAULT_EMAIL",
@@ -134,18 +134,6 @@ class SyncResult:
     repaired: tuple[str, ...] = ()
     rebuilt: tuple[str, ...] = ()
     notes: tuple[str, ...] = ()
-
-
-class Action(enum.Enum):
-    """What a reconciler commit records (the `Reconcile-Action` trailer)."""
-
-    APPLY = "apply"
-    DRIFT = "drift"
-    ADVANCE = "advance"
-    ROLLBACK = "rollback"
-    PROMOTE = "promote"
-    FINALIZE = "finalize"
-    RECORD = "record"
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ from reconciler.decide import Commit, Decision, decide_rollback
 from reconciler.errors import ReconcileError
 from reconciler.execute import ServiceRun, carry_out, edit_text, read_rollout, record
 from reconciler.loader import load_spec, spec_id_of
-from reconciler.model import LiveService
+from reconciler.model import CommitAction, LiveService
 from reconciler.plan import SpecEdit, is_rolled_back
 from reconciler.reconcile import Context, ServiceOutcome, ref_of, rollout_files
 from reconciler.spec import RolloutSpec
@@ -162,7 +162,7 @@ def _write(
 def _edit_verb(
     ctx: Context,
     service: str,
-    action: str,
+    action: CommitAction,
     rule: Callable[[RolloutSpec, st.ServiceStatus | None], SpecEdit | None],
     *,
     branch: str | None = None,
@@ -201,7 +201,7 @@ def promote(
     return _edit_verb(
         ctx,
         service,
-        "promote",
+        CommitAction.PROMOTE,
         lambda spec, status: verbs.promote(spec, status, now=now, to=to, full=full, force=force),
         branch=branch,
         dry_run=dry_run,
@@ -211,7 +211,12 @@ def promote(
 def pause(ctx: Context, service: str, *, dry_run: bool = False) -> VerbResult:
     """Commit `paused: true`: no advance, no drift correction; rollbacks still happen."""
     return _edit_verb(
-        ctx, service, "pause", lambda spec, _: verbs.pause(spec), dry_run=dry_run, noop="paused"
+        ctx,
+        service,
+        CommitAction.PAUSE,
+        lambda spec, _: verbs.pause(spec),
+        dry_run=dry_run,
+        noop="paused",
     )
 
 
@@ -220,7 +225,7 @@ def resume(ctx: Context, service: str, *, dry_run: bool = False) -> VerbResult:
     return _edit_verb(
         ctx,
         service,
-        "resume",
+        CommitAction.RESUME,
         lambda spec, _: verbs.resume(spec),
         dry_run=dry_run,
         noop="not paused",
@@ -232,7 +237,7 @@ def retry(
 ) -> VerbResult:
     """Clear the `rolled_back` block (a new canary named, or the same one with a reason)."""
     return _edit_verb(
-        ctx, service, "retry", lambda spec, _: verbs.retry(spec, reason), dry_run=dry_run
+        ctx, service, CommitAction.RETRY, lambda spec, _: verbs.retry(spec, reason), dry_run=dry_run
     )
 
 
@@ -255,7 +260,7 @@ def canary_start(
     def rule(spec: RolloutSpec, _: st.ServiceStatus | None) -> SpecEdit:
         return verbs.canary_start(spec, chosen, live.revisions)
 
-    return _edit_verb(ctx, service, "canary", rule, branch=branch, dry_run=dry_run)
+    return _edit_verb(ctx, service, CommitAction.CANARY_START, rule, branch=branch, dry_run=dry_run)
 
 
 def abort(ctx: Context, service: str, *, dry_run: bool = False) -> ServiceOutcome:

@@ -26,6 +26,15 @@ class ServiceRef:
         """The full resource name used by the Cloud Run Admin API v2."""
         return f"projects/{self.project}/locations/{self.region}/services/{self.service}"
 
+    @property
+    def key(self) -> str:
+        """One string identity for a rollout: `project/region/service`.
+
+        Used wherever a rollout needs a string key (maps, logs, commit trailers, state paths),
+        so the same service id in two regions or projects stays two rollouts.
+        """
+        return f"{self.project}/{self.region}/{self.service}"
+
 
 @dataclass(frozen=True, order=True)
 class Target:
@@ -311,6 +320,25 @@ class Phase(enum.Enum):
     PAUSED = "paused"
     PROMOTED = "promoted"
     ROLLED_BACK = "rolled_back"
+
+
+class CommitAction(enum.Enum):
+    """What a reconciler commit records (its `Reconcile-Action` trailer): the loop's actions
+    and every operator verb."""
+
+    APPLY = "apply"
+    DRIFT = "drift"
+    ADVANCE = "advance"
+    ROLLBACK = "rollback"
+    PROMOTE = "promote"
+    FINALIZE = "finalize"
+    RECORD = "record"
+    PAUSE = "pause"
+    RESUME = "resume"
+    ABORT = "abort"
+    RETRY = "retry"
+    # `reconcile canary start`; "canary" is the value its commits have always carried.
+    CANARY_START = "canary"
 
 
 class EventKind(enum.Enum):

@@ -14,7 +14,7 @@ from typing import Any
 
 from reconciler.analysis import promotion_blockers
 from reconciler.decide import Commit, Decision, decide_rollback
-from reconciler.model import LiveService, Phase, ServiceStatus
+from reconciler.model import CommitAction, LiveService, Phase, ServiceStatus
 from reconciler.plan import History, Reason, SpecEdit, baked, is_rolled_back
 from reconciler.spec import RolloutSpec, format_duration
 
@@ -199,12 +199,12 @@ def canary_start(spec: RolloutSpec, revision: str, known: Collection[str]) -> Sp
     return SpecEdit(Reason.STAGE, values, f"canary start {revision} at {first}%")
 
 
-def commit(service: str, action: str, edit: SpecEdit, spec_id: str | None) -> Commit:
+def commit(service: str, action: CommitAction, edit: SpecEdit, spec_id: str | None) -> Commit:
     """The commit of a verb's rollout-file edit (`Reconcile-Action: <verb>`)."""
-    trailers = {"Reconcile-Service": service, "Reconcile-Action": action}
+    trailers = {"Reconcile-Service": service, "Reconcile-Action": action.value}
     if spec_id:
         trailers["Reconcile-Spec"] = spec_id
-    return Commit(f"reconcile({service}): {action} {edit.summary}", "", trailers)
+    return Commit(f"reconcile({service}): {action.value} {edit.summary}", "", trailers)
 
 
 def decide_abort(
@@ -224,7 +224,7 @@ def decide_abort(
     done = tuple(
         replace(e, reason=edit.summary, details={**e.details, "abort": True}) for e in d.done
     )
-    c = commit(spec.service, "abort", edit, spec_id)
+    c = commit(spec.service, CommitAction.ABORT, edit, spec_id)
     c = replace(c, subject=f"reconcile({spec.service}): {edit.summary}")
     return replace(
         d,

@@ -124,6 +124,8 @@ def test_latest_target_follows_the_newest_revision(
         ([target(STABLE, 95), target("ion-api-00099-zzz", 5)], exceptions.NotFound),
         ([target(STABLE, 95, "same"), target(CANARY, 5, "same")], exceptions.InvalidArgument),
         ([target(STABLE, 95, "Bad_Tag"), target(CANARY, 5)], exceptions.InvalidArgument),
+        # `$` in a pattern matches before a final newline: the whole name must match.
+        ([target(STABLE, 95, "stable\n"), target(CANARY, 5)], exceptions.InvalidArgument),
         ([target("", 100)], exceptions.InvalidArgument),
     ],
     ids=[
@@ -132,6 +134,7 @@ def test_latest_target_follows_the_newest_revision(
         "unknown-revision",
         "duplicate-tag",
         "bad-tag",
+        "tag-with-trailing-newline",
         "no-revision",
     ],
 )
@@ -236,6 +239,25 @@ def test_template_change_creates_a_revision(
     assert after.latest_ready_revision == newest.name
     assert newest.name.rsplit("/", 1)[1].startswith("ion-api-00043-")
     assert split(after) == [(STABLE, 100, "")]  # pinned traffic stays where it was
+
+
+@pytest.mark.parametrize(
+    "revision",
+    ["ion-api-00043-new\n", "Ion-api-00043-new", "other-00043-new"],
+    ids=["trailing-newline", "uppercase", "foreign-prefix"],
+)
+def test_an_invalid_revision_name_is_refused_and_nothing_changes(
+    services: run_v2.ServicesClient, emulator: Emulator, name: str, revision: str
+) -> None:
+    svc = services.get_service(name=name)
+    before = (svc.generation, svc.template.revision)
+    svc.template.containers[0].image = "us-docker.pkg.dev/demo/ion-api/ion-api:v2"
+    svc.template.revision = revision
+    with pytest.raises(exceptions.InvalidArgument, match="revision name"):
+        services.update_service(service=svc)
+    again = services.get_service(name=name)
+    assert (again.generation, again.template.revision) == before
+    assert emulator.writes == 0
 
 
 def test_revisions_get_and_list_newest_first_with_paging(

@@ -16,7 +16,7 @@ import pytest
 from reconciler import clients
 from reconciler.backends.cloudrun import CloudRunBackend
 from reconciler.errors import ReconcileError
-from reconciler.gitops import GitOps
+from reconciler.gitops import Action, GitOps, parse_trailers
 from reconciler.loader import load_spec
 from reconciler.manual import abort, canary_start, pause, promote, resume, retry, rollback
 from reconciler.metrics.cloud_monitoring import CloudMonitoringProvider
@@ -173,3 +173,23 @@ def test_canary_start_names_the_latest_ready_revision(sb: Sandbox) -> None:
     result: RunResult = apply_all(context(sb))
     assert result.exit_code == 0, result
     assert live_percents(sb) == {STABLE: 95, new: 5}
+
+
+def test_every_verb_commits_an_action_readers_can_type(sb: Sandbox) -> None:
+    """Each verb's commit carries a `Reconcile-Action` that reads back as a member of
+    `gitops.Action`, so a reader of history can match on every action exhaustively."""
+    assert apply_all(context(sb)).exit_code == 0
+    pause(context(sb), "ion-api")
+    resume(context(sb), "ion-api")
+    abort(context(sb), "ion-api")
+    resume(context(sb), "ion-api")
+    promote(context(sb), "ion-api")  # 0% -> the first stage needs no bake
+    rollback(context(sb), "ion-api", "5xx spike")
+    retry(context(sb), "ion-api", "the spike came from a dependency")
+    sb.emu.deploy("ion-api", "ion-api-00043-new", {"error_rate": 0.0})
+    canary_start(context(sb), "ion-api")
+    messages = [m for m in sb.remote_log("--format=%B%x00").split("\0") if m.strip()]
+    named = [parse_trailers(m).get("Reconcile-Action") for m in messages]
+    actions = {Action(a) for a in named if a is not None}
+    verbs = {Action.PAUSE, Action.RESUME, Action.ABORT, Action.PROMOTE, Action.RETRY}
+    assert actions >= {Action.APPLY, Action.ROLLBACK, Action.CANARY_START, *verbs}

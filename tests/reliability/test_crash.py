@@ -16,10 +16,18 @@ import pytest
 
 from reconciler.backends.cloudrun import CloudRunBackend
 from reconciler.loader import load_spec
+from reconciler.model import Phase
 from reconciler.plan import split_for
 from reconciler.reconcile import apply_all, read_stamp, ref_of
 from reconciler.sandbox import Sandbox, sandbox
-from reconciler.state import MAX_EVENTS, Event, EventKind, append_events, read_events
+from reconciler.state import (
+    MAX_EVENTS,
+    Event,
+    EventKind,
+    append_events,
+    load_status,
+    read_events,
+)
 
 from .support import CANARY, STABLE, context, live, popen_cli, reconcile_cli, routing
 
@@ -119,6 +127,35 @@ def test_killed_rollback_writes_the_sticky_block_on_the_next_run(sb: Sandbox) ->
     sb.emu.advance_clock(60)
     assert apply_all(context(sb, fresh)).exit_code == 0
     assert live(sb.emu).percents() == {STABLE: 100}
+
+
+def test_killed_abort_is_recorded_as_an_abort_on_the_next_run(sb: Sandbox) -> None:
+    """An abort sends traffic to stable like a rollback, but records a paused rollout and no
+    sticky block: the recovered record must be the abort's, not a rollback's."""
+    assert apply_all(context(sb)).exit_code == 0
+    kill_after_write(sb, sb.repo, "abort", "ion-api")
+    assert live(sb.emu).percents().get(CANARY, 0) == 0
+    assert "paused" not in sb.remote_file("rollout/ion-api.yaml")
+    writes = sb.emu.writes
+    fresh = sb.clone("next-runner")
+    assert apply_all(context(sb, fresh)).exit_code == 0  # at once: 100% stable is no drift
+    assert sb.emu.writes == writes
+    spec = load_spec(fresh / "rollout" / "ion-api.yaml")
+    assert spec.rolled_back is None
+    assert (spec.paused, spec.canary_percent, spec.revisions.canary) == (True, 0, CANARY)
+    assert "paused: true" in sb.remote_file("rollout/ion-api.yaml")
+    (late,) = [e for e in read_events(fresh, "ion-api") if e.details.get("recovered")]
+    assert late.details.get("abort") is True and "aborted" in (late.reason or "")
+    status = load_status(fresh, "ion-api").status
+    assert status is not None and status.phase is Phase.PAUSED
+    # Held, not blocked: resumed and promoted, the same canary takes traffic again.
+    sb.emu.advance_clock(60)
+    assert apply_all(context(sb, fresh)).exit_code == 0
+    assert live(sb.emu).percents() == {STABLE: 100}
+    assert reconcile_cli(fresh, "resume", "ion-api").returncode == 0
+    assert reconcile_cli(fresh, "promote", "ion-api").returncode == 0
+    assert apply_all(context(sb, fresh)).exit_code == 0
+    assert routing(live(sb.emu)) == routing(FIVE)
 
 
 def test_a_recorded_write_is_not_recorded_again_after_its_event_was_trimmed(sb: Sandbox) -> None:

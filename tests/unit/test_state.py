@@ -12,7 +12,15 @@ import pytest
 import yaml
 
 from reconciler import state
-from reconciler.model import GateResult, Outcome, Target, TrafficSplit, Verdict, WindowStats
+from reconciler.model import (
+    GateResult,
+    Outcome,
+    ServiceRef,
+    Target,
+    TrafficSplit,
+    Verdict,
+    WindowStats,
+)
 from reconciler.state import (
     Event,
     EventKind,
@@ -430,3 +438,11 @@ def test_status_yaml_reads_as_pyyaml_does(text: str) -> None:
 def test_a_recursive_alias_in_a_status_file_is_read_not_a_crash() -> None:
     got = state._load_yaml("a: &x [1, *x]\n")
     assert got["a"][1] is got["a"]
+
+
+def test_service_ref_key_is_one_string_per_rollout() -> None:
+    a = ServiceRef("p", "us-central1", "api")
+    b = ServiceRef("p", "europe-west1", "api")
+    assert a.key == "p/us-central1/api"
+    assert a.key != b.key
+    assert ServiceRef("p", "us-central1", "api").key == a.key

@@ -26,12 +26,14 @@ from typing import Any, get_args
 
 from reconciler.emulator.scenario import Behavior, Dependency, Scenario, StatusCode
 
-TAG_RE = re.compile(r"^[a-z](?:[a-z0-9-]{0,44}[a-z0-9])?$")
+# Names are checked with `fullmatch`: a pattern ending in `$` also matches before a final
+# newline, and Google refuses `stable\n` as a tag or a revision name.
+TAG_RE = re.compile(r"[a-z](?:[a-z0-9-]{0,44}[a-z0-9])?")
 # A tag URL is `https://TAG---SERVICE-HASH-REGION.a.run.app`; its first DNS label must fit 63
 # characters, which leaves 46 for the tag and the service name together.
 MAX_TAG_AND_SERVICE = 46
-REVISION_NAME_RE = re.compile(r"^[a-z](?:[a-z0-9-]{0,61}[a-z0-9])?$")
-_NUMBERED = re.compile(r"^.*-(\d{5})-[a-z0-9]+$")
+REVISION_NAME_RE = re.compile(r"[a-z](?:[a-z0-9-]{0,61}[a-z0-9])?")
+_NUMBERED = re.compile(r".*-(\d{5})-[a-z0-9]+")
 # A pending operation completes after its polls, or after this long even if nobody polls.
 PENDING_OPERATION_MAX_SECONDS = 5.0
 # Served requests kept for ListTimeSeries (the oldest are dropped first).
@@ -535,11 +537,11 @@ class World:
     def _next_revision(self, svc: Service) -> str:
         suffix = "".join(self.rng.choice("abcdefghijklmnopqrstuvwxyz") for _ in range(3))
         # Cloud Run numbers revisions by a per-service counter: continue from the highest.
-        numbers = [int(m.group(1)) for r in svc.revisions if (m := _NUMBERED.match(r))]
+        numbers = [int(m.group(1)) for r in svc.revisions if (m := _NUMBERED.fullmatch(r))]
         return f"{svc.name}-{max([len(svc.revisions), *numbers]) + 1:05d}-{suffix}"
 
     def _check_new_revision(self, svc: Service, revision: str) -> None:
-        if not REVISION_NAME_RE.match(revision) or not revision.startswith(f"{svc.name}-"):
+        if not REVISION_NAME_RE.fullmatch(revision) or not revision.startswith(f"{svc.name}-"):
             raise ApiError(
                 "INVALID_ARGUMENT",
                 f"revision name {revision!r} must start with '{svc.name}-' and use lowercase "
@@ -568,7 +570,7 @@ class World:
                     f"(referenced in traffic)",
                 )
             if r.tag:
-                if not TAG_RE.match(r.tag):
+                if not TAG_RE.fullmatch(r.tag):
                     raise ApiError("INVALID_ARGUMENT", f"invalid traffic tag {r.tag!r}")
                 _check_tag_length(r.tag, svc.name)
                 if r.tag in tags:
