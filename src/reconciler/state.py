@@ -28,9 +28,10 @@ Readers never trust a file: a line that does not parse is skipped and reported
 says what it dropped, so one bad file never disables its service's rollback.
 
 Every write replaces the file atomically (temporary file in the same directory, rename): a
-crash leaves the old file or the new one, never half a line. Appends rewrite the
-file the same way; the files are bounded, so this stays cheap. Readers sort by time, so lines
-merged by git's `union` merge driver (see `gitops.py`) read back in order.
+crash leaves the old file or the new one, never half a line. `events.jsonl` (bounded) is
+rewritten the same way; metrics month files are appended to (a run must not cost more as the
+month fills), where a crash can leave a cut last line, which readers skip. Readers sort by
+time, so lines merged by git's `union` merge driver (see `gitops.py`) read back in order.
 """
 
 from __future__ import annotations
@@ -271,12 +272,19 @@ def append_events(root: Path, service: str, events: Iterable[Event]) -> Path:
     return path
 
 
+METRICS_TAIL = 32 * 1024
+"""Bytes at the end of a month file checked for windows already recorded. A window is
+recorded again only by a run repeating a recent one (after a failed push), so its first
+record is near the end; reading the whole file would cost more with every run of the month."""
+
+
 def append_metrics(root: Path, service: str, stats: Iterable[WindowStats]) -> list[Path]:
     """Append one line per window to the month file of its end; returns the files written.
 
-    A window already recorded (same revision, start and end) is not written again, so a run
-    that repeats after a failed push records nothing twice. Month files beyond the newest
-    `METRICS_MONTHS` are deleted.
+    A window already recorded near the end of its file (same revision, start and end) is not
+    written again, so a run that repeats after a failed push records nothing twice. The lines
+    are appended, never the file rewritten: a run costs the same on the month's last day as on
+    its first. Month files beyond the newest `METRICS_MONTHS` are deleted.
     """
     by_path: dict[Path, list[WindowStats]] = {}
     for s in stats:
@@ -285,14 +293,13 @@ def append_metrics(root: Path, service: str, stats: Iterable[WindowStats]) -> li
         by_path.setdefault(metrics_path(root, service, s.end), []).append(s)
     written = []
     for path, new in sorted(by_path.items()):
-        lines = []
+        tail, whole_lines = _tail_lines(path)
         seen = set()
-        for line in _read_lines(path):
+        for line in tail:
             try:
                 seen.add(_window_key(_stats_from_data(json.loads(line))))
             except (json.JSONDecodeError, KeyError, TypeError, ValueError):
-                continue  # unreadable: dropped from the file (git history keeps it)
-            lines.append(line)
+                continue  # unreadable: readers skip it too (git history keeps what it was)
         added = []
         for s in new:
             if _window_key(s) not in seen:
@@ -300,11 +307,42 @@ def append_metrics(root: Path, service: str, stats: Iterable[WindowStats]) -> li
                 added.append(s)
         if not added:
             continue
-        lines.extend(_json_line(_stats_to_data(s, buckets=True)) for s in added)
-        atomic_write_text(path, "".join(line + "\n" for line in lines))
+        text = "".join(_json_line(_stats_to_data(s, buckets=True)) + "\n" for s in added)
+        # A line cut short by a crash stays cut (readers skip it); ours start on a new line.
+        _append_text(path, text if whole_lines else "\n" + text)
         written.append(path)
     _prune_months(state_dir(root, service) / "metrics")
     return written
+
+
+def _tail_lines(path: Path) -> tuple[list[str], bool]:
+    """The whole lines in the last `METRICS_TAIL` bytes of `path`, and whether the file ends
+    with a line break (or is empty or missing)."""
+    try:
+        with open(path, "rb") as fh:
+            size = fh.seek(0, os.SEEK_END)
+            start = max(0, size - METRICS_TAIL)
+            fh.seek(start)
+            data = fh.read()
+    except FileNotFoundError:
+        return [], True
+    except OSError as exc:
+        raise StateError(f"{path}: cannot read: {exc}") from None
+    lines = data.decode("utf-8", errors="replace").split("\n")
+    if start > 0:
+        lines = lines[1:]  # most likely cut by the tail's start
+    return [line.rstrip("\r") for line in lines if line.strip()], not data or data[-1:] == b"\n"
+
+
+def _append_text(path: Path, text: str) -> None:
+    """Append `text` (scrubbed of probe secrets) to `path`, creating it and its folders; the
+    path must pass the safe-path check, and a symbolic link is never followed."""
+    safepath.guard(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0)
+    fd = os.open(path, flags, 0o644)
+    with os.fdopen(fd, "ab") as fh:
+        fh.write(redact.scrub(text).encode("utf-8"))
 
 
 def _prune_months(directory: Path) -> None:

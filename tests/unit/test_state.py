@@ -446,3 +446,23 @@ def test_service_ref_key_is_one_string_per_rollout() -> None:
     assert a.key == "p/us-central1/api"
     assert a.key != b.key
     assert ServiceRef("p", "us-central1", "api").key == a.key
+
+
+def test_metrics_are_appended_not_rewritten(tmp_path: Path) -> None:
+    # A run costs the same however full the month file is: the lines already there are
+    # neither rewritten nor read beyond the tail (a cut line a crash left stays, skipped).
+    (path,) = append_metrics(tmp_path, "ion-api", [_window(CANARY, 0)])
+    with path.open("a", encoding="utf-8") as fh:
+        fh.write('{"cut by a cra')
+    before = path.read_bytes()
+    append_metrics(tmp_path, "ion-api", [_window(CANARY, 1)])
+    after = path.read_bytes()
+    assert after.startswith(before)
+    assert after[len(before) : len(before) + 1] == b"\n"
+    assert read_metrics(tmp_path, "ion-api") == [_window(CANARY, 0), _window(CANARY, 1)]
+    padding = '{"not": "a window"}\n' * (state.METRICS_TAIL // 10)
+    with path.open("a", encoding="utf-8") as fh:
+        fh.write(padding)
+    # Far behind the tail: a window recorded a whole tail ago is not looked for.
+    assert append_metrics(tmp_path, "ion-api", [_window(CANARY, 1)]) == [path]
+    assert append_metrics(tmp_path, "ion-api", [_window(CANARY, 1)]) == []
