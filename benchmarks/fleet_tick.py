@@ -117,8 +117,11 @@ class Recorder:
         self.client = Recording(transport=client.transport)
 
 
-def product_tick(repo: Path, backend: Any = None, recorder: Recorder | None = None) -> Any:
-    """One `apply` run with git (no push), the Cloud Monitoring provider, no probes."""
+def product_tick(
+    repo: Path, backend: Any = None, recorder: Recorder | None = None, *, commit: bool = True
+) -> Any:
+    """One `apply` run with git (no push; with `commit` False, no git at all: the state files
+    are then committed afterwards, untimed), the Cloud Monitoring provider, no probes."""
     from reconciler.backends.cloudrun import CloudRunBackend
     from reconciler.gitops import GitOps
     from reconciler.metrics.cloud_monitoring import CloudMonitoringProvider
@@ -132,12 +135,16 @@ def product_tick(repo: Path, backend: Any = None, recorder: Recorder | None = No
         backend=backend or CloudRunBackend(),
         clock=utc_now,
         metrics_for=lambda _config: provider,
-        git=GitOps(repo),
+        git=GitOps(repo) if commit else None,
         push=False,
         run_probes=False,
         max_workers=WORKERS,
     )
-    return apply_all(ctx)
+    result = apply_all(ctx)
+    if not commit:
+        git(repo, "add", "-A", "state", "rollout")
+        git(repo, "commit", "-q", "--allow-empty", "-m", "the tick's state, committed untimed")
+    return result
 
 
 def change_rollouts(repo: Path, n: int) -> None:
@@ -201,7 +208,7 @@ def floor_reads(services: Any, revisions: Any, pool: ThreadPoolExecutor) -> list
     return listed.result()
 
 
-def floor_record(repo: Path, files: dict[str, bytes]) -> None:
+def floor_record(repo: Path, files: dict[str, bytes], commit: bool = True) -> None:
     """The same state files written as the product writes them, and one commit."""
     if not files:
         return  # the tick committed nothing either
@@ -211,11 +218,14 @@ def floor_record(repo: Path, files: dict[str, bytes]) -> None:
         tmp = path.with_name(f".{path.name}.tmp")
         tmp.write_bytes(data)
         os.replace(tmp, path)
-    git(repo, "add", "--", "state")
-    git(repo, "commit", "-q", "-m", "floor: one commit for the tick")
+    if commit:
+        git(repo, "add", "--", "state")
+        git(repo, "commit", "-q", "-m", "floor: one commit for the tick")
 
 
-def floor_steady(host: str, replay: list[Any], repo: Path, files: dict[str, bytes]) -> None:
+def floor_steady(
+    host: str, replay: list[Any], repo: Path, files: dict[str, bytes], commit: bool
+) -> None:
     services, revisions, metrics = clients(host)
     with ThreadPoolExecutor(max_workers=WORKERS) as pool:
         queries = [
@@ -224,10 +234,10 @@ def floor_steady(host: str, replay: list[Any], repo: Path, files: dict[str, byte
         floor_reads(services, revisions, pool)
         for q in queries:
             q.result()
-    floor_record(repo, files)
+    floor_record(repo, files, commit)
 
 
-def floor_change(host: str, repo: Path, files: dict[str, bytes]) -> None:
+def floor_change(host: str, repo: Path, files: dict[str, bytes], commit: bool) -> None:
     from google.cloud import run_v2
     from google.protobuf import field_mask_pb2
 
@@ -254,7 +264,7 @@ def floor_change(host: str, repo: Path, files: dict[str, bytes]) -> None:
 
         for f in [pool.submit(update, svc) for svc in listed]:
             f.result()
-    floor_record(repo, files)
+    floor_record(repo, files, commit)
 
 
 # --- runs ----------------------------------------------------------------------------------
@@ -295,20 +305,22 @@ def check(result: Any, *, changed: bool) -> None:
         raise RuntimeError(f"unexpected tick outcome: {bad[0]}")
 
 
-def steady(base: Path, n: int, reps: int) -> Row:
+def steady(base: Path, n: int, reps: int, commit: bool) -> Row:
     repo, floor_repo = base / "steady", base / "steady-floor"
     row = Row("steady tick", [], [], {}, 0)
     with emulator(scenario_file(base, n)) as env:
         host, http = env["CLOUD_RUN_EMULATOR_HOST"], env["CLOUD_RUN_EMULATOR_HTTP"]
         make_repo(repo, n)
         git(base, "clone", "-q", str(repo), str(floor_repo))
-        product_tick(repo)  # warm-up (imports, channels), untimed
+        product_tick(repo, commit=commit)  # warm-up (imports, channels), untimed
         for _ in range(reps):
             admin_call(http, "clock", {"advance_seconds": 300})
             before = git(repo, "rev-parse", "HEAD")
             recorder = Recorder()
             admin_call(http, "reset-counters", {})
-            wall, result = timed(lambda: product_tick(repo, recorder=recorder))  # noqa: B023
+            wall, result = timed(
+                lambda: product_tick(repo, recorder=recorder, commit=commit)  # noqa: B023
+            )
             check(result, changed=False)
             row.calls = ps.calls(http)
             row.commits = int(git(repo, "rev-list", "--count", f"{before}..HEAD"))
@@ -316,7 +328,7 @@ def steady(base: Path, n: int, reps: int) -> Row:
             git(floor_repo, "fetch", "-q", "origin")
             git(floor_repo, "reset", "-q", "--hard", before)
             floor_wall, _ = timed(
-                lambda: floor_steady(host, recorder.requests, floor_repo, files)  # noqa: B023
+                lambda: floor_steady(host, recorder.requests, floor_repo, files, commit)  # noqa: B023
             )
             row.product.append(wall)
             row.floor.append(floor_wall)
@@ -324,7 +336,7 @@ def steady(base: Path, n: int, reps: int) -> Row:
     return row
 
 
-def change(base: Path, n: int, reps: int) -> Row:
+def change(base: Path, n: int, reps: int, commit: bool) -> Row:
     repo, floor_repo = base / "change", base / "change-floor"
     row = Row("change tick (5% -> 10%)", [], [], {}, 0)
     scenario = scenario_file(base, n)
@@ -337,7 +349,7 @@ def change(base: Path, n: int, reps: int) -> Row:
         before = git(repo, "rev-parse", "HEAD")
         with emulator(scenario) as env:
             admin_call(env["CLOUD_RUN_EMULATOR_HTTP"], "reset-counters", {})
-            wall, result = timed(lambda: product_tick(repo))
+            wall, result = timed(lambda: product_tick(repo, commit=commit))
             check(result, changed=True)
             calls = ps.calls(env["CLOUD_RUN_EMULATOR_HTTP"])
         files = touched(repo, before)
@@ -346,7 +358,12 @@ def change(base: Path, n: int, reps: int) -> Row:
         git(floor_repo, "reset", "-q", "--hard", before)
         with emulator(scenario) as env:
             floor_wall, _ = timed(
-                lambda: floor_change(env["CLOUD_RUN_EMULATOR_HOST"], floor_repo, files)  # noqa: B023
+                lambda: floor_change(
+                    env["CLOUD_RUN_EMULATOR_HOST"],
+                    floor_repo,
+                    files,  # noqa: B023
+                    commit,
+                )
             )
         if rep:
             row.product.append(wall)
@@ -399,7 +416,8 @@ def quota_change(base: Path, n: int) -> str:
             pace_sleep=clock.sleep,
         )
         started = clock.now()
-        wall, result = timed(lambda: product_tick(repo, backend=backend))
+        # No git here: the quota is about API calls (commits are the other tables' subject).
+        wall, result = timed(lambda: product_tick(repo, backend=backend, commit=False))
         took = clock.now() - started
         calls = ps.calls(http)
     failed = [o for o in result.outcomes if o.error]
@@ -420,8 +438,15 @@ def main() -> None:
     parser.add_argument(
         "--quota-services", type=int, default=None, help="size of the quota run (default: N)"
     )
+    parser.add_argument(
+        "--no-commit",
+        action="store_true",
+        help="ticks without git, floors without their commit (the state files are committed "
+        "between ticks, untimed)",
+    )
     args = parser.parse_args()
     n = args.services
+    commit = not args.no_commit
     started = time.perf_counter()
     # The client's own pacing off for the floor comparisons, as the emulator's quotas are:
     # under Cloud Run's quotas both sides would only measure the quota (last table).
@@ -432,11 +457,12 @@ def main() -> None:
     os.environ.setdefault("RECONCILE_GIT_EMAIL", "fleet-tick@example.com")
     with tempfile.TemporaryDirectory(prefix="fleet-tick-") as tmp:
         base = Path(tmp)
-        rows = [steady(base, n, args.reps), change(base, n, args.reps)]
+        rows = [steady(base, n, args.reps, commit), change(base, n, args.reps, commit)]
         quota = quota_change(base, args.quota_services or n)
     peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"apply ticks vs floor, {n:,} services in one region; pool {WORKERS}; "
-          f"median of {args.reps}; {datetime.now(UTC):%Y-%m-%d}")  # fmt: skip
+          f"median of {args.reps}; {'git commits' if commit else 'no git on either side'}; "
+          f"{datetime.now(UTC):%Y-%m-%d}")  # fmt: skip
     print()
     print("| tick | services | apply, median s | floor, median s | ratio | Cloud Run read calls "
           "| calls by method | commits | what |")  # fmt: skip
