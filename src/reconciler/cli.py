@@ -408,9 +408,11 @@ for command in (
 ):
     cli.add_command(command)
 
+from reconciler.commands.migrate import state  # noqa: E402
 from reconciler.setup_gcp import setup  # noqa: E402
 
 cli.add_command(setup)
+cli.add_command(state)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -131,8 +131,8 @@ def story(sb: Sandbox, out: Callable[[str], None] = click.echo, *, color: bool =
     click.echo(sb.remote_log("--format=%h %s", "-n", "12"))
     _say("The sticky rollback in the rollout file:")
     click.echo(sb.remote_file("rollout/ion-api.yaml").split("rolled_back:", 1)[-1].rstrip())
-    _say("Observed state (state/ion-api/status.yaml, first lines):")
-    status = sb.remote_file("state/ion-api/status.yaml").splitlines()
+    _say("Observed state (state/naeda-genesis/us-central1/ion-api/status.yaml, first lines):")
+    status = sb.remote_file("state/naeda-genesis/us-central1/ion-api/status.yaml").splitlines()
     click.echo("\n".join(status[:16]))
     return problems
 

@@ -28,7 +28,14 @@ from reconciler.errors import ReconcileError
 from reconciler.gitops import GitOps
 from reconciler.loader import load_spec
 from reconciler.metrics import MetricsProvider
-from reconciler.model import CommitAction, LiveService, ServiceStatus, Target, TrafficSplit
+from reconciler.model import (
+    CommitAction,
+    LiveService,
+    ServiceRef,
+    ServiceStatus,
+    Target,
+    TrafficSplit,
+)
 from reconciler.plan import Reason, ServicePlan, SpecEdit, desired_split, is_rolled_back
 from reconciler.shard import Shard
 from reconciler.spec import Metrics, RolloutSpec
@@ -85,6 +92,11 @@ class ServiceRun:
     """The decision whose traffic this run wrote (set the moment the write is verified)."""
     unconfirmed: str | None = None
     """Why a rollback's traffic write could not be confirmed (it is recorded all the same)."""
+
+    @property
+    def ref(self) -> ServiceRef:
+        """The rollout's identity (its state/ folder)."""
+        return ServiceRef(self.spec.project, self.spec.region, self.spec.service)
 
 
 # --- the rollout file ----------------------------------------------------------------------
@@ -292,22 +304,23 @@ def write_record(ctx: Context, run: ServiceRun, d: Decision, applied: bool) -> R
         return None
     root = ctx.state_root
     service = run.spec.service
+    ref = run.ref
     after = run.live.traffic.describe()
     done = tuple(replace(e, after=after) for e in d.done) if applied else ()
     events = (*run.events, *d.events, *done)
     # An unconfirmed rollback keeps the live split it read: the next run reads it again.
-    st.write_status(root, _with_live(d.status if applied else d.held, run.live))
+    st.write_status(root, ref, _with_live(d.status if applied else d.held, run.live))
     if d.added:
-        st.append_metrics(root, service, d.added)
+        st.append_metrics(root, ref, d.added)
     if events:
-        st.append_events(root, service, events)
+        st.append_events(root, ref, events)
     commit = d.commit if applied else d.held_commit
     late = [e for e in run.events if e.details.get("recovered")]
     if not applied and late:
         commit = replace(
             commit, subject=f"reconcile({service}): record missed write: {late[0].reason}"
         )
-    return Record((st.state_dir(root, service), *([run.path] if run.edited else [])), commit)
+    return Record((st.state_dir(root, ref), *([run.path] if run.edited else [])), commit)
 
 
 def record(ctx: Context, run: ServiceRun, d: Decision, applied: bool) -> str | None:
@@ -350,7 +363,7 @@ def recover(ctx: Context, run: ServiceRun, spec_id: str | None) -> None:
         commits = CommitAction(data["commits"]) if data.get("commits") else None
     except (ValueError, TypeError):
         return
-    if _recorded(ctx, run.spec.service, written_at, _KIND.get(reason, st.EventKind.APPLIED)):
+    if _recorded(ctx, run.ref, written_at, _KIND.get(reason, st.EventKind.APPLIED)):
         return
     # A young stamp may belong to a concurrent run that has not pushed its record yet. A
     # rollback is recovered at once all the same: its record is idempotent, and without it
@@ -422,7 +435,7 @@ def _recovered_edit(
     return None
 
 
-def _recorded(ctx: Context, service: str, written_at: datetime, kind: st.EventKind) -> bool:
+def _recorded(ctx: Context, ref: ServiceRef, written_at: datetime, kind: st.EventKind) -> bool:
     """Whether events.jsonl records the write stamped at `written_at`.
 
     The event of a write has the write's kind and carries the stamp's time; a late record
@@ -431,7 +444,7 @@ def _recorded(ctx: Context, service: str, written_at: datetime, kind: st.EventKi
     a crashed write still observes its generation, and the record would never be written.)
     A full, trimmed events file starting after the write is taken as having recorded it.
     """
-    events = st.read_events(ctx.state_root, service)
+    events = st.read_events(ctx.state_root, ref)
     for e in reversed(events):
         if e.details.get("written_at") == st.format_time(written_at):
             return True

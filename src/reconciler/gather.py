@@ -133,7 +133,7 @@ not transfer the rest of the region."""
 class _Reads:
     """Live reads started as soon as the specs that need them are known: a project and
     region's list calls once it counts `LIST_FROM` specs, one read per service for the rest
-    once every spec is known (`finish`)."""
+    once every spec is known (`finish`). Results by identity (`ServiceRef.key`)."""
 
     def __init__(self, backend: TrafficBackend, pool: ThreadPoolExecutor) -> None:
         self.backend = backend
@@ -161,22 +161,23 @@ class _Reads:
         """Start the single reads of specs whose region is not listed."""
         for spec in specs:
             if (spec.project, spec.region) not in self.regions:
-                self.singles[spec.service] = self.pool.submit(read_live, self.backend, spec)
+                self.singles[ref_of(spec).key] = self.pool.submit(read_live, self.backend, spec)
 
     def result(self, specs: Sequence[RolloutSpec]) -> dict[str, LiveService | str]:
         """Every spec's live state, or the error reading it (waits for the reads)."""
         out: dict[str, LiveService | str] = {}
         for spec in specs:
-            single = self.singles.get(spec.service)
+            key = ref_of(spec).key
+            single = self.singles.get(key)
             if single is not None:
-                out[spec.service] = single.result()
+                out[key] = single.result()
                 continue
             found = self.regions[(spec.project, spec.region)].result()
             if isinstance(found, str):
-                out[spec.service] = found
+                out[key] = found
                 continue
             live = found.get(spec.service)
-            out[spec.service] = (
+            out[key] = (
                 live
                 if live is not None
                 else (
@@ -190,7 +191,7 @@ class _Reads:
 def observe(
     backend: TrafficBackend, specs: Sequence[RolloutSpec], max_workers: int = 16
 ) -> dict[str, LiveService | str]:
-    """Every service's live state, or the error reading it, kept per service.
+    """Every service's live state, or the error reading it, by identity (`ServiceRef.key`).
 
     Services are grouped by project and region: a group of `LIST_FROM` or more is read with
     ListServices and ListRevisions across services (a few calls for 1,000 services); smaller
@@ -251,17 +252,17 @@ def gather(
             try:
                 # A corrupt status file must not fail its plan (apply salvages it the same
                 # way): what parses is kept, the plan warns about the rest.
-                statuses[spec.service] = st.load_status(repo, spec.service)
+                statuses[ref_of(spec).key] = st.load_status(repo, ref_of(spec))
             except ReconcileError as exc:  # a symbolic link: refused, this service only
-                statuses[spec.service] = ServiceError(spec.service, str(exc))
+                statuses[ref_of(spec).key] = ServiceError(spec.service, str(exc))
         lives = reads.result(specs) if reads is not None else {}
     gathered: list[_Inputs | ServiceError] = list(errors)
     for path, spec in ok:
-        status = statuses[spec.service]
+        status = statuses[ref_of(spec).key]
         if isinstance(status, ServiceError):
             gathered.append(status)
             continue
-        live = lives[spec.service] if backend is not None else offline_live(spec, status.status)
+        live = lives[ref_of(spec).key] if backend is not None else offline_live(spec, status.status)
         gathered.append((path, spec, status, live))
     return gathered
 
@@ -323,16 +324,19 @@ def measure(
 
     Batched: one provider call per metrics configuration and span, covering every service
     that shares it (the Cloud Monitoring provider makes one API call per metric per project).
-    Returns windows by (service, revision) and metric errors by service.
+    Returns windows by (identity, revision) and metric errors by identity
+    (`ServiceRef.key`). Providers answer by (service, revision), so one call never holds
+    the same service id twice (the same service in two regions goes in separate calls).
     """
     out: dict[tuple[str, str], list[Window]] = {}
     errors: dict[str, str] = {}
     if ctx.metrics_for is None:
         return out, errors
     groups: dict[
-        tuple[str, datetime, datetime, SpanKind], list[tuple[RolloutSpec, StatsQuery]]
+        tuple[str, int, datetime, datetime, SpanKind], list[tuple[RolloutSpec, StatsQuery]]
     ] = {}
     providers: dict[str, MetricsProvider] = {}
+    seen: dict[str, int] = {}
     for spec, live in items:
         canary = spec.revisions.canary
         if canary is None:
@@ -342,15 +346,18 @@ def measure(
             providers[key] = ctx.metrics_for(spec.metrics)
         lag = _lag(providers[key])
         try:
-            status = st.read_status(ctx.repo, spec.service)
+            status = st.read_status(ctx.repo, ref_of(spec))
         except ReconcileError:
             status = None  # the service's own tick reports the corrupt file
         query = StatsQuery(ref_of(spec), (canary, spec.revisions.stable))
+        twin = seen[spec.service] = seen.get(spec.service, -1) + 1
         for start, end, kind in spans(spec, status, live, now, lag):
-            groups.setdefault((key, start, end, kind), []).append((spec, query))
+            groups.setdefault((key, twin, start, end, kind), []).append((spec, query))
 
-    def ask(group: tuple[str, datetime, datetime, SpanKind]) -> Mapping[tuple[str, str], Window]:
-        key, start, end, _ = group
+    def ask(
+        group: tuple[str, int, datetime, datetime, SpanKind],
+    ) -> Mapping[tuple[str, str], Window]:
+        key, _, start, end, _ = group
         provider = providers[key]
         # The provider moves its window back by its lag: ask for the one wanted.
         return provider.window_stats(
@@ -361,13 +368,14 @@ def measure(
     # groups go out together on the run's pool rather than one after another.
     with ThreadPoolExecutor(max_workers=max(1, min(ctx.max_workers, len(groups)))) as pool:
         answers = {group: pool.submit(ask, group) for group in groups}
-    for (key, start, end, kind), members in groups.items():
+    for group, members in groups.items():
+        key, _, start, end, kind = group
         lag = _lag(providers[key])
         try:
-            stats = answers[(key, start, end, kind)].result()
+            stats = answers[group].result()
         except MetricsError as exc:
             for spec, _ in members:
-                errors[spec.service] = str(exc)
+                errors[ref_of(spec).key] = str(exc)
             continue
         provisional = end > now - lag - SAMPLE_PERIOD
         for spec, q in members:
@@ -375,7 +383,7 @@ def measure(
                 w = stats.get((spec.service, rev))
                 if w is not None:
                     w = replace(w, start=start, end=end, span=kind, provisional=provisional)
-                    out.setdefault((spec.service, rev), []).append(w)
+                    out.setdefault((ref_of(spec).key, rev), []).append(w)
     for found in out.values():
         found.sort(key=lambda w: (w.end, w.start))
     return out, errors

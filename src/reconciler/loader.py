@@ -155,31 +155,23 @@ def duplicate_identities(loaded: Sequence[tuple[Path, RolloutSpec]]) -> dict[Pat
     """Files that must not be reconciled because another file claims the same rollout:
     each mapped to a one-line error naming both files.
 
-    Two files naming one (project, region, service) would fight over its traffic. Two naming
-    the same service id in different projects or regions are refused as well: state/ is
-    still kept per service id (`state/<service>/`), so they would overwrite each other's
-    observed state.
+    Two files naming one (project, region, service) would fight over its traffic and its
+    state folder. The same service id in another project or region is another rollout.
     """
-    first: dict[str, tuple[Path, RolloutSpec]] = {}
+    first: dict[tuple[str, str, str], tuple[Path, RolloutSpec]] = {}
     out: dict[Path, str] = {}
     for path, spec in loaded:
-        seen = first.setdefault(spec.service, (path, spec))
+        seen = first.setdefault((spec.project, spec.region, spec.service), (path, spec))
         if seen[0] != path:
-            out[path] = _clash(path, spec, *seen)
-            out.setdefault(seen[0], _clash(seen[0], seen[1], path, spec))
+            out[path] = _clash(path, spec, seen[0])
+            out.setdefault(seen[0], _clash(seen[0], seen[1], path))
     return out
 
 
-def _clash(path: Path, spec: RolloutSpec, other: Path, theirs: RolloutSpec) -> str:
-    if (spec.project, spec.region) == (theirs.project, theirs.region):
-        return (
-            f"{path}: {other} names the same rollout (project {spec.project}, region "
-            f"{spec.region}, service {spec.service}); keep one file per rollout"
-        )
+def _clash(path: Path, spec: RolloutSpec, other: Path) -> str:
     return (
-        f"{path}: {other} names service {spec.service} too (project {theirs.project}, region "
-        f"{theirs.region}); state/ is kept per service id, so one region per service id "
-        "for now"
+        f"{path}: {other} names the same rollout (project {spec.project}, region "
+        f"{spec.region}, service {spec.service}); keep one file per rollout"
     )
 
 

@@ -69,7 +69,7 @@ def roll_back_now(ctx: Context, service: str, reason: str) -> ServiceOutcome:
     if is_rolled_back(spec) and live.traffic.percents() == {spec.revisions.stable: 100}:
         return ServiceOutcome(spec.service)
     now = ctx.clock()
-    loaded = st.load_status(ctx.state_root, spec.service)  # corrupt state never blocks it
+    loaded = st.load_status(ctx.state_root, ref_of(spec))  # corrupt state never blocks it
     status = loaded.status
     spec_id = spec_id_of(path)
     run = ServiceRun(path, spec, live, now)
@@ -173,7 +173,7 @@ def _edit_verb(
     path = _one_file(ctx, service)
     _pull(ctx)
     spec = load_spec(path)
-    status = st.load_status(ctx.state_root, spec.service).status
+    status = st.load_status(ctx.state_root, ref_of(spec)).status
     edit = _decided(lambda: rule(spec, status))
     if edit is None:
         return VerbResult(noop, noop=True)
@@ -271,7 +271,7 @@ def abort(ctx: Context, service: str, *, dry_run: bool = False) -> ServiceOutcom
     spec = load_spec(path)
     live = ctx.backend.get_service(ref_of(spec))
     now = ctx.clock()
-    loaded = st.load_status(ctx.state_root, spec.service)
+    loaded = st.load_status(ctx.state_root, ref_of(spec))
     status = loaded.status
     spec_id = spec_id_of(path)
 

@@ -405,7 +405,7 @@ class Coverage:
 
 @dataclass(frozen=True)
 class ServiceStatus:
-    """`state/<service>/status.yaml`: the live service and the last judgement of its canary."""
+    """A rollout's `status.yaml`: the live service and the last judgement of its canary."""
 
     service: str
     phase: Phase

@@ -32,6 +32,7 @@ from tenacity import (
 
 from reconciler import redact
 from reconciler.errors import ReconcileError
+from reconciler.model import ServiceRef
 from reconciler.notices import (
     DELIVERY_HEADER,
     EVENT_HEADER,
@@ -117,17 +118,20 @@ def _wanting(repo: Path) -> list[str]:
 
 
 def snapshot(repo: Path) -> dict[str, Seen]:
-    """What state/ says now about each service that may send notices."""
+    """What state/ says now about each rollout that may send notices, by `ServiceRef.key`."""
+    from reconciler.loader import load_spec
     from reconciler.state import read_status
 
     out: dict[str, Seen] = {}
     for service in _wanting(repo):
         try:
-            status = read_status(repo, service)
+            spec = load_spec(repo / "rollout" / f"{service}.yaml")
+            ref = ServiceRef(spec.project, spec.region, spec.service)
+            status = read_status(repo, ref)
         except ReconcileError:
             continue
         if status is not None:
-            out[service] = Seen(
+            out[ref.key] = Seen(
                 status.spec_id,
                 status.stage,
                 status.verdict.outcome if status.verdict is not None else None,
@@ -158,7 +162,7 @@ def plan_deliveries(
         spec = load_spec(repo / "rollout" / f"{o.service}.yaml")
         if not spec.notify:
             continue
-        status = read_status(repo, o.service)
+        status = read_status(repo, o.plan.ref)
         after = (
             Seen(
                 status.spec_id,
@@ -173,7 +177,7 @@ def plan_deliveries(
             applied=o.applied,
             rolled_back=o.rolled_back,
             verdict=o.verdict,
-            before=before.get(o.service),
+            before=before.get(o.plan.ref.key),
             after=after,
         )
         if event is None:
@@ -181,11 +185,12 @@ def plan_deliveries(
         commit_url = report_url = None
         if repo_url is not None and o.commit:
             commit_url = f"{repo_url}/commit/{o.commit}"
-        reports = state_dir(repo, o.service) / "reports"
+        reports = state_dir(repo, o.plan.ref) / "reports"
         for name in REPORT_NAMES:
             if repo_url is not None and (reports / name).is_file():
-                ref = o.commit or "HEAD"
-                report_url = f"{repo_url}/blob/{ref}/state/{o.service}/reports/{name}"
+                at = o.commit or "HEAD"
+                where = reports.relative_to(repo).as_posix()
+                report_url = f"{repo_url}/blob/{at}/{where}/{name}"
                 break
         notice = notice_of(
             event, o.plan, o.verdict, now=now, commit_url=commit_url, report_url=report_url

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from reconciler import state as st
+from reconciler import statemigrate
 from reconciler.backends import TrafficBackend
 from reconciler.decide import Decision, decide, missing_env
 from reconciler.errors import ReconcileError
@@ -176,7 +177,7 @@ def _prepare(
     now = ctx.clock()
     # A corrupt status file must not stop this service's rollback: what parses is kept, the
     # rest is rebuilt from live traffic and git, and an event says what was dropped.
-    loaded = st.load_status(ctx.state_root, spec.service)
+    loaded = st.load_status(ctx.state_root, ref_of(spec))
     status = loaded.status
     spec_id = spec_id_of(path)
     run = ServiceRun(path, spec, live, now)
@@ -317,27 +318,32 @@ def apply_all(
         )
         for e in load_errors
     ]
+    if not dry_run:
+        unmoved = _migrate(ctx, files, [s for _, s in specs])
+        outcomes += [ServiceOutcome(s.service, error=unmoved[ref_of(s).key])
+                     for _, s in specs if ref_of(s).key in unmoved]  # fmt: skip
+        specs = [(p, s) for p, s in specs if ref_of(s).key not in unmoved]
     lives = observe(ctx.backend, [s for _, s in specs], ctx.max_workers)
     ok: list[tuple[Path, RolloutSpec, LiveService]] = []
     for path, spec in specs:
-        live = lives[spec.service]
+        live = lives[ref_of(spec).key]
         if isinstance(live, str):
             outcomes.append(ServiceOutcome(spec.service, error=live))
         else:
             ok.append((path, spec, live))
     windows, metric_errors = measure(ctx, [(s, lv) for _, s, lv in ok], ctx.clock())
-    saved_by = {s.service: s for s in saved.services} if saved else {}
+    saved_by = {s.ref.key: s for s in saved.services} if saved else {}
     deadline = time.monotonic() + ctx.probe_budget
 
     def first(item: tuple[Path, RolloutSpec, LiveService]) -> _Tick | ServiceOutcome:
         path, spec, live = item
-        mine = saved_by.get(spec.service)
+        mine = saved_by.get(ref_of(spec).key)
         stale = _stale(mine, live) if mine is not None else None
         if stale:
             return ServiceOutcome(spec.service, error=stale)
         won = [w for rev in (spec.revisions.canary, spec.revisions.stable) if rev
-               for w in windows.get((spec.service, rev), [])]  # fmt: skip
-        err = metric_errors.get(spec.service)
+               for w in windows.get((ref_of(spec).key, rev), [])]  # fmt: skip
+        err = metric_errors.get(ref_of(spec).key)
         t = _prepare(ctx, path, spec, live, won, err, dry_run=dry_run, probe_deadline=deadline)
         d = t.decision
         if dry_run:
@@ -454,14 +460,34 @@ def _record_late(ctx: Context, t: _Tick) -> None:
     run = t.run
     service = run.spec.service
     late = [e for e in run.events if e.details.get("recovered")]
-    st.append_events(ctx.state_root, service, run.events)
+    st.append_events(ctx.state_root, run.ref, run.events)
     run.events.clear()
     if ctx.git is not None:
         subject = f"reconcile({service}): record missed write: {late[0].reason}"
-        paths = [st.state_dir(ctx.state_root, service), *([run.path] if run.edited else [])]
+        paths = [st.state_dir(ctx.state_root, run.ref), *([run.path] if run.edited else [])]
         commit_paths(ctx, replace(t.decision.held_commit, subject=subject), paths)
     run.edited = False
     t.text = run.path.read_bytes()
+
+
+def _migrate(ctx: Context, files: Sequence[Path], specs: Sequence[RolloutSpec]) -> dict[str, str]:
+    """Move old-layout `state/<service>/` folders to their rollout's folder and commit the
+    move (once: see `statemigrate`); returns the rollouts refused, by identity, with why."""
+    if not statemigrate.legacy_folders(ctx.repo):
+        return {}
+    # Every rollout file claims, not only this shard's: a second claimant refuses the move.
+    every, broken = load_all(files)
+    done = statemigrate.migrate(
+        ctx.repo,
+        [ref_of(s) for _, s in every],
+        owned={ref_of(s).key for s in specs},
+        unloadable={e.service for e in broken},
+    )
+    if done.moves and ctx.git is not None:
+        subject, body = statemigrate.commit_message(done)
+        with ctx.git_lock:
+            ctx.git.commit(done.paths, subject, body)
+    return dict(done.refused)
 
 
 def _uncommitted(ctx: Context, path: Path) -> str:
@@ -546,10 +572,10 @@ def check_saved(ctx: Context, saved: Plan, names: Sequence[str]) -> tuple[Servic
         max_workers=ctx.max_workers,
         environ=ctx.environ,
     )
-    by_name = {p.service: p for p in fresh.services}
+    by_name = {p.ref.key: p for p in fresh.services}
     failed = {e.service: e.message for e in fresh.errors}
     for sp in saved.services:
-        now = by_name.get(sp.service)
+        now = by_name.get(sp.ref.key)
         if now is None:
             failed.setdefault(sp.service, f"{sp.ref.name}: cannot be planned now")
             continue

@@ -1,10 +1,10 @@
-"""Interim and final stage reports: markdown under `state/<service>/reports/`.
+"""Interim and final stage reports: markdown under `state/<project>/<region>/<service>/reports/`.
 
 `build_report(...)` is pure: values in (rollout spec, status, events, metric windows, the
 baseline, `now`), a `Report` out, whose `markdown` renders on GitHub (tables, and mermaid
 `xychart-beta` charts of error rate and p95 per window against their rollback thresholds).
-`generate(...)` reads `state/<service>/` and the rollout file; `save(...)` writes
-`state/<service>/reports/<kind>-<UTC time>.md` and `<kind>-latest.md`.
+`generate(...)` reads the rollout's state folder and rollout file; `save(...)` writes
+`reports/<kind>-<UTC time>.md` and `<kind>-latest.md` there.
 
 How the figures are computed:
 - Counts (requests, 5xx, 2xx) are sums over the recorded windows of one length per revision
@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Literal
 from reconciler import charts
 from reconciler.analysis import promotion_blockers
 from reconciler.errors import ReconcileError
-from reconciler.model import Outcome, Verdict, WindowStats
+from reconciler.model import Outcome, ServiceRef, Verdict, WindowStats
 from reconciler.plan import Phase
 from reconciler.sidebyside import BaselineRule, Sample, judge_baseline
 from reconciler.spec import RolloutSpec, format_duration, format_percent
@@ -790,32 +790,34 @@ def build_report(
 # --- I/O ------------------------------------------------------------------------------------
 def generate(
     root: Path,
-    service: str,
+    ref: ServiceRef,
     kind: ReportKind,
     *,
     now: datetime,
     since: timedelta | None = None,
 ) -> Report:
-    """Read `state/<service>/`, the rollout file (if any) and the latest baseline, and build
-    the report. Raises `ReportError` when the service has no state yet."""
+    """Read the rollout's state folder (`state/<project>/<region>/<service>/`), its rollout
+    file (if any) and the latest baseline, and build the report. Raises `ReportError` when
+    the service has no state yet."""
     from reconciler.loader import load_spec
     from reconciler.probes import load_baseline
-    from reconciler.state import read_events, read_metrics, read_status, status_path
+    from reconciler.state import read_events, read_metrics, read_status, state_dir, status_path
 
-    status = read_status(root, service)
+    service = ref.service
+    status = read_status(root, ref)
     if status is None:
         raise ReportError(
-            f"{status_path(root, service)}: no state yet for {service} "
+            f"{status_path(root, ref)}: no state yet for {service} "
             "(nothing reconciled; run `reconcile apply` first)"
         )
     path = root / "rollout" / f"{service}.yaml"
     spec = load_spec(path) if path.is_file() else None
-    events = read_events(root, service)
+    events = read_events(root, ref)
     # A final report's span starts at the canary's first event or window: read every
     # recorded month (metrics files are bounded); otherwise read from the span's start.
     earliest = None if kind == "final" and since is None else now - (since or INTERIM_SPAN)
-    windows = read_metrics(root, service, since=earliest)
-    baseline = load_baseline(root / "state", service)
+    windows = read_metrics(root, ref, since=earliest)
+    baseline = load_baseline(state_dir(root, ref).parent, service)
     return build_report(
         kind,
         status=status,
@@ -828,12 +830,14 @@ def generate(
     )
 
 
-def save(root: Path, report: Report) -> Path:
-    """Write `state/<service>/reports/<kind>-<UTC time>.md` and `<kind>-latest.md`; the path
-    of the first."""
+def save(root: Path, ref: ServiceRef, report: Report) -> Path:
+    """Write `reports/<kind>-<UTC time>.md` and `<kind>-latest.md` in the state folder of
+    `ref`; the path of the first."""
     from reconciler.state import atomic_write_text, state_dir
 
-    folder = state_dir(root, report.service) / "reports"
+    if report.service != ref.service:
+        raise ValueError(f"report of {report.service} saved as a report of {ref.key}")
+    folder = state_dir(root, ref) / "reports"
     stamp = report.generated.astimezone(UTC).strftime("%Y%m%dT%H%M%SZ")
     path = folder / f"{report.kind}-{stamp}.md"
     atomic_write_text(path, report.markdown)

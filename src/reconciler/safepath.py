@@ -1,7 +1,7 @@
 """The one gate for every path the reconciler reads or writes under `rollout/` and `state/`.
 
 A repository is input from anyone who can open a pull request, so a symbolic link in it is
-hostile until proven otherwise: `state/<service>` pointing at `/etc` would make the reconciler
+hostile until proven otherwise: `state/<project>` pointing at `/etc` would make the reconciler
 write there (and prune "old month files" there), and `rollout/x.yaml` pointing at a
 credentials file would print the token in `validate` and in the plan posted as a PR comment.
 `inside(root, path)` therefore refuses a path that

@@ -70,11 +70,19 @@ class ServiceView:
     """(name, markdown) of the latest reports."""
     problem: str | None = None
     """Why part of the service could not be read (shown, never fatal for the site)."""
+    where: str = ""
+    """`project.region` when another rollout shares the service id, else empty."""
 
 
-def page_name(service: str) -> str:
-    """The file name of a service's page (service ids are safe file names)."""
-    return f"{service}.html"
+def page_name(service: str, where: str = "") -> str:
+    """The file name of a service's page (ids are safe file names); `where` (`project.region`)
+    tells apart the same service id in two regions or projects."""
+    return f"{service}.{where}.html" if where else f"{service}.html"
+
+
+def _title(v: ServiceView) -> str:
+    """The service id, with its project and region when the id alone is ambiguous."""
+    return f"{v.service} ({v.where.replace('.', ' / ')})" if v.where else v.service
 
 
 def _e(text: object) -> str:
@@ -115,11 +123,11 @@ def _verdict(verdict: str | None) -> str:
 def index_page(views: Sequence[ServiceView], now: datetime) -> str:
     """The fleet table: one row per service, linking to its page."""
     rows = []
-    for v in sorted(views, key=lambda v: v.service):
+    for v in sorted(views, key=lambda v: (v.service, v.where)):
         canary = _e(v.canary) if v.canary else '<span class="muted">none</span>'
         rows.append(
             f'<tr data-service="{_e(v.service)}">'
-            f'<td><a href="{_e(page_name(v.service))}">{_e(v.service)}</a></td>'
+            f'<td><a href="{_e(page_name(v.service, v.where))}">{_e(_title(v))}</a></td>'
             f"<td>{_phase(v.phase)}</td>"
             f'<td class="num">{v.stage}%</td>'
             f"<td>{canary}</td><td>{_e(v.stable)}</td>"
@@ -159,7 +167,7 @@ def service_page(v: ServiceView, now: datetime) -> str:
     """One service: where it stands, its stage timeline, charts, events and reports."""
     body = [
         '<p><a href="index.html">← all services</a></p>',
-        f"<h1>{_e(v.service)} {_phase(v.phase)}</h1>",
+        f"<h1>{_e(_title(v))} {_phase(v.phase)}</h1>",
         f'<p class="muted">live: <code>{_e(v.traffic or "–")}</code></p>',
     ]
     if v.problem:

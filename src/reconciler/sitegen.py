@@ -6,62 +6,76 @@ its row and page, saying what is wrong; the site is a view, never a gate.
 
 from __future__ import annotations
 
-import re
+from collections import Counter
 from datetime import datetime, timedelta
 from pathlib import Path
 
 from reconciler import state as st
 from reconciler.charts import chart_data
 from reconciler.errors import ReconcileError
+from reconciler.model import ServiceRef
 from reconciler.site import EventRow, ServiceView, index_page, page_name, service_page
-from reconciler.spec import SERVICE_RE, RolloutSpec
+from reconciler.spec import RolloutSpec
 
 CHART_SPAN = timedelta(hours=48)
 """The metrics a service page charts: the last 48 h (the canary checklist's final report)."""
 MAX_EVENTS = 200
 
 
-def services(repo: Path) -> list[str]:
-    """Services with a state directory (`state/<service>/status.yaml`), sorted."""
-    root = repo / "state"
-    if not root.is_dir():
+def services(repo: Path) -> list[ServiceRef]:
+    """Rollouts with a status file (`state/<project>/<region>/<service>/status.yaml`), sorted."""
+    if not (repo / "state").is_dir():
         return []
-    return sorted(
-        p.name
-        for p in root.iterdir()
-        if p.is_dir() and re.fullmatch(SERVICE_RE, p.name) and (p / "status.yaml").is_file()
-    )
+    return st.state_refs(repo)
 
 
-def view(repo: Path, service: str, now: datetime) -> ServiceView | None:
-    """What the site shows of one service (None when it has no status)."""
-    from reconciler.loader import load_spec
+def rollouts(repo: Path) -> tuple[dict[str, RolloutSpec], dict[str, str]]:
+    """The loadable rollout files by identity (`ServiceRef.key`), and why each file that does
+    not load failed, by its service id (the file's name)."""
+    from reconciler.loader import find_rollout_files, load_spec
 
-    try:
-        status = st.read_status(repo, service)
-    except ReconcileError as exc:
-        return ServiceView(service, "unknown", "", None, 0, problem=str(exc))
-    if status is None:
-        return None
-    problems: list[str] = []
-    spec: RolloutSpec | None = None
-    path = repo / "rollout" / f"{service}.yaml"
-    if path.is_file():
+    specs: dict[str, RolloutSpec] = {}
+    broken: dict[str, str] = {}
+    folder = repo / "rollout"
+    for path in find_rollout_files(folder) if folder.is_dir() else []:
         try:
             spec = load_spec(path)
         except ReconcileError as exc:
-            problems.append(str(exc))
+            broken[path.stem] = str(exc)
+            continue
+        specs[ServiceRef(spec.project, spec.region, spec.service).key] = spec
+    return specs, broken
+
+
+def view(
+    repo: Path,
+    ref: ServiceRef,
+    now: datetime,
+    spec: RolloutSpec | None = None,
+    problem: str | None = None,
+    where: str = "",
+) -> ServiceView | None:
+    """What the site shows of one rollout (None when it has no status); `spec` is its rollout
+    file when it loads, `problem` why it does not."""
+    service = ref.service
     try:
-        events = st.read_events(repo, service)[-MAX_EVENTS:]
+        status = st.read_status(repo, ref)
+    except ReconcileError as exc:
+        return ServiceView(service, "unknown", "", None, 0, problem=str(exc), where=where)
+    if status is None:
+        return None
+    problems: list[str] = [problem] if problem else []
+    try:
+        events = st.read_events(repo, ref)[-MAX_EVENTS:]
     except ReconcileError as exc:
         events, problems = [], [*problems, str(exc)]
     try:
-        windows = st.read_metrics(repo, service, since=now - CHART_SPAN)
+        windows = st.read_metrics(repo, ref, since=now - CHART_SPAN)
     except ReconcileError as exc:
         windows, problems = [], [*problems, str(exc)]
     rolled_back = spec.rolled_back if spec is not None else None
     canary = status.canary_revision or (rolled_back.revision if rolled_back else None)
-    reports_dir = st.state_dir(repo, service) / "reports"
+    reports_dir = st.state_dir(repo, ref) / "reports"
     reports = tuple(
         (p.name, p.read_text(encoding="utf-8", errors="replace"))
         for p in sorted(reports_dir.glob("*-latest.md"))
@@ -88,19 +102,37 @@ def view(repo: Path, service: str, now: datetime) -> ServiceView | None:
         events=tuple(EventRow(e.time, e.kind.value, e.before, e.after, e.reason) for e in events),
         reports=reports,
         problem="; ".join(problems) or None,
+        where=where,
     )
 
 
 def build(repo: Path, out: Path, now: datetime) -> list[Path]:
     """Write `index.html` and one page per service into `out`; the paths written."""
-    views = [v for v in (view(repo, s, now) for s in services(repo)) if v is not None]
+    refs = services(repo)
+    specs, broken = rollouts(repo)
+    ids = Counter(r.service for r in refs)
+    views = [
+        v
+        for v in (
+            view(
+                repo,
+                r,
+                now,
+                specs.get(r.key),
+                broken.get(r.service),
+                f"{r.project}.{r.region}" if ids[r.service] > 1 else "",
+            )
+            for r in refs
+        )
+        if v is not None
+    ]
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise ReconcileError(f"{out}: cannot create: {exc.strerror or exc}") from None
     written = []
     pages = [("index.html", index_page(views, now))]
-    pages += [(page_name(v.service), service_page(v, now)) for v in views]
+    pages += [(page_name(v.service, v.where), service_page(v, now)) for v in views]
     for name, text in pages:
         path = out / name
         try:

@@ -1,10 +1,14 @@
-"""The observed state the reconciler commits to git: `state/<service>/`.
+"""The observed state the reconciler commits to git: `state/<project>/<region>/<service>/`.
 
 ```
-state/<service>/status.yaml            what is live and what was judged, rewritten every run
-state/<service>/events.jsonl           what the reconciler did, append-only, newest last
-state/<service>/metrics/YYYY-MM.jsonl  one line per measured window per revision
+state/P/R/S/status.yaml            what is live and what was judged, rewritten every run
+state/P/R/S/events.jsonl           what the reconciler did, append-only, newest last
+state/P/R/S/metrics/YYYY-MM.jsonl  one line per measured window per revision
 ```
+
+One folder per rollout identity (`ServiceRef`: project, region, service), so the same service
+id in two regions or projects keeps two histories (`statemigrate` moves the older
+`state/<service>/` layout here).
 
 Diff-friendly: every file has a fixed key order and deterministic formatting, so a run that
 observes nothing new writes identical bytes and a run that does changes only a few lines.
@@ -59,6 +63,7 @@ from reconciler.model import (
     LatencyBucket,
     Phase,
     ProbeRecord,
+    ServiceRef,
     ServiceStatus,
     Streak,
     Target,
@@ -71,7 +76,7 @@ from reconciler.model import (
     verdict_from_data,
     verdict_to_data,
 )
-from reconciler.spec import SERVICE_RE
+from reconciler.spec import PROJECT_RE, REGION_RE, SERVICE_RE
 
 __all__ = [
     "MAX_EVENTS",
@@ -101,6 +106,7 @@ __all__ = [
     "read_status",
     "stage_since",
     "state_dir",
+    "state_refs",
     "status_path",
     "with_windows",
     "write_status",
@@ -110,6 +116,8 @@ STATUS_SCHEMA = 1
 MAX_EVENTS = 1000
 METRICS_MONTHS = 3
 _SERVICE = re.compile(SERVICE_RE)
+_PROJECT = re.compile(PROJECT_RE)
+_REGION = re.compile(REGION_RE)
 log = logging.getLogger(__name__)
 # What `str.splitlines` splits on beyond `\n` and `\r` that `json.dumps` leaves raw: a
 # record holding one would become two lines for any reader that splits lines that way.
@@ -179,36 +187,63 @@ class StateError(ReconcileError):
 
 
 # --- paths ----------------------------------------------------------------------------------
-def state_dir(root: Path, service: str) -> Path:
-    """`<root>/state/<service>`, after checking `service` is a Cloud Run service id.
+def state_dir(root: Path, ref: ServiceRef) -> Path:
+    """`<root>/state/<project>/<region>/<service>`, after checking each id.
 
-    The id rules (lowercase letters, digits, hyphens) already exclude `..`, `/` and every
-    other way out of `state/`; the safe-path check refuses a symbolic link on the way.
+    The id rules (project, region and service ids: lowercase letters, digits, hyphens)
+    already exclude `..`, `/` and every other way out of `state/`; the safe-path check
+    refuses a symbolic link on the way.
     """
-    return _service_file(root, service)
+    return _service_file(root, ref)
 
 
-def status_path(root: Path, service: str) -> Path:
-    """`state/<service>/status.yaml`."""
-    return _service_file(root, service, "status.yaml")
+def status_path(root: Path, ref: ServiceRef) -> Path:
+    """`state/<project>/<region>/<service>/status.yaml`."""
+    return _service_file(root, ref, "status.yaml")
 
 
-def events_path(root: Path, service: str) -> Path:
-    """`state/<service>/events.jsonl`."""
-    return _service_file(root, service, "events.jsonl")
+def events_path(root: Path, ref: ServiceRef) -> Path:
+    """`state/<project>/<region>/<service>/events.jsonl`."""
+    return _service_file(root, ref, "events.jsonl")
 
 
-def metrics_path(root: Path, service: str, when: datetime) -> Path:
-    """`state/<service>/metrics/YYYY-MM.jsonl` for the UTC month of `when`."""
+def metrics_path(root: Path, ref: ServiceRef, when: datetime) -> Path:
+    """`state/<project>/<region>/<service>/metrics/YYYY-MM.jsonl` for the UTC month of `when`."""
     month = _utc(when).strftime("%Y-%m")
-    return _service_file(root, service, "metrics", f"{month}.jsonl")
+    return _service_file(root, ref, "metrics", f"{month}.jsonl")
 
 
-def _service_file(root: Path, service: str, *parts: str) -> Path:
-    """`state/<service>/<parts...>`, checked once along its whole path."""
-    if not isinstance(service, str) or not _SERVICE.fullmatch(service):
-        raise StateError(f"{service!r} is not a valid Cloud Run service id")
-    return _safe(root, Path("state", service, *parts))
+def state_refs(root: Path) -> list[ServiceRef]:
+    """Every rollout with a status file under `state/` (new layout), sorted by identity.
+
+    Folders whose names are not valid ids are skipped, and so are symbolic links (never
+    followed): the result only names paths `state_dir` accepts.
+    """
+    base = _safe(root, Path("state"))
+    out = []
+    for path in base.glob("*/*/*/status.yaml"):
+        project, region, service = path.parts[-4:-1]
+        ref = ServiceRef(project, region, service)
+        try:
+            status_path(root, ref)
+        except StateError:
+            continue
+        out.append(ref)
+    return sorted(out, key=lambda r: r.key)
+
+
+def _service_file(root: Path, ref: ServiceRef, *parts: str) -> Path:
+    """`state/<project>/<region>/<service>/<parts...>`, checked once along its whole path."""
+    if not isinstance(ref, ServiceRef):
+        raise TypeError(f"state paths take a ServiceRef, not {ref!r}")
+    for value, pattern, what in (
+        (ref.project, _PROJECT, "GCP project id"),
+        (ref.region, _REGION, "Cloud Run region"),
+        (ref.service, _SERVICE, "Cloud Run service id"),
+    ):
+        if not isinstance(value, str) or not pattern.fullmatch(value):
+            raise StateError(f"{value!r} is not a valid {what}")
+    return _safe(root, Path("state", ref.project, ref.region, ref.service, *parts))
 
 
 def _safe(root: Path, path: Path) -> Path:
@@ -246,9 +281,11 @@ def atomic_write_text(path: Path, text: str) -> None:
         raise
 
 
-def write_status(root: Path, status: ServiceStatus) -> Path:
-    """Write `status.yaml` for `status.service`; returns its path."""
-    path = status_path(root, status.service)
+def write_status(root: Path, ref: ServiceRef, status: ServiceStatus) -> Path:
+    """Write `status.yaml` of the rollout `ref` (whose service `status` must be); its path."""
+    if status.service != ref.service:
+        raise ValueError(f"status of {status.service} written as the status of {ref.key}")
+    path = status_path(root, ref)
     text = yaml.dump(
         _scrubbed(_status_to_data(status)),
         Dumper=_StatusDumper,
@@ -261,9 +298,9 @@ def write_status(root: Path, status: ServiceStatus) -> Path:
     return path
 
 
-def append_events(root: Path, service: str, events: Iterable[Event]) -> Path:
+def append_events(root: Path, ref: ServiceRef, events: Iterable[Event]) -> Path:
     """Append events to `events.jsonl`, keeping the newest `MAX_EVENTS`; returns its path."""
-    path = events_path(root, service)
+    path = events_path(root, ref)
     # Lines that do not parse (a truncated write, a bad merge) are dropped here; git history
     # keeps them, and the file heals instead of failing every later run.
     lines = [line for line in _read_lines(path) if _event_or_none(line) is not None]
@@ -278,7 +315,7 @@ recorded again only by a run repeating a recent one (after a failed push), so it
 record is near the end; reading the whole file would cost more with every run of the month."""
 
 
-def append_metrics(root: Path, service: str, stats: Iterable[WindowStats]) -> list[Path]:
+def append_metrics(root: Path, ref: ServiceRef, stats: Iterable[WindowStats]) -> list[Path]:
     """Append one line per window to the month file of its end; returns the files written.
 
     A window already recorded near the end of its file (same revision, start and end) is not
@@ -288,9 +325,9 @@ def append_metrics(root: Path, service: str, stats: Iterable[WindowStats]) -> li
     """
     by_path: dict[Path, list[WindowStats]] = {}
     for s in stats:
-        if s.service != service:
-            raise ValueError(f"window of {s.service} appended to the metrics of {service}")
-        by_path.setdefault(metrics_path(root, service, s.end), []).append(s)
+        if s.service != ref.service:
+            raise ValueError(f"window of {s.service} appended to the metrics of {ref.key}")
+        by_path.setdefault(metrics_path(root, ref, s.end), []).append(s)
     written = []
     for path, new in sorted(by_path.items()):
         tail, whole_lines = _tail_lines(path)
@@ -311,7 +348,7 @@ def append_metrics(root: Path, service: str, stats: Iterable[WindowStats]) -> li
         # A line cut short by a crash stays cut (readers skip it); ours start on a new line.
         _append_text(path, text if whole_lines else "\n" + text)
         written.append(path)
-    _prune_months(state_dir(root, service) / "metrics")
+    _prune_months(state_dir(root, ref) / "metrics")
     return written
 
 
@@ -360,9 +397,10 @@ def _prune_months(directory: Path) -> None:
 
 
 # --- reading --------------------------------------------------------------------------------
-def read_status(root: Path, service: str) -> ServiceStatus | None:
-    """The last written status of `service`, None if there is none yet."""
-    path = status_path(root, service)
+def read_status(root: Path, ref: ServiceRef) -> ServiceStatus | None:
+    """The last written status of the rollout `ref`, None if there is none yet."""
+    service = ref.service
+    path = status_path(root, ref)
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
@@ -379,18 +417,18 @@ def read_status(root: Path, service: str) -> ServiceStatus | None:
     return status
 
 
-def read_events(root: Path, service: str) -> list[Event]:
+def read_events(root: Path, ref: ServiceRef) -> list[Event]:
     """All readable events in `events.jsonl`, oldest first; unreadable lines are skipped
     with a warning (see `read_events_salvaged` for what was dropped)."""
-    events, dropped = read_events_salvaged(root, service)
+    events, dropped = read_events_salvaged(root, ref)
     for problem in dropped:
         log.warning("%s", problem)
     return events
 
 
-def read_events_salvaged(root: Path, service: str) -> tuple[list[Event], list[str]]:
+def read_events_salvaged(root: Path, ref: ServiceRef) -> tuple[list[Event], list[str]]:
     """The readable events, oldest first, and one `file:line: why` per line skipped."""
-    path = events_path(root, service)
+    path = events_path(root, ref)
     events = []
     dropped = []
     for n, line in enumerate(_read_lines(path), start=1):
@@ -435,33 +473,35 @@ class StatusLoad:
         )
 
 
-def load_status(root: Path, service: str) -> StatusLoad:
+def load_status(root: Path, ref: ServiceRef) -> StatusLoad:
     """`read_status` for the loop: never raises on a corrupt file (a service's rollback must
     not depend on its state file), salvaging what parses and saying what was dropped.
 
     A path problem (a symbolic link) still raises: that is not corruption but an attack.
     """
-    path = status_path(root, service)
+    path = status_path(root, ref)
     try:
-        return StatusLoad(read_status(root, service))
+        return StatusLoad(read_status(root, ref))
     except StateError as exc:
         whole = str(exc)
     try:
         data = _load_yaml(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, yaml.YAMLError):
         data = None
-    salvaged, dropped = _salvage_status(data, service)
+    salvaged, dropped = _salvage_status(data, ref.service)
     if salvaged is None:
         return StatusLoad(None, f"{whole}; rebuilt from live traffic and git", rebuilt=True)
     return StatusLoad(salvaged, f"{path}: dropped unreadable {', '.join(dropped)}")
 
 
-def read_metrics(root: Path, service: str, *, since: datetime | None = None) -> list[WindowStats]:
+def read_metrics(
+    root: Path, ref: ServiceRef, *, since: datetime | None = None
+) -> list[WindowStats]:
     """Recorded windows (optionally those ending after `since`), by end time then revision.
 
     A line that does not parse is skipped with a warning naming the file and line.
     """
-    directory = _safe(root, state_dir(root, service) / "metrics")
+    directory = _safe(root, state_dir(root, ref) / "metrics")
     out: list[WindowStats] = []
     for path in sorted(directory.glob("*.jsonl")):
         if path.is_symlink():

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from reconciler.sandbox import Sandbox, sandbox
+from tests.refs import ION_DIR
 
 from ..reliability.support import CANARY, reconcile_cli
 
@@ -57,7 +58,7 @@ def test_a_canary_answer_with_line_separators_never_splits_a_record(sb: Sandbox)
         assert "invalid" not in out.stderr and "Traceback" not in out.stderr, out.stderr
         codes.append(out.returncode)
     assert codes[-2:] == [4, 0] and set(codes) <= {0, 4}, codes
-    events = (sb.repo / "state" / "ion-api" / "events.jsonl").read_text(encoding="utf-8")
+    events = (sb.repo / ION_DIR / "events.jsonl").read_text(encoding="utf-8")
     lines = events.splitlines()  # the strictest reader: splits at every separator
     records = [json.loads(line) for line in lines]
     assert any("degraded\u2028line two" in r["reason"] for r in records), records

@@ -16,6 +16,7 @@ import pytest
 import reconciler
 from reconciler.emulator import Emulator
 from reconciler.emulator.scenario import Behavior
+from tests.refs import ION_DIR
 
 STABLE, CANARY = "ion-api-00041-abc", "ion-api-00042-xyz"
 SECRET = "tok-e2e-4b1d-do-not-print"
@@ -197,7 +198,7 @@ def test_bench_saves_the_baseline(emu: Emulator, repo: Path) -> None:
     assert "chat-smoke: success 3/3 (100%)" in run.stdout
     assert "confidence 0.87" in run.stdout
     no_secret(run)
-    folder = repo / "state" / "ion-api" / "baselines"
+    folder = repo / ION_DIR / "baselines"
     saved = json.loads((folder / "latest.json").read_text(encoding="utf-8"))
     assert saved["target"] == "stable" and saved["revision"] == STABLE
     assert [r["name"] for r in saved["results"]] == ["canary-health", "chat-smoke"]

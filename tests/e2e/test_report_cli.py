@@ -25,6 +25,7 @@ from reconciler.state import (
 )
 from reconciler.stats import buckets_from_counts, exponential_bounds
 from reconciler.testing.git import clone, git_environment, make_remote, run_git
+from tests.refs import ION, ION_DIR
 
 STABLE, CANARY = "ion-api-00041-abc", "ion-api-00042-xyz"
 ROLLOUT = f"""\
@@ -89,6 +90,7 @@ def repo(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     )
     write_status(
         work,
+        ION,
         ServiceStatus(
             service="ion-api",
             phase=Phase.PROGRESSING,
@@ -109,10 +111,10 @@ def repo(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     )
     append_events(
         work,
-        "ion-api",
+        ION,
         [Event(start, EventKind.APPLIED, "reconciler", f"{STABLE}=100", f"{CANARY}=5")],
     )
-    append_metrics(work, "ion-api", _windows(now))
+    append_metrics(work, ION, _windows(now))
     run_git(work, "add", "--all")
     run_git(work, "commit", "--quiet", "-m", "state of ion-api")
     return work
@@ -137,13 +139,13 @@ def test_interim_report_is_written_under_state(repo: Path) -> None:
     run = reconcile(repo, "report", "ion-api", "--kind", "interim")
     assert run.returncode == 0, run.stdout + run.stderr
     m = re.match(
-        r"ion-api: interim report written to (state/ion-api/reports/interim-\d{8}T\d{6}Z\.md)\n",
+        rf"ion-api: interim report written to ({ION_DIR}/reports/interim-\d{{8}}T\d{{6}}Z\.md)\n",
         run.stdout,
     )
     assert m, run.stdout
     assert "decision: hold (" in run.stdout and "bake: passing for 2h" in run.stdout
     written = (repo / m.group(1)).read_text(encoding="utf-8")
-    assert (repo / "state/ion-api/reports/interim-latest.md").read_text() == written
+    assert (repo / f"{ION_DIR}/reports/interim-latest.md").read_text() == written
     assert written.startswith("# ion-api: interim report\n")
     assert "| requests | 2,400 | 45,600 | – | – |" in written
     assert "| error rate | 0.5% ✅ | 0.1% ✅ | ≤ 1% | > 5% |" in written
@@ -154,7 +156,7 @@ def test_interim_report_is_written_under_state(repo: Path) -> None:
     # The report is a new file in the working tree, for the user (or the job) to commit.
     status = run_git(repo, "status", "--porcelain", "--untracked-files=all")
     assert sorted(status.splitlines()) == sorted(
-        [f"?? {m.group(1)}", "?? state/ion-api/reports/interim-latest.md"]
+        [f"?? {m.group(1)}", f"?? {ION_DIR}/reports/interim-latest.md"]
     )
 
 
@@ -164,7 +166,7 @@ def test_final_report_to_stdout_writes_nothing(repo: Path) -> None:
     assert run.stdout.startswith("# ion-api: final report\n")
     assert "**Go/no-go: NO-GO for now** (hold)" in run.stdout
     assert "since the canary's first event (applied)" in run.stdout
-    assert not (repo / "state/ion-api/reports").exists()
+    assert not (repo / f"{ION_DIR}/reports").exists()
 
 
 def test_out_and_since(repo: Path, tmp_path: Path) -> None:
@@ -176,7 +178,7 @@ def test_out_and_since(repo: Path, tmp_path: Path) -> None:
     text = out.read_text(encoding="utf-8")
     assert "covering the last 30m (--since)" in text
     assert "| windows | 6 × 5m | 6 × 5m |" in text
-    assert not (repo / "state/ion-api/reports").exists()
+    assert not (repo / f"{ION_DIR}/reports").exists()
 
 
 def test_help_shows_an_example() -> None:
@@ -191,7 +193,7 @@ def test_help_shows_an_example() -> None:
         (
             ("report", "payments", "--kind", "interim"),
             1,
-            "error: state/payments/status.yaml: no state yet for payments "
+            "error: state/*/*/payments/status.yaml: no state yet for payments "
             "(nothing reconciled; run `reconcile apply` first)",
         ),
         (("report", "Bad_Name"), 1, "error: 'Bad_Name' is not a valid Cloud Run service id"),

@@ -23,6 +23,7 @@ from reconciler.state import (
     write_status,
 )
 from reconciler.testing.browser import chromium_binary, dump_dom, png_facts, screenshot
+from tests.refs import ION, ION_DIR, ref
 
 NOW = datetime.now(UTC).replace(second=0, microsecond=0)
 A_STABLE, A_CANARY = "ion-api-00041-abc", "ion-api-00042-xyz"
@@ -101,13 +102,15 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Path:
         Outcome.FAIL,
         (GateResult("error_rate", Outcome.FAIL, 0.071, 0.05, 400, "error_rate 7.1% > 5%"),),
     )
-    write_status(repo, status("ion-api", A_STABLE, A_CANARY, 10, Phase.PROGRESSING, passing))
-    write_status(repo, status("pay-api", B_STABLE, B_CANARY, 0, Phase.ROLLED_BACK, failing))
-    append_metrics(repo, "ion-api", windows("ion-api", A_CANARY, A_STABLE, 2))
-    append_metrics(repo, "pay-api", windows("pay-api", B_CANARY, B_STABLE, 28))
+    write_status(repo, ION, status("ion-api", A_STABLE, A_CANARY, 10, Phase.PROGRESSING, passing))
+    write_status(
+        repo, ref("pay-api"), status("pay-api", B_STABLE, B_CANARY, 0, Phase.ROLLED_BACK, failing)
+    )
+    append_metrics(repo, ION, windows("ion-api", A_CANARY, A_STABLE, 2))
+    append_metrics(repo, ref("pay-api"), windows("pay-api", B_CANARY, B_STABLE, 28))
     append_events(
         repo,
-        "ion-api",
+        ION,
         [
             Event(
                 NOW - timedelta(hours=5),
@@ -129,7 +132,7 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Path:
     )
     append_events(
         repo,
-        "pay-api",
+        ref("pay-api"),
         [
             Event(
                 NOW - timedelta(minutes=10),
@@ -142,7 +145,7 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Path:
         ],
     )
     atomic_write_text(
-        repo / "state" / "ion-api" / "reports" / "interim-latest.md", "# ion-api: interim report\n"
+        repo / ION_DIR / "reports" / "interim-latest.md", "# ion-api: interim report\n"
     )
     out = repo / "public"
     env = {k: v for k, v in os.environ.items() if not k.startswith("GIT_")}

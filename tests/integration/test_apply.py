@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 from google.cloud import run_v2
+from tests.refs import ION, ION_DIR
 
 from reconciler import clients
 from reconciler.backends.cloudrun import CloudRunBackend
@@ -66,9 +67,9 @@ def test_plan_shows_first_stage_then_apply_makes_it_live(sb: Sandbox) -> None:
     log = sb.remote_log("-1", "--format=%s%n%b")
     assert log.startswith("reconcile(ion-api): canary 0% -> 5% (ion-api-00042-xyz)")
     assert "Reconcile-Action: apply" in log
-    status_text = sb.remote_file("state/ion-api/status.yaml")
+    status_text = sb.remote_file(f"{ION_DIR}/status.yaml")
     assert "ion-api-00042-xyz" in status_text
-    assert "applied" in sb.remote_file("state/ion-api/events.jsonl")
+    assert "applied" in sb.remote_file(f"{ION_DIR}/events.jsonl")
 
 
 def test_apply_is_idempotent_and_records_nothing_twice(sb: Sandbox) -> None:
@@ -78,7 +79,7 @@ def test_apply_is_idempotent_and_records_nothing_twice(sb: Sandbox) -> None:
     result = apply_all(context(sb))
     assert result.exit_code == 0
     assert sb.emu.writes == writes
-    assert len(read_events(sb.repo, "ion-api")) == 1
+    assert len(read_events(sb.repo, ION)) == 1
     # a second run may refresh status.yaml, but never adds an apply event
     assert sb.git("rev-list", "--count", f"{head}..HEAD") in ("0", "1")
 
@@ -116,7 +117,7 @@ def test_drift_is_corrected_with_self_heal(sb: Sandbox) -> None:
     assert plan.services[0].reason is Reason.DRIFT
     assert apply_all(context(sb)).exit_code == 0
     assert live_split(sb)[CANARY] == (5, "canary")
-    kinds = [e.kind.value for e in read_events(sb.repo, "ion-api")]
+    kinds = [e.kind.value for e in read_events(sb.repo, ION)]
     assert kinds == ["applied", "drift_corrected"]
 
 
@@ -134,7 +135,7 @@ def test_every_write_stamps_the_service(sb: Sandbox) -> None:
     live = backend.get_service(load_spec_ref(sb))
     stamp = read_stamp(live)
     assert stamp is not None and stamp["action"] == "new stage"
-    assert read_status(sb.repo, "ion-api") is not None
+    assert read_status(sb.repo, ION) is not None
 
 
 def load_spec_ref(sb: Sandbox) -> object:
@@ -232,7 +233,7 @@ def test_an_unset_probe_variable_blocks_and_never_rolls_back(sb: Sandbox) -> Non
         assert "canary-health" in outcome.plan.blocked and "CHAT_TOKEN" in outcome.plan.blocked
     assert sb.emu.writes == writes and live_split(sb)[CANARY] == (5, "canary")
     assert "rolled_back" not in sb.remote_file("rollout/ion-api.yaml")
-    assert all(e.kind.value != "probe_failed" for e in read_events(sb.repo, "ion-api"))
+    assert all(e.kind.value != "probe_failed" for e in read_events(sb.repo, ION))
     plan = plan_all(sb.repo, [], CloudRunBackend(), sb.now(), environ={})
     assert plan.services[0].blocked is not None and "CHAT_TOKEN" in plan.services[0].blocked
 

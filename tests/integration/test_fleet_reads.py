@@ -66,17 +66,17 @@ def test_a_region_costs_its_list_pages_not_two_reads_per_service(
     # service of europe-west1 costs a GetService and a ListRevisions, as before.
     assert fleet.calls == {"ListServices": 5, "ListRevisions": 9 + 1, "GetService": 1}
     assert backend.calls == 16
-    live = lives["svc-07"]
+    live = lives[f"{PROJECT}/{REGION}/svc-07"]
     assert isinstance(live, LiveService)
     assert live.ref.name == f"projects/{PROJECT}/locations/{REGION}/services/svc-07"
     assert live.traffic.describe() == live.statuses.describe()
     assert live.traffic.percent_of("svc-07-00042-xyz") == 5
     assert live.revisions == {"svc-07-00041-abc", "svc-07-00042-xyz"}
     assert live.tag_uris.keys() == {"stable", "canary"} and live.etag
-    single = lives["lone"]
+    single = lives[f"{PROJECT}/{OTHER}/lone"]
     assert isinstance(single, LiveService) and single.ref.region == OTHER
     # A rollout naming a service the region does not have is an error for it alone.
-    assert lives["gone"] == (
+    assert lives[f"{PROJECT}/{REGION}/gone"] == (
         f"get projects/{PROJECT}/locations/{REGION}/services/gone: not found "
         f"(not among the services listed in projects/{PROJECT}/locations/{REGION})"
     )

@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 from google.cloud import monitoring_v3
+from tests.refs import ION
 
 from reconciler import clients
 from reconciler.emulator import Emulator
@@ -170,7 +171,7 @@ def _record(emulator: Emulator, tmp_path: Path) -> dict[str, Any]:
     start = emulator.now().replace(microsecond=0) - timedelta(seconds=1)
     append_events(
         root,
-        "ion-api",
+        ION,
         [
             Event(
                 start, EventKind.APPLIED, "reconciler", f"{STABLE}=100", f"{STABLE}=75 {CANARY}=25"
@@ -184,10 +185,11 @@ def _record(emulator: Emulator, tmp_path: Path) -> dict[str, Any]:
         # Requests are stamped with emulator time; moving it past the window closes it.
         emulator.advance_clock(WINDOW.total_seconds())
         windows += measure(emulator, w_start, w_end)
-    append_metrics(root, "ion-api", windows)
+    append_metrics(root, ION, windows)
     end = start + WINDOW * 4
     write_status(
         root,
+        ION,
         ServiceStatus(
             service="ion-api",
             phase=Phase.PROGRESSING,
@@ -217,7 +219,7 @@ def test_report_percentiles_equal_those_of_the_raw_latencies(
     root, end = recorded["root"], recorded["end"]
     served: list[Record] = recorded["served"]
     assert len(served) == 4 * PER_WINDOW
-    report = generate(root, "ion-api", kind, now=end + timedelta(seconds=1))
+    report = generate(root, ION, kind, now=end + timedelta(seconds=1))
     if kind == "final":
         assert report.span.start == recorded["start"]  # the canary's first event
     for summary, revision in ((report.canary, CANARY), (report.stable, STABLE)):
@@ -239,7 +241,7 @@ def test_report_percentiles_equal_those_of_the_raw_latencies(
     assert "from the merged latency distributions" in md
     assert report.stable is not None
     assert f"| requests | {report.canary.requests:,} | {report.stable.requests:,} |" in md
-    path = save(root, report)
+    path = save(root, ION, report)
     assert path.read_text(encoding="utf-8") == md
     assert (path.parent / f"{kind}-latest.md").read_text(encoding="utf-8") == md
 

@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from tests.refs import ION, ION_DIR, STATE
 
 from reconciler import clients
 from reconciler.backends.cloudrun import CloudRunBackend
@@ -106,7 +107,7 @@ def test_two_reconcilers_on_one_service_one_wins_no_lost_update(sb: Sandbox) -> 
     # and the remote has that record.
     assert sb.emu.writes == 1
     sb.git("pull", "--quiet", "--rebase")
-    events = read_events(sb.repo, "ion-api")
+    events = read_events(sb.repo, ION)
     assert [e.kind.value for e in events] == ["applied"]
 
 
@@ -154,8 +155,8 @@ def test_two_reconcilers_sharded_by_service_both_records_land(tmp_path: Path) ->
         subjects = s.remote_log("--format=%s").splitlines()
         assert any(x.startswith("reconcile(ion-api): canary 0% -> 5%") for x in subjects)
         assert any(x.startswith("reconcile(payments-api): canary 0% -> 5%") for x in subjects)
-        assert "applied" in s.remote_file("state/ion-api/events.jsonl")
-        assert "applied" in s.remote_file("state/payments-api/events.jsonl")
+        assert "applied" in s.remote_file(f"{ION_DIR}/events.jsonl")
+        assert "applied" in s.remote_file(f"{STATE}/payments-api/events.jsonl")
 
 
 def test_crash_between_traffic_and_commit_is_recovered(sb: Sandbox) -> None:
@@ -171,9 +172,9 @@ def test_crash_between_traffic_and_commit_is_recovered(sb: Sandbox) -> None:
     # The next run converges without writing again and records what happened.
     assert apply_all(context(sb)).exit_code == 0
     assert sb.emu.writes == writes
-    events = read_events(sb.repo, "ion-api")
+    events = read_events(sb.repo, ION)
     assert any(e.details.get("recovered") for e in events), events
-    assert "recorded late" in sb.remote_file("state/ion-api/events.jsonl")
+    assert "recorded late" in sb.remote_file(f"{ION_DIR}/events.jsonl")
 
 
 def test_crashed_rollback_writes_the_sticky_block_on_the_next_run(sb: Sandbox) -> None:

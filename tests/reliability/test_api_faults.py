@@ -18,6 +18,7 @@ from reconciler.plan import split_for
 from reconciler.reconcile import RunResult, apply_all, plan_all
 from reconciler.sandbox import Sandbox, example_rollout, sandbox
 from reconciler.state import read_events
+from tests.refs import ION
 
 from .support import CANARY, STABLE, Sampler, WriteRecorder, context, live, routing
 
@@ -83,7 +84,7 @@ def test_apply_converges_under_faults_and_never_serves_a_foreign_split(
 
     # Converged in git as well: the remote has both records and nothing is pending.
     sb.git("pull", "--quiet", "--rebase")
-    kinds = [e.kind.value for e in read_events(sb.repo, "ion-api")]
+    kinds = [e.kind.value for e in read_events(sb.repo, ION)]
     assert kinds.count("applied") == 2, (kinds, first, second)
     assert "canary_percent: 50" in sb.remote_file("rollout/ion-api.yaml")
     assert "force" not in sb.remote_file("rollout/ion-api.yaml")

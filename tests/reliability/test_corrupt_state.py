@@ -17,6 +17,7 @@ import yaml
 
 from reconciler.reconcile import apply_all
 from reconciler.sandbox import Sandbox, sandbox
+from tests.refs import ION_DIR
 
 from ..integration.test_gates import context, live_percents, tick
 from .support import STABLE
@@ -65,7 +66,7 @@ def test_a_failing_canary_with_corrupt_state_is_still_rolled_back(
     # One window recorded, too small to judge (enough failing requests would fail fast and
     # roll back before the state is damaged).
     assert tick(sb, ctx, canary=50).exit_code == 0
-    state = sb.repo / "state" / "ion-api"
+    state = sb.repo / ION_DIR
     corrupt(state)
     sb.git("commit", "--quiet", "-am", "state damaged by a bad merge")
     sb.git("push", "--quiet", "origin", "main")
@@ -81,7 +82,7 @@ def test_a_failing_canary_with_corrupt_state_is_still_rolled_back(
     assert codes[-1] == 4, codes
     assert live_percents(sb) == {STABLE: 100}
     assert "rolled_back" in sb.remote_file("rollout/ion-api.yaml")
-    events = [json.loads(line) for line in sb.remote_file("state/ion-api/events.jsonl").split("\n")]
+    events = [json.loads(line) for line in sb.remote_file(f"{ION_DIR}/events.jsonl").split("\n")]
     kinds = [e["kind"] for e in events]
     assert "rolled_back" in kinds
     if corrupt is not _truncate_events:

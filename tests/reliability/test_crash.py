@@ -28,6 +28,7 @@ from reconciler.state import (
     load_status,
     read_events,
 )
+from tests.refs import ION, ION_DIR
 
 from .support import CANARY, STABLE, context, live, popen_cli, reconcile_cli, routing
 
@@ -88,10 +89,10 @@ def test_killed_apply_is_recorded_by_the_next_run(sb: Sandbox) -> None:
     assert result.exit_code == 0, result
     assert sb.emu.writes == writes, "the next run wrote traffic again"
     assert routing(live(sb.emu)) == routing(FIVE)
-    events = [e for e in read_events(fresh, "ion-api") if e.details.get("recovered")]
+    events = [e for e in read_events(fresh, ION) if e.details.get("recovered")]
     assert len(events) == 1 and events[0].reason is not None
     assert "recorded late" in events[0].reason
-    assert "recorded late" in sb.remote_file("state/ion-api/events.jsonl")
+    assert "recorded late" in sb.remote_file(f"{ION_DIR}/events.jsonl")
     assert any("record missed write" in s for s in remote_subjects(sb))
 
 
@@ -107,7 +108,7 @@ def test_a_run_too_soon_after_the_crash_does_not_lose_the_record(sb: Sandbox) ->
     sb.emu.advance_clock(180)
     assert apply_all(context(sb, fresh)).exit_code == 0
     assert sb.emu.writes == writes
-    assert "recorded late" in sb.remote_file("state/ion-api/events.jsonl")
+    assert "recorded late" in sb.remote_file(f"{ION_DIR}/events.jsonl")
 
 
 def test_killed_rollback_writes_the_sticky_block_on_the_next_run(sb: Sandbox) -> None:
@@ -144,9 +145,9 @@ def test_killed_abort_is_recorded_as_an_abort_on_the_next_run(sb: Sandbox) -> No
     assert spec.rolled_back is None
     assert (spec.paused, spec.canary_percent, spec.revisions.canary) == (True, 0, CANARY)
     assert "paused: true" in sb.remote_file("rollout/ion-api.yaml")
-    (late,) = [e for e in read_events(fresh, "ion-api") if e.details.get("recovered")]
+    (late,) = [e for e in read_events(fresh, ION) if e.details.get("recovered")]
     assert late.details.get("abort") is True and "aborted" in (late.reason or "")
-    status = load_status(fresh, "ion-api").status
+    status = load_status(fresh, ION).status
     assert status is not None and status.phase is Phase.PAUSED
     # Held, not blocked: resumed and promoted, the same canary takes traffic again.
     sb.emu.advance_clock(60)
@@ -167,10 +168,10 @@ def test_a_recorded_write_is_not_recorded_again_after_its_event_was_trimmed(sb: 
         Event(later + timedelta(milliseconds=i), EventKind.PROBE_FAILED, "test", reason="x")
         for i in range(MAX_EVENTS)
     ]
-    append_events(sb.repo, "ion-api", filler)
-    assert all(e.kind is EventKind.PROBE_FAILED for e in read_events(sb.repo, "ion-api"))
+    append_events(sb.repo, ION, filler)
+    assert all(e.kind is EventKind.PROBE_FAILED for e in read_events(sb.repo, ION))
     sb.git("commit", "--quiet", "-am", "a full events file")
     sb.git("push", "--quiet", "origin", "main")
     sb.emu.advance_clock(180)
     assert apply_all(context(sb)).exit_code == 0
-    assert not any(e.details.get("recovered") for e in read_events(sb.repo, "ion-api"))
+    assert not any(e.details.get("recovered") for e in read_events(sb.repo, ION))

@@ -14,6 +14,7 @@ import pytest
 from reconciler.cli import main
 from reconciler.sandbox import Sandbox, example_rollout, sandbox
 from reconciler.state import StateError, state_dir
+from tests.refs import ref
 
 from .support import CANARY, reconcile_cli
 
@@ -76,7 +77,7 @@ def test_a_fresh_process_says_why_in_one_line(sb: Sandbox) -> None:
 )
 def test_state_dir_refuses_a_name_that_is_not_a_service_id(tmp_path: Path, service: str) -> None:
     with pytest.raises(StateError):
-        state_dir(tmp_path, service)
+        state_dir(tmp_path, ref(service))
 
 
 def test_a_rollout_file_naming_an_escaping_service_is_invalid(sb: Sandbox) -> None:

@@ -7,6 +7,7 @@ import subprocess
 from pathlib import Path
 
 from reconciler.sandbox import sandbox
+from tests.refs import STATE
 
 from .support import popen_cli
 
@@ -70,7 +71,7 @@ def test_four_runners_pushing_at_once_all_land(tmp_path: Path) -> None:
             for change in ("canary 0% -> 5%", "canary 5% -> 25%"):
                 hits = [s for s in subjects if s.startswith(f"reconcile({name}): {change}")]
                 assert len(hits) == 1, (name, change, subjects)
-            events = sb.remote_file(f"state/{name}/events.jsonl").splitlines()
+            events = sb.remote_file(f"{STATE}/{name}/events.jsonl").splitlines()
             assert len(events) == 2, (name, events)
             assert "force" not in sb.remote_file(f"rollout/{name}.yaml")
             assert "canary_percent: 25" in sb.remote_file(f"rollout/{name}.yaml")

@@ -18,6 +18,7 @@ from reconciler.plan import split_for
 from reconciler.reconcile import RunResult, apply_all
 from reconciler.sandbox import Sandbox, example_rollout, sandbox
 from reconciler.state import read_events
+from tests.refs import ION
 
 from .support import CANARY, STABLE, WriteRecorder, context, live, routing
 
@@ -88,7 +89,7 @@ def test_human_drift_between_read_and_write_is_never_overwritten_blindly(sb: San
     assert routing(live(sb.emu)) == routing(split_for(STABLE, CANARY, 10))
     assert [routing(s) for s in recorder.of("ion-api")] == [routing(split_for(STABLE, CANARY, 10))]
     sb.git("pull", "--quiet", "--rebase")
-    last = read_events(sb.repo, "ion-api")[-1]
+    last = read_events(sb.repo, ION)[-1]
     assert last.before is not None and "ion-api-00042-xyz=30" in last.before, last
 
 
@@ -181,7 +182,7 @@ def test_four_reconcilers_racing_one_change_write_once_and_record_once(sb: Sandb
     assert sb.emu.write_attempts >= 2, "the writes did not race"
     assert routing(live(sb.emu)) == routing(split_for(STABLE, CANARY, 5))
     sb.git("pull", "--quiet", "--rebase")
-    kinds = [e.kind.value for e in read_events(sb.repo, "ion-api")]
+    kinds = [e.kind.value for e in read_events(sb.repo, ION)]
     assert kinds == ["applied"], kinds
     subjects = sb.remote_log("--format=%s").splitlines()
     assert sum("canary 0% -> 5%" in s for s in subjects) == 1, subjects

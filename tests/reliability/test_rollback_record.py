@@ -16,6 +16,7 @@ from reconciler.plan import split_for
 from reconciler.reconcile import apply_all
 from reconciler.sandbox import Sandbox, sandbox
 from reconciler.state import Event, EventKind, Phase, append_events, parse_time, read_status
+from tests.refs import ION
 
 from .support import CANARY, STABLE, context, live, routing
 
@@ -53,7 +54,7 @@ def test_a_rollback_whose_read_back_failed_is_recorded_and_never_undone(sb: Sand
     assert routing(live(sb.emu)) == routing(split_for(STABLE, None, 0))
     text = sb.remote_file("rollout/ion-api.yaml")
     assert "rolled_back:" in text and "error burst" in text
-    status = read_status(sb.repo, "ion-api")
+    status = read_status(sb.repo, ION)
     assert status is not None and status.phase is Phase.ROLLED_BACK
     # The next run sees the rollback, not drift: nothing goes back to the canary.
     writes = sb.emu.writes
@@ -68,7 +69,7 @@ def test_a_late_record_is_not_another_event_of_the_same_second(tmp_path: Path) -
     # event is no record of the rollback, so the next run must still record it.
     at = parse_time("2026-11-26T12:00:00Z")
     ctx = Context(repo=tmp_path, backend=None, clock=lambda: at)  # type: ignore[arg-type]
-    append_events(tmp_path, "ion-api", [Event(at, EventKind.PROBE_FAILED, "reconciler")])
-    assert not _recorded(ctx, "ion-api", at, EventKind.ROLLED_BACK)
-    append_events(tmp_path, "ion-api", [Event(at, EventKind.ROLLED_BACK, "reconciler")])
-    assert _recorded(ctx, "ion-api", at, EventKind.ROLLED_BACK)
+    append_events(tmp_path, ION, [Event(at, EventKind.PROBE_FAILED, "reconciler")])
+    assert not _recorded(ctx, ION, at, EventKind.ROLLED_BACK)
+    append_events(tmp_path, ION, [Event(at, EventKind.ROLLED_BACK, "reconciler")])
+    assert _recorded(ctx, ION, at, EventKind.ROLLED_BACK)

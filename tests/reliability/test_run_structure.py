@@ -31,6 +31,7 @@ from reconciler.reconcile import (
     plan_all,
 )
 from reconciler.sandbox import Sandbox, sandbox
+from tests.refs import ION_DIR
 
 from ..integration.test_gates import WINDOW, context, live_percents, tick
 from .support import CANARY, STABLE, WriteRecorder, live, reconcile_cli, routing
@@ -166,7 +167,7 @@ def test_a_rejected_push_is_not_reported_as_a_recorded_rollback(sb: Sandbox) -> 
 def test_plan_salvages_a_corrupt_status_file(sb: Sandbox) -> None:
     sb.emu.behave(CANARY, error_rate=0.0)
     assert apply_all(context(sb)).exit_code == 0
-    path = sb.repo / "state" / "ion-api" / "status.yaml"
+    path = sb.repo / ION_DIR / "status.yaml"
     data = yaml.safe_load(path.read_text(encoding="utf-8"))
     data.update({"windows": "many"})
     path.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")

@@ -20,6 +20,7 @@ import pytest
 
 from reconciler.probes import REDACTED, Exchange, redact_exchange
 from reconciler.sandbox import Sandbox, sandbox
+from tests.refs import ION_DIR
 
 from .support import CANARY, STABLE, reconcile_cli
 
@@ -111,7 +112,7 @@ def test_header_secrets_never_leave_the_process(sb: Sandbox, echo: str) -> None:
     # The secrets were really sent (else their absence would prove nothing) ...
     assert PROBE_SECRET in Echo.seen and len(Echo.seen) >= 2
     # ... and the failing check was really recorded, with its reason.
-    events = (sb.repo / "state" / "ion-api" / "events.jsonl").read_text(encoding="utf-8")
+    events = (sb.repo / ION_DIR / "events.jsonl").read_text(encoding="utf-8")
     assert "upstream-echo" in events and "probe_failed" in events
     assert f"revoked: {REDACTED}" in events  # the echoed answer is in the reason, redacted
 
@@ -205,7 +206,7 @@ def test_an_echoed_token_leaks_in_no_form_into_any_sink(sb: Sandbox, form: str) 
         server.shutdown()
         server.server_close()
         thread.join(timeout=5)
-    events = (sb.repo / "state" / "ion-api" / "events.jsonl").read_text(encoding="utf-8")
+    events = (sb.repo / ION_DIR / "events.jsonl").read_text(encoding="utf-8")
     assert "upstream-echo" in events, events  # the echo was really judged and recorded
     sb.git("add", "--all", "state")
     sb.git("commit", "--quiet", "--allow-empty", "-m", "report")

@@ -21,6 +21,7 @@ from reconciler.reconcile import RunResult, apply_all
 from reconciler.sandbox import Sandbox, example_rollout, sandbox
 from reconciler.spec import RolloutSpec
 from reconciler.testing.git import run_git
+from tests.refs import ION_DIR
 
 from .support import CANARY, STABLE, WriteRecorder, context, live
 
@@ -203,6 +204,6 @@ def test_random_sequences_keep_git_and_live_in_agreement(
     # Whether a bad canary gets two failing windows depends on the data plane's sampling;
     # the sequence must at least have had one (rollbacks are asserted by the crash tests).
     assert "error rate 0.5" in text or "(bad)" in text, text
-    kinds = sb.remote_file("state/ion-api/events.jsonl")
+    kinds = sb.remote_file(f"{ION_DIR}/events.jsonl")
     assert "drift_corrected" in kinds and "applied" in kinds
     assert len(story.recorder.of("ion-api")) >= 10

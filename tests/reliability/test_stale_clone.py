@@ -19,6 +19,7 @@ from reconciler import yamledit
 from reconciler.gitops import Action, GitOps, format_subject, reconcile_trailers
 from reconciler.plan import split_for
 from reconciler.sandbox import Sandbox, sandbox
+from tests.refs import ION, ION_DIR
 
 from .support import CANARY, STABLE, live, reconcile_cli, routing
 
@@ -50,9 +51,9 @@ def test_a_conflicting_record_is_rebuilt_and_the_clone_follows_the_remote(sb: Sa
     )
     rollout.write_text(text, encoding="utf-8")
     event = st.Event(sb.now(), st.EventKind.ROLLED_BACK, "runner-b", reason=REASON)
-    st.append_events(loser, "ion-api", [event])
+    st.append_events(loser, ION, [event])
     mine = GitOps(loser).commit(
-        [rollout, loser / "state" / "ion-api"],
+        [rollout, loser / ION_DIR],
         format_subject("ion-api", "rollback canary 5% -> 0%"),
         trailers=reconcile_trailers("ion-api", Action.ROLLBACK),
     )
@@ -70,5 +71,5 @@ def test_a_conflicting_record_is_rebuilt_and_the_clone_follows_the_remote(sb: Sa
     assert sb.remote_file("rollout/ion-api.yaml") == retry.rstrip("\n")
     log = sb.remote_log("--format=%B")
     assert f"Reconcile-Rebuilt-From: {mine}" in log
-    assert "runner-b" in sb.remote_file("state/ion-api/events.jsonl")
+    assert "runner-b" in sb.remote_file(f"{ION_DIR}/events.jsonl")
     assert sb.remote_log("--merges", "--format=%h") == ""

@@ -49,6 +49,7 @@ from reconciler.stats import (
     merge_buckets,
     percentile_from_buckets,
 )
+from tests.refs import ION, ION_DIR
 
 NOW = datetime(2026, 5, 3, 12, 0, tzinfo=UTC)
 STABLE, CANARY = "ion-api-00041-abc", "ion-api-00042-xyz"
@@ -427,14 +428,14 @@ def test_metrics_lines_keep_the_distribution_and_old_lines_still_read(tmp_path: 
     buckets = buckets_from_counts(BOUNDS, [0, 2, 0, 5, 1], scale=0.001)
     w = _window(CANARY, NOW, buckets=buckets)
     old = _window(STABLE, NOW)
-    append_metrics(tmp_path, "ion-api", [w, old])
-    text = (tmp_path / "state/ion-api/metrics/2026-05.jsonl").read_text()
+    append_metrics(tmp_path, ION, [w, old])
+    text = (tmp_path / ION_DIR / "metrics/2026-05.jsonl").read_text()
     assert text.count("latency_buckets") == 1  # a window without one writes no key
-    assert read_metrics(tmp_path, "ion-api") == sorted([w, old], key=lambda s: s.revision)
+    assert read_metrics(tmp_path, ION) == sorted([w, old], key=lambda s: s.revision)
     # status.yaml's windows serve the judge: no distribution there, so it stays small.
-    write_status(tmp_path, with_windows(_status(), [w]))
-    assert "latency_buckets" not in (tmp_path / "state/ion-api/status.yaml").read_text()
-    back = read_status(tmp_path, "ion-api")
+    write_status(tmp_path, ION, with_windows(_status(), [w]))
+    assert "latency_buckets" not in (tmp_path / ION_DIR / "status.yaml").read_text()
+    back = read_status(tmp_path, ION)
     assert back is not None and back.windows == (replace(w, latency_buckets=None),)
 
 

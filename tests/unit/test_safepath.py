@@ -27,6 +27,7 @@ from reconciler.state import (
     read_metrics,
     read_status,
 )
+from tests.refs import ION, ION_DIR
 
 T0 = datetime(2026, 5, 1, 12, 0, tzinfo=UTC)
 TOKEN = "ghp_credentials-file-token-0123456789"
@@ -68,70 +69,83 @@ def _window(month: int) -> WindowStats:
 
 
 def test_a_symlinked_service_dir_is_refused(repo: Path, outside: Path) -> None:
-    (repo / "state" / "ion-api").symlink_to(outside)
+    (repo / ION_DIR).parent.mkdir(parents=True)
+    (repo / ION_DIR).symlink_to(outside)
     before = _snapshot(outside)
-    with pytest.raises(StateError, match=r"^state/ion-api: is a symbolic link"):
-        append_events(repo, "ion-api", [Event(T0, EventKind.APPLIED, "bot")])
+    with pytest.raises(StateError, match=rf"^{ION_DIR}: is a symbolic link"):
+        append_events(repo, ION, [Event(T0, EventKind.APPLIED, "bot")])
     with pytest.raises(StateError, match="symbolic link"):
-        read_status(repo, "ion-api")
+        read_status(repo, ION)
     assert _snapshot(outside) == before
+
+
+@pytest.mark.parametrize("level", ["project", "region"])
+def test_a_symlinked_project_or_region_dir_is_refused(
+    repo: Path, outside: Path, level: str
+) -> None:
+    link = (repo / ION_DIR).parent if level == "region" else (repo / ION_DIR).parent.parent
+    link.parent.mkdir(parents=True, exist_ok=True)
+    link.symlink_to(outside)
+    with pytest.raises(StateError, match="is a symbolic link"):
+        append_events(repo, ION, [Event(T0, EventKind.APPLIED, "bot")])
+    assert _snapshot(outside) == {"keep.txt": b"not the reconciler's\n"}
 
 
 def test_a_symlinked_state_dir_is_refused(repo: Path, outside: Path) -> None:
     (repo / "state").rmdir()
     (repo / "state").symlink_to(outside)
     with pytest.raises(StateError, match=r"^state: is a symbolic link"):
-        read_events(repo, "ion-api")
+        read_events(repo, ION)
     assert not (outside / "ion-api").exists()
 
 
 def test_a_symlinked_metrics_dir_is_never_written_or_pruned(repo: Path, outside: Path) -> None:
     for month in ("2026-01", "2026-02", "2026-03", "2026-04"):
         (outside / f"{month}.jsonl").write_text("someone else's file\n")
-    (repo / "state" / "ion-api").mkdir()
-    (repo / "state" / "ion-api" / "metrics").symlink_to(outside)
+    (repo / ION_DIR).mkdir(parents=True)
+    (repo / ION_DIR / "metrics").symlink_to(outside)
     before = _snapshot(outside)
-    with pytest.raises(StateError, match="state/ion-api/metrics"):
-        append_metrics(repo, "ion-api", [_window(5)])
+    with pytest.raises(StateError, match=f"{ION_DIR}/metrics"):
+        append_metrics(repo, ION, [_window(5)])
     with pytest.raises(StateError, match="symbolic link"):
-        read_metrics(repo, "ion-api")
+        read_metrics(repo, ION)
     assert _snapshot(outside) == before
 
 
 def test_a_symlinked_month_file_is_neither_followed_nor_pruned(repo: Path, outside: Path) -> None:
-    append_metrics(repo, "ion-api", [_window(1)])
-    metrics = repo / "state" / "ion-api" / "metrics"
+    append_metrics(repo, ION, [_window(1)])
+    metrics = repo / ION_DIR / "metrics"
     (metrics / "2026-01.jsonl").unlink()
     (metrics / "2026-01.jsonl").symlink_to(outside / "keep.txt")
     with pytest.raises(StateError, match=r"2026-01\.jsonl: is a symbolic link"):
-        append_metrics(repo, "ion-api", [_window(1)])
-    append_metrics(repo, "ion-api", [_window(m) for m in (2, 3, 4, 5)])  # prunes months
+        append_metrics(repo, ION, [_window(1)])
+    append_metrics(repo, ION, [_window(m) for m in (2, 3, 4, 5)])  # prunes months
     assert (outside / "keep.txt").read_text() == "not the reconciler's\n"
-    assert read_metrics(repo, "ion-api") == [_window(m) for m in (3, 4, 5)]  # 3 months kept
+    assert read_metrics(repo, ION) == [_window(m) for m in (3, 4, 5)]  # 3 months kept
 
 
 def test_a_symlinked_status_file_is_refused(repo: Path, outside: Path) -> None:
-    (repo / "state" / "ion-api").mkdir()
+    (repo / ION_DIR).mkdir(parents=True)
     (outside / "status.yaml").write_text(f"token: {TOKEN}\n")
-    (repo / "state" / "ion-api" / "status.yaml").symlink_to(outside / "status.yaml")
+    (repo / ION_DIR / "status.yaml").symlink_to(outside / "status.yaml")
     with pytest.raises(StateError, match=r"status\.yaml: is a symbolic link") as err:
-        read_status(repo, "ion-api")
+        read_status(repo, ION)
     assert TOKEN not in str(err.value)
 
 
 def test_a_symlinked_reports_dir_is_refused(repo: Path, outside: Path) -> None:
-    (repo / "state" / "ion-api").mkdir()
-    (repo / "state" / "ion-api" / "reports").symlink_to(outside)
-    with pytest.raises(safepath.UnsafePathError, match="state/ion-api/reports: is a symbolic"):
-        atomic_write_text(repo / "state" / "ion-api" / "reports" / "final-latest.md", "# r\n")
+    (repo / ION_DIR).mkdir(parents=True)
+    (repo / ION_DIR / "reports").symlink_to(outside)
+    with pytest.raises(safepath.UnsafePathError, match=f"{ION_DIR}/reports: is a symbolic"):
+        atomic_write_text(repo / ION_DIR / "reports" / "final-latest.md", "# r\n")
     assert _snapshot(outside) == {"keep.txt": b"not the reconciler's\n"}
 
 
 def test_a_symlinked_baselines_dir_is_refused(repo: Path, outside: Path) -> None:
-    (repo / "state" / "ion-api").mkdir()
-    (repo / "state" / "ion-api" / "baselines").symlink_to(outside)
+    (repo / ION_DIR).mkdir(parents=True)
+    (repo / ION_DIR / "baselines").symlink_to(outside)
     with pytest.raises(safepath.UnsafePathError, match="baselines: is a symbolic link"):
-        save_baseline(repo / "state", Baseline("ion-api", T0, "canary", "r1", ()))
+        save_baseline((repo / ION_DIR).parent, Baseline("ion-api", T0, "canary", "r1", ()))
     assert _snapshot(outside) == {"keep.txt": b"not the reconciler's\n"}
 
 

@@ -32,6 +32,7 @@ from reconciler.state import (
     status_path,
     write_status,
 )
+from tests.refs import ION, ref
 
 T0 = datetime(2026, 5, 1, 12, 0, tzinfo=UTC)
 TOKEN = 'Bearer tk_live"51/chars+long?&value=9f3Kx2Qw1zSECRETnever-print-it'
@@ -81,20 +82,20 @@ def test_scrub_removes_every_encoding(how: str, echo: str) -> None:
 @pytest.mark.parametrize(("how", "echo"), _echoes(), ids=[e[0] for e in _echoes()])
 def test_every_sink_scrubs(how: str, echo: str, tmp_path: Path) -> None:
     reason = f"upstream-echo: status is {_show('x' * 20 + echo)}, expected 'healthy'"
-    append_events(tmp_path, "ion-api", [Event(T0, EventKind.PROBE_FAILED, "bot", reason=reason)])
-    write_status(tmp_path, _status(etag=echo))
+    append_events(tmp_path, ION, [Event(T0, EventKind.PROBE_FAILED, "bot", reason=reason)])
+    write_status(tmp_path, ION, _status(etag=echo))
     rollout = yamledit.record_rollback(
         "service: ion-api\ncanary_percent: 5\n", revision="r", at=T0, reason=reason
     )
     message = format_message(f"reconcile(ion-api): {echo}", reason, {"Why": echo})
     for sink in (
-        events_path(tmp_path, "ion-api").read_text(encoding="utf-8"),
-        status_path(tmp_path, "ion-api").read_text(encoding="utf-8"),
+        events_path(tmp_path, ION).read_text(encoding="utf-8"),
+        status_path(tmp_path, ION).read_text(encoding="utf-8"),
         rollout,
         message,
     ):
         assert _leaks(sink) == [], sink
-    assert read_status(tmp_path, "ion-api") is not None
+    assert read_status(tmp_path, ION) is not None
 
 
 def test_truncation_comes_after_the_scrub() -> None:
@@ -127,12 +128,10 @@ def _status(**over: object) -> ServiceStatus:
 @pytest.mark.parametrize("sep", list(SEPARATORS), ids=[f"U+{ord(c):04X}" for c in SEPARATORS])
 def test_json_lines_escape_every_line_separator(sep: str, tmp_path: Path) -> None:
     answer = f"canary said: a{sep}b"
-    path = append_events(
-        tmp_path, "ion-api", [Event(T0, EventKind.PROBE_FAILED, "bot", reason=answer)]
-    )
+    path = append_events(tmp_path, ION, [Event(T0, EventKind.PROBE_FAILED, "bot", reason=answer)])
     text = path.read_text(encoding="utf-8")
     assert len(text.splitlines()) == 1  # no reader splits the record
-    assert read_events(tmp_path, "ion-api")[0].reason == answer
+    assert read_events(tmp_path, ION)[0].reason == answer
 
 
 @pytest.mark.parametrize("sep", list(SEPARATORS), ids=[f"U+{ord(c):04X}" for c in SEPARATORS])
@@ -143,15 +142,15 @@ def test_yaml_scalars_escape_every_line_separator(sep: str, tmp_path: Path) -> N
     )
     assert len(text.splitlines()) == 6, text  # service, percent, rolled_back + 3 keys
     assert yaml.safe_load(text)["rolled_back"]["reason"] == reason
-    write_status(tmp_path, _status(etag=reason))
-    status_text = status_path(tmp_path, "ion-api").read_text(encoding="utf-8")
+    write_status(tmp_path, ION, _status(etag=reason))
+    status_text = status_path(tmp_path, ION).read_text(encoding="utf-8")
     assert all("etag" not in line or line.startswith("etag: ") for line in status_text.splitlines())
-    status = read_status(tmp_path, "ion-api")
+    status = read_status(tmp_path, ION)
     assert status is not None and status.etag == reason
 
 
 def test_a_line_written_raw_by_an_older_version_still_reads(tmp_path: Path) -> None:
-    path = append_events(tmp_path, "ion-api", [Event(T0, EventKind.APPLIED, "bot")])
+    path = append_events(tmp_path, ION, [Event(T0, EventKind.APPLIED, "bot")])
     old = json.dumps(
         {
             "time": "2026-05-01T12:05:00Z",
@@ -166,21 +165,21 @@ def test_a_line_written_raw_by_an_older_version_still_reads(tmp_path: Path) -> N
         ensure_ascii=False,
     )
     path.write_text(path.read_text(encoding="utf-8") + old + "\n", encoding="utf-8")
-    events, dropped = read_events_salvaged(tmp_path, "ion-api")
+    events, dropped = read_events_salvaged(tmp_path, ION)
     assert dropped == [] and events[-1].reason == "a\u2028b"
 
 
 # --- corrupt state --------------------------------------------------------------------------
 def test_a_truncated_events_file_keeps_what_parses(tmp_path: Path) -> None:
     events = [Event(T0.replace(minute=n), EventKind.APPLIED, "bot") for n in range(3)]
-    path = append_events(tmp_path, "ion-api", events)
+    path = append_events(tmp_path, ION, events)
     data = path.read_bytes()
     path.write_bytes(data[: len(data) - 20])  # killed mid-write by something else
-    got, dropped = read_events_salvaged(tmp_path, "ion-api")
+    got, dropped = read_events_salvaged(tmp_path, ION)
     assert got == events[:2] and len(dropped) == 1 and ":3: " in dropped[0]
     # The next append heals the file.
-    append_events(tmp_path, "ion-api", [events[2]])
-    assert read_events_salvaged(tmp_path, "ion-api") == (events, [])
+    append_events(tmp_path, ION, [events[2]])
+    assert read_events_salvaged(tmp_path, ION) == (events, [])
 
 
 CORRUPT = [
@@ -200,14 +199,14 @@ CORRUPT = [
 def test_corrupt_status_is_salvaged_or_rebuilt(
     change: dict[str, object], kept: list[str] | None, rebuilt: bool, tmp_path: Path
 ) -> None:
-    write_status(tmp_path, _status())
-    path = status_path(tmp_path, "ion-api")
+    write_status(tmp_path, ION, _status())
+    path = status_path(tmp_path, ION)
     data = yaml.safe_load(path.read_text(encoding="utf-8"))
     data.update(change)
     path.write_text(yaml.safe_dump(data), encoding="utf-8")
     with pytest.raises(Exception, match=str(path)):
-        read_status(tmp_path, "ion-api")  # the strict reader still says what is wrong
-    got = load_status(tmp_path, "ion-api")
+        read_status(tmp_path, ION)  # the strict reader still says what is wrong
+    got = load_status(tmp_path, ION)
     assert got.rebuilt is rebuilt and got.problem is not None
     event = got.event(T0, "bot")
     assert event is not None and event.kind is EventKind.STATE_REBUILT
@@ -220,7 +219,7 @@ def test_corrupt_status_is_salvaged_or_rebuilt(
 
 
 def test_a_whole_status_needs_no_event(tmp_path: Path) -> None:
-    write_status(tmp_path, _status())
-    got = load_status(tmp_path, "ion-api")
+    write_status(tmp_path, ION, _status())
+    got = load_status(tmp_path, ION)
     assert got.status == _status() and got.problem is None and got.event(T0, "bot") is None
-    assert load_status(tmp_path, "other-svc").status is None
+    assert load_status(tmp_path, ref("other-svc")).status is None

@@ -42,10 +42,12 @@ from reconciler.state import (
     read_status,
     stage_since,
     state_dir,
+    state_refs,
     status_path,
     with_windows,
     write_status,
 )
+from tests.refs import ION, ION_DIR, ref
 
 T0 = datetime(2026, 5, 1, 12, 0, tzinfo=UTC)
 STABLE, CANARY = "ion-api-00041-abc", "ion-api-00042-xyz"
@@ -133,25 +135,25 @@ STATUSES = [
 
 
 def test_a_status_written_before_streaks_still_loads(tmp_path: Path) -> None:
-    write_status(tmp_path, _status())
-    text = status_path(tmp_path, "ion-api").read_text(encoding="utf-8")
+    write_status(tmp_path, ION, _status())
+    text = status_path(tmp_path, ION).read_text(encoding="utf-8")
     assert "streaks" not in text  # no streak: the file keeps its old bytes
-    status = read_status(tmp_path, "ion-api")
+    status = read_status(tmp_path, ION)
     assert status is not None and status.streaks == {}
 
 
 @pytest.mark.parametrize("status", [s[1] for s in STATUSES], ids=[s[0] for s in STATUSES])
 def test_status_round_trips(status: ServiceStatus, tmp_path: Path) -> None:
-    path = write_status(tmp_path, status)
-    assert path == tmp_path / "state" / "ion-api" / "status.yaml"
-    assert read_status(tmp_path, "ion-api") == status
+    path = write_status(tmp_path, ION, status)
+    assert path == tmp_path / ION_DIR / "status.yaml"
+    assert read_status(tmp_path, ION) == status
 
 
 def test_status_is_deterministic_and_readable(tmp_path: Path) -> None:
-    write_status(tmp_path, _status())
-    first = status_path(tmp_path, "ion-api").read_bytes()
-    write_status(tmp_path, read_status(tmp_path, "ion-api"))  # type: ignore[arg-type]
-    assert status_path(tmp_path, "ion-api").read_bytes() == first
+    write_status(tmp_path, ION, _status())
+    first = status_path(tmp_path, ION).read_bytes()
+    write_status(tmp_path, ION, read_status(tmp_path, ION))  # type: ignore[arg-type]
+    assert status_path(tmp_path, ION).read_bytes() == first
     text = first.decode()
     keys = [line.split(":")[0] for line in text.splitlines() if line and line[0].isalpha()]
     assert keys == [
@@ -178,16 +180,16 @@ def test_status_is_deterministic_and_readable(tmp_path: Path) -> None:
 
 
 def test_a_new_observation_changes_few_lines(tmp_path: Path) -> None:
-    write_status(tmp_path, _status())
-    before = status_path(tmp_path, "ion-api").read_text().splitlines()
-    write_status(tmp_path, _status(last_reconcile=T0 + timedelta(hours=1), generation=8))
-    after = status_path(tmp_path, "ion-api").read_text().splitlines()
+    write_status(tmp_path, ION, _status())
+    before = status_path(tmp_path, ION).read_text().splitlines()
+    write_status(tmp_path, ION, _status(last_reconcile=T0 + timedelta(hours=1), generation=8))
+    after = status_path(tmp_path, ION).read_text().splitlines()
     assert len(before) == len(after)
     assert sum(a != b for a, b in zip(before, after, strict=True)) == 2
 
 
 def test_missing_status_reads_as_none(tmp_path: Path) -> None:
-    assert read_status(tmp_path, "ion-api") is None
+    assert read_status(tmp_path, ION) is None
 
 
 BAD_STATUS = [
@@ -202,23 +204,23 @@ BAD_STATUS = [
     ("text", "match"), [b[1:] for b in BAD_STATUS], ids=[b[0] for b in BAD_STATUS]
 )
 def test_invalid_status_names_the_file(text: str, match: str, tmp_path: Path) -> None:
-    path = status_path(tmp_path, "ion-api")
+    path = status_path(tmp_path, ION)
     atomic_write_text(path, text)
     with pytest.raises(StateError, match=match) as err:
-        read_status(tmp_path, "ion-api")
+        read_status(tmp_path, ION)
     assert str(err.value).startswith(f"{path}: ")
 
 
 def test_status_of_another_service_is_refused(tmp_path: Path) -> None:
-    write_status(tmp_path, _status())
-    os.rename(state_dir(tmp_path, "ion-api"), tmp_path / "state" / "other")
+    write_status(tmp_path, ION, _status())
+    os.rename(state_dir(tmp_path, ION), state_dir(tmp_path, ref("other")))
     with pytest.raises(StateError, match="holds the status of 'ion-api', not 'other'"):
-        read_status(tmp_path, "other")
+        read_status(tmp_path, ref("other"))
 
 
 def test_naive_times_are_refused(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="no timezone"):
-        write_status(tmp_path, _status(last_reconcile=datetime(2026, 1, 1)))
+        write_status(tmp_path, ION, _status(last_reconcile=datetime(2026, 1, 1)))
 
 
 # --- stage_since and windows ----------------------------------------------------------------
@@ -260,8 +262,8 @@ def test_with_windows_merges_into_the_status(tmp_path: Path) -> None:
         (CANARY, _window(CANARY, 1).start),
         (CANARY, _window(CANARY, 2).start),
     ]
-    write_status(tmp_path, status)
-    assert read_status(tmp_path, "ion-api") == status
+    write_status(tmp_path, ION, status)
+    assert read_status(tmp_path, ION) == status
 
 
 # --- events.jsonl ---------------------------------------------------------------------------
@@ -280,13 +282,13 @@ def _event(n: int, kind: EventKind = EventKind.ADVANCED) -> Event:
 
 @pytest.mark.parametrize("kind", list(EventKind), ids=[k.value for k in EventKind])
 def test_event_round_trips(kind: EventKind, tmp_path: Path) -> None:
-    append_events(tmp_path, "ion-api", [_event(1, kind), Event(T0, kind, "alice")])
-    assert read_events(tmp_path, "ion-api") == [Event(T0, kind, "alice"), _event(1, kind)]
+    append_events(tmp_path, ION, [_event(1, kind), Event(T0, kind, "alice")])
+    assert read_events(tmp_path, ION) == [Event(T0, kind, "alice"), _event(1, kind)]
 
 
 def test_events_append_one_compact_line_each(tmp_path: Path) -> None:
-    path = append_events(tmp_path, "ion-api", [_event(1)])
-    append_events(tmp_path, "ion-api", [_event(2), _event(3)])
+    path = append_events(tmp_path, ION, [_event(1)])
+    append_events(tmp_path, ION, [_event(2), _event(3)])
     lines = path.read_text().splitlines()
     assert len(lines) == 3
     assert lines[0] == (
@@ -301,43 +303,41 @@ def test_events_append_one_compact_line_each(tmp_path: Path) -> None:
 def test_events_are_capped(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(state, "MAX_EVENTS", 5)
     for n in range(8):
-        append_events(tmp_path, "ion-api", [_event(n)])
-    assert [e.time for e in read_events(tmp_path, "ion-api")] == [
-        _event(n).time for n in range(3, 8)
-    ]
+        append_events(tmp_path, ION, [_event(n)])
+    assert [e.time for e in read_events(tmp_path, ION)] == [_event(n).time for n in range(3, 8)]
 
 
 def test_events_read_in_time_order_after_a_union_merge(tmp_path: Path) -> None:
-    append_events(tmp_path, "ion-api", [_event(5), _event(1), _event(3)])
-    assert [e.time for e in read_events(tmp_path, "ion-api")] == [_event(n).time for n in (1, 3, 5)]
+    append_events(tmp_path, ION, [_event(5), _event(1), _event(3)])
+    assert [e.time for e in read_events(tmp_path, ION)] == [_event(n).time for n in (1, 3, 5)]
 
 
 def test_invalid_event_line_is_skipped_and_named(tmp_path: Path) -> None:
-    path = append_events(tmp_path, "ion-api", [_event(1)])
+    path = append_events(tmp_path, ION, [_event(1)])
     path.write_text(path.read_text() + '{"time": "x"}\n')
-    events, dropped = read_events_salvaged(tmp_path, "ion-api")
+    events, dropped = read_events_salvaged(tmp_path, ION)
     assert events == [_event(1)]
     assert len(dropped) == 1 and dropped[0].startswith(f"{path}:2: invalid event skipped")
-    assert read_events(tmp_path, "ion-api") == [_event(1)]
+    assert read_events(tmp_path, ION) == [_event(1)]
 
 
 # --- metrics --------------------------------------------------------------------------------
 def test_metrics_go_to_month_files_and_round_trip(tmp_path: Path) -> None:
     may_end = datetime(2026, 5, 31, 23, 55, tzinfo=UTC)
     windows = [_window(CANARY, 0, at=may_end), _window(STABLE, 0, at=may_end), _window(CANARY, 1)]
-    written = append_metrics(tmp_path, "ion-api", windows)
+    written = append_metrics(tmp_path, ION, windows)
     assert [p.name for p in written] == ["2026-05.jsonl", "2026-06.jsonl"]
-    assert read_metrics(tmp_path, "ion-api") == sorted(
+    assert read_metrics(tmp_path, ION) == sorted(
         windows, key=lambda w: (w.end, w.revision, w.start)
     )
     # Windows ending at midnight on 1 June belong to June; `since` keeps later ends only.
     since = datetime(2026, 5, 15, tzinfo=UTC)
-    assert read_metrics(tmp_path, "ion-api", since=since) == [windows[1], windows[0]]
+    assert read_metrics(tmp_path, ION, since=since) == [windows[1], windows[0]]
 
 
 def test_metrics_line_has_rates_and_percentiles(tmp_path: Path) -> None:
-    (path,) = append_metrics(tmp_path, "ion-api", [_window(CANARY, 1)])
-    assert path == metrics_path(tmp_path, "ion-api", _window(CANARY, 1).end)
+    (path,) = append_metrics(tmp_path, ION, [_window(CANARY, 1)])
+    assert path == metrics_path(tmp_path, ION, _window(CANARY, 1).end)
     assert path.read_text() == (
         '{"service":"ion-api","revision":"ion-api-00042-xyz","start":"2026-05-01T12:05:00Z",'
         '"end":"2026-05-01T12:10:00Z","requests":1001,"errors":7,"successes":989,'
@@ -347,24 +347,25 @@ def test_metrics_line_has_rates_and_percentiles(tmp_path: Path) -> None:
 
 
 def test_metrics_are_not_recorded_twice(tmp_path: Path) -> None:
-    append_metrics(tmp_path, "ion-api", [_window(CANARY, 0), _window(CANARY, 1)])
-    assert append_metrics(tmp_path, "ion-api", [_window(CANARY, 1), _window(CANARY, 1)]) == []
-    assert append_metrics(tmp_path, "ion-api", [_window(CANARY, 2), _window(CANARY, 2)]) != []
-    assert len(read_metrics(tmp_path, "ion-api")) == 3
+    append_metrics(tmp_path, ION, [_window(CANARY, 0), _window(CANARY, 1)])
+    assert append_metrics(tmp_path, ION, [_window(CANARY, 1), _window(CANARY, 1)]) == []
+    assert append_metrics(tmp_path, ION, [_window(CANARY, 2), _window(CANARY, 2)]) != []
+    assert len(read_metrics(tmp_path, ION)) == 3
 
 
 def test_old_metrics_months_are_pruned(tmp_path: Path) -> None:
     for month in range(1, 7):
-        append_metrics(
-            tmp_path, "ion-api", [_window(CANARY, 0, at=datetime(2026, month, 2, tzinfo=UTC))]
-        )
-    names = sorted(p.name for p in (state_dir(tmp_path, "ion-api") / "metrics").iterdir())
+        append_metrics(tmp_path, ION, [_window(CANARY, 0, at=datetime(2026, month, 2, tzinfo=UTC))])
+    names = sorted(p.name for p in (state_dir(tmp_path, ION) / "metrics").iterdir())
     assert names == ["2026-04.jsonl", "2026-05.jsonl", "2026-06.jsonl"]
 
 
 def test_metrics_of_another_service_are_refused(tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match="window of other appended to the metrics of ion-api"):
-        append_metrics(tmp_path, "ion-api", [_window(CANARY, 0, service="other")])
+    with pytest.raises(
+        ValueError,
+        match=f"window of other appended to the metrics of {ION.key}",
+    ):
+        append_metrics(tmp_path, ION, [_window(CANARY, 0, service="other")])
 
 
 # --- paths and atomic writes ----------------------------------------------------------------
@@ -372,12 +373,26 @@ BAD_NAMES = ["..", "../x", "a/b", "/etc", "", ".", "Ion-Api", "a" * 50, "x-", "-
 
 
 @pytest.mark.parametrize("name", BAD_NAMES, ids=[repr(n) for n in BAD_NAMES])
-def test_service_names_cannot_escape_state(name: str, tmp_path: Path) -> None:
-    with pytest.raises(StateError, match="not a valid Cloud Run service id"):
-        state_dir(tmp_path, name)
+@pytest.mark.parametrize("part", ["service", "region", "project"])
+def test_ids_cannot_escape_state(name: str, part: str, tmp_path: Path) -> None:
+    bad = replace(ION, **{part: name})
+    what = {"service": "Cloud Run service id", "region": "Cloud Run region"}
+    with pytest.raises(StateError, match=f"not a valid {what.get(part, 'GCP project id')}"):
+        state_dir(tmp_path, bad)
     with pytest.raises(StateError):
-        append_events(tmp_path, name, [])
+        append_events(tmp_path, bad, [])
     assert not (tmp_path / "state").exists()
+
+
+def test_the_same_service_in_two_regions_keeps_two_histories(tmp_path: Path) -> None:
+    europe = ref("ion-api", region="europe-west1")
+    write_status(tmp_path, ION, _status())
+    write_status(tmp_path, europe, _status(generation=99))
+    assert read_status(tmp_path, ION) == _status()
+    assert read_status(tmp_path, europe) == _status(generation=99)
+    assert state_refs(tmp_path) == [europe, ION]
+    with pytest.raises(ValueError, match=r"ion-api written as the status of .*/other"):
+        write_status(tmp_path, ref("other"), _status())
 
 
 def test_atomic_write_leaves_no_temporary_files(tmp_path: Path) -> None:
@@ -451,18 +466,18 @@ def test_service_ref_key_is_one_string_per_rollout() -> None:
 def test_metrics_are_appended_not_rewritten(tmp_path: Path) -> None:
     # A run costs the same however full the month file is: the lines already there are
     # neither rewritten nor read beyond the tail (a cut line a crash left stays, skipped).
-    (path,) = append_metrics(tmp_path, "ion-api", [_window(CANARY, 0)])
+    (path,) = append_metrics(tmp_path, ION, [_window(CANARY, 0)])
     with path.open("a", encoding="utf-8") as fh:
         fh.write('{"cut by a cra')
     before = path.read_bytes()
-    append_metrics(tmp_path, "ion-api", [_window(CANARY, 1)])
+    append_metrics(tmp_path, ION, [_window(CANARY, 1)])
     after = path.read_bytes()
     assert after.startswith(before)
     assert after[len(before) : len(before) + 1] == b"\n"
-    assert read_metrics(tmp_path, "ion-api") == [_window(CANARY, 0), _window(CANARY, 1)]
+    assert read_metrics(tmp_path, ION) == [_window(CANARY, 0), _window(CANARY, 1)]
     padding = '{"not": "a window"}\n' * (state.METRICS_TAIL // 10)
     with path.open("a", encoding="utf-8") as fh:
         fh.write(padding)
     # Far behind the tail: a window recorded a whole tail ago is not looked for.
-    assert append_metrics(tmp_path, "ion-api", [_window(CANARY, 1)]) == [path]
-    assert append_metrics(tmp_path, "ion-api", [_window(CANARY, 1)]) == []
+    assert append_metrics(tmp_path, ION, [_window(CANARY, 1)]) == [path]
+    assert append_metrics(tmp_path, ION, [_window(CANARY, 1)]) == []

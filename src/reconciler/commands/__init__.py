@@ -18,6 +18,7 @@ import click
 from reconciler.errors import ReconcileError
 
 if TYPE_CHECKING:
+    from reconciler.model import ServiceRef
     from reconciler.spec import RolloutSpec
 
 
@@ -83,6 +84,33 @@ def rollout_for(app: App, service: str) -> RolloutSpec:
     if not path.is_file():
         raise ReconcileError(f"{path}: no rollout file for service {service!r}")
     return load_spec(path)
+
+
+def state_ref_for(app: App, service: str) -> ServiceRef:
+    """The rollout identity of SERVICE for commands that read its state folder: from its
+    rollout file when there is one, else the one state folder naming it; one line when the
+    id is unknown or names rollouts in several regions or projects."""
+    import re
+
+    from reconciler.model import ServiceRef
+    from reconciler.spec import SERVICE_RE
+    from reconciler.state import state_refs
+
+    if not re.fullmatch(SERVICE_RE, service):
+        raise ReconcileError(f"{service!r} is not a valid Cloud Run service id")
+    if (app.rollout_dir / f"{service}.yaml").is_file():
+        spec = rollout_for(app, service)
+        return ServiceRef(spec.project, spec.region, spec.service)
+    found = [r for r in state_refs(app.repo) if r.service == service]
+    if len(found) == 1:
+        return found[0]
+    if not found:
+        raise ReconcileError(
+            f"{app.state_dir / '*' / '*' / service / 'status.yaml'}: no state yet for {service} "
+            "(nothing reconciled; run `reconcile apply` first)"
+        )
+    names = ", ".join(r.key for r in found)
+    raise ReconcileError(f"{service}: state of several rollouts ({names}); one region at a time")
 
 
 def parse_interval(ctx: click.Context, param: click.Parameter, value: str | None) -> object:

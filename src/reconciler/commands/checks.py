@@ -213,13 +213,14 @@ def bench(
 
     Measures the stable revision (its `stable` tag URL, else the service URL): response time
     per iteration, p50/p95/mean, success rate and the `confidence` field where the answer
-    has one. Saves state/SERVICE/baselines/<UTC time>.json and latest.json, which later
-    stages are compared against.
+    has one. Saves state/PROJECT/REGION/SERVICE/baselines/<UTC time>.json and latest.json,
+    which later stages are compared against.
 
     \b
     Example:
       reconcile bench ion-api --iterations 5
     """
+    from reconciler.model import ServiceRef
     from reconciler.probes import (
         Baseline,
         Urls,
@@ -230,9 +231,12 @@ def bench(
     )
     from reconciler.progress import Progress
     from reconciler.runtime import utc_now
+    from reconciler.state import state_dir
     from reconciler.views.checks import baseline_lines, bench_lines
 
     spec = rollout_for(app, service)
+    # Baselines sit in the rollout's state folder: state/<project>/<region>/<service>/.
+    folder = state_dir(app.repo, ServiceRef(spec.project, spec.region, spec.service)).parent
     checks = list(spec.probes)
     if probe_names:
         unknown = sorted(set(probe_names) - {c.name for c in checks})
@@ -258,13 +262,13 @@ def bench(
     echo_lines(bench_lines(results))
     taken = Baseline(service, taken_at, target, revision, tuple(results))
     try:
-        previous = load_baseline(app.state_dir, service)
+        previous = load_baseline(folder, service)
     except ReconcileError as exc:  # an unreadable old baseline must not block a new one
         click.echo(f"previous baseline not compared: {exc}")
         previous = None
     if previous is not None:
         echo_lines(baseline_lines(previous.taken_at, judge_to_baseline(taken, previous)))
-    saved = save_baseline(app.state_dir, taken)
+    saved = save_baseline(folder, taken)
     click.echo(f"baseline saved: {saved}")
 
 

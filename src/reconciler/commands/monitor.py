@@ -14,6 +14,7 @@ from reconciler.commands import (
     parse_span,
     pass_app,
     service_option,
+    state_ref_for,
 )
 from reconciler.errors import ReconcileError
 
@@ -112,7 +113,7 @@ def watch(
     "--out",
     type=click.Path(dir_okay=False, path_type=Path),
     metavar="FILE",
-    help="Write the report to FILE instead of state/SERVICE/reports/.",
+    help="Write the report to FILE instead of the rollout's reports/ in state/.",
 )
 @click.option("--stdout", "to_stdout", is_flag=True, help="Print the report; write no file.")
 @pass_app
@@ -130,7 +131,8 @@ def report(
     P50/P95/P99 of canary and stable against the rollout file's targets and rollback
     thresholds, charts of error rate and P95 per window, probe results, the baseline
     comparison, the events, and the decision: advance, hold or roll back (go/no-go in a
-    final report). Saved as state/SERVICE/reports/<kind>-<UTC time>.md and <kind>-latest.md.
+    final report). Saved as state/PROJECT/REGION/SERVICE/reports/<kind>-<UTC time>.md and
+    <kind>-latest.md.
 
     \b
     Example:
@@ -142,9 +144,10 @@ def report(
     from reconciler.runtime import utc_now
     from reconciler.state import atomic_write_text
 
+    ref = state_ref_for(app, service)
     made = generate(
         app.repo,
-        service,
+        ref,
         "final" if kind == "final" else "interim",
         now=utc_now(),
         since=since,
@@ -161,7 +164,7 @@ def report(
             raise ReconcileError(f"{out}: cannot write the report: {exc.strerror}") from None
         path = out
     else:
-        path = save(app.repo, made)
+        path = save(app.repo, ref, made)
     decision = made.decision
     click.echo(f"{service}: {kind} report written to {path}")
     click.echo(f"decision: {decision.action.value} ({'; '.join(decision.reasons)})")

@@ -202,7 +202,8 @@ def compare_to_baseline(
 
 
 def save_baseline(state_dir: Path, baseline: Baseline) -> Path:
-    """Write `state/<service>/baselines/<UTC timestamp>.json` and `latest.json`; the path."""
+    """Write `<state_dir>/<service>/baselines/<UTC timestamp>.json` and `latest.json`; the
+    path. `state_dir` is the rollout's region folder, `state/<project>/<region>/`."""
     folder = state_dir / baseline.service / "baselines"
     stamp = baseline.taken_at.astimezone(UTC).strftime("%Y%m%dT%H%M%SZ")
     text = json.dumps(baseline.to_dict(), indent=2, ensure_ascii=False) + "\n"
@@ -214,7 +215,8 @@ def save_baseline(state_dir: Path, baseline: Baseline) -> Path:
 
 
 def load_baseline(state_dir: Path, service: str, name: str = "latest") -> Baseline | None:
-    """The baseline `state/<service>/baselines/<name>.json`, None when there is none."""
+    """The baseline `<state_dir>/<service>/baselines/<name>.json` (`state_dir` as for
+    `save_baseline`), None when there is none."""
     path = state_dir / service / "baselines" / f"{name}.json"
     safepath.guard(path)  # never read through a symbolic link under state/
     try:
