@@ -30,7 +30,8 @@ rollback live - breach, and the real seconds a repetition took (virtual minutes 
 second is the speed-up the clock buys).
 
 Run: `python benchmarks/breach_to_rollback.py [--interval 60] [--reps 3] [--rate 10]`, or
-`--quick` for one repetition.
+`--quick` for one repetition; `--interval 300 --per-window 100 --min-requests 100` plays the
+example gates (5m windows, min_requests 100) at 100 canary requests per window.
 """
 
 from __future__ import annotations
@@ -131,9 +132,16 @@ def apply(repo: str) -> tuple[int, str]:
     return code, out.getvalue()
 
 
-def one(interval: float, rate: float, step: float, rng: random.Random) -> Result:
+def one(
+    interval: float,
+    rate: float,
+    step: float,
+    rng: random.Random,
+    min_requests: int | None = None,
+) -> Result:
     window = interval
-    min_requests = max(20, int(rate * window / 4))
+    if min_requests is None:
+        min_requests = max(20, int(rate * window / 4))
     rollout = ROLLOUT.format(window=f"{window:g}", min_requests=min_requests)
     started = time.monotonic()
     with sandbox(
@@ -145,10 +153,19 @@ def one(interval: float, rate: float, step: float, rng: random.Random) -> Result
         def clock() -> float:
             return (emu.now() - origin).total_seconds()
 
+        owed = [0.0, 0.0]  # fractions of a request carried to the next step (low rates)
+
         def serve(seconds: float) -> None:
             for _ in range(round(seconds / step)):
-                emu.load(SERVICE, max(1, round(rate * step)), tag="canary", concurrency=4)
-                emu.load(SERVICE, max(1, round(rate * step / 5)), concurrency=2)
+                owed[0] += rate * step
+                owed[1] += rate * step / 5
+                canary, service = int(owed[0]), int(owed[1])
+                owed[0] -= canary
+                owed[1] -= service
+                if canary:
+                    emu.load(SERVICE, canary, tag="canary", concurrency=4)
+                if service:
+                    emu.load(SERVICE, service, concurrency=2)
                 emu.advance_clock(step)
 
         # The breach comes once healthy windows have been judged (the lag plus two windows),
@@ -195,9 +212,21 @@ def main() -> int:
     parser.add_argument("--step", type=float, default=5.0, help="emulator seconds per step")
     parser.add_argument("--seed", type=int, default=20260301)
     parser.add_argument("--quick", action="store_true", help="one repetition")
+    parser.add_argument(
+        "--per-window",
+        type=int,
+        help="canary requests per window (sets --rate to this / --interval)",
+    )
+    parser.add_argument(
+        "--min-requests",
+        type=int,
+        help="gates.min_requests (default: a quarter of the load per window, at least 20)",
+    )
     args = parser.parse_args()
     if args.interval < 60 or args.interval % 60:
         parser.error("--interval: Cloud Monitoring windows are whole minutes (60 or more)")
+    if args.per_window is not None:
+        args.rate = args.per_window / args.interval
     reps = 1 if args.quick else args.reps
     rng = random.Random(args.seed)
     started = time.monotonic()
@@ -205,7 +234,9 @@ def main() -> int:
     print(
         f"apply every {args.interval:g}s (emulator clock), gates.window {args.interval:g}s, "
         f"consecutive_failures {CONSECUTIVE}, error_rate max 5%; metrics sampled every 60s, "
-        f"readable {DELAY:g}s later, provider lag {LAG:g}s; canary load ~{args.rate:g} req/s; "
+        f"readable {DELAY:g}s later, provider lag {LAG:g}s; canary load ~{args.rate:g} req/s "
+        f"({args.rate * args.interval:g} per window); min_requests "
+        f"{args.min_requests or max(20, int(args.rate * args.interval / 4))}; "
         "breach: error_rate 0 -> 0.3"
     )
     print()
@@ -216,7 +247,7 @@ def main() -> int:
     print("|---:|---:|---:|---:|---:|---:|---:|---:|")
     results = []
     for rep in range(1, reps + 1):
-        r = one(args.interval, args.rate, args.step, rng)
+        r = one(args.interval, args.rate, args.step, rng, args.min_requests)
         results.append(r)
         speed = r.ticks * args.interval / 60 / r.real
         print(

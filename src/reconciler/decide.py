@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
+from typing import Literal
 
 from reconciler.analysis import (
     ProbeRun,
@@ -41,11 +42,12 @@ from reconciler.plan import (
     Reason,
     ServicePlan,
     SpecEdit,
+    coverage_note,
     is_rolled_back,
     plan_service,
     rollback_plan,
 )
-from reconciler.spec import Channel, EnvValue, RolloutSpec, WebhookChannel
+from reconciler.spec import Channel, EnvValue, RolloutSpec, WebhookChannel, format_duration
 
 _EVENT_KIND = {
     Reason.STAGE: EventKind.APPLIED,
@@ -75,6 +77,19 @@ class Commit:
 
 
 @dataclass(frozen=True)
+class ReportDue:
+    """A stage report a tick writes and commits with its record (`reports:` of the rollout
+    file): `kind` is the report's kind, `key` what `ServiceStatus.reported` keeps so it is
+    written once, `closing` a final report due only if the tick's finalize or rollback is
+    carried out."""
+
+    kind: Literal["interim", "final"]
+    key: str
+    reason: str
+    closing: bool = False
+
+
+@dataclass(frozen=True)
 class Decision:
     """Everything one tick of one service does, decided before anything is written.
 
@@ -95,6 +110,13 @@ class Decision:
     """Windows that became final this tick (for the metrics files: each written once, with
     its final numbers)."""
     previous: ServiceStatus | None = None
+    reports: tuple[ReportDue, ...] = ()
+    """Stage reports due this tick: written with the record after the status (the closing
+    ones only when the plan is carried out)."""
+
+    def reports_due(self, applied: bool) -> tuple[ReportDue, ...]:
+        """The reports to write with the record of this tick, carried out or not."""
+        return tuple(r for r in self.reports if applied or not r.closing)
 
     @property
     def service(self) -> str:
@@ -208,9 +230,13 @@ def decide(
         sp = replace(sp, warnings=(*sp.warnings, f"metrics: {metrics_error}"))
     sp = paused_plan(spec, sp)
     if j.held:
-        sp = replace(sp, warnings=(*sp.warnings, j.held))
+        sp = replace(sp, warnings=(*sp.warnings, j.held), held=j.held)
     if verdict is not None and j.coverage.served:
-        sp = replace(sp, notes=(*sp.notes, f"coverage: {j.coverage.describe()} at this stage"))
+        sp = replace(
+            sp,
+            notes=(*sp.notes, coverage_note(j.coverage)),
+            coverage=j.coverage,
+        )
     sp = replace(
         sp, blocked=sp.blocked or _hold(spec, status, live, sp, config_errors), spec_id=spec_id
     )
@@ -241,21 +267,98 @@ def decide(
         streaks=j.streaks,
         coverage=j.coverage,
     )
+    prior = _reported(status, canary)
+    due = reports_due(spec, prior, sp, live_pct, j.since, now)
+    base = replace(base, reported=_with_reports(prior, due, now, closing=False))
     return Decision(
         plan=sp,
-        status=carried_out(base, sp, status, now),
+        status=replace(
+            carried_out(base, sp, status, now),
+            reported=_with_reports(prior, due, now, closing=True),
+        ),
         held=base,
         events=events,
         done=(action_event(sp, now, actor, spec_id),),
-        commit=commit_for(sp, spec_id),
-        held_commit=Commit(
-            f"reconcile({spec.service}): observed state",
-            _verdict_body(verdict),
-            _trailers(spec.service, CommitAction.RECORD, spec_id),
+        commit=_with_report_lines(commit_for(sp, spec_id), due),
+        held_commit=_with_report_lines(
+            Commit(
+                f"reconcile({spec.service}): observed state",
+                _verdict_body(verdict),
+                _trailers(spec.service, CommitAction.RECORD, spec_id),
+            ),
+            tuple(r for r in due if not r.closing),
         ),
         added=j.added,
         previous=status,
+        reports=due,
     )
+
+
+# --- scheduled reports -----------------------------------------------------------------------
+def _reported(status: ServiceStatus | None, canary: str | None) -> Mapping[str, datetime]:
+    """The reports already written for this canary (a new canary starts afresh)."""
+    if status is None or status.canary_revision != canary:
+        return {}
+    return status.reported
+
+
+def reports_due(
+    spec: RolloutSpec,
+    reported: Mapping[str, datetime],
+    sp: ServicePlan,
+    live_pct: int,
+    since: datetime,
+    now: datetime,
+) -> tuple[ReportDue, ...]:
+    """The stage reports of `spec.reports` this tick writes, each once per canary:
+
+    - `interim@N` once stage N has been live `reports.interim` (not when its go/no-go
+      report is due at the same tick: that one covers it);
+    - `final@N`, the stage's go/no-go, once it has been live `reports.final`;
+    - `final`, the closing report, when this tick finalizes or rolls the canary back.
+    """
+    due: list[ReportDue] = []
+    if (
+        spec.revisions.canary is not None
+        and live_pct > 0
+        and not is_rolled_back(spec)
+        and sp.reason is not Reason.ROLLBACK
+    ):
+        live_for = now - since
+        wanted = [
+            (kind, length)
+            for kind, length in (("final", spec.reports.final), ("interim", spec.reports.interim))
+            if length is not None and live_for >= length
+        ][:1]  # the go/no-go report, when due, stands for the interim one too
+        for kind, length in wanted:
+            key = f"{kind}@{live_pct}"
+            if key not in reported and not (kind == "interim" and f"final@{live_pct}" in reported):
+                word = "go/no-go" if kind == "final" else "interim"
+                due.append(
+                    ReportDue(
+                        "final" if kind == "final" else "interim",
+                        key,
+                        f"{word} report: {live_pct}% live for {format_duration(length)}",
+                    )
+                )
+    closes = sp.has_changes and sp.reason in (Reason.FINALIZE, Reason.ROLLBACK)
+    if closes and "final" not in reported:
+        what = "finalized" if sp.reason is Reason.FINALIZE else "rolled back"
+        due.append(ReportDue("final", "final", f"final report: the rollout {what}", True))
+    return tuple(due)
+
+
+def _with_reports(
+    reported: Mapping[str, datetime], due: Sequence[ReportDue], now: datetime, *, closing: bool
+) -> dict[str, datetime]:
+    return {**reported, **{r.key: now for r in due if closing or not r.closing}}
+
+
+def _with_report_lines(commit: Commit, due: Sequence[ReportDue]) -> Commit:
+    if not due:
+        return commit
+    lines = "\n".join(f"Report: {r.reason}" for r in due)
+    return replace(commit, body=f"{commit.body}\n\n{lines}" if commit.body else lines)
 
 
 @dataclass(frozen=True)
@@ -325,6 +428,7 @@ def _judged(
         status.coverage if status is not None and same_stage else Coverage(),
         [w for w in added if w.revision == canary and w.start >= since],
         [w for w in new if w.span == "gap" and w.revision == canary and w.start >= since],
+        sum(p.synthetic for p in probe_runs),
     )
     partial = [w for w in new if w.span == "partial" and w.start >= since]
     verdict: Verdict | None = None
@@ -343,12 +447,20 @@ def _judged(
 
 
 def _covered(
-    previous: Coverage, judged: Sequence[WindowStats], gaps: Sequence[WindowStats]
+    previous: Coverage,
+    judged: Sequence[WindowStats],
+    gaps: Sequence[WindowStats],
+    synthetic: int = 0,
 ) -> Coverage:
     """The stage's coverage after this tick: newly final windows were judged and served;
-    gaps (spans a capped catch-up skipped) were served only."""
+    gaps (spans a capped catch-up skipped) were served only; `synthetic` requests the probes'
+    `repeat:` sent this tick are counted apart (the metrics count them when measured)."""
     ok = sum(w.requests for w in judged)
-    return Coverage(previous.judged + ok, previous.served + ok + sum(w.requests for w in gaps))
+    return Coverage(
+        previous.judged + ok,
+        previous.served + ok + sum(w.requests for w in gaps),
+        previous.synthetic + synthetic,
+    )
 
 
 def decide_rollback(
@@ -394,14 +506,22 @@ def decide_rollback(
         spec_id=spec_id,
         details={"manual": True},
     )
+    # The closing report comes with a rollback by hand as with the loop's own.
+    prior = _reported(status, spec.revisions.canary)
+    due = reports_due(spec, prior, sp, 0, now, now) if "final" not in prior else ()
+    base = replace(base, reported=prior)
     return Decision(
         plan=sp,
-        status=carried_out(base, sp, status, now),
+        status=replace(
+            carried_out(base, sp, status, now),
+            reported=_with_reports(prior, due, now, closing=True),
+        ),
         held=base,
         done=(event,),
-        commit=commit_for(sp, spec_id),
+        commit=_with_report_lines(commit_for(sp, spec_id), due),
         held_commit=commit_for(sp, spec_id),
         previous=status,
+        reports=due,
     )
 
 
@@ -634,6 +754,7 @@ def _verdict_body(verdict: Verdict | None) -> str:
 __all__ = [
     "Commit",
     "Decision",
+    "ReportDue",
     "action_event",
     "advance_commit",
     "carried_out",
@@ -645,4 +766,5 @@ __all__ = [
     "merge_windows",
     "missing_env",
     "paused_plan",
+    "reports_due",
 ]

@@ -23,7 +23,7 @@ from typing import Any
 from reconciler import state as st
 from reconciler import verbs, yamledit
 from reconciler.backends import Conflict, TrafficBackend
-from reconciler.decide import Commit, Decision, advance_commit
+from reconciler.decide import Commit, Decision, ReportDue, advance_commit
 from reconciler.errors import ReconcileError
 from reconciler.gitops import GitOps
 from reconciler.loader import load_spec
@@ -314,6 +314,8 @@ def write_record(ctx: Context, run: ServiceRun, d: Decision, applied: bool) -> R
         st.append_metrics(root, ref, d.added)
     if events:
         st.append_events(root, ref, events)
+    for due in d.reports_due(applied):
+        write_report(ctx, run, due, rollback=d.rollback)
     commit = d.commit if applied else d.held_commit
     late = [e for e in run.events if e.details.get("recovered")]
     if not applied and late:
@@ -321,6 +323,31 @@ def write_record(ctx: Context, run: ServiceRun, d: Decision, applied: bool) -> R
             commit, subject=f"reconcile({service}): record missed write: {late[0].reason}"
         )
     return Record((st.state_dir(root, ref), *([run.path] if run.edited else [])), commit)
+
+
+def write_report(ctx: Context, run: ServiceRun, due: ReportDue, *, rollback: bool) -> None:
+    """Write a scheduled report in the rollout's state folder (`reports/`) from the state just
+    written, so the record's commit carries it. A rollback's report asks no metrics provider (its
+    record must not wait on one): it uses the recorded windows and says so. A report that
+    cannot be made is logged and never stops the record."""
+    from reconciler.report import generate, save
+
+    try:
+        made = generate(
+            ctx.state_root,
+            run.ref,
+            due.kind,
+            now=run.now,
+            metrics_for=None if rollback else ctx.metrics_for,
+            unasked="written with the rollback, which waits on no metrics provider"
+            if rollback
+            else "no metrics provider configured for this run",
+        )
+        path = save(ctx.state_root, run.ref, made)
+    except ReconcileError as exc:
+        log.warning("%s: %s not written: %s", run.spec.service, due.reason, exc)
+        return
+    ctx.progress(f"{run.spec.service}: {due.reason}: {path.relative_to(ctx.repo).as_posix()}")
 
 
 def record(ctx: Context, run: ServiceRun, d: Decision, applied: bool) -> str | None:

@@ -419,7 +419,12 @@ def probe(
         return [], [str(exc)]
     records = [
         st.ProbeRecord(
-            r.name, r.ok, now, "" if r.ok else r.reason, r.latency if r.answered else None
+            r.name,
+            r.ok,
+            now,
+            "" if r.ok else r.reason,
+            r.latency if r.answered else None,
+            r.synthetic,
         )
         for r in results
     ]

@@ -364,6 +364,8 @@ class ProbeRecord:
     reason: str = ""
     latency: float | None = None
     """Seconds to the answer; None when none arrived (or recorded before it was kept)."""
+    synthetic: int = 0
+    """Requests the probe's `repeat:` sent after it as synthetic load."""
 
 
 @dataclass(frozen=True)
@@ -389,6 +391,9 @@ class Coverage:
 
     judged: int = 0
     served: int = 0
+    synthetic: int = 0
+    """Requests the probes' `repeat:` sent at this stage: synthetic load, part of `served`
+    once measured, said apart so nobody mistakes it for users."""
 
     @property
     def share(self) -> float | None:
@@ -396,11 +401,13 @@ class Coverage:
         return self.judged / self.served if self.served else None
 
     def describe(self) -> str:
-        """`100% (1,200 of 1,200 requests judged)`, or `no traffic yet`."""
+        """`100% (1,200 of 1,200 requests judged)` (`; 200 synthetic, sent by probes` when
+        `repeat:` sent some), or `no traffic yet`."""
         share = self.share
+        extra = f"; {self.synthetic:,} synthetic, sent by probes" if self.synthetic else ""
         if share is None:
-            return "no traffic yet"
-        return f"{share * 100:.0f}% ({self.judged:,} of {self.served:,} requests judged)"
+            return f"no traffic yet{extra}"
+        return f"{share * 100:.0f}% ({self.judged:,} of {self.served:,} requests judged{extra})"
 
 
 @dataclass(frozen=True)
@@ -438,6 +445,9 @@ class ServiceStatus:
     """Failing streak per gate (`error_rate`, `probe:<name>` ...) at the current stage."""
     coverage: Coverage = Coverage()
     """Judged out of served canary requests at the current stage."""
+    reported: Mapping[str, datetime] = field(default_factory=dict)
+    """The scheduled reports written for this canary (`interim@25`, `final@25`, `final`)
+    and when, so each is written once."""
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,7 @@ from typing import Any
 
 from reconciler.analysis import promotion_blockers
 from reconciler.model import (
+    Coverage,
     LiveService,
     Outcome,
     ServiceRef,
@@ -85,6 +86,11 @@ class History:
     """The canary percent that `passing_since` refers to."""
 
 
+def coverage_note(coverage: Coverage) -> str:
+    """The plan's note on coverage (views that show `ServicePlan.coverage` leave it out)."""
+    return f"coverage: {coverage.describe()} at this stage"
+
+
 @dataclass(frozen=True)
 class ServicePlan:
     """The plan for one service: the split before and after, why, and against which state."""
@@ -106,6 +112,10 @@ class ServicePlan:
     notes: tuple[str, ...] = ()
     verdict: Verdict | None = None
     drift: bool = False
+    held: str | None = None
+    """`HELD: ...` when `gates.inconclusive_limit` holds the canary (also in `warnings`)."""
+    coverage: Coverage | None = None
+    """Judged out of served canary requests at this stage (also said in `notes`)."""
     spec_id: str | None = None
     """The rollout file (and shared defaults) the plan was computed from, by content (see
     `ServiceStatus.spec_id`): a saved plan is stale once either file changed."""

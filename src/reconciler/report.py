@@ -3,10 +3,16 @@
 `build_report(...)` is pure: values in (rollout spec, status, events, metric windows, the
 baseline, `now`), a `Report` out, whose `markdown` renders on GitHub (tables, and mermaid
 `xychart-beta` charts of error rate and p95 per window against their rollback thresholds).
-`generate(...)` reads the rollout's state folder and rollout file; `save(...)` writes
-`reports/<kind>-<UTC time>.md` and `<kind>-latest.md` there.
+`generate(...)` reads the rollout's state folder and rollout file, asks the metrics provider
+for the span (see `measure_span`); `save(...)` writes `reports/<kind>-<UTC time>.md` and
+`<kind>-latest.md` there.
 
-How the figures are computed:
+Where the figures come from (`Source`): the metrics provider, asked once per metric for the
+whole span (every request served in it, whether or not a run recorded a window), or, when it
+cannot answer (unreachable, no credentials, span older than its retention, not asked), the
+windows the runs recorded in state/; the report says which and why.
+
+How the figures are computed from recorded windows:
 - Counts (requests, 5xx, 2xx) are sums over the recorded windows of one length per revision
   (the gates' `window`), so overlapping windows of another length are never counted twice.
   They cover the measured windows, not necessarily every minute of the span.
@@ -24,22 +30,23 @@ How the figures are computed:
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 from reconciler import charts
-from reconciler.analysis import promotion_blockers
+from reconciler.analysis import held_reason, promotion_blockers
 from reconciler.errors import ReconcileError
 from reconciler.model import Outcome, ServiceRef, Verdict, WindowStats
 from reconciler.plan import Phase
 from reconciler.sidebyside import BaselineRule, Sample, judge_baseline
-from reconciler.spec import RolloutSpec, format_duration, format_percent
+from reconciler.spec import Metrics, RolloutSpec, format_duration, format_percent
 from reconciler.stats import bucket_percentile, merge_buckets, percentile
 
 if TYPE_CHECKING:
+    from reconciler.metrics import MetricsProvider, StatsQuery
     from reconciler.probes import Baseline
     from reconciler.state import Event, ProbeRecord, ServiceStatus
 
@@ -53,14 +60,17 @@ __all__ = [
     "ReportError",
     "ReportKind",
     "RevisionSummary",
+    "Source",
     "Span",
     "build_report",
     "decide",
     "generate",
     "mark",
+    "measure_span",
     "report_span",
     "save",
     "summarize",
+    "summarize_span",
 ]
 
 ReportKind = Literal["interim", "final"]
@@ -68,6 +78,8 @@ KINDS: tuple[ReportKind, ...] = ("interim", "final")
 INTERIM_SPAN = timedelta(hours=24)
 """What an interim report covers by default: the last 24 hours."""
 MAX_CHART_POINTS = charts.MAX_POINTS
+MIN_SPAN_QUERY = timedelta(minutes=1)
+"""The shortest span asked of a provider (Cloud Monitoring's smallest alignment period)."""
 """Charts with more windows than this group consecutive windows into one point."""
 
 OK, WARN, BAD = "✅", "⚠️", "❌"
@@ -100,7 +112,28 @@ class Span:
         return self.start <= when <= self.end
 
 
-PercentileMethod = Literal["merged", "weighted", "none"]
+@dataclass(frozen=True)
+class Source:
+    """Where a report's traffic figures come from.
+
+    `stats` (revision -> its figures over the span, one aggregated query per metric) when the
+    metrics provider answered; None when the report falls back to the windows recorded in
+    state/, `reason` saying why. `provider` names what was (or would have been) asked.
+    """
+
+    provider: str | None
+    stats: Mapping[str, WindowStats] | None = None
+    reason: str = ""
+    detail: str = ""
+    """The provider's error, when it failed (first line, shortened)."""
+
+    @property
+    def measured(self) -> bool:
+        """True when the figures are the provider's answer for the span."""
+        return self.stats is not None
+
+
+PercentileMethod = Literal["merged", "weighted", "span", "none"]
 
 
 @dataclass(frozen=True)
@@ -120,7 +153,8 @@ class RevisionSummary:
     p95: float | None
     p99: float | None
     method: PercentileMethod
-    """How p50/p95/p99 were computed: merged distributions, request-weighted, or no data."""
+    """How p50/p95/p99 were computed: merged distributions, request-weighted, by the
+    provider over the whole span (`span`), or no data."""
 
     @property
     def error_rate(self) -> float | None:
@@ -149,6 +183,8 @@ class Decision:
     action: Action
     reasons: tuple[str, ...]
     next_stage: int | None = None
+    held: str | None = None
+    """Why the canary is HELD (`gates.inconclusive_limit`: too little traffic to judge)."""
 
     @property
     def go(self) -> str:
@@ -170,6 +206,8 @@ class Report:
     stable: RevisionSummary | None
     decision: Decision
     markdown: str
+    source: Source | None = None
+    """Where the traffic figures come from (None: recorded windows, no provider asked)."""
 
 
 # --- the span -------------------------------------------------------------------------------
@@ -241,6 +279,31 @@ def summarize(
         requests=requests,
         errors=sum(w.errors for w in series),
         successes=sum(w.successes for w in series),
+        p50=p50,
+        p95=p95,
+        p99=p99,
+        method=method,
+    )
+
+
+def summarize_span(revision: str, role: str, stats: WindowStats | None) -> RevisionSummary:
+    """Counts and percentiles of `revision` from the provider's answer for the whole span
+    (None: the provider knows no request of it). A distribution, when the provider gives
+    one (Cloud Monitoring), is interpolated like merged windows; otherwise the provider's
+    own span percentiles are taken (Prometheus' `histogram_quantile` over the span)."""
+    if stats is None or stats.requests == 0:
+        return RevisionSummary(revision, role, None, 0, 0, 0, 0, None, None, None, "none")
+    p50, p95, p99, method = _percentiles([stats])
+    if method == "weighted":
+        method = "span"  # one window: the provider's percentiles are the span's own
+    return RevisionSummary(
+        revision=revision,
+        role=role,
+        window=stats.window,
+        windows=1,
+        requests=stats.requests,
+        errors=stats.errors,
+        successes=stats.successes,
         p50=p50,
         p95=p95,
         p99=p99,
@@ -394,8 +457,12 @@ def decide(
         return Decision(Action.HOLD, ("no verdict yet: the canary has not been judged",))
     if verdict.outcome is Outcome.FAIL:
         return Decision(Action.ROLL_BACK, tuple(verdict.failures) or ("verdict FAIL",))
+    # `gates.inconclusive_limit` (the loop's own rule): too little traffic to judge, held.
+    held = held_reason(spec.gates, status.streaks) if spec is not None else None
     # The one promotion-readiness rule the planner uses too, then the span's own findings.
     reasons = promotion_blockers(verdict) + _span_findings(canary, _limits(spec))
+    if held is not None:
+        return Decision(Action.HOLD, (held, *reasons), held=held)
     if reasons:
         return Decision(Action.HOLD, tuple(reasons))
     # PASS, targets met, no breach over the span: only the bake time is left.
@@ -516,15 +583,47 @@ _METHOD_NOTE = {
 }
 
 
+_SPAN_NOTE = {
+    "merged": (
+        "P50/P95/P99 over the span come from each revision's latency distribution over the "
+        "whole span, as {provider} aggregates it (one query), interpolated inside the bucket "
+        "that holds the rank: exact to the bucket resolution."
+    ),
+    "span": (
+        "P50/P95/P99 over the span are computed by {provider} over the whole span (one query "
+        "per percentile, from its latency histogram): exact to its bucket resolution."
+    ),
+}
+
+
+def source_text(source: Source | None, measured_to: datetime | None = None) -> str:
+    """One line: where the figures come from, and why when it is not the provider."""
+    if source is not None and source.measured:
+        upto = f" up to {_time(measured_to)}" if measured_to is not None else ""
+        return (
+            f"{source.provider}, asked for the whole span{upto} (one aggregated query per "
+            "metric): every request served in it, whether or not a run recorded it"
+        )
+    why = f": {source.reason}" if source is not None and source.reason else ""
+    detail = f" ({source.detail})" if source is not None and source.detail else ""
+    return f"the windows the runs recorded in state/{why}{detail}"
+
+
 def _traffic_section(
     spec: RolloutSpec | None,
     status: ServiceStatus,
     canary: RevisionSummary | None,
     stable: RevisionSummary | None,
+    source: Source | None = None,
+    measured_to: datetime | None = None,
 ) -> list[str]:
-    out = ["## Traffic and gates", ""]
+    out = ["## Traffic and gates", "", f"Figures: {source_text(source, measured_to)}.", ""]
     summaries = [s for s in (canary, stable) if s is not None]
+    measured = source is not None and source.measured
     if not any(s.windows for s in summaries):
+        if measured:
+            assert source is not None
+            return [*out, f"No data: {source.provider} counted no request in the span.", ""]
         return [*out, "No data: no metric window recorded in the span.", ""]
     total = sum(s.requests for s in summaries)
     if canary is not None and total:
@@ -549,6 +648,8 @@ def _traffic_section(
         )
 
     def windows(s: RevisionSummary) -> str:
+        if measured:
+            return "whole span" if s.windows else "no request"
         return f"{s.windows} × {format_duration(s.window)}" if s.window else "0"
 
     out += [
@@ -577,7 +678,11 @@ def _traffic_section(
     out.append("")
     methods = {s.method for s in summaries} - {"none"}
     for method in sorted(methods):
-        out += [_METHOD_NOTE[method], ""]
+        if measured:
+            assert source is not None
+            out += [_SPAN_NOTE[method].format(provider=source.provider), ""]
+        else:
+            out += [_METHOD_NOTE[method], ""]
     if spec is None:
         out += ["No rollout file: targets and thresholds unknown.", ""]
     return out
@@ -594,6 +699,8 @@ def _decision_section(
         head = f"**Go/no-go: {decision.go}** ({decision.action.value})"
         if decision.action is Action.ADVANCE and decision.next_stage is not None:
             head += f", next stage {decision.next_stage}%"
+    if decision.held:
+        head += " · ⏸️ **HELD**: too little traffic to judge (see `gates.inconclusive_limit`)"
     out += [head, ""]
     out += [f"- {_cell(r)}" for r in decision.reasons]
     out.append("")
@@ -721,6 +828,14 @@ def _events_section(events: Sequence[Event], span: Span) -> list[str]:
     return out
 
 
+def _canary_of(status: ServiceStatus, spec: RolloutSpec | None) -> str | None:
+    """The canary a report is about: live, named by the rollout file, or rolled back."""
+    canary = status.canary_revision or (spec.revisions.canary if spec is not None else None)
+    if canary is None and spec is not None and spec.rolled_back is not None:
+        canary = spec.rolled_back.revision
+    return canary
+
+
 # --- the report -----------------------------------------------------------------------------
 def build_report(
     kind: ReportKind,
@@ -732,18 +847,18 @@ def build_report(
     windows: Sequence[WindowStats] = (),
     baseline: Baseline | None = None,
     since: timedelta | None = None,
+    source: Source | None = None,
 ) -> Report:
     """Build the report of `status.service` (pure: values in, a `Report` out).
 
     `windows`: recorded metric windows (any span; those ending inside the report's span
-    count). The probe runs are `status.probes`. `since` overrides the span (see
+    count): the charts, and the figures unless `source` carries the provider's answer for
+    the span. The probe runs are `status.probes`. `since` overrides the span (see
     `report_span`).
     """
     if kind not in KINDS:
         raise ValueError(f"report kind must be one of {KINDS}, got {kind!r}")
-    canary_rev = status.canary_revision or (spec.revisions.canary if spec is not None else None)
-    if canary_rev is None and spec is not None and spec.rolled_back is not None:
-        canary_rev = spec.rolled_back.revision
+    canary_rev = _canary_of(status, spec)
     span = report_span(
         kind,
         now=now,
@@ -755,8 +870,15 @@ def build_report(
     )
     inside = [w for w in windows if span.holds_window(w)]
     preferred = spec.gates.window if spec is not None else None
-    canary = summarize(canary_rev, "canary", inside, preferred) if canary_rev else None
-    stable = summarize(status.stable_revision, "stable", inside, preferred)
+    measured_to: datetime | None = None
+    if source is not None and source.stats is not None:
+        got = source.stats
+        canary = summarize_span(canary_rev, "canary", got.get(canary_rev)) if canary_rev else None
+        stable = summarize_span(status.stable_revision, "stable", got.get(status.stable_revision))
+        measured_to = max((w.end for w in got.values()), default=None)
+    else:
+        canary = summarize(canary_rev, "canary", inside, preferred) if canary_rev else None
+        stable = summarize(status.stable_revision, "stable", inside, preferred)
     decision = decide(spec, status, canary, now=now)
 
     title = "Interim report" if kind == "interim" else "Final report"
@@ -771,23 +893,102 @@ def build_report(
         f"| report | {title.lower()}, covering {span.basis} |",
         f"| span | {_time(span.start)} → {_time(span.end)} ({_duration(span.length)}) |",
         f"| generated | {_time(now)} |",
+        f"| figures | {_cell(_source_head(source))} |",
         f"| phase | {status.phase.value}, canary at {status.stage}% |",
+        *(
+            [f"| coverage | {_cell(status.coverage.describe())} at this stage, by the runs |"]
+            if status.coverage.served
+            else []
+        ),
         f"| revisions | {revisions} |",
         f"| live traffic | `{status.traffic.describe()}` |",
         "",
     ]
     lines += _decision_section(kind, decision, status.verdict, status.verdict_at)
     lines += _stages_section(spec, status, now)
-    lines += _traffic_section(spec, status, canary, stable)
+    lines += _traffic_section(spec, status, canary, stable, source, measured_to)
+    if measured_to is not None and canary is not None and canary.requests and canary_rev:
+        recorded = summarize(canary_rev, "canary", inside, preferred)
+        lines += [
+            f"Judged by the runs: their recorded windows hold {recorded.requests:,} of the "
+            f"{canary.requests:,} canary requests served in the span "
+            f"({_pct(min(recorded.requests / canary.requests, 1.0))})"
+            + (
+                "; the rest was served in windows not yet ended or not measured by a run."
+                if recorded.requests < canary.requests
+                else "."
+            ),
+            "",
+        ]
     lines += _charts(spec, canary_rev, status.stable_revision, inside)
     lines += _probes_section(spec, status.probes, span)
     lines += _baseline_section(baseline, status.probes, span)
     lines += _events_section(events, span)
     markdown = "\n".join(lines).rstrip() + "\n"
-    return Report(status.service, kind, now, span, canary, stable, decision, markdown)
+    return Report(status.service, kind, now, span, canary, stable, decision, markdown, source)
+
+
+def _source_head(source: Source | None) -> str:
+    if source is not None and source.measured:
+        return f"{source.provider}, one query per metric over the span"
+    if source is None or not source.reason:
+        return "windows recorded in state/"
+    return f"windows recorded in state/: {source.reason}"
 
 
 # --- I/O ------------------------------------------------------------------------------------
+def provider_name(metrics: Metrics) -> str:
+    """How a report names the metrics provider of a rollout file."""
+    from reconciler.spec import PrometheusMetrics
+
+    if isinstance(metrics, PrometheusMetrics):
+        return f"Prometheus at {metrics.url}"
+    return "Cloud Monitoring"
+
+
+def measure_span(
+    provider: MetricsProvider,
+    name: str,
+    query: StatsQuery,
+    span: Span,
+    *,
+    now: datetime,
+) -> Source:
+    """Ask `provider` for the whole span: one aggregated query per metric (a single window
+    from the span's start to its end less the provider's ingestion lag).
+
+    Falls back (a `Source` without stats, saying why) when the provider fails (unreachable,
+    refused, no credentials), when the span is older than the provider keeps data, or when
+    less than a minute of it is readable yet.
+    """
+    from reconciler.metrics import MetricsError, lag_of, retention_of
+
+    lag = lag_of(provider)
+    retention = retention_of(provider)
+    if retention is not None and span.start < now - retention:
+        return Source(
+            name,
+            reason=f"the span starts {_time(span.start)}, before {name} keeps data "
+            f"({_duration(retention)})",
+        )
+    # Whole seconds, as an alignment period is; the start stays the span's start.
+    window = timedelta(seconds=int((span.end - lag - span.start).total_seconds()))
+    if window < MIN_SPAN_QUERY:
+        return Source(name, reason=f"less than {_duration(MIN_SPAN_QUERY)} of the span is readable")
+    try:
+        got = provider.window_stats([query], window, span.start + window + lag)
+    except (MetricsError, ReconcileError) as exc:
+        return Source(name, reason=f"{name} could not answer", detail=_short(exc))
+    stats = {rev: w for (svc, rev), w in got.items() if svc == query.ref.service}
+    return Source(name, stats=stats)
+
+
+def _short(exc: BaseException, limit: int = 200) -> str:
+    """An error's first line, cut at `limit` characters (a report cell, not a log)."""
+    first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    return first if len(first) <= limit else first[: limit - 1].rstrip() + "…"
+
+
 def generate(
     root: Path,
     ref: ServiceRef,
@@ -795,11 +996,15 @@ def generate(
     *,
     now: datetime,
     since: timedelta | None = None,
+    metrics_for: Callable[[Metrics], MetricsProvider] | None = None,
+    unasked: str = "the provider was not asked",
 ) -> Report:
     """Read the rollout's state folder (`state/<project>/<region>/<service>/`), its rollout
-    file (if any) and the latest baseline, and build the report. Raises `ReportError` when
-    the service has no state yet."""
+    file (if any) and the latest baseline, ask the rollout file's metrics provider (made by
+    `metrics_for`; None: ask none, and say `unasked`) for the span, and build the report.
+    Raises `ReportError` when the service has no state yet."""
     from reconciler.loader import load_spec
+    from reconciler.metrics import StatsQuery
     from reconciler.probes import load_baseline
     from reconciler.state import read_events, read_metrics, read_status, state_dir, status_path
 
@@ -818,6 +1023,35 @@ def generate(
     earliest = None if kind == "final" and since is None else now - (since or INTERIM_SPAN)
     windows = read_metrics(root, ref, since=earliest)
     baseline = load_baseline(state_dir(root, ref).parent, service)
+    source: Source
+    if spec is None:
+        source = Source(None, reason="no rollout file, so no metrics provider to ask")
+    elif metrics_for is None:
+        source = Source(provider_name(spec.metrics), reason=unasked)
+    else:
+        canary = _canary_of(status, spec)
+        span = report_span(
+            kind,
+            now=now,
+            canary=canary,
+            events=events,
+            windows=windows,
+            stage_since=status.stage_since,
+            since=since,
+        )
+        revisions = tuple(r for r in (canary, status.stable_revision) if r)
+        name = provider_name(spec.metrics)
+        try:
+            provider = metrics_for(spec.metrics)
+        except ReconcileError as exc:
+            source = Source(name, reason=f"{name} could not be set up", detail=_short(exc))
+        else:
+            try:
+                source = measure_span(provider, name, StatsQuery(ref, revisions), span, now=now)
+            finally:
+                close = getattr(provider, "close", None)
+                if callable(close):
+                    close()  # a Prometheus provider's own HTTP client
     return build_report(
         kind,
         status=status,
@@ -827,6 +1061,7 @@ def generate(
         windows=windows,
         baseline=baseline,
         since=since,
+        source=source,
     )
 
 

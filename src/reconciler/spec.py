@@ -168,6 +168,29 @@ def parse_duration(value: object) -> timedelta:
     )
 
 
+RATE_RE = r"^\d+(?:\.\d+)?/(?:s|m)$"
+MAX_RATE = 50.0
+"""The highest `repeat.rate`, in requests per second: synthetic load, not a load test."""
+
+
+def parse_rate(value: object) -> float:
+    """`"2/s"` -> 2.0, `"30/m"` -> 0.5 (requests per second); positive, at most `MAX_RATE`."""
+    if not isinstance(value, str) or not re.fullmatch(RATE_RE, value):
+        raise ValueError(f"expected a rate like '2/s' or '30/m', got {describe_value(value)}")
+    number, unit = value.split("/")
+    per_second = float(number) / (60.0 if unit == "m" else 1.0)
+    if not 0 < per_second <= MAX_RATE:
+        raise ValueError(f"rate {value!r} must be above 0 and at most {MAX_RATE:g}/s")
+    return per_second
+
+
+def format_rate(per_second: float) -> str:
+    """2.0 -> `2/s`, 0.5 -> `30/m`, the inverse of `parse_rate`."""
+    if per_second >= 1 or round(per_second * 60, 6) % 1:
+        return f"{round(per_second, 6):g}/s"
+    return f"{round(per_second * 60, 6):g}/m"
+
+
 def format_duration(value: timedelta) -> str:
     """The shortest exact unit form: 300 s -> `5m`, 86400 s -> `24h`."""
     seconds = value.total_seconds()
@@ -233,6 +256,14 @@ Duration = Annotated[
     WithJsonSchema({"type": "string", "pattern": DURATION_RE, "examples": ["5m", "24h"]}),
 ]
 Window = Annotated[Duration, AfterValidator(_positive)]
+Rate = Annotated[
+    float,
+    BeforeValidator(parse_rate),
+    PlainSerializer(format_rate, return_type=str, when_used="json"),
+    WithJsonSchema({"type": "string", "pattern": RATE_RE, "examples": ["2/s", "30/m"]}),
+]
+MAX_REPEAT_BUDGET = timedelta(minutes=5)
+"""The longest wall-clock time one probe's `repeat` may take in one run."""
 
 
 class _Model(BaseModel):
@@ -412,6 +443,26 @@ Scalar = str | int | float | bool | None
 HeaderName = Annotated[str, AfterValidator(_matches(HEADER_NAME_RE, "header name", "a token"))]
 
 
+def _repeat_budget(value: timedelta) -> timedelta:
+    if value > MAX_REPEAT_BUDGET:
+        raise ValueError(
+            f"budget {format_duration(value)} is over {format_duration(MAX_REPEAT_BUDGET)}: "
+            "a run must not wait that long on synthetic load"
+        )
+    return value
+
+
+class Repeat(_Model):
+    """Synthetic load: a probe sent again at `rate`, at most `max` times per run and for at
+    most `budget` of wall-clock time, so a low-traffic canary gets enough requests to judge."""
+
+    rate: Rate = Field(description="Requests per second or minute, like 2/s or 30/m.")
+    max: int = Field(ge=1, le=10_000, description="At most this many requests per run.")
+    budget: Annotated[Window, AfterValidator(_repeat_budget)] = Field(
+        default=timedelta(seconds=60), description="At most this long per run (wall clock)."
+    )
+
+
 class Check(_Model):
     """An HTTP check: a canary probe or a dependency health check."""
 
@@ -464,6 +515,10 @@ class Check(_Model):
     ) = Field(
         default=None,
         description="The ID token's audience (default: the service URL the check calls).",
+    )
+    repeat: Repeat | None = Field(
+        default=None,
+        description="Probes only: send the probe again as synthetic load (rate, max, budget).",
     )
 
     @model_validator(mode="after")
@@ -536,6 +591,20 @@ Stage = Annotated[int, Field(ge=1, le=100)]
 
 
 # --- the rollout file ---------------------------------------------------------------------
+class Reports(_Model):
+    """When the scheduled `apply` writes and commits stage reports by itself (null: never)."""
+
+    interim: Window | None = Field(
+        default=timedelta(hours=24),
+        description="Interim report of a stage once it has been live this long.",
+    )
+    final: Window | None = Field(
+        default=timedelta(hours=48),
+        description="Go/no-go report of a stage once it has been live this long; a final "
+        "report is also written when the rollout finalizes or rolls back.",
+    )
+
+
 class RolloutSpec(_Model):
     """Desired state of one Cloud Run service's canary rollout."""
 
@@ -578,6 +647,7 @@ class RolloutSpec(_Model):
         json_schema_extra={"default": []},
         description="Where to send rollbacks, blocks, holds, advances, finalizes.",
     )
+    reports: Reports = Reports()
     force: bool = Field(
         default=False, description="Skip the bake gate once; the plan shows it loudly."
     )
@@ -661,6 +731,12 @@ class RolloutSpec(_Model):
                         f"{check.name!r} is used twice; probe and dependency names must be unique",
                     )
                 seen.add(check.name)
+        for i, check in enumerate(self.dependencies):
+            if check.repeat is not None:
+                raise RuleError(
+                    ("dependencies", i, "repeat"),
+                    "repeat is for canary probes (synthetic load on the canary), not dependencies",
+                )
         return self
 
     def next_stage(self) -> int | None:
@@ -682,6 +758,7 @@ DEFAULTABLE = (
     "probes",
     "dependencies",
     "notify",
+    "reports",
 )
 """Keys `rollout/_defaults.yaml` may set. What names a rollout (service, project, region,
 revisions, stages, canary_percent) and what a run writes (force, rolled_back) stay in each
@@ -703,6 +780,7 @@ class RolloutDefaults(_Model):
     probes: list[Check] | None = None
     dependencies: list[Check] | None = None
     notify: list[Channel] | None = None
+    reports: Reports | None = None
 
 
 def merge_defaults(defaults: dict[str, Any], rollout: dict[str, Any]) -> dict[str, Any]:

@@ -632,6 +632,7 @@ def _status_to_data(s: ServiceStatus) -> dict[str, Any]:
             {"name": p.name, "ok": p.ok, "at": format_time(p.at), "reason": p.reason}
             # 0.1 ms is finer than any probe can tell; more digits are noise in git diffs.
             | ({} if p.latency is None else {"latency": round(p.latency, 4)})
+            | ({"synthetic": p.synthetic} if p.synthetic else {})
             for p in s.probes
         ],
         # Written only when there is a streak, so quiet services keep their old bytes.
@@ -650,8 +651,16 @@ def _status_to_data(s: ServiceStatus) -> dict[str, Any]:
             else {}
         ),
         **(
-            {"coverage": {"judged": s.coverage.judged, "served": s.coverage.served}}
-            if s.coverage.served
+            {
+                "coverage": {"judged": s.coverage.judged, "served": s.coverage.served}
+                | ({"synthetic": s.coverage.synthetic} if s.coverage.synthetic else {})
+            }
+            if s.coverage.served or s.coverage.synthetic
+            else {}
+        ),
+        **(
+            {"reported": {key: format_time(at) for key, at in sorted(s.reported.items())}}
+            if s.reported
             else {}
         ),
     }
@@ -695,6 +704,7 @@ def _status_from_data(d: Any) -> ServiceStatus:
                 parse_time(p["at"]),
                 str(p["reason"]),
                 _opt_float(p.get("latency")),
+                _int(p.get("synthetic", 0)),
             )
             for p in d.get("probes") or ()
         ),
@@ -708,7 +718,9 @@ def _status_from_data(d: Any) -> ServiceStatus:
         coverage=Coverage(
             _int((d.get("coverage") or {}).get("judged", 0)),
             _int((d.get("coverage") or {}).get("served", 0)),
+            _int((d.get("coverage") or {}).get("synthetic", 0)),
         ),
+        reported=_reported(d.get("reported")),
     )
     verdict, verdict_at = _verdict_from_data(d["verdict"])
     return replace(status, verdict=verdict, verdict_at=verdict_at)
@@ -786,10 +798,21 @@ def _salvage_status(data: Any, service: str) -> tuple[ServiceStatus | None, list
                 parse_time(p["at"]),
                 str(p["reason"]),
                 _opt_float(p.get("latency")),
+                _int(p.get("synthetic", 0)),
             ),
         ),
+        reported=part("reported", _reported, {}),
     )
     return status, sorted(set(dropped)) or ["fields"]
+
+
+def _reported(d: Any) -> dict[str, datetime]:
+    """`reported:` of status.yaml (absent in files written before scheduled reports)."""
+    if d is None:
+        return {}
+    if not isinstance(d, dict):
+        raise TypeError("reported is not a mapping")
+    return {str(key): parse_time(at) for key, at in d.items()}
 
 
 def _verdict_to_data(v: Verdict, at: datetime | None) -> dict[str, Any]:

@@ -18,7 +18,7 @@ SRC = ROOT / "src"
 
 # script, smallest arguments, a line its output must contain
 CASES = [
-    ("judge_simulation", ["--stages", "2"], "| 1,000 |"),
+    ("judge_simulation", ["--stages", "2", "--good-stages", "2"], "| 1,000 |"),
     ("compare_simulation", ["--runs", "5"], "target: identical revisions at 100 requests"),
     ("plan_scale", ["--sizes", "1", "--reps", "1"], "target: plan for 1 services"),
     # The quota run at 70 services: 10 writes past the burst of 60, paced on virtual time.

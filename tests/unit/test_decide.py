@@ -341,3 +341,80 @@ def test_idle_when_nothing_new() -> None:
     status = status_at(ALL_STABLE, canary_revision=None, phase=Phase.STABLE)
     assert decide(spec, status, ALL_STABLE, now=NOW).idle
     assert not decide(spec, status, ALL_STABLE, now=NOW, windows=[win(0, 0)]).idle
+
+
+# --- scheduled reports (`reports:`) ------------------------------------------------------------
+H = timedelta(hours=1)
+MIN = timedelta(minutes=1)
+REPORT_CASES = [
+    # id, spec overrides, live, stage live for, already reported, -> due keys (closing marked !)
+    ("nothing-yet", {}, AT_5, 23 * H, {}, []),
+    ("interim-at-24h", {}, AT_5, 24 * H, {}, ["interim@5"]),
+    ("interim-once", {}, AT_5, 30 * H, {"interim@5": NOW - 6 * H}, []),
+    ("go-no-go-at-48h", {}, AT_5, 48 * H, {"interim@5": NOW}, ["final@5"]),
+    ("go-no-go-stands-for-a-missed-interim", {}, AT_5, 50 * H, {}, ["final@5"]),
+    ("no-interim-after-the-go-no-go", {}, AT_5, 50 * H, {"final@5": NOW}, []),
+    ("custom-schedule", {"reports": {"interim": "30m", "final": "1h"}}, AT_5, 40 * MIN, {},
+     ["interim@5"]),
+    ("interim-off", {"reports": {"interim": None}}, AT_5, 30 * H, {}, []),
+    ("finalize-closes", {"canary_percent": 100, "force": True}, AT_100, 2 * H, {},
+     ["!final"]),
+    ("finalize-closes-once", {"canary_percent": 100, "force": True}, AT_100, 2 * H,
+     {"final": NOW}, []),
+    ("no-canary-live", {"canary_percent": 0}, ALL_STABLE, 30 * H, {}, []),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("spec_over", "live", "live_for", "reported", "expected"),
+    [c[1:] for c in REPORT_CASES],
+    ids=[c[0] for c in REPORT_CASES],
+)
+def test_reports_due(
+    spec_over: dict[str, Any],
+    live: LiveService,
+    live_for: timedelta,
+    reported: dict[str, datetime],
+    expected: list[str],
+) -> None:
+    spec = make_spec(**spec_over)
+    status = status_at(live, stage_since=NOW - live_for, reported=reported)
+    d = decide(spec, status, live, now=NOW)
+    got = [("!" if r.closing else "") + r.key for r in d.reports]
+    assert got == expected
+    # Carried out, every due report is kept as written; held, the closing one is not (its
+    # finalize or rollback did not happen), so a later run writes it with its action.
+    assert set(d.status.reported) == set(reported) | {k.lstrip("!") for k in expected}
+    assert set(d.held.reported) == set(reported) | {k for k in expected if "!" not in k}
+    assert [r.key for r in d.reports_due(applied=False)] == [k for k in expected if "!" not in k]
+    assert d.commit.body.count("Report: ") == len(expected)
+
+
+def test_a_new_canary_starts_its_reports_afresh() -> None:
+    status = status_at(
+        AT_5, stage_since=NOW - 25 * H, canary_revision=OTHER, reported={"interim@5": T0}
+    )
+    d = decide(make_spec(), status, AT_5, now=NOW)
+    assert d.reports == () and d.held.reported == {}  # the other canary's reports are gone
+    later = decide(make_spec(), d.held, AT_5, now=NOW + 24 * H)
+    assert [r.key for r in later.reports] == ["interim@5"]
+    assert later.held.reported == {"interim@5": NOW + 24 * H}
+
+
+def test_a_rollback_closes_with_the_final_report() -> None:
+    spec = make_spec(gates={"window": "5m", "consecutive_failures": 1, "error_rate": {"max": "5%"}})
+    d = decide(spec, status_at(AT_5), AT_5, now=NOW, windows=[win(0, 90)])
+    assert d.plan.reason is Reason.ROLLBACK
+    assert [(r.kind, r.key, r.closing) for r in d.reports] == [("final", "final", True)]
+    assert "Report: final report: the rollout rolled back" in d.commit.body
+    assert "Report:" not in d.held_commit.body
+
+
+def test_a_rollback_by_hand_closes_with_the_final_report_once() -> None:
+    d = decide_rollback(make_spec(), status_at(AT_5), AT_5, now=NOW, reason="by hand")
+    assert [(r.key, r.closing) for r in d.reports] == [("final", True)]
+    assert d.status.reported == {"final": NOW}
+    again = decide_rollback(
+        make_spec(), status_at(AT_5, reported={"final": T0}), AT_5, now=NOW, reason="again"
+    )
+    assert again.reports == ()

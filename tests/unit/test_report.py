@@ -671,3 +671,59 @@ def test_baseline_compares_probe_runs_with_the_bench_of_the_same_check() -> None
     )
     assert rows["slow"].endswith("| 1 | 100.0% | 3.00s | – INCONCLUSIVE |")
     assert "compared with the canary probe runs of the same check" in md
+
+
+# --- coverage, HELD and the provider's figures ---------------------------------------------------
+def test_held_canary_is_said_in_the_decision() -> None:
+    from reconciler.model import Streak
+
+    spec = _spec(gates={"window": "5m", "min_requests": 100, "inconclusive_limit": 3,
+                        "error_rate": {"max": "5%"}})  # fmt: skip
+    quiet = Verdict(Outcome.INCONCLUSIVE, (_gate("error_rate", Outcome.INCONCLUSIVE, None),))
+    status = _status(verdict=quiet, streaks={"error_rate": Streak(inconclusive=4)})
+    report = build_report("interim", status=status, now=NOW, spec=spec)
+    assert report.decision.action is Action.HOLD
+    assert report.decision.held is not None and report.decision.held.startswith("HELD: ")
+    assert report.decision.reasons[0] == report.decision.held
+    assert "**HOLD** · ⏸️ **HELD**: too little traffic to judge" in report.markdown
+    # Below the limit: an ordinary hold.
+    calm = _status(verdict=quiet, streaks={"error_rate": Streak(inconclusive=2)})
+    assert build_report("interim", status=calm, now=NOW, spec=spec).decision.held is None
+
+
+def test_coverage_of_the_stage_is_in_the_header() -> None:
+    from reconciler.model import Coverage
+
+    status = _status(coverage=Coverage(1_176, 1_200))
+    md = build_report("interim", status=status, now=NOW, spec=_spec()).markdown
+    assert "| coverage | 98% (1,176 of 1,200 requests judged) at this stage, by the runs |" in md
+    assert "| coverage |" not in build_report("interim", status=_status(), now=NOW).markdown
+
+
+def test_provider_figures_say_how_much_the_runs_judged() -> None:
+    from reconciler.report import Source
+
+    windows = [_window(CANARY, NOW - FIVE * i, requests=100, errors=0) for i in range(3)]
+    span_stats = {
+        CANARY: WindowStats("ion-api", CANARY, NOW - timedelta(hours=24), NOW, 400, 4, 396,
+                            p50=0.1, p95=0.3, p99=0.5),
+        STABLE: WindowStats("ion-api", STABLE, NOW - timedelta(hours=24), NOW, 7_600, 8, 7_592,
+                            p50=0.1, p95=0.2, p99=0.4),
+    }  # fmt: skip
+    report = build_report(
+        "interim",
+        status=_status(),
+        now=NOW,
+        spec=_spec(),
+        windows=windows,
+        source=Source("Prometheus at http://prometheus:9090", stats=span_stats),
+    )
+    assert report.canary is not None and report.canary.requests == 400
+    assert report.canary.method == "span"
+    md = report.markdown
+    assert "| requests | 400 | 7,600 |" in md
+    assert "computed by Prometheus at http://prometheus:9090 over the whole span" in md
+    assert (
+        "their recorded windows hold 300 of the 400 canary requests served in the span (75.0%)"
+        in md
+    )

@@ -13,7 +13,15 @@ from pathlib import Path
 
 import pytest
 
-from reconciler.model import GateResult, Outcome, ServiceRef, Target, TrafficSplit, Verdict
+from reconciler.model import (
+    Coverage,
+    GateResult,
+    Outcome,
+    ServiceRef,
+    Target,
+    TrafficSplit,
+    Verdict,
+)
 from reconciler.plan import (
     Action,
     Change,
@@ -23,6 +31,7 @@ from reconciler.plan import (
     ServiceError,
     ServicePlan,
     SpecEdit,
+    coverage_note,
 )
 from reconciler.views.comment import MARKER, OFFLINE_NOTE, plan_markdown
 
@@ -148,6 +157,23 @@ def _service(name: str, kind: str) -> ServicePlan:
             warnings=("force: true - the bake gate is skipped for this change",),
             **base,
         )
+    if kind == "held":
+        return ServicePlan(
+            before=_split(name, 95, 5),
+            after=_split(name, 95, 5),
+            changes=(),
+            reason=Reason.NONE,
+            phase=Phase.PROGRESSING,
+            canary_percent=5,
+            verdict=QUIET,
+            warnings=(HELD,),
+            notes=(coverage_note(Coverage(96, 96)),),
+            held=HELD,
+            coverage=Coverage(96, 96),
+            **base,
+        )
+    coverage = Coverage(2_310, 2_310) if kind == "ready" else Coverage(1_150, 1_200)
+    ready = ("ready to promote: 5% -> 10% (reconcile promote)",) if kind == "ready" else ()
     return ServicePlan(
         before=_split(name, 95, 5),
         after=_split(name, 95, 5),
@@ -156,13 +182,38 @@ def _service(name: str, kind: str) -> ServicePlan:
         phase=Phase.PROGRESSING,
         canary_percent=5,
         verdict=PASSING,
-        notes=("ready to promote: 5% -> 10% (reconcile promote)",) if kind == "ready" else (),
+        notes=(*ready, coverage_note(coverage)),
+        coverage=coverage,
         **base,
     )
 
 
-NAMES = ["ion-api", "payments-api", "checkout-web", "search-api", "notifications-worker"]
-KINDS = ["rollback", "stage", "blocked", "forced", "ready"]
+HELD = (
+    "HELD: error_rate inconclusive in 6 windows in a row (inconclusive_limit 6); not promoted "
+    "until a window is judged (min_requests 100)"
+)
+QUIET = Verdict(
+    Outcome.INCONCLUSIVE,
+    (
+        GateResult(
+            "error_rate",
+            Outcome.INCONCLUSIVE,
+            0.0,
+            0.05,
+            16,
+            "error_rate 0.0% inconclusive: 16 requests < min_requests 100",
+        ),
+    ),
+)
+NAMES = [
+    "ion-api",
+    "payments-api",
+    "checkout-web",
+    "search-api",
+    "notifications-worker",
+    "ledger-api",
+]
+KINDS = ["rollback", "stage", "blocked", "forced", "ready", "held"]
 
 
 def fleet(n: int, *, offline: bool = False) -> Plan:
@@ -206,13 +257,22 @@ def test_values_carry_units_and_failed_gates_come_first() -> None:
 def test_unchanged_services_fold_into_one_details_line() -> None:
     md = plan_markdown(fleet(100))
     assert md.count("<details>") == 1
-    assert "✅ 96 unchanged: <code>notifications-worker</code>" in md
-    assert md.count("#### ") == 5  # the error, the blocked, the rollback, the change, the warning
+    assert "✅ 95 unchanged: <code>notifications-worker</code>" in md
+    # the error, the blocked, the rollback, the change, the warning, the HELD
+    assert md.count("#### ") == 6
     # 100 services still read as one screen of sections plus one folded table.
-    assert len(md.splitlines()) < 200
+    assert len(md.splitlines()) < 215
 
 
-def test_attention_order_errors_blocked_rollback_change() -> None:
+def test_attention_order_errors_blocked_rollback_change_held() -> None:
     md = plan_markdown(fleet(10))
     heads = [line for line in md.splitlines() if line.startswith("#### ")]
-    assert [h.split()[1] for h in heads] == ["❌", "⛔", "⏪", "🔀", "🔀"]
+    assert [h.split()[1] for h in heads] == ["❌", "⛔", "⏪", "🔀", "🔀", "⏸️"]
+
+
+def test_held_and_coverage_are_said_once() -> None:
+    md = plan_markdown(fleet(10))
+    assert md.count("HELD: error_rate inconclusive in 6 windows") == 1
+    assert "> ⚠️ HELD" not in md and "coverage: 100%" not in md  # not the text view's copies
+    assert "Coverage at this stage: 100% (96 of 96 requests judged)." in md
+    assert "| PASS | 96% (1,150 of 1,200 requests judged) |" in md

@@ -658,3 +658,47 @@ def test_probe_secrets_pattern() -> None:
     text = RECONCILE.read_text(encoding="utf-8")
     assert "#   CHAT_TOKEN: ${{ secrets.CHAT_TOKEN }}" in text
     assert "reconcile validate --env" in _run_text(_reconcile_jobs()["plan"])
+
+
+def test_apply_summary_links_the_stage_reports_the_run_committed(tmp_path: Path) -> None:
+    """The apply step's `git log` lists the report files added since the run began (not the
+    `*-latest.md` copies, not older reports), run as written against a real repository."""
+    script = next(
+        s for job in _reconcile_jobs().values() for s in _scripts(job) if "Stage reports" in s
+    )
+    command = re.search(r"reports=\$\((git log .*?)\| sort -u\)", script, re.S)
+    assert command is not None, "the apply step no longer lists the committed reports"
+    assert "GITHUB_STEP_SUMMARY" in script and "blob/${sha}/${path}" in script
+    git = shutil.which("git")
+    assert git is not None
+    env = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@example.com",
+           "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@example.com"}  # fmt: skip
+
+    def commit(*paths: str) -> None:
+        for p in paths:
+            (tmp_path / p).parent.mkdir(parents=True, exist_ok=True)
+            (tmp_path / p).write_text(p, encoding="utf-8")
+        subprocess.run([git, "add", "--all"], cwd=tmp_path, check=True, env=env)
+        subprocess.run([git, "commit", "-qm", "x"], cwd=tmp_path, check=True, env=env)
+
+    subprocess.run([git, "init", "-q"], cwd=tmp_path, check=True, env=env)
+    commit("state/ion-api/reports/interim-20261101T000000Z.md", "state/ion-api/status.yaml")
+    commit("state/ion-api/reports/interim-latest.md")
+    env["before"] = subprocess.run(
+        [git, "rev-parse", "HEAD"], cwd=tmp_path, check=True, env=env, capture_output=True,
+        text=True,
+    ).stdout.strip()  # fmt: skip
+    commit(
+        "state/ion-api/reports/final-20261102T000000Z.md",
+        "state/ion-api/reports/final-latest.md",
+        "state/naeda-genesis/us-central1/pay-api/reports/interim-20261102T000000Z.md",
+        "state/ion-api/events.jsonl",
+    )
+    listed = subprocess.run(
+        ["bash", "-c", command.group(1).replace("\\\n", " ") + " | sort -u"],
+        cwd=tmp_path, env=env, check=True, capture_output=True, text=True,
+    ).stdout.split()  # fmt: skip
+    assert listed == [
+        "state/ion-api/reports/final-20261102T000000Z.md",
+        "state/naeda-genesis/us-central1/pay-api/reports/interim-20261102T000000Z.md",
+    ]

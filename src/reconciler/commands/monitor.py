@@ -116,6 +116,11 @@ def watch(
     help="Write the report to FILE instead of the rollout's reports/ in state/.",
 )
 @click.option("--stdout", "to_stdout", is_flag=True, help="Print the report; write no file.")
+@click.option(
+    "--offline",
+    is_flag=True,
+    help="Ask no metrics provider: figures from the windows recorded in state/ only.",
+)
 @pass_app
 def report(
     app: App,
@@ -124,8 +129,14 @@ def report(
     since: timedelta | None,
     out: Path | None,
     to_stdout: bool,
+    offline: bool,
 ) -> None:
-    """Write a stage report of SERVICE from its state/ (markdown that renders on GitHub).
+    """Write a stage report of SERVICE (markdown that renders on GitHub).
+
+    Traffic figures come from the rollout file's metrics provider, asked once per metric
+    for the whole span; when it cannot answer (unreachable, no credentials, span older than
+    its retention) or with --offline, from the windows recorded in state/. The report says
+    which, and why.
 
     Covers the stages and the time span, traffic, request counts, error and success rate,
     P50/P95/P99 of canary and stable against the rollout file's targets and rollback
@@ -140,7 +151,8 @@ def report(
       reconcile report ion-api --kind final --stdout
       reconcile report ion-api --since 6h --out /tmp/ion-api.md
     """
-    from reconciler.report import generate, save
+    from reconciler.metrics import provider_for
+    from reconciler.report import generate, save, source_text
     from reconciler.runtime import utc_now
     from reconciler.state import atomic_write_text
 
@@ -151,6 +163,7 @@ def report(
         "final" if kind == "final" else "interim",
         now=utc_now(),
         since=since,
+        metrics_for=None if offline else provider_for,
     )
     if to_stdout:
         click.echo(made.markdown, nl=False)
@@ -168,3 +181,4 @@ def report(
     decision = made.decision
     click.echo(f"{service}: {kind} report written to {path}")
     click.echo(f"decision: {decision.action.value} ({'; '.join(decision.reasons)})")
+    click.echo(f"figures: {source_text(made.source)}")

@@ -48,6 +48,19 @@ class MetricsProvider(Protocol):
         ...
 
 
+def lag_of(provider: MetricsProvider) -> timedelta:
+    """The provider's ingestion lag: how far behind now its newest readable data ends (Cloud
+    Monitoring has one; a provider without the attribute reads at once)."""
+    lag = getattr(provider, "ingestion_lag", None)
+    return lag if isinstance(lag, timedelta) else timedelta(0)
+
+
+def retention_of(provider: MetricsProvider) -> timedelta | None:
+    """How far back the provider keeps data at full resolution (None: unknown)."""
+    retention = getattr(provider, "retention", None)
+    return retention if isinstance(retention, timedelta) else None
+
+
 def provider_for(
     metrics: CloudMonitoringMetrics | PrometheusMetrics,
     *,

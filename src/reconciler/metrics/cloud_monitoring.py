@@ -58,6 +58,7 @@ __all__ = [
     "REQUEST_COUNT",
     "REQUEST_LATENCIES",
     "RESOURCE_TYPE",
+    "RETENTION",
     "CloudMonitoringProvider",
     "Histogram",
     "histogram_of",
@@ -71,6 +72,10 @@ REQUEST_COUNT = "run.googleapis.com/request_count"
 REQUEST_LATENCIES = "run.googleapis.com/request_latencies"
 RESOURCE_TYPE = "cloud_run_revision"
 DEFAULT_INGESTION_LAG = timedelta(minutes=3)
+RETENTION = timedelta(weeks=6)
+"""How long Cloud Monitoring keeps Cloud Run's points at full resolution: the harsher
+reading of its retention (6 weeks; older points may be kept only downsampled), so a report
+reaching further back falls back to the windows recorded in state/."""
 # Pages of one listing; a runaway page token must not loop forever.
 MAX_PAGES = 1000
 # Mixed bucket layouts are merged with fractional shares kept to 1/1000 of a sample.
@@ -237,6 +242,7 @@ class CloudMonitoringProvider:
         self.page_size = page_size
         self.calls: Counter[tuple[str, str]] = Counter()
         self.rpcs = 0
+        self.retention = RETENTION
 
     def window_stats(
         self, queries: Sequence[StatsQuery], window: timedelta, end: datetime

@@ -73,6 +73,10 @@ class ProbeResult:
     """The requested URL without user info."""
     answered: bool = True
     """False when no HTTP response arrived (refused, timeout); `latency` is then time to failure."""
+    synthetic: int = 0
+    """Requests its `repeat:` sent after it as synthetic load (judged by the gates, not here)."""
+    synthetic_failed: int = 0
+    """Of those, how many got no 2xx answer."""
 
     @property
     def why(self) -> str:

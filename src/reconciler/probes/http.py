@@ -34,6 +34,7 @@ from reconciler.probes.checks import (
     result_of,
     urls_of,
 )
+from reconciler.probes.repeat import repeat_load
 from reconciler.sidebyside import format_seconds
 from reconciler.spec import Check, EnvValue, RolloutSpec
 
@@ -411,8 +412,32 @@ def run_probes(
     environ: Mapping[str, str] | None = None,
     prober: Prober | None = None,
 ) -> tuple[ProbeResult, ...]:
-    """Run the rollout file's `probes:` (normally against the canary tag URL)."""
-    return run_checks(spec.probes, urls, environ=environ, prober=prober)
+    """Run the rollout file's `probes:` (normally against the canary tag URL).
+
+    A probe with `repeat:` that got an answer is then sent again as synthetic load (see
+    `reconciler.probes.repeat`); its result counts those requests in `synthetic`. One that
+    got no answer is not repeated: the budget is not spent on a canary that does not answer.
+    """
+    own = prober is None
+    engine = prober if prober is not None else Prober(environ=environ)
+    try:
+        results = run_checks(spec.probes, urls, environ=environ, prober=engine)
+        out = []
+        for check, result in zip(spec.probes, results, strict=True):
+            if check.repeat is None or not result.answered:
+                out.append(result)
+                continue
+            url = resolve_url(check, urls)
+
+            def send(check: Check = check, url: str = url) -> int | None:
+                return engine.send(check, url).status
+
+            burst = repeat_load(send, check.repeat)
+            out.append(replace(result, synthetic=burst.sent, synthetic_failed=burst.failed))
+        return tuple(out)
+    finally:
+        if own:
+            engine.close()
 
 
 def all_ok(results: Iterable[ProbeResult]) -> bool:

@@ -1,14 +1,16 @@
 """The plan as a pull-request comment: what needs a reader first, units on every value.
 
 One marker (the workflow finds and updates its earlier comment by it), one heading, the
-offline note once; then errors, blocked services, rollbacks and changes, each with its gate
-table (failed gates first, reasons kept); the unchanged services fold into one `<details>`.
+offline note once; then errors, blocked services, rollbacks, changes and HELD services (too
+little traffic to judge), each with its gate table (failed gates first, reasons kept) and
+its coverage (judged out of served canary requests at the stage); the unchanged services
+fold into one `<details>`, with their coverage.
 """
 
 from __future__ import annotations
 
-from reconciler.model import GateResult, Outcome, Verdict
-from reconciler.plan import Plan, Reason, ServicePlan
+from reconciler.model import Coverage, GateResult, Outcome, Verdict
+from reconciler.plan import Plan, Reason, ServicePlan, coverage_note
 from reconciler.views.plan import gcloud_command, summary_line, verdict_summary
 from reconciler.views.units import gate_limit, gate_value
 
@@ -47,7 +49,14 @@ def _rank(sp: ServicePlan) -> int:
         return 0
     if sp.reason is Reason.ROLLBACK:
         return 1
-    return 2 if sp.has_changes else 3
+    if sp.has_changes:
+        return 2
+    return 3 if sp.held else 4
+
+
+def coverage_text(coverage: Coverage | None) -> str:
+    """`98% (1,176 of 1,200 requests judged)`, or `–` when nothing was served yet."""
+    return coverage.describe() if coverage is not None and coverage.served else "–"
 
 
 def plan_markdown(plan: Plan) -> str:
@@ -74,6 +83,8 @@ def _title(sp: ServicePlan) -> str:
         icon, what = "⏪", sp.reason.value
     elif sp.has_changes:
         icon, what = "🔀", sp.reason.value
+    elif sp.held:
+        icon, what = "⏸️", "HELD, too little traffic to judge"
     else:
         icon, what = "⚠️", "no change, with warnings"
     move = ""
@@ -106,9 +117,16 @@ def _service(sp: ServicePlan) -> list[str]:
         out += [f"No traffic change (live: {_code(sp.before.describe())}).", ""]
     if sp.edit is not None:
         out += [f"Rollout file edit: {_cell(sp.edit.summary)}", ""]
+    if sp.held:
+        out += [f"> ⏸️ **{_cell(sp.held)}**", ""]
     if sp.verdict is not None:
         out += verdict_table(sp.verdict)
-    quoted = [f"> ⚠️ {_cell(w)}" for w in sp.warnings] + [f"> {_cell(n)}" for n in sp.notes]
+    if sp.coverage is not None and sp.coverage.served:
+        out += [f"Coverage at this stage: {coverage_text(sp.coverage)}.", ""]
+    # HELD and coverage are shown above; the text view's copies are left out here.
+    warnings = [w for w in sp.warnings if w != sp.held]
+    notes = [n for n in sp.notes if sp.coverage is None or n != coverage_note(sp.coverage)]
+    quoted = [f"> ⚠️ {_cell(w)}" for w in warnings] + [f"> {_cell(n)}" for n in notes]
     if quoted:
         out += [*quoted, ""]
     if sp.changes and not sp.blocked:
@@ -145,16 +163,17 @@ def _unchanged(plans: list[ServicePlan]) -> list[str]:
     out = [
         f"<details><summary>✅ {len(plans)} unchanged: {names}</summary>",
         "",
-        "| service | phase | canary | verdict |",
-        "|---|---|---:|---|",
+        "| service | phase | canary | verdict | coverage |",
+        "|---|---|---:|---|---:|",
     ]
     # In sync, so the live split is the rollout file's: the canary percent says it all.
     for sp in plans:
         verdict = verdict_summary(sp.verdict) if sp.verdict is not None else "–"
-        notes = "".join(f"; {n}" for n in sp.notes)
+        kept = [n for n in sp.notes if sp.coverage is None or n != coverage_note(sp.coverage)]
+        notes = "".join(f"; {n}" for n in kept)
         out.append(
             f"| {_code(sp.ref.service)} | {sp.phase.value} | {sp.canary_percent}% "
-            f"| {_cell(verdict + notes)} |"
+            f"| {_cell(verdict + notes)} | {coverage_text(sp.coverage)} |"
         )
     out += ["", "</details>", ""]
     return out
