@@ -48,6 +48,7 @@ from reconciler.plan import (
     rollback_plan,
 )
 from reconciler.spec import Channel, EnvValue, RolloutSpec, WebhookChannel, format_duration
+from reconciler.waves import RegionState, WaveStep, baked, region_state, step
 
 _EVENT_KIND = {
     Reason.STAGE: EventKind.APPLIED,
@@ -110,6 +111,8 @@ class Decision:
     """Windows that became final this tick (for the metrics files: each written once, with
     its final numbers)."""
     previous: ServiceStatus | None = None
+    wave: WaveStep | None = None
+    """What the wave rule allowed this region (a file with `waves:`), its hold included."""
     reports: tuple[ReportDue, ...] = ()
     """Stage reports due this tick: written with the record after the status (the closing
     ones only when the plan is carried out)."""
@@ -207,12 +210,15 @@ def decide(
     actor: str = "reconciler",
     window_keep: int = 12,
     check_revisions: bool = True,
+    regions: Mapping[str, ServiceStatus | None] | None = None,
 ) -> Decision:
     """Decide one service's tick. Raises PlanError when the spec names a missing revision.
 
     `windows` and `probe_runs` are what this tick measured; `config_errors` are problems of
     the rollout file or the environment (an unset variable, a bad URL template): they block
-    the service and never count against the canary.
+    the service and never count against the canary. In a file with `waves:` (`spec` is one
+    region's, see `waves.expand`), `regions` holds every other region's status by region,
+    for the wave rule.
     """
     canary = spec.revisions.canary
     live_pct = live.traffic.percent_of(canary) if canary else 0
@@ -223,9 +229,26 @@ def decide(
         stage_percent=live_pct if j.passing_since else None,
     )
     verdict = j.verdict
+    wave = _wave(spec, live_pct, j.passing_since, regions or {}, now)
     sp = plan_service(
-        spec, live, now=now, verdict=verdict, history=history, check_revisions=check_revisions
+        spec if wave is None else spec.model_copy(update={"canary_percent": wave.percent}),
+        live,
+        now=now,
+        verdict=verdict,
+        history=history,
+        check_revisions=check_revisions,
+        may_advance=wave is None or wave.may_advance,
+        may_finalize=wave is None or wave.may_finalize,
     )
+    if wave is not None:
+        sp = replace(
+            sp,
+            wave=wave.wave,
+            waves=wave.waves,
+            hold=wave.hold,
+            warnings=(*sp.warnings, *([wave.hold] if wave.hold else [])),
+            notes=(*sp.notes, *([f"wave {wave.wave}: {wave.waiting}"] if wave.waiting else [])),
+        )
     if metrics_error:
         sp = replace(sp, warnings=(*sp.warnings, f"metrics: {metrics_error}"))
     sp = paused_plan(spec, sp)
@@ -290,8 +313,34 @@ def decide(
         ),
         added=j.added,
         previous=status,
+        wave=wave,
         reports=due,
     )
+
+
+def _wave(
+    spec: RolloutSpec,
+    live_pct: int,
+    passing_since: datetime | None,
+    regions: Mapping[str, ServiceStatus | None],
+    now: datetime,
+) -> WaveStep | None:
+    """The wave rule's step for this region: its own state from this tick's judgement, the
+    others' from their statuses (None without waves)."""
+    if spec.waves is None:
+        return None
+    states = {
+        region: region_state(spec, region, status, now)
+        for region, status in regions.items()
+        if region != spec.region
+    }
+    own = region_state(spec, spec.region, None, now)
+    states[spec.region] = RegionState(
+        stage=live_pct,
+        baked=baked(spec, live_pct, passing_since, now),
+        rolled_back=own.rolled_back,
+    )
+    return step(spec, spec.region, states)
 
 
 # --- scheduled reports -----------------------------------------------------------------------

@@ -36,9 +36,18 @@ from reconciler.model import (
     Target,
     TrafficSplit,
 )
-from reconciler.plan import Reason, ServicePlan, SpecEdit, desired_split, is_rolled_back
+from reconciler.plan import (
+    Reason,
+    ServicePlan,
+    SpecEdit,
+    desired_split,
+    is_rolled_back,
+    rollback_block,
+    rollback_values,
+)
 from reconciler.shard import Shard
 from reconciler.spec import Metrics, RolloutSpec
+from reconciler.waves import for_region
 
 log = logging.getLogger(__name__)
 
@@ -113,9 +122,15 @@ def edit_text(text: str, edit: SpecEdit) -> str:
     return yamledit.edit_rollout(text, set_values=values, remove=remove)
 
 
+_EDITS = threading.Lock()
+"""Serializes rollout-file edits: the regions of a file with `waves:` are reconciled on a
+pool, and two of them rolled back in one run each add their entry to the same file."""
+
+
 def edit_rollout_file(run: ServiceRun, edit: SpecEdit) -> None:
     """Carry out an edit of the run's rollout file, keeping every other byte."""
-    st.atomic_write_text(run.path, edit_text(read_rollout(run.path), edit))
+    with _EDITS:
+        st.atomic_write_text(run.path, edit_text(read_rollout(run.path), edit))
     run.edited = True
 
 
@@ -138,8 +153,8 @@ def stamp(
         "canary": sp.canary,
         "reason": reason,
     }
-    block = sp.edit.values.get("rolled_back") if sp.edit is not None else None
-    if isinstance(block, Mapping):
+    block = rollback_block(sp.edit)
+    if block is not None:
         # The exact reason the rollback writes into the rollout file, so a recovered record
         # is byte-identical to the one the writing run commits (no conflict if both land).
         data["rolled_back_reason"] = str(block.get("reason", reason))
@@ -402,7 +417,7 @@ def recover(ctx: Context, run: ServiceRun, spec_id: str | None) -> None:
     edit = _recovered_edit(run, reason, commits, data, written_at)
     if edit is not None:
         edit_rollout_file(run, edit)
-        run.spec = load_spec(run.path)
+        run.spec = for_region(load_spec(run.path), run.spec.region)
     run.events.append(
         st.Event(
             time=run.now,
@@ -437,12 +452,9 @@ def _recovered_edit(
             return replace(verbs.abort(spec), summary="recorded late")
         return None
     if reason is Reason.ROLLBACK and same and not is_rolled_back(spec):
-        block = {
-            "revision": str(canary),
-            "at": st.format_time(written_at),
-            "reason": str(data.get("rolled_back_reason", data.get("reason", ""))),
-        }
-        return SpecEdit(reason, {"canary_percent": 0, "rolled_back": block}, "recorded late")
+        why = str(data.get("rolled_back_reason", data.get("reason", "")))
+        block = rollback_values(spec, str(canary), written_at, why)
+        return SpecEdit(reason, block, "recorded late")
     if reason is Reason.FINALIZE and same:
         values: dict[str, Any] = {
             "revisions.stable": str(canary),

@@ -24,6 +24,7 @@ from reconciler.model import WindowStats as Window
 from reconciler.plan import ServiceError
 from reconciler.shard import Shard
 from reconciler.spec import RolloutSpec
+from reconciler.waves import expand
 
 
 # --- inputs ---------------------------------------------------------------------------------
@@ -78,9 +79,10 @@ def load_all(
     shard: Shard | None = None,
     loaded: Callable[[RolloutSpec], None] | None = None,
 ) -> tuple[list[tuple[Path, RolloutSpec]], list[ServiceError]]:
-    """Load every rollout file; a bad file is an error for that service only, and so are two
-    files claiming one service (both named). With `shard`, only what that shard owns is
-    returned (every file is still read, so a clash across shards is still seen).
+    """Load every rollout file, one spec per region of a file with `waves:`; a bad file is an
+    error for that service only, and so are two files claiming one service (both named).
+    With `shard`, only what that shard owns is returned (every file is still read, so a
+    clash across shards is still seen).
 
     `loaded` is told of each spec (the shard's own) as soon as it is parsed, so reads can
     start while the rest of the files are parsed."""
@@ -88,15 +90,16 @@ def load_all(
     errors: list[tuple[Path, ServiceError]] = []
     for path in files:
         try:
-            spec = load_spec(path)
+            expanded = expand(load_spec(path))
         except ReconcileError as exc:
             errors.append((path, ServiceError(path.stem, str(exc))))
             continue
-        specs.append((path, spec))
-        if loaded is not None and (
-            shard is None or shard.owns(spec.project, spec.region, spec.service)
-        ):
-            loaded(spec)
+        for spec in expanded:
+            specs.append((path, spec))
+            if loaded is not None and (
+                shard is None or shard.owns(spec.project, spec.region, spec.service)
+            ):
+                loaded(spec)
     clashes = duplicate_identities(specs)
     errors += [(p, ServiceError(s.service, clashes[p])) for p, s in specs if p in clashes]
     specs = [(p, s) for p, s in specs if p not in clashes]
@@ -109,6 +112,20 @@ def load_all(
 def _shard_key(path: Path) -> str:
     """A file's shard key when it has no identity: its folder and name (machine-independent)."""
     return f"{path.parent.name}/{path.name}"
+
+
+def region_statuses(root: Path, spec: RolloutSpec) -> dict[str, st.ServiceStatus | None]:
+    """The observed status of every other region of a file with `waves:`, by region, for
+    the wave rule (empty without waves). One that cannot be read counts as not started."""
+    out: dict[str, st.ServiceStatus | None] = {}
+    for other in expand(spec):
+        if other.region == spec.region:
+            continue
+        try:
+            out[other.region] = st.load_status(root, ref_of(other)).status
+        except ReconcileError:
+            out[other.region] = None
+    return out
 
 
 def ref_of(spec: RolloutSpec) -> ServiceRef:

@@ -267,6 +267,11 @@ def parse_spec(data: bytes, path: Path, defaults: tuple[bytes, Path] | None = No
 
     def read(text: str, fast: bool) -> RolloutSpec:
         tree, lines = _compose(text, fast=fast)
+        if "waves" in tree and "region" in tree:
+            raise _Problem(
+                lines[("region",)],
+                "region: a file with waves names its regions there; remove region (or waves)",
+            )
         merged = _Tree(tree, lines) if shared is None else _merged(shared, _Tree(tree, lines))
         spec = _validate(merged.values, merged.lines, RolloutSpec, merged.files)
         _check_file_name(spec, path, lines)
@@ -335,7 +340,7 @@ def _decode(data: bytes) -> str:
     return text
 
 
-_REQUIRED = "service, project, region, revisions, canary_percent and stages"
+_REQUIRED = "service, project, region (or waves), revisions, canary_percent and stages"
 
 
 # --- text -> node tree -> values ------------------------------------------------------------
@@ -786,6 +791,8 @@ def _message(err: ErrorDetails, model: type[BaseModel]) -> str:
     got = describe_value(value)
     ctx = err.get("ctx") or {}
     if kind == "missing":
+        if loc == ("region",) and model is RolloutSpec:
+            return "missing required key 'region' (or 'waves', to name several regions)"
         return f"missing required key {loc[-1]!r}"
     if kind == "union_tag_not_found":
         tags = _expected_tags(loc, model)

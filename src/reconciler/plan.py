@@ -112,6 +112,12 @@ class ServicePlan:
     notes: tuple[str, ...] = ()
     verdict: Verdict | None = None
     drift: bool = False
+    wave: int = 0
+    """The region's wave (1-based) in a rollout file with `waves:`; 0 without waves."""
+    waves: tuple[tuple[str, ...], ...] = ()
+    """Every wave's regions of the file (empty without waves)."""
+    hold: str | None = None
+    """Why no region of the file takes a new stage (a region was rolled back), if it holds."""
     held: str | None = None
     """`HELD: ...` when `gates.inconclusive_limit` holds the canary (also in `warnings`)."""
     coverage: Coverage | None = None
@@ -182,13 +188,42 @@ def split_for(stable: str, canary: str | None, canary_percent: int) -> TrafficSp
 
 
 def is_rolled_back(spec: RolloutSpec) -> bool:
-    """True when the rollout file's `rolled_back` block names its current canary (sticky)."""
-    rb = spec.rolled_back
-    return (
-        rb is not None
-        and spec.revisions.canary is not None
-        and rb.revision == spec.revisions.canary
-    )
+    """True when the rollout file's `rolled_back` block names its current canary (sticky), or,
+    in a file with waves, the entry of this spec's region in `rolled_back_regions` does."""
+    canary = spec.revisions.canary
+    if canary is None:
+        return False
+    here = spec.rolled_back_regions.get(spec.region) if spec.waves is not None else None
+    return any(b is not None and b.revision == canary for b in (spec.rolled_back, here))
+
+
+ROLLED_BACK_REGIONS = "rolled_back_regions"
+
+
+def rollback_values(spec: RolloutSpec, canary: str, at: datetime, reason: str) -> dict[str, Any]:
+    """The rollout-file edit that records an automatic rollback of `canary` (sticky).
+
+    A single-region file gets `canary_percent: 0` and the `rolled_back` block. In a file with
+    waves only this spec's region is rolled back: its entry in `rolled_back_regions` (a key
+    of its own, so two regions rolled back in one run never overwrite each other), and
+    `canary_percent` stays, since the other regions hold where they are.
+    """
+    block = {"revision": canary, "at": format_time(at), "reason": reason}
+    if spec.waves is not None:
+        return {f"{ROLLED_BACK_REGIONS}.{spec.region}": block}
+    return {"canary_percent": 0, "rolled_back": block}
+
+
+def rollback_block(edit: SpecEdit | None) -> Mapping[str, Any] | None:
+    """The `rolled_back` block (or region entry) an edit writes, if it writes one."""
+    if edit is None:
+        return None
+    for key, value in edit.values.items():
+        if isinstance(value, Mapping) and (
+            key == "rolled_back" or key.startswith(ROLLED_BACK_REGIONS + ".")
+        ):
+            return value
+    return None
 
 
 def desired_split(spec: RolloutSpec) -> TrafficSplit:
@@ -295,8 +330,14 @@ def plan_service(
     verdict: Verdict | None = None,
     history: History | None = None,
     check_revisions: bool = True,
+    may_advance: bool = True,
+    may_finalize: bool = True,
 ) -> ServicePlan:
-    """Plan one service. Raises PlanError when the spec names a revision that does not exist."""
+    """Plan one service. Raises PlanError when the spec names a revision that does not exist.
+
+    With `may_advance` or `may_finalize` False (the wave rule, `waves.py`) the plan neither
+    commits the next stage (nor says it is ready to), or neither finalizes the rollout.
+    """
     history = history or History()
     canary = spec.revisions.canary
     if check_revisions and live.revisions:
@@ -338,13 +379,11 @@ def plan_service(
             to = live.traffic.tags()[STABLE_TAG]
         after = split_for(to, None, 0)
         reason_text = "; ".join(verdict.failures) or "gates failed"
+        where = f"{spec.region}: " if spec.waves is not None else ""
         edit = SpecEdit(
             Reason.ROLLBACK,
-            {
-                "canary_percent": 0,
-                "rolled_back": {"revision": canary, "at": format_time(now), "reason": reason_text},
-            },
-            f"canary {live_canary}% -> 0% ({canary}): {reason_text}",
+            rollback_values(spec, canary, now, reason_text),
+            f"{where}canary {live_canary}% -> 0% ({canary}): {reason_text}",
         )
         return replace(
             base,
@@ -363,7 +402,8 @@ def plan_service(
 
     # 2. Live already at 100% canary as git wants: finalize (stable := canary).
     if (
-        canary is not None
+        may_finalize
+        and canary is not None
         and not rolled_back
         and spec.canary_percent == 100
         and live.traffic.same_routing(desired)
@@ -393,7 +433,8 @@ def plan_service(
         # 3. In sync: maybe advance (auto) or say "ready to promote".
         nxt = spec.next_stage()
         if (
-            canary is not None
+            may_advance
+            and canary is not None
             and not rolled_back
             and spec.canary_percent > 0
             and nxt is not None

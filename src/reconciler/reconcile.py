@@ -26,7 +26,7 @@ from reconciler.execute import STAMP_KEY as STAMP_KEY
 from reconciler.execute import Context as Context  # re-exported: callers build it from here
 from reconciler.execute import ServiceRun, carry_out, commit_paths, record, recover
 from reconciler.execute import read_stamp as read_stamp
-from reconciler.gather import gather, load_all, measure, observe, probe
+from reconciler.gather import gather, load_all, measure, observe, probe, region_statuses
 from reconciler.gather import ref_of as ref_of
 from reconciler.gather import rollout_files as rollout_files
 from reconciler.loader import load_spec, spec_id_of
@@ -35,6 +35,7 @@ from reconciler.model import WindowStats as Window
 from reconciler.plan import Plan, PlanError, ServiceError, ServicePlan, is_rolled_back
 from reconciler.shard import Shard
 from reconciler.spec import RolloutSpec
+from reconciler.waves import for_region
 
 log = logging.getLogger(__name__)
 
@@ -137,6 +138,7 @@ def plan_all(
                 config_errors=config,
                 spec_id=spec_id_of(path),
                 check_revisions=not offline,
+                regions=region_statuses(repo, spec),
             )
             salvaged = (f"state: {loaded.problem}",) if loaded.problem else ()
             plans.append(replace(d.plan, warnings=(*d.plan.warnings, *salvaged)))
@@ -190,6 +192,7 @@ def _prepare(
     spec = run.spec
     config = missing_env(spec, os.environ if ctx.environ is None else ctx.environ)
     probes: list[st.ProbeRecord] = []
+    regions = region_statuses(ctx.state_root, spec)
     in_budget = probe_deadline is None or time.monotonic() < probe_deadline
     if not dry_run and not config and in_budget:
         probes, config = probe(ctx, spec, live, now)
@@ -207,6 +210,7 @@ def _prepare(
             spec_id=spec_id,
             actor=ctx.actor,
             window_keep=ctx.window_keep,
+            regions=regions,
         )
 
     d = redecide(live)
@@ -381,7 +385,7 @@ def apply_all(
             return ServiceOutcome(d.service, error="rollout file removed by the sync; not applied")
         if t.run.path.read_bytes() != t.text:
             # The sync brought a newer desired state: decide again from it.
-            spec = load_spec(t.run.path)
+            spec = for_region(load_spec(t.run.path), t.run.spec.region)
             again = _prepare(
                 ctx,
                 t.run.path,

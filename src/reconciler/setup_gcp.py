@@ -622,6 +622,7 @@ def setup_gcp(
       reconcile setup gcp --project naeda-genesis --repo acme/infra --execute
     """
     from reconciler.loader import find_rollout_files, load_spec
+    from reconciler.waves import expand
 
     repo_dir: Path = ctx.find_root().obj.repo
     rollout_dir = repo_dir / "rollout"
@@ -632,7 +633,8 @@ def setup_gcp(
     files = find_rollout_files(rollout_dir)
     if not files:
         raise ReconcileError(f"{rollout_dir}: no rollout files (*.yaml) found")
-    specs = [load_spec(path) for path in files]
+    # Every region of a file with waves needs its grants.
+    specs = [spec for path in files for spec in expand(load_spec(path))]
     options = Options(
         project=project,
         repo=github_repo,

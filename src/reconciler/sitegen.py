@@ -16,6 +16,7 @@ from reconciler.errors import ReconcileError
 from reconciler.model import ServiceRef
 from reconciler.site import EventRow, ServiceView, index_page, page_name, service_page
 from reconciler.spec import RolloutSpec
+from reconciler.waves import expand
 
 CHART_SPAN = timedelta(hours=48)
 """The metrics a service page charts: the last 48 h (the canary checklist's final report)."""
@@ -43,7 +44,8 @@ def rollouts(repo: Path) -> tuple[dict[str, RolloutSpec], dict[str, str]]:
         except ReconcileError as exc:
             broken[path.stem] = str(exc)
             continue
-        specs[ServiceRef(spec.project, spec.region, spec.service).key] = spec
+        for one in expand(spec):  # every region of a file with waves
+            specs[ServiceRef(one.project, one.region, one.service).key] = one
     return specs, broken
 
 

@@ -588,6 +588,8 @@ Channel = Annotated[SlackChannel | GoogleChatChannel | WebhookChannel, Field(dis
 
 
 Stage = Annotated[int, Field(ge=1, le=100)]
+Wave = Annotated[list[RegionId], Field(min_length=1)]
+"""One wave of a multi-region rollout: regions that take each stage together."""
 
 
 # --- the rollout file ---------------------------------------------------------------------
@@ -610,7 +612,16 @@ class RolloutSpec(_Model):
 
     service: ServiceId = Field(description="Cloud Run service id; the file is <service>.yaml.")
     project: ProjectId = Field(description="GCP project id.")
-    region: RegionId = Field(description="Cloud Run region, like us-central1.")
+    region: RegionId = Field(
+        description="Cloud Run region, like us-central1. A file names either region or waves."
+    )
+    waves: list[Wave] | None = Field(
+        default=None,
+        min_length=1,
+        description="Several regions of the service, in waves: a stage starts in a wave only "
+        "after every region of the previous wave passed its gates at that stage for bake "
+        "(docs/fleet.md). A file names either region or waves.",
+    )
     revisions: Revisions
     canary_percent: int = Field(
         ge=0, le=100, description="Percent of traffic on the canary now: 0 or one of the stages."
@@ -654,14 +665,31 @@ class RolloutSpec(_Model):
     rolled_back: RolledBack | None = Field(
         default=None, description="Written by the reconciler; delete it to retry the canary."
     )
+    rolled_back_regions: dict[RegionId, RolledBack] = Field(
+        default={},
+        description="Waves only, written by the reconciler: the regions whose canary was rolled "
+        "back (the others hold). Delete an entry, or reconcile retry, to retry that region.",
+    )
     paused: bool = Field(
         default=False,
         description="Hold traffic where it is: no advance, no drift correction (never a "
         "rollback). Written by `reconcile pause` and `abort`; removed by `resume`.",
     )
 
+    @model_validator(mode="before")
+    @classmethod
+    def _lead_region(cls, data: Any) -> Any:
+        # A file with `waves:` names no `region`: the model's region is then the first region
+        # of the first wave (the lead), and `waves.expand` gives one spec per region.
+        if isinstance(data, dict) and "region" not in data:
+            waves = data.get("waves")
+            if isinstance(waves, list) and waves and isinstance(waves[0], list) and waves[0]:
+                return {**data, "region": waves[0][0]}
+        return data
+
     @model_validator(mode="after")
     def _rules(self) -> RolloutSpec:
+        self._wave_rules()
         stages = self.stages
         for i in range(1, len(stages)):
             if stages[i] <= stages[i - 1]:
@@ -738,6 +766,36 @@ class RolloutSpec(_Model):
                     "repeat is for canary probes (synthetic load on the canary), not dependencies",
                 )
         return self
+
+    def _wave_rules(self) -> None:
+        named: dict[str, int] = {}
+        for i, wave in enumerate(self.waves or ()):
+            for j, region in enumerate(wave):
+                if region in named:
+                    raise RuleError(
+                        ("waves", i, j),
+                        f"{region} is already in wave {named[region] + 1}: a region rolls out once",
+                    )
+                named[region] = i
+        if self.waves is not None and self.region not in named:
+            raise RuleError(("region",), f"{self.region} is not one of the waves' regions")
+        if self.waves is not None and isinstance(self.metrics, PrometheusMetrics):
+            # Its queries select by service and revision only: the regions' series would be
+            # summed, and one region's failure diluted by the others.
+            raise RuleError(
+                ("metrics", "provider"),
+                "prometheus queries cannot tell the regions of waves apart (no region in "
+                "them); use cloud-monitoring, or one file per region",
+            )
+        for region in self.rolled_back_regions:
+            if region not in named:
+                raise RuleError(
+                    ("rolled_back_regions", region),
+                    f"{region} is not one of the waves' regions"
+                    if self.waves is not None
+                    else "rolled_back_regions belongs to a file with waves; a single-region "
+                    "file records its rollback in rolled_back",
+                )
 
     def next_stage(self) -> int | None:
         """The stage after the current one (the first stage from 0%), None at 100%."""
@@ -817,6 +875,9 @@ def json_schema() -> dict[str, Any]:
     )
     definitions = schema.pop("$defs", {})
     schema["title"] = "Rollout file (rollout/<service>.yaml)"
+    # Either `region` or `waves`, never both (the model fills `region` from `waves`).
+    schema["required"] = [k for k in schema["required"] if k != "region"]
+    schema["oneOf"] = [{"required": ["region"]}, {"required": ["waves"]}]
     return {
         "$schema": "http://json-schema.org/draft-07/schema#",
         **schema,

@@ -149,11 +149,14 @@ def abort(spec: RolloutSpec) -> SpecEdit:
 
 
 def retry(spec: RolloutSpec, reason: str | None) -> SpecEdit:
-    """`reconcile retry`: clear the `rolled_back` block.
+    """`reconcile retry`: clear the `rolled_back` block (and, in a file with waves, every
+    region's `rolled_back_regions` entry, which lifts the hold on the other regions).
 
     A block naming an older canary (a new one is named) is cleared as stale; re-trying the
     very canary that was rolled back needs a `reason` recorded in the commit.
     """
+    if spec.rolled_back_regions and spec.rolled_back is None:
+        return _retry_regions(spec, reason)
     rb = spec.rolled_back
     if rb is None:
         raise VerbError(f"{spec.service}: no rolled_back block to clear")
@@ -170,6 +173,22 @@ def retry(spec: RolloutSpec, reason: str | None) -> SpecEdit:
         f"cleared the rolled_back block of {rb.revision} (canary is now "
         f"{spec.revisions.canary or 'none'})",
     )
+
+
+def _retry_regions(spec: RolloutSpec, reason: str | None) -> SpecEdit:
+    """Retry the regions of a file with waves: each climbs back from the first stage."""
+    canary = spec.revisions.canary
+    mine = sorted(r for r, e in spec.rolled_back_regions.items() if e.revision == canary)
+    values = {"rolled_back_regions": None}
+    if not mine:
+        return SpecEdit(Reason.NONE, values, "cleared rolled_back_regions of older canaries")
+    if not reason:
+        why = spec.rolled_back_regions[mine[0]].reason
+        raise VerbError(
+            f"{spec.service}: canary {canary} itself was rolled back in {', '.join(mine)} "
+            f"({why}); name a new canary, or pass --reason to retry the same one"
+        )
+    return SpecEdit(Reason.NONE, values, f"retry {canary} in {', '.join(mine)}: {reason}")
 
 
 def canary_start(spec: RolloutSpec, revision: str, known: Collection[str]) -> SpecEdit:
@@ -194,6 +213,8 @@ def canary_start(spec: RolloutSpec, revision: str, known: Collection[str]) -> Sp
     values: dict[str, Any] = {"revisions.canary": revision, "canary_percent": first}
     if spec.rolled_back is not None:
         values["rolled_back"] = None
+    if spec.rolled_back_regions:
+        values["rolled_back_regions"] = None
     if spec.paused:
         values["paused"] = None
     return SpecEdit(Reason.STAGE, values, f"canary start {revision} at {first}%")

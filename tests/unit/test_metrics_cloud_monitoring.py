@@ -58,6 +58,12 @@ def test_series_filter(services: list[str], revisions: list[str], expected: str)
     assert series_filter("run.googleapis.com/request_count", services, revisions) == expected
 
 
+def test_series_filter_keeps_one_region() -> None:
+    # A service in several regions has the same service and revision names in each.
+    got = series_filter("m", ["ion-api"], ["ion-api-00042-xyz"], "europe-west1")
+    assert 'AND resource.labels.location = "europe-west1" AND' in got
+
+
 @pytest.mark.parametrize(
     ("services", "revisions"), [([], ["r"]), (["s"], [])], ids=["no-service", "no-revision"]
 )

@@ -42,11 +42,12 @@ def test_schema_is_draft_07_json() -> None:
     assert set(schema["required"]) == {
         "service",
         "project",
-        "region",
         "revisions",
         "canary_percent",
         "stages",
     }
+    # Either region or waves, never both.
+    assert schema["oneOf"] == [{"required": ["region"]}, {"required": ["waves"]}]
 
 
 @pytest.mark.parametrize("path", GOOD, ids=lambda p: p.name)
@@ -84,6 +85,9 @@ SCHEMA_REJECTS = [
     "unknown-provider",
     "expect-not-scalar",
     "header-env-typo",
+    "waves-and-region",
+    "waves-not-nested",
+    "waves-empty-wave",
 ]
 
 

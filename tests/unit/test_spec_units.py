@@ -281,5 +281,8 @@ def test_next_stage(percent: int, following: int | None) -> None:
 def test_json_dump_reads_back_as_the_same_spec(path: Path) -> None:
     # JSON is YAML: what the models serialize (units included) is a valid rollout file.
     spec = load_spec(path)
-    text = json.dumps(spec.model_dump(mode="json", by_alias=True), ensure_ascii=False)
+    data = spec.model_dump(mode="json", by_alias=True)
+    # A file names either region or waves; the model of one with waves holds its lead region.
+    data.pop("region" if data["waves"] is not None else "waves")
+    text = json.dumps(data, ensure_ascii=False)
     assert parse_spec(text.encode(), path) == spec

@@ -105,6 +105,27 @@ RETRY = [
         {"rolled_back": None},
     ),
     ("nothing-to-clear", {}, "x", "no rolled_back block"),
+    (
+        "waves-region-needs-a-reason",
+        {"waves": [["us-central1"], ["europe-west1"]], "rolled_back_regions": {"europe-west1": RB}},
+        None,
+        "rolled back in europe-west1 \\(5xx\\); name a new canary, or pass --reason",
+    ),
+    (
+        "waves-region-with-reason-lifts-the-hold",
+        {"waves": [["us-central1"], ["europe-west1"]], "rolled_back_regions": {"europe-west1": RB}},
+        "dependency fixed",
+        {"rolled_back_regions": None},
+    ),
+    (
+        "waves-stale-entries-cleared",
+        {
+            "waves": [["us-central1"], ["europe-west1"]],
+            "rolled_back_regions": {"europe-west1": {**RB, "revision": OTHER}},
+        },
+        None,
+        {"rolled_back_regions": None},
+    ),
 ]
 
 

@@ -45,6 +45,7 @@ def validate(app: App, paths: tuple[Path, ...], check_env: bool) -> None:
       reconcile --repo ../infra validate
     """
     from reconciler.loader import SpecError, duplicate_identities
+    from reconciler.waves import expand
 
     files = rollout_files(paths or (app.rollout_dir,), named=bool(paths))
     env = _UnsetEnv(check_env)
@@ -58,7 +59,8 @@ def validate(app: App, paths: tuple[Path, ...], check_env: bool) -> None:
             click.echo(str(exc), err=True)
             continue
         if spec is not None:
-            valid.append((path, spec))
+            # A file with waves claims every region it names.
+            valid.extend((path, s) for s in expand(spec))
     clashes = duplicate_identities(valid)
     for message in clashes.values():
         click.echo(message, err=True)

@@ -82,6 +82,7 @@ MAX_PAGES = 1000
 _SHARE_SCALE = 1000
 _UNIT_SECONDS = {"s": 1.0, "ms": 1e-3, "us": 1e-6, "ns": 1e-9}
 _SERVICE = "resource.labels.service_name"
+_LOCATION = "resource.labels.location"
 _REVISION = "resource.labels.revision_name"
 _CODE_CLASS = "metric.labels.response_code_class"
 
@@ -101,10 +102,14 @@ def _quoted(value: str) -> str:
     return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
-def series_filter(metric_type: str, services: Iterable[str], revisions: Iterable[str]) -> str:
+def series_filter(
+    metric_type: str, services: Iterable[str], revisions: Iterable[str], location: str = ""
+) -> str:
     """The ListTimeSeries filter for one metric over every service and revision of a batch.
 
-    `one_of` keeps it one call per metric however many services the project has.
+    `one_of` keeps it one call per metric however many services the project and region
+    have. `location` keeps one region's series: a service deployed in several regions has
+    the same service and revision names in each.
     """
     svc = sorted(set(services))
     rev = sorted(set(revisions))
@@ -114,6 +119,7 @@ def series_filter(metric_type: str, services: Iterable[str], revisions: Iterable
         [
             f"metric.type = {_quoted(metric_type)}",
             f"resource.type = {_quoted(RESOURCE_TYPE)}",
+            *([f"{_LOCATION} = {_quoted(location)}"] if location else []),
             f"{_SERVICE} = one_of({', '.join(_quoted(s) for s in svc)})",
             f"{_REVISION} = one_of({', '.join(_quoted(r) for r in rev)})",
         ]
@@ -248,20 +254,26 @@ class CloudMonitoringProvider:
         self, queries: Sequence[StatsQuery], window: timedelta, end: datetime
     ) -> Mapping[tuple[str, str], WindowStats]:
         """Stats keyed by (service, revision) for the window ending `ingestion_lag` before
-        `end`. Every asked revision gets an entry; `requests == 0` means no data."""
+        `end`. Every asked revision gets an entry; `requests == 0` means no data.
+
+        One listing per metric, project and region (each filtered on its location); callers
+        asking for one service in several regions ask one region per call, since the keys
+        do not name the region.
+        """
         start, stop = lagged_window(window, end, self.ingestion_lag)
-        by_project: dict[str, list[StatsQuery]] = {}
+        by_place: dict[tuple[str, str], list[StatsQuery]] = {}
         for q in queries:
             if q.revisions:
-                by_project.setdefault(q.ref.project, []).append(q)
+                by_place.setdefault((q.ref.project, q.ref.region), []).append(q)
         out: dict[tuple[str, str], WindowStats] = {}
-        for project, batch in sorted(by_project.items()):
-            out.update(self._project_stats(project, batch, window, start, stop))
+        for (project, region), batch in sorted(by_place.items()):
+            out.update(self._project_stats(project, region, batch, window, start, stop))
         return out
 
     def _project_stats(
         self,
         project: str,
+        region: str,
         batch: Sequence[StatsQuery],
         window: timedelta,
         start: datetime,
@@ -271,8 +283,9 @@ class CloudMonitoringProvider:
         services = {s for s, _ in wanted}
         revisions = {r for _, r in wanted}
         problems: list[str] = []
-        counts = self._counts(project, services, revisions, window, start, stop, problems)
-        latencies = self._latencies(project, services, revisions, window, start, stop, problems)
+        where = (project, region)
+        counts = self._counts(where, services, revisions, window, start, stop, problems)
+        latencies = self._latencies(where, services, revisions, window, start, stop, problems)
         incomplete = "; ".join(dict.fromkeys(problems)) or None
         out: dict[tuple[str, str], WindowStats] = {}
         for key in wanted:
@@ -304,7 +317,7 @@ class CloudMonitoringProvider:
 
     def _counts(
         self,
-        project: str,
+        where: tuple[str, str],
         services: Iterable[str],
         revisions: Iterable[str],
         window: timedelta,
@@ -314,7 +327,7 @@ class CloudMonitoringProvider:
     ) -> dict[tuple[str, str], Counter[str]]:
         """Requests per (service, revision) and response code class (`2xx`, `5xx`, ...)."""
         out: dict[tuple[str, str], Counter[str]] = {}
-        listed = self._list(project, REQUEST_COUNT, services, revisions, window, start, stop)
+        listed = self._list(where, REQUEST_COUNT, services, revisions, window, start, stop)
         problems.extend(listed.problems)
         for ts in listed.series:
             key = _revision_key(ts)
@@ -327,7 +340,7 @@ class CloudMonitoringProvider:
 
     def _latencies(
         self,
-        project: str,
+        where: tuple[str, str],
         services: Iterable[str],
         revisions: Iterable[str],
         window: timedelta,
@@ -338,7 +351,7 @@ class CloudMonitoringProvider:
         """The merged latency histogram per (service, revision) and its unit in seconds."""
         parts: dict[tuple[str, str], list[Histogram]] = {}
         units: dict[tuple[str, str], float] = {}
-        listed = self._list(project, REQUEST_LATENCIES, services, revisions, window, start, stop)
+        listed = self._list(where, REQUEST_LATENCIES, services, revisions, window, start, stop)
         problems.extend(listed.problems)
         for ts in listed.series:
             key = _revision_key(ts)
@@ -353,7 +366,7 @@ class CloudMonitoringProvider:
 
     def _list(
         self,
-        project: str,
+        where: tuple[str, str],
         metric: str,
         services: Iterable[str],
         revisions: Iterable[str],
@@ -365,10 +378,11 @@ class CloudMonitoringProvider:
         `execution_errors` any page reported."""
         from google.cloud import monitoring_v3
 
+        project, region = where
         group_by = [_SERVICE, _REVISION] + ([_CODE_CLASS] if metric == REQUEST_COUNT else [])
         request = monitoring_v3.ListTimeSeriesRequest(
             name=f"projects/{project}",
-            filter=series_filter(metric, services, revisions),
+            filter=series_filter(metric, services, revisions, region),
             interval=monitoring_v3.TimeInterval(start_time=start, end_time=stop),
             aggregation=monitoring_v3.Aggregation(
                 alignment_period=window,

@@ -98,7 +98,9 @@ def _service(sp: ServicePlan) -> list[str]:
     out = [
         _title(sp),
         "",
-        f"{_code(sp.ref.project)} / {_code(sp.ref.region)} · phase **{sp.phase.value}**",
+        f"{_code(sp.ref.project)} / {_code(sp.ref.region)}"
+        + (f" · wave {sp.wave} of {len(sp.waves)}" if sp.wave else "")
+        + f" · phase **{sp.phase.value}**",
         "",
     ]
     if sp.blocked:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import shlex
+from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
@@ -131,13 +132,57 @@ def summary_line(plan: Plan) -> str:
     )
 
 
+def waves_text(group: list[ServicePlan], *, color: bool = False) -> list[str]:
+    """The regions of one rollout file with `waves:`, drawn as its waves: a head naming the
+    waves, the hold (once) when a rolled-back region holds the others, then each wave's
+    regions (their service blocks, indented)."""
+    first = group[0]
+    waves = first.waves
+    symbol = (
+        paint("!", "bad", color)
+        if any(sp.blocked for sp in group)
+        else (paint("~", "change", color) if any(sp.has_changes for sp in group) else " ")
+    )
+    plan_waves = "  ".join(f"{i}: [{', '.join(w)}]" for i, w in enumerate(waves, 1))
+    lines = [
+        f"{symbol} {paint(first.ref.service, 'bold', color)} ({first.ref.project}) "
+        f"in {len(waves)} waves  {plan_waves}"
+    ]
+    hold = next((sp.hold for sp in group if sp.hold), None)
+    if hold:
+        lines.append(f"  {paint('HOLD:', 'bad', color)} {hold.removeprefix('HOLD: ')}")
+    for number, wave in enumerate(waves, 1):
+        mine = [sp for sp in group if sp.wave == number]
+        mine.sort(key=lambda sp: wave.index(sp.ref.region) if sp.ref.region in wave else 0)
+        lines.append(f"  wave {number}: {', '.join(wave)}")
+        for sp in mine:
+            # The hold is said once, above; the notes name the wave already.
+            shown = replace(sp, warnings=tuple(w for w in sp.warnings if w != sp.hold))
+            lines += ["    " + line for line in service_text(shown, color=color)]
+    return lines
+
+
+def _grouped(services: tuple[ServicePlan, ...]) -> list[list[ServicePlan]]:
+    """Services in plan order, the regions of one file with waves together (one group)."""
+    groups: dict[tuple[str, str, str], list[ServicePlan]] = {}
+    for sp in services:
+        key = (sp.ref.project, sp.ref.service, "waves" if sp.wave else sp.ref.region)
+        groups.setdefault(key, []).append(sp)
+    return list(groups.values())
+
+
 def plan_text(plan: Plan, *, color: bool = False) -> str:
-    """Terminal form, like `terraform plan` (ANSI colour when `color`)."""
+    """Terminal form, like `terraform plan` (ANSI colour when `color`); the regions of a
+    rollout file with `waves:` are drawn as its waves (`waves_text`)."""
     lines: list[str] = []
     if plan.offline:
         lines.append("(offline: planned against the last observed state in state/, not the API)")
-    for sp in plan.services:
-        lines += service_text(sp, color=color)
+    for group in _grouped(plan.services):
+        if group[0].wave:
+            lines += waves_text(group, color=color)
+        else:
+            for sp in group:
+                lines += service_text(sp, color=color)
         lines.append("")
     for err in plan.errors:
         lines.append(f"{paint('x', 'bad', color)} {err.service}: {err.message}")
@@ -196,6 +241,9 @@ def service_plan_dict(sp: ServicePlan) -> dict[str, Any]:
         "etag": sp.etag,
         "spec_id": sp.spec_id,
         "gcloud": gcloud_command(sp) if sp.changes else None,
+        "wave": sp.wave,
+        "waves": [list(w) for w in sp.waves],
+        "hold": sp.hold,
     }
 
 
@@ -275,6 +323,9 @@ def plan_from_json(text: str) -> Plan:
                     drift=s["drift"],
                     # Added within format_version 1: older plan files have none.
                     spec_id=s.get("spec_id"),
+                    wave=int(s.get("wave", 0)),
+                    waves=tuple(tuple(str(r) for r in w) for w in s.get("waves", [])),
+                    hold=s.get("hold"),
                 )
             )
         return Plan(

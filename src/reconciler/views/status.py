@@ -25,6 +25,13 @@ def _sync(sp: ServicePlan) -> str:
     return "drift" if sp.drift else "pending"
 
 
+def _name(sp: ServicePlan) -> str:
+    """The SERVICE cell: a region of a file with waves says which region and wave it is."""
+    if sp.wave:
+        return f"{sp.ref.service} {sp.ref.region} (wave {sp.wave})"
+    return sp.ref.service
+
+
 def _short(split: TrafficSplit) -> str:
     """The split by tag (`stable=95 canary=5`): what a narrow table has room for."""
     return " ".join(f"{t.tag or t.revision}={t.percent}" for t in split.targets) or "(none)"
@@ -45,7 +52,7 @@ def status_text(
     """
     live = [sp.before.describe() for sp in plans]
     rows = [
-        [sp.ref.service, sp.phase.value, f"{sp.canary_percent}%", text, _sync(sp)]
+        [_name(sp), sp.phase.value, f"{sp.canary_percent}%", text, _sync(sp)]
         for sp, text in zip(plans, live, strict=True)
     ]
     names = [r[0] for r in rows] + [e.service for e in errors]
