@@ -45,59 +45,16 @@ import statistics
 import sys
 import time
 from dataclasses import dataclass
-from typing import Any
+
+from emulated_canary import CANARY, SERVICE, canary_percent, rollout, scenario
 
 from reconciler.sandbox import sandbox
 
-SERVICE = "ion-api"
-STABLE, CANARY = "ion-api-00041-abc", "ion-api-00042-xyz"
 CONSECUTIVE = 2
 DELAY = 180.0
 """Cloud Monitoring's ingestion delay (the emulator's default)."""
 LAG = 180.0
 """The provider's default ingestion lag: the judged window ends this long before now."""
-
-ROLLOUT = """\
-service: ion-api
-project: naeda-genesis
-region: us-central1
-revisions:
-  stable: ion-api-00041-abc
-  canary: ion-api-00042-xyz
-canary_percent: 5
-stages: [5, 10, 25, 50, 100]
-auto_advance: false
-bake: 24h
-self_heal: true
-gates:
-  window: {window}s
-  min_requests: {min_requests}
-  consecutive_failures: 2
-  error_rate:   {{max: 5%, target: 1%}}
-  latency_p95:  {{max: 20s, target: 15s}}
-  success_rate: {{min: 90%, target: 95%}}
-metrics: {{provider: cloud-monitoring}}
-"""
-
-
-def scenario() -> dict[str, Any]:
-    """ion-api at 95/5 with both tags; both revisions healthy."""
-    healthy = {"error_rate": 0.0, "latency_ms": {"p50": 120, "p95": 300}}
-    return {
-        "project": "naeda-genesis",
-        "region": "us-central1",
-        "services": [
-            {
-                "name": SERVICE,
-                "revisions": [
-                    {"name": STABLE, "behavior": healthy},
-                    {"name": CANARY, "behavior": healthy},
-                ],
-                "traffic": {STABLE: 95, CANARY: 5},
-                "tags": {"stable": STABLE, "canary": CANARY},
-            }
-        ],
-    }
 
 
 @dataclass
@@ -112,14 +69,6 @@ class Result:
     rolled_back_line: str
     real: float
     """Real seconds the repetition took."""
-
-
-def canary_percent(emu: Any) -> int:
-    """The canary's share of the emulator's live (applied) split."""
-    for svc in emu.status()["services"]:
-        if svc["name"].endswith(f"/services/{SERVICE}"):
-            return sum(t["percent"] for t in svc["traffic"] if t["revision"] == CANARY)
-    raise RuntimeError(f"{SERVICE} not in the emulator")
 
 
 def apply(repo: str) -> tuple[int, str]:
@@ -142,10 +91,11 @@ def one(
     window = interval
     if min_requests is None:
         min_requests = max(20, int(rate * window / 4))
-    rollout = ROLLOUT.format(window=f"{window:g}", min_requests=min_requests)
     started = time.monotonic()
     with sandbox(
-        scenario=scenario(), rollout={"rollout/ion-api.yaml": rollout}, seed=rng.randrange(10**6)
+        scenario=scenario(),
+        rollout={"rollout/ion-api.yaml": rollout(f"{window:g}s", min_requests)},
+        seed=rng.randrange(10**6),
     ) as sb:
         emu = sb.emu
         origin = emu.now()

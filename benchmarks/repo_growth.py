@@ -123,7 +123,7 @@ class Fleet:
                 generation=7,
                 observed_generation=7,
                 last_reconcile=START,
-                spec_commit="0" * 40,
+                spec_id="0" * 40,
                 applied=split,
             )
 

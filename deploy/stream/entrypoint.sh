@@ -17,6 +17,12 @@ if [ -n "${RECONCILE_GIT_TOKEN:-}" ]; then
     unset RECONCILE_GIT_TOKEN basic
 fi
 
+if [ -n "${PORT:-}" ]; then
+    # Run as a Cloud Run service (`reconcile setup gcp --stream-image`), the instance must
+    # listen on $PORT before it counts as started; a worker pool sets no PORT.
+    python3 /usr/local/bin/reconcile-health &
+fi
+
 rm -rf "$repo"
 git clone --quiet "$RECONCILE_GIT_URL" "$repo"
 exec reconcile --repo "$repo" watch --stream "$@"

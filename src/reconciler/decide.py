@@ -288,7 +288,7 @@ def decide(
     probe_runs: Sequence[ProbeRecord] = (),
     metrics_error: str | None = None,
     config_errors: Sequence[str] = (),
-    spec_commit: str | None = None,
+    spec_id: str | None = None,
     actor: str = "reconciler",
     window_keep: int = 12,
     check_revisions: bool = True,
@@ -342,9 +342,11 @@ def decide(
             notes=(*sp.notes, coverage_note(j.coverage)),
             coverage=j.coverage,
         )
-    sp = replace(sp, blocked=sp.blocked or _hold(spec, status, live, sp, config_errors))
+    sp = replace(
+        sp, blocked=sp.blocked or _hold(spec, status, live, sp, config_errors), spec_id=spec_id
+    )
     events = tuple(
-        Event(now, EventKind.PROBE_FAILED, actor, reason=p.reason, spec_commit=spec_commit)
+        Event(now, EventKind.PROBE_FAILED, actor, reason=p.reason, spec_id=spec_id)
         for p in probe_runs
         if not p.ok
     )
@@ -360,7 +362,7 @@ def decide(
         generation=live.generation,
         observed_generation=live.observed_generation,
         last_reconcile=now,
-        spec_commit=spec_commit,
+        spec_id=spec_id,
         verdict=verdict if verdict is not None else (status.verdict if status else None),
         verdict_at=now if verdict is not None else (status.verdict_at if status else None),
         windows=j.windows,
@@ -381,13 +383,13 @@ def decide(
         ),
         held=base,
         events=events,
-        done=(action_event(sp, now, actor, spec_commit),),
-        commit=_with_report_lines(commit_for(sp, spec_commit), due),
+        done=(action_event(sp, now, actor, spec_id),),
+        commit=_with_report_lines(commit_for(sp, spec_id), due),
         held_commit=_with_report_lines(
             Commit(
                 f"reconcile({spec.service}): observed state",
                 _verdict_body(verdict),
-                _trailers(spec.service, CommitAction.RECORD, spec_commit),
+                _trailers(spec.service, CommitAction.RECORD, spec_id),
             ),
             tuple(r for r in due if not r.closing),
         ),
@@ -599,7 +601,7 @@ def decide_rollback(
     *,
     now: datetime,
     reason: str,
-    spec_commit: str | None = None,
+    spec_id: str | None = None,
     actor: str = "reconciler",
 ) -> Decision:
     """`reconcile rollback`: 100% to stable at once and the sticky block, as one Decision."""
@@ -618,7 +620,7 @@ def decide_rollback(
         generation=live.generation,
         observed_generation=live.observed_generation,
         last_reconcile=now,
-        spec_commit=spec_commit,
+        spec_id=spec_id,
         verdict=status.verdict if status else None,
         verdict_at=status.verdict_at if status else None,
         windows=status.windows if status else (),
@@ -632,7 +634,7 @@ def decide_rollback(
         before=sp.before.describe(),
         after=sp.after.describe(),
         reason=reason,
-        spec_commit=spec_commit,
+        spec_id=spec_id,
         details={"manual": True},
     )
     # The closing report comes with a rollback by hand as with the loop's own.
@@ -647,8 +649,8 @@ def decide_rollback(
         ),
         held=base,
         done=(event,),
-        commit=_with_report_lines(commit_for(sp, spec_commit), due),
-        held_commit=commit_for(sp, spec_commit),
+        commit=_with_report_lines(commit_for(sp, spec_id), due),
+        held_commit=commit_for(sp, spec_id),
         previous=status,
         reports=due,
     )
@@ -776,7 +778,7 @@ def carried_out(
     )
 
 
-def action_event(sp: ServicePlan, now: datetime, actor: str, spec_commit: str | None) -> Event:
+def action_event(sp: ServicePlan, now: datetime, actor: str, spec_id: str | None) -> Event:
     """The event recording that `sp` was carried out."""
     return Event(
         time=now,
@@ -785,12 +787,12 @@ def action_event(sp: ServicePlan, now: datetime, actor: str, spec_commit: str | 
         before=sp.before.describe(),
         after=sp.after.describe(),
         reason=sp.edit.summary if sp.edit is not None else sp.reason.value,
-        spec_commit=spec_commit,
+        spec_id=spec_id,
         details=_verdict_details(sp.verdict),
     )
 
 
-def commit_for(sp: ServicePlan, spec_commit: str | None) -> Commit:
+def commit_for(sp: ServicePlan, spec_id: str | None) -> Commit:
     """The commit recording that `sp` was carried out."""
     canary = sp.canary
     before = sp.before.percent_of(canary) if canary else 0
@@ -810,7 +812,7 @@ def commit_for(sp: ServicePlan, spec_commit: str | None) -> Commit:
     return Commit(
         f"reconcile({sp.service}): {summary}",
         body,
-        _trailers(sp.service, _ACTION[sp.reason], spec_commit),
+        _trailers(sp.service, _ACTION[sp.reason], spec_id),
     )
 
 
@@ -842,10 +844,10 @@ def merge_windows(
     return keep_windows(old, added, keep=keep), final
 
 
-def _trailers(service: str, action: CommitAction, spec_commit: str | None) -> dict[str, str]:
+def _trailers(service: str, action: CommitAction, spec_id: str | None) -> dict[str, str]:
     out = {"Reconcile-Service": service, "Reconcile-Action": action.value}
-    if spec_commit:
-        out["Reconcile-Spec-Commit"] = spec_commit
+    if spec_id:
+        out["Reconcile-Spec"] = spec_id
     return out
 
 

@@ -441,7 +441,7 @@ _KIND = {
 }
 
 
-def recover(ctx: Context, run: ServiceRun, spec_commit: str | None) -> None:
+def recover(ctx: Context, run: ServiceRun, spec_id: str | None) -> None:
     """Write the record of a traffic write that a crashed run did not commit."""
     data = read_stamp(run.live)
     if data is None or not run.live.traffic.same_routing(_stamp_split(data)):
@@ -473,7 +473,7 @@ def recover(ctx: Context, run: ServiceRun, spec_commit: str | None) -> None:
             actor=ctx.actor,
             after=run.live.traffic.describe(),
             reason=f"recorded late: {why}",
-            spec_commit=spec_commit,
+            spec_id=spec_id,
             details={
                 "recovered": True,
                 "written_at": str(data.get("at", "")),

@@ -6,8 +6,8 @@ from __future__ import annotations
 import difflib
 import fnmatch
 import re
-from collections.abc import Iterable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import replace
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -76,19 +76,31 @@ def _did_you_mean(pattern: str, names: Sequence[str]) -> str:
 
 # --- observe --------------------------------------------------------------------------------
 def load_all(
-    files: Iterable[Path], shard: Shard | None = None
+    files: Iterable[Path],
+    shard: Shard | None = None,
+    loaded: Callable[[RolloutSpec], None] | None = None,
 ) -> tuple[list[tuple[Path, RolloutSpec]], list[ServiceError]]:
     """Load every rollout file, one spec per region of a file with `waves:`; a bad file is an
     error for that service only, and so are two files claiming one service (both named).
     With `shard`, only what that shard owns is returned (every file is still read, so a
-    clash across shards is still seen)."""
+    clash across shards is still seen).
+
+    `loaded` is told of each spec (the shard's own) as soon as it is parsed, so reads can
+    start while the rest of the files are parsed."""
     specs: list[tuple[Path, RolloutSpec]] = []
     errors: list[tuple[Path, ServiceError]] = []
     for path in files:
         try:
-            specs.extend((path, s) for s in expand(load_spec(path)))
+            expanded = expand(load_spec(path))
         except ReconcileError as exc:
             errors.append((path, ServiceError(path.stem, str(exc))))
+            continue
+        for spec in expanded:
+            specs.append((path, spec))
+            if loaded is not None and (
+                shard is None or shard.owns(spec.project, spec.region, spec.service)
+            ):
+                loaded(spec)
     clashes = duplicate_identities(specs)
     errors += [(p, ServiceError(s.service, clashes[p])) for p, s in specs if p in clashes]
     specs = [(p, s) for p, s in specs if p not in clashes]
@@ -136,6 +148,64 @@ LIST_FROM = 2
 not transfer the rest of the region."""
 
 
+class _Reads:
+    """Live reads started as soon as the specs that need them are known: a project and
+    region's list calls once it counts `LIST_FROM` specs, one read per service for the rest
+    once every spec is known (`finish`). Results by identity (`ServiceRef.key`)."""
+
+    def __init__(self, backend: TrafficBackend, pool: ThreadPoolExecutor) -> None:
+        self.backend = backend
+        self.pool = pool
+        self.listing = isinstance(backend, ListingBackend)
+        self.counts: dict[tuple[str, str], int] = {}
+        self.regions: dict[tuple[str, str], Future[dict[str, LiveService] | str]] = {}
+        self.singles: dict[str, Future[LiveService | str]] = {}
+
+    def seen(self, spec: RolloutSpec) -> None:
+        """One more spec selected: its region's lists start when it has enough of them."""
+        key = (spec.project, spec.region)
+        self.counts[key] = self.counts.get(key, 0) + 1
+        if self.listing and self.counts[key] >= LIST_FROM and key not in self.regions:
+            self.regions[key] = self.pool.submit(self._list, *key)
+
+    def _list(self, project: str, region: str) -> dict[str, LiveService] | str:
+        assert isinstance(self.backend, ListingBackend)
+        try:
+            return self.backend.list_services(project, region)
+        except BackendError as exc:
+            return str(exc)
+
+    def finish(self, specs: Sequence[RolloutSpec]) -> None:
+        """Start the single reads of specs whose region is not listed."""
+        for spec in specs:
+            if (spec.project, spec.region) not in self.regions:
+                self.singles[ref_of(spec).key] = self.pool.submit(read_live, self.backend, spec)
+
+    def result(self, specs: Sequence[RolloutSpec]) -> dict[str, LiveService | str]:
+        """Every spec's live state, or the error reading it (waits for the reads)."""
+        out: dict[str, LiveService | str] = {}
+        for spec in specs:
+            key = ref_of(spec).key
+            single = self.singles.get(key)
+            if single is not None:
+                out[key] = single.result()
+                continue
+            found = self.regions[(spec.project, spec.region)].result()
+            if isinstance(found, str):
+                out[key] = found
+                continue
+            live = found.get(spec.service)
+            out[key] = (
+                live
+                if live is not None
+                else (
+                    f"get {ref_of(spec).name}: not found (not among the services listed in "
+                    f"projects/{spec.project}/locations/{spec.region})"
+                )
+            )
+        return out
+
+
 def observe(
     backend: TrafficBackend, specs: Sequence[RolloutSpec], max_workers: int = 16
 ) -> dict[str, LiveService | str]:
@@ -148,49 +218,12 @@ def observe(
     """
     if not specs:
         return {}
-    groups: dict[tuple[str, str], list[RolloutSpec]] = {}
-    for spec in specs:
-        groups.setdefault((spec.project, spec.region), []).append(spec)
-    listing = isinstance(backend, ListingBackend)
-    by_list = {k: g for k, g in groups.items() if listing and len(g) >= LIST_FROM}
-    singles = [s for k, g in groups.items() if k not in by_list for s in g]
-    out: dict[str, LiveService | str] = {}
-    workers = max(1, min(max_workers, len(by_list) + len(singles)))
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        listed = {
-            key: pool.submit(_read_region, backend, *key, members)
-            for key, members in by_list.items()
-        }
-        gets = [pool.submit(read_live, backend, spec) for spec in singles]
-        for spec, future in zip(singles, gets, strict=True):
-            out[ref_of(spec).key] = future.result()
-        for region in listed.values():
-            out.update(region.result())
-    return {ref_of(spec).key: out[ref_of(spec).key] for spec in specs}
-
-
-def _read_region(
-    backend: TrafficBackend, project: str, region: str, specs: Sequence[RolloutSpec]
-) -> dict[str, LiveService | str]:
-    """The selected services of one project and region from its lists (errors per service),
-    by identity."""
-    assert isinstance(backend, ListingBackend)  # observe groups only listing backends here
-    try:
-        found = backend.list_services(project, region)
-    except BackendError as exc:
-        return {ref_of(spec).key: str(exc) for spec in specs}
-    out: dict[str, LiveService | str] = {}
-    for spec in specs:
-        live = found.get(spec.service)
-        out[ref_of(spec).key] = (
-            live
-            if live is not None
-            else (
-                f"get {ref_of(spec).name}: not found (not among the services listed in "
-                f"projects/{project}/locations/{region})"
-            )
-        )
-    return out
+    with ThreadPoolExecutor(max_workers=max(1, min(max_workers, len(specs)))) as pool:
+        reads = _Reads(backend, pool)
+        for spec in specs:
+            reads.seen(spec)
+        reads.finish(specs)
+        return reads.result(specs)
 
 
 def offline_live(spec: RolloutSpec, status: st.ServiceStatus | None) -> LiveService | str:
@@ -207,9 +240,9 @@ def offline_live(spec: RolloutSpec, status: st.ServiceStatus | None) -> LiveServ
     )
 
 
-_Inputs = tuple[RolloutSpec, st.StatusLoad, LiveService | str]
-"""What planning one service needs: its rollout file, its state/ status (salvaged when
-corrupt, saying what was dropped), its live state."""
+_Inputs = tuple[Path, RolloutSpec, st.StatusLoad, LiveService | str]
+"""What planning one service needs: its rollout file and spec, its state/ status (salvaged
+when corrupt, saying what was dropped), its live state."""
 
 
 def gather(
@@ -219,15 +252,19 @@ def gather(
     max_workers: int,
     shard: Shard | None = None,
 ) -> list[_Inputs | ServiceError]:
-    """Each file's spec, status and live state (offline without a backend)."""
-    ok, errors = load_all(files, shard)
-    loaded: list[RolloutSpec | ServiceError] = [*errors, *(s for _, s in ok)]
-    specs = [s for s in loaded if isinstance(s, RolloutSpec)]
-    gathered: list[_Inputs | ServiceError] = []
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        # The reads (list calls per region) wait on the API in the pool while this thread
-        # reads state/ (CPU work in the pool would contend for the GIL).
-        reads = pool.submit(observe, backend, specs, max_workers) if backend is not None else None
+    """Each file's spec, status and live state (offline without a backend).
+
+    The reads start while the rollout files are still being parsed (a region's lists as soon
+    as two of its specs are known) and wait on the API in the pool while this thread parses
+    the rest and reads state/; the pool does no parsing (CPU work there would contend for
+    the GIL).
+    """
+    with ThreadPoolExecutor(max_workers=max(1, max_workers)) as pool:
+        reads = _Reads(backend, pool) if backend is not None else None
+        ok, errors = load_all(files, shard, reads.seen if reads is not None else None)
+        specs = [s for _, s in ok]
+        if reads is not None:
+            reads.finish(specs)
         statuses: dict[str, st.StatusLoad | ServiceError] = {}
         for spec in specs:
             try:
@@ -236,17 +273,15 @@ def gather(
                 statuses[ref_of(spec).key] = st.load_status(repo, ref_of(spec))
             except ReconcileError as exc:  # a symbolic link: refused, this service only
                 statuses[ref_of(spec).key] = ServiceError(spec.service, str(exc))
-        lives = reads.result() if reads is not None else {}
-    for item in loaded:
-        if isinstance(item, ServiceError):
-            gathered.append(item)
-            continue
-        status = statuses[ref_of(item).key]
+        lives = reads.result(specs) if reads is not None else {}
+    gathered: list[_Inputs | ServiceError] = list(errors)
+    for path, spec in ok:
+        status = statuses[ref_of(spec).key]
         if isinstance(status, ServiceError):
             gathered.append(status)
             continue
-        live = lives[ref_of(item).key] if backend is not None else offline_live(item, status.status)
-        gathered.append((item, status, live))
+        live = lives[ref_of(spec).key] if backend is not None else offline_live(spec, status.status)
+        gathered.append((path, spec, status, live))
     return gathered
 
 
@@ -336,12 +371,26 @@ def measure(
         twin = seen[spec.service] = seen.get(spec.service, -1) + 1
         for start, end, kind in spans(spec, status, live, now, lag):
             groups.setdefault((key, twin, start, end, kind), []).append((spec, query))
-    for (key, _, start, end, kind), members in groups.items():
+
+    def ask(
+        group: tuple[str, int, datetime, datetime, SpanKind],
+    ) -> Mapping[tuple[str, str], Window]:
+        key, _, start, end, _ = group
         provider = providers[key]
-        lag = _lag(provider)
+        # The provider moves its window back by its lag: ask for the one wanted.
+        return provider.window_stats(
+            [q for _, q in groups[group]], end - start, end + _lag(provider)
+        )
+
+    # Services whose stages started at different times share no span: the queries of the
+    # groups go out together on the run's pool rather than one after another.
+    with ThreadPoolExecutor(max_workers=max(1, min(ctx.max_workers, len(groups)))) as pool:
+        answers = {group: pool.submit(ask, group) for group in groups}
+    for group, members in groups.items():
+        key, _, start, end, kind = group
+        lag = _lag(providers[key])
         try:
-            # The provider moves its window back by its lag: ask for the one wanted.
-            stats = provider.window_stats([q for _, q in members], end - start, end + lag)
+            stats = answers[group].result()
         except MetricsError as exc:
             for spec, _ in members:
                 errors[ref_of(spec).key] = str(exc)

@@ -179,13 +179,11 @@ def canary_change(before: int, after: int, revision: str | None) -> str:
     return f"canary {before}% -> {after}%" + (f" ({revision})" if revision else "")
 
 
-def reconcile_trailers(
-    service: str, action: Action, spec_commit: str | None = None
-) -> dict[str, str]:
+def reconcile_trailers(service: str, action: Action, spec_id: str | None = None) -> dict[str, str]:
     """The structured trailers of a reconciler commit."""
     out = {"Reconcile-Service": service, "Reconcile-Action": action.value}
-    if spec_commit:
-        out["Reconcile-Spec-Commit"] = spec_commit
+    if spec_id:
+        out["Reconcile-Spec"] = spec_id
     return out
 
 
@@ -361,13 +359,6 @@ class GitOps:
             if entry[0] in "RC":
                 i += 1  # skip the rename's source path
         return files
-
-    def last_commit_touching(self, path: Path | str) -> str | None:
-        """The newest commit on HEAD that changed `path` (the spec commit applied), if any."""
-        status, out, _ = self._git(
-            "--literal-pathspecs", "log", "-1", "--format=%H", "HEAD", "--", self._rel(path)
-        )
-        return (out or None) if status == 0 else None
 
     # --- writing ----------------------------------------------------------------------------
     def commit(

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import difflib
 import functools
+import hashlib
 import os
 import re
 import types
@@ -57,9 +58,25 @@ except ImportError:  # pragma: no cover - PyYAML without libyaml
 # tabs, YAML 1.1 line breaks (NEL, LS, PS), a BOM after the start, a comment glued to a
 # block scalar header (`|#`), a `?` inside a plain scalar (flow context), and whatever
 # PyYAML's reader refuses.
-_SPECIAL = re.compile(
-    rf"[\t\x85\u2028\u2029\ufeff]|[|>][-+0-9]*#|\S\?|{Reader.NON_PRINTABLE.pattern}"
+# One search per kind, each only when its first character occurs: a single alternation
+# tried at every position cost more than composing a small file.
+# Characters: PyYAML's non-printable ones plus tab, NEL, LS, PS and BOM, as one class
+# (`tests/unit/test_loader_fast_path.py` checks it against both, for every code point).
+_SPECIAL_CHAR = re.compile(
+    "[^\n\r -~\xa0-\u2027\u202a-\ud7ff\ue000-\ufefe\uff00-\ufffd\U00010000-\U0010ffff]"
 )
+_GLUED_COMMENT = re.compile(r"[|>][-+0-9]*#")
+_INNER_QUESTION = re.compile(r"\S\?")
+
+
+def _special(text: str) -> bool:
+    """Whether `text` holds something libyaml reads differently from PyYAML (see above)."""
+    return bool(
+        _SPECIAL_CHAR.search(text)
+        or (("|" in text or ">" in text) and _GLUED_COMMENT.search(text))
+        or ("?" in text and _INNER_QUESTION.search(text))
+    )
+
 
 MAX_BYTES = 1024 * 1024
 MAX_ALIASES = 100
@@ -196,6 +213,27 @@ def load_spec(path: Path) -> RolloutSpec:
     if (defaults_path.is_file() or defaults_path.is_symlink()) and not is_defaults_file(path):
         defaults = (_read(defaults_path, "a defaults file"), defaults_path)
     return parse_spec(data, path, defaults)
+
+
+def blob_id(data: bytes) -> str:
+    """The id git gives a file of these bytes (`git hash-object`), computed without git."""
+    return hashlib.sha1(b"blob %d\0" % len(data) + data, usedforsecurity=False).hexdigest()
+
+
+def spec_id_of(path: Path) -> str:
+    """What identifies a rollout file's desired state, by content: the blob id of the file,
+    then `+` and the blob id of the `_defaults.yaml` it inherits, when there is one.
+
+    Constant cost whatever the history (no `git log`), the same in a clone, a worktree or a
+    copy, and it changes when either file does, so an edit of the shared defaults is a new
+    spec for every service under them. `git cat-file -p <id>` shows the exact text, and
+    `git log --find-object=<id>` the commits that wrote it.
+    """
+    own = blob_id(_read(path, "a rollout file"))
+    defaults_path = path.parent / DEFAULTS_FILE
+    if is_defaults_file(path) or not (defaults_path.is_file() or defaults_path.is_symlink()):
+        return own
+    return f"{own}+{blob_id(_read(defaults_path, 'a defaults file'))}"
 
 
 def load_defaults(path: Path) -> RolloutDefaults:
@@ -412,7 +450,7 @@ def _compose(text: str, *, fast: bool) -> tuple[dict[str, Any], dict[Loc, int]]:
     """
     composer: _Strict | None = None
     try:
-        if fast and _CParser is not None and not _SPECIAL.search(text):
+        if fast and _CParser is not None and not _special(text):
             composer = _CComposer(text) if _c_composable(text) else _FastComposer(text)
         else:
             # The reader checks for unprintable characters as soon as it is built.
@@ -436,7 +474,10 @@ def _compose(text: str, *, fast: bool) -> tuple[dict[str, Any], dict[Loc, int]]:
     if root is None:
         raise _Problem(1, "no content, only comments; a rollout file needs at least " + _REQUIRED)
     builder = _Builder(composer.alias_lines)
-    value = builder.build(root, (), alias_line=None)
+    if _CParser is not None and isinstance(composer, _CComposer):
+        value = builder.build_plain(root, (), 1)  # no alias in the text: no alias to count
+    else:
+        value = builder.build(root, (), alias_line=None)
     if not isinstance(value, dict):
         raise _Problem(
             root.start_mark.line + 1,
@@ -526,26 +567,57 @@ class _Builder:
         finally:
             self.active.discard(id(node))
 
+    def build_plain(self, node: Node, loc: Loc, line: int) -> Any:
+        """`build` for a tree without aliases (a text with no `&` or `*`), without the alias
+        bookkeeping: the same values, lines and errors, in about half the time."""
+        if isinstance(node, ScalarNode):
+            if node.tag == _PLAIN:
+                return _plain(node.value, line, loc)
+            if node.tag == _STR:
+                return node.value
+            raise _Problem(line, _tag_message(node, loc))
+        lines = self.lines
+        if isinstance(node, MappingNode):
+            if node.tag != _MAP:
+                raise _Problem(node.start_mark.line + 1, _tag_message(node, loc))
+            out: dict[str, Any] = {}
+            for key_node, value_node in node.value:
+                where, key_line = self._key(key_node, loc, out)
+                lines[where] = key_line
+                out[str(where[-1])] = self.build_plain(value_node, where, key_line)
+            return out
+        assert isinstance(node, SequenceNode)
+        if node.tag != _SEQ:
+            raise _Problem(line, _tag_message(node, loc))
+        items: list[Any] = []
+        for i, item in enumerate(node.value):
+            item_line = lines[(*loc, i)] = item.start_mark.line + 1
+            items.append(self.build_plain(item, (*loc, i), item_line))
+        return items
+
+    def _key(self, key_node: Node, loc: Loc, out: dict[str, Any]) -> tuple[Loc, int]:
+        """The key path and line of a mapping key, after the checks every key passes."""
+        line = key_node.start_mark.line + 1
+        if not isinstance(key_node, ScalarNode) or key_node.tag not in (_PLAIN, _STR):
+            raise _Problem(line, f"{_at(loc)}a key must be plain text")
+        key = str(key_node.value)
+        if key == "<<" and key_node.tag == _PLAIN:
+            raise _Problem(line, f"{_at(loc)}merge keys (<<) are not supported; write the keys out")
+        where = (*loc, key)
+        if key in out:
+            raise _Problem(
+                line, f"{dotted(where)}: duplicate key (first at line {self.lines[where]})"
+            )
+        return where, line
+
     def _mapping(self, node: MappingNode, loc: Loc, alias_line: int | None) -> dict[str, Any]:
         if node.tag != _MAP:
             raise _Problem(node.start_mark.line + 1, _tag_message(node, loc))
         out: dict[str, Any] = {}
         for key_node, value_node in node.value:
-            line = key_node.start_mark.line + 1
-            if not isinstance(key_node, ScalarNode) or key_node.tag not in (_PLAIN, _STR):
-                raise _Problem(line, f"{_at(loc)}a key must be plain text")
-            key = str(key_node.value)
-            if key == "<<" and key_node.tag == _PLAIN:
-                raise _Problem(
-                    line, f"{_at(loc)}merge keys (<<) are not supported; write the keys out"
-                )
-            where = (*loc, key)
-            if key in out:
-                raise _Problem(
-                    line, f"{dotted(where)}: duplicate key (first at line {self.lines[where]})"
-                )
+            where, line = self._key(key_node, loc, out)
             self.lines[where] = line
-            out[key] = self.build(value_node, where, alias_line=alias_line)
+            out[str(where[-1])] = self.build(value_node, where, alias_line=alias_line)
         return out
 
 

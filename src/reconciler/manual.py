@@ -17,7 +17,7 @@ from reconciler import verbs
 from reconciler.decide import Commit, Decision, decide_rollback
 from reconciler.errors import ReconcileError
 from reconciler.execute import ServiceRun, carry_out, edit_text, read_rollout, record
-from reconciler.loader import load_spec
+from reconciler.loader import load_spec, spec_id_of
 from reconciler.model import CommitAction, LiveService
 from reconciler.plan import SpecEdit, is_rolled_back
 from reconciler.reconcile import Context, ServiceOutcome, ref_of, rollout_files
@@ -71,7 +71,7 @@ def roll_back_now(ctx: Context, service: str, reason: str) -> ServiceOutcome:
     now = ctx.clock()
     loaded = st.load_status(ctx.state_root, ref_of(spec))  # corrupt state never blocks it
     status = loaded.status
-    spec_commit = ctx.git.last_commit_touching(path) if ctx.git else None
+    spec_id = spec_id_of(path)
     run = ServiceRun(path, spec, live, now)
     rebuilt = loaded.event(now, ctx.actor)
     if rebuilt is not None:
@@ -79,7 +79,7 @@ def roll_back_now(ctx: Context, service: str, reason: str) -> ServiceOutcome:
 
     def redecide(fresh: LiveService) -> Decision:
         return decide_rollback(
-            spec, status, fresh, now=now, reason=reason, spec_commit=spec_commit, actor=ctx.actor
+            spec, status, fresh, now=now, reason=reason, spec_id=spec_id, actor=ctx.actor
         )
 
     d, applied = carry_out(ctx, run, redecide(live), redecide)
@@ -177,8 +177,8 @@ def _edit_verb(
     edit = _decided(lambda: rule(spec, status))
     if edit is None:
         return VerbResult(noop, noop=True)
-    spec_commit = ctx.git.last_commit_touching(path) if ctx.git else None
-    message = verbs.commit(spec.service, action, edit, spec_commit)
+    spec_id = spec_id_of(path)
+    message = verbs.commit(spec.service, action, edit, spec_id)
     return _write(ctx, path, edit, message, branch, dry_run)
 
 
@@ -273,12 +273,12 @@ def abort(ctx: Context, service: str, *, dry_run: bool = False) -> ServiceOutcom
     now = ctx.clock()
     loaded = st.load_status(ctx.state_root, ref_of(spec))
     status = loaded.status
-    spec_commit = ctx.git.last_commit_touching(path) if ctx.git else None
+    spec_id = spec_id_of(path)
 
     def redecide(fresh: LiveService) -> Decision:
         try:
             return verbs.decide_abort(
-                spec, status, fresh, now=now, spec_commit=spec_commit, actor=ctx.actor
+                spec, status, fresh, now=now, spec_id=spec_id, actor=ctx.actor
             )
         except verbs.VerbError as exc:
             raise ReconcileError(str(exc)) from None

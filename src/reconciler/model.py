@@ -427,8 +427,10 @@ class ServiceStatus:
     generation: int
     observed_generation: int
     last_reconcile: datetime
-    spec_commit: str | None = None
-    """The commit of `rollout/<service>.yaml` that was applied."""
+    spec_id: str | None = None
+    """What identifies the rollout file applied, by content: its git blob id, then `+` and
+    the blob id of the `_defaults.yaml` it inherits when there is one (see
+    `loader.spec_id_of`)."""
     verdict: Verdict | None = None
     verdict_at: datetime | None = None
     windows: tuple[WindowStats, ...] = ()
@@ -462,7 +464,7 @@ class Event:
     before: str = ""
     after: str = ""
     reason: str = ""
-    spec_commit: str | None = None
+    spec_id: str | None = None
     details: Mapping[str, str | int | float | bool | None] = field(default_factory=dict)
 
 

@@ -48,7 +48,7 @@ _TITLES: dict[str, str] = {
 class Seen:
     """What state/ said about a service at the end of a run (for telling new from repeated)."""
 
-    spec_commit: str | None
+    spec_id: str | None
     stage: int
     verdict: Outcome | None
 
@@ -97,7 +97,7 @@ def event_of(
     unchanged = (
         before is not None
         and after is not None
-        and before.spec_commit == after.spec_commit
+        and before.spec_id == after.spec_id
         and before.stage == after.stage
     )
     if plan.blocked:

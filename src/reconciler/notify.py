@@ -132,7 +132,7 @@ def snapshot(repo: Path) -> dict[str, Seen]:
             continue
         if status is not None:
             out[ref.key] = Seen(
-                status.spec_commit,
+                status.spec_id,
                 status.stage,
                 status.verdict.outcome if status.verdict is not None else None,
             )
@@ -165,7 +165,7 @@ def plan_deliveries(
         status = read_status(repo, o.plan.ref)
         after = (
             Seen(
-                status.spec_commit,
+                status.spec_id,
                 status.stage,
                 status.verdict.outcome if status.verdict is not None else None,
             )

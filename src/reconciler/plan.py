@@ -122,6 +122,9 @@ class ServicePlan:
     """`HELD: ...` when `gates.inconclusive_limit` holds the canary (also in `warnings`)."""
     coverage: Coverage | None = None
     """Judged out of served canary requests at this stage (also said in `notes`)."""
+    spec_id: str | None = None
+    """The rollout file (and shared defaults) the plan was computed from, by content (see
+    `ServiceStatus.spec_id`): a saved plan is stale once either file changed."""
 
     @property
     def has_changes(self) -> bool:

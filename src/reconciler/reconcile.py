@@ -33,7 +33,7 @@ from reconciler.execute import read_stamp as read_stamp
 from reconciler.gather import gather, load_all, measure, observe, region_statuses
 from reconciler.gather import ref_of as ref_of
 from reconciler.gather import rollout_files as rollout_files
-from reconciler.loader import load_spec
+from reconciler.loader import load_spec, spec_id_of
 from reconciler.model import LiveService
 from reconciler.model import WindowStats as Window
 from reconciler.outcome import DEGRADED_EXIT as DEGRADED_EXIT
@@ -78,7 +78,7 @@ def plan_all(
     for g in gathered:
         if isinstance(g, ServiceError):
             continue
-        spec, loaded, live = g
+        path, spec, loaded, live = g
         if isinstance(live, str):
             errors.append(ServiceError(spec.service, live))
             continue
@@ -90,6 +90,7 @@ def plan_all(
                 live,
                 now=now,
                 config_errors=config,
+                spec_id=spec_id_of(path),
                 check_revisions=not offline,
                 regions=region_statuses(repo, spec),
             )

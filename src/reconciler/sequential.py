@@ -1,24 +1,36 @@
-"""Anytime-valid sequential test of a canary's error rate from streamed request outcomes.
+"""Anytime-valid sequential tests of a canary's error rate and p95 latency from streamed
+request outcomes.
 
-Pure: counts in, a verdict out; `now` is an argument. The test may be evaluated after every
-request, forever, and still wrongly says FAIL for a canary whose true 5xx rate is at or
-below the limit with probability at most `alpha` (Ville's inequality applied to a mixture of
-likelihood ratios, a nonnegative supermartingale under the null). It only ever says FAIL or
-"no evidence yet": promotion stays with the windowed gates. docs/sequential.md explains it.
+Pure: counts in, a verdict out; `now` is an argument. The tests may be evaluated after every
+request, forever, and still wrongly say FAIL for a canary within its gates (5xx rate at or
+below `error_rate.max`, p95 latency at or below `latency_p95.max`) with probability at most
+`alpha` (Ville's inequality applied to a mixture of likelihood ratios, a nonnegative
+supermartingale under the null). They only ever say FAIL or "no evidence yet": promotion
+stays with the windowed gates. docs/streaming.md explains them.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import lru_cache
 
-from reconciler.spec import Gates, format_percent
+from reconciler.spec import Gates, format_latency, format_percent
 
 DEFAULT_ALPHA = 0.01
-DEFAULT_RESTART = timedelta(minutes=1)
+# A breach is diluted by at most this much healthy traffic in the segment that catches it.
+DEFAULT_RESTART = timedelta(seconds=10)
 DEFAULT_KEEP = 5
+# Segment j is tested at alpha / (SEGMENT_NORM (j+1) ln^2(j+1)): shares that sum to at most
+# alpha (SEGMENT_NORM bounds the sum over j >= 1 of 1/((j+1) ln^2(j+1)), 2.10974..., from
+# above) and shrink slowly, so a breach in hour 12 pays about as much as with one segment a
+# minute and 1/j^2 shares, while a breach in the first minute is judged by a segment that
+# started at most 10 s before it.
+SEGMENT_NORM = 2.1098
+# `latency_p95.max` holds when at most 5% of requests are slower than it: the p95 is at or
+# below a value exactly when the share of requests above that value is at most 1 - 0.95.
+LATENCY_TAIL = 0.05
 # Alternatives of the mixture, as multiples of the limit: a breach anywhere from a little
 # above the limit to far above it is covered at the price of log(len) nats of evidence.
 MIXTURE_RATIOS = (1.25, 1.5, 2.0, 3.0, 5.0, 10.0, 20.0)
@@ -30,13 +42,26 @@ _GRID = (*_LOW, *(1 - p for p in reversed(_LOW[:-1])))
 
 @dataclass(frozen=True)
 class Tally:
-    """Requests and 5xx errors counted from the stream."""
+    """Requests, 5xx errors and requests slower than `latency_p95.max`, from the stream."""
 
     requests: int = 0
     errors: int = 0
+    slow: int = 0
 
     def __add__(self, other: Tally) -> Tally:
-        return Tally(self.requests + other.requests, self.errors + other.errors)
+        return Tally(
+            self.requests + other.requests, self.errors + other.errors, self.slow + other.slow
+        )
+
+    def __sub__(self, other: Tally) -> Tally:
+        return Tally(
+            self.requests - other.requests, self.errors - other.errors, self.slow - other.slow
+        )
+
+    def slow_as_errors(self) -> Tally:
+        """The slow requests in the errors' place: the latency test is the error test on
+        "slower than max" against a limit of `LATENCY_TAIL`."""
+        return Tally(self.requests, self.slow)
 
 
 @dataclass(frozen=True)
@@ -50,16 +75,38 @@ class Segment:
 
 
 @dataclass(frozen=True)
+class _Start:
+    """Where a segment starts: the canary's and stable's running totals at that moment."""
+
+    number: int
+    start: datetime
+    canary: Tally
+    stable: Tally
+
+
+@dataclass(frozen=True)
 class Evidence:
     """One canary's evidence: overlapping segments that restart every `restart`.
 
     Restarting lets a canary that turns bad late in a long stage be caught as fast as one that
-    starts bad (old good traffic does not dilute new bad traffic); segment j is tested at level
-    alpha * 6 / (pi^2 j^2), so all segments together still err with probability <= alpha.
+    starts bad (old good traffic does not dilute new bad traffic); segment j is tested at its
+    share of alpha (`segment_alpha`), so all segments together still err with probability
+    <= alpha. Running totals and where each kept segment starts are stored, so a batch costs
+    one addition however many segments are kept.
     """
 
-    segments: tuple[Segment, ...] = ()
+    canary: Tally = Tally()
+    stable: Tally = Tally()
+    starts: tuple[_Start, ...] = ()
     opened: int = 0
+
+    @property
+    def segments(self) -> tuple[Segment, ...]:
+        """The kept segments, oldest first, each with its counts since its start."""
+        return tuple(
+            Segment(s.number, s.start, self.canary - s.canary, self.stable - s.stable)
+            for s in self.starts
+        )
 
 
 @dataclass(frozen=True)
@@ -75,8 +122,9 @@ NO_EVIDENCE = StreamVerdict(False)
 
 
 def segment_alpha(alpha: float, number: int) -> float:
-    """The share of `alpha` spent on segment `number` (1-based); the shares sum to alpha."""
-    return alpha * 6.0 / (math.pi**2 * number**2)
+    """The share of `alpha` spent on segment `number` (1-based); the shares sum to at most
+    alpha."""
+    return alpha / (SEGMENT_NORM * (number + 1) * math.log(number + 1) ** 2)
 
 
 def observe(
@@ -89,17 +137,28 @@ def observe(
     keep: int = DEFAULT_KEEP,
 ) -> Evidence:
     """Add one batch of outcomes to every live segment, opening a new segment first when the
-    last one is `restart` old. Keeps the first segment and the newest `keep` (dropping a
-    segment only gives up evidence, so the guarantee holds)."""
-    segments = ev.segments
-    opened = ev.opened
-    if not segments or now - segments[-1].start >= restart:
+    last one is `restart` old. Keeps the first segment, the newest `keep`, and the oldest of
+    each doubling of age (`restart` x 1, 2, 4, ...), so a slow breach still has a segment
+    about as old as itself; dropping a segment only gives up evidence, so the guarantee
+    holds."""
+    starts, opened = ev.starts, ev.opened
+    if not starts or now - starts[-1].start >= restart:
         opened += 1
-        segments = (*segments, Segment(opened, now))
-    if len(segments) > keep + 1:
-        segments = (segments[0], *segments[-keep:])
-    grown = tuple(replace(s, canary=s.canary + canary, stable=s.stable + stable) for s in segments)
-    return Evidence(grown, opened)
+        starts = _kept((*starts, _Start(opened, now, ev.canary, ev.stable)), now, restart, keep)
+    return Evidence(ev.canary + canary, ev.stable + stable, starts, opened)
+
+
+def _kept(
+    starts: tuple[_Start, ...], now: datetime, restart: timedelta, keep: int
+) -> tuple[_Start, ...]:
+    first, rest = starts[0], starts[1:]
+    oldest: dict[int, _Start] = {}
+    for s in rest:  # oldest first: the first one seen in a band is its oldest
+        # floor(log2(age / restart)), 0 below one restart: the age's doubling band.
+        band = max(0, ((now - s.start) // restart).bit_length() - 1)
+        oldest.setdefault(band, s)
+    chosen = {s.number for s in oldest.values()} | {s.number for s in rest[-keep:]}
+    return (first, *(s for s in rest if s.number in chosen))
 
 
 @lru_cache(maxsize=4096)
@@ -151,10 +210,13 @@ def upper_bound(t: Tally, alpha: float) -> float:
 
 def judge_stream(ev: Evidence, gates: Gates, alpha: float = DEFAULT_ALPHA) -> StreamVerdict:
     """FAIL when some segment shows, at its share of `alpha`, that the canary's 5xx rate is
-    above `gates.error_rate.max`, or above stable's by more than `gates.vs_stable`."""
+    above `gates.error_rate.max`, or above stable's by more than `gates.vs_stable`, or that
+    more than 5% of its requests are slower than `gates.latency_p95.max` (its p95 is above
+    max). Each configured test gets an equal share of the segment's `alpha`."""
     limit = gates.error_rate.max if gates.error_rate else None
     delta = gates.vs_stable.error_rate_delta if gates.vs_stable else None
-    tests = (limit is not None) + (delta is not None)
+    slowest = gates.latency_p95.max if gates.latency_p95 else None
+    tests = (limit is not None) + (delta is not None) + (slowest is not None)
     if tests == 0:
         return NO_EVIDENCE
     for seg in ev.segments:
@@ -180,6 +242,18 @@ def judge_stream(ev: Evidence, gates: Gates, alpha: float = DEFAULT_ALPHA) -> St
                     f"false alarm <= {format_percent(alpha)})",
                     seg,
                 )
+        slow = c.slow_as_errors()
+        if slowest is not None and log_evidence(slow, LATENCY_TAIL) >= math.log(1 / a):
+            low = lower_bound(slow, a)
+            over = format_latency(slowest)
+            return StreamVerdict(
+                True,
+                f"latency_p95 above {over} (at least {_pct(low)} of requests slower than "
+                f"{over}, p95 allows {format_percent(LATENCY_TAIL)}; {c.slow} of "
+                f"{c.requests} requests slower since {seg.start:%H:%M:%S}Z; anytime-valid, "
+                f"false alarm <= {format_percent(alpha)})",
+                seg,
+            )
     return NO_EVIDENCE
 
 

@@ -15,6 +15,7 @@ from reconciler.decide import Decision, decide, missing_env
 from reconciler.errors import ReconcileError
 from reconciler.execute import Context, ServiceRun, carry_out, recover, write_record
 from reconciler.gather import probe, ref_of, region_statuses
+from reconciler.loader import spec_id_of
 from reconciler.model import LiveService
 from reconciler.model import WindowStats as Window
 from reconciler.outcome import ServiceOutcome
@@ -52,14 +53,14 @@ def prepare(
     # rest is rebuilt from live traffic and git, and an event says what was dropped.
     loaded = st.load_status(ctx.state_root, ref_of(spec))
     status = loaded.status
-    spec_commit = ctx.git.last_commit_touching(path) if ctx.git else None
+    spec_id = spec_id_of(path)
     run = ServiceRun(path, spec, live, now)
     rebuilt = loaded.event(now, ctx.actor)
     if rebuilt is not None:
         log.warning("%s: %s", spec.service, rebuilt.reason)
         run.events.append(rebuilt)
     if not dry_run:
-        recover(ctx, run, spec_commit)
+        recover(ctx, run, spec_id)
     spec = run.spec
     config = missing_env(spec, os.environ if ctx.environ is None else ctx.environ)
     probes: list[st.ProbeRecord] = []
@@ -78,7 +79,7 @@ def prepare(
             probe_runs=probes,
             metrics_error=metrics_error,
             config_errors=config,
-            spec_commit=spec_commit,
+            spec_id=spec_id,
             actor=ctx.actor,
             window_keep=ctx.window_keep,
             regions=regions,

@@ -53,6 +53,14 @@ READ_PERMISSIONS = (
 APPLY_PERMISSIONS = ("run.services.update", "run.operations.get")
 ACT_AS_PERMISSIONS = ("iam.serviceAccounts.actAs",)
 INVOKE_PERMISSIONS = ("run.routes.invoke",)
+# TailLogEntries (entries.tail) needs logging.logEntries.list on its parent `projects/P`;
+# roles/logging.viewer would add sinks, buckets, views and log metrics the stream never reads.
+LOG_PERMISSIONS = ("logging.logEntries.list",)
+STREAM_APIS = ("logging.googleapis.com", "secretmanager.googleapis.com")
+SECRET_ACCESSOR = "roles/secretmanager.secretAccessor"
+IMAGE_RE = re.compile(
+    r"[a-z0-9.-]+(?::[0-9]+)?(?:/[a-z0-9._-]+)+(?::[A-Za-z0-9_.-]{1,128}|@sha256:[0-9a-f]{64})?"
+)
 REPO_RE = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,38})/[A-Za-z0-9._-]{1,100}")
 ENVIRONMENT_RE = re.compile(r"[A-Za-z0-9_.-]{1,255}")
 
@@ -70,9 +78,13 @@ class Options:
     provider: str = "github"
     plan_account: str = "reconcile-plan"
     apply_account: str = "reconcile-apply"
+    stream_image: str | None = None  # deploy `watch --stream` from this image when given
+    stream_region: str | None = None  # default: the region most rollout files name
+    stream_service: str = "reconcile-stream"
+    git_token_secret: str = "reconcile-git-token"
 
     def __post_init__(self) -> None:
-        from reconciler.spec import PROJECT_RE
+        from reconciler.spec import PROJECT_RE, REGION_RE
 
         if not re.fullmatch(PROJECT_RE, self.project):
             raise ReconcileError(f"--project {self.project!r} is not a valid GCP project id")
@@ -85,6 +97,13 @@ class Options:
                 raise ReconcileError("--repository-id and --owner-id are positive numbers")
         if not ENVIRONMENT_RE.fullmatch(self.environment):
             raise ReconcileError(f"--environment {self.environment!r} is not an environment name")
+        if self.stream_image is not None and not IMAGE_RE.fullmatch(self.stream_image):
+            raise ReconcileError(
+                f"--stream-image {self.stream_image!r}: expected an image reference, like "
+                "us-central1-docker.pkg.dev/PROJECT/reconciler/stream:1"
+            )
+        if self.stream_region is not None and not re.fullmatch(REGION_RE, self.stream_region):
+            raise ReconcileError(f"--stream-region {self.stream_region!r} is not a region")
 
     def email(self, account: str) -> str:
         return f"{account}@{self.project}.iam.gserviceaccount.com"
@@ -156,6 +175,38 @@ def _service_account(options: Options, account: str, title: str) -> Step:
     )
 
 
+def _bind(
+    why: str,
+    resource: tuple[str, ...],
+    where: tuple[str, ...],
+    member: str,
+    role: str,
+    *,
+    notes: tuple[str, ...] = (),
+) -> Step:
+    """`gcloud RESOURCE add-iam-policy-binding NAME ...`: one role for one member on one
+    resource (`resource` is the command group and the resource's name). Adding a binding
+    that exists is a no-op, so the step needs no `exists` check."""
+    *group, name = resource
+    return Step(
+        why=why,
+        run=(
+            "gcloud",
+            *group,
+            "add-iam-policy-binding",
+            name,
+            *where,
+            "--member",
+            member,
+            "--role",
+            role,
+            *(("--condition=None",) if group == ["projects"] else ()),
+            "--format=none",
+        ),
+        notes=notes,
+    )
+
+
 def _shell_name(service: str) -> str:
     return "RUNTIME_SA_" + service.upper().replace("-", "_")
 
@@ -221,7 +272,15 @@ def steps(specs: Iterable[RolloutSpec], options: Options) -> list[Step]:
     out += [
         Step(
             why="the APIs the reconciler and Workload Identity Federation call",
-            run=("gcloud", "services", "enable", *APIS, "--project", project),
+            run=(
+                "gcloud",
+                "services",
+                "enable",
+                *APIS,
+                *(STREAM_APIS if options.stream_image else ()),
+                "--project",
+                project,
+            ),
         ),
         _custom_role(options, "reconcilerRead", "Cloud Run reconciler: read", READ_PERMISSIONS),
         _custom_role(
@@ -236,24 +295,16 @@ def steps(specs: Iterable[RolloutSpec], options: Options) -> list[Step]:
         _service_account(options, options.plan_account, "reconcile plan (read-only)"),
         _service_account(options, options.apply_account, "reconcile apply"),
     ]
-    for email in (plan_sa, apply_sa):
-        out.append(
-            Step(
-                why=f"{email} reads services, revisions and metrics of the project",
-                run=(
-                    "gcloud",
-                    "projects",
-                    "add-iam-policy-binding",
-                    project,
-                    "--member",
-                    f"serviceAccount:{email}",
-                    "--role",
-                    _role(options, "reconcilerRead"),
-                    "--condition=None",
-                    "--format=none",
-                ),
-            )
+    out += [
+        _bind(
+            f"{email} reads services, revisions and metrics of the project",
+            ("projects", project),
+            (),
+            f"serviceAccount:{email}",
+            _role(options, "reconcilerRead"),
         )
+        for email in (plan_sa, apply_sa)
+    ]
     invoked = [spec for spec in services if needs_id_token(spec)]
     if invoked:
         out.append(
@@ -264,43 +315,27 @@ def steps(specs: Iterable[RolloutSpec], options: Options) -> list[Step]:
                 INVOKE_PERMISSIONS,
             )
         )
+    apply_member = f"serviceAccount:{apply_sa}"
     for spec in services:
         where = ("--project", project, "--region", spec.region)
+        service = ("run", "services", spec.service)
         out.append(
-            Step(
-                why=f"{spec.service} ({spec.region}): traffic changes on this service only",
-                run=(
-                    "gcloud",
-                    "run",
-                    "services",
-                    "add-iam-policy-binding",
-                    spec.service,
-                    *where,
-                    "--member",
-                    f"serviceAccount:{apply_sa}",
-                    "--role",
-                    _role(options, "reconcilerApply"),
-                    "--format=none",
-                ),
+            _bind(
+                f"{spec.service} ({spec.region}): traffic changes on this service only",
+                service,
+                where,
+                apply_member,
+                _role(options, "reconcilerApply"),
             )
         )
         if spec in invoked:
             out.append(
-                Step(
-                    why=f"{spec.service}: probes with auth: id_token call the private service",
-                    run=(
-                        "gcloud",
-                        "run",
-                        "services",
-                        "add-iam-policy-binding",
-                        spec.service,
-                        *where,
-                        "--member",
-                        f"serviceAccount:{apply_sa}",
-                        "--role",
-                        _role(options, "reconcilerInvoke"),
-                        "--format=none",
-                    ),
+                _bind(
+                    f"{spec.service}: probes with auth: id_token call the private service",
+                    service,
+                    where,
+                    apply_member,
+                    _role(options, "reconcilerInvoke"),
                 )
             )
         variable = _shell_name(spec.service)
@@ -309,6 +344,7 @@ def steps(specs: Iterable[RolloutSpec], options: Options) -> list[Step]:
             f"{url} (outside the rollout files)"
             for url in _foreign_id_token_urls(spec)
         )
+        runtime = f"${{{variable}:-${{PROJECT_NUMBER}}-compute@developer.gserviceaccount.com}}"
         out += [
             Step(
                 why=f"{spec.service}: its runtime service account (empty: the Compute Engine "
@@ -324,44 +360,24 @@ def steps(specs: Iterable[RolloutSpec], options: Options) -> list[Step]:
                 ),
                 capture=variable,
             ),
-            Step(
-                why=f"{spec.service}: UpdateService needs actAs on the runtime service account",
-                run=(
-                    "gcloud",
-                    "iam",
-                    "service-accounts",
-                    "add-iam-policy-binding",
-                    f"${{{variable}:-${{PROJECT_NUMBER}}-compute@developer.gserviceaccount.com}}",
-                    "--project",
-                    project,
-                    "--member",
-                    f"serviceAccount:{apply_sa}",
-                    "--role",
-                    _role(options, "reconcilerActAs"),
-                    "--format=none",
-                ),
+            _bind(
+                f"{spec.service}: UpdateService needs actAs on the runtime service account",
+                ("iam", "service-accounts", runtime),
+                ("--project", project),
+                apply_member,
+                _role(options, "reconcilerActAs"),
                 notes=notes,
             ),
         ]
     if invoked:
         out.append(
-            Step(
-                why="under Workload Identity Federation the apply identity signs its own ID "
+            _bind(
+                "under Workload Identity Federation the apply identity signs its own ID "
                 "tokens for auth: id_token probes",
-                run=(
-                    "gcloud",
-                    "iam",
-                    "service-accounts",
-                    "add-iam-policy-binding",
-                    apply_sa,
-                    "--project",
-                    project,
-                    "--member",
-                    f"serviceAccount:{apply_sa}",
-                    "--role",
-                    "roles/iam.serviceAccountOpenIdTokenCreator",
-                    "--format=none",
-                ),
+                ("iam", "service-accounts", apply_sa),
+                ("--project", project),
+                apply_member,
+                "roles/iam.serviceAccountOpenIdTokenCreator",
             )
         )
     pool_args = ("--project", project, "--location", "global")
@@ -443,42 +459,29 @@ def steps(specs: Iterable[RolloutSpec], options: Options) -> list[Step]:
                 GITHUB_ISSUER,
             ),
         ),
-        Step(
-            why="the plan identity: pull requests from branches of the repository (GitHub "
-            "gives fork pull requests no token)",
-            run=(
-                "gcloud",
-                "iam",
-                "service-accounts",
-                "add-iam-policy-binding",
-                plan_sa,
-                "--project",
-                project,
-                "--role",
-                "roles/iam.workloadIdentityUser",
-                "--member",
-                f"{principals}/attribute.event_name/pull_request",
-                "--format=none",
-            ),
+    ]
+    trusted = (
+        (
+            plan_sa,
+            "attribute.event_name/pull_request",
+            "the plan identity: pull requests from branches of the repository (GitHub gives "
+            "fork pull requests no token)",
         ),
-        Step(
-            why=f"the apply identity: refs/heads/main in the {options.environment} environment "
-            "only",
-            run=(
-                "gcloud",
-                "iam",
-                "service-accounts",
-                "add-iam-policy-binding",
-                apply_sa,
-                "--project",
-                project,
-                "--role",
-                "roles/iam.workloadIdentityUser",
-                "--member",
-                f"{principals}/attribute.ref_environment/refs/heads/main:{options.environment}",
-                "--format=none",
-            ),
+        (
+            apply_sa,
+            f"attribute.ref_environment/refs/heads/main:{options.environment}",
+            f"the apply identity: refs/heads/main in the {options.environment} environment only",
         ),
+    )
+    out += [
+        _bind(
+            why,
+            ("iam", "service-accounts", email),
+            ("--project", project),
+            f"{principals}/{attribute}",
+            "roles/iam.workloadIdentityUser",
+        )
+        for email, attribute, why in trusted
     ]
     out.append(
         Step(
@@ -513,7 +516,113 @@ def steps(specs: Iterable[RolloutSpec], options: Options) -> list[Step]:
                 run=("gh", "variable", "set", name, "--repo", options.repo, "--body", value),
             )
         )
+    if options.stream_image is not None:
+        # Last: the deployment needs a token only a human can put in the secret, so a first
+        # run may stop there with everything else done; the next run finishes it.
+        out += _stream_steps(options, services)
     return out
+
+
+def stream_region(options: Options, specs: Sequence[RolloutSpec]) -> str:
+    """Where the streaming controller runs: `--stream-region`, else the region most rollout
+    files name (ties: the first in alphabetical order). One controller serves every region."""
+    if options.stream_region is not None:
+        return options.stream_region
+    regions = sorted(spec.region for spec in specs)
+    return max(sorted(set(regions)), key=regions.count)
+
+
+def _stream_steps(options: Options, specs: Sequence[RolloutSpec]) -> list[Step]:
+    """The streaming controller (`reconcile watch --stream`, docs/streaming.md): Cloud
+    Logging read for the apply identity it runs as, the git token's secret, and its
+    deployment as a Cloud Run service of exactly one always-on instance."""
+    project, apply_sa = options.project, options.email(options.apply_account)
+    member = f"serviceAccount:{apply_sa}"
+    secret = options.git_token_secret
+    on_project = ("--project", project)
+    return [
+        _custom_role(
+            options,
+            "reconcilerLogRead",
+            "Cloud Run reconciler: tail request logs",
+            LOG_PERMISSIONS,
+        ),
+        _bind(
+            f"{apply_sa} tails the request logs of the project (TailLogEntries: a project is "
+            "its narrowest parent)",
+            ("projects", project),
+            (),
+            member,
+            _role(options, "reconcilerLogRead"),
+        ),
+        Step(
+            why=f"secret {secret}: the git token the controller pushes rollbacks with",
+            exists=("gcloud", "secrets", "describe", secret, *on_project),
+            run=(
+                "gcloud",
+                "secrets",
+                "create",
+                secret,
+                *on_project,
+                "--replication-policy",
+                "automatic",
+            ),
+        ),
+        _bind(
+            f"{apply_sa} reads that one secret",
+            ("secrets", secret),
+            on_project,
+            member,
+            SECRET_ACCESSOR,
+        ),
+        Step(
+            why=f"the token must be in {secret} before the controller starts",
+            run=(
+                "gcloud",
+                "secrets",
+                "versions",
+                "describe",
+                "latest",
+                "--secret",
+                secret,
+                *on_project,
+                "--format=none",
+            ),
+            notes=(
+                f"if this fails, add the token once and run the script again: a GitHub token "
+                f"that may push to {options.repo} (contents: write), piped to "
+                f"`gcloud secrets versions add {secret} --project {project} --data-file=-`",
+            ),
+        ),
+        Step(
+            why=f"{options.stream_service}: `reconcile watch --stream` as the apply identity, "
+            "one instance, always on (CPU outside requests); the stream lease keeps a second "
+            "controller (a redeploy's overlap, a laptop) standing by",
+            run=(
+                "gcloud",
+                "run",
+                "deploy",
+                options.stream_service,
+                "--image",
+                str(options.stream_image),
+                *on_project,
+                "--region",
+                stream_region(options, specs),
+                "--service-account",
+                apply_sa,
+                "--no-allow-unauthenticated",
+                "--min-instances",
+                "1",
+                "--max-instances",
+                "1",
+                "--no-cpu-throttling",
+                "--set-env-vars",
+                f"RECONCILE_GIT_URL=https://github.com/{options.repo}.git",
+                "--set-secrets",
+                f"RECONCILE_GIT_TOKEN={secret}:latest",
+            ),
+        ),
+    ]
 
 
 # --- rendering -----------------------------------------------------------------------------
@@ -600,6 +709,17 @@ def setup() -> None:
     help="The protected GitHub environment of apply and rollback jobs.",
 )
 @click.option(
+    "--stream-image",
+    metavar="IMAGE",
+    help="Also deploy `watch --stream` from this image (deploy/stream/Dockerfile), with "
+    "Cloud Logging read for the apply identity.",
+)
+@click.option(
+    "--stream-region",
+    metavar="REGION",
+    help="Region of the streaming controller (default: the region most rollout files name).",
+)
+@click.option(
     "--execute", "run_now", is_flag=True, help="Run the commands instead of printing them."
 )
 @click.pass_context
@@ -610,6 +730,8 @@ def setup_gcp(
     repository_id: int | None,
     owner_id: int | None,
     environment: str,
+    stream_image: str | None,
+    stream_region: str | None,
     run_now: bool,
 ) -> None:
     """Print (or run with --execute) the gcloud and gh commands that create least-privilege
@@ -641,6 +763,8 @@ def setup_gcp(
         repository_id=repository_id,
         owner_id=owner_id,
         environment=environment,
+        stream_image=stream_image,
+        stream_region=stream_region,
     )
     command = _line(
         [
@@ -657,6 +781,8 @@ def setup_gcp(
                 else []
             ),
             *(["--environment", environment] if environment != "production" else []),
+            *(["--stream-image", stream_image] if stream_image else []),
+            *(["--stream-region", stream_region] if stream_region else []),
         ]
     )
     text = script(steps(specs, options), command)

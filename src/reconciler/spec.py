@@ -472,8 +472,12 @@ class Check(_Model):
     url: HttpUrl = Field(description="http(s) URL, or {canary_url}/{stable_url}/{service_url}.")
     method: Literal["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD"] = "GET"
     json_body: Any = Field(default=None, alias="json", description="JSON request body.")
+    # Mutable defaults by factory: pydantic deep-copies a `default={}` for every model it
+    # builds (a quarter of a rollout file's validation); the schema still shows the default.
     headers: dict[HeaderName, str | EnvValue] = Field(
-        default={}, description="Header values, or {env: NAME} to read one from the environment."
+        default_factory=dict,
+        json_schema_extra={"default": {}},
+        description="Header values, or {env: NAME} to read one from the environment.",
     )
     timeout: Latency = Field(default=10.0, description="Give up on the request after this.")
     max_latency: Latency | None = Field(
@@ -483,13 +487,19 @@ class Check(_Model):
         default=None, ge=100, le=599, description="Required status code (default: any 2xx)."
     )
     expect: dict[str, Scalar] = Field(
-        default={}, description="JSON body fields that must equal these values (a.b for nesting)."
+        default_factory=dict,
+        json_schema_extra={"default": {}},
+        description="JSON body fields that must equal these values (a.b for nesting).",
     )
     expect_min: dict[str, float | int] = Field(
-        default={}, description="JSON body fields that must be at least these numbers."
+        default_factory=dict,
+        json_schema_extra={"default": {}},
+        description="JSON body fields that must be at least these numbers.",
     )
     expect_max: dict[str, float | int] = Field(
-        default={}, description="JSON body fields that must be at most these numbers."
+        default_factory=dict,
+        json_schema_extra={"default": {}},
+        description="JSON body fields that must be at most these numbers.",
     )
     auth: Literal["id_token"] | None = Field(
         default=None,
@@ -633,12 +643,20 @@ class RolloutSpec(_Model):
     )
     gates: Gates = Gates()
     metrics: Metrics = CloudMonitoringMetrics(provider="cloud-monitoring")
-    probes: list[Check] = Field(default=[], description="Checks of the canary at every stage.")
+    probes: list[Check] = Field(
+        default_factory=list,
+        json_schema_extra={"default": []},
+        description="Checks of the canary at every stage.",
+    )
     dependencies: list[Check] = Field(
-        default=[], description="Must be healthy before any traffic moves."
+        default_factory=list,
+        json_schema_extra={"default": []},
+        description="Must be healthy before any traffic moves.",
     )
     notify: list[Channel] = Field(
-        default=[], description="Where to send rollbacks, blocks, holds, advances, finalizes."
+        default_factory=list,
+        json_schema_extra={"default": []},
+        description="Where to send rollbacks, blocks, holds, advances, finalizes.",
     )
     reports: Reports = Reports()
     force: bool = Field(

@@ -1,5 +1,6 @@
 """`reconcile watch --stream`: one Cloud Logging tail over every live canary's request logs,
-judged by the anytime-valid test (`sequential`), rolling back within seconds of a breach.
+judged by the anytime-valid tests (`sequential`: error rate, p95 latency), rolling back
+within seconds of a breach.
 
 The stream may only roll back: promotion stays with the windowed gates of `apply`. A rollback
 goes through `roll_back`, the one seam to the operator's rollback path (the same traffic
@@ -68,6 +69,8 @@ class Outcome:
     service: str
     revision: str
     status: int
+    latency: float = 0.0
+    """Seconds, from `httpRequest.latency` (an entry without one is never slow)."""
 
 
 class Session(Protocol):
@@ -404,7 +407,8 @@ def watch_stream(
 def tally(
     batch: Sequence[Outcome], canaries: Sequence[Canary]
 ) -> Mapping[Canary, tuple[Tally, Tally]]:
-    """Per canary: (its canary revision's requests and 5xx, its stable revision's)."""
+    """Per canary: (its canary revision's requests, 5xx and requests slower than its
+    `latency_p95.max`, the same of its stable revision)."""
     by_rev: dict[tuple[str, str, str, str], tuple[Canary, bool]] = {}
     for c in canaries:
         by_rev[(c.project, c.region, c.service, c.canary)] = (c, True)
@@ -415,11 +419,13 @@ def tally(
         if hit is None:
             continue
         c, is_canary = hit
-        row = counts.setdefault(c, [0, 0, 0, 0])
-        i = 0 if is_canary else 2
+        slowest = c.gates.latency_p95.max if c.gates.latency_p95 else None
+        row = counts.setdefault(c, [0] * 6)
+        i = 0 if is_canary else 3
         row[i] += 1
         row[i + 1] += o.status >= 500
-    return {c: (Tally(r[0], r[1]), Tally(r[2], r[3])) for c, r in counts.items()}
+        row[i + 2] += slowest is not None and o.latency > slowest
+    return {c: (Tally(*r[:3]), Tally(*r[3:])) for c, r in counts.items()}
 
 
 def _reason(exc: BaseException) -> str:
@@ -472,6 +478,7 @@ class _Tail:
             batch = []
             for e in resp.entries:
                 labels = e.resource.labels
+                took = e.http_request.latency
                 batch.append(
                     Outcome(
                         labels.get("project_id", ""),
@@ -479,6 +486,7 @@ class _Tail:
                         labels.get("service_name", ""),
                         labels.get("revision_name", ""),
                         int(e.http_request.status),
+                        took.seconds + took.nanos / 1e9,
                     )
                 )
             yield batch

@@ -220,11 +220,11 @@ def canary_start(spec: RolloutSpec, revision: str, known: Collection[str]) -> Sp
     return SpecEdit(Reason.STAGE, values, f"canary start {revision} at {first}%")
 
 
-def commit(service: str, action: CommitAction, edit: SpecEdit, spec_commit: str | None) -> Commit:
+def commit(service: str, action: CommitAction, edit: SpecEdit, spec_id: str | None) -> Commit:
     """The commit of a verb's rollout-file edit (`Reconcile-Action: <verb>`)."""
     trailers = {"Reconcile-Service": service, "Reconcile-Action": action.value}
-    if spec_commit:
-        trailers["Reconcile-Spec-Commit"] = spec_commit
+    if spec_id:
+        trailers["Reconcile-Spec"] = spec_id
     return Commit(f"reconcile({service}): {action.value} {edit.summary}", "", trailers)
 
 
@@ -234,20 +234,18 @@ def decide_abort(
     live: LiveService,
     *,
     now: datetime,
-    spec_commit: str | None = None,
+    spec_id: str | None = None,
     actor: str = "reconciler",
 ) -> Decision:
     """`reconcile abort` as one Decision: a rollback's traffic write (100% to stable), with
     the `abort` edit instead of the sticky block, and the rollout left paused."""
     edit = abort(spec)
-    d = decide_rollback(
-        spec, status, live, now=now, reason="abort", spec_commit=spec_commit, actor=actor
-    )
+    d = decide_rollback(spec, status, live, now=now, reason="abort", spec_id=spec_id, actor=actor)
     sp = replace(d.plan, edit=edit, phase=Phase.PAUSED)
     done = tuple(
         replace(e, reason=edit.summary, details={**e.details, "abort": True}) for e in d.done
     )
-    c = commit(spec.service, CommitAction.ABORT, edit, spec_commit)
+    c = commit(spec.service, CommitAction.ABORT, edit, spec_id)
     c = replace(c, subject=f"reconcile({spec.service}): {edit.summary}")
     return replace(
         d,

@@ -32,6 +32,8 @@ GOLDEN = ROOT / "tests" / "data" / "setup_gcp"
 UPDATE = os.environ.get("RECONCILE_UPDATE_GOLDEN") == "1"
 ARGS = ("--project", "naeda-genesis", "--repo", "acme/infra")
 IDS = ("--repository-id", "812345", "--owner-id", "90210")
+IMAGE = "us-central1-docker.pkg.dev/naeda-genesis/reconciler/stream:1"
+STREAM = ("--stream-image", IMAGE)
 
 PRIVATE = """\
 service: chat-api
@@ -183,6 +185,10 @@ def test_private_service_script_is_golden(repo: Path) -> None:
     golden("private.sh", printed(repo, *IDS, "--environment", "prod"))
 
 
+def test_stream_script_is_golden(repo: Path) -> None:
+    golden("stream.sh", printed(repo, *IDS, *STREAM))
+
+
 # ---------------------------------------------------------------- behaviour
 
 
@@ -197,6 +203,78 @@ def test_second_run_creates_nothing(repo: Path, stand_ins: dict[str, str]) -> No
     assert sum("update-oidc" in c for c in second) == 1
     bindings = [c for c in first if "add-iam-policy-binding" in c]
     assert bindings == [c for c in second if "add-iam-policy-binding" in c]
+
+
+def test_stream_deploys_only_once_the_token_is_in_its_secret(
+    repo: Path, stand_ins: dict[str, str]
+) -> None:
+    text = printed(repo, *IDS, *STREAM)
+    log = Path(stand_ins["STANDIN_LOG"])
+    first = subprocess.run(
+        ["bash", "-s"], input=text, env=stand_ins, capture_output=True, text=True, timeout=60
+    )
+    # No token yet: the script stops at the check, after everything else is set up.
+    assert first.returncode == 1
+    calls = [json.loads(line) for line in log.read_text(encoding="utf-8").splitlines()]
+    assert calls[-1][:4] == ["gcloud", "secrets", "versions", "describe"]
+    assert ["gh", "variable", "set", "GCP_APPLY_SERVICE_ACCOUNT"] in [c[:4] for c in calls]
+    assert not any(c[1:3] == ["run", "deploy"] for c in calls)
+    # The operator adds the token (`gcloud secrets versions add`); the next run deploys.
+    (Path(stand_ins["STANDIN_STATE"]) / "secrets_versions=latest").touch()
+    calls = run_script(text, stand_ins)
+    deploy = next(c for c in calls if c[1:3] == ["run", "deploy"])
+    assert deploy[3] == "reconcile-stream"
+    for flag, value in (
+        ("--image", IMAGE),
+        ("--service-account", "reconcile-apply@naeda-genesis.iam.gserviceaccount.com"),
+        ("--region", "us-central1"),
+        ("--min-instances", "1"),
+        ("--max-instances", "1"),
+        ("--set-secrets", "RECONCILE_GIT_TOKEN=reconcile-git-token:latest"),
+        ("--set-env-vars", "RECONCILE_GIT_URL=https://github.com/acme/infra.git"),
+    ):
+        assert deploy[deploy.index(flag) + 1] == value
+    assert "--no-cpu-throttling" in deploy
+    assert "--no-allow-unauthenticated" in deploy
+    assert creates(calls) == []  # the first run created the role and the secret
+
+
+def test_stream_grants_are_least_privilege(tmp_path: Path) -> None:
+    plain = _steps(tmp_path / "a", EXAMPLE.read_text(encoding="utf-8"))
+    streamed = _steps(tmp_path / "b", EXAMPLE.read_text(encoding="utf-8"), stream_image=IMAGE)
+    added = [c for c in streamed if c not in plain]
+    role = next(
+        c for c in added if c[:5] == ["gcloud", "iam", "roles", "create", "reconcilerLogRead"]
+    )
+    # TailLogEntries needs logging.logEntries.list on its parent, a project: nothing more.
+    assert role[role.index("--permissions") + 1] == "logging.logEntries.list"
+    grants = [c for c in added if "add-iam-policy-binding" in c]
+    assert {(c[1], c[c.index("--member") + 1], c[c.index("--role") + 1]) for c in grants} == {
+        (
+            "projects",
+            "serviceAccount:reconcile-apply@naeda-genesis.iam.gserviceaccount.com",
+            "projects/naeda-genesis/roles/reconcilerLogRead",
+        ),
+        (
+            "secrets",
+            "serviceAccount:reconcile-apply@naeda-genesis.iam.gserviceaccount.com",
+            "roles/secretmanager.secretAccessor",
+        ),
+    }
+    secret = next(c for c in grants if c[1] == "secrets")
+    assert secret[3] == "reconcile-git-token"  # the one secret, never the project's secrets
+    assert not any("logging" in " ".join(c) for c in plain)  # no stream: no log access
+
+
+def test_stream_region_is_the_most_named_one(tmp_path: Path) -> None:
+    ion = EXAMPLE.read_text(encoding="utf-8")
+    asia = PRIVATE.replace("europe-west1", "asia-east1")
+    calls = _steps(tmp_path, ion, asia, ion.replace("ion-api", "mail-api"), stream_image=IMAGE)
+    deploy = next(c for c in calls if c[1:3] == ["run", "deploy"])
+    assert deploy[deploy.index("--region") + 1] == "us-central1"  # 2 of 3, not the first
+    calls = _steps(tmp_path / "x", ion, stream_image=IMAGE, stream_region="asia-east1")
+    deploy = next(c for c in calls if c[1:3] == ["run", "deploy"])
+    assert deploy[deploy.index("--region") + 1] == "asia-east1"
 
 
 def test_ids_are_looked_up_with_gh_when_not_given(repo: Path, stand_ins: dict[str, str]) -> None:
@@ -248,8 +326,8 @@ def test_execute_stops_at_the_first_failing_command(repo: Path, stand_ins: dict[
 
 @pytest.mark.parametrize(
     ("extra", "private"),
-    [((), False), (IDS, False), (IDS, True)],
-    ids=["ids-looked-up", "ids-given", "private-service"],
+    [((), False), (IDS, False), (IDS, True), ((*IDS, *STREAM), True)],
+    ids=["ids-looked-up", "ids-given", "private-service", "stream"],
 )
 def test_shellcheck_clean(repo: Path, extra: tuple[str, ...], private: bool) -> None:
     shellcheck = Path(sys.executable).parent / "shellcheck"
@@ -312,8 +390,19 @@ def test_service_in_another_project_is_one_line(repo: Path) -> None:
         ((*ARGS, "--repository-id", "5"), "go together"),
         ((*ARGS, "--repository-id", "0", "--owner-id", "1"), "positive numbers"),
         ((*ARGS, "--environment", "prod uction"), "not an environment name"),
+        ((*ARGS, "--stream-image", "x; rm -rf /"), "expected an image reference"),
+        ((*ARGS, "--stream-image", IMAGE, "--stream-region", "Moon"), "is not a region"),
     ],
-    ids=["project", "repo-no-owner", "repo-injection", "one-id", "zero-id", "environment"],
+    ids=[
+        "project",
+        "repo-no-owner",
+        "repo-injection",
+        "one-id",
+        "zero-id",
+        "environment",
+        "stream-image",
+        "stream-region",
+    ],
 )
 def test_bad_options_are_one_line(repo: Path, args: tuple[str, ...], message: str) -> None:
     result = reconcile("setup", "gcp", *args, cwd=repo)
@@ -331,15 +420,17 @@ def test_no_rollout_files(tmp_path: Path) -> None:
 # ---------------------------------------------------------------- the pure plan of commands
 
 
-def _steps(tmp_path: Path, *texts: str) -> list[list[str]]:
+def _steps(tmp_path: Path, *texts: str, **stream: str) -> list[list[str]]:
     specs = []
     for i, text in enumerate(texts):
         path = tmp_path / f"{i}" / "rollout"
         path.mkdir(parents=True)
-        name = "chat-api" if "chat-api" in text else "ion-api"
+        name = re.search(r"^service: (\S+)", text, re.M).group(1)  # type: ignore[union-attr]
         (path / f"{name}.yaml").write_text(text, encoding="utf-8")
         specs.append(load_spec(path / f"{name}.yaml"))
-    options = Options(project="naeda-genesis", repo="acme/infra", repository_id=1, owner_id=2)
+    options = Options(
+        project="naeda-genesis", repo="acme/infra", repository_id=1, owner_id=2, **stream
+    )
     return [list(s.run) for s in steps(specs, options)]
 
 
@@ -454,6 +545,9 @@ def test_readme_table_lists_every_permission_granted() -> None:
         *setup_gcp.APPLY_PERMISSIONS,
         *setup_gcp.ACT_AS_PERMISSIONS,
         *setup_gcp.INVOKE_PERMISSIONS,
+        *setup_gcp.LOG_PERMISSIONS,
+        # roles/secretmanager.secretAccessor on the git token's secret, for watch --stream
+        "secretmanager.versions.access",
         # roles/iam.serviceAccountOpenIdTokenCreator, for auth: id_token under federation
         "iam.serviceAccounts.getOpenIdToken",
     }

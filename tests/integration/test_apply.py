@@ -181,6 +181,20 @@ def test_one_failing_service_does_not_stop_the_others(sb: Sandbox) -> None:
     assert [s.service for s in plan.services] == ["ion-api"]
 
 
+def test_saved_plan_is_refused_when_the_shared_defaults_changed_since(sb: Sandbox) -> None:
+    text = example_rollout(sb.emu).replace("bake: 24h", "")
+    (sb.repo / "rollout" / "_defaults.yaml").write_text("bake: 24h\n", encoding="utf-8")
+    sb.commit_rollout(text, "bake from the shared defaults")
+    saved = plan_from_json(plan_json(plan_all(sb.repo, [], CloudRunBackend(), sb.now())))
+    # The same traffic either way, but not the desired state that was reviewed.
+    (sb.repo / "rollout" / "_defaults.yaml").write_text("bake: 1h\n", encoding="utf-8")
+    sb.commit_rollout(text, "a shorter bake for every service")
+    result = apply_all(context(sb), saved=saved)
+    assert result.exit_code == 1
+    assert "_defaults.yaml it inherits changed" in (result.outcomes[0].error or "")
+    assert sb.emu.write_attempts == 0
+
+
 def test_saved_plan_is_refused_when_git_changed_since(sb: Sandbox) -> None:
     saved = plan_from_json(plan_json(plan_all(sb.repo, [], CloudRunBackend(), sb.now())))
     # Live did not change, but the rollout file did: the saved plan is no longer what apply

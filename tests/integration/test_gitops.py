@@ -25,6 +25,7 @@ from reconciler.gitops import (
     parse_trailers,
     reconcile_trailers,
 )
+from reconciler.loader import spec_id_of
 from reconciler.testing.git import clone, git_environment, make_remote, run_git, write
 
 ROLLOUT = "service: ion-api\ncanary_percent: 5  # keep me\n"
@@ -106,14 +107,14 @@ def test_commit_records_deletions_inside_a_directory(remote: Path, tmp_path: Pat
 def test_commit_message_identity_and_trailers(remote: Path, tmp_path: Path) -> None:
     work = clone(remote, tmp_path / "a")
     ops = _ops(work)
-    spec_commit = ops.last_commit_touching("rollout/ion-api.yaml")
+    spec_id = spec_id_of(work / "rollout/ion-api.yaml")
     write(work, "rollout/ion-api.yaml", ROLLOUT.replace("5 ", "10"))
     subject = format_subject("ion-api", canary_change(5, 10, "ion-api-00042-xyz"))
     sha = ops.commit(
         ["rollout/ion-api.yaml"],
         subject,
         body="error_rate 0.2% <= 1% over 3 windows",
-        trailers=reconcile_trailers("ion-api", Action.ADVANCE, spec_commit),
+        trailers=reconcile_trailers("ion-api", Action.ADVANCE, spec_id),
     )
     assert sha is not None
     message = run_git(work, "log", "-1", "--format=%B", sha)
@@ -123,14 +124,16 @@ def test_commit_message_identity_and_trailers(remote: Path, tmp_path: Path) -> N
     assert parse_trailers(message) == {
         "Reconcile-Service": "ion-api",
         "Reconcile-Action": "advance",
-        "Reconcile-Spec-Commit": str(spec_commit),
+        "Reconcile-Spec": str(spec_id),
         "Reconcile-Skip": "true",
     }
     assert is_reconciler_commit(message)
     who = run_git(work, "log", "-1", "--format=%an <%ae>|%cn <%ce>", sha)
     assert who == "reconciler-test[bot] <bot@example.com>|reconciler-test[bot] <bot@example.com>"
-    assert ops.last_commit_touching("rollout/ion-api.yaml") == sha
-    assert ops.last_commit_touching("rollout/other.yaml") is None
+    # The spec's identity is the blob id git gives the file (no git call computes it).
+    assert spec_id_of(work / "rollout/ion-api.yaml") == run_git(
+        work, "rev-parse", f"{sha}:rollout/ion-api.yaml"
+    )
 
 
 def test_identity_from_environment(

@@ -108,13 +108,34 @@ def test_a_breach_is_rolled_back_in_seconds_and_recorded_in_git(sb: Sandbox) -> 
         assert "stream: error_rate above 5%" in sb.remote_log("-1", "--format=%B")
         # A human deletes the block to retry the canary: the stream watches it again.
         streams = sum("streaming" in line for line in lines)
-        sb.git("pull", "--quiet", "--rebase")
-        sb.commit_rollout(example_rollout(sb.emu), "retry the canary")
+        # From a clone of their own: a pull in the controller's clone races its fetches
+        # (both write FETCH_HEAD), which no human shares with a running controller.
+        human = sb.clone("human")
+        (human / "rollout" / "ion-api.yaml").write_text(example_rollout(sb.emu), "utf-8")
+        sb.git("commit", "--quiet", "-am", "retry the canary", cwd=human)
+        sb.git("push", "--quiet", "origin", "main", cwd=human)
         assert until(lambda: sum("streaming" in line for line in lines) > streams, sb.emu), lines
     assert results[0].rollbacks == [SERVICE]
     assert results[0].exit_code == 4
     rolled = next(line for line in lines if "ROLLED BACK" in line)
     assert "stream: error_rate above 5%" in rolled
+
+
+def test_a_slow_canary_is_rolled_back_by_its_latency(sb: Sandbox) -> None:
+    # Every answer succeeds, but the canary's p95 is 30 s against the gate's 20 s: the
+    # latency test rolls it back from the request logs' `httpRequest.latency`.
+    with running(sb) as (_, lines, results):
+        assert until(lambda: any("streaming" in line for line in lines), sb.emu)
+        assert until(lambda: False, sb.emu, timeout=1.0) is False  # fast: nothing happens
+        assert canary_percent(sb.emu) == 5
+        sb.emu.behave(CANARY, latency_ms={"p50": 25_000, "p95": 30_000})
+        assert until(lambda: canary_percent(sb.emu) == 0, sb.emu), lines
+        assert until(lambda: "rolled_back:" in sb.remote_file("rollout/ion-api.yaml"), sb.emu)
+        assert "stream: latency_p95 above 20s" in sb.remote_log("-1", "--format=%B")
+    assert results[0].rollbacks == [SERVICE]
+    rolled = next(line for line in lines if "ROLLED BACK" in line)
+    assert "stream: latency_p95 above 20s" in rolled
+    assert "error_rate" not in rolled
 
 
 def test_the_stream_survives_an_emulator_restart(sb: Sandbox) -> None:

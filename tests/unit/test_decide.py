@@ -307,7 +307,7 @@ def test_missing_env_names_every_variable() -> None:
 
 def test_decision_is_complete() -> None:
     spec = make_spec(gates={"window": "5m", "consecutive_failures": 1, "error_rate": {"max": "5%"}})
-    d = decide(spec, status_at(AT_5), AT_5, now=NOW, windows=[win(0, 90)], spec_commit="abc")
+    d = decide(spec, status_at(AT_5), AT_5, now=NOW, windows=[win(0, 90)], spec_id="abc")
     assert d.rollback and d.status.phase is Phase.ROLLED_BACK
     assert d.status.applied == split_for(STABLE, None, 0) and d.status.stage == 0
     assert [e.kind for e in d.done] == [EventKind.ROLLED_BACK]
@@ -315,7 +315,7 @@ def test_decision_is_complete() -> None:
     assert d.commit.trailers == {
         "Reconcile-Service": "ion-api",
         "Reconcile-Action": "rollback",
-        "Reconcile-Spec-Commit": "abc",
+        "Reconcile-Spec": "abc",
     }
     assert "Verdict: FAIL" in d.commit.body
     assert d.added == (win(0, 90),)

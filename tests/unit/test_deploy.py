@@ -49,3 +49,38 @@ def test_image_runs_the_streaming_watch_from_the_entrypoint() -> None:
     script = ENTRYPOINT.read_text(encoding="utf-8")
     assert 'exec reconcile --repo "$repo" watch --stream "$@"' in script
     assert "http.extraHeader" in script and "RECONCILE_GIT_TOKEN@" not in script
+
+
+def test_a_cloud_run_service_finds_its_port_answered(tmp_path: Path) -> None:
+    # A Cloud Run service counts an instance as started once $PORT listens (a worker pool
+    # sets no PORT): the entrypoint starts the probe answerer only then.
+    import socket
+    import time
+    import urllib.request
+
+    script = ENTRYPOINT.read_text(encoding="utf-8")
+    assert 'if [ -n "${PORT:-}" ]; then' in script
+    assert "python3 /usr/local/bin/reconcile-health &" in script
+    assert "COPY deploy/stream/health.py /usr/local/bin/reconcile-health" in (
+        DOCKERFILE.read_text(encoding="utf-8")
+    )
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "PORT": str(port)}
+    health = ROOT / "deploy" / "stream" / "health.py"
+    proc = subprocess.Popen([sys.executable, str(health), "127.0.0.1"], env=env)
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=2) as got:
+                    assert got.status == 204
+                    break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)

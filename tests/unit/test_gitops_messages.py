@@ -41,7 +41,7 @@ def test_full_message() -> None:
         "\n"
         "Reconcile-Service: ion-api\n"
         "Reconcile-Action: rollback\n"
-        "Reconcile-Spec-Commit: abc123\n"
+        "Reconcile-Spec: abc123\n"
         "Reconcile-Skip: true\n"
     )
 

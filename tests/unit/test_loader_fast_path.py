@@ -8,11 +8,13 @@ message for message, on every test file and on inputs where the two parsers coul
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as hs
+from yaml.reader import Reader
 
 from reconciler import loader
 from reconciler.loader import SpecError, parse_spec, parse_yaml
@@ -138,3 +140,12 @@ def test_a_bare_non_specific_tag_reads_the_same_on_both_parsers(
             patch.setattr(loader, "_CParser", None)
             reference = _outcome(lambda d=data: parse_yaml(d, Path("x.yaml")))
         assert fast == reference, data
+
+
+def test_the_special_character_class_is_pyyamls_non_printable_plus_the_others() -> None:
+    # The one class the fast check uses, against how the exclusions are defined: PyYAML's
+    # reader's non-printable characters, plus tab, NEL, LS, PS and BOM.
+    reference = re.compile(rf"[\t\x85\u2028\u2029\ufeff]|{Reader.NON_PRINTABLE.pattern}")
+    for code in range(0x110000):
+        char = chr(code)
+        assert bool(loader._SPECIAL_CHAR.match(char)) == bool(reference.match(char)), hex(code)

@@ -9,6 +9,8 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from reconciler.sequential import (
+    LATENCY_TAIL,
+    SEGMENT_NORM,
     Evidence,
     Tally,
     judge_stream,
@@ -18,12 +20,14 @@ from reconciler.sequential import (
     segment_alpha,
     upper_bound,
 )
-from reconciler.spec import ErrorRateGate, Gates, VsStableGate
+from reconciler.spec import ErrorRateGate, Gates, LatencyGate, VsStableGate
 
 T0 = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
 MAX5 = Gates(error_rate=ErrorRateGate(max=0.05))
 DELTA2 = Gates(vs_stable=VsStableGate(error_rate_delta=0.02))
 BOTH = Gates(error_rate=ErrorRateGate(max=0.05), vs_stable=VsStableGate(error_rate_delta=0.02))
+LAT20 = Gates(latency_p95=LatencyGate(max=20.0))
+ALL = Gates(error_rate=ErrorRateGate(max=0.05), latency_p95=LatencyGate(max=20.0))
 
 
 NONE = Tally()
@@ -50,6 +54,14 @@ def evidence(canary: Tally, stable: Tally = NONE) -> Evidence:
         (BOTH, Tally(1000, 60), Tally(5000, 5), True, "above stable"),  # 6%: max unsure
         (Gates(error_rate=ErrorRateGate(max=0.0)), Tally(1000, 1), Tally(), True, "above 0%"),
         (Gates(error_rate=ErrorRateGate(max=1.0)), Tally(10, 10), Tally(), False, ""),
+        (LAT20, Tally(60, 0, 20), Tally(), True, "latency_p95 above 20s"),
+        (LAT20, Tally(60, 0, 20), Tally(), True, "20 of 60 requests slower"),
+        (LAT20, Tally(100, 0, 6), Tally(), False, ""),  # 6% slower: p95 may still be <= 20s
+        (LAT20, Tally(100_000, 0, 1000), Tally(), False, ""),  # 1% slower, however long
+        (LAT20, Tally(60, 60, 0), Tally(), False, ""),  # errors are not slow requests
+        (MAX5, Tally(60, 0, 60), Tally(), False, ""),  # no latency gate: slowness not judged
+        (ALL, Tally(60, 1, 30), Tally(), True, "latency_p95 above 20s"),
+        (ALL, Tally(60, 18, 30), Tally(), True, "error_rate above 5%"),  # errors said first
     ],
     ids=[
         "no-data",
@@ -66,6 +78,14 @@ def evidence(canary: Tally, stable: Tally = NONE) -> Evidence:
         "both-gates-vs-stable-decides",
         "limit-zero",
         "limit-hundred",
+        "latency-breach",
+        "latency-breach-counts",
+        "latency-near-limit",
+        "latency-good-long",
+        "latency-errors-not-slow",
+        "latency-no-gate",
+        "both-latency-decides",
+        "both-errors-first",
     ],
 )
 def test_judge_stream(gates: Gates, canary: Tally, stable: Tally, fail: bool, words: str) -> None:
@@ -75,18 +95,38 @@ def test_judge_stream(gates: Gates, canary: Tally, stable: Tally, fail: bool, wo
 
 
 @pytest.mark.parametrize(
-    ("minutes", "segments", "numbers"),
-    [(0, 1, [1]), (1, 2, [1, 2]), (5, 6, [1, 2, 3, 4, 5, 6]), (9, 6, [1, 6, 7, 8, 9, 10])],
-    ids=["first", "second", "full", "first-and-newest-kept"],
+    ("steps", "segments", "numbers"),
+    [(0, 1, [1]), (1, 2, [1, 2]), (5, 6, [1, 2, 3, 4, 5, 6])],
+    ids=["first", "second", "full"],
 )
-def test_observe_restarts_segments(minutes: int, segments: int, numbers: list[int]) -> None:
+def test_observe_restarts_segments(steps: int, segments: int, numbers: list[int]) -> None:
     ev = Evidence()
-    for m in range(minutes + 1):
-        ev = observe(ev, Tally(10, 1), Tally(), T0 + timedelta(minutes=m))
+    for m in range(steps + 1):  # one batch per restart (10 s)
+        ev = observe(ev, Tally(10, 1), Tally(), T0 + timedelta(seconds=10 * m))
     assert len(ev.segments) == segments
     assert [s.number for s in ev.segments] == numbers
-    assert ev.segments[0].canary == Tally(10 * (minutes + 1), minutes + 1)
+    assert ev.segments[0].canary == Tally(10 * (steps + 1), steps + 1)
     assert ev.segments[-1].canary == Tally(10, 1)
+
+
+def test_kept_segments_cover_every_age_of_a_day() -> None:
+    # 24 h of 5 s batches: a bounded number of segments, always the first, and for a breach
+    # any time ago one that started before it with at most a few times its age of old traffic.
+    ev, now = Evidence(), T0
+    for b in range(24 * 720):
+        now = T0 + timedelta(seconds=5 * (b + 1))
+        ev = observe(ev, Tally(2, 0), Tally(1, 0), now)
+        assert len(ev.segments) <= 20
+        if b % 97 == 0:
+            ages = [(now - seg.start).total_seconds() for seg in ev.segments[1:]]
+            for ago in (30, 60, 300, 3600, 6 * 3600):
+                if (now - T0).total_seconds() >= 4 * ago:
+                    assert any(ago <= age <= 4 * ago for age in ages), (b, ago, ages)
+    first = ev.segments[0]
+    assert (first.number, first.start, first.canary) == (1, T0 + timedelta(seconds=5), Tally(34560))
+    last = ev.segments[-1]
+    assert last.canary == Tally(2 * int((now - last.start).total_seconds() / 5 + 1))
+    assert last.stable == Tally(int((now - last.start).total_seconds() / 5 + 1))
 
 
 def test_late_breach_is_not_diluted_by_old_good_traffic() -> None:
@@ -103,8 +143,14 @@ def test_late_breach_is_not_diluted_by_old_good_traffic() -> None:
     assert s < 120
 
 
-def test_segment_alphas_sum_to_alpha() -> None:
-    assert sum(segment_alpha(0.01, j) for j in range(1, 100_000)) == pytest.approx(0.01, rel=1e-4)
+def test_segment_alphas_sum_to_at_most_alpha() -> None:
+    # The first 10^6 shares plus a bound of the rest (the tail of 1/(n ln^2 n) is below
+    # 1/ln N): never more than alpha, and not much less (alpha is not wasted).
+    n = 1_000_000
+    total = math.fsum(segment_alpha(0.01, j) for j in range(1, n + 1))
+    rest = 0.01 / SEGMENT_NORM / math.log(n + 1)
+    assert 0.0099 < total + rest <= 0.01
+    assert segment_alpha(0.01, 1) > segment_alpha(0.01, 2) > segment_alpha(0.01, 8640) > 0
 
 
 @pytest.mark.parametrize(
@@ -139,3 +185,28 @@ def test_false_alarms_under_continuous_looking_stay_below_alpha() -> None:
                     fails += 1
                     break
     assert fails / runs <= 0.05 + 3 * math.sqrt(0.05 * 0.95 / runs)
+
+
+def test_latency_false_alarms_under_continuous_looking_stay_below_alpha() -> None:
+    # A canary whose p95 is exactly at max (5% of requests slower, the worst case for the
+    # guarantee), judged by judge_stream after every request: the share of runs that ever say
+    # FAIL must stay near or below alpha.
+    rng = random.Random(11)
+    runs, fails, alpha = 300, 0, 0.05
+    start = Evidence()
+    for _ in range(runs):
+        ev = start
+        for _ in range(2000):
+            slow = int(rng.random() < LATENCY_TAIL)
+            ev = observe(ev, Tally(1, 0, slow), NONE, T0, restart=timedelta(days=1))
+            if slow and judge_stream(ev, LAT20, alpha).fail:
+                fails += 1
+                break
+    assert fails / runs <= alpha + 3 * math.sqrt(alpha * (1 - alpha) / runs)
+
+
+def test_the_latency_test_only_ever_fails_or_waits() -> None:
+    # A fast canary never earns a verdict of its own: promotion stays with the windowed gates.
+    ev = evidence(Tally(100_000, 0, 0))
+    verdict = judge_stream(ev, ALL)
+    assert (verdict.fail, verdict.reason) == (False, "")

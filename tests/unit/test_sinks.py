@@ -159,7 +159,7 @@ def test_a_line_written_raw_by_an_older_version_still_reads(tmp_path: Path) -> N
             "before": "",
             "after": "",
             "reason": "a\u2028b",
-            "spec_commit": None,
+            "spec_id": None,
             "details": {},
         },
         ensure_ascii=False,

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from reconciler import state
 from reconciler.model import (
@@ -83,7 +84,7 @@ def _status(**changes: Any) -> ServiceStatus:
         generation=7,
         observed_generation=7,
         last_reconcile=T0 + timedelta(minutes=30),
-        spec_commit="0123456789abcdef0123456789abcdef01234567",
+        spec_id="0123456789abcdef0123456789abcdef01234567",
         verdict=Verdict(
             Outcome.FAIL,
             (
@@ -108,7 +109,7 @@ STATUSES = [
             phase=Phase.PROMOTED,
             stage=0,
             stage_since=None,
-            spec_commit=None,
+            spec_id=None,
             verdict=None,
             verdict_at=None,
             windows=(),
@@ -167,7 +168,7 @@ def test_status_is_deterministic_and_readable(tmp_path: Path) -> None:
         "generation",
         "observed_generation",
         "last_reconcile",
-        "spec_commit",
+        "spec_id",
         "verdict",
         "windows",
         "applied",
@@ -274,7 +275,7 @@ def _event(n: int, kind: EventKind = EventKind.ADVANCED) -> Event:
         before=f"{STABLE}=95 {CANARY}=5",
         after=f"{STABLE}=90 {CANARY}=10",
         reason=f"gates passed for 24h ({n})",
-        spec_commit="abc123",
+        spec_id="abc123",
         details={"windows": 3, "error_rate": 0.002, "forced": False, "note": None},
     )
 
@@ -294,7 +295,7 @@ def test_events_append_one_compact_line_each(tmp_path: Path) -> None:
         '{"time":"2026-05-01T12:01:00Z","kind":"advanced","actor":"cloudrun-reconciler[bot]",'
         '"before":"ion-api-00041-abc=95 ion-api-00042-xyz=5",'
         '"after":"ion-api-00041-abc=90 ion-api-00042-xyz=10","reason":"gates passed for 24h (1)",'
-        '"spec_commit":"abc123","details":{"windows":3,"error_rate":0.002,"forced":false,'
+        '"spec_id":"abc123","details":{"windows":3,"error_rate":0.002,"forced":false,'
         '"note":null}}'
     )
 
@@ -468,9 +469,52 @@ def test_time_format_round_trips() -> None:
         parse_time("2026-05-01T12:00:00")
 
 
+@pytest.mark.parametrize(
+    "text",
+    [
+        "a: text\nb: 12\nc: -3\nd: 0\ne: null\nf: ~\ng: true\nh: False\ni: 'quoted'\n",
+        "octal: 010\nhex: 0x1f\nunder: 1_000\nbase60: 1:30\nfloat: 1.5\ninf: .inf\nexp: 1e+3\n",
+        "when: 2026-12-07T10:00:00Z\nday: 2026-12-07\nbin: !!binary aGVsbG8=\nyes: yes\n",
+        "set: !!set {a, b}\nomap: !!omap [{a: 1}, {b: 2}]\nlist: [1, [2, {x: y}]]\n",
+        "base: &b {x: 1, y: [1, 2]}\nsame: *b\nmerged:\n  <<: *b\n  y: 3\n",
+        "1: int key\n3.5: float key\nnull: null key\n",
+        "a: 1\na: 2\n",
+        "",
+        "- just\n- a list\n",
+        "plain scalar",
+    ],
+)
+def test_status_yaml_reads_as_pyyaml_does(text: str) -> None:
+    # The status reader builds common nodes itself; whatever it builds must be what the
+    # constructor would (values and types alike).
+    fast = state._load_yaml(text)
+    slow = yaml.load(text, Loader=state._SafeLoader)
+    assert fast == slow
+    assert repr(fast) == repr(slow)
+
+
+def test_a_recursive_alias_in_a_status_file_is_read_not_a_crash() -> None:
+    got = state._load_yaml("a: &x [1, *x]\n")
+    assert got["a"][1] is got["a"]
+
+
 def test_service_ref_key_is_one_string_per_rollout() -> None:
     a = ServiceRef("p", "us-central1", "api")
     b = ServiceRef("p", "europe-west1", "api")
     assert a.key == "p/us-central1/api"
     assert a.key != b.key
     assert ServiceRef("p", "us-central1", "api").key == a.key
+
+
+def test_metrics_are_appended_not_rewritten(tmp_path: Path) -> None:
+    # A run costs the same however full the day's file is: the lines already there are never
+    # rewritten (a cut line a crash left stays, skipped; the next append starts a new line).
+    (path,) = append_metrics(tmp_path, ION, [_window(CANARY, 0)])
+    with path.open("a", encoding="utf-8") as fh:
+        fh.write('{"cut by a cra')
+    before = path.read_bytes()
+    append_metrics(tmp_path, ION, [_window(CANARY, 1)])
+    after = path.read_bytes()
+    assert after.startswith(before)
+    assert after[len(before) : len(before) + 1] == b"\n"
+    assert read_metrics(tmp_path, ION) == [_window(CANARY, 0), _window(CANARY, 1)]

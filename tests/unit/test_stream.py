@@ -6,7 +6,7 @@ import pytest
 
 from reconciler.emulator.logs import log_name, parse_filter
 from reconciler.sequential import Tally
-from reconciler.spec import Gates
+from reconciler.spec import Gates, LatencyGate
 from reconciler.stream import Canary, Outcome, request_filter, tally
 
 A = Canary("api", "p1", "us-central1", "api-00001-old", "api-00002-new", Gates())
@@ -52,3 +52,24 @@ def test_tally_counts_5xx_per_canary_and_its_stable() -> None:
     got = tally(batch, [A, B])
     assert got[A] == (Tally(3, 1), Tally(1, 1))
     assert got[B] == (Tally(1, 0), Tally(0, 0))
+
+
+def test_tally_counts_requests_slower_than_the_latency_gate() -> None:
+    gated = Canary(
+        "api",
+        "p1",
+        "us-central1",
+        "api-00001-old",
+        "api-00002-new",
+        Gates(latency_p95=LatencyGate(max=20.0)),
+    )
+    batch = [
+        Outcome("p1", "us-central1", "api", "api-00002-new", 200, 25.0),
+        Outcome("p1", "us-central1", "api", "api-00002-new", 200, 20.0),  # at max: not above
+        Outcome("p1", "us-central1", "api", "api-00002-new", 504, 60.0),  # slow and an error
+        Outcome("p1", "us-central1", "api", "api-00002-new", 200),  # no latency: never slow
+        Outcome("p1", "us-central1", "api", "api-00001-old", 200, 30.0),
+    ]
+    assert tally(batch, [gated])[gated] == (Tally(4, 1, 2), Tally(1, 0, 1))
+    # Without a latency gate nothing is slow.
+    assert tally(batch[:1], [A])[A] == (Tally(1, 0, 0), Tally())

@@ -145,6 +145,8 @@ class CloudRunBackend:
         page_size: int = LIST_PAGE_SIZE,
         reads_per_minute: int | None = None,
         writes_per_minute: int | None = None,
+        pace_clock: Callable[[], float] = time.monotonic,
+        pace_sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         if services is None or revisions is None:
             from reconciler import clients
@@ -168,16 +170,20 @@ class CloudRunBackend:
             else writes_per_minute,
         }
         self._buckets: dict[tuple[Kind, str, str], TokenBucket] = {}
+        # The pacing's time: the wall clock, or a benchmark's virtual one (emulator time).
+        self._pace = (pace_clock, pace_sleep)
         self._lock = threading.Lock()
         self.calls = 0
         """API calls made (reads and writes), for benchmarks and tests."""
+        self.retries = 0
+        """Calls made again after a transient or quota error, for benchmarks and tests."""
 
     def bucket(self, kind: Kind, ref: ServiceRef) -> TokenBucket:
         """The token bucket of `kind` calls in the service's project and region."""
         key = (kind, ref.project, ref.region)
         with self._lock:
             if key not in self._buckets:
-                self._buckets[key] = TokenBucket(self._quotas[kind])
+                self._buckets[key] = TokenBucket(self._quotas[kind], *self._pace)
             return self._buckets[key]
 
     # --- edges --------------------------------------------------------------------------------
@@ -194,6 +200,7 @@ class CloudRunBackend:
             retry=retry_if_exception_type((*TRANSIENT, *QUOTA)),
             stop=stop_after_attempt(self._attempts),
             wait=self._wait,
+            sleep=self._pace[1],
             reraise=True,
         )
         bucket = self.bucket(kind, ref)
@@ -201,9 +208,11 @@ class CloudRunBackend:
             for attempt in retrying:
                 with attempt:
                     bucket.acquire()
+                    again = attempt.retry_state.attempt_number > 1
                     with self._lock:
                         self.calls += 1
-                    if attempt.retry_state.attempt_number > 1:
+                        self.retries += again
+                    if again:
                         log.info(
                             "retrying %s (attempt %d)", what, attempt.retry_state.attempt_number
                         )

@@ -239,6 +239,7 @@ def service_plan_dict(sp: ServicePlan) -> dict[str, Any]:
         "notes": list(sp.notes),
         "generation": sp.generation,
         "etag": sp.etag,
+        "spec_id": sp.spec_id,
         "gcloud": gcloud_command(sp) if sp.changes else None,
         "wave": sp.wave,
         "waves": [list(w) for w in sp.waves],
@@ -320,6 +321,8 @@ def plan_from_json(text: str) -> Plan:
                     notes=tuple(s["notes"]),
                     verdict=_verdict_from(s["verdict"]),
                     drift=s["drift"],
+                    # Added within format_version 1: older plan files have none.
+                    spec_id=s.get("spec_id"),
                     wave=int(s.get("wave", 0)),
                     waves=tuple(tuple(str(r) for r in w) for w in s.get("waves", [])),
                     hold=s.get("hold"),

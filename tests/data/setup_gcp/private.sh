@@ -87,10 +87,10 @@ else
 fi
 
 # the plan identity: pull requests from branches of the repository (GitHub gives fork pull requests no token)
-gcloud iam service-accounts add-iam-policy-binding reconcile-plan@naeda-genesis.iam.gserviceaccount.com --project naeda-genesis --role roles/iam.workloadIdentityUser --member "principalSet://iam.googleapis.com/projects/${PROJECT_NUMBER}/locations/global/workloadIdentityPools/github/attribute.event_name/pull_request" --format=none
+gcloud iam service-accounts add-iam-policy-binding reconcile-plan@naeda-genesis.iam.gserviceaccount.com --project naeda-genesis --member "principalSet://iam.googleapis.com/projects/${PROJECT_NUMBER}/locations/global/workloadIdentityPools/github/attribute.event_name/pull_request" --role roles/iam.workloadIdentityUser --format=none
 
 # the apply identity: refs/heads/main in the prod environment only
-gcloud iam service-accounts add-iam-policy-binding reconcile-apply@naeda-genesis.iam.gserviceaccount.com --project naeda-genesis --role roles/iam.workloadIdentityUser --member "principalSet://iam.googleapis.com/projects/${PROJECT_NUMBER}/locations/global/workloadIdentityPools/github/attribute.ref_environment/refs/heads/main:prod" --format=none
+gcloud iam service-accounts add-iam-policy-binding reconcile-apply@naeda-genesis.iam.gserviceaccount.com --project naeda-genesis --member "principalSet://iam.googleapis.com/projects/${PROJECT_NUMBER}/locations/global/workloadIdentityPools/github/attribute.ref_environment/refs/heads/main:prod" --role roles/iam.workloadIdentityUser --format=none
 
 # GitHub environment prod: only protected branches deploy to it (protect main); the apply identity itself trusts refs/heads/main only
 gh api --method PUT repos/acme/infra/environments/prod -F 'deployment_branch_policy[protected_branches]=true' -F 'deployment_branch_policy[custom_branch_policies]=false' --silent
