@@ -86,7 +86,7 @@ SOON, LATE = T0 + 10 * MIN, T0 + 50 * MIN
          True),
         ("bake stopped", replace(BASE, passing_since=None), SOON, False, True),
         ("stage", replace(BASE, stage=10), SOON, False, True),
-        ("spec commit", replace(BASE, spec_commit="f" * 40), SOON, False, True),
+        ("spec id", replace(BASE, spec_id="f" * 40), SOON, False, True),
         ("report written", replace(BASE, reported={"interim@5": SOON}), SOON, False, True),
         ("event, edit, traffic write or report", BASE, SOON, True, True),
     ],
