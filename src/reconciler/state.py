@@ -37,8 +37,9 @@ status.yaml and events.jsonl are replaced atomically (temporary file in the same
 rename): a crashed process leaves the old file or the new one, never half a line. Metrics
 lines are appended: a crash can leave at most one cut line, which readers skip and the next
 append closes with a newline. Nothing is fsynced (it cost seconds a run at 1,000 services):
-the durable copy of the state is the pushed commit. Readers sort by time and drop repeated windows, so lines
-merged by git's `union` merge driver (see `gitops.py`) read back in order, once.
+the durable copy of the state is the pushed commit. Readers sort by time and drop repeated
+windows, so lines merged by git's `union` merge driver (see `gitops.py`) read back in order,
+once.
 """
 
 from __future__ import annotations
