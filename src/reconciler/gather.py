@@ -24,7 +24,7 @@ from reconciler.model import LiveService, ServiceRef, SpanKind, stage_since
 from reconciler.model import WindowStats as Window
 from reconciler.plan import ServiceError
 from reconciler.shard import Shard
-from reconciler.spec import RolloutSpec
+from reconciler.spec import Metrics, RolloutSpec
 from reconciler.waves import expand
 
 
@@ -350,31 +350,9 @@ def measure(
     errors: dict[str, str] = {}
     if ctx.metrics_for is None:
         return out, errors
-    groups: dict[
-        tuple[str, int, datetime, datetime, SpanKind], list[tuple[RolloutSpec, StatsQuery]]
-    ] = {}
-    providers: dict[str, MetricsProvider] = {}
-    seen: dict[str, int] = {}
-    for spec, live in items:
-        canary = spec.revisions.canary
-        if canary is None:
-            continue
-        key = spec.metrics.model_dump_json()
-        if key not in providers:
-            providers[key] = ctx.metrics_for(spec.metrics)
-        lag = _lag(providers[key])
-        try:
-            status = st.read_status(ctx.repo, ref_of(spec))
-        except ReconcileError:
-            status = None  # the service's own tick reports the corrupt file
-        query = StatsQuery(ref_of(spec), (canary, spec.revisions.stable))
-        twin = seen[spec.service] = seen.get(spec.service, -1) + 1
-        for start, end, kind in spans(spec, status, live, now, lag):
-            groups.setdefault((key, twin, start, end, kind), []).append((spec, query))
+    groups, providers = _query_groups(ctx, ctx.metrics_for, items, now)
 
-    def ask(
-        group: tuple[str, int, datetime, datetime, SpanKind],
-    ) -> Mapping[tuple[str, str], Window]:
+    def ask(group: _Group) -> Mapping[tuple[str, str], Window]:
         key, _, start, end, _ = group
         provider = providers[key]
         # The provider moves its window back by its lag: ask for the one wanted.
@@ -405,6 +383,40 @@ def measure(
     for found in out.values():
         found.sort(key=lambda w: (w.end, w.start))
     return out, errors
+
+
+_Group = tuple[str, int, datetime, datetime, SpanKind]
+"""(provider configuration, twin index, span start, span end, span kind): one provider call."""
+
+
+def _query_groups(
+    ctx: Context,
+    metrics_for: Callable[[Metrics], MetricsProvider],
+    items: Sequence[tuple[RolloutSpec, LiveService]],
+    now: datetime,
+) -> tuple[dict[_Group, list[tuple[RolloutSpec, StatsQuery]]], dict[str, MetricsProvider]]:
+    """The provider calls `measure` makes: every service's spans, grouped by provider and
+    span (a twin index keeps one service id in two regions apart), and the providers."""
+    groups: dict[_Group, list[tuple[RolloutSpec, StatsQuery]]] = {}
+    providers: dict[str, MetricsProvider] = {}
+    seen: dict[str, int] = {}
+    for spec, live in items:
+        canary = spec.revisions.canary
+        if canary is None:
+            continue
+        key = spec.metrics.model_dump_json()
+        if key not in providers:
+            providers[key] = metrics_for(spec.metrics)
+        lag = _lag(providers[key])
+        try:
+            status = st.read_status(ctx.repo, ref_of(spec))
+        except ReconcileError:
+            status = None  # the service's own tick reports the corrupt file
+        query = StatsQuery(ref_of(spec), (canary, spec.revisions.stable))
+        twin = seen[spec.service] = seen.get(spec.service, -1) + 1
+        for start, end, kind in spans(spec, status, live, now, lag):
+            groups.setdefault((key, twin, start, end, kind), []).append((spec, query))
+    return groups, providers
 
 
 def _lag(provider: MetricsProvider) -> timedelta:

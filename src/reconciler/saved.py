@@ -82,6 +82,13 @@ def differs(saved: ServicePlan, fresh: ServicePlan) -> str | None:
             f"{saved.ref.name}: saved plan is stale (the rollout-file edit would now write "
             f"{', '.join(_edit_keys(fresh)) or 'nothing'}); run plan again"
         )
+    if saved.spec_id and fresh.spec_id and saved.spec_id != fresh.spec_id:
+        # Same traffic, other desired state (gates, bake, stages, shared defaults): what was
+        # reviewed is not what would be applied.
+        return (
+            f"{saved.ref.name}: saved plan is stale (its rollout file or the _defaults.yaml "
+            "it inherits changed since it was planned); run plan again"
+        )
     return None
 
 
