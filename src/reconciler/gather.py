@@ -19,7 +19,7 @@ from reconciler.decide import CATCHUP
 from reconciler.errors import ReconcileError
 from reconciler.execute import Context
 from reconciler.loader import duplicate_identities, find_rollout_files, load_spec
-from reconciler.metrics import MetricsError, MetricsProvider, StatsQuery
+from reconciler.metrics import MetricsError, MetricsProvider, StatsQuery, lag_of
 from reconciler.model import LiveService, ServiceRef, SpanKind, stage_since
 from reconciler.model import WindowStats as Window
 from reconciler.plan import ServiceError
@@ -357,7 +357,7 @@ def measure(
         provider = providers[key]
         # The provider moves its window back by its lag: ask for the one wanted.
         return provider.window_stats(
-            [q for _, q in groups[group]], end - start, end + _lag(provider)
+            [q for _, q in groups[group]], end - start, end + lag_of(provider)
         )
 
     # Services whose stages started at different times share no span: the queries of the
@@ -366,7 +366,7 @@ def measure(
         answers = {group: pool.submit(ask, group) for group in groups}
     for group, members in groups.items():
         key, _, start, end, kind = group
-        lag = _lag(providers[key])
+        lag = lag_of(providers[key])
         try:
             stats = answers[group].result()
         except MetricsError as exc:
@@ -407,7 +407,7 @@ def _query_groups(
         key = spec.metrics.model_dump_json()
         if key not in providers:
             providers[key] = metrics_for(spec.metrics)
-        lag = _lag(providers[key])
+        lag = lag_of(providers[key])
         try:
             status = st.read_status(ctx.repo, ref_of(spec))
         except ReconcileError:
@@ -417,12 +417,6 @@ def _query_groups(
         for start, end, kind in spans(spec, status, live, now, lag):
             groups.setdefault((key, twin, start, end, kind), []).append((spec, query))
     return groups, providers
-
-
-def _lag(provider: MetricsProvider) -> timedelta:
-    """The provider's ingestion lag (Cloud Monitoring has one; others read at once)."""
-    lag = getattr(provider, "ingestion_lag", None)
-    return lag if isinstance(lag, timedelta) else timedelta(0)
 
 
 # --- probe ------------------------------------------------------------------------------------
