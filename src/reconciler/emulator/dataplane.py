@@ -295,8 +295,15 @@ def send_load(
         headers = {"Content-Type": "application/json"} if data is not None else {}
         try:
             for _ in range(count):
-                conn.request(method, target.path + path, body=data, headers=headers)
-                resp = conn.getresponse()
+                try:
+                    conn.request(method, target.path + path, body=data, headers=headers)
+                    resp = conn.getresponse()
+                except (http.client.RemoteDisconnected, ConnectionResetError):
+                    # A kept-alive connection the server closed (as HTTP/1.1 allows between
+                    # requests): like any HTTP client, send the request again on a new one.
+                    conn.close()
+                    conn.request(method, target.path + path, body=data, headers=headers)
+                    resp = conn.getresponse()
                 resp.read()
                 with lock:
                     result.sent += 1
