@@ -16,9 +16,11 @@ observes nothing new writes identical bytes and a run that does changes only a f
 Times are written in UTC as `2026-05-01T12:00:00Z`.
 
 Bounded growth:
-- `status.yaml` keeps at most `keep` (default 10, never more than `MAX_WINDOWS`) recent
-  windows per revision, for the values a verdict reports; failing streaks are counters
-  (`streaks`), so `consecutive_failures` does not depend on how many windows are kept.
+- `status.yaml` keeps the provisional windows and the newest `RECORDED_WINDOWS` final ones
+  per revision and window length (`recorded_windows`): where the next run's measuring
+  starts and what a verdict reports; failing streaks are counters (`streaks`), so
+  `consecutive_failures` does not depend on how many windows are kept, and older windows
+  are in the metrics files.
 - `events.jsonl` keeps the newest `MAX_EVENTS` events; older ones are dropped from the file
   (every event was committed, so `git log -p` still has them).
 - metrics go to one file per UTC day (by window end), appended to, never rewritten, in a
@@ -90,6 +92,7 @@ __all__ = [
     "MAX_EVENTS",
     "MAX_WINDOWS",
     "METRICS_MONTHS",
+    "RECORDED_WINDOWS",
     "STATUS_SCHEMA",
     "Event",
     "EventKind",
@@ -113,6 +116,7 @@ __all__ = [
     "read_events_salvaged",
     "read_metrics",
     "read_status",
+    "recorded_windows",
     "stage_since",
     "state_dir",
     "state_refs",
@@ -122,6 +126,8 @@ __all__ = [
 ]
 
 STATUS_SCHEMA = 1
+RECORDED_WINDOWS = 2
+"""Final windows per revision and length `status.yaml` keeps (see `recorded_windows`)."""
 MAX_EVENTS = 1000
 METRICS_MONTHS = 3
 _SERVICE = re.compile(SERVICE_RE)
@@ -595,6 +601,25 @@ def _window_key(s: WindowStats) -> tuple[str, datetime, datetime, int]:
     return (s.revision, s.start, s.end, s.rolled)
 
 
+def recorded_windows(windows: Sequence[WindowStats]) -> list[WindowStats]:
+    """The windows `status.yaml` keeps of a run's recent ones: every provisional window (the
+    next run measures it again) and the newest `RECORDED_WINDOWS` final ones per revision
+    and length (where the next run's measuring starts, and the newest a verdict reports).
+
+    Everything older was already judged and counted (streak counters, coverage) and is in
+    the metrics files; a checkpoint rewriting a dozen windows per revision was most of the
+    file's churn in git.
+    """
+    final: dict[tuple[str, timedelta], list[WindowStats]] = {}
+    for w in windows:
+        if not w.provisional:
+            final.setdefault((w.revision, w.window), []).append(w)
+    newest = {
+        id(w) for ws in final.values() for w in sorted(ws, key=lambda w: w.end)[-RECORDED_WINDOWS:]
+    }
+    return [w for w in windows if w.provisional or id(w) in newest]
+
+
 # --- time -----------------------------------------------------------------------------------
 def parse_time(text: str) -> datetime:
     """Inverse of `format_time`; a time without a zone is an error."""
@@ -672,7 +697,7 @@ def _status_to_data(s: ServiceStatus) -> dict[str, Any]:
         "last_reconcile": format_time(s.last_reconcile),
         "spec_id": s.spec_id,
         "verdict": None if s.verdict is None else _verdict_to_data(s.verdict, s.verdict_at),
-        "windows": [_stats_to_data(w) for w in s.windows],
+        "windows": [_stats_to_data(w) for w in recorded_windows(s.windows)],
         "applied": None if s.applied is None else _split_to_data(s.applied),
         "passing_since": None if s.passing_since is None else format_time(s.passing_since),
         "probes": [
@@ -883,8 +908,10 @@ def _stats_to_data(s: WindowStats) -> dict[str, Any]:
         "requests": s.requests,
         "errors": s.errors,
         "successes": s.successes,
-        "error_rate": s.error_rate,
-        "success_rate": s.success_rate,
+        # Derived, for readers of the file (never read back): 4 digits say it, and the
+        # 17 of a float are noise git cannot compress.
+        "error_rate": _sig4(s.error_rate),
+        "success_rate": _sig4(s.success_rate),
         "p50": s.p50,
         "p95": s.p95,
         "p99": s.p99,
@@ -1000,6 +1027,10 @@ def _seconds(delta: timedelta) -> tuple[int, int]:
     """A duration as whole seconds and the microseconds beyond them (exact, unlike a float)."""
     micros = (delta.days * 86400 + delta.seconds) * 1_000_000 + delta.microseconds
     return divmod(micros, 1_000_000)
+
+
+def _sig4(value: float | None) -> float | None:
+    return None if value is None else float(f"{value:.4g}")
 
 
 def _sig(value: float | None) -> float | None:

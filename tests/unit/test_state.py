@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
@@ -623,3 +624,33 @@ def test_metrics_are_appended_not_rewritten(tmp_path: Path) -> None:
     assert after.startswith(before)
     assert after[len(before) : len(before) + 1] == b"\n"
     assert read_metrics(tmp_path, ION) == [_window(CANARY, 0), _window(CANARY, 1)]
+
+
+def test_status_keeps_provisional_windows_and_the_newest_final_ones_per_length(
+    tmp_path: Path,
+) -> None:
+    five, fifteen = timedelta(minutes=5), timedelta(minutes=15)
+    short = [_window(rev, n) for n in range(8) for rev in (CANARY, STABLE)]
+    long = [replace(_window(CANARY, 3 * k), end=T0 + fifteen * (k + 1)) for k in range(2)]
+    late = replace(_window(CANARY, 8), provisional=True)
+    windows = keep_windows([], [*short, *long, late], keep=12)
+    write_status(tmp_path, ION, _status(windows=windows))
+    status = read_status(tmp_path, ION)
+    assert status is not None
+    kept = sorted((w.revision, w.window, w.start, w.provisional) for w in status.windows)
+    at = [T0 + timedelta(minutes=m) for m in (0, 15, 30, 35, 40)]
+    assert kept == sorted(
+        [
+            (CANARY, fifteen, at[0], False),
+            (CANARY, fifteen, at[1], False),
+            (CANARY, five, at[2], False),
+            (CANARY, five, at[3], False),
+            (CANARY, five, at[4], True),  # measured again by the next run
+            (STABLE, five, at[2], False),
+            (STABLE, five, at[3], False),
+        ]
+    )
+    # Derived rates: four digits, not a float's seventeen.
+    text = status_path(tmp_path, ION).read_text(encoding="utf-8")
+    rates = re.findall(r"(?:error|success)_rate: (\S+)", text)
+    assert rates and all(len(r.lstrip("0.")) <= 4 for r in rates), rates
