@@ -86,7 +86,7 @@ from reconciler.model import (
     verdict_to_data,
 )
 from reconciler.spec import PROJECT_RE, REGION_RE, SERVICE_RE
-from reconciler.stats import roll_up
+from reconciler.stats import bucket_percentile, roll_up
 
 __all__ = [
     "MAX_EVENTS",
@@ -954,7 +954,8 @@ def _stats_from_data(d: Any) -> WindowStats:
 #    "b":[[0.1,0.2,400],[0.2,null,600]]}
 # `R` holds a revision name that does not start with the service's; `P` marks a provisional
 # window, `i` an incomplete one; `c` is how many consecutive windows of length `w / c` a
-# rolled-up line sums (absent: one). Lines of older versions (full keys) are read as well.
+# rolled-up line sums (absent: one), and such a line with a distribution leaves out `p` (its
+# percentiles are its distribution's). Lines of older versions (full keys) are read as well.
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
@@ -975,8 +976,10 @@ def _metric_to_data(s: WindowStats) -> dict[str, Any]:
         "n": s.requests,
         "x": s.errors,
         "k": s.successes,
-        "p": [None if v is None else round(v, 4) for v in (s.p50, s.p95, s.p99)],
     }
+    # A roll-up's percentiles are those of its merged distribution: read back from it.
+    if s.rolled == 1 or s.latency_buckets is None:
+        data["p"] = [None if v is None else round(v, 4) for v in (s.p50, s.p95, s.p99)]
     if s.latency_buckets is not None:
         data["b"] = [[_sig(b.lower), _sig(b.upper), b.count] for b in s.latency_buckets]
     if s.provisional:
@@ -997,7 +1000,13 @@ def _metric_from_line(line: str, service: str) -> WindowStats:
     revision = str(d["R"]) if "R" in d else f"{service}-{d['r']}"
     end = _EPOCH + timedelta(seconds=_int(d["e"]), microseconds=_int(d.get("u", 0)))
     length = timedelta(seconds=_int(d["w"]), microseconds=_int(d.get("v", 0)))
-    p50, p95, p99 = (_opt_float(v) for v in d["p"])
+    buckets = _buckets_from_data(d.get("b"))
+    if "p" in d:
+        p50, p95, p99 = (_opt_float(v) for v in d["p"])
+    elif buckets is not None:
+        p50, p95, p99 = (bucket_percentile(buckets, q) for q in (0.50, 0.95, 0.99))
+    else:
+        raise KeyError("p")
     return WindowStats(
         service=service,
         revision=revision,
@@ -1009,7 +1018,7 @@ def _metric_from_line(line: str, service: str) -> WindowStats:
         p50=p50,
         p95=p95,
         p99=p99,
-        latency_buckets=_buckets_from_data(d.get("b")),
+        latency_buckets=buckets,
         provisional=bool(d.get("P", False)),
         incomplete=None if d.get("i") is None else str(d["i"]),
         rolled=_rolled(d.get("c", 1)),

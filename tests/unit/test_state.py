@@ -426,6 +426,7 @@ def test_a_record_rolls_its_windows_up_into_one_line_per_revision(tmp_path: Path
     append_metrics(tmp_path, ION, windows)
     lines = metrics_path(tmp_path, ION, T0).read_text(encoding="utf-8").splitlines()
     assert len(lines) == 2 and all('"w":1800,' in ln and '"c":6' in ln for ln in lines)
+    assert not any('"p":' in ln for ln in lines)  # read back from the merged distribution
     canary = next(w for w in read_metrics(tmp_path, ION) if w.revision == CANARY)
     mine = [w for w in windows if w.revision == CANARY]
     assert (canary.start, canary.end, canary.rolled) == (T0, mine[-1].end, 6)
