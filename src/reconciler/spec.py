@@ -550,8 +550,15 @@ class RolledBack(_Model):
 
 
 # --- notifications ------------------------------------------------------------------------
-NoticeEvent = Literal["rollback", "block", "hold", "advance", "finalize"]
-NOTICE_EVENTS: tuple[NoticeEvent, ...] = ("rollback", "block", "hold", "advance", "finalize")
+NoticeEvent = Literal["rollback", "block", "hold", "advance", "finalize", "wave_hold"]
+NOTICE_EVENTS: tuple[NoticeEvent, ...] = (
+    "rollback",
+    "block",
+    "hold",
+    "advance",
+    "finalize",
+    "wave_hold",
+)
 
 
 class _Channel(_Model):
