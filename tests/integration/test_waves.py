@@ -10,8 +10,10 @@ own observed state.
 from __future__ import annotations
 
 import json
+import threading
 import time
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -26,7 +28,9 @@ from reconciler.metrics.cloud_monitoring import CloudMonitoringProvider
 from reconciler.notices import verify
 from reconciler.notify import notified
 from reconciler.reconcile import Context, RunResult, apply_all, plan_all
+from reconciler.runtime import build_context
 from reconciler.sandbox import Sandbox, sandbox
+from reconciler.stream import CloudLogging, Controller, StreamResult
 from reconciler.testing.webhooks import WebhookRecorder
 from reconciler.views.plan import plan_text
 
@@ -292,3 +296,53 @@ def test_report_writes_one_report_per_region_or_the_one_named(sb: Sandbox) -> No
     nowhere = reconcile_cli(sb.repo, "report", "ion-api", "--region", "us-east4")
     assert nowhere.returncode == 1 and nowhere.stderr.strip().count("\n") == 0
     assert "no rollout in region us-east4" in nowhere.stderr
+
+
+# --- the stream: every region judged on its own request logs ------------------------------------
+LIVE = {
+    **SCENARIO,
+    "services": [
+        {
+            **svc,
+            "traffic": {STABLE: 95, CANARY: 5},
+            "tags": {"stable": STABLE, "canary": CANARY},
+        }
+        for svc in SCENARIO["services"]
+    ],
+}
+
+
+def test_the_stream_rolls_back_the_failing_region_alone(tmp_path: Path) -> None:
+    with sandbox(tmp_path, scenario=LIVE, rollout={"rollout/ion-api.yaml": ROLLOUT}) as sb:
+        sb.emu.logs.delay = 0.3
+        ctx = build_context(sb.repo, with_metrics=False)
+        lines: list[str] = []
+        results: list[StreamResult] = []
+        controller = Controller(
+            ctx, CloudLogging(), refresh=timedelta(seconds=1), report=lines.append
+        )
+        stop = threading.Event()
+        thread = threading.Thread(target=lambda: results.append(controller.run(stop)))
+        thread.start()
+        try:
+            deadline = time.monotonic() + 30
+            sb.emu.behave(f"{name(EU)}/revisions/{CANARY}", error_rate=0.5)
+            while time.monotonic() < deadline and canary_percent(EU) != 0:
+                for region in REGIONS:  # every region's canary serves; Europe's fails
+                    sb.emu.load(name(region), 5, tag="canary", concurrency=1)
+                time.sleep(0.05)
+            assert canary_percent(EU) == 0, lines
+            assert canary_percent(US) == canary_percent(ASIA) == 5
+        finally:
+            stop.set()
+            thread.join(timeout=20)
+        assert results[0].rollbacks == ["ion-api (europe-west1)"], lines
+        assert any("ion-api (europe-west1) ROLLED BACK: stream: error_rate" in x for x in lines)
+        # The file records Europe's rollback as its gates would: the others hold, the file's
+        # stage stays and no file-wide block stops them.
+        spec = load_spec(sb.rollout())
+        assert list(spec.rolled_back_regions) == [EU] and spec.rolled_back is None
+        assert spec.canary_percent == 5
+        message = sb.remote_log("-1", "--format=%B")
+        assert message.startswith("reconcile(ion-api (europe-west1)): rollback canary 5% -> 0%")
+        assert ("Reconcile-Rollout", f"{PROJECT}/{EU}/ion-api") in trailer_pairs(message)
