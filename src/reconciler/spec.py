@@ -663,7 +663,7 @@ class RolloutSpec(_Model):
     notify: list[Channel] = Field(
         default_factory=list,
         json_schema_extra={"default": []},
-        description="Where to send rollbacks, blocks, holds, advances, finalizes.",
+        description="Where to send rollbacks, blocks, holds, advances, finalizes and wave holds.",
     )
     reports: Reports = Reports()
     force: bool = Field(
