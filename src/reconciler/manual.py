@@ -28,11 +28,18 @@ from reconciler.waves import expand, for_region
 log = logging.getLogger(__name__)
 
 
-def _one_file(ctx: Context, service: str) -> Path:
-    """The rollout file of exactly one service (no globs for a manual action)."""
+def _one_file(ctx: Context, service: str, region: str | None = None) -> Path:
+    """The rollout file of exactly one service (no globs for a manual action); with `region`,
+    the one naming that region (the service may have a file per region in sub-folders)."""
     if any(ch in service for ch in "*?["):
         raise ReconcileError(f"{service!r}: name one service, not a pattern")
-    return rollout_files(ctx.repo / "rollout", [service])[0]
+    files = rollout_files(ctx.repo / "rollout", [service])
+    if region is None or len(files) == 1:
+        return files[0]
+    for path in files:
+        if region in [s.region for s in expand(load_spec(path))]:
+            return path
+    raise ReconcileError(f"{service}: no rollout file names region {region}")
 
 
 def _pull(ctx: Context) -> None:
@@ -67,10 +74,11 @@ def roll_back_now(
     still knows the stable revision it last applied, and the live service says what serves).
     A write whose read-back failed is recorded all the same, with `error` saying so.
 
-    `region` rolls back that region of a file with `waves:` alone (its `rolled_back_regions`
-    entry; the other regions hold), as a failing gate does; its commit names the region.
+    `region` picks the file naming that region, and rolls back that region of a file with
+    `waves:` alone (its `rolled_back_regions` entry; the other regions hold), as a failing gate
+    does; its commit names the region.
     """
-    path = _one_file(ctx, service)
+    path = _one_file(ctx, service, region)
     whole = load_spec(path)
     if region is not None and region not in [s.region for s in expand(whole)]:
         raise ReconcileError(f"{path}: {service} has no region {region}")
@@ -127,9 +135,9 @@ def publish(ctx: Context, outcome: ServiceOutcome) -> None:
     if not outcome.commit and not ctx.git.unpushed():
         return
     done = (
-        f"{outcome.service}: rolled back and recorded locally"
+        f"{outcome.name}: rolled back and recorded locally"
         if outcome.rolled_back
-        else f"{outcome.service}: local commits"
+        else f"{outcome.name}: local commits"
     )
     synced = ctx.git.sync()
     if not synced.at_tip:

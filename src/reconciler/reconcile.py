@@ -296,11 +296,9 @@ class _Push:
 
 def _moved(run: _Run, *, committed: bool = False) -> list[str]:
     """Services whose traffic this run changed (with `committed`: and whose record is in one
-    of the run's commits)."""
+    of the run's commits), named as the run's output names them."""
     return [
-        o.service
-        for o in run.outcomes
-        if o.applied and (not committed or _key(o) in run.book.commits)
+        o.name for o in run.outcomes if o.applied and (not committed or _key(o) in run.book.commits)
     ]
 
 

@@ -59,8 +59,6 @@ class Canary:
     stable: str
     canary: str
     gates: Gates
-    waves: bool = False
-    """One region of a file with `waves:`: its rollback is of this region alone."""
 
     @property
     def ref(self) -> ServiceRef:
@@ -122,7 +120,6 @@ def live_canaries(repo: Path, patterns: Sequence[str] = ()) -> tuple[list[Canary
                 spec.revisions.stable,
                 canary,
                 spec.gates,
-                waves=spec.waves is not None,
             )
             for spec in expand(whole)
             if not is_rolled_back(spec)
@@ -151,8 +148,7 @@ def roll_back(ctx: Context, canary: Canary, reason: str) -> bool:
     False when it was rolled back already."""
     from reconciler import manual
 
-    region = canary.region if canary.waves else None
-    outcome = manual.roll_back_now(ctx, canary.service, reason, region)
+    outcome = manual.roll_back_now(ctx, canary.service, reason, canary.region)
     if outcome.rolled_back:
         _notify(ctx, outcome)
     manual.publish(ctx, outcome)

@@ -312,31 +312,36 @@ LIVE = {
 }
 
 
+def stream_until_europe_is_rolled_back(sb: Sandbox) -> tuple[list[str], StreamResult]:
+    """Run the stream controller (as `watch --stream` does) while every region's canary
+    serves and Europe's fails, until Europe's canary is off; its lines and result."""
+    sb.emu.logs.delay = 0.3
+    ctx = build_context(sb.repo, with_metrics=False)
+    lines: list[str] = []
+    results: list[StreamResult] = []
+    controller = Controller(ctx, CloudLogging(), refresh=timedelta(seconds=1), report=lines.append)
+    stop = threading.Event()
+    thread = threading.Thread(target=lambda: results.append(controller.run(stop)))
+    thread.start()
+    try:
+        deadline = time.monotonic() + 30
+        sb.emu.behave(f"{name(EU)}/revisions/{CANARY}", error_rate=0.5)
+        while time.monotonic() < deadline and canary_percent(EU) != 0:
+            for region in REGIONS:
+                sb.emu.load(name(region), 5, tag="canary", concurrency=1)
+            time.sleep(0.05)
+        assert canary_percent(EU) == 0, lines
+        assert canary_percent(US) == canary_percent(ASIA) == 5
+    finally:
+        stop.set()
+        thread.join(timeout=20)
+    return lines, results[0]
+
+
 def test_the_stream_rolls_back_the_failing_region_alone(tmp_path: Path) -> None:
     with sandbox(tmp_path, scenario=LIVE, rollout={"rollout/ion-api.yaml": ROLLOUT}) as sb:
-        sb.emu.logs.delay = 0.3
-        ctx = build_context(sb.repo, with_metrics=False)
-        lines: list[str] = []
-        results: list[StreamResult] = []
-        controller = Controller(
-            ctx, CloudLogging(), refresh=timedelta(seconds=1), report=lines.append
-        )
-        stop = threading.Event()
-        thread = threading.Thread(target=lambda: results.append(controller.run(stop)))
-        thread.start()
-        try:
-            deadline = time.monotonic() + 30
-            sb.emu.behave(f"{name(EU)}/revisions/{CANARY}", error_rate=0.5)
-            while time.monotonic() < deadline and canary_percent(EU) != 0:
-                for region in REGIONS:  # every region's canary serves; Europe's fails
-                    sb.emu.load(name(region), 5, tag="canary", concurrency=1)
-                time.sleep(0.05)
-            assert canary_percent(EU) == 0, lines
-            assert canary_percent(US) == canary_percent(ASIA) == 5
-        finally:
-            stop.set()
-            thread.join(timeout=20)
-        assert results[0].rollbacks == ["ion-api (europe-west1)"], lines
+        lines, result = stream_until_europe_is_rolled_back(sb)
+        assert result.rollbacks == ["ion-api (europe-west1)"], lines
         assert any("ion-api (europe-west1) ROLLED BACK: stream: error_rate" in x for x in lines)
         # The file records Europe's rollback as its gates would: the others hold, the file's
         # stage stays and no file-wide block stops them.
@@ -346,3 +351,16 @@ def test_the_stream_rolls_back_the_failing_region_alone(tmp_path: Path) -> None:
         message = sb.remote_log("-1", "--format=%B")
         assert message.startswith("reconcile(ion-api (europe-west1)): rollback canary 5% -> 0%")
         assert ("Reconcile-Rollout", f"{PROJECT}/{EU}/ion-api") in trailer_pairs(message)
+
+
+def test_the_stream_tells_one_file_per_region_apart(tmp_path: Path) -> None:
+    """The same service id in a file per region (sub-folders): Europe's file is rolled back,
+    the others are left alone."""
+    waves = f"waves: [[{US}], [{EU}, {ASIA}]]"
+    files = {f"rollout/{r}/ion-api.yaml": ROLLOUT.replace(waves, f"region: {r}") for r in REGIONS}
+    with sandbox(tmp_path, scenario=LIVE, rollout=files) as sb:
+        lines, result = stream_until_europe_is_rolled_back(sb)
+        assert result.rollbacks == ["ion-api (europe-west1)"], lines
+        for region in REGIONS:
+            spec = load_spec(sb.repo / "rollout" / region / "ion-api.yaml")
+            assert (spec.rolled_back is not None) == (region == EU), region
