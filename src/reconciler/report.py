@@ -1018,7 +1018,7 @@ def generate(
             f"{status_path(root, ref)}: no state yet for {service} "
             "(nothing reconciled; run `reconcile apply` first)"
         )
-    spec, name = _rollout_of(root, ref)
+    spec, label = _rollout_of(root, ref)
     events = read_events(root, ref)
     # A final report's span starts at the canary's first event or window: read every
     # recorded month (metrics files are bounded); otherwise read from the span's start.
@@ -1064,7 +1064,7 @@ def generate(
         baseline=baseline,
         since=since,
         source=source,
-        name=name,
+        name=label,
     )
 
 

@@ -289,7 +289,7 @@ def test_report_writes_one_report_per_region_or_the_one_named(sb: Sandbox) -> No
     assert whole.stderr.strip().count("\n") == 0
     assert "3 rollouts" in whole.stderr and "--region" in whole.stderr
 
-    one = reconcile_cli(sb.repo, "report", "ion-api", "--offline", "--stdout", "--region", EU)
+    one = reconcile_cli(sb.repo, "report", "ion-api", "--stdout", "--region", EU)
     assert one.returncode == 0, one.stderr
     assert one.stdout.startswith("# ion-api (europe-west1): interim report\n")
 
