@@ -293,6 +293,7 @@ def decide(
     window_keep: int = 12,
     check_revisions: bool = True,
     regions: Mapping[str, ServiceStatus | None] | None = None,
+    unrecorded_write: datetime | None = None,
 ) -> Decision:
     """Decide one service's tick. Raises PlanError when the spec names a missing revision.
 
@@ -300,11 +301,23 @@ def decide(
     the rollout file or the environment (an unset variable, a bad URL template): they block
     the service and never count against the canary. In a file with `waves:` (`spec` is one
     region's, see `waves.expand`), `regions` holds every other region's status by region,
-    for the wave rule.
+    for the wave rule. `unrecorded_write`: when the live split was written by a write state/
+    does not record yet (a young stamp, `execute.recover`): a stage it made began then, so
+    the canary is judged on what it served since.
     """
     canary = spec.revisions.canary
     live_pct = live.traffic.percent_of(canary) if canary else 0
-    j = _judged(spec, status, live_pct, now, windows, probe_runs, metrics_error, window_keep)
+    j = _judged(
+        spec,
+        status,
+        live_pct,
+        now,
+        windows,
+        probe_runs,
+        metrics_error,
+        window_keep,
+        began=unrecorded_write,
+    )
     history = History(
         last_applied=status.applied if status else None,
         passing_since=j.passing_since,
@@ -516,6 +529,8 @@ def _judged(
     probe_runs: Sequence[ProbeRecord],
     metrics_error: str | None,
     window_keep: int,
+    *,
+    began: datetime | None = None,
 ) -> _Judgement:
     """Keep the new windows and probe runs, count streaks, judge, run the bake timer.
 
@@ -525,7 +540,8 @@ def _judged(
     spans are failing evidence for this verdict only; gaps only count as served traffic.
     """
     canary = spec.revisions.canary
-    since = stage_since(status, canary=canary, stage=live_pct, now=now)
+    # A new stage began now, or when the write not yet recorded made it (`began`).
+    since = stage_since(status, canary=canary, stage=live_pct, now=min(began or now, now))
     new = tuple(windows)
     kept, added = merge_windows(status.windows if status else (), new, window_keep)
     configured = {p.name for p in spec.probes}

@@ -43,7 +43,7 @@ from reconciler.outcome import RunResult as RunResult
 from reconciler.outcome import ServiceOutcome as ServiceOutcome
 from reconciler.plan import Plan, PlanError, ServiceError, ServicePlan, is_rolled_back
 from reconciler.recording import Book, push, sync
-from reconciler.servicetick import Tick, carry_and_record, prepare
+from reconciler.servicetick import Tick, carry_and_record, leave_alone, prepare
 from reconciler.shard import Shard
 from reconciler.spec import RolloutSpec
 from reconciler.waves import for_region
@@ -176,6 +176,10 @@ class _Run:
 
     def rest(self, degraded: str | None, t: Tick) -> ServiceOutcome:
         """Carry out a decision after the sync (or hold it, recording what was measured)."""
+        # First: a young write still not recorded after the sync is its writer's to record.
+        alone = leave_alone(self.ctx, t)
+        if alone is not None:
+            return alone
         d = t.decision
         if t.run.path.resolve() in self.dirty and not d.rollback:
             # Git is the desired state: applying an edit nobody committed would make live
@@ -194,6 +198,9 @@ class _Run:
             t = prepare(
                 self.ctx, t.run.path, spec, t.run.live, [], None, probe_deadline=self.deadline
             )
+            alone = leave_alone(self.ctx, t)
+            if alone is not None:
+                return alone
         return carry_and_record(self.ctx, self.book, t.run, t.decision, t.redecide)
 
     def _held(
@@ -215,6 +222,9 @@ class _Run:
         paths = (st.state_dir(self.ctx.state_root, run.ref), *([run.path] if run.edited else []))
         commit = late_commit(t.decision.held_commit, service, late[0])
         self.book.add(Record(run.ref.key, paths, commit, late=True))
+        if run.edited:
+            # The file holds the recovered edit and is committed with it: no one's pending edit.
+            self.dirty.discard(run.path.resolve())
         run.edited = False
         t.text = run.path.read_bytes()
 

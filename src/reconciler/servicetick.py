@@ -13,7 +13,14 @@ from pathlib import Path
 from reconciler import state as st
 from reconciler.decide import Decision, decide, missing_env
 from reconciler.errors import ReconcileError
-from reconciler.execute import Context, ServiceRun, carry_out, recover, write_record
+from reconciler.execute import (
+    Context,
+    ServiceRun,
+    carry_out,
+    left_alone,
+    recover,
+    write_record,
+)
 from reconciler.gather import probe, ref_of, region_statuses
 from reconciler.loader import spec_id_of
 from reconciler.model import LiveService
@@ -83,6 +90,7 @@ def prepare(
             actor=ctx.actor,
             window_keep=ctx.window_keep,
             regions=regions,
+            unrecorded_write=run.pending,
         )
 
     d = redecide(live)
@@ -90,6 +98,19 @@ def prepare(
         # No probe ran: that is no evidence for moving traffic forward.
         d = replace(d, plan=replace(d.plan, blocked="probes skipped: the run's budget ran out"))
     return Tick(run, d, redecide, path.read_bytes())
+
+
+def leave_alone(ctx: Context, t: Tick) -> ServiceOutcome | None:
+    """The outcome of a service left alone for a young write its writer may still be
+    recording (`execute.left_alone`): nothing written, nothing recorded. None when the tick
+    goes on: no such write, or a rollback (to the stable revision, always safe)."""
+    d = t.decision
+    if d.rollback:
+        return None
+    why = left_alone(ctx, t.run)
+    if why is None:
+        return None
+    return ServiceOutcome(d.service, plan=d.plan, verdict=d.verdict, left_alone=why)
 
 
 def carry_and_record(

@@ -24,8 +24,8 @@ def _commit(sha: str | None) -> str:
 
 
 def outcome_lines(o: ServiceOutcome, *, color: bool = False, mark: str = "") -> list[Line]:
-    """The lines of one service's outcome: applied, rolled back, held, blocked, in sync or
-    error. `mark` ends every line (degraded mode)."""
+    """The lines of one service's outcome: applied, rolled back, held, left alone, blocked,
+    in sync or error. `mark` ends every line (degraded mode)."""
     if o.error:
         # An error that already names its service (or its file) is not prefixed.
         named = o.service in o.error.split(":", 1)[0]
@@ -44,6 +44,8 @@ def outcome_lines(o: ServiceOutcome, *, color: bool = False, mark: str = "") -> 
         lines = [Line(f"{head} {o.service}: {sp.reason.value}, {change}{_commit(o.commit)}{mark}")]
     elif o.held:
         lines = [Line(f"{paint('held', 'bad', color)} {o.service}: {o.held}{mark}", err=True)]
+    elif o.left_alone:
+        lines = [Line(f"{o.service}: {paint(o.left_alone, 'bad', color)}{mark}", err=True)]
     elif sp.blocked:
         text = f"{paint('blocked', 'bad', color)} {o.service}: {sp.blocked}{mark}"
         lines = [Line(text, err=True)]
