@@ -14,15 +14,13 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
+from tests.builders import context, rollout_text
 
-from reconciler.backends.cloudrun import CloudRunBackend
 from reconciler.decide import checkpoint_interval
-from reconciler.gitops import GitOps
 from reconciler.loader import load_spec
-from reconciler.metrics.cloud_monitoring import CloudMonitoringProvider
 from reconciler.model import ServiceRef
 from reconciler.reconcile import Context, RunResult, apply_all
-from reconciler.sandbox import Sandbox, example_rollout, sandbox
+from reconciler.sandbox import Sandbox, sandbox
 from reconciler.state import read_metrics, read_status, state_dir
 
 CANARY = "ion-api-00042-xyz"
@@ -37,24 +35,11 @@ def sb(tmp_path: Path) -> Iterator[Sandbox]:
         yield s
 
 
-def context(sb: Sandbox) -> Context:
-    provider = CloudMonitoringProvider()
-    return Context(
-        repo=sb.repo,
-        backend=CloudRunBackend(),
-        clock=sb.now,
-        git=GitOps(sb.repo),
-        metrics_for=lambda _cfg: provider,
-    )
-
-
 def start(sb: Sandbox) -> Context:
     """ion-api at 5% (no probes: every tick's evidence comes from the metrics provider)."""
-    text = example_rollout(sb.emu)
-    head, rest = text.split("probes:\n", 1)
-    sb.commit_rollout(head + rest[rest.index("dependencies:") :], "ion-api canary")
+    sb.commit_rollout(rollout_text(sb.emu, probes=False), "ion-api canary")
     sb.emu.behave(CANARY, error_rate=0.0)
-    ctx = context(sb)
+    ctx = context(sb, metrics=True)
     assert apply_all(ctx).exit_code == 0
     return ctx
 

@@ -13,13 +13,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from tests.builders import context
 
 from reconciler import clients
 from reconciler.backends.cloudrun import CloudRunBackend
-from reconciler.gitops import GitOps
 from reconciler.loader import load_spec
 from reconciler.manual import retry
-from reconciler.metrics.cloud_monitoring import CloudMonitoringProvider
 from reconciler.reconcile import Context, RunResult, apply_all, plan_all
 from reconciler.sandbox import Sandbox, sandbox
 from reconciler.views.plan import plan_text
@@ -73,17 +72,6 @@ def sb(tmp_path: Path) -> Iterator[Sandbox]:
         yield s
 
 
-def context(sb: Sandbox) -> Context:
-    provider = CloudMonitoringProvider()
-    return Context(
-        repo=sb.repo,
-        backend=CloudRunBackend(),
-        clock=sb.now,
-        git=GitOps(sb.repo),
-        metrics_for=lambda _cfg: provider,
-    )
-
-
 def name(region: str) -> str:
     return f"projects/{PROJECT}/locations/{region}/services/ion-api"
 
@@ -113,7 +101,7 @@ def file_percent(sb: Sandbox) -> int:
 
 
 def test_wave_two_starts_a_stage_only_after_wave_one_passed_it_for_bake(sb: Sandbox) -> None:
-    ctx = context(sb)
+    ctx = context(sb, metrics=True)
     assert apply_all(ctx).exit_code == 0
     assert percents() == {US: 5, EU: 0, ASIA: 0}
     sb.emu.advance_clock(LAG)
@@ -140,7 +128,7 @@ def test_wave_two_starts_a_stage_only_after_wave_one_passed_it_for_bake(sb: Sand
 def test_a_failing_region_in_wave_two_rolls_back_at_once_and_its_sibling_holds(
     sb: Sandbox,
 ) -> None:
-    ctx = context(sb)
+    ctx = context(sb, metrics=True)
     assert apply_all(ctx).exit_code == 0
     sb.emu.advance_clock(LAG)
     for _ in range(12):

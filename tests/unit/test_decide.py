@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -18,54 +17,20 @@ from reconciler.model import (
     Outcome,
     Phase,
     ProbeRecord,
-    ServiceRef,
     ServiceStatus,
     Target,
-    TrafficSplit,
     Verdict,
     WindowStats,
 )
 from reconciler.plan import Reason, split_for
 from reconciler.spec import RolloutSpec
+from tests.builders import CANARY, OTHER, STABLE, live_with, make_spec
+from tests.builders import status_at as status
 
 NOW = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
 T0 = NOW - timedelta(hours=1)
-STABLE = "ion-api-00041-abc"
-CANARY = "ion-api-00042-xyz"
-OTHER = "ion-api-00040-old"
-REF = ServiceRef("naeda-genesis", "us-central1", "ion-api")
 FIVE = timedelta(minutes=5)
 TEN = timedelta(minutes=10)
-
-
-def make_spec(**over: Any) -> RolloutSpec:
-    data: dict[str, Any] = {
-        "service": "ion-api",
-        "project": "naeda-genesis",
-        "region": "us-central1",
-        "revisions": {"stable": STABLE, "canary": CANARY},
-        "canary_percent": 5,
-        "stages": [5, 10, 25, 50, 100],
-        "bake": "1h",
-        "gates": {"window": "5m", "min_requests": 100, "error_rate": {"max": "5%"}},
-    }
-    data.update(over)
-    return RolloutSpec.model_validate(data)
-
-
-def live_with(*targets: Target, requested: TrafficSplit | None = None, **over: Any) -> LiveService:
-    split = TrafficSplit.of(targets)
-    return LiveService(
-        ref=REF,
-        traffic=split,
-        statuses=split,
-        etag="etag-1",
-        generation=3,
-        observed_generation=3,
-        revisions=frozenset((STABLE, CANARY, OTHER)),
-        requested=requested or split,
-        **over,
-    )
 
 
 ALL_STABLE = live_with(Target(STABLE, 100, "stable"))
@@ -75,21 +40,14 @@ AT_100 = live_with(Target(STABLE, 0, "stable"), Target(CANARY, 100, "canary"))
 
 def status_at(live: LiveService, **over: Any) -> ServiceStatus:
     """state/ after an earlier run that applied `live` at its stage since T0."""
-    base = ServiceStatus(
-        service="ion-api",
-        phase=Phase.PROGRESSING,
-        stable_revision=STABLE,
-        canary_revision=CANARY,
-        stage=live.traffic.percent_of(CANARY),
-        stage_since=T0,
-        traffic=live.traffic,
-        etag=live.etag,
-        generation=live.generation,
-        observed_generation=live.observed_generation,
-        last_reconcile=T0,
-        applied=live.traffic,
-    )
-    return replace(base, **over)
+    applied = {
+        "traffic": live.traffic,
+        "etag": live.etag,
+        "generation": live.generation,
+        "observed_generation": live.observed_generation,
+        "applied": live.traffic,
+    }
+    return status(live.traffic.percent_of(CANARY), T0, **{**applied, **over})
 
 
 def win(i: int, errors: int, *, length: timedelta = FIVE, requests: int = 1000) -> WindowStats:
