@@ -73,14 +73,19 @@ def killed_advance(ctx: Context, path: Path, *, edited: bool) -> Decision:
     return write_traffic(ctx, d, tick.redecide, tick.run.now)[0]
 
 
-def advance_then_kill(sb: Sandbox, *, edited: bool) -> None:
-    """5% live and recorded, its gates passing for the bake, then the killed advance to 10%."""
+def ready_to_advance(sb: Sandbox) -> None:
+    """5% live and recorded, its gates passing for the bake: the next run advances."""
     assert apply_all(context(sb, metrics=True)).exit_code == 0
     sb.emu.advance_clock(LAG)
     serve(sb)
     passing = apply_all(context(sb, metrics=True))
     assert passing.exit_code == 0 and not any(o.applied for o in passing.outcomes), passing
     serve(sb)
+
+
+def advance_then_kill(sb: Sandbox, *, edited: bool) -> None:
+    """The advance to 10%, killed after its traffic write."""
+    ready_to_advance(sb)
     killed_advance(context(sb, metrics=True), sb.rollout(), edited=edited)
     assert routing(live(sb.emu)) == routing(TEN)
     assert "canary_percent: 5" in sb.remote_file("rollout/ion-api.yaml")
@@ -148,3 +153,25 @@ def test_a_canary_failing_after_a_killed_advance_is_still_rolled_back(
     sb.emu.advance_clock(LAG)
     assert apply_all(context(sb, metrics=True)).exit_code == 0
     assert live(sb.emu).percents() == {STABLE: 100}
+
+
+def test_a_write_another_runner_recorded_goes_on_once_the_sync_brings_its_record(
+    sb: Sandbox,
+) -> None:
+    """A runner whose clone has not pulled yet sees a young write its git does not record;
+    the sync brings the record, and the run goes on as usual rather than leaving it alone."""
+    ready_to_advance(sb)
+    other = sb.clone("other-runner")
+    advanced = apply_all(context(sb, metrics=True))
+    (o,) = advanced.outcomes
+    assert o.applied and o.plan is not None and o.plan.reason is Reason.ADVANCE, advanced
+    writes = sb.emu.writes
+
+    sb.emu.advance_clock(30)
+    run = apply_all(context(sb, other, metrics=True))
+    (o,) = run.outcomes
+    assert o.left_alone is None and not o.error and not o.applied, run
+    assert run.exit_code == 0, run
+    assert sb.emu.writes == writes
+    assert routing(live(sb.emu)) == routing(TEN)
+    assert load_spec(other / "rollout" / "ion-api.yaml").canary_percent == 10
