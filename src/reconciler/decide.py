@@ -301,9 +301,9 @@ def decide(
     the rollout file or the environment (an unset variable, a bad URL template): they block
     the service and never count against the canary. In a file with `waves:` (`spec` is one
     region's, see `waves.expand`), `regions` holds every other region's status by region,
-    for the wave rule. `unrecorded_write`: when the live split was written by a write state/
-    does not record yet (a young stamp, `execute.recover`): a stage it made began then, so
-    the canary is judged on what it served since.
+    for the wave rule. `unrecorded_write`: when the write that made the live split was made,
+    if `status` does not record it (a stamp `execute.recover` found): a stage it made began
+    then, so the canary is judged on what it served since.
     """
     canary = spec.revisions.canary
     live_pct = live.traffic.percent_of(canary) if canary else 0

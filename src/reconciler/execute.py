@@ -106,9 +106,11 @@ class ServiceRun:
     """The decision whose traffic this run wrote (set the moment the write is verified)."""
     unconfirmed: str | None = None
     """Why a rollback's traffic write could not be confirmed (it is recorded all the same)."""
-    pending: datetime | None = None
-    """When a write live traffic shows was made, if state/ does not record it and it is too
-    young to recover (`recover`): its writer may still be recording it."""
+    unrecorded_at: datetime | None = None
+    """When the write live traffic shows was made, if state/ did not record it when this
+    run began (`recover`): a stage it made began then, not at this run."""
+    pending: bool = False
+    """That write is too young to recover: its writer may still be recording it."""
 
     @property
     def ref(self) -> ServiceRef:
@@ -496,8 +498,9 @@ def recover(ctx: Context, run: ServiceRun, spec_id: str | None) -> None:
     # rollback is recovered at once all the same: its record is idempotent, and without it
     # this run would take the live 100% stable for drift and route to the bad canary again.
     # (A stamp from the future, a writer's clock ahead of ours, is young for as long.)
+    run.unrecorded_at = written_at
     if reason is not Reason.ROLLBACK and abs(run.now - written_at) < ctx.recover_after:
-        run.pending = written_at
+        run.pending = True
         return
     why = str(data.get("reason", ""))
     log.warning("%s: recording a write that was not committed (%s)", run.spec.service, why)
@@ -531,9 +534,9 @@ def left_alone(ctx: Context, run: ServiceRun) -> str | None:
     `recover` found is still not recorded, read again after the sync brought the remote's
     records. Nothing but a rollback may be written then, and no record (the writer's record
     of the same files is on its way)."""
-    if run.pending is None or _unrecorded(ctx, run) is None:
+    if not run.pending or run.unrecorded_at is None or _unrecorded(ctx, run) is None:
         return None
-    age = max(0, round((run.now - run.pending).total_seconds()))
+    age = max(0, round((run.now - run.unrecorded_at).total_seconds()))
     return (
         f"left alone: a write {age} s ago is not yet recorded; recovered after "
         f"{format_duration(ctx.recover_after)} if no run records it"

@@ -90,7 +90,7 @@ def prepare(
             actor=ctx.actor,
             window_keep=ctx.window_keep,
             regions=regions,
-            unrecorded_write=run.pending,
+            unrecorded_write=run.unrecorded_at,
         )
 
     d = redecide(live)

@@ -175,3 +175,21 @@ def test_a_write_another_runner_recorded_goes_on_once_the_sync_brings_its_record
     assert sb.emu.writes == writes
     assert routing(live(sb.emu)) == routing(TEN)
     assert load_spec(other / "rollout" / "ion-api.yaml").canary_percent == 10
+
+
+def test_the_late_record_judges_the_canary_from_the_write_and_rolls_a_breach_back(
+    sb: Sandbox,
+) -> None:
+    """The stage a killed write made began at that write, not at the run that records it
+    late: what the canary served in between is judged, and a breach rolls it back at once."""
+    advance_then_kill(sb, edited=False)
+    sb.emu.behave(CANARY, error_rate=0.3)
+    for _ in range(2):
+        serve(sb, canary=600)
+    sb.emu.advance_clock(LAG)
+    run = apply_all(context(sb, metrics=True))
+    assert run.exit_code == 4, run
+    assert live(sb.emu).percents() == {STABLE: 100}
+    kinds = [(e.kind.value, bool(e.details.get("recovered"))) for e in read_events(sb.repo, ION)]
+    assert ("advanced", True) in kinds and kinds[-1] == ("rolled_back", False), kinds
+    assert "rolled_back:" in sb.remote_file("rollout/ion-api.yaml")
