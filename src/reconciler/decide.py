@@ -694,6 +694,21 @@ def paused_plan(spec: RolloutSpec, sp: ServicePlan) -> ServicePlan:
     )
 
 
+def left_alone_plan(sp: ServicePlan, why: str) -> ServicePlan:
+    """The plan of a service a run leaves alone because live traffic shows a young write
+    state/ does not record yet (`execute.Unrecorded.young`): traffic held where it is, no
+    edit, `why` as a note. Never applied to a rollback, which always goes through."""
+    return replace(
+        sp,
+        after=sp.before,
+        changes=(),
+        edit=None,
+        reason=Reason.NONE,
+        drift=False,
+        notes=(*sp.notes, why),
+    )
+
+
 # --- the rules the planner cannot see (they need state/ or the environment) -----------------
 def _hold(
     spec: RolloutSpec,
@@ -899,6 +914,7 @@ __all__ = [
     "decide",
     "decide_rollback",
     "env_needs",
+    "left_alone_plan",
     "merge_windows",
     "missing_env",
     "paused_plan",

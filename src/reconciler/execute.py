@@ -57,6 +57,8 @@ from reconciler.waves import for_region
 log = logging.getLogger(__name__)
 
 STAMP_KEY = "cloudrun-reconciler/last-apply"
+RECOVER_AFTER = timedelta(minutes=2)
+"""How old an unrecorded stamped write must be before a run records it in its writer's place."""
 
 
 @dataclass
@@ -74,7 +76,7 @@ class Context:
     environ: Mapping[str, str] | None = None
     max_workers: int = 16
     window_keep: int = 12
-    recover_after: timedelta = timedelta(minutes=2)
+    recover_after: timedelta = RECOVER_AFTER
     """A stamp younger than this may belong to a concurrent run that is still recording it."""
     progress: Callable[[str], None] = lambda _msg: None
     shard: Shard | None = None
@@ -461,7 +463,7 @@ _KIND = {
 
 
 @dataclass(frozen=True)
-class _Stamped:
+class Unrecorded:
     """A stamped write that serves and that state/ does not record."""
 
     data: Mapping[str, Any]
@@ -469,11 +471,18 @@ class _Stamped:
     reason: Reason
     commits: CommitAction | None
 
+    def young(self, now: datetime, recover_after: timedelta) -> bool:
+        """Whether a run must leave it to its writer, which may still be recording it: it is
+        younger than `recover_after` (or as far in the future: a writer's clock ahead of
+        ours) and no rollback (a rollback's record is idempotent: recovered at once)."""
+        return self.reason is not Reason.ROLLBACK and abs(now - self.written_at) < recover_after
 
-def _unrecorded(ctx: Context, run: ServiceRun) -> _Stamped | None:
-    """The stamped write the live service serves, when events.jsonl does not record it."""
-    data = read_stamp(run.live)
-    if data is None or not run.live.traffic.same_routing(_stamp_split(data)):
+
+def unrecorded(root: Path, ref: ServiceRef, live: LiveService) -> Unrecorded | None:
+    """The stamped write the live service serves, when events.jsonl does not record it.
+    Reads only."""
+    data = read_stamp(live)
+    if data is None or not live.traffic.same_routing(_stamp_split(data)):
         return None
     try:
         written_at = st.parse_time(str(data.get("at")))
@@ -482,25 +491,25 @@ def _unrecorded(ctx: Context, run: ServiceRun) -> _Stamped | None:
         commits = CommitAction(data["commits"]) if data.get("commits") else None
     except (ValueError, TypeError):
         return None
-    if _recorded(ctx, run.ref, written_at, _KIND.get(reason, st.EventKind.APPLIED)):
+    if _recorded(root, ref, written_at, _KIND.get(reason, st.EventKind.APPLIED)):
         return None
-    return _Stamped(data, written_at, reason, commits)
+    return Unrecorded(data, written_at, reason, commits)
 
 
-def recover(ctx: Context, run: ServiceRun, spec_id: str | None) -> None:
+def recover(ctx: Context, run: ServiceRun, spec_id: str | None, *, dry_run: bool = False) -> None:
     """Write the record of a traffic write that a crashed run did not commit, or, when the
-    write is younger than `recover_after`, mark the run `pending` and leave it to its writer."""
-    found = _unrecorded(ctx, run)
+    write is young (`Unrecorded.young`), mark the run `pending` and leave it to its writer.
+    Either way the run knows when the write was made (`unrecorded_at`); a dry run writes
+    nothing."""
+    found = unrecorded(ctx.state_root, run.ref, run.live)
     if found is None:
         return
     data, written_at, reason, commits = found.data, found.written_at, found.reason, found.commits
-    # A young stamp may belong to a concurrent run that has not pushed its record yet. A
-    # rollback is recovered at once all the same: its record is idempotent, and without it
-    # this run would take the live 100% stable for drift and route to the bad canary again.
-    # (A stamp from the future, a writer's clock ahead of ours, is young for as long.)
     run.unrecorded_at = written_at
-    if reason is not Reason.ROLLBACK and abs(run.now - written_at) < ctx.recover_after:
+    if found.young(run.now, ctx.recover_after):
         run.pending = True
+        return
+    if dry_run:
         return
     why = str(data.get("reason", ""))
     log.warning("%s: recording a write that was not committed (%s)", run.spec.service, why)
@@ -534,12 +543,20 @@ def left_alone(ctx: Context, run: ServiceRun) -> str | None:
     `recover` found is still not recorded, read again after the sync brought the remote's
     records. Nothing but a rollback may be written then, and no record (the writer's record
     of the same files is on its way)."""
-    if not run.pending or run.unrecorded_at is None or _unrecorded(ctx, run) is None:
+    if not run.pending or run.unrecorded_at is None:
         return None
-    age = max(0, round((run.now - run.unrecorded_at).total_seconds()))
+    if unrecorded(ctx.state_root, run.ref, run.live) is None:
+        return None
+    return left_alone_reason(run.now - run.unrecorded_at, ctx.recover_after)
+
+
+def left_alone_reason(age: timedelta, recover_after: timedelta) -> str:
+    """`left alone: a write 31 s ago is not yet recorded; recovered after 2m if no run
+    records it`."""
+    seconds = max(0, round(age.total_seconds()))
     return (
-        f"left alone: a write {age} s ago is not yet recorded; recovered after "
-        f"{format_duration(ctx.recover_after)} if no run records it"
+        f"left alone: a write {seconds} s ago is not yet recorded; recovered after "
+        f"{format_duration(recover_after)} if no run records it"
     )
 
 
@@ -602,7 +619,7 @@ def _edit_made(
     return False
 
 
-def _recorded(ctx: Context, ref: ServiceRef, written_at: datetime, kind: st.EventKind) -> bool:
+def _recorded(root: Path, ref: ServiceRef, written_at: datetime, kind: st.EventKind) -> bool:
     """Whether events.jsonl records the write stamped at `written_at`.
 
     The event of a write has the write's kind and carries the stamp's time; a late record
@@ -611,7 +628,7 @@ def _recorded(ctx: Context, ref: ServiceRef, written_at: datetime, kind: st.Even
     a crashed write still observes its generation, and the record would never be written.)
     A full, trimmed events file starting after the write is taken as having recorded it.
     """
-    events = st.read_events(ctx.state_root, ref)
+    events = st.read_events(root, ref)
     for e in reversed(events):
         if e.details.get("written_at") == st.format_time(written_at):
             return True

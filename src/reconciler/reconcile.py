@@ -24,11 +24,18 @@ from reconciler import saved as saved_mod
 from reconciler import state as st
 from reconciler import statemigrate
 from reconciler.backends import TrafficBackend
-from reconciler.decide import decide, missing_env
+from reconciler.decide import decide, left_alone_plan, missing_env
 from reconciler.errors import ReconcileError
+from reconciler.execute import (
+    RECOVER_AFTER,
+    Record,
+    late_commit,
+    left_alone_reason,
+    unrecorded,
+    write_record,
+)
 from reconciler.execute import STAMP_KEY as STAMP_KEY
 from reconciler.execute import Context as Context  # re-exported: callers build it from here
-from reconciler.execute import Record, late_commit, write_record
 from reconciler.execute import read_stamp as read_stamp
 from reconciler.gather import gather, load_all, measure, observe, region_statuses
 from reconciler.gather import ref_of as ref_of
@@ -84,6 +91,8 @@ def plan_all(
             continue
         try:
             config = missing_env(spec, os.environ if environ is None else environ)
+            # What apply will do with a write that serves and is not recorded yet.
+            found = None if offline else unrecorded(repo, ref_of(spec), live)
             d = decide(
                 spec,
                 loaded.status,
@@ -93,9 +102,13 @@ def plan_all(
                 spec_id=spec_id_of(path),
                 check_revisions=not offline,
                 regions=region_statuses(repo, spec),
+                unrecorded_write=found.written_at if found else None,
             )
+            sp = d.plan
+            if found is not None and found.young(now, RECOVER_AFTER) and not d.rollback:
+                sp = left_alone_plan(sp, left_alone_reason(now - found.written_at, RECOVER_AFTER))
             salvaged = (f"state: {loaded.problem}",) if loaded.problem else ()
-            plans.append(replace(d.plan, warnings=(*d.plan.warnings, *salvaged)))
+            plans.append(replace(sp, warnings=(*sp.warnings, *salvaged)))
         except PlanError as exc:
             errors.append(ServiceError(spec.service, str(exc)))
     return Plan(
@@ -160,7 +173,8 @@ class _Run:
         )
         d = t.decision
         if self.dry_run:
-            return ServiceOutcome(d.service, plan=d.plan, verdict=d.verdict)
+            alone = leave_alone(self.ctx, t)
+            return alone or ServiceOutcome(d.service, plan=d.plan, verdict=d.verdict)
         mismatch = saved_mod.differs(mine, d.plan) if mine is not None else None
         if mismatch:
             return ServiceOutcome(d.service, plan=d.plan, error=mismatch, verdict=d.verdict)

@@ -11,7 +11,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from reconciler import state as st
-from reconciler.decide import Decision, decide, missing_env
+from reconciler.decide import Decision, decide, left_alone_plan, missing_env
 from reconciler.errors import ReconcileError
 from reconciler.execute import (
     Context,
@@ -66,8 +66,7 @@ def prepare(
     if rebuilt is not None:
         log.warning("%s: %s", spec.service, rebuilt.reason)
         run.events.append(rebuilt)
-    if not dry_run:
-        recover(ctx, run, spec_id)
+    recover(ctx, run, spec_id, dry_run=dry_run)
     spec = run.spec
     config = missing_env(spec, os.environ if ctx.environ is None else ctx.environ)
     probes: list[st.ProbeRecord] = []
@@ -110,7 +109,8 @@ def leave_alone(ctx: Context, t: Tick) -> ServiceOutcome | None:
     why = left_alone(ctx, t.run)
     if why is None:
         return None
-    return ServiceOutcome(d.service, plan=d.plan, verdict=d.verdict, left_alone=why)
+    plan = left_alone_plan(d.plan, why)
+    return ServiceOutcome(d.service, plan=plan, verdict=d.verdict, left_alone=why)
 
 
 def carry_and_record(

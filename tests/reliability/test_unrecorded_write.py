@@ -104,6 +104,12 @@ def test_a_run_soon_after_a_killed_advance_leaves_the_service_alone(
     local = run_git(sb.repo, "rev-parse", "HEAD")
 
     sb.emu.advance_clock(30)
+    # plan and a dry run say what apply will do: nothing, and why.
+    for args in (("plan", "--detailed-exitcode"), ("apply", "--dry-run")):
+        shown = reconcile_cli(sb.repo, *args)
+        assert shown.returncode == 0, shown.stdout + shown.stderr
+        assert "left alone: a write" in shown.stdout, shown.stdout
+        assert "drift" not in shown.stdout, shown.stdout
     soon = reconcile_cli(sb.repo, "apply")
 
     # Not taken for drift: 10% keeps serving, and nothing is written or recorded.

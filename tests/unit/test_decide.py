@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from reconciler.analysis import promotion_blockers
-from reconciler.decide import Decision, decide, decide_rollback, missing_env
+from reconciler.decide import Decision, decide, decide_rollback, left_alone_plan, missing_env
 from reconciler.model import (
     EventKind,
     GateResult,
@@ -376,3 +376,42 @@ def test_a_rollback_by_hand_closes_with_the_final_report_once() -> None:
         make_spec(), status_at(AT_5, reported={"final": T0}), AT_5, now=NOW, reason="again"
     )
     assert again.reports == ()
+
+
+# --- a write live traffic shows and state/ does not record yet (execute.recover) -----------------
+AT_10 = live_with(Target(STABLE, 90, "stable"), Target(CANARY, 10, "canary"))
+WRITTEN = T0 + 2 * FIVE
+"""When the unrecorded write moved the canary from 5% to 10%."""
+
+
+@pytest.mark.parametrize(
+    ("written", "want"),
+    [(None, Outcome.INCONCLUSIVE), (WRITTEN, Outcome.FAIL)],
+    ids=["stage-begins-now", "stage-begins-at-the-write"],
+)
+def test_an_unrecorded_write_starts_its_stage_when_it_was_made(
+    written: datetime | None, want: Outcome
+) -> None:
+    spec = make_spec(gates={"window": "5m", "consecutive_failures": 1, "error_rate": {"max": "5%"}})
+    d = decide(
+        spec,
+        status_at(AT_5),
+        AT_10,
+        now=NOW,
+        windows=[win(2, errors=90), win(3, errors=90)],  # served at 10%, since the write
+        unrecorded_write=written,
+    )
+    assert d.verdict is not None and d.verdict.outcome is want
+    assert d.rollback is (want is Outcome.FAIL)
+
+
+def test_a_service_left_alone_keeps_its_traffic_and_says_why() -> None:
+    d = decide(make_spec(), status_at(AT_5), AT_10, now=NOW)
+    assert d.plan.drift and d.plan.changes  # what the run would do without the rule
+    why = (
+        "left alone: a write 30 s ago is not yet recorded; recovered after 2m if no run records it"
+    )
+    held = left_alone_plan(d.plan, why)
+    assert held.changes == () and held.edit is None and not held.drift
+    assert held.after == held.before == AT_10.traffic and held.reason is Reason.NONE
+    assert held.notes[-1] == why

@@ -53,7 +53,8 @@ def outcome_lines(o: ServiceOutcome, *, color: bool = False, mark: str = "") -> 
         verdict = f", verdict {verdict_summary(o.verdict)}" if o.verdict else ""
         ok = paint("ok", "good", color)
         lines = [Line(f"{ok} {o.service}: in sync ({sp.before.describe()}){verdict}{mark}")]
-    return lines + [Line(f"  {note}") for note in (*sp.notes, *sp.warnings)]
+    notes = [n for n in (*sp.notes, *sp.warnings) if n != o.left_alone]
+    return lines + [Line(f"  {note}") for note in notes]
 
 
 def summary(result: RunResult) -> str:
