@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from reconciler import state as st
 from reconciler.model import Verdict
 from reconciler.plan import ServicePlan
+from reconciler.spec import NoticeEvent
 
 ROLLED_BACK_EXIT = 4
 """A canary was rolled back: the rollback serves AND its record is on the remote."""
@@ -37,6 +38,17 @@ class ServiceOutcome:
     """Why nothing was written or recorded for this service: a write of another run (or of
     a killed one) serves and is not recorded yet (`execute.left_alone`). No error: that run
     records it, or a run after `recover_after` does."""
+    label: str = ""
+    """How output names it when not by `service` alone: the run holds the service id in
+    more than one region or project (`model.labels`)."""
+    notices: tuple[NoticeEvent, ...] = ()
+    """Notice events its decision raised beyond what the outcome itself tells (`wave_hold`,
+    see `decide.Decision.notices`)."""
+
+    @property
+    def name(self) -> str:
+        """The service as output names it (`label`, else the service id)."""
+        return self.label or self.service
 
 
 @dataclass(frozen=True)

@@ -41,7 +41,7 @@ from reconciler.gather import gather, load_all, measure, observe, region_statuse
 from reconciler.gather import ref_of as ref_of
 from reconciler.gather import rollout_files as rollout_files
 from reconciler.loader import load_spec, spec_id_of
-from reconciler.model import LiveService
+from reconciler.model import LiveService, ServiceRef, labels
 from reconciler.model import WindowStats as Window
 from reconciler.outcome import DEGRADED_EXIT as DEGRADED_EXIT
 from reconciler.outcome import ROLLED_BACK_EXIT as ROLLED_BACK_EXIT
@@ -87,7 +87,7 @@ def plan_all(
             continue
         path, spec, loaded, live = g
         if isinstance(live, str):
-            errors.append(ServiceError(spec.service, live))
+            errors.append(ServiceError(spec.service, live, ref_of(spec)))
             continue
         try:
             config = missing_env(spec, os.environ if environ is None else environ)
@@ -110,7 +110,7 @@ def plan_all(
             salvaged = (f"state: {loaded.problem}",) if loaded.problem else ()
             plans.append(replace(sp, warnings=(*sp.warnings, *salvaged)))
         except PlanError as exc:
-            errors.append(ServiceError(spec.service, str(exc)))
+            errors.append(ServiceError(spec.service, str(exc), ref_of(spec)))
     return Plan(
         created_at=now,
         services=tuple(plans),
@@ -152,7 +152,12 @@ class _Run:
 
     degraded: str | None = None
 
-    def done(self, outcome: ServiceOutcome) -> None:
+    def done(self, outcome: ServiceOutcome, ref: ServiceRef | None = None) -> None:
+        """One service's outcome, named as the run names its rollout (`ref`, or its plan's)."""
+        ref = ref or (outcome.plan.ref if outcome.plan is not None else None)
+        name = self.book.names.get(ref) if ref is not None else None
+        if name is not None and name != outcome.service:
+            outcome = replace(outcome, label=name)
         self.outcomes.append(outcome)
         if self.listener is not None:
             self.listener.finished(outcome, self.degraded is not None)
@@ -223,7 +228,9 @@ class _Run:
         """A service not carried out this run: its observations are recorded all the same."""
         d = t.decision
         self.book.add(write_record(self.ctx, t.run, d, False))
-        return ServiceOutcome(d.service, plan=d.plan, verdict=d.verdict, error=error, held=held)
+        return ServiceOutcome(
+            d.service, plan=d.plan, verdict=d.verdict, error=error, held=held, notices=d.notices
+        )
 
     def _record_late(self, t: Tick) -> None:
         """Write the late record of an earlier write for the run's first commit (before the
@@ -235,7 +242,7 @@ class _Run:
         run.events.clear()
         paths = (st.state_dir(self.ctx.state_root, run.ref), *([run.path] if run.edited else []))
         commit = late_commit(t.decision.held_commit, service, late[0])
-        self.book.add(Record(run.ref.key, paths, commit, late=True))
+        self.book.add(Record(run.ref, paths, commit, late=True))
         if run.edited:
             # The file holds the recovered edit and is committed with it: no one's pending edit.
             self.dirty.discard(run.path.resolve())
@@ -313,11 +320,9 @@ class _Push:
 
 def _moved(run: _Run, *, committed: bool = False) -> list[str]:
     """Services whose traffic this run changed (with `committed`: and whose record is in one
-    of the run's commits)."""
+    of the run's commits), named as the run's output names them."""
     return [
-        o.service
-        for o in run.outcomes
-        if o.applied and (not committed or _key(o) in run.book.commits)
+        o.name for o in run.outcomes if o.applied and (not committed or _key(o) in run.book.commits)
     ]
 
 
@@ -333,7 +338,8 @@ def _start(
     files = rollout_files(ctx.repo / "rollout", patterns)
     dirty = set() if dry_run or ctx.git is None else _dirty(ctx)
     specs, load_errors = load_all(files, ctx.shard)
-    run = _Run(ctx, dry_run, dirty, saved_mod.by_service(saved), listener, Book(ctx))
+    book = Book(ctx, labels(ref_of(s) for _, s in specs))
+    run = _Run(ctx, dry_run, dirty, saved_mod.by_service(saved), listener, book)
     if listener is not None:
         listener.started(len(specs) + len(load_errors))
     by_stem = {p.stem: p for p in files}
@@ -352,14 +358,14 @@ def _start(
         unmoved = _migrate(ctx, files, [s for _, s in specs])
         for _, s in specs:
             if ref_of(s).key in unmoved:
-                run.done(ServiceOutcome(s.service, error=unmoved[ref_of(s).key]))
+                run.done(ServiceOutcome(s.service, error=unmoved[ref_of(s).key]), ref_of(s))
         specs = [(p, s) for p, s in specs if ref_of(s).key not in unmoved]
     lives = observe(ctx.backend, [s for _, s in specs], ctx.max_workers)
     items: list[Item] = []
     for path, spec in specs:
         live = lives[ref_of(spec).key]
         if isinstance(live, str):
-            run.done(ServiceOutcome(spec.service, error=live))
+            run.done(ServiceOutcome(spec.service, error=live), ref_of(spec))
         else:
             items.append((path, spec, live))
     run.windows, run.metric_errors = measure(ctx, [(s, lv) for _, s, lv in items], ctx.clock())
@@ -386,22 +392,23 @@ def _on_pool(
             try:
                 got = future.result()
             except (ReconcileError, PlanError) as exc:
-                run.done(ServiceOutcome(_name_of(futures[future]), error=str(exc)))
+                ref = _ref_of(futures[future])
+                run.done(ServiceOutcome(ref.service, error=str(exc)), ref)
                 continue
             if isinstance(got, ServiceOutcome):
-                run.done(got)
+                run.done(got, _ref_of(futures[future]))
             else:
                 ticks.append(got)
     return ticks
 
 
-def _name_of(item: object) -> str:
+def _ref_of(item: object) -> ServiceRef:
     if isinstance(item, Tick):
-        return item.decision.service
+        return item.decision.plan.ref
     assert isinstance(item, tuple)
     spec = item[1]
     assert isinstance(spec, RolloutSpec)
-    return spec.service
+    return ref_of(spec)
 
 
 def _result(
@@ -415,7 +422,7 @@ def _result(
     book = run.book
     outcomes = sorted(
         (replace(o, commit=book.commits.get(_key(o) or "")) for o in run.outcomes),
-        key=lambda o: o.service,
+        key=lambda o: (o.service, o.name),
     )
     errors = [*book.errors, *([push.error] if push is not None and push.error else [])]
     return RunResult(

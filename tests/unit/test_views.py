@@ -32,6 +32,11 @@ class Outcome_:
     verdict: Verdict | None = None
     held: str | None = None
     left_alone: str | None = None
+    label: str = ""
+
+    @property
+    def name(self) -> str:
+        return self.label or self.service
 
 
 @dataclass(frozen=True)
