@@ -1,20 +1,23 @@
-"""How much does the repository grow when every service is canarying, and does a run
-(and reading the history) cost the same after a week as after a day?
+"""How much does the repository grow when services are canarying, and does a run (and
+reading the history) cost the same after a week as after a day?
 
-For N services (default 100 and 1,000), all canarying all the time (the worst case: a
-promoted or idle service records nothing), the script simulates ticks at the shipped `*/5`
-schedule (288 a day): per tick and service, two new 5-minute windows (canary and stable,
-with their latency distribution) and a verdict, and an event every 3 hours. Whether a tick
+For N services (default 100 and 1,000), all canarying all the time by default (the worst
+case: a promoted or idle service records nothing; `--canarying 0.1` simulates a fleet where
+one service in ten is canarying and the others are steady, written once and never again),
+the script simulates ticks at the shipped `*/5` schedule (288 a day): per tick and
+canarying service, two new 5-minute windows (canary and stable, with their latency
+distribution) and a verdict, and an event every 3 hours. Whether a tick
 writes a service's record is the product's own rule (`decide.record_due`: news, or a last
 record older than `decide.checkpoint_interval`, 50 minutes for 5-minute gates); a record is
-written by the product's writers (`state.write_status`, `state.append_metrics` with every
-window since the last record, `append_events`), and the product's `GitOps.commit` makes ONE
+written by the product's writers (`state.write_status`, which keeps the newest windows;
+`state.append_metrics` with every window since the last record, rolled up into one line per
+revision; `append_events`), and the product's `GitOps.commit` makes ONE
 commit for the whole tick (none when no service had a record due), as the
 one-commit-per-run loop does. It does not run `apply` per tick: at 1,000 services that is a
 minute per tick on this machine (benchmarks/README.md, fleet_tick), so a simulated week
 would take days; what is measured here is what the state files and git make of a tick.
 
-At the end of day 1 and of the last day it reports: the packed repository
+At the end of day 1, day 2 and the last day it reports: the packed repository
 size after `git gc` (`git count-objects -vH`, size-pack), a `git clone --no-local` time, the
 time of `git log -1 -- <one service's status.yaml>` and of `git log --oneline | wc -l`, and
 the median time of the tick's writes and of its commit over the last ticks before it.
@@ -24,7 +27,8 @@ is the steady growth (what the days after the first added), which a small run's 
 overhead (the first commits, pack headers) does not inflate. `--ticks-per-day` below 288
 simulates fewer, equally sized ticks; the per-day figures are then scaled to 288 ticks.
 
-Run: `python benchmarks/repo_growth.py [--services 100 1000] [--days 7] [--ticks-per-day 288]`.
+Run: `python benchmarks/repo_growth.py [--services 100 1000] [--days 7] [--ticks-per-day 288]
+[--canarying 1.0]`.
 """
 
 from __future__ import annotations
@@ -99,10 +103,12 @@ def timed(fn: object, reps: int = 3) -> float:
 class Fleet:
     """N services' observed state, advanced one tick at a time through the state writers."""
 
-    def __init__(self, repo: Path, n: int, seed: int = 7) -> None:
+    def __init__(self, repo: Path, n: int, canarying: float = 1.0, seed: int = 7) -> None:
         self.repo = repo
         self.rng = random.Random(seed)
         self.refs = [ServiceRef(PROJECT, REGION, f"svc-{i:04d}") for i in range(n)]
+        self.live = set(range(round(n * canarying)))
+        """The services canarying; the others are steady (written once, at the first tick)."""
         self.status: dict[str, ServiceStatus] = {}
         """Each service's last record (what its next run starts from)."""
         self.waiting: dict[str, list[WindowStats]] = {}
@@ -162,6 +168,20 @@ class Fleet:
         for i, ref in enumerate(self.refs):
             old = self.status[ref.key]
             assert old.canary_revision is not None
+            if i not in self.live:
+                if k == 1:  # a promoted service: its record, then nothing to measure
+                    stable = TrafficSplit.of([Target(old.canary_revision, 100, "stable")])
+                    promoted = replace(
+                        old,
+                        phase=st.Phase.PROMOTED,
+                        stable_revision=old.canary_revision,
+                        canary_revision=None,
+                        stage=100,
+                        traffic=stable,
+                        applied=stable,
+                    )
+                    st.write_status(self.repo, ref, promoted)
+                continue
             windows = [
                 self._window(ref, old.canary_revision, now, 0.05),
                 self._window(ref, old.stable_revision, now, 0.95),
@@ -234,8 +254,9 @@ def measure(repo: Path, base: Path, probe: Path, label: str) -> dict[str, float]
     }
 
 
-def run(n: int, days: int, per_day: int, base: Path) -> list[dict[str, float]]:
-    """Simulate `days` days of `per_day` ticks for N services; one row per checkpoint."""
+def run(n: int, days: int, per_day: int, base: Path, canarying: float) -> list[dict[str, float]]:
+    """Simulate `days` days of `per_day` ticks for N services (the share `canarying` of them
+    canarying); one row per checkpoint."""
     repo = base / f"repo-{n}"
     repo.mkdir()
     git(repo, "init", "--quiet", "--initial-branch=main")
@@ -247,10 +268,10 @@ def run(n: int, days: int, per_day: int, base: Path) -> list[dict[str, float]]:
     git(repo, "-c", "user.name=seed", "-c", "user.email=seed@example.com",
         "commit", "--quiet", "-m", "seed")  # fmt: skip
     ops = GitOps(repo)
-    fleet = Fleet(repo, n)
+    fleet = Fleet(repo, n, canarying)
     probe = st.status_path(repo, fleet.refs[0])
     rows = []
-    checkpoints = sorted({1, days})
+    checkpoints = sorted({1, min(2, days), days})
     writes: list[float] = []
     commits: list[float] = []
     for k in range(1, days * per_day + 1):
@@ -280,11 +301,25 @@ def main() -> None:
     parser.add_argument("--services", type=int, nargs="+", default=[100, 1000])
     parser.add_argument("--days", type=int, default=7)
     parser.add_argument("--ticks-per-day", type=int, default=288)
+    parser.add_argument(
+        "--canarying",
+        type=float,
+        default=1.0,
+        help="share of the services canarying (default 1: all, the worst case); the others "
+        "are steady and record nothing",
+    )
     args = parser.parse_args()
+    if not 0 < args.canarying <= 1:
+        parser.error("--canarying must be in (0, 1]")
     started = time.perf_counter()
+    who = (
+        "every service canarying"
+        if args.canarying == 1
+        else f"{args.canarying:.0%} of the services canarying, the others steady"
+    )
     print(
         f"repository growth: {args.ticks_per_day} ticks a day, at most one commit per tick, "
-        "every service canarying, records at news and checkpoints"
+        f"{who}, records at news and checkpoints"
     )
     print()
     print("| services | day | commits | packed size, MiB | wide repack, MiB "
@@ -304,7 +339,7 @@ def main() -> None:
             else:
                 os.environ[key] = value
         for n in args.services:
-            rows = run(n, args.days, args.ticks_per_day, base)
+            rows = run(n, args.days, args.ticks_per_day, base, args.canarying)
             for r in rows:
                 scale = 1000 / n / r["day"] * (288 / args.ticks_per_day)
                 per_1000_day.append(r["size_mib"] * scale)

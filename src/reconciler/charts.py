@@ -9,7 +9,10 @@ Rules, the same for both renderers:
 - The y axis runs from 0 to a round value just above the data, never to the threshold: a
   threshold far above the values would flatten them into a line at the bottom. The
   threshold is drawn only when it is inside the axis, and the caption says where it is.
-- A single window is drawn from its start to its end (two points), so it is never empty.
+- A single window is drawn from its start to its end (two points), so it is never empty;
+  so is a rolled-up window (the metrics files keep one line per revision per record, summing
+  the windows since the last one): a longer window is a wider flat step, its value still a
+  rate or a percentile over its span, never a count. The SVG places points by time.
 - Labels carry the date when the points span more than one calendar day (UTC).
 - Many windows are grouped into at most `max_points` points: error rates pool requests,
   P95 takes the worst window (what a threshold cares about).
@@ -55,15 +58,18 @@ class Chart:
     caption: str = ""
     empty: str | None = None
     """Why there is nothing to draw (no canary window with data), else None."""
+    at: tuple[float, ...] = ()
+    """Where each label lies in time, 0 (first) to 1 (last); empty: evenly spaced."""
 
 
 def one_length(windows: Sequence[WindowStats], preferred: timedelta | None) -> list[WindowStats]:
-    """The windows of one length, oldest first: `preferred` if recorded, else the shortest."""
-    lengths = sorted({w.window for w in windows})
+    """The windows measured in one length, oldest first: `preferred` if recorded, else the
+    shortest; a rolled-up line counts as the length of the windows it sums (`step`)."""
+    lengths = sorted({w.step for w in windows})
     if not lengths:
         return []
     length = preferred if preferred in lengths else lengths[0]
-    return sorted((w for w in windows if w.window == length), key=lambda w: w.end)
+    return sorted((w for w in windows if w.step == length), key=lambda w: w.end)
 
 
 def nice_ceiling(x: float) -> float:
@@ -169,22 +175,23 @@ def _chart(
     if not mine:
         return Chart(m.key, m.title, m.unit, empty=m.empty)
     theirs = [w for w in windows if stable and w.revision == stable and m.keep(w)]
-    theirs = [w for w in theirs if w.window == mine[0].window]
+    theirs = [w for w in theirs if w.step == mine[0].step]
     size = max(1, math.ceil(len(mine) / max(1, max_points)))
     groups = [mine[i : i + size] for i in range(0, len(mine), size)]
     times: list[datetime] = []
     canary_values: list[float | None] = []
     stable_values: list[float | None] = []
     for g in groups:
-        times.append(g[-1].end)
-        canary_values.append(m.pool(g))
+        value = m.pool(g)
         same = [w for w in theirs if g[0].start < w.end <= g[-1].end]
-        stable_values.append(m.pool(same) if same else None)
-    if len(groups) == 1:
-        # One point draws no line: draw the window from its start to its end instead.
-        times.insert(0, groups[0][0].start)
-        canary_values.append(canary_values[0])
-        stable_values.append(stable_values[0])
+        pooled = m.pool(same) if same else None
+        # One point draws no line, and a rolled-up window spans more than its end: draw
+        # either from its start to its end.
+        ends = (g[0].start, g[-1].end) if len(groups) == 1 or g[0].rolled > 1 else (g[-1].end,)
+        for when in ends:
+            times.append(when)
+            canary_values.append(value)
+            stable_values.append(pooled)
     dated = times[0].astimezone(UTC).date() != times[-1].astimezone(UTC).date()
     labels = tuple(_label(t, dated) for t in times)
     lines = [Line("canary", tuple(canary_values))]
@@ -194,7 +201,9 @@ def _chart(
     top = nice_ceiling(max(values) * 1.1)
     shown = threshold if threshold is not None and threshold <= top else None
     caption = _caption(m, mine, groups, lines, threshold, shown, top, dated)
-    return Chart(m.key, m.title, m.unit, labels, tuple(lines), top, shown, caption)
+    whole = (times[-1] - times[0]).total_seconds() or 1.0
+    at = tuple((t - times[0]).total_seconds() / whole for t in times)
+    return Chart(m.key, m.title, m.unit, labels, tuple(lines), top, shown, caption, at=at)
 
 
 def _label(when: datetime, dated: bool) -> str:
@@ -211,15 +220,23 @@ def _caption(
     top: float,
     dated: bool,
 ) -> str:
-    length = format_duration(series[0].window)
+    length = format_duration(series[0].step)
     who = " and stable" if len(lines) > 1 else ""
     text = (
         f"The canary{who} per {length} window (x: window end, UTC{', with dates' if dated else ''})"
     )
-    if len(groups) == 1:
+    rolled = sum(w.rolled for w in series)
+    if len(groups) == 1 and rolled == 1:
         text = f"The canary{who} over its one {length} window (x: window start and end, UTC)"
     elif len(groups) < len(series):
-        text += f"; each point is {len(groups[0])} windows, {m.grouped}"
+        what = "windows" if rolled == len(series) else "recorded lines"
+        text += f"; each point is {len(groups[0])} {what}, {m.grouped}"
+    if rolled > len(series):
+        text += (
+            f"; {rolled} windows recorded in {len(series)} line{'s' if len(series) > 1 else ''}"
+            " (the windows measured between two records are rolled up into one), each drawn "
+            "from its start to its end"
+        )
     if threshold is None:
         text += ". No rollback threshold configured."
     elif shown is not None:
@@ -289,6 +306,8 @@ def svg(chart: Chart) -> str:
     n = len(chart.labels)
 
     def x(i: int) -> float:
+        if chart.at:
+            return _LEFT + plot_w * chart.at[i]
         return _LEFT + (plot_w * i / (n - 1) if n > 1 else plot_w / 2)
 
     def y(v: float) -> float:

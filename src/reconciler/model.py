@@ -222,6 +222,9 @@ class WindowStats:
     incomplete: str | None = None
     """Why the provider's data for this window is known to be partial (Cloud Monitoring's
     `execution_errors`), else None: such a window is never judged PASS or FAIL."""
+    rolled: int = 1
+    """How many consecutive whole windows of one length this one sums: 1 for a measured
+    window, more for a line of the metrics files rolled up at a record (`stats.roll_up`)."""
 
     @property
     def error_rate(self) -> float | None:
@@ -237,6 +240,12 @@ class WindowStats:
     def window(self) -> timedelta:
         """Length of the measured window."""
         return self.end - self.start
+
+    @property
+    def step(self) -> timedelta:
+        """Length of each window summed: the gate window a rolled-up line was measured in
+        (`window` itself for a measured window)."""
+        return self.window / self.rolled
 
 
 @dataclass(frozen=True)

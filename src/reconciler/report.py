@@ -15,7 +15,10 @@ windows the runs recorded in state/; the report says which and why.
 How the figures are computed from recorded windows:
 - Counts (requests, 5xx, 2xx) are sums over the recorded windows of one length per revision
   (the gates' `window`), so overlapping windows of another length are never counted twice.
-  They cover the measured windows, not necessarily every minute of the span.
+  They cover the measured windows, not necessarily every minute of the span. A line of the
+  metrics files may sum several consecutive windows (rolled up at a record, see
+  `WindowStats.rolled`): it counts as the windows it sums, and belongs to the span when it
+  ends inside it, as a single window does.
 - P50/P95/P99 over a span: percentiles of windows cannot be averaged. When every window
   carries its latency distribution (`WindowStats.latency_buckets`) the distributions are
   merged (bucket counts summed) and the percentile is interpolated inside the bucket that
@@ -274,8 +277,8 @@ def summarize(
     return RevisionSummary(
         revision=revision,
         role=role,
-        window=series[0].window if series else None,
-        windows=len(series),
+        window=series[0].step if series else None,
+        windows=sum(w.rolled for w in series),
         requests=requests,
         errors=sum(w.errors for w in series),
         successes=sum(w.successes for w in series),

@@ -3,7 +3,8 @@
 ```
 state/P/R/S/status.yaml            what is live and what was judged, rewritten every run
 state/P/R/S/events.jsonl           what the reconciler did, append-only, newest last
-state/P/R/S/metrics/YYYY-MM-DD.jsonl  one compact line per measured window per revision
+state/P/R/S/metrics/YYYY-MM-DD.jsonl  one compact line per revision per record: the windows
+                                   measured since the last record, rolled up
 ```
 
 One folder per rollout identity (`ServiceRef`: project, region, service), so the same service
@@ -15,15 +16,19 @@ observes nothing new writes identical bytes and a run that does changes only a f
 Times are written in UTC as `2026-05-01T12:00:00Z`.
 
 Bounded growth:
-- `status.yaml` keeps at most `keep` (default 10, never more than `MAX_WINDOWS`) recent
-  windows per revision, for the values a verdict reports; failing streaks are counters
-  (`streaks`), so `consecutive_failures` does not depend on how many windows are kept.
+- `status.yaml` keeps the provisional windows and the newest `RECORDED_WINDOWS` final ones
+  per revision and window length (`recorded_windows`): where the next run's measuring
+  starts and what a verdict reports; failing streaks are counters (`streaks`), so
+  `consecutive_failures` does not depend on how many windows are kept, and older windows
+  are in the metrics files.
 - `events.jsonl` keeps the newest `MAX_EVENTS` events; older ones are dropped from the file
   (every event was committed, so `git log -p` still has them).
 - metrics go to one file per UTC day (by window end), appended to, never rewritten, in a
-  compact line format (`_metric_to_data`); the files of the newest `METRICS_MONTHS` calendar
-  months are kept, older ones are deleted (again, git history keeps them). Older versions
-  wrote one rewritten file a month (`YYYY-MM.jsonl`, full keys): those are still read.
+  compact line format (`_metric_to_data`), the consecutive windows of a record rolled up
+  into one line per revision (readers take windows of any length, `WindowStats.rolled`);
+  the files of the newest `METRICS_MONTHS` calendar months are kept, older ones are deleted
+  (again, git history keeps them). Older versions wrote one line per window, and before
+  that one rewritten file a month (`YYYY-MM.jsonl`, full keys): both are still read.
 
 Sinks defend themselves: every path goes through `safepath` (no symbolic link anywhere under
 `state/`, nothing outside the repository), every string is scrubbed of probe secrets
@@ -81,11 +86,13 @@ from reconciler.model import (
     verdict_to_data,
 )
 from reconciler.spec import PROJECT_RE, REGION_RE, SERVICE_RE
+from reconciler.stats import bucket_percentile, roll_up
 
 __all__ = [
     "MAX_EVENTS",
     "MAX_WINDOWS",
     "METRICS_MONTHS",
+    "RECORDED_WINDOWS",
     "STATUS_SCHEMA",
     "Event",
     "EventKind",
@@ -109,6 +116,7 @@ __all__ = [
     "read_events_salvaged",
     "read_metrics",
     "read_status",
+    "recorded_windows",
     "stage_since",
     "state_dir",
     "state_refs",
@@ -118,6 +126,8 @@ __all__ = [
 ]
 
 STATUS_SCHEMA = 1
+RECORDED_WINDOWS = 2
+"""Final windows per revision and length `status.yaml` keeps (see `recorded_windows`)."""
 MAX_EVENTS = 1000
 METRICS_MONTHS = 3
 _SERVICE = re.compile(SERVICE_RE)
@@ -326,30 +336,49 @@ def append_events(root: Path, ref: ServiceRef, events: Iterable[Event]) -> Path:
 
 
 def append_metrics(root: Path, ref: ServiceRef, stats: Iterable[WindowStats]) -> list[Path]:
-    """Append one compact line per window to the day file of its end; the files written.
+    """Append the windows of a record, rolled up, to the day files of their ends; the files
+    written.
 
-    Only the new lines are written (appended, never a rewrite of what is there), so git
-    stores each run as a few new lines. A window already recorded (same revision, start and
-    end) is not written again, so a run that repeats after a failed push records nothing
-    twice. Files of months beyond the newest `METRICS_MONTHS` are deleted.
+    Consecutive final windows of one revision and length become one line (`stats.roll_up`:
+    counts summed, distributions merged), so a record every checkpoint writes about one line
+    per revision instead of one per window. Only new lines are written (appended, never a
+    rewrite of what is there), so git stores each record as a few new lines. A window
+    already recorded (inside a recorded line of the same revision and window length) is not
+    written again, so a run that repeats after a failed push records nothing twice. Files of
+    months beyond the newest `METRICS_MONTHS` are deleted.
     """
-    by_path: dict[Path, list[WindowStats]] = {}
+    new: dict[tuple[str, datetime, datetime, int], WindowStats] = {}
     for s in stats:
         if s.service != ref.service:
             raise ValueError(f"window of {s.service} appended to the metrics of {ref.key}")
+        new.setdefault(_window_key(s), s)
+    if not new:
+        return []
+    directory = state_dir(root, ref) / "metrics"
+    # A recorded line holding one of these windows ends at or after it: the files from the
+    # day of the earliest end on (a month file of older versions for any day of its month).
+    first = min(_utc(s.end) for s in new.values()).strftime("%Y-%m-%d")
+    recorded: dict[tuple[str, timedelta], list[WindowStats]] = {}
+    for path in sorted(_safe(root, directory).glob("*.jsonl")):
+        stem = path.stem
+        if _METRICS_FILE.match(stem) and stem >= first[: len(stem)] and not path.is_symlink():
+            for w in _parse_metrics(path, ref.service):
+                recorded.setdefault((w.revision, w.step), []).append(w)
+    fresh = [
+        s
+        for s in new.values()
+        if not any(
+            r.start <= s.start and s.end <= r.end for r in recorded.get((s.revision, s.step), ())
+        )
+    ]
+    by_path: dict[Path, list[WindowStats]] = {}
+    for s in roll_up(fresh):
         by_path.setdefault(metrics_path(root, ref, s.end), []).append(s)
     written = []
-    for path, new in sorted(by_path.items()):
-        seen = {_window_key(w) for w in _parse_metrics(path, ref.service)}
-        added = []
-        for s in new:
-            if _window_key(s) not in seen:
-                seen.add(_window_key(s))
-                added.append(s)
-        if added:
-            append_lines(path, [_json_line(_metric_to_data(s)) for s in added])
-            written.append(path)
-    _prune_months(state_dir(root, ref) / "metrics")
+    for path, lines in sorted(by_path.items()):
+        append_lines(path, [_json_line(_metric_to_data(s)) for s in lines])
+        written.append(path)
+    _prune_months(directory)
     return written
 
 
@@ -491,13 +520,15 @@ def read_metrics(
     """Recorded windows (optionally those ending after `since`), by end time then revision.
 
     Reads day files and the month files of older versions, both line formats; only files
-    whose day or month can hold a window ending after `since` are opened. A window recorded
-    twice (lines merged by git's union driver) is returned once. A line that does not parse
+    whose day or month can hold a window ending after `since` are opened. Lines may be
+    rolled up (one line for several consecutive windows, `WindowStats.rolled`). A window
+    recorded twice, or inside a rolled-up line of the same revision and window length (lines
+    merged by git's union driver), is returned once. A line that does not parse
     is skipped with a warning naming the file and line.
     """
     directory = _safe(root, state_dir(root, ref) / "metrics")
     first = None if since is None else _utc(since).strftime("%Y-%m-%d")
-    out: dict[tuple[str, datetime, datetime], WindowStats] = {}
+    out: dict[tuple[str, datetime, datetime, int], WindowStats] = {}
     for path in sorted(directory.glob("*.jsonl")):
         if path.is_symlink():
             log.warning("%s: a symbolic link; skipped", path)
@@ -509,7 +540,22 @@ def read_metrics(
         for stats in _parse_metrics(path, ref.service, warn=True):
             if since is None or stats.end > since:
                 out.setdefault(_window_key(stats), stats)
-    return sorted(out.values(), key=lambda s: (s.end, s.revision, s.start))
+    return _uncovered(out.values())
+
+
+def _uncovered(windows: Iterable[WindowStats]) -> list[WindowStats]:
+    """`windows` without those inside a longer one of the same revision and window length
+    (histories merged by the union driver may hold a roll-up and the windows it sums), by
+    end time then revision."""
+    kept: list[WindowStats] = []
+    reach: dict[tuple[str, timedelta], datetime] = {}
+    for w in sorted(windows, key=lambda w: (w.start, -w.window.total_seconds())):
+        key = (w.revision, w.step)
+        if key in reach and w.end <= reach[key]:
+            continue
+        reach[key] = max(w.end, reach.get(key, w.end))
+        kept.append(w)
+    return sorted(kept, key=lambda s: (s.end, s.revision, s.start))
 
 
 def _parse_metrics(path: Path, service: str, *, warn: bool = False) -> list[WindowStats]:
@@ -550,8 +596,28 @@ def with_windows(
     return replace(status, windows=keep_windows(status.windows, new, keep=keep))
 
 
-def _window_key(s: WindowStats) -> tuple[str, datetime, datetime]:
-    return (s.revision, s.start, s.end)
+def _window_key(s: WindowStats) -> tuple[str, datetime, datetime, int]:
+    # Two roll-ups of one span differ by the length of the windows they sum.
+    return (s.revision, s.start, s.end, s.rolled)
+
+
+def recorded_windows(windows: Sequence[WindowStats]) -> list[WindowStats]:
+    """The windows `status.yaml` keeps of a run's recent ones: every provisional window (the
+    next run measures it again) and the newest `RECORDED_WINDOWS` final ones per revision
+    and length (where the next run's measuring starts, and the newest a verdict reports).
+
+    Everything older was already judged and counted (streak counters, coverage) and is in
+    the metrics files; a checkpoint rewriting a dozen windows per revision was most of the
+    file's churn in git.
+    """
+    final: dict[tuple[str, timedelta], list[WindowStats]] = {}
+    for w in windows:
+        if not w.provisional:
+            final.setdefault((w.revision, w.window), []).append(w)
+    newest = {
+        id(w) for ws in final.values() for w in sorted(ws, key=lambda w: w.end)[-RECORDED_WINDOWS:]
+    }
+    return [w for w in windows if w.provisional or id(w) in newest]
 
 
 # --- time -----------------------------------------------------------------------------------
@@ -631,7 +697,7 @@ def _status_to_data(s: ServiceStatus) -> dict[str, Any]:
         "last_reconcile": format_time(s.last_reconcile),
         "spec_id": s.spec_id,
         "verdict": None if s.verdict is None else _verdict_to_data(s.verdict, s.verdict_at),
-        "windows": [_stats_to_data(w) for w in s.windows],
+        "windows": [_stats_to_data(w) for w in recorded_windows(s.windows)],
         "applied": None if s.applied is None else _split_to_data(s.applied),
         "passing_since": None if s.passing_since is None else format_time(s.passing_since),
         "probes": [
@@ -842,8 +908,10 @@ def _stats_to_data(s: WindowStats) -> dict[str, Any]:
         "requests": s.requests,
         "errors": s.errors,
         "successes": s.successes,
-        "error_rate": s.error_rate,
-        "success_rate": s.success_rate,
+        # Derived, for readers of the file (never read back): 4 digits say it, and the
+        # 17 of a float are noise git cannot compress.
+        "error_rate": _sig4(s.error_rate),
+        "success_rate": _sig4(s.success_rate),
         "p50": s.p50,
         "p95": s.p95,
         "p99": s.p99,
@@ -885,7 +953,9 @@ def _stats_from_data(d: Any) -> WindowStats:
 #   {"r":"00042-xyz","e":1777637100,"w":300,"n":1000,"x":5,"k":995,"p":[0.1,0.3,0.5],
 #    "b":[[0.1,0.2,400],[0.2,null,600]]}
 # `R` holds a revision name that does not start with the service's; `P` marks a provisional
-# window, `i` an incomplete one. Lines of older versions (full keys) are read as well.
+# window, `i` an incomplete one; `c` is how many consecutive windows of length `w / c` a
+# rolled-up line sums (absent: one), and such a line with a distribution leaves out `p` (its
+# percentiles are its distribution's). Lines of older versions (full keys) are read as well.
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
@@ -906,14 +976,18 @@ def _metric_to_data(s: WindowStats) -> dict[str, Any]:
         "n": s.requests,
         "x": s.errors,
         "k": s.successes,
-        "p": [None if v is None else round(v, 4) for v in (s.p50, s.p95, s.p99)],
     }
+    # A roll-up's percentiles are those of its merged distribution: read back from it.
+    if s.rolled == 1 or s.latency_buckets is None:
+        data["p"] = [None if v is None else round(v, 4) for v in (s.p50, s.p95, s.p99)]
     if s.latency_buckets is not None:
         data["b"] = [[_sig(b.lower), _sig(b.upper), b.count] for b in s.latency_buckets]
     if s.provisional:
         data["P"] = 1
     if s.incomplete is not None:
         data["i"] = s.incomplete
+    if s.rolled > 1:
+        data["c"] = s.rolled
     return data
 
 
@@ -926,7 +1000,13 @@ def _metric_from_line(line: str, service: str) -> WindowStats:
     revision = str(d["R"]) if "R" in d else f"{service}-{d['r']}"
     end = _EPOCH + timedelta(seconds=_int(d["e"]), microseconds=_int(d.get("u", 0)))
     length = timedelta(seconds=_int(d["w"]), microseconds=_int(d.get("v", 0)))
-    p50, p95, p99 = (_opt_float(v) for v in d["p"])
+    buckets = _buckets_from_data(d.get("b"))
+    if "p" in d:
+        p50, p95, p99 = (_opt_float(v) for v in d["p"])
+    elif buckets is not None:
+        p50, p95, p99 = (bucket_percentile(buckets, q) for q in (0.50, 0.95, 0.99))
+    else:
+        raise KeyError("p")
     return WindowStats(
         service=service,
         revision=revision,
@@ -938,16 +1018,28 @@ def _metric_from_line(line: str, service: str) -> WindowStats:
         p50=p50,
         p95=p95,
         p99=p99,
-        latency_buckets=_buckets_from_data(d.get("b")),
+        latency_buckets=buckets,
         provisional=bool(d.get("P", False)),
         incomplete=None if d.get("i") is None else str(d["i"]),
+        rolled=_rolled(d.get("c", 1)),
     )
+
+
+def _rolled(value: object) -> int:
+    count = _int(value)
+    if count < 1:
+        raise ValueError(f"a line rolls up {count} windows")
+    return count
 
 
 def _seconds(delta: timedelta) -> tuple[int, int]:
     """A duration as whole seconds and the microseconds beyond them (exact, unlike a float)."""
     micros = (delta.days * 86400 + delta.seconds) * 1_000_000 + delta.microseconds
     return divmod(micros, 1_000_000)
+
+
+def _sig4(value: float | None) -> float | None:
+    return None if value is None else float(f"{value:.4g}")
 
 
 def _sig(value: float | None) -> float | None:

@@ -1,7 +1,8 @@
 """Small statistics the judge and the metrics providers share.
 
-Pure: no I/O, no clock. Confidence intervals for rates (Wilson score, Newcombe's difference)
-and percentiles from a bucketed distribution (Cloud Monitoring `request_latencies`).
+Pure: no I/O, no clock. Confidence intervals for rates (Wilson score, Newcombe's difference),
+percentiles from a bucketed distribution (Cloud Monitoring `request_latencies`), and the
+roll-up of consecutive windows into one (`roll_up`, for the metrics files).
 """
 
 from __future__ import annotations
@@ -10,9 +11,10 @@ import functools
 import itertools
 import math
 from collections.abc import Iterable, Sequence
+from dataclasses import replace
 from statistics import NormalDist
 
-from reconciler.model import LatencyBucket
+from reconciler.model import LatencyBucket, WindowStats
 
 Z95 = NormalDist().inv_cdf(0.975)
 """Two-sided 95% normal quantile (1.95996...)."""
@@ -229,6 +231,77 @@ def bucket_percentile(buckets: Sequence[LatencyBucket], q: float) -> float | Non
             return b.lower
         return b.lower + (b.upper - b.lower) * (rank - cumulative) / b.count
     raise AssertionError(f"rank {rank} beyond {total} samples")
+
+
+# --- windows rolled up ------------------------------------------------------------------------
+def roll_up(windows: Iterable[WindowStats]) -> list[WindowStats]:
+    """Consecutive final windows of one revision and length summed into one, oldest first.
+
+    A run of windows (each starting where the previous one ended, same revision and `step`)
+    becomes one window from the first start to the last end: counts summed, latency
+    distributions merged and P50/P95/P99 taken from the merged distribution (as a report
+    merges windows, exact to the bucket), or, for windows without a distribution, the
+    request-weighted mean of their percentiles (what a report falls back to). Windows that
+    are not plain final evidence (provisional, incomplete, partial, gap) stay as they are,
+    and so do windows whose distributions do not share one bucket layout.
+    """
+    out: list[WindowStats] = []
+    runs: dict[tuple[str, object, bool], list[WindowStats]] = {}
+    for w in sorted(windows, key=lambda w: (w.start, w.end, w.revision)):
+        if w.provisional or w.incomplete is not None or w.span != "window":
+            out.append(w)
+            continue
+        key = (w.revision, w.step, w.latency_buckets is not None)
+        run = runs.get(key)
+        if run and run[-1].end != w.start:
+            out += _summed(run)
+            run = None
+        if run is None:
+            runs[key] = run = []
+        run.append(w)
+    for run in runs.values():
+        out += _summed(run)
+    return sorted(out, key=lambda w: (w.end, w.revision, w.start))
+
+
+def _summed(run: Sequence[WindowStats]) -> list[WindowStats]:
+    """One window for a run of consecutive windows (the run itself if it cannot merge)."""
+    if len(run) == 1:
+        return list(run)
+    first, last = run[0], run[-1]
+    requests = sum(w.requests for w in run)
+    buckets: tuple[LatencyBucket, ...] | None = None
+    if first.latency_buckets is not None:
+        buckets = merge_buckets(w.latency_buckets or () for w in run)
+        if buckets is None:
+            return list(run)
+        p50, p95, p99 = (bucket_percentile(buckets, q) for q in (0.50, 0.95, 0.99))
+    else:
+        p50, p95, p99 = (
+            _weighted([(getattr(w, name), w.requests) for w in run])
+            for name in ("p50", "p95", "p99")
+        )
+    return [
+        replace(
+            first,
+            end=last.end,
+            requests=requests,
+            errors=sum(w.errors for w in run),
+            successes=sum(w.successes for w in run),
+            p50=p50,
+            p95=p95,
+            p99=p99,
+            latency_buckets=buckets,
+            rolled=sum(w.rolled for w in run),
+        )
+    ]
+
+
+def _weighted(pairs: Sequence[tuple[float | None, int]]) -> float | None:
+    """The request-weighted mean of the values measured (None: none with requests)."""
+    known = [(v, n) for v, n in pairs if v is not None and n > 0]
+    total = sum(n for _, n in known)
+    return sum(v * n for v, n in known) / total if total else None
 
 
 # --- two samples: is one worse than the other? ----------------------------------------------

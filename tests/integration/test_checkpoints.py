@@ -51,16 +51,16 @@ def tick(sb: Sandbox, ctx: Context) -> RunResult:
     return apply_all(ctx)
 
 
-def canary_windows(sb: Sandbox) -> list[tuple[datetime, datetime]]:
-    """The canary's windows in the metrics files, in order; each line is one window, so a
-    window written twice would appear twice here."""
+def canary_windows(sb: Sandbox) -> list[tuple[datetime, datetime, int]]:
+    """The canary's lines in the metrics files, in order: start, end and how many windows
+    each rolls up; each line is read back, so a window written twice would appear twice."""
     lines = sum(
         len(path.read_text(encoding="utf-8").splitlines())
         for path in (state_dir(sb.repo, ION) / "metrics").glob("*.jsonl")
     )
     recorded = read_metrics(sb.repo, ION)
     assert lines == len(recorded)
-    return sorted((w.start, w.end) for w in recorded if w.revision == CANARY)
+    return sorted((w.start, w.end, w.rolled) for w in recorded if w.revision == CANARY)
 
 
 def test_a_steady_canary_is_committed_at_news_and_checkpoints_only(sb: Sandbox) -> None:
@@ -90,10 +90,12 @@ def test_a_steady_canary_is_committed_at_news_and_checkpoints_only(sb: Sandbox) 
     status = read_status(sb.repo, ION)
     assert status is not None and status.coverage.served > 0
     assert status.coverage.judged == status.coverage.served
+    # A record writes the windows since the last one as one line per revision.
     windows = canary_windows(sb)
-    assert len(windows) >= 12
+    assert sum(rolled for _, _, rolled in windows) >= 12
+    assert len(windows) <= len(committed)
     assert len(set(windows)) == len(windows)
-    for (_, end), (begin, _) in itertools.pairwise(windows):
+    for (_, end, _), (begin, _, _) in itertools.pairwise(windows):
         assert begin == end
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import xml.etree.ElementTree as ET
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -89,3 +90,34 @@ def test_svg_is_well_formed_and_scales_values_into_the_plot() -> None:
     chart = Chart("k", "T <&>", "%", ("a", "b"), (), 2.0)
     doc = ET.fromstring(svg(chart))
     assert doc.find(f"{SVG}title") is not None and doc.find(f"{SVG}title").text == "T <&>"  # type: ignore[union-attr]
+
+
+def test_rolled_up_windows_are_wide_steps_of_rates() -> None:
+    # Two windows recorded one by one, then ten rolled up into one line at a record, then two.
+    first = [win(C, NOW - FIVE * (13 - i)) for i in range(2)]
+    rolled = replace(
+        win(C, NOW - FIVE * 2, errors=30), start=NOW - FIVE * 12, requests=10_000, rolled=10
+    )
+    stable = replace(rolled, revision=S, errors=10, rolled=10)
+    last = [win(C, NOW - FIVE * i) for i in (1, 0)]
+    errors, _ = chart_data(GATES, C, S, [*first, rolled, stable, *last])
+    assert errors.labels == ("10:55", "11:00", "11:00", "11:50", "11:55", "12:00")
+    # The rolled line's value is its rate over its 50 minutes, not a count per 5 minutes.
+    assert errors.lines[0].values == (0.1, 0.1, 0.3, 0.3, 0.1, 0.1)
+    assert errors.lines[1].values == (None, None, 0.1, 0.1, None, None)
+    assert "14 windows recorded in 5 lines" in errors.caption
+    # By time: the 50-minute step is ten times as wide as a 5-minute one.
+    xs = [0.0, 5.0, 5.0, 55.0, 60.0, 65.0]
+    assert errors.at == tuple(x / 65 for x in xs)
+    doc = ET.fromstring(svg(errors))
+    (line,) = [p for p in doc.iter(f"{SVG}polyline") if p.get("class") == "canary"]
+    px = [float(pt.split(",")[0]) for pt in (line.get("points") or "").split()]
+    assert px[3] - px[2] == pytest.approx(10 * (px[1] - px[0]), abs=1)  # to 0.1 px
+
+
+def test_rolled_up_windows_count_as_the_gate_length() -> None:
+    ten = replace(win(C, NOW), start=NOW - 2 * FIVE)  # a 10-minute gate window
+    rolled = replace(win(C, NOW), start=NOW - 4 * FIVE, rolled=4)
+    errors, _ = chart_data(GATES, C, S, [ten, rolled])
+    assert errors.caption.startswith("The canary per 5m window")
+    assert "4 windows recorded in 1 line " in errors.caption

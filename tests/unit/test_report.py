@@ -724,3 +724,55 @@ def test_provider_figures_say_how_much_the_runs_judged() -> None:
         "their recorded windows hold 300 of the 400 canary requests served in the span (75.0%)"
         in md
     )
+
+
+def test_a_report_from_rolled_up_lines_matches_one_from_per_window_lines(tmp_path: Path) -> None:
+    # 200 5-minute windows (across midnight), recorded once per window (older versions) or
+    # rolled up at a record every 50 minutes: the same counts and percentiles.
+    windows = [
+        _window(
+            rev,
+            NOW - FIVE * k,
+            requests=900 + 13 * k,
+            errors=k % 7,
+            buckets=buckets_from_counts(
+                BOUNDS, [0, 0, k % 5, 40 + k, 30, 3 * (k % 4)], scale=0.001
+            ),
+        )
+        for k in range(200)
+        for rev in (CANARY, STABLE)
+    ]
+    per_window, rolled = tmp_path / "per-window", tmp_path / "rolled"
+    for w in windows:
+        append_metrics(per_window, ION, [w])
+    ordered = sorted(windows, key=lambda w: w.end)
+    for i in range(0, len(ordered), 20):  # a record every 10 windows of each revision
+        append_metrics(rolled, ION, ordered[i : i + 20])
+    files = list(metrics_path(rolled, ION, NOW).parent.iterdir())
+    assert len(files) == 2 and sum(len(p.read_text().splitlines()) for p in files) == 40
+    for revision in (CANARY, STABLE):
+        old = summarize(revision, "canary", read_metrics(per_window, ION), FIVE)
+        new = summarize(revision, "canary", read_metrics(rolled, ION), FIVE)
+        counts = (new.requests, new.errors, new.successes)
+        assert counts == (old.requests, old.errors, old.successes)
+        assert (new.windows, new.window, new.method) == (200, FIVE, "merged")
+        # The lines keep bucket bounds to 10 digits; within one bucket is the promise.
+        for a, b in ((new.p50, old.p50), (new.p95, old.p95), (new.p99, old.p99)):
+            assert a == pytest.approx(b, rel=1e-6)
+    report = build_report(
+        "final", status=_status(), now=NOW, spec=_spec(), windows=read_metrics(rolled, ION)
+    )
+    assert "| windows | 200 × 5m | 200 × 5m |" in report.markdown
+    assert "rolled up" in report.markdown  # the charts say what a wide step is
+
+
+def test_weighted_percentiles_survive_a_roll_up(tmp_path: Path) -> None:
+    windows = [
+        _window(CANARY, NOW - FIVE * k, requests=100 * (k + 1), p=(0.1 * k, 0.2 * k, 0.3 * k))
+        for k in range(6)
+    ]
+    append_metrics(tmp_path, ION, windows)
+    (line,) = read_metrics(tmp_path, ION)
+    old, new = summarize(CANARY, "c", windows, FIVE), summarize(CANARY, "c", [line], FIVE)
+    assert new.method == old.method == "weighted"
+    assert new.p95 == pytest.approx(old.p95, abs=1e-4) and new.requests == old.requests

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
@@ -14,6 +15,7 @@ import yaml
 from reconciler import state
 from reconciler.model import (
     GateResult,
+    LatencyBucket,
     Outcome,
     ServiceRef,
     Target,
@@ -388,7 +390,112 @@ def test_metrics_are_not_recorded_twice(tmp_path: Path) -> None:
     append_metrics(tmp_path, ION, [_window(CANARY, 0), _window(CANARY, 1)])
     assert append_metrics(tmp_path, ION, [_window(CANARY, 1), _window(CANARY, 1)]) == []
     assert append_metrics(tmp_path, ION, [_window(CANARY, 2), _window(CANARY, 2)]) != []
-    assert len(read_metrics(tmp_path, ION)) == 3
+    got = read_metrics(tmp_path, ION)
+    assert [w.rolled for w in got] == [2, 1]
+    assert sum(w.requests for w in got) == sum(_window(CANARY, n).requests for n in range(3))
+
+
+def test_a_record_repeated_after_a_failed_push_writes_only_the_newer_windows(
+    tmp_path: Path,
+) -> None:
+    append_metrics(tmp_path, ION, [_window(CANARY, n) for n in range(4)])
+    path = metrics_path(tmp_path, ION, T0)
+    before = path.read_text(encoding="utf-8")
+    # The repeated run measures again from the same last record, one window further.
+    append_metrics(tmp_path, ION, [_window(CANARY, n) for n in range(5)])
+    added = path.read_text(encoding="utf-8")[len(before) :].splitlines()
+    assert len(added) == 1 and '"w":300,' in added[0] and '"c"' not in added[0]
+    got = read_metrics(tmp_path, ION)
+    assert [(w.start, w.end, w.rolled) for w in got] == [
+        (T0, T0 + timedelta(minutes=20), 4),
+        (T0 + timedelta(minutes=20), T0 + timedelta(minutes=25), 1),
+    ]
+
+
+def _bucketed(revision: str, n: int, **changes: Any) -> WindowStats:
+    counts = [(0.0, 0.1, 500 + n), (0.1, 0.2, 300 + 7 * n), (0.2, None, 200 + n)]
+    return replace(
+        _window(revision, n),
+        latency_buckets=tuple(LatencyBucket(lo, hi, c) for lo, hi, c in counts),
+        **changes,
+    )
+
+
+def test_a_record_rolls_its_windows_up_into_one_line_per_revision(tmp_path: Path) -> None:
+    windows = [_bucketed(rev, n) for n in range(6) for rev in (CANARY, STABLE)]
+    append_metrics(tmp_path, ION, windows)
+    lines = metrics_path(tmp_path, ION, T0).read_text(encoding="utf-8").splitlines()
+    assert len(lines) == 2 and all('"w":1800,' in ln and '"c":6' in ln for ln in lines)
+    assert not any('"p":' in ln for ln in lines)  # read back from the merged distribution
+    canary = next(w for w in read_metrics(tmp_path, ION) if w.revision == CANARY)
+    mine = [w for w in windows if w.revision == CANARY]
+    assert (canary.start, canary.end, canary.rolled) == (T0, mine[-1].end, 6)
+    assert canary.step == timedelta(minutes=5) and canary.window == timedelta(minutes=30)
+    assert canary.requests == sum(w.requests for w in mine)
+    assert canary.errors == sum(w.errors for w in mine)
+    assert canary.successes == sum(w.successes for w in mine)
+    assert canary.latency_buckets == (
+        LatencyBucket(0.0, 0.1, 3015),
+        LatencyBucket(0.1, 0.2, 1905),
+        LatencyBucket(0.2, None, 1215),
+    )
+    # From the merged distribution: P50's rank 3067.5 of 6135 lies in the second bucket,
+    # P95's in the overflow one.
+    assert canary.p95 == 0.2 and canary.p50 == pytest.approx(0.1 + 0.1 * 52.5 / 1905, abs=1e-4)
+
+
+def test_only_consecutive_final_windows_are_rolled_up(tmp_path: Path) -> None:
+    late = _bucketed(CANARY, 7, provisional=True)
+    partial = _bucketed(CANARY, 8, incomplete="1 of 2 regions answered")
+    windows = [_bucketed(CANARY, n) for n in (0, 1, 3, 4)] + [late, partial]
+    append_metrics(tmp_path, ION, windows)
+    got = read_metrics(tmp_path, ION)
+    assert [(w.start, w.rolled) for w in got] == [
+        (T0, 2),  # 0 and 1
+        (T0 + timedelta(minutes=15), 2),  # 3 and 4: window 2 was not measured
+        (late.start, 1),
+        (partial.start, 1),
+    ]
+    assert got[2].provisional and got[3].incomplete == "1 of 2 regions answered"
+
+
+def test_windows_of_other_lengths_are_rolled_up_apart(tmp_path: Path) -> None:
+    long = [
+        replace(_bucketed(CANARY, 3 * k), end=T0 + timedelta(minutes=15 * (k + 1)))
+        for k in range(2)
+    ]
+    append_metrics(tmp_path, ION, [*(_bucketed(CANARY, n) for n in range(6)), *long])
+    got = read_metrics(tmp_path, ION)
+    assert sorted((w.step, w.rolled) for w in got) == [
+        (timedelta(minutes=5), 6),
+        (timedelta(minutes=15), 2),
+    ]
+
+
+def test_a_roll_up_goes_to_the_file_of_its_end(tmp_path: Path) -> None:
+    late = datetime(2026, 5, 1, 23, 45, tzinfo=UTC)
+    append_metrics(tmp_path, ION, [_window(CANARY, n, at=late) for n in range(6)])
+    files = sorted((state_dir(tmp_path, ION) / "metrics").glob("*.jsonl"))
+    assert [p.name for p in files] == ["2026-05-02.jsonl"]
+    (one,) = read_metrics(tmp_path, ION, since=datetime(2026, 5, 2, tzinfo=UTC))
+    assert one.start == late and one.rolled == 6
+
+
+def test_per_window_lines_and_roll_ups_read_together(tmp_path: Path) -> None:
+    path = metrics_path(tmp_path, ION, T0)
+    path.parent.mkdir(parents=True)
+    # Lines an older version wrote (one per window), then a union merge brings a roll-up
+    # of the same windows: each window is read once.
+    append_metrics(tmp_path, ION, [_window(CANARY, 0)])
+    append_metrics(tmp_path, ION, [_window(CANARY, 1)])
+    rolled = tmp_path / "rolled"
+    append_metrics(rolled, ION, [_window(CANARY, n) for n in range(3)])
+    merged = path.read_text(encoding="utf-8") + metrics_path(rolled, ION, T0).read_text(
+        encoding="utf-8"
+    )
+    path.write_text(merged, encoding="utf-8")
+    (one,) = read_metrics(tmp_path, ION)
+    assert one.rolled == 3 and one.requests == sum(_window(CANARY, n).requests for n in range(3))
 
 
 def test_old_metrics_months_are_pruned(tmp_path: Path) -> None:
@@ -518,3 +625,33 @@ def test_metrics_are_appended_not_rewritten(tmp_path: Path) -> None:
     assert after.startswith(before)
     assert after[len(before) : len(before) + 1] == b"\n"
     assert read_metrics(tmp_path, ION) == [_window(CANARY, 0), _window(CANARY, 1)]
+
+
+def test_status_keeps_provisional_windows_and_the_newest_final_ones_per_length(
+    tmp_path: Path,
+) -> None:
+    five, fifteen = timedelta(minutes=5), timedelta(minutes=15)
+    short = [_window(rev, n) for n in range(8) for rev in (CANARY, STABLE)]
+    long = [replace(_window(CANARY, 3 * k), end=T0 + fifteen * (k + 1)) for k in range(2)]
+    late = replace(_window(CANARY, 8), provisional=True)
+    windows = keep_windows([], [*short, *long, late], keep=12)
+    write_status(tmp_path, ION, _status(windows=windows))
+    status = read_status(tmp_path, ION)
+    assert status is not None
+    kept = sorted((w.revision, w.window, w.start, w.provisional) for w in status.windows)
+    at = [T0 + timedelta(minutes=m) for m in (0, 15, 30, 35, 40)]
+    assert kept == sorted(
+        [
+            (CANARY, fifteen, at[0], False),
+            (CANARY, fifteen, at[1], False),
+            (CANARY, five, at[2], False),
+            (CANARY, five, at[3], False),
+            (CANARY, five, at[4], True),  # measured again by the next run
+            (STABLE, five, at[2], False),
+            (STABLE, five, at[3], False),
+        ]
+    )
+    # Derived rates: four digits, not a float's seventeen.
+    text = status_path(tmp_path, ION).read_text(encoding="utf-8")
+    rates = re.findall(r"(?:error|success)_rate: (\S+)", text)
+    assert rates and all(len(r.lstrip("0.")) <= 4 for r in rates), rates
