@@ -51,6 +51,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import re
 import tempfile
@@ -951,7 +952,8 @@ def _stats_from_data(d: Any) -> WindowStats:
 # its microseconds, when any), latencies are kept to 0.1 ms and bucket bounds to 10
 # significant digits (float noise like 0.0010000000000000002 is not information):
 #   {"r":"00042-xyz","e":1777637100,"w":300,"n":1000,"x":5,"k":995,"p":[0.1,0.3,0.5],
-#    "b":[[0.1,0.2,400],[0.2,null,600]]}
+#    "g":[0.1,2.0,0,[400],null,[1,600]]}
+# (`g`: a distribution on a geometric layout; `b`: any other, see `_buckets_to_data`).
 # `R` holds a revision name that does not start with the service's; `P` marks a provisional
 # window, `i` an incomplete one; `c` is how many consecutive windows of length `w / c` a
 # rolled-up line sums (absent: one), and such a line with a distribution leaves out `p` (its
@@ -981,7 +983,7 @@ def _metric_to_data(s: WindowStats) -> dict[str, Any]:
     if s.rolled == 1 or s.latency_buckets is None:
         data["p"] = [None if v is None else round(v, 4) for v in (s.p50, s.p95, s.p99)]
     if s.latency_buckets is not None:
-        data["b"] = [[_sig(b.lower), _sig(b.upper), b.count] for b in s.latency_buckets]
+        data |= _buckets_to_data(s.latency_buckets)
     if s.provisional:
         data["P"] = 1
     if s.incomplete is not None:
@@ -1000,7 +1002,7 @@ def _metric_from_line(line: str, service: str) -> WindowStats:
     revision = str(d["R"]) if "R" in d else f"{service}-{d['r']}"
     end = _EPOCH + timedelta(seconds=_int(d["e"]), microseconds=_int(d.get("u", 0)))
     length = timedelta(seconds=_int(d["w"]), microseconds=_int(d.get("v", 0)))
-    buckets = _buckets_from_data(d.get("b"))
+    buckets = _geometric_from_data(d["g"]) if "g" in d else _buckets_from_data(d.get("b"))
     if "p" in d:
         p50, p95, p99 = (_opt_float(v) for v in d["p"])
     elif buckets is not None:
@@ -1044,6 +1046,88 @@ def _sig4(value: float | None) -> float | None:
 
 def _sig(value: float | None) -> float | None:
     return None if value is None else float(f"{value:.10g}")
+
+
+def _buckets_to_data(buckets: Sequence[LatencyBucket]) -> dict[str, Any]:
+    """A distribution as a metrics line keeps it: `g` when its bounds are one geometric
+    series, else `b` with every bucket's bounds.
+
+    Cloud Monitoring's and Prometheus' latency layouts are exponential, and writing each
+    bucket's two bounds made them most of a line (about 500 of 550 bytes for a dozen busy
+    buckets, digits that compress badly). `g` is `[scale, growth, first, counts, under,
+    over]`: bucket `first + i` spans `[scale * growth**(first + i), scale * growth**(first +
+    i + 1))` and has `counts[i]` requests (`null`: no such bucket); `under` is `[k, count]`
+    for a bucket `[0, scale * growth**k)`, `over` is `[k, count]` for `[scale * growth**k,
+    unbounded)`, each `null` when absent. It is written only when every bound it gives back
+    equals the bucket's own to the 10 significant digits `b` keeps; otherwise `b` is written.
+    """
+    plain = {"b": [[_sig(b.lower), _sig(b.upper), b.count] for b in buckets]}
+    ratios = [b.upper / b.lower for b in buckets if b.lower > 0 and b.upper is not None]
+    bounds = [v for b in buckets for v in (b.lower, b.upper) if v is not None and v > 0]
+    if not ratios or not bounds:
+        return plain
+    growth, scale = _sig(ratios[0]), _sig(min(bounds))
+    assert growth is not None and scale is not None
+    if growth <= 1:
+        return plain
+
+    def index(value: float) -> int | None:
+        k = round(math.log(value / scale) / math.log(growth))
+        return k if _sig(scale * growth**k) == _sig(value) else None
+
+    under: list[int] | None = None
+    over: list[int] | None = None
+    regular: dict[int, int] = {}
+    for i, b in enumerate(buckets):
+        low = None if b.lower == 0 else index(b.lower)
+        high = None if b.upper is None else index(b.upper)
+        if b.lower == 0 and high is not None and i == 0:
+            under = [high, b.count]
+        elif b.upper is None and low is not None and i == len(buckets) - 1:
+            over = [low, b.count]
+        elif low is not None and high == low + 1 and (not regular or low > max(regular)):
+            regular[low] = b.count
+        else:
+            return plain
+    first = min(regular) if regular else 0
+    counts = [regular.get(k) for k in range(first, max(regular) + 1)] if regular else []
+    if under is not None and regular and under[0] > first:
+        return plain
+    if over is not None and regular and over[0] < max(regular) + 1:
+        return plain
+    return {"g": [scale, growth, first, counts, under, over]}
+
+
+def _geometric_from_data(item: Any) -> tuple[LatencyBucket, ...]:
+    """The buckets of a `g` distribution (see `_buckets_to_data`)."""
+    if not isinstance(item, list) or len(item) != 6 or not isinstance(item[3], list):
+        raise TypeError("g is not [scale, growth, first, counts, under, over]")
+    scale, growth = _opt_float(item[0]), _opt_float(item[1])
+    if scale is None or growth is None or scale <= 0 or growth <= 1:
+        raise ValueError("g needs a positive scale and a growth above 1")
+    first = _int(item[2])
+
+    def bound(k: object) -> float:
+        value = _sig(scale * growth ** _int(k))
+        assert value is not None
+        return value
+
+    def pair(part: Any) -> tuple[int, int] | None:
+        if part is None:
+            return None
+        if not isinstance(part, list) or len(part) != 2:
+            raise TypeError(f"{part!r} is not [k, count]")
+        return _int(part[0]), _int(part[1])
+
+    out = []
+    if (under := pair(item[4])) is not None:
+        out.append(LatencyBucket(0.0, bound(under[0]), under[1]))
+    for i, count in enumerate(item[3]):
+        if count is not None:
+            out.append(LatencyBucket(bound(first + i), bound(first + i + 1), _int(count)))
+    if (over := pair(item[5])) is not None:
+        out.append(LatencyBucket(bound(over[0]), None, over[1]))
+    return tuple(out)
 
 
 def _buckets_from_data(items: Any) -> tuple[LatencyBucket, ...] | None:

@@ -655,3 +655,87 @@ def test_status_keeps_provisional_windows_and_the_newest_final_ones_per_length(
     text = status_path(tmp_path, ION).read_text(encoding="utf-8")
     rates = re.findall(r"(?:error|success)_rate: (\S+)", text)
     assert rates and all(len(r.lstrip("0.")) <= 4 for r in rates), rates
+
+
+# --- distributions in metrics lines ---------------------------------------------------------
+def _layout(k: int) -> float:
+    """Cloud Monitoring's exponential request_latencies layout, in seconds."""
+    return 0.001 * 1.4**k
+
+
+@pytest.mark.parametrize(
+    "buckets",
+    [
+        # busy buckets around 100 ms, with a gap
+        [LatencyBucket(_layout(k), _layout(k + 1), 10 * k) for k in (11, 12, 13, 15, 16)],
+        # the underflow and overflow buckets too, and an explicit empty bucket
+        [
+            LatencyBucket(0.0, _layout(0), 3),
+            LatencyBucket(_layout(0), _layout(1), 0),
+            LatencyBucket(_layout(4), _layout(5), 7),
+            LatencyBucket(_layout(39), None, 2),
+        ],
+        [LatencyBucket(0.0, 0.5, 4), LatencyBucket(0.5, 1.0, 6)],  # a layout of two: `g`
+    ],
+)
+def test_a_geometric_distribution_is_written_by_its_layout(
+    tmp_path: Path, buckets: list[LatencyBucket]
+) -> None:
+    window = replace(_window(CANARY, 1), latency_buckets=tuple(buckets))
+    (path,) = append_metrics(tmp_path, ION, [window])
+    line = path.read_text()
+    assert '"g":[' in line and '"b":' not in line
+    (back,) = read_metrics(tmp_path, ION)
+    assert back.latency_buckets is not None
+    assert [b.count for b in back.latency_buckets] == [b.count for b in buckets]
+    for got, want in zip(back.latency_buckets, buckets, strict=True):
+        assert got.lower == pytest.approx(want.lower, rel=1e-9, abs=0)
+        assert (got.upper is None) == (want.upper is None)
+        if want.upper is not None:
+            assert got.upper == pytest.approx(want.upper, rel=1e-9)
+
+
+def test_a_geometric_line_is_several_times_shorter() -> None:
+    buckets = tuple(LatencyBucket(_layout(k), _layout(k + 1), 100 + k) for k in range(8, 22))
+    window = replace(_window(CANARY, 1), latency_buckets=buckets)
+    compact = len(state._json_line(state._metric_to_data(window)))
+    listed = len(
+        state._json_line(
+            state._metric_to_data(window) | {"b": [[b.lower, b.upper, b.count] for b in buckets]}
+        )
+    )
+    assert compact * 3 < listed
+
+
+@pytest.mark.parametrize(
+    "buckets",
+    [
+        [LatencyBucket(0.1, 0.2, 1), LatencyBucket(0.2, 0.5, 1)],  # not one growth
+        [LatencyBucket(0.2, 0.4, 1), LatencyBucket(0.1, 0.2, 1)],  # out of order
+        [LatencyBucket(0.0, 0.1, 1), LatencyBucket(0.1, None, 1)],  # no bucket gives a growth
+        [LatencyBucket(0.1, 0.2, 1), LatencyBucket(0.15, 0.3, 1)],  # overlapping
+    ],
+)
+def test_any_other_distribution_keeps_its_bounds(
+    tmp_path: Path, buckets: list[LatencyBucket]
+) -> None:
+    window = replace(_window(CANARY, 1), latency_buckets=tuple(buckets))
+    (path,) = append_metrics(tmp_path, ION, [window])
+    assert '"b":[' in path.read_text() and '"g":' not in path.read_text()
+    (back,) = read_metrics(tmp_path, ION)
+    assert back.latency_buckets == tuple(buckets)
+
+
+@pytest.mark.parametrize(
+    "g",
+    ['[0.1,2,0,[1]]', '[0,2,0,[1],null,null]', '[0.1,1,0,[1],null,null]', '[0.1,2,0,5,null,null]',
+     '[0.1,2,0,[1],[3],null]'],
+)  # fmt: skip
+def test_a_bad_geometric_distribution_is_skipped_and_named(
+    tmp_path: Path, g: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = metrics_path(tmp_path, ION, T0)
+    path.parent.mkdir(parents=True)
+    path.write_text('{"r":"00042-xyz","e":1777637400,"w":300,"n":1,"x":0,"k":1,"g":' + g + "}\n")
+    assert read_metrics(tmp_path, ION) == []
+    assert f"{path}:1: invalid metrics line skipped" in caplog.text
