@@ -112,6 +112,8 @@ _STATUS_DRIVER = f"{shlex.quote(sys.executable)} -m reconciler.statemerge %O %A 
 _TRAILER_KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9-]*$")
 _TRAILER_LINE = re.compile(r"^([A-Za-z0-9][A-Za-z0-9-]*):\s*(.*)$")
 _REJECTED = ("[rejected]", "non-fast-forward", "fetch first")
+_PATHS_PER_CALL = 500
+"""Paths named on one git command line where git reads no pathspec file (`diff`)."""
 STALE_LOCK_WITHOUT_PROC = 600.0
 """Seconds after which a lock counts as stale where live processes cannot be listed."""
 
@@ -383,23 +385,41 @@ class GitOps:
         known = [p for p in rel if (self.root / p).exists() or self._tracked(p)]
         if not known:
             return None
-        self._check("--literal-pathspecs", "add", "--all", "--", *known)
-        status, _, _ = self._git("--literal-pathspecs", "diff", "--cached", "--quiet", "--", *known)
-        if status == 0:
-            return None
-        self._check(
-            "--literal-pathspecs",
-            "commit",
-            "--only",
-            "--quiet",
-            "--cleanup=whitespace",
-            "-m",
-            message,
-            "--",
-            *known,
-            env=self.identity.env(),
-        )
+        # A run's commit can name thousands of paths and carry a message of one line per
+        # service: both go through files, since one argument is capped at 128 KiB and the
+        # whole command line at the system's ARG_MAX.
+        with tempfile.TemporaryDirectory(prefix="reconcile-commit-") as tmp:
+            paths_file = Path(tmp) / "paths"
+            paths_file.write_bytes(b"\0".join(os.fsencode(p) for p in known))
+            from_file = (f"--pathspec-from-file={paths_file}", "--pathspec-file-nul")
+            self._check("--literal-pathspecs", "add", "--all", *from_file)
+            if not self._staged(known):
+                return None
+            message_file = Path(tmp) / "message"
+            message_file.write_text(message, encoding="utf-8")
+            self._check(
+                "--literal-pathspecs",
+                "commit",
+                "--only",
+                "--quiet",
+                "--cleanup=whitespace",
+                f"--file={message_file}",
+                *from_file,
+                env=self.identity.env(),
+            )
         return self.head()
+
+    def _staged(self, paths: Sequence[str]) -> bool:
+        """Whether the index differs from HEAD under any of `paths` (`git diff` takes no
+        pathspec file: asked in slices that keep each command line short)."""
+        for i in range(0, len(paths), _PATHS_PER_CALL):
+            part = paths[i : i + _PATHS_PER_CALL]
+            status, _, _ = self._git(
+                "--literal-pathspecs", "diff", "--cached", "--quiet", "--", *part
+            )
+            if status != 0:
+                return True
+        return False
 
     def push(self, retries: int = 5) -> bool:
         """Push the current branch; on a non-fast-forward fetch, rebase and retry.
