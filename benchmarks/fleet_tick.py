@@ -440,6 +440,7 @@ def main() -> None:
     parser.add_argument(
         "--quota-services", type=int, default=None, help="size of the quota run (default: N)"
     )
+    parser.add_argument("--no-quota", action="store_true", help="skip the quota-bound run")
     parser.add_argument(
         "--no-commit",
         action="store_true",
@@ -460,7 +461,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="fleet-tick-", ignore_cleanup_errors=True) as tmp:
         base = Path(tmp)
         rows = [steady(base, n, args.reps, commit), change(base, n, args.reps, commit)]
-        quota = quota_change(base, args.quota_services or n)
+        quota = None if args.no_quota else quota_change(base, args.quota_services or n)
     peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"apply ticks vs floor, {n:,} services in one region; pool {WORKERS}; "
           f"median of {args.reps}; {'git commits' if commit else 'no git on either side'}; "
@@ -481,14 +482,15 @@ def main() -> None:
         )
     print()
     print(f"peak RSS {peak_mib:.0f} MiB (this process: product, floor and set-up)")
-    print()
-    print("quota-bound change tick: Admin API quotas on (reads 1,000/min, writes 60/min per "
-          "project and region), client pacing on the emulator's virtual clock")  # fmt: skip
-    print()
-    print("| services | virtual min | write-quota floor, min | ratio | wall s | calls by method "
-          "| client retries | services failed |")  # fmt: skip
-    print("|---:|---:|---:|---:|---:|---|---:|---:|")
-    print(quota)
+    if quota is not None:
+        print()
+        print("quota-bound change tick: Admin API quotas on (reads 1,000/min, writes 60/min "
+              "per project and region), client pacing on the emulator's virtual clock")  # fmt: skip
+        print()
+        print("| services | virtual min | write-quota floor, min | ratio | wall s "
+              "| calls by method | client retries | services failed |")  # fmt: skip
+        print("|---:|---:|---:|---:|---:|---|---:|---:|")
+        print(quota)
     print()
     steady_reads = sum(v for k, v in rows[0].calls.items() if k in READS)
     for name, ratio in ratios.items():
