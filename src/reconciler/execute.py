@@ -25,7 +25,14 @@ from typing import Any
 from reconciler import state as st
 from reconciler import verbs, yamledit
 from reconciler.backends import Conflict, TrafficBackend
-from reconciler.decide import Commit, Decision, ReportDue, checkpoint_interval, record_due
+from reconciler.decide import (
+    Commit,
+    Decision,
+    ReportDue,
+    checkpoint_interval,
+    news,
+    record_due,
+)
 from reconciler.errors import ReconcileError
 from reconciler.gitops import GitOps
 from reconciler.loader import load_spec
@@ -325,16 +332,21 @@ def write_record(ctx: Context, run: ServiceRun, d: Decision, applied: bool) -> R
     status = _with_live(d.status if applied else d.held, run.live)
     due = d.reports_due(applied)
     quiet = not (applied or run.events or run.edited or d.events or due)
-    if quiet and (d.idle or _unchanged(root, run.ref, status, d.previous)):
-        return None
     # Between checkpoints a steady canary's newer windows are not news: nothing is written,
-    # and the next run judges the same traffic again from the last record.
+    # and the next run judges the same traffic again from the last record. (Asked first: it
+    # is pure, where the check below serializes the status.)
     if not record_due(
         d.previous,
         status,
         now=run.now,
         interval=checkpoint_interval(run.spec),
         news_elsewhere=not quiet,
+    ):
+        return None
+    # A record with news differs from the file in what it says (every field `news` compares
+    # is written), so only one due at a checkpoint has its text compared.
+    if quiet and (
+        d.idle or (not news(d.previous, status) and _unchanged(root, run.ref, status, d.previous))
     ):
         return None
     service = run.spec.service
