@@ -282,7 +282,11 @@ def carry_out(
     wrote = False
     if sp.changes:
         try:
+            read = run.live
             d, run.live, wrote = write_traffic(ctx, d, redecide, run.now)
+            if not run.live.revisions:
+                # A write's read-back lists no revisions (a traffic write makes none).
+                run.live = replace(run.live, revisions=read.revisions)
             run.wrote = d if wrote else None
         except ReconcileError as exc:
             if not d.rollback or isinstance(exc, Conflict):

@@ -543,9 +543,11 @@ def test_status_nodes_are_the_representer_s_for_random_data() -> None:
     import random
 
     rng = random.Random(15)
-    words = ["null", "true", "No", "~", "1e3", "0x1f", "1_000", "2026-12-07", "12:30", "-", "",
-             "a: b", "# x", "'q'", '"d"', "ion-api", "é", "x\u2028y", "a\nb", "tab\tx", " lead",
-             "trail ", "[x]", "{y}", "&a", "*b", "!t", "%p", "@", "`", "? k", "1.5", ".inf"]  # fmt: skip
+    words = [
+        *["null", "true", "No", "~", "1e3", "0x1f", "1_000", "2026-12-07", "12:30", "-", ""],
+        *["a: b", "# x", "'q'", '"d"', "ion-api", "é", "x\u2028y", "a\nb", "tab\tx", " lead"],
+        *["trail ", "[x]", "{y}", "&a", "*b", "!t", "%p", "@", "`", "? k", "1.5", ".inf"],
+    ]
 
     def value(depth: int) -> Any:
         pick = rng.randrange(12 if depth < 4 else 8)
