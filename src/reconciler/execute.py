@@ -132,14 +132,19 @@ def edit_text(text: str, edit: SpecEdit) -> str:
     return yamledit.edit_rollout(text, set_values=values, remove=remove)
 
 
-_EDITS = threading.Lock()
-"""Serializes rollout-file edits: the regions of a file with `waves:` are reconciled on a
-pool, and two of them rolled back in one run each add their entry to the same file."""
+_EDITS: dict[Path, threading.Lock] = {}
+"""One lock per rollout file, serializing its edits: the regions of a file with `waves:` are
+reconciled on a pool, and two of them rolled back in one run each add their entry to the same
+file. Edits of different files go on side by side (a change of a whole fleet edits each)."""
+_EDITS_LOCK = threading.Lock()
 
 
 def edit_rollout_file(run: ServiceRun, edit: SpecEdit) -> None:
     """Carry out an edit of the run's rollout file, keeping every other byte."""
-    with _EDITS:
+    path = run.path.resolve()
+    with _EDITS_LOCK:
+        lock = _EDITS.setdefault(path, threading.Lock())
+    with lock:
         st.atomic_write_text(run.path, edit_text(read_rollout(run.path), edit))
     run.edited = True
 

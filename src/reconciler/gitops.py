@@ -112,8 +112,6 @@ _STATUS_DRIVER = f"{shlex.quote(sys.executable)} -m reconciler.statemerge %O %A 
 _TRAILER_KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9-]*$")
 _TRAILER_LINE = re.compile(r"^([A-Za-z0-9][A-Za-z0-9-]*):\s*(.*)$")
 _REJECTED = ("[rejected]", "non-fast-forward", "fetch first")
-_PATHS_PER_CALL = 500
-"""Paths named on one git command line where git reads no pathspec file (`diff`)."""
 STALE_LOCK_WITHOUT_PROC = 600.0
 """Seconds after which a lock counts as stale where live processes cannot be listed."""
 
@@ -393,7 +391,8 @@ class GitOps:
             paths_file.write_bytes(b"\0".join(os.fsencode(p) for p in known))
             from_file = (f"--pathspec-from-file={paths_file}", "--pathspec-file-nul")
             self._check("--literal-pathspecs", "add", "--all", *from_file)
-            if not self._staged(known):
+            named = set(known)
+            if not any(_under(name, named) for name in self._staged()):
                 return None
             message_file = Path(tmp) / "message"
             message_file.write_text(message, encoding="utf-8")
@@ -409,17 +408,10 @@ class GitOps:
             )
         return self.head()
 
-    def _staged(self, paths: Sequence[str]) -> bool:
-        """Whether the index differs from HEAD under any of `paths` (`git diff` takes no
-        pathspec file: asked in slices that keep each command line short)."""
-        for i in range(0, len(paths), _PATHS_PER_CALL):
-            part = paths[i : i + _PATHS_PER_CALL]
-            status, _, _ = self._git(
-                "--literal-pathspecs", "diff", "--cached", "--quiet", "--", *part
-            )
-            if status != 0:
-                return True
-        return False
+    def _staged(self) -> list[str]:
+        """Every path whose staged content differs from HEAD (both sides of a rename)."""
+        out = self._check("diff", "--cached", "--name-only", "--no-renames", "-z")
+        return [name for name in out.split("\0") if name]
 
     def push(self, retries: int = 5) -> bool:
         """Push the current branch; on a non-fast-forward fetch, rebase and retry.
@@ -1077,3 +1069,9 @@ def _reason(text: str) -> str:
         if sep and prefix == "remote" and rest.strip():
             return line
     return lines[-1] if lines else "unknown error"
+
+
+def _under(name: str, paths: set[str] | frozenset[str]) -> bool:
+    """Whether the repository path `name` is one of `paths` or inside one of them."""
+    parts = name.split("/")
+    return any("/".join(parts[:i]) in paths for i in range(1, len(parts) + 1))

@@ -92,7 +92,7 @@ def test_commit_returns_none_when_nothing_changed(remote: Path, tmp_path: Path) 
 
 def test_commit_of_a_fleet_run_past_the_command_line_limits(remote: Path, tmp_path: Path) -> None:
     # One run's commit at 2,000 services: a message over the 128 KiB cap of one argument and
-    # more paths than the `diff` slice; only the named ones are committed.
+    # 2,000 paths; only the named ones are committed.
     work = clone(remote, tmp_path / "a")
     ops = _ops(work)
     names = [f"state/p/r/svc-{i:04d}" for i in range(2000)]
@@ -109,7 +109,7 @@ def test_commit_of_a_fleet_run_past_the_command_line_limits(remote: Path, tmp_pa
     assert changed == [f"{name}/status.yaml" for name in names]
     assert run_git(work, "log", "-1", "--format=%b", sha).strip().startswith(body[:200])
     assert "?? state/p/r/other/" in run_git(work, "status", "--porcelain").splitlines()
-    # Nothing new under the last slice's paths alone is still seen as nothing.
+    # Nothing new is nothing; a change under the last named path alone is seen.
     assert ops.commit(names, "reconcile: again") is None
     write(work, f"{names[-1]}/status.yaml", "phase: done\n")
     assert ops.commit(names, "reconcile: the last one") is not None
