@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
@@ -263,6 +264,7 @@ def apply_all(
                 if listener is not None:
                     listener.finished(o, False)
             return RunResult(refused)
+    ctx = replace(ctx, clock=_coarse(ctx.clock))
     run, items = _start(ctx, patterns, dry_run, saved, listener)
     ticks = _on_pool(run, run.first, items)
     if dry_run:
@@ -283,6 +285,29 @@ def apply_all(
     if final.pushed is None:
         final = first
     return _result(run, final, degraded, rollbacks_pushed=first.pushed)
+
+
+CLOCK_RESOLUTION = 1.0
+"""Seconds in which a run's services share one reading of its clock. A reading can be a call
+(the emulator's virtual clock is read over gRPC): one per service was a thousand calls a run."""
+
+
+def _coarse(
+    clock: Callable[[], datetime], elapsed: Callable[[], float] = time.monotonic
+) -> Callable[[], datetime]:
+    """`clock`, read again only once the last reading is `CLOCK_RESOLUTION` seconds old by
+    `elapsed` (for one run: a clock moved between runs is always read)."""
+    lock = threading.Lock()
+    last: list[tuple[float, datetime]] = []
+
+    def read() -> datetime:
+        with lock:
+            at = elapsed()
+            if not last or at - last[0][0] >= CLOCK_RESOLUTION:
+                last[:] = [(at, clock())]
+            return last[0][1]
+
+    return read
 
 
 @dataclass(frozen=True)

@@ -126,7 +126,13 @@ def test_a_change_tick_writes_each_service_on_its_listed_etag_and_reads_it_back_
         (repo / "rollout").mkdir(parents=True, exist_ok=True)
         (repo / "rollout" / f"{spec.service}.yaml").write_text(text, encoding="utf-8")
     backend = CloudRunBackend(*clients_for(fleet))
-    ctx = Context(repo=repo, backend=backend, clock=lambda: datetime.now(UTC), run_probes=False)
+    readings: list[datetime] = []
+
+    def clock() -> datetime:
+        readings.append(datetime.now(UTC))
+        return readings[-1]
+
+    ctx = Context(repo=repo, backend=backend, clock=clock, run_probes=False)
     fleet.reset_counters()
 
     result = apply_all(ctx)
@@ -140,6 +146,8 @@ def test_a_change_tick_writes_each_service_on_its_listed_etag_and_reads_it_back_
         "GetService": N,
     }
     assert fleet.writes == N
+    # The services share readings of the clock (one a second at most), not one each.
+    assert len(readings) < N
     live = backend.get_service(ServiceRef(PROJECT, REGION, "svc-07"))
     assert live.traffic.percent_of("svc-07-00042-xyz") == 10
     assert live.annotations.keys() == {"cloudrun-reconciler/last-apply"}
