@@ -46,7 +46,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -90,9 +90,28 @@ def make_repo(repo: Path, n: int) -> str:
     git(repo.parent, "init", "-q", "-b", "main", str(repo))
     git(repo, "config", "gc.auto", "0")  # no background gc racing the clean-up
     ps.seed_state(repo)
+    spread_stage_starts(repo)
     git(repo, "add", "-A")
     git(repo, "commit", "-q", "-m", "fleet and its first observed state")
     return git(repo, "rev-parse", "HEAD")
+
+
+def spread_stage_starts(repo: Path) -> None:
+    """Each service's stage started 50 ms before the previous one's, as in a fleet whose
+    canaries were started at different times. A tick measures windows aligned on each
+    service's stage start, so no two services share a metric query (2 to 6 queries per
+    service a tick); one seeding run would have started them all at the same instant, and
+    1,000 services would then share a handful of queries."""
+    from dataclasses import replace
+
+    from reconciler import state as st
+
+    for ref in st.state_refs(repo):
+        status = st.read_status(repo, ref)
+        assert status is not None and status.stage_since is not None
+        i = int(ref.service.rsplit("-", 1)[-1])
+        when = status.stage_since - timedelta(milliseconds=50 * i)
+        st.write_status(repo, ref, replace(status, stage_since=when))
 
 
 # --- the product ---------------------------------------------------------------------------
