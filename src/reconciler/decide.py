@@ -48,8 +48,15 @@ from reconciler.plan import (
     plan_service,
     rollback_plan,
 )
-from reconciler.spec import Channel, EnvValue, RolloutSpec, WebhookChannel, format_duration
-from reconciler.waves import RegionState, WaveStep, baked, region_state, step
+from reconciler.spec import (
+    Channel,
+    EnvValue,
+    NoticeEvent,
+    RolloutSpec,
+    WebhookChannel,
+    format_duration,
+)
+from reconciler.waves import RegionState, WaveStep, baked, hold_teller, region_state, step
 
 _EVENT_KIND = {
     Reason.STAGE: EventKind.APPLIED,
@@ -117,6 +124,9 @@ class Decision:
     reports: tuple[ReportDue, ...] = ()
     """Stage reports due this tick: written with the record after the status (the closing
     ones only when the plan is carried out)."""
+    notices: tuple[NoticeEvent, ...] = ()
+    """Notice events this tick raises beyond what its outcome tells (`notices.event_of`):
+    `wave_hold` when a rolled-back region newly holds a file with waves (see `hold_notice`)."""
 
     def reports_due(self, applied: bool) -> tuple[ReportDue, ...]:
         """The reports to write with the record of this tick, carried out or not."""
@@ -397,7 +407,26 @@ def decide(
         previous=status,
         wave=wave,
         reports=due,
+        notices=hold_notice(spec, wave, status, spec_id),
     )
+
+
+def hold_notice(
+    spec: RolloutSpec, wave: WaveStep | None, status: ServiceStatus | None, spec_id: str | None
+) -> tuple[NoticeEvent, ...]:
+    """`("wave_hold",)` when this region tells of its file's hold now, else `()`.
+
+    One region tells it (`waves.hold_teller`), and, like a `block` notice, once per version
+    of the rollout file: a region's rollback writes its entry into the file, so the first
+    tick holding under that version (its last record names an older one, or none) tells it,
+    and the ticks after it, which recorded that version, stay quiet. A second region rolled
+    back, or a retry and a new failure, is a new version and is told again.
+    """
+    if wave is None or wave.hold is None or hold_teller(spec) != spec.region:
+        return ()
+    if status is not None and status.spec_id == spec_id:
+        return ()
+    return ("wave_hold",)
 
 
 def _wave(
@@ -603,10 +632,12 @@ def decide_rollback(
     reason: str,
     spec_id: str | None = None,
     actor: str = "reconciler",
+    region_only: bool = False,
 ) -> Decision:
-    """`reconcile rollback`: 100% to stable at once and the sticky block, as one Decision."""
-    sp = rollback_plan(spec, live, now=now, reason=reason)
-    if is_rolled_back(spec) and spec.canary_percent == 0:
+    """`reconcile rollback`: 100% to stable at once and the sticky block, as one Decision
+    (with `region_only`, of one region of a file with waves: see `plan.rollback_plan`)."""
+    sp = rollback_plan(spec, live, now=now, reason=reason, region_only=region_only)
+    if is_rolled_back(spec) and (spec.canary_percent == 0 or region_only):
         sp = replace(sp, edit=None)  # the block is in git already: only traffic is left
     base = ServiceStatus(
         service=spec.service,
@@ -883,6 +914,7 @@ __all__ = [
     "decide",
     "decide_rollback",
     "env_needs",
+    "hold_notice",
     "merge_windows",
     "missing_env",
     "paused_plan",

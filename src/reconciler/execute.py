@@ -323,14 +323,18 @@ class Record:
     """What one tick wrote to the working tree and the commit that would record it alone (a
     run commits every service's record together, `commit_records`)."""
 
-    key: str
-    """The rollout's `ServiceRef.key`."""
+    ref: ServiceRef
     paths: tuple[Path, ...]
     commit: Commit
     late: bool = False
     """Only the late record of an earlier write (see `recover`)."""
     listed: bool = False
     """Named in the run's commit even if it only observed (it wrote a report)."""
+
+    @property
+    def key(self) -> str:
+        """The rollout's `ServiceRef.key`."""
+        return self.ref.key
 
 
 def write_record(ctx: Context, run: ServiceRun, d: Decision, applied: bool) -> Record | None:
@@ -375,7 +379,7 @@ def write_record(ctx: Context, run: ServiceRun, d: Decision, applied: bool) -> R
     if not applied and late:
         commit = late_commit(commit, service, late[0])
     paths = (st.state_dir(root, ref), *([run.path] if run.edited else []))
-    return Record(ref.key, paths, commit, listed=bool(due))
+    return Record(ref, paths, commit, listed=bool(due))
 
 
 def _unchanged(
@@ -441,12 +445,15 @@ def commit_paths(ctx: Context, commit: Commit, paths: list[Path]) -> str | None:
         return ctx.git.commit(paths, " ".join(commit.subject.split()), commit.body, commit.trailers)
 
 
-def commit_records(ctx: Context, records: list[Record]) -> str | None:
-    """Commit many services' records as one commit (`runcommit.run_commit`); None when there
-    is no git or nothing in them changed. Raises `ReconcileError` when git fails."""
+def commit_records(
+    ctx: Context, records: list[Record], names: Mapping[ServiceRef, str] | None = None
+) -> str | None:
+    """Commit many services' records as one commit (`runcommit.run_commit`, naming each as
+    `names` does); None when there is no git or nothing in them changed. Raises
+    `ReconcileError` when git fails."""
     if ctx.git is None or not records:
         return None
-    text = run_commit([Entry(r.commit, r.late, r.listed) for r in records])
+    text = run_commit([Entry(r.commit, r.late, r.listed, r.ref) for r in records], names)
     paths = [p for r in records for p in r.paths]
     with ctx.git_lock:
         return ctx.git.commit(paths, text.subject, text.body, text.trailers)

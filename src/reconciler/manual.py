@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from reconciler import state as st
@@ -18,19 +18,28 @@ from reconciler.decide import Commit, Decision, decide_rollback
 from reconciler.errors import ReconcileError
 from reconciler.execute import ServiceRun, carry_out, edit_text, read_rollout, record
 from reconciler.loader import load_spec, spec_id_of
-from reconciler.model import CommitAction, LiveService
+from reconciler.model import CommitAction, LiveService, labels
 from reconciler.plan import SpecEdit, is_rolled_back
 from reconciler.reconcile import Context, ServiceOutcome, ref_of, rollout_files
+from reconciler.runcommit import named
 from reconciler.spec import RolloutSpec
+from reconciler.waves import expand, for_region
 
 log = logging.getLogger(__name__)
 
 
-def _one_file(ctx: Context, service: str) -> Path:
-    """The rollout file of exactly one service (no globs for a manual action)."""
+def _one_file(ctx: Context, service: str, region: str | None = None) -> Path:
+    """The rollout file of exactly one service (no globs for a manual action); with `region`,
+    the one naming that region (the service may have a file per region in sub-folders)."""
     if any(ch in service for ch in "*?["):
         raise ReconcileError(f"{service!r}: name one service, not a pattern")
-    return rollout_files(ctx.repo / "rollout", [service])[0]
+    files = rollout_files(ctx.repo / "rollout", [service])
+    if region is None or len(files) == 1:
+        return files[0]
+    for path in files:
+        if region in [s.region for s in expand(load_spec(path))]:
+            return path
+    raise ReconcileError(f"{service}: no rollout file names region {region}")
 
 
 def _pull(ctx: Context) -> None:
@@ -57,17 +66,28 @@ def rollback(ctx: Context, service: str, reason: str) -> ServiceOutcome:
     return outcome
 
 
-def roll_back_now(ctx: Context, service: str, reason: str) -> ServiceOutcome:
+def roll_back_now(
+    ctx: Context, service: str, reason: str, region: str | None = None
+) -> ServiceOutcome:
     """The rollback's traffic write and its local record, without touching the remote: the
     desired state comes from the working tree and the live service (a clone that is behind
     still knows the stable revision it last applied, and the live service says what serves).
     A write whose read-back failed is recorded all the same, with `error` saying so.
+
+    `region` picks the file naming that region, and rolls back that region of a file with
+    `waves:` alone (its `rolled_back_regions` entry; the other regions hold), as a failing gate
+    does; its commit names the region.
     """
-    path = _one_file(ctx, service)
-    spec = load_spec(path)
+    path = _one_file(ctx, service, region)
+    whole = load_spec(path)
+    if region is not None and region not in [s.region for s in expand(whole)]:
+        raise ReconcileError(f"{path}: {service} has no region {region}")
+    spec = for_region(whole, region or whole.region)
+    region_only = region is not None and spec.waves is not None
+    name = labels(ref_of(s) for s in expand(whole))[ref_of(spec)] if region_only else spec.service
     live = ctx.backend.get_service(ref_of(spec))
     if is_rolled_back(spec) and live.traffic.percents() == {spec.revisions.stable: 100}:
-        return ServiceOutcome(spec.service)
+        return ServiceOutcome(spec.service, label=name if name != spec.service else "")
     now = ctx.clock()
     loaded = st.load_status(ctx.state_root, ref_of(spec))  # corrupt state never blocks it
     status = loaded.status
@@ -78,9 +98,17 @@ def roll_back_now(ctx: Context, service: str, reason: str) -> ServiceOutcome:
         run.events.append(rebuilt)
 
     def redecide(fresh: LiveService) -> Decision:
-        return decide_rollback(
-            spec, status, fresh, now=now, reason=reason, spec_id=spec_id, actor=ctx.actor
+        d = decide_rollback(
+            spec,
+            status,
+            fresh,
+            now=now,
+            reason=reason,
+            spec_id=spec_id,
+            actor=ctx.actor,
+            region_only=region_only,
         )
+        return replace(d, commit=named(d.commit, d.plan.ref, name))
 
     d, applied = carry_out(ctx, run, redecide(live), redecide)
     commit = record(ctx, run, d, applied)
@@ -88,7 +116,13 @@ def roll_back_now(ctx: Context, service: str, reason: str) -> ServiceOutcome:
     if run.unconfirmed:
         error = f"{d.plan.ref.name}: rollback recorded, not confirmed serving: {run.unconfirmed}"
     return ServiceOutcome(
-        spec.service, plan=d.plan, applied=True, rolled_back=True, error=error, commit=commit
+        spec.service,
+        plan=d.plan,
+        applied=True,
+        rolled_back=True,
+        error=error,
+        commit=commit,
+        label=name if name != spec.service else "",
     )
 
 
@@ -101,9 +135,9 @@ def publish(ctx: Context, outcome: ServiceOutcome) -> None:
     if not outcome.commit and not ctx.git.unpushed():
         return
     done = (
-        f"{outcome.service}: rolled back and recorded locally"
+        f"{outcome.name}: rolled back and recorded locally"
         if outcome.rolled_back
-        else f"{outcome.service}: local commits"
+        else f"{outcome.name}: local commits"
     )
     synced = ctx.git.sync()
     if not synced.at_tip:

@@ -36,6 +36,27 @@ class ServiceRef:
         return f"{self.project}/{self.region}/{self.service}"
 
 
+def labels(refs: Iterable[ServiceRef]) -> dict[ServiceRef, str]:
+    """How output names each of `refs` (the rollouts one run, plan or commit holds): the
+    service id alone when no other ref shares it (the common case, so output stays short);
+    `service (region)` when the id repeats in several regions of one project; the full
+    `project/region/service` when it repeats across projects."""
+    by_id: dict[str, set[ServiceRef]] = {}
+    for ref in refs:
+        by_id.setdefault(ref.service, set()).add(ref)
+    out: dict[ServiceRef, str] = {}
+    for service, group in by_id.items():
+        projects = {r.project for r in group}
+        for r in group:
+            if len(group) == 1:
+                out[r] = service
+            elif len(projects) == 1:
+                out[r] = f"{service} ({r.region})"
+            else:
+                out[r] = r.key
+    return out
+
+
 @dataclass(frozen=True, order=True)
 class Target:
     """One traffic target: a pinned revision, its percent and an optional tag."""

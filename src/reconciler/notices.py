@@ -13,6 +13,9 @@ Events:
   commit of the rollout file and live stage, not on every run that finds it still blocked.
 - `hold`: the canary stays where it is because its verdict is not PASS (INCONCLUSIVE, or
   failing windows short of `consecutive_failures`); sent when the verdict changes.
+- `wave_hold`: a region of a file with `waves:` was rolled back and every other region
+  holds until an operator acts; decided by `decide` (`Decision.notices`), told once per
+  version of the rollout file by one region (`waves.hold_teller`).
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ _TITLES: dict[str, str] = {
     "hold": "held",
     "advance": "advanced",
     "finalize": "finalized",
+    "wave_hold": "held in every region",
 }
 
 
@@ -70,6 +74,9 @@ class Notice:
     verdict: Verdict | None
     commit_url: str | None = None
     report_url: str | None = None
+    name: str = ""
+    """How the title names the service when not by its id alone: the run holds the id in
+    more than one region or project (`model.labels`)."""
 
 
 def event_of(
@@ -121,12 +128,16 @@ def notice_of(
     now: datetime,
     commit_url: str | None = None,
     report_url: str | None = None,
+    name: str = "",
 ) -> Notice:
-    """The notice of `event` for one service's plan (see `event_of`)."""
+    """The notice of `event` for one service's plan (see `event_of`); `name` names the
+    service in the title when the run names it other than by its id."""
     if event == "block":
         why = plan.blocked or ""
     elif event == "hold":
         why = "; ".join(verdict.reasons) if verdict is not None else ""
+    elif event == "wave_hold":
+        why = (plan.hold or "").removeprefix("HOLD: ")
     elif plan.edit is not None:
         why = plan.edit.summary
     else:
@@ -147,6 +158,8 @@ def notice_of(
         verdict=verdict if verdict is not None else plan.verdict,
         commit_url=commit_url,
         report_url=report_url,
+        # A wave hold is the whole file's, told by one region: named by the service id.
+        name=name if name != plan.ref.service and event != "wave_hold" else "",
     )
 
 
@@ -182,10 +195,13 @@ def gate_evidence(gates: Sequence[GateResult]) -> list[dict[str, Any]]:
 
 
 def title(notice: Notice) -> str:
-    """One line: `ion-api rolled back: canary ion-api-00042-xyz 5% -> 0%`."""
-    head = f"{notice.service} {_TITLES[notice.event]}"
+    """One line: `ion-api rolled back: canary ion-api-00042-xyz 5% -> 0%` (the service as
+    the run names it: `ion-api (europe-west1) rolled back: ...`)."""
+    head = f"{notice.name or notice.service} {_TITLES[notice.event]}"
     if notice.canary is None:
         return head
+    if notice.event == "wave_hold":
+        return f"{head}: canary {notice.canary}"  # each region holds at its own stage
     move = f"{notice.percent_before}%"
     if notice.percent_after != notice.percent_before:
         move += f" -> {notice.percent_after}%"

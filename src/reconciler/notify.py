@@ -32,7 +32,7 @@ from tenacity import (
 
 from reconciler import redact
 from reconciler.errors import ReconcileError
-from reconciler.model import ServiceRef
+from reconciler.model import ServiceRef, ServiceStatus
 from reconciler.notices import (
     DELIVERY_HEADER,
     EVENT_HEADER,
@@ -47,7 +47,7 @@ from reconciler.notices import (
     slack_body,
     webhook_body,
 )
-from reconciler.spec import DEFAULTS_FILE, Channel, WebhookChannel
+from reconciler.spec import DEFAULTS_FILE, Channel, RolloutSpec, WebhookChannel
 
 if TYPE_CHECKING:
     from reconciler.reconcile import RunResult, ServiceOutcome
@@ -103,39 +103,59 @@ def notified(
     return result
 
 
-def _wanting(repo: Path) -> list[str]:
-    """Services whose rollout file (or the shared defaults) may configure `notify:`; a
-    cheap byte search, so runs without notifications read nothing more."""
+def _wanting(repo: Path) -> dict[str, RolloutSpec]:
+    """Every rollout whose file (or its folder's shared defaults) may configure `notify:`,
+    by identity (`ServiceRef.key`): each region of a file with `waves:` is a rollout of its
+    own. A cheap byte search first, so runs without notifications load nothing; a file that
+    does not load is skipped (the run reports it)."""
+    from reconciler.loader import find_rollout_files, load_spec
+    from reconciler.waves import expand
+
     rollout = repo / "rollout"
-    try:
-        files = [p for p in rollout.iterdir() if p.suffix in (".yaml", ".yml") and p.is_file()]
-    except OSError:
-        return []
-    shared = any(p.name == DEFAULTS_FILE and b"notify" in p.read_bytes() for p in files)
-    return [
-        p.stem for p in files if p.name != DEFAULTS_FILE and (shared or b"notify" in p.read_bytes())
-    ]
+    if not rollout.is_dir():
+        return {}
+    shared: dict[Path, bool] = {}
+
+    def configures(path: Path) -> bool:
+        folder = path.parent
+        if folder not in shared:
+            defaults = folder / DEFAULTS_FILE
+            shared[folder] = defaults.is_file() and b"notify" in defaults.read_bytes()
+        return shared[folder] or b"notify" in path.read_bytes()
+
+    out: dict[str, RolloutSpec] = {}
+    for path in find_rollout_files(rollout):
+        try:
+            if not path.is_file() or path.is_symlink() or not configures(path):
+                continue
+            spec = load_spec(path)
+        except (OSError, ReconcileError):
+            continue
+        for region in expand(spec):
+            out[ServiceRef(region.project, region.region, region.service).key] = region
+    return out
+
+
+def _seen(status: ServiceStatus | None) -> Seen | None:
+    if status is None:
+        return None
+    verdict = status.verdict.outcome if status.verdict is not None else None
+    return Seen(status.spec_id, status.stage, verdict)
 
 
 def snapshot(repo: Path) -> dict[str, Seen]:
-    """What state/ says now about each rollout that may send notices, by `ServiceRef.key`."""
-    from reconciler.loader import load_spec
+    """What state/ says now about each rollout that may send notices, by `ServiceRef.key`
+    (every region of a file with `waves:`)."""
     from reconciler.state import read_status
 
     out: dict[str, Seen] = {}
-    for service in _wanting(repo):
+    for key, spec in _wanting(repo).items():
         try:
-            spec = load_spec(repo / "rollout" / f"{service}.yaml")
-            ref = ServiceRef(spec.project, spec.region, spec.service)
-            status = read_status(repo, ref)
+            seen = _seen(read_status(repo, ServiceRef(spec.project, spec.region, spec.service)))
         except ReconcileError:
             continue
-        if status is not None:
-            out[ref.key] = Seen(
-                status.spec_id,
-                status.stage,
-                status.verdict.outcome if status.verdict is not None else None,
-            )
+        if seen is not None:
+            out[key] = seen
     return out
 
 
@@ -148,59 +168,64 @@ def plan_deliveries(
     environ: Mapping[str, str] | None = None,
     warn: Callable[[str], None] = lambda _m: None,
 ) -> list[Delivery]:
-    """The requests to send for a run's outcomes (nothing for a service without `notify:`)."""
-    from reconciler.loader import load_spec
-    from reconciler.state import read_status, state_dir
+    """The requests to send for a run's outcomes (nothing for a rollout without `notify:`):
+    what each outcome is (`notices.event_of`), and the notices its decision raised (a wave
+    hold), each to the channels of its rollout file that want that event."""
+    from reconciler.state import read_status
 
     env = os.environ if environ is None else environ
-    wanting = set(_wanting(repo))
+    wanting = _wanting(repo)
     repo_url = _repo_url(env)
     out: list[Delivery] = []
     for o in outcomes:
-        if o.plan is None or o.error or o.service not in wanting:
+        if o.plan is None or o.error:
             continue
-        spec = load_spec(repo / "rollout" / f"{o.service}.yaml")
-        if not spec.notify:
+        spec = wanting.get(o.plan.ref.key)
+        if spec is None or not spec.notify:
             continue
-        status = read_status(repo, o.plan.ref)
-        after = (
-            Seen(
-                status.spec_id,
-                status.stage,
-                status.verdict.outcome if status.verdict is not None else None,
-            )
-            if status is not None
-            else None
-        )
         event = event_of(
             o.plan,
             applied=o.applied,
             rolled_back=o.rolled_back,
             verdict=o.verdict,
             before=before.get(o.plan.ref.key),
-            after=after,
+            after=_seen(read_status(repo, o.plan.ref)),
         )
-        if event is None:
+        events = [*([event] if event is not None else []), *o.notices]
+        if not events:
             continue
-        commit_url = report_url = None
-        if repo_url is not None and o.commit:
-            commit_url = f"{repo_url}/commit/{o.commit}"
-        reports = state_dir(repo, o.plan.ref) / "reports"
-        for name in REPORT_NAMES:
-            if repo_url is not None and (reports / name).is_file():
-                at = o.commit or "HEAD"
-                where = reports.relative_to(repo).as_posix()
-                report_url = f"{repo_url}/blob/{at}/{where}/{name}"
-                break
-        notice = notice_of(
-            event, o.plan, o.verdict, now=now, commit_url=commit_url, report_url=report_url
-        )
-        for channel in spec.notify:
-            if event in channel.on:
-                delivery = _delivery(channel, notice, env, warn)
-                if delivery is not None:
-                    out.append(delivery)
+        commit_url, report_url = _links(repo, repo_url, o)
+        for each in events:
+            notice = notice_of(
+                each,
+                o.plan,
+                o.verdict,
+                now=now,
+                commit_url=commit_url,
+                report_url=report_url,
+                name=o.name,
+            )
+            for channel in spec.notify:
+                if each in channel.on:
+                    delivery = _delivery(channel, notice, env, warn)
+                    if delivery is not None:
+                        out.append(delivery)
     return out
+
+
+def _links(repo: Path, repo_url: str | None, o: ServiceOutcome) -> tuple[str | None, str | None]:
+    """The run's commit and the rollout's latest report on GitHub (None outside Actions)."""
+    from reconciler.state import state_dir
+
+    if repo_url is None or o.plan is None:
+        return None, None
+    commit_url = f"{repo_url}/commit/{o.commit}" if o.commit else None
+    reports = state_dir(repo, o.plan.ref) / "reports"
+    for name in REPORT_NAMES:
+        if (reports / name).is_file():
+            where = reports.relative_to(repo).as_posix()
+            return commit_url, f"{repo_url}/blob/{o.commit or 'HEAD'}/{where}/{name}"
+    return commit_url, None
 
 
 def _repo_url(env: Mapping[str, str]) -> str | None:
@@ -211,6 +236,11 @@ def _repo_url(env: Mapping[str, str]) -> str | None:
     return f"{server.rstrip('/')}/{name}"
 
 
+def _who(notice: Notice) -> str:
+    """`ion-api rollback`: the service as the run names it, and the event."""
+    return f"{notice.name or notice.service} {notice.event}"
+
+
 def _delivery(
     channel: Channel, notice: Notice, env: Mapping[str, str], warn: Callable[[str], None]
 ) -> Delivery | None:
@@ -218,10 +248,10 @@ def _delivery(
     url = env.get(name, "")
     where = f"{channel.kind} (${name})"
     if not url:
-        warn(f"notify: {notice.service} {notice.event}: {where} not sent, ${name} is not set")
+        warn(f"notify: {_who(notice)}: {where} not sent, ${name} is not set")
         return None
     if not url.startswith(("https://", "http://")):
-        warn(f"notify: {notice.service} {notice.event}: {where} not sent, not an http(s) URL")
+        warn(f"notify: {_who(notice)}: {where} not sent, not an http(s) URL")
         return None
     headers = {"Content-Type": "application/json; charset=utf-8"}
     secrets = tuple(secret_parts(url))
@@ -229,7 +259,7 @@ def _delivery(
         key = env.get(channel.secret.env, "")
         if not key:
             warn(
-                f"notify: {notice.service} {notice.event}: {where} not sent, "
+                f"notify: {_who(notice)}: {where} not sent, "
                 f"${channel.secret.env} (its HMAC key) is not set"
             )
             return None
@@ -282,7 +312,7 @@ def send(
                     sent += 1
                     continue
                 warn(
-                    f"notify: {d.notice.service} {d.notice.event}: {d.channel} (${d.env}) "
+                    f"notify: {_who(d.notice)}: {d.channel} (${d.env}) "
                     f"failed: {redact.scrub(error, d.secrets)}"
                 )
             return sent

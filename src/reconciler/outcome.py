@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from reconciler import state as st
 from reconciler.model import Verdict
 from reconciler.plan import ServicePlan
+from reconciler.spec import NoticeEvent
 
 ROLLED_BACK_EXIT = 4
 """A canary was rolled back: the rollback serves AND its record is on the remote."""
@@ -33,6 +34,17 @@ class ServiceOutcome:
     """A rollback was decided but its write did not come to serve (the next run retries)."""
     held: str | None = None
     """Why a change this run decided was not carried out (degraded mode); None otherwise."""
+    label: str = ""
+    """How output names it when not by `service` alone: the run holds the service id in
+    more than one region or project (`model.labels`)."""
+    notices: tuple[NoticeEvent, ...] = ()
+    """Notice events its decision raised beyond what the outcome itself tells (`wave_hold`,
+    see `decide.Decision.notices`)."""
+
+    @property
+    def name(self) -> str:
+        """The service as output names it (`label`, else the service id)."""
+        return self.label or self.service
 
 
 @dataclass(frozen=True)

@@ -147,6 +147,8 @@ class ServiceError:
 
     service: str
     message: str
+    ref: ServiceRef | None = None
+    """The rollout, when its file loaded (output names it among the plan's rollouts)."""
 
 
 @dataclass(frozen=True)
@@ -510,13 +512,26 @@ def _phase(spec: RolloutSpec, rolled_back: bool) -> Phase:
 
 
 def rollback_plan(
-    spec: RolloutSpec, live: LiveService, *, now: datetime, reason: str
+    spec: RolloutSpec,
+    live: LiveService,
+    *,
+    now: datetime,
+    reason: str,
+    region_only: bool = False,
 ) -> ServicePlan:
-    """A manual rollback: 100% to stable at once, and the sticky `rolled_back` edit."""
+    """A manual rollback: 100% to stable at once, and the sticky `rolled_back` edit.
+
+    With `region_only`, one region of a file with waves is rolled back as a failing gate
+    rolls it back (its `rolled_back_regions` entry, `rollback_values`): the others hold.
+    """
     canary = spec.revisions.canary
     after = split_for(spec.revisions.stable, None, 0)
     values: dict[str, Any] = {"canary_percent": 0}
-    if canary is not None:
+    where = ""
+    if canary is not None and region_only and spec.waves is not None:
+        values = rollback_values(spec, canary, now, reason)
+        where = f"{spec.region}: "
+    elif canary is not None:
         values["rolled_back"] = {"revision": canary, "at": format_time(now), "reason": reason}
     live_canary = _live_canary_percent(spec, live)
     return ServicePlan(
@@ -532,6 +547,8 @@ def rollback_plan(
         stable=spec.revisions.stable,
         canary_percent=0,
         edit=SpecEdit(
-            Reason.ROLLBACK, values, f"canary {live_canary}% -> 0% ({canary or 'none'}): {reason}"
+            Reason.ROLLBACK,
+            values,
+            f"{where}canary {live_canary}% -> 0% ({canary or 'none'}): {reason}",
         ),
     )

@@ -35,7 +35,7 @@ from reconciler.gather import gather, live_reads, load_all, measure, region_stat
 from reconciler.gather import ref_of as ref_of
 from reconciler.gather import rollout_files as rollout_files
 from reconciler.loader import load_spec, spec_id_of
-from reconciler.model import LiveService
+from reconciler.model import LiveService, ServiceRef, labels
 from reconciler.model import WindowStats as Window
 from reconciler.outcome import DEGRADED_EXIT as DEGRADED_EXIT
 from reconciler.outcome import ROLLED_BACK_EXIT as ROLLED_BACK_EXIT
@@ -81,7 +81,7 @@ def plan_all(
             continue
         path, spec, loaded, live = g
         if isinstance(live, str):
-            errors.append(ServiceError(spec.service, live))
+            errors.append(ServiceError(spec.service, live, ref_of(spec)))
             continue
         try:
             config = missing_env(spec, os.environ if environ is None else environ)
@@ -98,7 +98,7 @@ def plan_all(
             salvaged = (f"state: {loaded.problem}",) if loaded.problem else ()
             plans.append(replace(d.plan, warnings=(*d.plan.warnings, *salvaged)))
         except PlanError as exc:
-            errors.append(ServiceError(spec.service, str(exc)))
+            errors.append(ServiceError(spec.service, str(exc), ref_of(spec)))
     return Plan(
         created_at=now,
         services=tuple(plans),
@@ -143,7 +143,12 @@ class _Run:
 
     degraded: str | None = None
 
-    def done(self, outcome: ServiceOutcome) -> None:
+    def done(self, outcome: ServiceOutcome, ref: ServiceRef | None = None) -> None:
+        """One service's outcome, named as the run names its rollout (`ref`, or its plan's)."""
+        ref = ref or (outcome.plan.ref if outcome.plan is not None else None)
+        name = self.book.names.get(ref) if ref is not None else None
+        if name is not None and name != outcome.service:
+            outcome = replace(outcome, label=name)
         self.outcomes.append(outcome)
         if self.listener is not None:
             self.listener.finished(outcome, self.degraded is not None)
@@ -217,7 +222,9 @@ class _Run:
         """A service not carried out this run: its observations are recorded all the same."""
         d = t.decision
         self.book.add(write_record(self.ctx, t.run, d, False))
-        return ServiceOutcome(d.service, plan=d.plan, verdict=d.verdict, error=error, held=held)
+        return ServiceOutcome(
+            d.service, plan=d.plan, verdict=d.verdict, error=error, held=held, notices=d.notices
+        )
 
     def _record_late(self, t: Tick) -> None:
         """Write the late record of an earlier write for the run's first commit (before the
@@ -229,7 +236,7 @@ class _Run:
         run.events.clear()
         paths = (st.state_dir(self.ctx.state_root, run.ref), *([run.path] if run.edited else []))
         commit = late_commit(t.decision.held_commit, service, late[0])
-        self.book.add(Record(run.ref.key, paths, commit, late=True))
+        self.book.add(Record(run.ref, paths, commit, late=True))
         run.edited = False
         t.text = run.path.read_bytes()
 
@@ -328,11 +335,9 @@ class _Push:
 
 def _moved(run: _Run, *, committed: bool = False) -> list[str]:
     """Services whose traffic this run changed (with `committed`: and whose record is in one
-    of the run's commits)."""
+    of the run's commits), named as the run's output names them."""
     return [
-        o.service
-        for o in run.outcomes
-        if o.applied and (not committed or _key(o) in run.book.commits)
+        o.name for o in run.outcomes if o.applied and (not committed or _key(o) in run.book.commits)
     ]
 
 
@@ -351,7 +356,8 @@ def _start(
         # A region's list calls start as soon as its specs are parsed, and wait on the API
         # while this thread parses the other files and reads state/.
         specs, load_errors = load_all(files, ctx.shard, reads.seen)
-        run = _Run(ctx, dry_run, dirty, saved_mod.by_service(saved), listener, Book(ctx))
+        book = Book(ctx, labels(ref_of(s) for _, s in specs))
+        run = _Run(ctx, dry_run, dirty, saved_mod.by_service(saved), listener, book)
         if listener is not None:
             listener.started(len(specs) + len(load_errors))
         _unloadable(run, files, load_errors)
@@ -359,7 +365,7 @@ def _start(
             unmoved = _migrate(ctx, files, [s for _, s in specs])
             for _, s in specs:
                 if ref_of(s).key in unmoved:
-                    run.done(ServiceOutcome(s.service, error=unmoved[ref_of(s).key]))
+                    run.done(ServiceOutcome(s.service, error=unmoved[ref_of(s).key]), ref_of(s))
             specs = [(p, s) for p, s in specs if ref_of(s).key not in unmoved]
         reads.finish([s for _, s in specs])
         run.statuses = {ref_of(s).key: _load_status(ctx, s) for _, s in specs}
@@ -368,7 +374,7 @@ def _start(
     for path, spec in specs:
         live = lives[ref_of(spec).key]
         if isinstance(live, str):
-            run.done(ServiceOutcome(spec.service, error=live))
+            run.done(ServiceOutcome(spec.service, error=live), ref_of(spec))
         else:
             items.append((path, spec, live))
     measured = [(s, lv, _status_of(run.statuses[ref_of(s).key])) for _, s, lv in items]
@@ -422,22 +428,23 @@ def _on_pool(
             try:
                 got = future.result()
             except (ReconcileError, PlanError) as exc:
-                run.done(ServiceOutcome(_name_of(futures[future]), error=str(exc)))
+                ref = _ref_of(futures[future])
+                run.done(ServiceOutcome(ref.service, error=str(exc)), ref)
                 continue
             if isinstance(got, ServiceOutcome):
-                run.done(got)
+                run.done(got, _ref_of(futures[future]))
             else:
                 ticks.append(got)
     return ticks
 
 
-def _name_of(item: object) -> str:
+def _ref_of(item: object) -> ServiceRef:
     if isinstance(item, Tick):
-        return item.decision.service
+        return item.decision.plan.ref
     assert isinstance(item, tuple)
     spec = item[1]
     assert isinstance(spec, RolloutSpec)
-    return spec.service
+    return ref_of(spec)
 
 
 def _result(
@@ -451,7 +458,7 @@ def _result(
     book = run.book
     outcomes = sorted(
         (replace(o, commit=book.commits.get(_key(o) or "")) for o in run.outcomes),
-        key=lambda o: o.service,
+        key=lambda o: (o.service, o.name),
     )
     errors = [*book.errors, *([push.error] if push is not None and push.error else [])]
     return RunResult(

@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from reconciler.errors import ReconcileError
 from reconciler.execute import Context, Record, commit_records
+from reconciler.model import ServiceRef
 
 log = logging.getLogger(__name__)
 
@@ -23,6 +24,8 @@ class Book:
     """
 
     ctx: Context
+    names: Mapping[ServiceRef, str] = field(default_factory=dict)
+    """How the run's commits name each rollout (`model.labels` of every rollout of the run)."""
     pending: list[Record] = field(default_factory=list)
     commits: dict[str, str] = field(default_factory=dict)
     """Rollout key (`ServiceRef.key`) -> the sha of the run's commit holding its (latest)
@@ -44,7 +47,7 @@ class Book:
         with self._lock:
             records, self.pending = self.pending, []
         try:
-            sha = commit_records(self.ctx, records)
+            sha = commit_records(self.ctx, records, self.names or None)
         except ReconcileError as exc:
             changed = [r.key for r in records if r.key in moved]
             what = f" (traffic of {', '.join(changed)} was changed; the next run records it)"

@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, Literal
 from reconciler import charts
 from reconciler.analysis import held_reason, promotion_blockers
 from reconciler.errors import ReconcileError
-from reconciler.model import Outcome, ServiceRef, Verdict, WindowStats
+from reconciler.model import Outcome, ServiceRef, Verdict, WindowStats, labels
 from reconciler.plan import Phase
 from reconciler.sidebyside import BaselineRule, Sample, judge_baseline
 from reconciler.spec import Metrics, RolloutSpec, format_duration, format_percent
@@ -848,8 +848,12 @@ def build_report(
     baseline: Baseline | None = None,
     since: timedelta | None = None,
     source: Source | None = None,
+    name: str = "",
 ) -> Report:
     """Build the report of `status.service` (pure: values in, a `Report` out).
+
+    `name` names the rollout in the title when not by its service id alone (the service
+    in several regions or projects, `model.labels`).
 
     `windows`: recorded metric windows (any span; those ending inside the report's span
     count): the charts, and the figures unless `source` carries the provider's answer for
@@ -886,7 +890,7 @@ def build_report(
     if canary_rev:
         revisions = f"canary `{canary_rev}` · " + revisions
     lines = [
-        f"# {status.service}: {title.lower()}",
+        f"# {name or status.service}: {title.lower()}",
         "",
         "| | |",
         "|---|---|",
@@ -1003,7 +1007,6 @@ def generate(
     file (if any) and the latest baseline, ask the rollout file's metrics provider (made by
     `metrics_for`; None: ask none, and say `unasked`) for the span, and build the report.
     Raises `ReportError` when the service has no state yet."""
-    from reconciler.loader import load_spec
     from reconciler.metrics import StatsQuery
     from reconciler.probes import load_baseline
     from reconciler.state import read_events, read_metrics, read_status, state_dir, status_path
@@ -1015,8 +1018,7 @@ def generate(
             f"{status_path(root, ref)}: no state yet for {service} "
             "(nothing reconciled; run `reconcile apply` first)"
         )
-    path = root / "rollout" / f"{service}.yaml"
-    spec = load_spec(path) if path.is_file() else None
+    spec, label = _rollout_of(root, ref)
     events = read_events(root, ref)
     # A final report's span starts at the canary's first event or window: read every
     # recorded month (metrics files are bounded); otherwise read from the span's start.
@@ -1062,7 +1064,25 @@ def generate(
         baseline=baseline,
         since=since,
         source=source,
+        name=label,
     )
+
+
+def _rollout_of(root: Path, ref: ServiceRef) -> tuple[RolloutSpec | None, str]:
+    """The spec of `ref` from the rollout files named after its service (in any folder of
+    rollout/; a file with `waves:` gives its region's), and how the report names it among
+    their rollouts; (None, service id) when no file names it."""
+    from reconciler.loader import find_rollout_files, load_spec
+    from reconciler.waves import expand
+
+    folder = root / "rollout"
+    files = (
+        [p for p in find_rollout_files(folder) if p.stem == ref.service] if folder.is_dir() else []
+    )
+    specs = [s for path in files for s in expand(load_spec(path))]
+    refs = [ServiceRef(s.project, s.region, s.service) for s in specs]
+    spec = next((s for s, r in zip(specs, refs, strict=True) if r == ref), None)
+    return spec, labels([*refs, ref])[ref]
 
 
 def save(root: Path, ref: ServiceRef, report: Report) -> Path:

@@ -131,4 +131,5 @@ def carry_and_record(
         events=(*run.events, *d.events, *(d.done if applied else ())),
         verdict=d.verdict,
         rollback_failed=d.rollback and not rolled_back,
+        notices=d.notices,
     )

@@ -550,8 +550,15 @@ class RolledBack(_Model):
 
 
 # --- notifications ------------------------------------------------------------------------
-NoticeEvent = Literal["rollback", "block", "hold", "advance", "finalize"]
-NOTICE_EVENTS: tuple[NoticeEvent, ...] = ("rollback", "block", "hold", "advance", "finalize")
+NoticeEvent = Literal["rollback", "block", "hold", "advance", "finalize", "wave_hold"]
+NOTICE_EVENTS: tuple[NoticeEvent, ...] = (
+    "rollback",
+    "block",
+    "hold",
+    "advance",
+    "finalize",
+    "wave_hold",
+)
 
 
 class _Channel(_Model):
@@ -656,7 +663,7 @@ class RolloutSpec(_Model):
     notify: list[Channel] = Field(
         default_factory=list,
         json_schema_extra={"default": []},
-        description="Where to send rollbacks, blocks, holds, advances, finalizes.",
+        description="Where to send rollbacks, blocks, holds, advances, finalizes and wave holds.",
     )
     reports: Reports = Reports()
     force: bool = Field(

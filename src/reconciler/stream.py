@@ -25,6 +25,7 @@ from google.api_core.exceptions import GoogleAPICallError
 
 from reconciler.errors import ReconcileError
 from reconciler.lease import Lease, LeaseError, holder_id
+from reconciler.model import ServiceRef, labels
 from reconciler.reconcile import ROLLED_BACK_EXIT, Context, ServiceOutcome, rollout_files
 from reconciler.sequential import (
     DEFAULT_ALPHA,
@@ -59,6 +60,11 @@ class Canary:
     canary: str
     gates: Gates
 
+    @property
+    def ref(self) -> ServiceRef:
+        """The rollout's identity (the same service id in two regions is two canaries)."""
+        return ServiceRef(self.project, self.region, self.service)
+
 
 @dataclass(frozen=True)
 class Outcome:
@@ -88,27 +94,36 @@ class LogSource(Protocol):
 
 
 def live_canaries(repo: Path, patterns: Sequence[str] = ()) -> tuple[list[Canary], list[str]]:
-    """Canaries with traffic per the rollout files (not rolled back), and one error line per
-    file that does not load (it is skipped, never guessed at)."""
+    """Canaries with traffic per the rollout files (not rolled back), one per region of a
+    file with `waves:` (each judged on its own region's request logs), and one error line
+    per file that does not load (it is skipped, never guessed at)."""
     from reconciler.loader import SpecError, load_spec
     from reconciler.plan import is_rolled_back
+    from reconciler.waves import expand
 
     found: list[Canary] = []
     errors: list[str] = []
     for path in rollout_files(repo / "rollout", patterns):
         try:
-            spec = load_spec(path)
+            whole = load_spec(path)
         except SpecError as exc:
             errors.append(str(exc))
             continue
-        canary = spec.revisions.canary
-        if canary is None or spec.canary_percent == 0 or is_rolled_back(spec):
+        canary = whole.revisions.canary
+        if canary is None or whole.canary_percent == 0:
             continue
-        found.append(
+        found += [
             Canary(
-                spec.service, spec.project, spec.region, spec.revisions.stable, canary, spec.gates
+                spec.service,
+                spec.project,
+                spec.region,
+                spec.revisions.stable,
+                canary,
+                spec.gates,
             )
-        )
+            for spec in expand(whole)
+            if not is_rolled_back(spec)
+        ]
     return found, errors
 
 
@@ -124,15 +139,16 @@ def request_filter(canaries: Sequence[Canary]) -> tuple[list[str], str]:
     )
 
 
-def roll_back(ctx: Context, service: str, reason: str) -> bool:
+def roll_back(ctx: Context, canary: Canary, reason: str) -> bool:
     """The operator's rollback path, as `reconcile rollback --force` runs it: the traffic
     write and its local record first, then the `notify:` notice (sent on its own thread, so
     it never delays this or another rollback), then the push of every commit the remote lacks
-    (a failed push raises and is retried). True when it rolled back now, False when it was
-    rolled back already."""
+    (a failed push raises and is retried). A region of a file with `waves:` is rolled back
+    alone, as its failing gates would (the other regions hold). True when it rolled back now,
+    False when it was rolled back already."""
     from reconciler import manual
 
-    outcome = manual.roll_back_now(ctx, service, reason)
+    outcome = manual.roll_back_now(ctx, canary.service, reason, canary.region)
     if outcome.rolled_back:
         _notify(ctx, outcome)
     manual.publish(ctx, outcome)
@@ -167,6 +183,7 @@ class StreamResult:
     """How a streaming watch ended."""
 
     rollbacks: list[str] = field(default_factory=list)
+    """The rollouts rolled back, as the lines name them (a region with its service)."""
     stopped_by: str = "duration"
 
     @property
@@ -188,7 +205,7 @@ class Controller:
         restart: timedelta = DEFAULT_RESTART,
         refresh: timedelta = timedelta(seconds=30),
         report: Callable[[str], None] = lambda _line: None,
-        rollback: Callable[[Context, str, str], bool] = roll_back,
+        rollback: Callable[[Context, Canary, str], bool] = roll_back,
         lease: Lease | None = None,
     ) -> None:
         self.ctx = ctx
@@ -201,11 +218,14 @@ class Controller:
         self.rollback = rollback
         self.result = StreamResult()
         self._canaries: dict[str, Canary] = {}
+        """The live canaries by rollout identity (`ServiceRef.key`)."""
+        self._names: dict[ServiceRef, str] = {}
+        """How lines name each canary's rollout (`model.labels`)."""
         self._evidence: dict[tuple[str, str], Evidence] = {}
-        self._pending: dict[str, str] = {}
-        """Services whose rollback (or its recording) failed: service -> reason, retried."""
+        self._pending: dict[str, tuple[Canary, str]] = {}
+        """Rollouts whose rollback (or its recording) failed: key -> (canary, reason), retried."""
         self._done: set[tuple[str, str]] = set()
-        """(service, canary) pairs judged FAIL whose rollback is not in the rollout file yet."""
+        """(rollout key, canary) pairs judged FAIL whose rollback is not in the file yet."""
         self._git = threading.Lock()
         self._session: Session | None = None
         self._cancelled = False
@@ -330,21 +350,27 @@ class Controller:
             for line in errors:
                 self.report(line)
             self._errors = errors
-        fresh = {c.service: c for c in found if (c.service, c.canary) not in self._done}
+        fresh = {c.ref.key: c for c in found if (c.ref.key, c.canary) not in self._done}
         changed = fresh != self._canaries
         self._canaries = fresh
-        live = {(c.service, c.canary) for c in fresh.values()}
+        # Named among every canary of the rollout files, so a region keeps its name while
+        # another region's rollback takes that one out of the stream.
+        self._names = {**self._names, **labels(c.ref for c in found)}
+        live = {(c.ref.key, c.canary) for c in fresh.values()}
         self._evidence = {k: v for k, v in self._evidence.items() if k in live}
         return changed
 
+    def _name(self, canary: Canary) -> str:
+        return self._names.get(canary.ref, canary.service)
+
     def _describe(self) -> str:
-        return ", ".join(f"{c.service} ({c.canary})" for c in self._canaries.values())
+        return ", ".join(f"{self._name(c)} ({c.canary})" for c in self._canaries.values())
 
     # --- judging -------------------------------------------------------------------------------
     def _judge(self, batch: Sequence[Outcome]) -> None:
         now = self.ctx.clock()
         for canary, (c, s) in tally(batch, list(self._canaries.values())).items():
-            key = (canary.service, canary.canary)
+            key = (canary.ref.key, canary.canary)
             if key in self._done:
                 continue
             ev = observe(self._evidence.get(key, Evidence()), c, s, now, restart=self.restart)
@@ -352,31 +378,32 @@ class Controller:
             verdict = judge_stream(ev, canary.gates, self.alpha)
             if verdict.fail:
                 self._done.add(key)
-                self._canaries.pop(canary.service, None)
-                self._roll_back(canary.service, f"stream: {verdict.reason}")
+                self._canaries.pop(canary.ref.key, None)
+                self._roll_back(canary, f"stream: {verdict.reason}")
 
-    def _roll_back(self, service: str, reason: str) -> None:
+    def _roll_back(self, canary: Canary, reason: str) -> None:
+        key, name = canary.ref.key, self._name(canary)
         with self._git:
             try:
-                done = self.rollback(self.ctx, service, reason)
+                done = self.rollback(self.ctx, canary, reason)
             except ReconcileError as exc:
-                self._pending[service] = reason
-                self.report(f"{service} rollback incomplete, retrying: {exc}")
+                self._pending[key] = (canary, reason)
+                self.report(f"{name} rollback incomplete, retrying: {exc}")
                 return
             # The rollout file now says rolled back, which keeps the canary out of the stream;
             # a human who deletes the block retries it, and the stream watches it again.
-            self._done = {k for k in self._done if k[0] != service}
+            self._done = {k for k in self._done if k[0] != key}
         # A retry finds the traffic already on stable: the first attempt rolled it back.
-        done = done or service in self._pending
-        self._pending.pop(service, None)
-        if done and service not in self.result.rollbacks:
-            self.result.rollbacks.append(service)
+        done = done or key in self._pending
+        self._pending.pop(key, None)
+        if done and name not in self.result.rollbacks:
+            self.result.rollbacks.append(name)
         at = self.ctx.clock().strftime("%Y-%m-%dT%H:%M:%SZ")
-        self.report(f"[{at}] {service} ROLLED BACK: {reason}")
+        self.report(f"[{at}] {name} ROLLED BACK: {reason}")
 
     def _retry(self) -> None:
-        for service, reason in list(self._pending.items()):
-            self._roll_back(service, reason)
+        for canary, reason in list(self._pending.values()):
+            self._roll_back(canary, reason)
 
 
 def watch_stream(

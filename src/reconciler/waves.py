@@ -99,6 +99,23 @@ def region_state(
     )
 
 
+def hold_teller(spec: RolloutSpec) -> str | None:
+    """The one region that tells of the file's hold (its `wave_hold` notice), so a hold is
+    told once, not by every region holding: the first region, wave by wave, not rolled back
+    itself. None when nothing holds (no region rolled back) or every region was."""
+    if spec.waves is None:
+        return None
+    canary = spec.revisions.canary
+    rolled = {
+        region
+        for region, entry in spec.rolled_back_regions.items()
+        if canary is not None and entry.revision == canary
+    }
+    if not rolled:
+        return None
+    return next((r for r in _regions(waves_of(spec)) if r not in rolled), None)
+
+
 def baked(spec: RolloutSpec, stage: int, passing_since: datetime | None, now: datetime) -> bool:
     """Whether a canary ready to promote at `stage` since `passing_since` has baked."""
     return stage > 0 and passing_since is not None and now - passing_since >= spec.bake

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+from dataclasses import replace
 from datetime import UTC, datetime
 
 import pytest
@@ -18,6 +19,7 @@ from reconciler.notices import (
     notice_of,
     signature,
     slack_body,
+    title,
     verify,
     webhook_body,
 )
@@ -152,3 +154,18 @@ def test_webhook_secrets_are_scrubbed_in_every_encoding() -> None:
     out = redact.scrub(text, [*secret_parts(url), "k&y-hmac-key"])
     assert "s3cr3t" not in out and "k&y" not in out
     assert out.startswith(f"failed for url '{redact.REDACTED}'")
+
+
+def test_a_wave_hold_names_the_file_s_service_and_says_which_region_holds_it() -> None:
+    hold = (
+        "HOLD: europe-west1 rolled back (error_rate 7.1% > 5%); no region takes a new stage "
+        "until an operator acts (reconcile retry ion-api, a new canary, or reconcile rollback)"
+    )
+    sp = replace(plan(10, 10, Reason.NONE), hold=hold)
+    notice = notice_of("wave_hold", sp, None, now=NOW, name="ion-api (us-central1)")
+    # The hold is the whole file's (told by one region): named by the service id alone.
+    assert title(notice) == f"ion-api held in every region: canary {C}"
+    assert notice.summary.startswith("europe-west1 rolled back (error_rate 7.1% > 5%)")
+    body = json.loads(webhook_body(notice))
+    assert body["event"] == "wave_hold" and body["region"] == "us-central1"
+    assert "europe-west1 rolled back" in json.loads(slack_body(notice))["text"]

@@ -31,6 +31,11 @@ class Outcome_:
     commit: str | None = None
     verdict: Verdict | None = None
     held: str | None = None
+    label: str = ""
+
+    @property
+    def name(self) -> str:
+        return self.label or self.service
 
 
 @dataclass(frozen=True)

@@ -444,3 +444,40 @@ def test_the_pull_request_comment_names_each_region_s_wave() -> None:
 def test_waves_refuse_a_metrics_provider_that_cannot_tell_regions_apart() -> None:
     with pytest.raises(ValueError, match="prometheus queries cannot tell the regions"):
         make_spec(metrics={"provider": "prometheus", "url": "http://prometheus:9090"})
+
+
+# --- the wave hold's own notice ------------------------------------------------------------------
+HOLD_NOTICES = [
+    # id, file overrides, region, its last record's spec id -> notices of its decision
+    ("the-first-region-holding-tells-it", rolled(ASIA), US, None, ("wave_hold",)),
+    ("told-under-a-new-file-version", rolled(ASIA), US, "old", ("wave_hold",)),
+    ("not-again-once-recorded-under-this-version", rolled(ASIA), US, "v2", ()),
+    ("another-holding-region-stays-quiet", rolled(ASIA), EU, None, ()),
+    ("the-rolled-back-region-does-not-tell-it", rolled(ASIA), ASIA, None, ()),
+    ("a-rolled-back-lead-passes-it-to-the-next-region", rolled(US), EU, None, ("wave_hold",)),
+    ("no-hold-no-notice", {}, US, None, ()),
+    ("a-stale-entry-holds-nothing", rolled(ASIA, OLD), US, None, ()),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("over", "region", "recorded", "want"),
+    [c[1:] for c in HOLD_NOTICES],
+    ids=[c[0] for c in HOLD_NOTICES],
+)
+def test_a_wave_hold_is_told_once_by_one_region(
+    over: dict[str, Any], region: str, recorded: str | None, want: tuple[str, ...]
+) -> None:
+    spec = region_spec(region, **over)
+    stage = 0 if is_rolled_back(spec) else 5
+    last = status(region, stage, spec_id=recorded) if recorded else None
+    others = {r: status(r, 0 if r in spec.rolled_back_regions else 5) for r in (US, EU, ASIA)}
+    d = decide(
+        spec,
+        last,
+        live(region, stage, tagged=stage > 0),
+        now=NOW,
+        spec_id="v2",
+        regions={r: st for r, st in others.items() if r != region},
+    )
+    assert d.notices == want

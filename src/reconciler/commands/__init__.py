@@ -86,31 +86,47 @@ def rollout_for(app: App, service: str) -> RolloutSpec:
     return load_spec(path)
 
 
-def state_ref_for(app: App, service: str) -> ServiceRef:
-    """The rollout identity of SERVICE for commands that read its state folder: from its
-    rollout file when there is one, else the one state folder naming it; one line when the
-    id is unknown or names rollouts in several regions or projects."""
+def state_refs_for(
+    app: App, service: str, *, region: str | None = None, project: str | None = None
+) -> list[ServiceRef]:
+    """The rollout identities of SERVICE for commands that read its state folders: from its
+    rollout files (in any folder of rollout/, every region of a file with `waves:`), else the
+    state folders naming it; only those in `region` and `project` when given. One line when
+    the id is unknown or none is left."""
     import re
 
+    from reconciler.loader import find_rollout_files, load_spec
     from reconciler.model import ServiceRef
     from reconciler.spec import SERVICE_RE
     from reconciler.state import state_refs
+    from reconciler.waves import expand
 
     if not re.fullmatch(SERVICE_RE, service):
         raise ReconcileError(f"{service!r} is not a valid Cloud Run service id")
-    if (app.rollout_dir / f"{service}.yaml").is_file():
-        spec = rollout_for(app, service)
-        return ServiceRef(spec.project, spec.region, spec.service)
-    found = [r for r in state_refs(app.repo) if r.service == service]
-    if len(found) == 1:
-        return found[0]
+    files = find_rollout_files(app.rollout_dir) if app.rollout_dir.is_dir() else []
+    found = [
+        ServiceRef(s.project, s.region, s.service)
+        for path in files
+        if path.stem == service
+        for s in expand(load_spec(path))
+    ]
+    if not found:
+        found = [r for r in state_refs(app.repo) if r.service == service]
     if not found:
         raise ReconcileError(
             f"{app.state_dir / '*' / '*' / service / 'status.yaml'}: no state yet for {service} "
             "(nothing reconciled; run `reconcile apply` first)"
         )
-    names = ", ".join(r.key for r in found)
-    raise ReconcileError(f"{service}: state of several rollouts ({names}); one region at a time")
+    chosen = [
+        r
+        for r in found
+        if (region is None or r.region == region) and (project is None or r.project == project)
+    ]
+    if not chosen:
+        where = " ".join(f"{k} {v}" for k, v in (("project", project), ("region", region)) if v)
+        names = ", ".join(r.key for r in found)
+        raise ReconcileError(f"{service}: no rollout in {where} (its rollouts: {names})")
+    return sorted(set(chosen))
 
 
 def parse_interval(ctx: click.Context, param: click.Parameter, value: str | None) -> object:

@@ -14,7 +14,7 @@ from reconciler.commands import (
     parse_span,
     pass_app,
     service_option,
-    state_ref_for,
+    state_refs_for,
 )
 from reconciler.errors import ReconcileError
 
@@ -121,6 +121,12 @@ def watch(
     is_flag=True,
     help="Ask no metrics provider: figures from the windows recorded in state/ only.",
 )
+@click.option(
+    "--region",
+    metavar="REGION",
+    help="Only the rollout in REGION (a file with waves, or the service in several regions).",
+)
+@click.option("--project", metavar="PROJECT", help="Only the rollout in PROJECT.")
 @pass_app
 def report(
     app: App,
@@ -130,6 +136,8 @@ def report(
     out: Path | None,
     to_stdout: bool,
     offline: bool,
+    region: str | None,
+    project: str | None,
 ) -> None:
     """Write a stage report of SERVICE (markdown that renders on GitHub).
 
@@ -145,40 +153,59 @@ def report(
     final report). Saved as state/PROJECT/REGION/SERVICE/reports/<kind>-<UTC time>.md and
     <kind>-latest.md.
 
+    A service in several regions (a rollout file with `waves:`, or one file per region) gets
+    one report per region, each in its own state folder; --region (and --project) picks one,
+    which --stdout and --out need.
+
     \b
     Example:
       reconcile report ion-api --kind interim
       reconcile report ion-api --kind final --stdout
       reconcile report ion-api --since 6h --out /tmp/ion-api.md
+      reconcile report ion-api --region europe-west1 --stdout
     """
     from reconciler.metrics import provider_for
+    from reconciler.model import labels
     from reconciler.report import generate, save, source_text
     from reconciler.runtime import utc_now
     from reconciler.state import atomic_write_text
 
-    ref = state_ref_for(app, service)
-    made = generate(
-        app.repo,
-        ref,
-        "final" if kind == "final" else "interim",
-        now=utc_now(),
-        since=since,
-        metrics_for=None if offline else provider_for,
-    )
+    refs = state_refs_for(app, service, region=region, project=project)
+    if len(refs) > 1 and (to_stdout or out is not None):
+        keys = ", ".join(r.key for r in refs)
+        flag = "--stdout" if to_stdout else "--out"
+        raise ReconcileError(
+            f"{service}: {len(refs)} rollouts ({keys}); {flag} takes one: name it with --region"
+        )
+    if out is not None and not out.parent.is_dir():
+        raise ReconcileError(f"{out}: no such directory {out.parent}")
+    now = utc_now()
+    # Every report is made before any is written: one that cannot be made writes none.
+    made = [
+        generate(
+            app.repo,
+            ref,
+            "final" if kind == "final" else "interim",
+            now=now,
+            since=since,
+            metrics_for=None if offline else provider_for,
+        )
+        for ref in refs
+    ]
     if to_stdout:
-        click.echo(made.markdown, nl=False)
+        click.echo(made[0].markdown, nl=False)
         return
-    if out is not None:
-        if not out.parent.is_dir():
-            raise ReconcileError(f"{out}: no such directory {out.parent}")
-        try:
-            atomic_write_text(out, made.markdown)
-        except OSError as exc:
-            raise ReconcileError(f"{out}: cannot write the report: {exc.strerror}") from None
-        path = out
-    else:
-        path = save(app.repo, ref, made)
-    decision = made.decision
-    click.echo(f"{service}: {kind} report written to {path}")
-    click.echo(f"decision: {decision.action.value} ({'; '.join(decision.reasons)})")
-    click.echo(f"figures: {source_text(made.source)}")
+    names = labels(refs)
+    for ref, one in zip(refs, made, strict=True):
+        if out is not None:
+            try:
+                atomic_write_text(out, one.markdown)
+            except OSError as exc:
+                raise ReconcileError(f"{out}: cannot write the report: {exc.strerror}") from None
+            path = out
+        else:
+            path = save(app.repo, ref, one)
+        decision = one.decision
+        click.echo(f"{names[ref]}: {kind} report written to {path}")
+        click.echo(f"decision: {decision.action.value} ({'; '.join(decision.reasons)})")
+        click.echo(f"figures: {source_text(one.source)}")

@@ -26,10 +26,12 @@ def _commit(sha: str | None) -> str:
 def outcome_lines(o: ServiceOutcome, *, color: bool = False, mark: str = "") -> list[Line]:
     """The lines of one service's outcome: applied, rolled back, held, blocked, in sync or
     error. `mark` ends every line (degraded mode)."""
+    name = o.name
     if o.error:
-        # An error that already names its service (or its file) is not prefixed.
-        named = o.service in o.error.split(":", 1)[0]
-        text = o.error if named else f"{o.service}: {o.error}"
+        # An error that already names its service (or its file) is not prefixed; one of a
+        # service the run holds in several regions is, unless it names it as the run does.
+        named = name in o.error.split(":", 1)[0]
+        text = o.error if named else f"{name}: {o.error}"
         return [Line(f"{paint('error:', 'bad', color)} {text}{mark}", err=True)]
     sp = o.plan
     if sp is None:
@@ -37,20 +39,20 @@ def outcome_lines(o: ServiceOutcome, *, color: bool = False, mark: str = "") -> 
     if o.rolled_back:
         head = paint("ROLLED BACK", "bad", color)
         what = sp.edit.summary if sp.edit else ""
-        lines = [Line(f"{head} {o.service}: {what}{_commit(o.commit)}{mark}")]
+        lines = [Line(f"{head} {name}: {what}{_commit(o.commit)}{mark}")]
     elif o.applied:
         change = f"{sp.before.describe()} -> {sp.after.describe()}"
         head = paint("applied", "change", color)
-        lines = [Line(f"{head} {o.service}: {sp.reason.value}, {change}{_commit(o.commit)}{mark}")]
+        lines = [Line(f"{head} {name}: {sp.reason.value}, {change}{_commit(o.commit)}{mark}")]
     elif o.held:
-        lines = [Line(f"{paint('held', 'bad', color)} {o.service}: {o.held}{mark}", err=True)]
+        lines = [Line(f"{paint('held', 'bad', color)} {name}: {o.held}{mark}", err=True)]
     elif sp.blocked:
-        text = f"{paint('blocked', 'bad', color)} {o.service}: {sp.blocked}{mark}"
+        text = f"{paint('blocked', 'bad', color)} {name}: {sp.blocked}{mark}"
         lines = [Line(text, err=True)]
     else:
         verdict = f", verdict {verdict_summary(o.verdict)}" if o.verdict else ""
         ok = paint("ok", "good", color)
-        lines = [Line(f"{ok} {o.service}: in sync ({sp.before.describe()}){verdict}{mark}")]
+        lines = [Line(f"{ok} {name}: in sync ({sp.before.describe()}){verdict}{mark}")]
     return lines + [Line(f"  {note}") for note in (*sp.notes, *sp.warnings)]
 
 
@@ -86,7 +88,7 @@ def closing_lines(result: RunResult, *, dry_run: bool = False, color: bool = Fal
     if not result.recorded:
         for o in result.outcomes:
             if o.rolled_back:
-                text = f"{o.service}: the rollback is NOT yet recorded on the remote"
+                text = f"{o.name}: the rollback is NOT yet recorded on the remote"
                 lines.append(Line(f"{paint('warning:', 'bad', color)} {text}", err=True))
     if result.degraded:
         text = f"{result.degraded}; only rollbacks were applied"

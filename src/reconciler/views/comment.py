@@ -9,9 +9,17 @@ fold into one `<details>`, with their coverage.
 
 from __future__ import annotations
 
-from reconciler.model import Coverage, GateResult, Outcome, Verdict
+from collections.abc import Mapping
+
+from reconciler.model import Coverage, GateResult, Outcome, ServiceRef, Verdict
 from reconciler.plan import Plan, Reason, ServicePlan, coverage_note
-from reconciler.views.plan import gcloud_command, summary_line, verdict_summary
+from reconciler.views.plan import (
+    error_name,
+    gcloud_command,
+    plan_names,
+    summary_line,
+    verdict_summary,
+)
 from reconciler.views.units import gate_limit, gate_value
 
 MARKER = "<!-- reconcile-plan -->"
@@ -65,18 +73,21 @@ def plan_markdown(plan: Plan) -> str:
     if plan.offline:
         out += [OFFLINE_NOTE, ""]
     out += [f"**{summary_line(plan)}**", ""]
+    # The same service id in several regions or projects is named with them (`labels`).
+    names = plan_names(plan)
     for err in plan.errors:
-        out += [f"#### ❌ {_code(err.service)}: error", "", f"> {_cell(err.message)}", ""]
+        name = error_name(err, names)
+        out += [f"#### ❌ {_code(name)}: error", "", f"> {_cell(err.message)}", ""]
     shown = sorted((sp for sp in plan.services if _attention(sp)), key=_rank)
     for sp in shown:
-        out += _service(sp)
+        out += _service(sp, names[sp.ref])
     folded = [sp for sp in plan.services if not _attention(sp)]
     if folded:
-        out += _unchanged(folded)
+        out += _unchanged(folded, names)
     return "\n".join(out).rstrip() + "\n"
 
 
-def _title(sp: ServicePlan) -> str:
+def _title(sp: ServicePlan, name: str) -> str:
     if sp.blocked:
         icon, what = "⛔", f"blocked ({sp.reason.value})"
     elif sp.reason is Reason.ROLLBACK:
@@ -91,12 +102,12 @@ def _title(sp: ServicePlan) -> str:
     if sp.canary:
         before, after = sp.before.percent_of(sp.canary), sp.canary_percent_after
         move = f", canary {before}% → {after}%" if before != after else f", canary {after}%"
-    return f"#### {icon} {_code(sp.ref.service)}: {what}{move}"
+    return f"#### {icon} {_code(name)}: {what}{move}"
 
 
-def _service(sp: ServicePlan) -> list[str]:
+def _service(sp: ServicePlan, name: str) -> list[str]:
     out = [
-        _title(sp),
+        _title(sp, name),
         "",
         f"{_code(sp.ref.project)} / {_code(sp.ref.region)}"
         + (f" · wave {sp.wave} of {len(sp.waves)}" if sp.wave else "")
@@ -158,8 +169,8 @@ def _gate_row(g: GateResult) -> str:
     )
 
 
-def _unchanged(plans: list[ServicePlan]) -> list[str]:
-    names = ", ".join(f"<code>{sp.ref.service}</code>" for sp in plans[:_NAMES_SHOWN])
+def _unchanged(plans: list[ServicePlan], named: Mapping[ServiceRef, str]) -> list[str]:
+    names = ", ".join(f"<code>{named[sp.ref]}</code>" for sp in plans[:_NAMES_SHOWN])
     if len(plans) > _NAMES_SHOWN:
         names += f" and {len(plans) - _NAMES_SHOWN} more"
     out = [
@@ -174,7 +185,7 @@ def _unchanged(plans: list[ServicePlan]) -> list[str]:
         kept = [n for n in sp.notes if sp.coverage is None or n != coverage_note(sp.coverage)]
         notes = "".join(f"; {n}" for n in kept)
         out.append(
-            f"| {_code(sp.ref.service)} | {sp.phase.value} | {sp.canary_percent}% "
+            f"| {_code(named[sp.ref])} | {sp.phase.value} | {sp.canary_percent}% "
             f"| {_cell(verdict + notes)} | {coverage_text(sp.coverage)} |"
         )
     out += ["", "</details>", ""]

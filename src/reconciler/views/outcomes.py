@@ -32,6 +32,11 @@ class ServiceOutcome(Protocol):
     def verdict(self) -> Verdict | None: ...
     @property
     def held(self) -> str | None: ...
+    @property
+    def name(self) -> str:
+        """The service as output names it: its id, or with its region or project when the run
+        holds the id more than once (`model.labels`)."""
+        ...
 
 
 class RunResult(Protocol):

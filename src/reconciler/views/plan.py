@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import shlex
+from collections.abc import Mapping
 from dataclasses import replace
 from datetime import datetime
 from typing import Any
@@ -19,6 +20,7 @@ from reconciler.model import (
     Target,
     TrafficSplit,
     Verdict,
+    labels,
     verdict_from_data,
     verdict_to_data,
 )
@@ -171,6 +173,17 @@ def _grouped(services: tuple[ServicePlan, ...]) -> list[list[ServicePlan]]:
     return list(groups.values())
 
 
+def plan_names(plan: Plan) -> dict[ServiceRef, str]:
+    """How a plan's views name its rollouts (`model.labels`), errors included."""
+    refs = [sp.ref for sp in plan.services] + [e.ref for e in plan.errors if e.ref is not None]
+    return labels(refs)
+
+
+def error_name(err: ServiceError, names: Mapping[ServiceRef, str]) -> str:
+    """An error's service as the plan's views name it (`plan_names`)."""
+    return names.get(err.ref, err.service) if err.ref is not None else err.service
+
+
 def plan_text(plan: Plan, *, color: bool = False) -> str:
     """Terminal form, like `terraform plan` (ANSI colour when `color`); the regions of a
     rollout file with `waves:` are drawn as its waves (`waves_text`)."""
@@ -184,8 +197,9 @@ def plan_text(plan: Plan, *, color: bool = False) -> str:
             for sp in group:
                 lines += service_text(sp, color=color)
         lines.append("")
+    names = plan_names(plan)
     for err in plan.errors:
-        lines.append(f"{paint('x', 'bad', color)} {err.service}: {err.message}")
+        lines.append(f"{paint('x', 'bad', color)} {error_name(err, names)}: {err.message}")
         lines.append("")
     lines.append(summary_line(plan))
     return "\n".join(lines) + "\n"
@@ -255,8 +269,13 @@ def plan_dict(plan: Plan) -> dict[str, Any]:
         "offline": plan.offline,
         "has_changes": plan.has_changes,
         "services": [service_plan_dict(sp) for sp in plan.services],
-        "errors": [{"service": e.service, "message": e.message} for e in plan.errors],
+        "errors": [_error_dict(e) for e in plan.errors],
     }
+
+
+def _error_dict(e: ServiceError) -> dict[str, Any]:
+    where = {"project": e.ref.project, "region": e.ref.region} if e.ref is not None else {}
+    return {"service": e.service, **where, "message": e.message}
 
 
 def plan_json(plan: Plan) -> str:
@@ -331,7 +350,14 @@ def plan_from_json(text: str) -> Plan:
         return Plan(
             created_at=datetime.fromisoformat(d["created_at"]),
             services=tuple(services),
-            errors=tuple(ServiceError(e["service"], e["message"]) for e in d["errors"]),
+            errors=tuple(
+                ServiceError(
+                    e["service"],
+                    e["message"],
+                    ServiceRef(e["project"], e["region"], e["service"]) if "region" in e else None,
+                )
+                for e in d["errors"]
+            ),
             offline=bool(d["offline"]),
         )
     except PlanFileError:

@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 import textwrap
 
-from reconciler.model import TrafficSplit
+from reconciler.model import TrafficSplit, labels
 from reconciler.plan import ServiceError, ServicePlan
-from reconciler.views.plan import service_plan_dict
+from reconciler.views.plan import error_name, service_plan_dict
 from reconciler.views.style import paint, truncate
 
 # The narrowest the SERVICE and LIVE columns get before the table stops shrinking them.
@@ -25,11 +25,12 @@ def _sync(sp: ServicePlan) -> str:
     return "drift" if sp.drift else "pending"
 
 
-def _name(sp: ServicePlan) -> str:
-    """The SERVICE cell: a region of a file with waves says which region and wave it is."""
+def _name(sp: ServicePlan, name: str) -> str:
+    """The SERVICE cell: a region of a file with waves says which region and wave it is;
+    another rollout is named as `model.labels` names it among the rows."""
     if sp.wave:
         return f"{sp.ref.service} {sp.ref.region} (wave {sp.wave})"
-    return sp.ref.service
+    return name
 
 
 def _short(split: TrafficSplit) -> str:
@@ -51,11 +52,12 @@ def status_text(
     whole (output to a file or a pipe).
     """
     live = [sp.before.describe() for sp in plans]
+    named = labels([sp.ref for sp in plans] + [e.ref for e in errors if e.ref is not None])
     rows = [
-        [_name(sp), sp.phase.value, f"{sp.canary_percent}%", text, _sync(sp)]
+        [_name(sp, named[sp.ref]), sp.phase.value, f"{sp.canary_percent}%", text, _sync(sp)]
         for sp, text in zip(plans, live, strict=True)
     ]
-    names = [r[0] for r in rows] + [e.service for e in errors]
+    names = [r[0] for r in rows] + [error_name(e, named) for e in errors]
 
     def widths() -> list[int]:
         heads = ["SERVICE", "PHASE", "CANARY", "LIVE", "SYNC"]
@@ -98,7 +100,7 @@ def status_text(
         if sp.blocked:
             lines += note(f"blocked: {sp.blocked}")
     for e in errors:
-        name = f"{truncate(e.service, w[0]):<{w[0]}}  "
+        name = f"{truncate(error_name(e, named), w[0]):<{w[0]}}  "
         lines += note(f"{paint('error:', 'bad', color)} {e.message}", first=name)
     return "\n".join(lines) + "\n"
 

@@ -10,18 +10,19 @@ from reconciler.views.outcomes import RunResult, ServiceOutcome
 
 def describe(o: ServiceOutcome) -> str:
     """`ion-api 5% PASS` / `ion-api ROLLED BACK: error_rate 7.1% > 5%` / `payments error: ...`."""
+    name = o.name
     if o.error:
-        return f"{o.service} error: {o.error}"
+        return f"{name} error: {o.error}"
     sp = o.plan
     if sp is None:
-        return o.service
+        return name
     live = sp.after if o.applied else sp.before
     pct = live.percent_of(sp.canary) if sp.canary else 0
     if o.rolled_back:
         why = "; ".join(o.verdict.failures) if o.verdict else (sp.edit.summary if sp.edit else "")
-        return f"{o.service} ROLLED BACK: {why}"
+        return f"{name} ROLLED BACK: {why}"
     verdict = o.verdict.outcome.value if o.verdict else "-"
-    text = f"{o.service} {pct}% {verdict}"
+    text = f"{name} {pct}% {verdict}"
     if o.applied:
         text += f" ({sp.reason.value}: {sp.before.describe()} -> {sp.after.describe()})"
     elif o.held:
@@ -33,7 +34,7 @@ def describe(o: ServiceOutcome) -> str:
 
 def _news(o: ServiceOutcome, text: str, seen: Mapping[str, str]) -> bool:
     # A write or an error is always news; a steady state only when it differs from last tick.
-    return o.applied or o.rolled_back or bool(o.error) or seen.get(o.service) != text
+    return o.applied or o.rolled_back or bool(o.error) or seen.get(o.name) != text
 
 
 def tick_lines(
@@ -46,8 +47,9 @@ def tick_lines(
     """
     # Degraded mode is said on every service's line, not once: each one was held.
     mark = " [degraded: rollbacks only]" if result.degraded else ""
-    now = {o.service: describe(o) + mark for o in result.outcomes}
-    changed = [now[o.service] for o in result.outcomes if _news(o, now[o.service], seen)]
+    # Keyed by name: the same service id in two regions is two rollouts, each with its line.
+    now = {o.name: describe(o) + mark for o in result.outcomes}
+    changed = [now[o.name] for o in result.outcomes if _news(o, now[o.name], seen)]
     if result.git_error:
         changed.append(result.git_error)
     same = len(result.outcomes) - len(changed) + bool(result.git_error)
