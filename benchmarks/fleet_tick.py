@@ -3,19 +3,21 @@
 For N services (default 1,000) the script starts the project's emulator as its own process
 (`reconcile emulator serve`) with N services at a 95/5 canary split and a git repository with
 N rollout files (the repository's `rollout/ion-api.yaml`, names replaced) and the `state/` a
-first apply wrote, committed. Then, taking turns with its floor (median of `--reps`):
+first apply wrote (stage starts spread 50 ms apart, so no two services share a metric query),
+committed. Then, taking turns with its floor (median of `--reps`):
 
 - **steady tick**: the emulator clock moves 5 minutes, then `apply_all` with the Cloud
-  Monitoring provider, git (commits, no push), no probes, nothing to change. Floor: the same
-  Cloud Run reads (ListServices and ListRevisions `services/-`, every page of 1,000) and the
-  very ListTimeSeries requests the tick made, replayed with the official clients on a pool of
-  the same size (16); then the same state files written (temporary file and rename) and one
+  Monitoring provider, git (commits, no push), no probes, nothing to change; reported apart
+  for ticks with nothing new (nothing written) and ticks that record (no traffic flows, so
+  growing INCONCLUSIVE streaks are news every other tick or so). Floor: the same Cloud Run
+  reads (ListServices and ListRevisions `services/-`, every page of 1,000) and the very
+  ListTimeSeries requests the tick made, replayed with the official clients on a pool of the
+  same size (16); then the same files written (temporary file and rename) and one
   `git commit` of them.
 - **change tick**: every rollout file goes from 5% to 10% (`force: true`) in one human
-  commit, then
-  `apply_all` (1,000 traffic writes). Floor, on a fresh emulator: the same reads, one
-  UpdateService per service (the 90/10 split, with its etag) on the pool, each operation
-  awaited, the same state files and one `git commit`.
+  commit, then `apply_all` (1,000 traffic writes, and `force` removed from each file). Floor,
+  on a fresh emulator: the same reads, one UpdateService per service (the 90/10 split, with
+  its etag) on the pool, each operation awaited, the same files and one `git commit`.
 - **quota-bound change tick**: the change tick again with the emulator's Admin API quotas at
   the defaults docs/emulator.md gives (1,000 reads and 60 writes a minute per project and
   region) and the client pacing at the same figures. At 60 writes a minute a 1,000-service
@@ -27,7 +29,8 @@ first apply wrote, committed. Then, taking turns with its floor (median of `--re
 Wall times are medians; API calls come from the emulator's per-method counter; peak memory is
 this process's maximum resident set.
 
-Run: `python benchmarks/fleet_tick.py [--services 1000] [--reps 3] [--quota-services N]`.
+Run: `python benchmarks/fleet_tick.py [--services 1000] [--reps 3] [--quota-services N]
+[--no-quota] [--no-commit]`.
 """
 
 from __future__ import annotations
