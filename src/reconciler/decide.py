@@ -303,6 +303,7 @@ def decide(
     window_keep: int = 12,
     check_revisions: bool = True,
     regions: Mapping[str, ServiceStatus | None] | None = None,
+    unrecorded_write: datetime | None = None,
 ) -> Decision:
     """Decide one service's tick. Raises PlanError when the spec names a missing revision.
 
@@ -310,11 +311,23 @@ def decide(
     the rollout file or the environment (an unset variable, a bad URL template): they block
     the service and never count against the canary. In a file with `waves:` (`spec` is one
     region's, see `waves.expand`), `regions` holds every other region's status by region,
-    for the wave rule.
+    for the wave rule. `unrecorded_write`: when the write that made the live split was made,
+    if `status` does not record it (a stamp `execute.recover` found): a stage it made began
+    then, so the canary is judged on what it served since.
     """
     canary = spec.revisions.canary
     live_pct = live.traffic.percent_of(canary) if canary else 0
-    j = _judged(spec, status, live_pct, now, windows, probe_runs, metrics_error, window_keep)
+    j = _judged(
+        spec,
+        status,
+        live_pct,
+        now,
+        windows,
+        probe_runs,
+        metrics_error,
+        window_keep,
+        began=unrecorded_write,
+    )
     history = History(
         last_applied=status.applied if status else None,
         passing_since=j.passing_since,
@@ -545,6 +558,8 @@ def _judged(
     probe_runs: Sequence[ProbeRecord],
     metrics_error: str | None,
     window_keep: int,
+    *,
+    began: datetime | None = None,
 ) -> _Judgement:
     """Keep the new windows and probe runs, count streaks, judge, run the bake timer.
 
@@ -554,7 +569,8 @@ def _judged(
     spans are failing evidence for this verdict only; gaps only count as served traffic.
     """
     canary = spec.revisions.canary
-    since = stage_since(status, canary=canary, stage=live_pct, now=now)
+    # A new stage began now, or when the write not yet recorded made it (`began`).
+    since = stage_since(status, canary=canary, stage=live_pct, now=min(began or now, now))
     new = tuple(windows)
     kept, added = merge_windows(status.windows if status else (), new, window_keep)
     configured = {p.name for p in spec.probes}
@@ -706,6 +722,21 @@ def paused_plan(spec: RolloutSpec, sp: ServicePlan) -> ServicePlan:
         drift=False,
         blocked=None,
         notes=(*sp.notes, note + "; reconcile resume to continue"),
+    )
+
+
+def left_alone_plan(sp: ServicePlan, why: str) -> ServicePlan:
+    """The plan of a service a run leaves alone because live traffic shows a young write
+    state/ does not record yet (`execute.Unrecorded.young`): traffic held where it is, no
+    edit, `why` as a note. Never applied to a rollback, which always goes through."""
+    return replace(
+        sp,
+        after=sp.before,
+        changes=(),
+        edit=None,
+        reason=Reason.NONE,
+        drift=False,
+        notes=(*sp.notes, why),
     )
 
 
@@ -915,6 +946,7 @@ __all__ = [
     "decide_rollback",
     "env_needs",
     "hold_notice",
+    "left_alone_plan",
     "merge_windows",
     "missing_env",
     "paused_plan",

@@ -7,7 +7,9 @@ describing the write and the action its commit records. Traffic goes first, the 
 edit and the git record second; if the process dies in between, the next run finds a stamp
 that state/ has not recorded yet and writes that action's missing record, including its edit
 (a rollback's sticky block, an abort's pause, an advance's `canary_percent`, a finalize), so
-no commit is needed before the write.
+no commit is needed before the write. A stamp younger than `recover_after` may belong to a run
+still recording it: that service is left alone (`pending`) until it is recorded or old enough,
+except for a rollback, which is always safe.
 """
 
 from __future__ import annotations
@@ -56,12 +58,14 @@ from reconciler.plan import (
 )
 from reconciler.runcommit import Entry, run_commit
 from reconciler.shard import Shard
-from reconciler.spec import Metrics, RolloutSpec
+from reconciler.spec import Metrics, RolloutSpec, format_duration
 from reconciler.waves import for_region
 
 log = logging.getLogger(__name__)
 
 STAMP_KEY = "cloudrun-reconciler/last-apply"
+RECOVER_AFTER = timedelta(minutes=2)
+"""How old an unrecorded stamped write must be before a run records it in its writer's place."""
 
 
 @dataclass
@@ -79,7 +83,7 @@ class Context:
     environ: Mapping[str, str] | None = None
     max_workers: int = 16
     window_keep: int = 12
-    recover_after: timedelta = timedelta(minutes=2)
+    recover_after: timedelta = RECOVER_AFTER
     """A stamp younger than this may belong to a concurrent run that is still recording it."""
     progress: Callable[[str], None] = lambda _msg: None
     shard: Shard | None = None
@@ -111,6 +115,11 @@ class ServiceRun:
     """The decision whose traffic this run wrote (set the moment the write is verified)."""
     unconfirmed: str | None = None
     """Why a rollback's traffic write could not be confirmed (it is recorded all the same)."""
+    unrecorded_at: datetime | None = None
+    """When the write live traffic shows was made, if state/ did not record it when this
+    run began (`recover`): a stage it made began then, not at this run."""
+    pending: bool = False
+    """That write is too young to recover: its writer may still be recording it."""
 
     @property
     def ref(self) -> ServiceRef:
@@ -186,6 +195,18 @@ def read_stamp(live: LiveService) -> dict[str, Any] | None:
     except ValueError:
         return None
     return data if isinstance(data, dict) else None
+
+
+def stamped_at(live: LiveService) -> datetime | None:
+    """When the reconciler's last traffic write was made, if its split is what serves (a
+    stage it made began then); None otherwise (no stamp, or traffic changed since by hand)."""
+    data = read_stamp(live)
+    if data is None or not live.traffic.same_routing(_stamp_split(data)):
+        return None
+    try:
+        return st.parse_time(str(data.get("at")))
+    except (ValueError, TypeError):
+        return None
 
 
 def _commits(d: Decision) -> CommitAction | None:
@@ -469,24 +490,54 @@ _KIND = {
 }
 
 
-def recover(ctx: Context, run: ServiceRun, spec_id: str | None) -> None:
-    """Write the record of a traffic write that a crashed run did not commit."""
-    data = read_stamp(run.live)
-    if data is None or not run.live.traffic.same_routing(_stamp_split(data)):
-        return
+@dataclass(frozen=True)
+class Unrecorded:
+    """A stamped write that serves and that state/ does not record."""
+
+    data: Mapping[str, Any]
+    written_at: datetime
+    reason: Reason
+    commits: CommitAction | None
+
+    def young(self, now: datetime, recover_after: timedelta) -> bool:
+        """Whether a run must leave it to its writer, which may still be recording it: it is
+        younger than `recover_after` (or as far in the future: a writer's clock ahead of
+        ours) and no rollback (a rollback's record is idempotent: recovered at once)."""
+        return self.reason is not Reason.ROLLBACK and abs(now - self.written_at) < recover_after
+
+
+def unrecorded(root: Path, ref: ServiceRef, live: LiveService) -> Unrecorded | None:
+    """The stamped write the live service serves, when events.jsonl does not record it.
+    Reads only."""
+    data = read_stamp(live)
+    if data is None or not live.traffic.same_routing(_stamp_split(data)):
+        return None
     try:
         written_at = st.parse_time(str(data.get("at")))
         reason = Reason(str(data.get("action")))
         # Stamps written before they said what they commit rebuild by `reason` alone.
         commits = CommitAction(data["commits"]) if data.get("commits") else None
     except (ValueError, TypeError):
+        return None
+    if _recorded(root, ref, written_at, _KIND.get(reason, st.EventKind.APPLIED)):
+        return None
+    return Unrecorded(data, written_at, reason, commits)
+
+
+def recover(ctx: Context, run: ServiceRun, spec_id: str | None, *, dry_run: bool = False) -> None:
+    """Write the record of a traffic write that a crashed run did not commit, or, when the
+    write is young (`Unrecorded.young`), mark the run `pending` and leave it to its writer.
+    Either way the run knows when the write was made (`unrecorded_at`); a dry run writes
+    nothing."""
+    found = unrecorded(ctx.state_root, run.ref, run.live)
+    if found is None:
         return
-    if _recorded(ctx, run.ref, written_at, _KIND.get(reason, st.EventKind.APPLIED)):
+    data, written_at, reason, commits = found.data, found.written_at, found.reason, found.commits
+    run.unrecorded_at = written_at
+    if found.young(run.now, ctx.recover_after):
+        run.pending = True
         return
-    # A young stamp may belong to a concurrent run that has not pushed its record yet. A
-    # rollback is recovered at once all the same: its record is idempotent, and without it
-    # this run would take the live 100% stable for drift and route to the bad canary again.
-    if reason is not Reason.ROLLBACK and run.now - written_at < ctx.recover_after:
+    if dry_run:
         return
     why = str(data.get("reason", ""))
     log.warning("%s: recording a write that was not committed (%s)", run.spec.service, why)
@@ -494,6 +545,10 @@ def recover(ctx: Context, run: ServiceRun, spec_id: str | None) -> None:
     if edit is not None:
         edit_rollout_file(run, edit)
         run.spec = for_region(load_spec(run.path), run.spec.region)
+    elif _edit_made(run.spec, reason, commits, data):
+        # The crashed run got as far as its edit: the late record commits the file with it,
+        # or that edit would stay uncommitted (and hold the service) for good.
+        run.edited = True
     run.events.append(
         st.Event(
             time=run.now,
@@ -508,6 +563,28 @@ def recover(ctx: Context, run: ServiceRun, spec_id: str | None) -> None:
                 **({"abort": True} if commits is CommitAction.ABORT else {}),
             },
         )
+    )
+
+
+def left_alone(ctx: Context, run: ServiceRun) -> str | None:
+    """Why the run must leave this service alone (None: it need not): the young write
+    `recover` found is still not recorded, read again after the sync brought the remote's
+    records. Nothing but a rollback may be written then, and no record (the writer's record
+    of the same files is on its way)."""
+    if not run.pending or run.unrecorded_at is None:
+        return None
+    if unrecorded(ctx.state_root, run.ref, run.live) is None:
+        return None
+    return left_alone_reason(run.now - run.unrecorded_at, ctx.recover_after)
+
+
+def left_alone_reason(age: timedelta, recover_after: timedelta) -> str:
+    """`left alone: a write 31 s ago is not yet recorded; recovered after 2m if no run
+    records it`."""
+    seconds = max(0, round(age.total_seconds()))
+    return (
+        f"left alone: a write {seconds} s ago is not yet recorded; recovered after "
+        f"{format_duration(recover_after)} if no run records it"
     )
 
 
@@ -550,7 +627,27 @@ def _recovered_edit(
     return None
 
 
-def _recorded(ctx: Context, ref: ServiceRef, written_at: datetime, kind: st.EventKind) -> bool:
+def _edit_made(
+    spec: RolloutSpec, reason: Reason, commits: CommitAction | None, data: Mapping[str, Any]
+) -> bool:
+    """Whether the rollout file already says what the stamped write's edit would (the write's
+    run edited the file before it died)."""
+    canary = data.get("canary")
+    if not canary:
+        return False
+    if commits is CommitAction.ABORT:
+        return spec.revisions.canary == canary and spec.paused and not spec.canary_percent
+    if reason is Reason.ROLLBACK:
+        return spec.revisions.canary == canary and is_rolled_back(spec)
+    if reason is Reason.FINALIZE:
+        return spec.revisions.stable == canary and spec.revisions.canary is None
+    if reason is Reason.ADVANCE:
+        percent = _stamp_split(data).percent_of(str(canary))
+        return spec.revisions.canary == canary and spec.canary_percent == percent
+    return False
+
+
+def _recorded(root: Path, ref: ServiceRef, written_at: datetime, kind: st.EventKind) -> bool:
     """Whether events.jsonl records the write stamped at `written_at`.
 
     The event of a write has the write's kind and carries the stamp's time; a late record
@@ -559,7 +656,7 @@ def _recorded(ctx: Context, ref: ServiceRef, written_at: datetime, kind: st.Even
     a crashed write still observes its generation, and the record would never be written.)
     A full, trimmed events file starting after the write is taken as having recorded it.
     """
-    events = st.read_events(ctx.state_root, ref)
+    events = st.read_events(root, ref)
     for e in reversed(events):
         if e.details.get("written_at") == st.format_time(written_at):
             return True

@@ -18,7 +18,7 @@ from reconciler.analysis import gate_windows
 from reconciler.backends import BackendError, ListingBackend, TrafficBackend
 from reconciler.decide import CATCHUP
 from reconciler.errors import ReconcileError
-from reconciler.execute import Context
+from reconciler.execute import Context, stamped_at
 from reconciler.loader import duplicate_identities, find_rollout_files, load_spec
 from reconciler.metrics import MetricsError, MetricsProvider, StatsQuery, lag_of
 from reconciler.model import LiveService, ServiceRef, SpanKind, stage_since
@@ -311,15 +311,18 @@ def spans(
     live: LiveService,
     now: datetime,
     lag: timedelta,
+    began: datetime | None = None,
 ) -> list[tuple[datetime, datetime, SpanKind]]:
     """What one run measures for one service, per gate window length: every whole window
     since the last judged one (aligned on the stage start, at most `MAX_CATCHUP`, older ones
     as one gap), the kept provisional windows again, and the partial span up to the
-    ingestion horizon (`now - lag`). Pure."""
+    ingestion horizon (`now - lag`). `began`: when the write that made the live split was
+    made (its stamp), the start of a stage `status` does not record yet. Pure."""
     canary = spec.revisions.canary
     if canary is None or live.traffic.percent_of(canary) == 0:
         return []
-    since = stage_since(status, canary=canary, stage=live.traffic.percent_of(canary), now=now)
+    stage = live.traffic.percent_of(canary)
+    since = stage_since(status, canary=canary, stage=stage, now=min(began or now, now))
     horizon = now - lag
     kept = [w for w in (status.windows if status else ()) if w.start >= since]
     out: list[tuple[datetime, datetime, SpanKind]] = []
@@ -418,7 +421,7 @@ def _query_groups(
         lag = lag_of(providers[key])
         query = StatsQuery(ref_of(spec), (canary, spec.revisions.stable))
         twin = seen[spec.service] = seen.get(spec.service, -1) + 1
-        for start, end, kind in spans(spec, status, live, now, lag):
+        for start, end, kind in spans(spec, status, live, now, lag, stamped_at(live)):
             groups.setdefault((key, twin, start, end, kind), []).append((spec, query))
     return groups, providers
 

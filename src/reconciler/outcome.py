@@ -34,6 +34,10 @@ class ServiceOutcome:
     """A rollback was decided but its write did not come to serve (the next run retries)."""
     held: str | None = None
     """Why a change this run decided was not carried out (degraded mode); None otherwise."""
+    left_alone: str | None = None
+    """Why nothing was written or recorded for this service: a write of another run (or of
+    a killed one) serves and is not recorded yet (`execute.left_alone`). No error: that run
+    records it, or a run after `recover_after` does."""
     label: str = ""
     """How output names it when not by `service` alone: the run holds the service id in
     more than one region or project (`model.labels`)."""
@@ -71,7 +75,8 @@ class RunResult:
     def exit_code(self) -> int:
         """The worst of the run (README, "Exit codes"): 1 when a rollback failed; 4 when a
         canary was rolled back and that is recorded on the remote, 5 when it is not (yet);
-        1 on any other error or blocked change; 3 when degraded; else 0."""
+        1 on any other error or blocked change; 3 when degraded; else 0 (a service left
+        alone for a write not yet recorded included: no one has anything to do)."""
         if any(o.rollback_failed for o in self.outcomes):
             return 1
         if any(o.rolled_back for o in self.outcomes):

@@ -25,11 +25,18 @@ from reconciler import saved as saved_mod
 from reconciler import state as st
 from reconciler import statemigrate
 from reconciler.backends import TrafficBackend
-from reconciler.decide import decide, missing_env
+from reconciler.decide import decide, left_alone_plan, missing_env
 from reconciler.errors import ReconcileError
+from reconciler.execute import (
+    RECOVER_AFTER,
+    Record,
+    late_commit,
+    left_alone_reason,
+    unrecorded,
+    write_record,
+)
 from reconciler.execute import STAMP_KEY as STAMP_KEY
 from reconciler.execute import Context as Context  # re-exported: callers build it from here
-from reconciler.execute import Record, late_commit, write_record
 from reconciler.execute import read_stamp as read_stamp
 from reconciler.gather import gather, live_reads, load_all, measure, region_statuses
 from reconciler.gather import ref_of as ref_of
@@ -44,7 +51,7 @@ from reconciler.outcome import RunResult as RunResult
 from reconciler.outcome import ServiceOutcome as ServiceOutcome
 from reconciler.plan import Plan, PlanError, ServiceError, ServicePlan, is_rolled_back
 from reconciler.recording import Book, push, sync
-from reconciler.servicetick import Tick, carry_and_record, prepare
+from reconciler.servicetick import Tick, carry_and_record, leave_alone, prepare
 from reconciler.shard import Shard
 from reconciler.spec import RolloutSpec
 from reconciler.waves import for_region
@@ -85,6 +92,8 @@ def plan_all(
             continue
         try:
             config = missing_env(spec, os.environ if environ is None else environ)
+            # What apply will do with a write that serves and is not recorded yet.
+            found = None if offline else unrecorded(repo, ref_of(spec), live)
             d = decide(
                 spec,
                 loaded.status,
@@ -94,9 +103,13 @@ def plan_all(
                 spec_id=spec_id_of(path),
                 check_revisions=not offline,
                 regions=region_statuses(repo, spec),
+                unrecorded_write=found.written_at if found else None,
             )
+            sp = d.plan
+            if found is not None and found.young(now, RECOVER_AFTER) and not d.rollback:
+                sp = left_alone_plan(sp, left_alone_reason(now - found.written_at, RECOVER_AFTER))
             salvaged = (f"state: {loaded.problem}",) if loaded.problem else ()
-            plans.append(replace(d.plan, warnings=(*d.plan.warnings, *salvaged)))
+            plans.append(replace(sp, warnings=(*sp.warnings, *salvaged)))
         except PlanError as exc:
             errors.append(ServiceError(spec.service, str(exc), ref_of(spec)))
     return Plan(
@@ -180,7 +193,8 @@ class _Run:
         )
         d = t.decision
         if self.dry_run:
-            return ServiceOutcome(d.service, plan=d.plan, verdict=d.verdict)
+            alone = leave_alone(self.ctx, t)
+            return alone or ServiceOutcome(d.service, plan=d.plan, verdict=d.verdict)
         mismatch = saved_mod.differs(mine, d.plan) if mine is not None else None
         if mismatch:
             return ServiceOutcome(d.service, plan=d.plan, error=mismatch, verdict=d.verdict)
@@ -196,6 +210,10 @@ class _Run:
 
     def rest(self, degraded: str | None, t: Tick) -> ServiceOutcome:
         """Carry out a decision after the sync (or hold it, recording what was measured)."""
+        # First: a young write still not recorded after the sync is its writer's to record.
+        alone = leave_alone(self.ctx, t)
+        if alone is not None:
+            return alone
         d = t.decision
         if t.run.path.resolve() in self.dirty and not d.rollback:
             # Git is the desired state: applying an edit nobody committed would make live
@@ -214,6 +232,9 @@ class _Run:
             t = prepare(
                 self.ctx, t.run.path, spec, t.run.live, [], None, probe_deadline=self.deadline
             )
+            alone = leave_alone(self.ctx, t)
+            if alone is not None:
+                return alone
         return carry_and_record(self.ctx, self.book, t.run, t.decision, t.redecide)
 
     def _held(
@@ -237,6 +258,9 @@ class _Run:
         paths = (st.state_dir(self.ctx.state_root, run.ref), *([run.path] if run.edited else []))
         commit = late_commit(t.decision.held_commit, service, late[0])
         self.book.add(Record(run.ref, paths, commit, late=True))
+        if run.edited:
+            # The file holds the recovered edit and is committed with it: no one's pending edit.
+            self.dirty.discard(run.path.resolve())
         run.edited = False
         t.text = run.path.read_bytes()
 

@@ -11,9 +11,16 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from reconciler import state as st
-from reconciler.decide import Decision, decide, missing_env
+from reconciler.decide import Decision, decide, left_alone_plan, missing_env
 from reconciler.errors import ReconcileError
-from reconciler.execute import Context, ServiceRun, carry_out, recover, write_record
+from reconciler.execute import (
+    Context,
+    ServiceRun,
+    carry_out,
+    left_alone,
+    recover,
+    write_record,
+)
 from reconciler.gather import probe, ref_of, region_statuses
 from reconciler.loader import spec_id_of
 from reconciler.model import LiveService
@@ -62,8 +69,7 @@ def prepare(
     if rebuilt is not None:
         log.warning("%s: %s", spec.service, rebuilt.reason)
         run.events.append(rebuilt)
-    if not dry_run:
-        recover(ctx, run, spec_id)
+    recover(ctx, run, spec_id, dry_run=dry_run)
     spec = run.spec
     config = missing_env(spec, os.environ if ctx.environ is None else ctx.environ)
     probes: list[st.ProbeRecord] = []
@@ -86,6 +92,7 @@ def prepare(
             actor=ctx.actor,
             window_keep=ctx.window_keep,
             regions=regions,
+            unrecorded_write=run.unrecorded_at,
         )
 
     d = redecide(live)
@@ -93,6 +100,20 @@ def prepare(
         # No probe ran: that is no evidence for moving traffic forward.
         d = replace(d, plan=replace(d.plan, blocked="probes skipped: the run's budget ran out"))
     return Tick(run, d, redecide, path.read_bytes())
+
+
+def leave_alone(ctx: Context, t: Tick) -> ServiceOutcome | None:
+    """The outcome of a service left alone for a young write its writer may still be
+    recording (`execute.left_alone`): nothing written, nothing recorded. None when the tick
+    goes on: no such write, or a rollback (to the stable revision, always safe)."""
+    d = t.decision
+    if d.rollback:
+        return None
+    why = left_alone(ctx, t.run)
+    if why is None:
+        return None
+    plan = left_alone_plan(d.plan, why)
+    return ServiceOutcome(d.service, plan=plan, verdict=d.verdict, left_alone=why)
 
 
 def carry_and_record(

@@ -12,22 +12,20 @@ from pathlib import Path
 import pytest
 
 import reconciler
-from reconciler.model import GateResult, Outcome, Target, TrafficSplit, Verdict, WindowStats
+from reconciler.model import GateResult, Outcome, Verdict, WindowStats
 from reconciler.state import (
     Event,
     EventKind,
-    Phase,
     ProbeRecord,
-    ServiceStatus,
     append_events,
     append_metrics,
     write_status,
 )
 from reconciler.stats import buckets_from_counts, exponential_bounds
 from reconciler.testing.git import clone, git_environment, make_remote, run_git
+from tests.builders import CANARY, STABLE, status_at
 from tests.refs import ION, ION_DIR
 
-STABLE, CANARY = "ion-api-00041-abc", "ion-api-00042-xyz"
 ROLLOUT = f"""\
 service: ion-api
 project: naeda-genesis
@@ -91,17 +89,9 @@ def repo(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     write_status(
         work,
         ION,
-        ServiceStatus(
-            service="ion-api",
-            phase=Phase.PROGRESSING,
-            stable_revision=STABLE,
-            canary_revision=CANARY,
-            stage=5,
-            stage_since=start,
-            traffic=TrafficSplit.of([Target(STABLE, 95, "stable"), Target(CANARY, 5, "canary")]),
-            etag='W/"1"',
-            generation=2,
-            observed_generation=2,
+        status_at(
+            5,
+            start,
             last_reconcile=now,
             verdict=verdict,
             verdict_at=now,

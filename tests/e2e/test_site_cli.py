@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from reconciler.model import GateResult, Outcome, Target, TrafficSplit, Verdict, WindowStats
+from reconciler.model import GateResult, Outcome, Verdict, WindowStats
 from reconciler.state import (
     Event,
     EventKind,
@@ -23,6 +23,7 @@ from reconciler.state import (
     write_status,
 )
 from reconciler.testing.browser import chromium_binary, dump_dom, png_facts, screenshot
+from tests.builders import status_at
 from tests.refs import ION, ION_DIR, ref
 
 NOW = datetime.now(UTC).replace(second=0, microsecond=0)
@@ -38,24 +39,16 @@ def rollout(service: str, stable: str, canary: str, percent: int, extra: str = "
     )
 
 
-def split(stable: str, canary: str, percent: int) -> TrafficSplit:
-    return TrafficSplit.of(
-        [Target(stable, 100 - percent, "stable"), Target(canary, percent, "canary")]
-    )
-
-
 def status(
     service: str, stable: str, canary: str, percent: int, phase: Phase, verdict: Verdict
 ) -> ServiceStatus:
-    return ServiceStatus(
+    return status_at(
+        percent,
+        NOW - timedelta(hours=3),
         service=service,
+        stable=stable,
+        canary=canary,
         phase=phase,
-        stable_revision=stable,
-        canary_revision=canary,
-        stage=percent,
-        stage_since=NOW - timedelta(hours=3),
-        traffic=split(stable, canary, percent),
-        etag='W/"1"',
         generation=3,
         observed_generation=3,
         last_reconcile=NOW,

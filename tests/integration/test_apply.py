@@ -8,14 +8,14 @@ from pathlib import Path
 import pytest
 import yaml
 from google.cloud import run_v2
+from tests.builders import context
 from tests.refs import ION, ION_DIR
 
 from reconciler import clients
 from reconciler.backends.cloudrun import CloudRunBackend
-from reconciler.gitops import GitOps
 from reconciler.loader import load_spec
 from reconciler.plan import Plan, Reason
-from reconciler.reconcile import Context, apply_all, plan_all, read_stamp
+from reconciler.reconcile import apply_all, plan_all, read_stamp
 from reconciler.sandbox import Sandbox, example_rollout, sandbox
 from reconciler.state import read_events, read_status
 from reconciler.views.plan import plan_from_json, plan_json
@@ -29,16 +29,6 @@ def sb(tmp_path: Path) -> Iterator[Sandbox]:
     with sandbox(tmp_path) as s:
         s.emu.behave(CANARY, error_rate=0.0)  # the built-in scenario's canary is the bad one
         yield s
-
-
-def context(sb: Sandbox, **kw: object) -> Context:
-    return Context(
-        repo=sb.repo,
-        backend=CloudRunBackend(),
-        clock=sb.now,
-        git=GitOps(sb.repo),
-        **kw,  # type: ignore[arg-type]
-    )
 
 
 def live_split(sb: Sandbox) -> dict[str, tuple[int, str]]:

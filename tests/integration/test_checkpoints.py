@@ -14,19 +14,17 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
+from tests.builders import context, rollout_text
+from tests.refs import ION, ION_DIR
 
-from reconciler.backends.cloudrun import CloudRunBackend
 from reconciler.decide import checkpoint_interval
-from reconciler.gitops import GitOps
 from reconciler.loader import load_spec
-from reconciler.metrics.cloud_monitoring import CloudMonitoringProvider
-from reconciler.model import ServiceRef
 from reconciler.reconcile import Context, RunResult, apply_all
-from reconciler.sandbox import Sandbox, example_rollout, sandbox
+from reconciler.sandbox import Sandbox, sandbox
 from reconciler.state import read_metrics, read_status, state_dir
 
 CANARY = "ion-api-00042-xyz"
-ION = ServiceRef("naeda-genesis", "us-central1", "ion-api")
+
 WINDOW = 300.0
 LAG = 180.0
 
@@ -37,24 +35,11 @@ def sb(tmp_path: Path) -> Iterator[Sandbox]:
         yield s
 
 
-def context(sb: Sandbox) -> Context:
-    provider = CloudMonitoringProvider()
-    return Context(
-        repo=sb.repo,
-        backend=CloudRunBackend(),
-        clock=sb.now,
-        git=GitOps(sb.repo),
-        metrics_for=lambda _cfg: provider,
-    )
-
-
 def start(sb: Sandbox) -> Context:
     """ion-api at 5% (no probes: every tick's evidence comes from the metrics provider)."""
-    text = example_rollout(sb.emu)
-    head, rest = text.split("probes:\n", 1)
-    sb.commit_rollout(head + rest[rest.index("dependencies:") :], "ion-api canary")
+    sb.commit_rollout(rollout_text(sb.emu, probes=False), "ion-api canary")
     sb.emu.behave(CANARY, error_rate=0.0)
-    ctx = context(sb)
+    ctx = context(sb, metrics=True)
     assert apply_all(ctx).exit_code == 0
     return ctx
 
@@ -130,3 +115,31 @@ def test_a_breach_between_checkpoints_rolls_back_and_commits_on_the_first_run(
     assert "rolled back" in log.splitlines()[0], log
     assert "reconcile(ion-api): rollback canary 5% -> 0%" in log, log
     assert not sb.git("status", "--porcelain", "--", "state")
+
+
+def test_a_failing_probe_between_checkpoints_is_recorded_by_its_run(sb: Sandbox) -> None:
+    """A passing probe run is no news; a failing one is (an event, a streak), so the run that
+    saw it records it, checkpoint or not; and so is the passing run that ends its streak."""
+    assert "name: canary-health" in sb.rollout().read_text(encoding="utf-8")  # the sandbox's
+    sb.emu.behave(CANARY, error_rate=0.0)
+    ctx = context(sb, metrics=True)
+    assert apply_all(ctx).exit_code == 0
+    quiet = [len(tick(sb, ctx).commits) for _ in range(4)]
+    assert 0 in quiet, quiet  # steady, passing probe runs: some runs write nothing
+
+    sb.emu.behave(CANARY, health={"status": "degraded"})
+    failing = tick(sb, ctx)
+    assert failing.exit_code == 0 and failing.commits, failing
+    assert not sb.git("status", "--porcelain", "--", "state")
+    events = sb.remote_file(f"{ION_DIR}/events.jsonl").splitlines()
+    assert '"probe_failed"' in events[-1] and "canary-health" in events[-1], events[-1]
+    status = read_status(sb.repo, ION)
+    assert status is not None and not status.probes[-1].ok
+    assert status.streaks["probe:canary-health"].failures == 1
+
+    sb.emu.behave(CANARY, health={"status": "healthy"})
+    recovered = tick(sb, ctx)
+    assert recovered.commits, recovered  # the streak it ends is news too
+    status = read_status(sb.repo, ION)
+    assert status is not None and status.probes[-1].ok
+    assert "probe:canary-health" not in {k for k, s in status.streaks.items() if s.failures}

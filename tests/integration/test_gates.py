@@ -12,15 +12,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from tests.builders import context, rollout_text
 
 from reconciler import clients
 from reconciler.backends.cloudrun import CloudRunBackend
-from reconciler.gitops import GitOps
 from reconciler.loader import load_spec
-from reconciler.metrics.cloud_monitoring import CloudMonitoringProvider
 from reconciler.model import Outcome
 from reconciler.reconcile import Context, RunResult, apply_all, plan_all
-from reconciler.sandbox import Sandbox, example_rollout, sandbox
+from reconciler.sandbox import Sandbox, sandbox
 
 STABLE = "ion-api-00041-abc"
 CANARY = "ion-api-00042-xyz"
@@ -30,28 +29,13 @@ LAG = 180.0
 
 
 def rollout(sb: Sandbox, *, probes: bool = True, **over: object) -> str:
-    text = example_rollout(sb.emu, **over)
-    if not probes:
-        head, rest = text.split("probes:\n", 1)
-        text = head + rest[rest.index("dependencies:") :]
-    return text
+    return rollout_text(sb.emu, probes=probes, **over)
 
 
 @pytest.fixture
 def sb(tmp_path: Path) -> Iterator[Sandbox]:
     with sandbox(tmp_path) as s:
         yield s
-
-
-def context(sb: Sandbox) -> Context:
-    provider = CloudMonitoringProvider()
-    return Context(
-        repo=sb.repo,
-        backend=CloudRunBackend(),
-        clock=sb.now,
-        git=GitOps(sb.repo),
-        metrics_for=lambda _cfg: provider,
-    )
 
 
 def tick(sb: Sandbox, ctx: Context, canary: int, service: int = 200) -> RunResult:
@@ -71,7 +55,7 @@ def live_percents(sb: Sandbox) -> dict[str, int]:
 
 
 def test_canary_with_7_percent_errors_is_rolled_back_within_two_windows(sb: Sandbox) -> None:
-    ctx = context(sb)
+    ctx = context(sb, metrics=True)
     assert apply_all(ctx).exit_code == 0  # 5% live; the built-in canary fails 7%
     # A window that began before 5% went live says nothing of the canary: let the lag pass
     # (nothing served meanwhile) so the next two windows are the canary's first two.
@@ -97,7 +81,7 @@ def test_canary_with_7_percent_errors_is_rolled_back_within_two_windows(sb: Sand
 def test_canary_with_p95_of_25s_is_rolled_back(sb: Sandbox) -> None:
     sb.emu.behave(CANARY, error_rate=0.0, latency_ms={"p50": 8000, "p95": 25000})
     sb.commit_rollout(rollout(sb, probes=False), "gates only")
-    ctx = context(sb)
+    ctx = context(sb, metrics=True)
     assert apply_all(ctx).exit_code == 0
     codes: list[int] = []
     while len(codes) < 3 and 4 not in codes:
@@ -111,7 +95,7 @@ def test_canary_with_p95_of_25s_is_rolled_back(sb: Sandbox) -> None:
 def test_healthy_canary_with_auto_advance_and_short_bake_advances_5_10_25(sb: Sandbox) -> None:
     sb.emu.behave(CANARY, error_rate=0.0)
     sb.commit_rollout(rollout(sb, auto_advance="true", bake="10m"), "auto advance, 10m bake")
-    ctx = context(sb)
+    ctx = context(sb, metrics=True)
     assert apply_all(ctx).exit_code == 0
     seen = []
     for _ in range(10):
@@ -135,7 +119,7 @@ def test_canary_with_too_little_traffic_stays_inconclusive(sb: Sandbox) -> None:
     sb.commit_rollout(
         rollout(sb, probes=False, auto_advance="true", bake="5m"), "quiet canary, auto advance"
     )
-    ctx = context(sb)
+    ctx = context(sb, metrics=True)
     assert apply_all(ctx).exit_code == 0
     for _ in range(4):
         result = tick(sb, ctx, canary=20, service=0)
@@ -154,7 +138,7 @@ def test_a_blatant_failure_rolls_back_on_the_first_run_with_enough_requests(sb: 
     """Fail fast on the emulator clock with Google's delays: 600 canary requests failing 30%
     in the first minutes of the stage are judged as a partial span once readable, though no
     whole window has ended and two failing windows would be needed."""
-    ctx = context(sb)
+    ctx = context(sb, metrics=True)
     assert apply_all(ctx).exit_code == 0
     sb.emu.behave(CANARY, error_rate=0.3)
     sb.emu.load("ion-api", 600, tag="canary")

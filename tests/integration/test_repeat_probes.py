@@ -13,11 +13,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from tests.builders import context
 
-from reconciler.backends.cloudrun import CloudRunBackend
-from reconciler.gitops import GitOps
 from reconciler.loader import load_spec
-from reconciler.metrics.cloud_monitoring import CloudMonitoringProvider
 from reconciler.model import Outcome, ServiceRef
 from reconciler.reconcile import Context, RunResult, apply_all
 from reconciler.sandbox import Sandbox, example_rollout, sandbox
@@ -45,17 +43,6 @@ def rollout(sb: Sandbox, repeat: str | None) -> str:
     return head + "probes:\n" + probe + rest[rest.index("dependencies:") :]
 
 
-def context(sb: Sandbox) -> Context:
-    provider = CloudMonitoringProvider()
-    return Context(
-        repo=sb.repo,
-        backend=CloudRunBackend(),
-        clock=sb.now,
-        git=GitOps(sb.repo),
-        metrics_for=lambda _cfg: provider,
-    )
-
-
 def canary_served(sb: Sandbox) -> int:
     return sum(1 for r in sb.emu.world.served() if r.revision == CANARY)
 
@@ -70,7 +57,7 @@ def quiet_tick(sb: Sandbox, ctx: Context) -> RunResult:
 def test_repeat_makes_a_quiet_failing_canary_judged_and_rolled_back(sb: Sandbox) -> None:
     sb.emu.behave(CANARY, error_rate=0.2)
     sb.commit_rollout(rollout(sb, REPEAT), "quiet canary, synthetic load")
-    ctx = context(sb)
+    ctx = context(sb, metrics=True)
     assert apply_all(ctx).exit_code == 0  # 5% live (probes run once the canary is live)
     sb.emu.advance_clock(LAG)
 
@@ -98,7 +85,7 @@ def test_repeat_makes_a_quiet_failing_canary_judged_and_rolled_back(sb: Sandbox)
 def test_without_repeat_the_same_canary_stays_inconclusive(sb: Sandbox) -> None:
     sb.emu.behave(CANARY, error_rate=0.2)
     sb.commit_rollout(rollout(sb, None), "quiet canary, no synthetic load")
-    ctx = context(sb)
+    ctx = context(sb, metrics=True)
     assert apply_all(ctx).exit_code == 0
     sb.emu.advance_clock(LAG)
     for _ in range(3):
@@ -115,7 +102,7 @@ def test_repeat_stops_at_its_wall_clock_budget(sb: Sandbox) -> None:
     sb.emu.behave(CANARY, error_rate=0.0)
     # 2/s for 1 s: the budget, not `max`, ends the burst (the first request goes at once).
     sb.commit_rollout(rollout(sb, "{rate: 2/s, max: 200, budget: 1s}"), "tight budget")
-    ctx = context(sb)
+    ctx = context(sb, metrics=True)
     assert apply_all(ctx).exit_code == 0  # 5% live
     before = canary_served(sb)
     assert apply_all(ctx).exit_code == 0

@@ -17,42 +17,27 @@ from typing import Any
 
 import pytest
 from google.cloud import monitoring_v3
+from tests.builders import CANARY, STABLE, status_at
+from tests.builders import REPORTED_ROLLOUT as ROLLOUT
 from tests.refs import ION
 
 from reconciler import clients
 from reconciler.emulator import Emulator
 from reconciler.emulator.monitoring import bucket_bounds, bucket_index
 from reconciler.emulator.world import Record
-from reconciler.model import Target, TrafficSplit, WindowStats
+from reconciler.model import WindowStats
 from reconciler.report import generate, save
 from reconciler.state import (
     Event,
     EventKind,
-    Phase,
-    ServiceStatus,
     append_events,
     append_metrics,
     write_status,
 )
 from reconciler.stats import bucket_percentile, buckets_from_counts, exponential_bounds
 
-STABLE, CANARY = "ion-api-00041-abc", "ion-api-00042-xyz"
 WINDOW = timedelta(minutes=5)
 PER_WINDOW = 200
-ROLLOUT = f"""\
-service: ion-api
-project: naeda-genesis
-region: us-central1
-revisions: {{stable: {STABLE}, canary: {CANARY}}}
-canary_percent: 25
-stages: [5, 10, 25, 50, 100]
-gates:
-  window: 5m
-  min_requests: 10
-  error_rate: {{max: 5%, target: 1%}}
-  latency_p95: {{max: 20s, target: 15s}}
-  success_rate: {{min: 90%, target: 95%}}
-"""
 _A = monitoring_v3.Aggregation.Aligner
 _R = monitoring_v3.Aggregation.Reducer
 
@@ -187,23 +172,7 @@ def _record(emulator: Emulator, tmp_path: Path) -> dict[str, Any]:
         windows += measure(emulator, w_start, w_end)
     append_metrics(root, ION, windows)
     end = start + WINDOW * 4
-    write_status(
-        root,
-        ION,
-        ServiceStatus(
-            service="ion-api",
-            phase=Phase.PROGRESSING,
-            stable_revision=STABLE,
-            canary_revision=CANARY,
-            stage=25,
-            stage_since=start,
-            traffic=TrafficSplit.of([Target(STABLE, 75, "stable"), Target(CANARY, 25, "canary")]),
-            etag='W/"1"',
-            generation=2,
-            observed_generation=2,
-            last_reconcile=end,
-        ),
-    )
+    write_status(root, ION, status_at(25, start, last_reconcile=end))
     served = [r for r in emulator.world.served() if start.timestamp() < r.ts <= end.timestamp()]
     return {"root": root, "start": start, "end": end, "served": served, "windows": windows}
 

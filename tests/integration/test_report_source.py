@@ -17,6 +17,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from tests.builders import CANARY, STABLE, status_at
+from tests.builders import REPORTED_ROLLOUT as ROLLOUT
 
 from reconciler import clients
 from reconciler.emulator import Emulator
@@ -26,27 +28,12 @@ from reconciler.emulator.world import Record
 from reconciler.metrics import MetricsProvider
 from reconciler.metrics.cloud_monitoring import CloudMonitoringProvider
 from reconciler.metrics.prometheus import PrometheusProvider
-from reconciler.model import ServiceRef, Target, TrafficSplit
+from reconciler.model import ServiceRef
 from reconciler.report import Report, generate
 from reconciler.spec import Metrics
-from reconciler.state import Event, EventKind, Phase, ServiceStatus, append_events, write_status
+from reconciler.state import Event, EventKind, append_events, write_status
 from reconciler.testing.prometheus import PrometheusServer, prometheus_binary
 
-STABLE, CANARY = "ion-api-00041-abc", "ion-api-00042-xyz"
-ROLLOUT = f"""\
-service: ion-api
-project: naeda-genesis
-region: us-central1
-revisions: {{stable: {STABLE}, canary: {CANARY}}}
-canary_percent: 25
-stages: [5, 10, 25, 50, 100]
-gates:
-  window: 5m
-  min_requests: 10
-  error_rate: {{max: 5%, target: 1%}}
-  latency_p95: {{max: 20s, target: 15s}}
-  success_rate: {{min: 90%, target: 95%}}
-"""
 BATCHES, PER_BATCH = 4, 150
 ION = ServiceRef("naeda-genesis", "us-central1", "ion-api")
 
@@ -62,23 +49,7 @@ def _repo(tmp_path: Path, emulator: Emulator, rollout: str = ROLLOUT) -> tuple[P
         ION,
         [Event(start, EventKind.APPLIED, "reconciler", f"{STABLE}=100", f"{CANARY}=25")],
     )
-    write_status(
-        root,
-        ION,
-        ServiceStatus(
-            service="ion-api",
-            phase=Phase.PROGRESSING,
-            stable_revision=STABLE,
-            canary_revision=CANARY,
-            stage=25,
-            stage_since=start,
-            traffic=TrafficSplit.of([Target(STABLE, 75, "stable"), Target(CANARY, 25, "canary")]),
-            etag='W/"1"',
-            generation=2,
-            observed_generation=2,
-            last_reconcile=start,
-        ),
-    )
+    write_status(root, ION, status_at(25, start))
     return root, start
 
 

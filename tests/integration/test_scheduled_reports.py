@@ -12,13 +12,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from tests.builders import context, rollout_text
 
-from reconciler.backends.cloudrun import CloudRunBackend
-from reconciler.gitops import GitOps
-from reconciler.metrics.cloud_monitoring import CloudMonitoringProvider
 from reconciler.model import ServiceRef
 from reconciler.reconcile import Context, RunResult, apply_all
-from reconciler.sandbox import Sandbox, example_rollout, sandbox
+from reconciler.sandbox import Sandbox, sandbox
 from reconciler.state import read_status, state_dir
 
 CANARY = "ion-api-00042-xyz"
@@ -34,20 +32,7 @@ def sb(tmp_path: Path) -> Iterator[Sandbox]:
 
 
 def rollout(sb: Sandbox, schedule: str) -> str:
-    text = example_rollout(sb.emu)
-    head, rest = text.split("probes:\n", 1)
-    return head + rest[rest.index("dependencies:") :] + f"reports: {schedule}\n"
-
-
-def context(sb: Sandbox) -> Context:
-    provider = CloudMonitoringProvider()
-    return Context(
-        repo=sb.repo,
-        backend=CloudRunBackend(),
-        clock=sb.now,
-        git=GitOps(sb.repo),
-        metrics_for=lambda _cfg: provider,
-    )
+    return rollout_text(sb.emu, probes=False) + f"reports: {schedule}\n"
 
 
 def tick(sb: Sandbox, ctx: Context, canary: int = 200) -> RunResult:
@@ -71,7 +56,7 @@ def committed_with(sb: Sandbox, name: str) -> str:
 def test_interim_and_go_no_go_reports_appear_by_themselves(sb: Sandbox) -> None:
     sb.emu.behave(CANARY, error_rate=0.0)
     sb.commit_rollout(rollout(sb, "{interim: 20m, final: 40m}"), "reports every 20m / 40m")
-    ctx = context(sb)
+    ctx = context(sb, metrics=True)
     assert apply_all(ctx).exit_code == 0  # 5% live
     start = sb.now()
     seen: list[tuple[float, list[str]]] = []
@@ -108,7 +93,7 @@ def test_interim_and_go_no_go_reports_appear_by_themselves(sb: Sandbox) -> None:
 
 def test_a_rollback_commits_the_final_report_with_it(sb: Sandbox) -> None:
     sb.commit_rollout(rollout(sb, "{interim: 24h, final: 48h}"), "default schedule")
-    ctx = context(sb)
+    ctx = context(sb, metrics=True)
     assert apply_all(ctx).exit_code == 0
     sb.emu.behave(CANARY, error_rate=0.3)
     sb.emu.load("ion-api", 600, tag="canary")

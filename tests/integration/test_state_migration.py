@@ -8,7 +8,8 @@ from datetime import datetime
 from pathlib import Path
 
 import pytest
-from tests.integration.test_gates import LAG, context, rollout, tick
+from tests.builders import context
+from tests.integration.test_gates import LAG, rollout, tick
 from tests.refs import ION, ION_DIR
 
 from reconciler.model import WindowStats
@@ -41,7 +42,7 @@ def test_apply_moves_old_state_once_and_the_canary_carries_on(sb: Sandbox) -> No
     sb.commit_rollout(
         rollout(sb, probes=False, auto_advance="true", bake="30m"), "auto advance, 30m bake"
     )
-    ctx = context(sb)
+    ctx = context(sb, metrics=True)
     assert apply_all(ctx).exit_code == 0  # 5% live
     sb.emu.advance_clock(LAG)  # windows start once 5% is live
     for _ in range(2):  # passing windows: the bake timer runs

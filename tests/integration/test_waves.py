@@ -17,14 +17,14 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
+from tests.builders import context
 from tests.reliability.support import reconcile_cli
 
 from reconciler import clients
 from reconciler.backends.cloudrun import CloudRunBackend
-from reconciler.gitops import GitOps, trailer_pairs
+from reconciler.gitops import trailer_pairs
 from reconciler.loader import load_spec
 from reconciler.manual import retry
-from reconciler.metrics.cloud_monitoring import CloudMonitoringProvider
 from reconciler.notices import verify
 from reconciler.notify import notified
 from reconciler.reconcile import Context, RunResult, apply_all, plan_all
@@ -83,17 +83,6 @@ def sb(tmp_path: Path) -> Iterator[Sandbox]:
         yield s
 
 
-def context(sb: Sandbox) -> Context:
-    provider = CloudMonitoringProvider()
-    return Context(
-        repo=sb.repo,
-        backend=CloudRunBackend(),
-        clock=sb.now,
-        git=GitOps(sb.repo),
-        metrics_for=lambda _cfg: provider,
-    )
-
-
 def name(region: str) -> str:
     return f"projects/{PROJECT}/locations/{region}/services/ion-api"
 
@@ -123,7 +112,7 @@ def file_percent(sb: Sandbox) -> int:
 
 
 def test_wave_two_starts_a_stage_only_after_wave_one_passed_it_for_bake(sb: Sandbox) -> None:
-    ctx = context(sb)
+    ctx = context(sb, metrics=True)
     assert apply_all(ctx).exit_code == 0
     assert percents() == {US: 5, EU: 0, ASIA: 0}
     sb.emu.advance_clock(LAG)
@@ -150,7 +139,7 @@ def test_wave_two_starts_a_stage_only_after_wave_one_passed_it_for_bake(sb: Sand
 def test_a_failing_region_in_wave_two_rolls_back_at_once_and_its_sibling_holds(
     sb: Sandbox,
 ) -> None:
-    ctx = context(sb)
+    ctx = context(sb, metrics=True)
     assert apply_all(ctx).exit_code == 0
     sb.emu.advance_clock(LAG)
     for _ in range(12):
@@ -235,7 +224,7 @@ def test_a_region_s_rollback_and_the_wave_hold_are_told_once_each(
     sb_fleet: Sandbox, hooks: WebhookRecorder
 ) -> None:
     sb = sb_fleet
-    ctx = context(sb)
+    ctx = context(sb, metrics=True)
     warnings: list[str] = []
     environ = {"HOOK_URL": hooks.url("/hook"), "HOOK_KEY": "k3y"}
 
@@ -276,7 +265,7 @@ def test_a_region_s_rollback_and_the_wave_hold_are_told_once_each(
 
 # --- reports: one per region, or the one --region names ------------------------------------------
 def test_report_writes_one_report_per_region_or_the_one_named(sb: Sandbox) -> None:
-    assert apply_all(context(sb)).exit_code == 0
+    assert apply_all(context(sb, metrics=True)).exit_code == 0
     run = reconcile_cli(sb.repo, "report", "ion-api", "--offline")
     assert run.returncode == 0, (run.stdout, run.stderr)
     for region in REGIONS:

@@ -8,16 +8,16 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from tests.builders import context
 from tests.refs import ION, ION_DIR, STATE
 
 from reconciler import clients
 from reconciler.backends.cloudrun import CloudRunBackend
 from reconciler.errors import ReconcileError
-from reconciler.gitops import GitOps
 from reconciler.loader import load_spec
 from reconciler.manual import promote, rollback
 from reconciler.plan import Reason
-from reconciler.reconcile import Context, apply_all, ref_of
+from reconciler.reconcile import apply_all, ref_of
 from reconciler.sandbox import Sandbox, example_rollout, sandbox
 from reconciler.state import read_events
 
@@ -30,16 +30,6 @@ def sb(tmp_path: Path) -> Iterator[Sandbox]:
     with sandbox(tmp_path) as s:
         s.emu.behave(CANARY, error_rate=0.0)
         yield s
-
-
-def context(sb: Sandbox, repo: Path | None = None, **kw: object) -> Context:
-    return Context(
-        repo=repo or sb.repo,
-        backend=CloudRunBackend(),
-        clock=sb.now,
-        git=GitOps(repo or sb.repo),
-        **kw,  # type: ignore[arg-type]
-    )
 
 
 def live_percents(sb: Sandbox) -> dict[str, int]:

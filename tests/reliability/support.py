@@ -17,27 +17,12 @@ from typing import Any
 
 import reconciler
 from reconciler import clients
-from reconciler.backends.cloudrun import CloudRunBackend
 from reconciler.emulator import Emulator
-from reconciler.gitops import GitOps
-from reconciler.metrics.cloud_monitoring import CloudMonitoringProvider
 from reconciler.model import Target, TrafficSplit
-from reconciler.reconcile import Context
-from reconciler.sandbox import Sandbox
+from tests.builders import context as context  # re-exported: the reliability tests' context
 
 STABLE = "ion-api-00041-abc"
 CANARY = "ion-api-00042-xyz"
-
-
-def context(sb: Sandbox, repo: Path | None = None, *, metrics: bool = False, **kw: Any) -> Context:
-    """A reconcile context on the sandbox: emulator clock, real git, optional metrics."""
-    where = repo or sb.repo
-    if metrics:
-        # Google's lag (the default): the emulator delays its points as Cloud Monitoring does.
-        provider = CloudMonitoringProvider()
-        kw.setdefault("metrics_for", lambda _config: provider)
-    kw.setdefault("clock", sb.now)
-    return Context(repo=where, backend=CloudRunBackend(), git=GitOps(where), **kw)
 
 
 def split_of(targets: Any) -> TrafficSplit:

@@ -17,9 +17,10 @@ import yaml
 
 from reconciler.reconcile import apply_all
 from reconciler.sandbox import Sandbox, sandbox
+from tests.builders import context
 from tests.refs import ION_DIR
 
-from ..integration.test_gates import context, live_percents, tick
+from ..integration.test_gates import live_percents, tick
 from .support import STABLE
 
 
@@ -61,7 +62,7 @@ CORRUPTIONS = [
 def test_a_failing_canary_with_corrupt_state_is_still_rolled_back(
     sb: Sandbox, corrupt: Callable[[Path], None]
 ) -> None:
-    ctx = context(sb)
+    ctx = context(sb, metrics=True)
     assert apply_all(ctx).exit_code == 0  # 5% live
     # One window recorded, too small to judge (enough failing requests would fail fast and
     # roll back before the state is damaged).

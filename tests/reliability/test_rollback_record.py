@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from reconciler.errors import ReconcileError
-from reconciler.execute import Context, _recorded
+from reconciler.execute import _recorded
 from reconciler.manual import rollback
 from reconciler.plan import split_for
 from reconciler.reconcile import apply_all
@@ -68,8 +68,7 @@ def test_a_late_record_is_not_another_event_of_the_same_second(tmp_path: Path) -
     # A rollback's read-back failed in the second the run also logged a probe failure: that
     # event is no record of the rollback, so the next run must still record it.
     at = parse_time("2026-11-26T12:00:00Z")
-    ctx = Context(repo=tmp_path, backend=None, clock=lambda: at)  # type: ignore[arg-type]
     append_events(tmp_path, ION, [Event(at, EventKind.PROBE_FAILED, "reconciler")])
-    assert not _recorded(ctx, ION, at, EventKind.ROLLED_BACK)
+    assert not _recorded(tmp_path, ION, at, EventKind.ROLLED_BACK)
     append_events(tmp_path, ION, [Event(at, EventKind.ROLLED_BACK, "reconciler")])
-    assert _recorded(ctx, ION, at, EventKind.ROLLED_BACK)
+    assert _recorded(tmp_path, ION, at, EventKind.ROLLED_BACK)

@@ -15,8 +15,9 @@ from reconciler.loader import load_spec
 from reconciler.reconcile import RunResult, apply_all
 from reconciler.sandbox import Sandbox, sandbox
 from reconciler.testing.git import run_git
+from tests.builders import context
 
-from ..integration.test_gates import LAG, WINDOW, context, rollout
+from ..integration.test_gates import LAG, WINDOW, rollout
 
 PLACE = "naeda-genesis/us-central1"
 HEALTHY = {"error_rate": 0.0, "latency_ms": {"p50": 100, "p95": 200}}
@@ -72,7 +73,7 @@ def _serve(sb: Sandbox, **canary: int) -> None:
 def test_one_advance_one_rollback_one_steady_make_a_rollback_and_a_record_commit(
     sb: Sandbox,
 ) -> None:
-    ctx = context(sb)
+    ctx = context(sb, metrics=True)
     first = apply_all(ctx)
     assert first.exit_code == 0, first
     assert len(first.commits) == 1, first  # three new stages: one commit for the run
@@ -118,10 +119,10 @@ def test_one_advance_one_rollback_one_steady_make_a_rollback_and_a_record_commit
 
     # The next run observes the new stage and the rollback's commit (new facts, committed);
     # after it nothing is new (no window ended, nothing to change): no commit at all.
-    settled = apply_all(context(sb))
+    settled = apply_all(context(sb, metrics=True))
     assert settled.exit_code == 0 and len(settled.commits) == 1, settled
     head = run_git(sb.remote, "rev-parse", "main")
-    again = apply_all(context(sb))
+    again = apply_all(context(sb, metrics=True))
     assert again.exit_code == 0, again
     shown = run_git(sb.remote, "show", "main") if again.commits else ""
     assert again.commits == () and run_git(sb.remote, "rev-parse", "main") == head, shown
@@ -130,7 +131,7 @@ def test_one_advance_one_rollback_one_steady_make_a_rollback_and_a_record_commit
 
 def apply_all_after(sb: Sandbox, **canary: int) -> RunResult:
     _serve(sb, **canary)
-    return apply_all(context(sb))
+    return apply_all(context(sb, metrics=True))
 
 
 def _services_and_actions(message: str) -> list[tuple[str, str]]:

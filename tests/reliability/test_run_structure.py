@@ -31,9 +31,10 @@ from reconciler.reconcile import (
     plan_all,
 )
 from reconciler.sandbox import Sandbox, sandbox
+from tests.builders import context
 from tests.refs import ION_DIR
 
-from ..integration.test_gates import WINDOW, context, live_percents, tick
+from ..integration.test_gates import WINDOW, live_percents, tick
 from .support import CANARY, STABLE, WriteRecorder, live, reconcile_cli, routing
 from .test_races import in_thread
 
@@ -47,7 +48,7 @@ def sb(tmp_path: Path) -> Iterator[Sandbox]:
 def _failing_window(sb: Sandbox) -> None:
     """5% live and one window recorded, too small to judge (a window with enough failing
     requests fails fast and would roll back at once): the next failing window rolls back."""
-    ctx = context(sb)
+    ctx = context(sb, metrics=True)
     first = apply_all(ctx)
     assert first.exit_code == 0, [o.error for o in first.outcomes]
     second = tick(sb, ctx, canary=50)
@@ -74,7 +75,7 @@ def test_an_uncommitted_edit_of_another_service_never_blocks_a_rollback(sb: Sand
     # A failed commit left another service's rollout file behind, uncommitted.
     other = sb.repo / "rollout" / "payments-api.yaml"
     other.write_text(sb.rollout().read_text().replace("ion-api", "payments-api"))
-    result = _until_rolled_back(sb, lambda: context(sb))
+    result = _until_rolled_back(sb, lambda: context(sb, metrics=True))
     by = {o.service: o for o in result.outcomes}
     assert by["ion-api"].rolled_back, result
     assert by["payments-api"].error is not None
@@ -87,7 +88,7 @@ def test_a_leftover_edit_of_the_failing_service_never_blocks_its_rollback(sb: Sa
     _failing_window(sb)
     rollout = sb.rollout()
     rollout.write_text(rollout.read_text() + "# left behind by a failed commit\n")
-    result = _until_rolled_back(sb, lambda: context(sb))
+    result = _until_rolled_back(sb, lambda: context(sb, metrics=True))
     assert result.exit_code == ROLLED_BACK_EXIT, result
     assert live_percents(sb) == {STABLE: 100}
     assert "rolled_back" in sb.remote_file("rollout/ion-api.yaml")
@@ -96,7 +97,7 @@ def test_a_leftover_edit_of_the_failing_service_never_blocks_its_rollback(sb: Sa
 def test_an_uncommitted_edit_holds_only_its_own_service(sb: Sandbox) -> None:
     rollout = sb.rollout()
     rollout.write_text(rollout.read_text() + "# not committed\n")
-    result = apply_all(context(sb))  # ion-api wants 0% -> 5%
+    result = apply_all(context(sb, metrics=True))  # ion-api wants 0% -> 5%
     (outcome,) = result.outcomes
     assert outcome.error is not None and "uncommitted change" in outcome.error
     assert outcome.error.startswith("rollout/ion-api.yaml")
@@ -108,7 +109,7 @@ def test_an_uncommitted_edit_holds_only_its_own_service(sb: Sandbox) -> None:
 def test_degraded_rolls_back_exits_5_and_recovers_when_the_remote_returns(sb: Sandbox) -> None:
     _failing_window(sb)
     moved = _break_remote(sb)
-    result = _until_rolled_back(sb, lambda: context(sb))
+    result = _until_rolled_back(sb, lambda: context(sb, metrics=True))
     (outcome,) = result.outcomes
     assert result.degraded is not None, result
     assert outcome.rolled_back and outcome.commit is not None
@@ -116,7 +117,7 @@ def test_degraded_rolls_back_exits_5_and_recovers_when_the_remote_returns(sb: Sa
     assert result.exit_code == ROLLED_BACK_LOCAL_EXIT, result
     assert live_percents(sb) == {STABLE: 100}
     moved.rename(sb.remote)
-    again = apply_all(context(sb))
+    again = apply_all(context(sb, metrics=True))
     assert again.degraded is None and again.pushed is True, again
     assert again.exit_code == 0, again
     assert "rolled_back" in sb.remote_file("rollout/ion-api.yaml")
@@ -152,7 +153,7 @@ def test_a_rejected_push_is_not_reported_as_a_recorded_rollback(sb: Sandbox) -> 
     hook.chmod(0o755)
 
     def make() -> Context:
-        ctx = context(sb)
+        ctx = context(sb, metrics=True)
         ctx.git.backoff = 0.01  # type: ignore[union-attr]
         return ctx
 
@@ -166,7 +167,7 @@ def test_a_rejected_push_is_not_reported_as_a_recorded_rollback(sb: Sandbox) -> 
 
 def test_plan_salvages_a_corrupt_status_file(sb: Sandbox) -> None:
     sb.emu.behave(CANARY, error_rate=0.0)
-    assert apply_all(context(sb)).exit_code == 0
+    assert apply_all(context(sb, metrics=True)).exit_code == 0
     path = sb.repo / ION_DIR / "status.yaml"
     data = yaml.safe_load(path.read_text(encoding="utf-8"))
     data.update({"windows": "many"})
@@ -252,7 +253,7 @@ def test_a_slow_probe_of_one_service_never_delays_another_services_rollback(
                 sb.emu.load("ion-api", 200)
                 sb.emu.load("ion-api", 2000, tag="canary")
                 sb.emu.advance_clock(WINDOW)
-                thread, out = in_thread(lambda: apply_all(context(sb)))
+                thread, out = in_thread(lambda: apply_all(context(sb, metrics=True)))
                 assert slow.entered.wait(30), "the slow probe never started"
                 deadline = time.monotonic() + 10
                 while not recorder.of("ion-api") and time.monotonic() < deadline:

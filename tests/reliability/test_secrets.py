@@ -9,9 +9,8 @@ from __future__ import annotations
 
 import base64
 import json
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import ClassVar
 from urllib.parse import quote
@@ -21,6 +20,7 @@ import pytest
 from reconciler.probes import REDACTED, Exchange, redact_exchange
 from reconciler.sandbox import Sandbox, sandbox
 from tests.refs import ION_DIR
+from tests.servers import LoopbackServer, serving
 
 from .support import CANARY, STABLE, reconcile_cli
 
@@ -49,15 +49,8 @@ class Echo(BaseHTTPRequestHandler):
 
 @pytest.fixture
 def echo() -> Iterator[str]:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Echo)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=5)
+    with serving(LoopbackServer(Echo)) as server:
+        yield server.url
 
 
 def rollout(sb: Sandbox, echo: str) -> str:
@@ -189,12 +182,8 @@ class EchoForms(BaseHTTPRequestHandler):
 @pytest.mark.parametrize("form", ["json", "url", "base64"])
 def test_an_echoed_token_leaks_in_no_form_into_any_sink(sb: Sandbox, form: str) -> None:
     EchoForms.form = form
-    server = ThreadingHTTPServer(("127.0.0.1", 0), EchoForms)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        echo = f"http://127.0.0.1:{server.server_address[1]}"
-        sb.commit_rollout(rollout(sb, echo), "probes with secret headers")
+    with serving(LoopbackServer(EchoForms)) as server:
+        sb.commit_rollout(rollout(sb, server.url), "probes with secret headers")
         env = {
             "PROBE_TOKEN": f"Bearer {ESCAPED_SECRET}",
             "DEP_TOKEN": DEP_SECRET,
@@ -202,10 +191,6 @@ def test_an_echoed_token_leaks_in_no_form_into_any_sink(sb: Sandbox, form: str) 
         runs = [reconcile_cli(sb.repo, "apply", env=env) for _ in range(3)]
         runs.append(reconcile_cli(sb.repo, "probe", "ion-api", env=env))
         runs.append(reconcile_cli(sb.repo, "report", "ion-api", "--kind", "interim", env=env))
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=5)
     events = (sb.repo / ION_DIR / "events.jsonl").read_text(encoding="utf-8")
     assert "upstream-echo" in events, events  # the echo was really judged and recorded
     sb.git("add", "--all", "state")

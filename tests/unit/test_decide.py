@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 
 from reconciler.analysis import promotion_blockers
-from reconciler.decide import Decision, decide, decide_rollback, missing_env
+from reconciler.decide import Decision, decide, decide_rollback, left_alone_plan, missing_env
 from reconciler.model import (
     EventKind,
     GateResult,
@@ -18,54 +17,20 @@ from reconciler.model import (
     Outcome,
     Phase,
     ProbeRecord,
-    ServiceRef,
     ServiceStatus,
     Target,
-    TrafficSplit,
     Verdict,
     WindowStats,
 )
 from reconciler.plan import Reason, split_for
 from reconciler.spec import RolloutSpec
+from tests.builders import CANARY, OTHER, STABLE, live_with, make_spec
+from tests.builders import status_at as status
 
 NOW = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
 T0 = NOW - timedelta(hours=1)
-STABLE = "ion-api-00041-abc"
-CANARY = "ion-api-00042-xyz"
-OTHER = "ion-api-00040-old"
-REF = ServiceRef("naeda-genesis", "us-central1", "ion-api")
 FIVE = timedelta(minutes=5)
 TEN = timedelta(minutes=10)
-
-
-def make_spec(**over: Any) -> RolloutSpec:
-    data: dict[str, Any] = {
-        "service": "ion-api",
-        "project": "naeda-genesis",
-        "region": "us-central1",
-        "revisions": {"stable": STABLE, "canary": CANARY},
-        "canary_percent": 5,
-        "stages": [5, 10, 25, 50, 100],
-        "bake": "1h",
-        "gates": {"window": "5m", "min_requests": 100, "error_rate": {"max": "5%"}},
-    }
-    data.update(over)
-    return RolloutSpec.model_validate(data)
-
-
-def live_with(*targets: Target, requested: TrafficSplit | None = None, **over: Any) -> LiveService:
-    split = TrafficSplit.of(targets)
-    return LiveService(
-        ref=REF,
-        traffic=split,
-        statuses=split,
-        etag="etag-1",
-        generation=3,
-        observed_generation=3,
-        revisions=frozenset((STABLE, CANARY, OTHER)),
-        requested=requested or split,
-        **over,
-    )
 
 
 ALL_STABLE = live_with(Target(STABLE, 100, "stable"))
@@ -75,21 +40,14 @@ AT_100 = live_with(Target(STABLE, 0, "stable"), Target(CANARY, 100, "canary"))
 
 def status_at(live: LiveService, **over: Any) -> ServiceStatus:
     """state/ after an earlier run that applied `live` at its stage since T0."""
-    base = ServiceStatus(
-        service="ion-api",
-        phase=Phase.PROGRESSING,
-        stable_revision=STABLE,
-        canary_revision=CANARY,
-        stage=live.traffic.percent_of(CANARY),
-        stage_since=T0,
-        traffic=live.traffic,
-        etag=live.etag,
-        generation=live.generation,
-        observed_generation=live.observed_generation,
-        last_reconcile=T0,
-        applied=live.traffic,
-    )
-    return replace(base, **over)
+    applied = {
+        "traffic": live.traffic,
+        "etag": live.etag,
+        "generation": live.generation,
+        "observed_generation": live.observed_generation,
+        "applied": live.traffic,
+    }
+    return status(live.traffic.percent_of(CANARY), T0, **{**applied, **over})
 
 
 def win(i: int, errors: int, *, length: timedelta = FIVE, requests: int = 1000) -> WindowStats:
@@ -418,3 +376,42 @@ def test_a_rollback_by_hand_closes_with_the_final_report_once() -> None:
         make_spec(), status_at(AT_5, reported={"final": T0}), AT_5, now=NOW, reason="again"
     )
     assert again.reports == ()
+
+
+# --- a write live traffic shows and state/ does not record yet (execute.recover) -----------------
+AT_10 = live_with(Target(STABLE, 90, "stable"), Target(CANARY, 10, "canary"))
+WRITTEN = T0 + 2 * FIVE
+"""When the unrecorded write moved the canary from 5% to 10%."""
+
+
+@pytest.mark.parametrize(
+    ("written", "want"),
+    [(None, Outcome.INCONCLUSIVE), (WRITTEN, Outcome.FAIL)],
+    ids=["stage-begins-now", "stage-begins-at-the-write"],
+)
+def test_an_unrecorded_write_starts_its_stage_when_it_was_made(
+    written: datetime | None, want: Outcome
+) -> None:
+    spec = make_spec(gates={"window": "5m", "consecutive_failures": 1, "error_rate": {"max": "5%"}})
+    d = decide(
+        spec,
+        status_at(AT_5),
+        AT_10,
+        now=NOW,
+        windows=[win(2, errors=90), win(3, errors=90)],  # served at 10%, since the write
+        unrecorded_write=written,
+    )
+    assert d.verdict is not None and d.verdict.outcome is want
+    assert d.rollback is (want is Outcome.FAIL)
+
+
+def test_a_service_left_alone_keeps_its_traffic_and_says_why() -> None:
+    d = decide(make_spec(), status_at(AT_5), AT_10, now=NOW)
+    assert d.plan.drift and d.plan.changes  # what the run would do without the rule
+    why = (
+        "left alone: a write 30 s ago is not yet recorded; recovered after 2m if no run records it"
+    )
+    held = left_alone_plan(d.plan, why)
+    assert held.changes == () and held.edit is None and not held.drift
+    assert held.after == held.before == AT_10.traffic and held.reason is Reason.NONE
+    assert held.notes[-1] == why

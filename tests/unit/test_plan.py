@@ -13,7 +13,6 @@ from reconciler.model import (
     GateResult,
     LiveService,
     Outcome,
-    ServiceRef,
     Target,
     TrafficSplit,
     Verdict,
@@ -30,41 +29,15 @@ from reconciler.plan import (
     split_for,
 )
 from reconciler.spec import RolloutSpec
+from tests.builders import CANARY, OTHER, STABLE, live_with
+from tests.builders import make_spec as ion_spec
 
 NOW = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
-STABLE = "ion-api-00041-abc"
-CANARY = "ion-api-00042-xyz"
-OTHER = "ion-api-00040-old"
-REF = ServiceRef("naeda-genesis", "us-central1", "ion-api")
 
 
 def make_spec(**over: Any) -> RolloutSpec:
-    data: dict[str, Any] = {
-        "service": "ion-api",
-        "project": "naeda-genesis",
-        "region": "us-central1",
-        "revisions": {"stable": STABLE, "canary": CANARY},
-        "canary_percent": 5,
-        "stages": [5, 10, 25, 50, 100],
-        "bake": "1h",
-    }
-    data.update(over)
-    return RolloutSpec.model_validate(data)
-
-
-def live_with(
-    *targets: Target, revisions: tuple[str, ...] = (STABLE, CANARY, OTHER)
-) -> LiveService:
-    split = TrafficSplit.of(targets)
-    return LiveService(
-        ref=REF,
-        traffic=split,
-        statuses=split,
-        etag="etag-1",
-        generation=3,
-        observed_generation=3,
-        revisions=frozenset(revisions),
-    )
+    """The ion-api rollout with the default gates."""
+    return ion_spec(**{"gates": None, **over})
 
 
 ALL_STABLE = live_with(Target(STABLE, 100, "stable"))

@@ -14,8 +14,6 @@ from reconciler.model import (
     GateResult,
     LatencyBucket,
     Outcome,
-    Target,
-    TrafficSplit,
     Verdict,
     WindowStats,
 )
@@ -50,6 +48,7 @@ from reconciler.stats import (
     merge_buckets,
     percentile_from_buckets,
 )
+from tests.builders import status_at
 from tests.refs import ION, ION_DIR
 
 NOW = datetime(2026, 5, 3, 12, 0, tzinfo=UTC)
@@ -93,23 +92,15 @@ PASS = Verdict(
 
 
 def _status(**changes: Any) -> ServiceStatus:
-    base = ServiceStatus(
-        service="ion-api",
-        phase=Phase.PROGRESSING,
-        stable_revision=STABLE,
-        canary_revision=CANARY,
-        stage=5,
-        stage_since=NOW - timedelta(hours=30),
-        traffic=TrafficSplit.of([Target(STABLE, 95, "stable"), Target(CANARY, 5, "canary")]),
-        etag='W/"1"',
-        generation=3,
-        observed_generation=3,
-        last_reconcile=NOW - timedelta(minutes=1),
-        verdict=PASS,
-        verdict_at=NOW - timedelta(minutes=1),
-        passing_since=NOW - timedelta(hours=25),
-    )
-    return replace(base, **changes)
+    base = {
+        "generation": 3,
+        "observed_generation": 3,
+        "last_reconcile": NOW - timedelta(minutes=1),
+        "verdict": PASS,
+        "verdict_at": NOW - timedelta(minutes=1),
+        "passing_since": NOW - timedelta(hours=25),
+    }
+    return status_at(5, NOW - timedelta(hours=30), **{**base, **changes})
 
 
 def _window(

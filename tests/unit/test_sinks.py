@@ -6,7 +6,6 @@ from __future__ import annotations
 import base64
 import json
 from collections.abc import Iterator
-from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from urllib.parse import quote, quote_plus
@@ -16,12 +15,10 @@ import yaml
 
 from reconciler import redact, yamledit
 from reconciler.gitops import format_message
-from reconciler.model import Target, TrafficSplit
 from reconciler.probes.checks import _show
 from reconciler.state import (
     Event,
     EventKind,
-    Phase,
     ServiceStatus,
     append_events,
     events_path,
@@ -32,6 +29,7 @@ from reconciler.state import (
     status_path,
     write_status,
 )
+from tests.builders import status_at
 from tests.refs import ION, ref
 
 T0 = datetime(2026, 5, 1, 12, 0, tzinfo=UTC)
@@ -106,22 +104,7 @@ def test_truncation_comes_after_the_scrub() -> None:
 
 
 def _status(**over: object) -> ServiceStatus:
-    base = ServiceStatus(
-        service="ion-api",
-        phase=Phase.PROGRESSING,
-        stable_revision="ion-api-00041-abc",
-        canary_revision="ion-api-00042-xyz",
-        stage=5,
-        stage_since=T0,
-        traffic=TrafficSplit.of(
-            [Target("ion-api-00041-abc", 95, "stable"), Target("ion-api-00042-xyz", 5, "canary")]
-        ),
-        etag="e1",
-        generation=3,
-        observed_generation=3,
-        last_reconcile=T0,
-    )
-    return replace(base, **over)  # type: ignore[arg-type]
+    return status_at(5, T0, **{"etag": "e1", "generation": 3, "observed_generation": 3, **over})
 
 
 # --- line separators ------------------------------------------------------------------------

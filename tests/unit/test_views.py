@@ -31,6 +31,7 @@ class Outcome_:
     commit: str | None = None
     verdict: Verdict | None = None
     held: str | None = None
+    left_alone: str | None = None
     label: str = ""
 
     @property
@@ -112,6 +113,14 @@ def test_apply_summary_counts_every_kind_of_outcome() -> None:
     assert lines[0].text.endswith("(commit 0123456789)")
     blocked = outcome_lines(run.outcomes[2])
     assert blocked[0].err and blocked[0].text.startswith("blocked checkout-web: ")
+
+
+def test_a_service_left_alone_says_why_on_stderr() -> None:
+    why = (
+        "left alone: a write 31 s ago is not yet recorded; recovered after 2m if no run records it"
+    )
+    (line, *_notes) = outcome_lines(Outcome_("ion-api", fleet(1).services[0], left_alone=why))
+    assert line.err and line.text == f"ion-api: {why}"
 
 
 def _steady(name: str, plan: ServicePlan) -> Outcome_:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -34,6 +35,7 @@ from reconciler.plan import (
     coverage_note,
 )
 from reconciler.views.comment import MARKER, OFFLINE_NOTE, plan_markdown
+from tests.builders import canary_moves
 
 GOLDEN = Path(__file__).resolve().parents[1] / "golden"
 NOW = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
@@ -85,16 +87,36 @@ def _split(name: str, stable: int, canary: int) -> TrafficSplit:
     return TrafficSplit.of(targets)
 
 
-def _service(name: str, kind: str) -> ServicePlan:
-    """One service of the fleet in the state `kind` names."""
-    stable, canary = f"{name}-00041-abc", f"{name}-00042-xyz"
-    base = {
+def _base(name: str) -> dict[str, Any]:
+    """What every row's plan of `name` shares: identity, revisions, etag and generation."""
+    return {
         "ref": ServiceRef("naeda-genesis", "us-central1", name),
         "etag": "etag-7",
         "generation": 7,
-        "canary": canary,
-        "stable": stable,
+        "canary": f"{name}-00042-xyz",
+        "stable": f"{name}-00041-abc",
     }
+
+
+def _new_stage(name: str, before: int, after: int, **fields: Any) -> ServicePlan:
+    """A row moving `name`'s canary from `before`% to `after`%, a new stage."""
+    base = _base(name)
+    return ServicePlan(
+        before=_split(name, 100 - before, before),
+        after=_split(name, 100 - after, after),
+        changes=canary_moves(base["stable"], base["canary"], before, after),
+        reason=Reason.STAGE,
+        phase=Phase.PROGRESSING,
+        canary_percent=after,
+        **base,
+        **fields,
+    )
+
+
+def _service(name: str, kind: str) -> ServicePlan:
+    """One service of the fleet in the state `kind` names."""
+    stable, canary = f"{name}-00041-abc", f"{name}-00042-xyz"
+    base = _base(name)
     if kind == "rollback":
         return ServicePlan(
             before=_split(name, 95, 5),
@@ -115,48 +137,13 @@ def _service(name: str, kind: str) -> ServicePlan:
             **base,
         )
     if kind == "stage":
-        return ServicePlan(
-            before=_split(name, 95, 5),
-            after=_split(name, 90, 10),
-            changes=(
-                Change(Action.CHANGE, stable, 95, 90, "stable", "stable"),
-                Change(Action.CHANGE, canary, 5, 10, "canary", "canary"),
-            ),
-            reason=Reason.STAGE,
-            phase=Phase.PROGRESSING,
-            canary_percent=10,
-            verdict=PASSING,
-            **base,
-        )
+        return _new_stage(name, 5, 10, verdict=PASSING)
     if kind == "blocked":
-        return ServicePlan(
-            before=_split(name, 95, 5),
-            after=_split(name, 75, 25),
-            changes=(
-                Change(Action.CHANGE, stable, 95, 75, "stable", "stable"),
-                Change(Action.CHANGE, canary, 5, 25, "canary", "canary"),
-            ),
-            reason=Reason.STAGE,
-            phase=Phase.PROGRESSING,
-            canary_percent=25,
-            blocked="canary_percent 25% skips stage 10% (stages: 5, 10, 25, 50, 100)",
-            verdict=PASSING,
-            **base,
-        )
+        blocked = "canary_percent 25% skips stage 10% (stages: 5, 10, 25, 50, 100)"
+        return _new_stage(name, 5, 25, blocked=blocked, verdict=PASSING)
     if kind == "forced":
-        return ServicePlan(
-            before=_split(name, 100, 0),
-            after=_split(name, 95, 5),
-            changes=(
-                Change(Action.CHANGE, stable, 100, 95, "stable", "stable"),
-                Change(Action.ADD, canary, 0, 5, "", "canary"),
-            ),
-            reason=Reason.STAGE,
-            phase=Phase.PROGRESSING,
-            canary_percent=5,
-            warnings=("force: true - the bake gate is skipped for this change",),
-            **base,
-        )
+        warning = "force: true - the bake gate is skipped for this change"
+        return _new_stage(name, 0, 5, warnings=(warning,))
     if kind == "held":
         return ServicePlan(
             before=_split(name, 95, 5),

@@ -13,42 +13,30 @@ import pytest
 from reconciler.decide import decide
 from reconciler.model import (
     LiveService,
-    Phase,
     ServiceRef,
     ServiceStatus,
     Target,
-    TrafficSplit,
     WindowStats,
 )
-from reconciler.plan import Plan, Reason, is_rolled_back
+from reconciler.plan import Plan, Reason, is_rolled_back, split_for
 from reconciler.spec import RolloutSpec
 from reconciler.views.comment import plan_markdown
 from reconciler.views.plan import plan_from_json, plan_json, plan_text
 from reconciler.views.status import status_text
 from reconciler.waves import RegionState, expand, region_state, step, waves_of
+from tests.builders import CANARY, STABLE, live_with, status_at
+from tests.builders import make_spec as ion_spec
 
 NOW = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
 T0 = NOW - timedelta(hours=1)
-STABLE = "ion-api-00041-abc"
-CANARY = "ion-api-00042-xyz"
 OLD = "ion-api-00040-old"
 US, EU, ASIA, AU = "us-central1", "europe-west1", "asia-northeast1", "australia-southeast1"
 TWO_WAVES = [[US], [EU, ASIA]]
 
 
 def make_spec(**over: Any) -> RolloutSpec:
-    data: dict[str, Any] = {
-        "service": "ion-api",
-        "project": "naeda-genesis",
-        "waves": TWO_WAVES,
-        "revisions": {"stable": STABLE, "canary": CANARY},
-        "canary_percent": 5,
-        "stages": [5, 10, 25, 50, 100],
-        "bake": "1h",
-        "gates": {"window": "5m", "min_requests": 100, "error_rate": {"max": "5%"}},
-    }
-    data.update(over)
-    return RolloutSpec.model_validate(data)
+    """The ion-api rollout in `TWO_WAVES` (no `region:`)."""
+    return ion_spec(**{"region": None, "waves": TWO_WAVES, **over})
 
 
 def rolled(region: str, revision: str = CANARY) -> dict[str, Any]:
@@ -188,24 +176,9 @@ def test_wave_rule(
 
 # --- region_state: what the rule reads of state/ -----------------------------------------------
 def status(region: str, stage: int, **over: Any) -> ServiceStatus:
-    split = TrafficSplit.of(
-        [Target(STABLE, 100 - stage, "stable"), Target(CANARY, stage, "canary")]
+    return status_at(
+        stage, T0, **{"etag": "e", "applied": split_for(STABLE, CANARY, stage), **over}
     )
-    base = ServiceStatus(
-        service="ion-api",
-        phase=Phase.PROGRESSING,
-        stable_revision=STABLE,
-        canary_revision=CANARY,
-        stage=stage,
-        stage_since=T0,
-        traffic=split,
-        etag="e",
-        generation=3,
-        observed_generation=3,
-        last_reconcile=T0,
-        applied=split,
-    )
-    return replace(base, **over)
 
 
 STATES = [
@@ -233,16 +206,8 @@ def live(region: str, stage: int, *, tagged: bool = True) -> LiveService:
     targets = [Target(STABLE, 100 - stage, "stable")]
     if tagged:
         targets.append(Target(CANARY, stage, "canary"))
-    split = TrafficSplit.of(targets)
-    return LiveService(
-        ref=ServiceRef("naeda-genesis", region, "ion-api"),
-        traffic=split,
-        statuses=split,
-        etag="e",
-        generation=3,
-        observed_generation=3,
-        revisions=frozenset((STABLE, CANARY, OLD)),
-    )
+    ref = ServiceRef("naeda-genesis", region, "ion-api")
+    return live_with(*targets, revisions=(STABLE, CANARY, OLD), ref=ref, etag="e")
 
 
 def win(region: str, errors: int) -> WindowStats:

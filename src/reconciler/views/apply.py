@@ -24,8 +24,8 @@ def _commit(sha: str | None) -> str:
 
 
 def outcome_lines(o: ServiceOutcome, *, color: bool = False, mark: str = "") -> list[Line]:
-    """The lines of one service's outcome: applied, rolled back, held, blocked, in sync or
-    error. `mark` ends every line (degraded mode)."""
+    """The lines of one service's outcome: applied, rolled back, held, left alone, blocked,
+    in sync or error. `mark` ends every line (degraded mode)."""
     name = o.name
     if o.error:
         # An error that already names its service (or its file) is not prefixed; one of a
@@ -46,6 +46,8 @@ def outcome_lines(o: ServiceOutcome, *, color: bool = False, mark: str = "") -> 
         lines = [Line(f"{head} {name}: {sp.reason.value}, {change}{_commit(o.commit)}{mark}")]
     elif o.held:
         lines = [Line(f"{paint('held', 'bad', color)} {name}: {o.held}{mark}", err=True)]
+    elif o.left_alone:
+        lines = [Line(f"{name}: {paint(o.left_alone, 'bad', color)}{mark}", err=True)]
     elif sp.blocked:
         text = f"{paint('blocked', 'bad', color)} {name}: {sp.blocked}{mark}"
         lines = [Line(text, err=True)]
@@ -53,7 +55,8 @@ def outcome_lines(o: ServiceOutcome, *, color: bool = False, mark: str = "") -> 
         verdict = f", verdict {verdict_summary(o.verdict)}" if o.verdict else ""
         ok = paint("ok", "good", color)
         lines = [Line(f"{ok} {name}: in sync ({sp.before.describe()}){verdict}{mark}")]
-    return lines + [Line(f"  {note}") for note in (*sp.notes, *sp.warnings)]
+    notes = [n for n in (*sp.notes, *sp.warnings) if n != o.left_alone]
+    return lines + [Line(f"  {note}") for note in notes]
 
 
 def summary(result: RunResult) -> str:

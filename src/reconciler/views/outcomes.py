@@ -33,6 +33,8 @@ class ServiceOutcome(Protocol):
     @property
     def held(self) -> str | None: ...
     @property
+    def left_alone(self) -> str | None: ...
+    @property
     def name(self) -> str:
         """The service as output names it: its id, or with its region or project when the run
         holds the id more than once (`model.labels`)."""

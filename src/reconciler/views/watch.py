@@ -27,6 +27,8 @@ def describe(o: ServiceOutcome) -> str:
         text += f" ({sp.reason.value}: {sp.before.describe()} -> {sp.after.describe()})"
     elif o.held:
         text += f" ({o.held})"
+    elif o.left_alone:
+        text += f" ({o.left_alone})"
     elif sp.blocked:
         text += f" (blocked: {sp.blocked})"
     return text
