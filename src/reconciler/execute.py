@@ -27,7 +27,14 @@ from typing import Any
 from reconciler import state as st
 from reconciler import verbs, yamledit
 from reconciler.backends import Conflict, TrafficBackend
-from reconciler.decide import Commit, Decision, ReportDue, checkpoint_interval, record_due
+from reconciler.decide import (
+    Commit,
+    Decision,
+    ReportDue,
+    checkpoint_interval,
+    news,
+    record_due,
+)
 from reconciler.errors import ReconcileError
 from reconciler.gitops import GitOps
 from reconciler.loader import load_spec
@@ -134,14 +141,19 @@ def edit_text(text: str, edit: SpecEdit) -> str:
     return yamledit.edit_rollout(text, set_values=values, remove=remove)
 
 
-_EDITS = threading.Lock()
-"""Serializes rollout-file edits: the regions of a file with `waves:` are reconciled on a
-pool, and two of them rolled back in one run each add their entry to the same file."""
+_EDITS: dict[Path, threading.Lock] = {}
+"""One lock per rollout file, serializing its edits: the regions of a file with `waves:` are
+reconciled on a pool, and two of them rolled back in one run each add their entry to the same
+file. Edits of different files go on side by side (a change of a whole fleet edits each)."""
+_EDITS_LOCK = threading.Lock()
 
 
 def edit_rollout_file(run: ServiceRun, edit: SpecEdit) -> None:
     """Carry out an edit of the run's rollout file, keeping every other byte."""
-    with _EDITS:
+    path = run.path.resolve()
+    with _EDITS_LOCK:
+        lock = _EDITS.setdefault(path, threading.Lock())
+    with lock:
         st.atomic_write_text(run.path, edit_text(read_rollout(run.path), edit))
     run.edited = True
 
@@ -296,7 +308,11 @@ def carry_out(
     wrote = False
     if sp.changes:
         try:
+            read = run.live
             d, run.live, wrote = write_traffic(ctx, d, redecide, run.now)
+            if not run.live.revisions:
+                # A write's read-back lists no revisions (a traffic write makes none).
+                run.live = replace(run.live, revisions=read.revisions)
             run.wrote = d if wrote else None
         except ReconcileError as exc:
             if not d.rollback or isinstance(exc, Conflict):
@@ -350,16 +366,21 @@ def write_record(ctx: Context, run: ServiceRun, d: Decision, applied: bool) -> R
     status = _with_live(d.status if applied else d.held, run.live)
     due = d.reports_due(applied)
     quiet = not (applied or run.events or run.edited or d.events or due)
-    if quiet and (d.idle or _unchanged(root, run.ref, status, d.previous)):
-        return None
     # Between checkpoints a steady canary's newer windows are not news: nothing is written,
-    # and the next run judges the same traffic again from the last record.
+    # and the next run judges the same traffic again from the last record. (Asked first: it
+    # is pure, where the check below serializes the status.)
     if not record_due(
         d.previous,
         status,
         now=run.now,
         interval=checkpoint_interval(run.spec),
         news_elsewhere=not quiet,
+    ):
+        return None
+    # A record with news differs from the file in what it says (every field `news` compares
+    # is written), so only one due at a checkpoint has its text compared.
+    if quiet and (
+        d.idle or (not news(d.previous, status) and _unchanged(root, run.ref, status, d.previous))
     ):
         return None
     service = run.spec.service

@@ -6,8 +6,9 @@ from __future__ import annotations
 import difflib
 import fnmatch
 import re
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import replace
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -148,7 +149,7 @@ LIST_FROM = 2
 not transfer the rest of the region."""
 
 
-class _Reads:
+class LiveReads:
     """Live reads started as soon as the specs that need them are known: a project and
     region's list calls once it counts `LIST_FROM` specs, one read per service for the rest
     once every spec is known (`finish`). Results by identity (`ServiceRef.key`)."""
@@ -206,6 +207,14 @@ class _Reads:
         return out
 
 
+@contextmanager
+def live_reads(backend: TrafficBackend, max_workers: int = 16) -> Iterator[LiveReads]:
+    """Live reads on a bounded pool for the length of the block: tell it of each spec as it
+    is parsed (`seen`), then of all of them (`finish`), and take the results (`result`)."""
+    with ThreadPoolExecutor(max_workers=max(1, max_workers)) as pool:
+        yield LiveReads(backend, pool)
+
+
 def observe(
     backend: TrafficBackend, specs: Sequence[RolloutSpec], max_workers: int = 16
 ) -> dict[str, LiveService | str]:
@@ -219,7 +228,7 @@ def observe(
     if not specs:
         return {}
     with ThreadPoolExecutor(max_workers=max(1, min(max_workers, len(specs)))) as pool:
-        reads = _Reads(backend, pool)
+        reads = LiveReads(backend, pool)
         for spec in specs:
             reads.seen(spec)
         reads.finish(specs)
@@ -260,7 +269,7 @@ def gather(
     the GIL).
     """
     with ThreadPoolExecutor(max_workers=max(1, max_workers)) as pool:
-        reads = _Reads(backend, pool) if backend is not None else None
+        reads = LiveReads(backend, pool) if backend is not None else None
         ok, errors = load_all(files, shard, reads.seen if reads is not None else None)
         specs = [s for _, s in ok]
         if reads is not None:
@@ -337,11 +346,11 @@ def spans(
 
 def measure(
     ctx: Context,
-    items: Sequence[tuple[RolloutSpec, LiveService]],
+    items: Sequence[tuple[RolloutSpec, LiveService, st.ServiceStatus | None]],
     now: datetime,
 ) -> tuple[dict[tuple[str, str], list[Window]], dict[str, str]]:
     """The windows (see `spans`) of the canary and stable of every service with a live
-    canary; each state/ status is read here for its last judged window.
+    canary, each from its state/ status as the run read it (its last judged window).
 
     Batched: one provider call per metrics configuration and span, covering every service
     that shares it (the Cloud Monitoring provider makes one API call per metric per project).
@@ -353,7 +362,7 @@ def measure(
     errors: dict[str, str] = {}
     if ctx.metrics_for is None:
         return out, errors
-    groups, providers = _query_groups(ctx, ctx.metrics_for, items, now)
+    groups, providers = _query_groups(ctx.metrics_for, items, now)
 
     def ask(group: _Group) -> Mapping[tuple[str, str], Window]:
         key, _, start, end, _ = group
@@ -393,9 +402,8 @@ _Group = tuple[str, int, datetime, datetime, SpanKind]
 
 
 def _query_groups(
-    ctx: Context,
     metrics_for: Callable[[Metrics], MetricsProvider],
-    items: Sequence[tuple[RolloutSpec, LiveService]],
+    items: Sequence[tuple[RolloutSpec, LiveService, st.ServiceStatus | None]],
     now: datetime,
 ) -> tuple[dict[_Group, list[tuple[RolloutSpec, StatsQuery]]], dict[str, MetricsProvider]]:
     """The provider calls `measure` makes: every service's spans, grouped by provider and
@@ -403,7 +411,7 @@ def _query_groups(
     groups: dict[_Group, list[tuple[RolloutSpec, StatsQuery]]] = {}
     providers: dict[str, MetricsProvider] = {}
     seen: dict[str, int] = {}
-    for spec, live in items:
+    for spec, live, status in items:
         canary = spec.revisions.canary
         if canary is None:
             continue
@@ -411,10 +419,6 @@ def _query_groups(
         if key not in providers:
             providers[key] = metrics_for(spec.metrics)
         lag = lag_of(providers[key])
-        try:
-            status = st.read_status(ctx.repo, ref_of(spec))
-        except ReconcileError:
-            status = None  # the service's own tick reports the corrupt file
         query = StatsQuery(ref_of(spec), (canary, spec.revisions.stable))
         twin = seen[spec.service] = seen.get(spec.service, -1) + 1
         for start, end, kind in spans(spec, status, live, now, lag, stamped_at(live)):

@@ -383,23 +383,35 @@ class GitOps:
         known = [p for p in rel if (self.root / p).exists() or self._tracked(p)]
         if not known:
             return None
-        self._check("--literal-pathspecs", "add", "--all", "--", *known)
-        status, _, _ = self._git("--literal-pathspecs", "diff", "--cached", "--quiet", "--", *known)
-        if status == 0:
-            return None
-        self._check(
-            "--literal-pathspecs",
-            "commit",
-            "--only",
-            "--quiet",
-            "--cleanup=whitespace",
-            "-m",
-            message,
-            "--",
-            *known,
-            env=self.identity.env(),
-        )
+        # A run's commit can name thousands of paths and carry a message of one line per
+        # service: both go through files, since one argument is capped at 128 KiB and the
+        # whole command line at the system's ARG_MAX.
+        with tempfile.TemporaryDirectory(prefix="reconcile-commit-") as tmp:
+            paths_file = Path(tmp) / "paths"
+            paths_file.write_bytes(b"\0".join(os.fsencode(p) for p in known))
+            from_file = (f"--pathspec-from-file={paths_file}", "--pathspec-file-nul")
+            self._check("--literal-pathspecs", "add", "--all", *from_file)
+            named = set(known)
+            if not any(_under(name, named) for name in self._staged()):
+                return None
+            message_file = Path(tmp) / "message"
+            message_file.write_text(message, encoding="utf-8")
+            self._check(
+                "--literal-pathspecs",
+                "commit",
+                "--only",
+                "--quiet",
+                "--cleanup=whitespace",
+                f"--file={message_file}",
+                *from_file,
+                env=self.identity.env(),
+            )
         return self.head()
+
+    def _staged(self) -> list[str]:
+        """Every path whose staged content differs from HEAD (both sides of a rename)."""
+        out = self._check("diff", "--cached", "--name-only", "--no-renames", "-z")
+        return [name for name in out.split("\0") if name]
 
     def push(self, retries: int = 5) -> bool:
         """Push the current branch; on a non-fast-forward fetch, rebase and retry.
@@ -1057,3 +1069,9 @@ def _reason(text: str) -> str:
         if sep and prefix == "remote" and rest.strip():
             return line
     return lines[-1] if lines else "unknown error"
+
+
+def _under(name: str, paths: set[str] | frozenset[str]) -> bool:
+    """Whether the repository path `name` is one of `paths` or inside one of them."""
+    parts = name.split("/")
+    return any("/".join(parts[:i]) in paths for i in range(1, len(parts) + 1))

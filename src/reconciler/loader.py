@@ -69,7 +69,7 @@ _GLUED_COMMENT = re.compile(r"[|>][-+0-9]*#")
 _INNER_QUESTION = re.compile(r"\S\?")
 
 
-def _special(text: str) -> bool:
+def libyaml_differs(text: str) -> bool:
     """Whether `text` holds something libyaml reads differently from PyYAML (see above)."""
     return bool(
         _SPECIAL_CHAR.search(text)
@@ -450,7 +450,7 @@ def _compose(text: str, *, fast: bool) -> tuple[dict[str, Any], dict[Loc, int]]:
     """
     composer: _Strict | None = None
     try:
-        if fast and _CParser is not None and not _special(text):
+        if fast and _CParser is not None and not libyaml_differs(text):
             composer = _CComposer(text) if _c_composable(text) else _FastComposer(text)
         else:
             # The reader checks for unprintable characters as soon as it is built.

@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
@@ -37,7 +38,7 @@ from reconciler.execute import (
 from reconciler.execute import STAMP_KEY as STAMP_KEY
 from reconciler.execute import Context as Context  # re-exported: callers build it from here
 from reconciler.execute import read_stamp as read_stamp
-from reconciler.gather import gather, load_all, measure, observe, region_statuses
+from reconciler.gather import gather, live_reads, load_all, measure, region_statuses
 from reconciler.gather import ref_of as ref_of
 from reconciler.gather import rollout_files as rollout_files
 from reconciler.loader import load_spec, spec_id_of
@@ -145,6 +146,9 @@ class _Run:
     saved: Mapping[str, ServicePlan]
     listener: Listener | None
     book: Book
+    statuses: Mapping[str, st.StatusLoad | ReconcileError] = field(default_factory=dict)
+    """Each service's state/ status as the run first read it (or why it could not be), by
+    identity: read once for both the metric queries and the decision."""
     windows: Mapping[tuple[str, str], Sequence[Window]] = field(default_factory=dict)
     metric_errors: Mapping[str, str] = field(default_factory=dict)
     deadline: float = 0.0
@@ -173,8 +177,19 @@ class _Run:
         won = [w for rev in (spec.revisions.canary, spec.revisions.stable) if rev
                for w in self.windows.get((key, rev), [])]  # fmt: skip
         err = self.metric_errors.get(key)
+        loaded = self.statuses.get(key)
+        if isinstance(loaded, ReconcileError):
+            raise loaded
         t = prepare(
-            self.ctx, path, spec, live, won, err, dry_run=self.dry_run, probe_deadline=self.deadline
+            self.ctx,
+            path,
+            spec,
+            live,
+            won,
+            err,
+            dry_run=self.dry_run,
+            probe_deadline=self.deadline,
+            loaded=loaded,
         )
         d = t.decision
         if self.dry_run:
@@ -280,6 +295,7 @@ def apply_all(
                 if listener is not None:
                     listener.finished(o, False)
             return RunResult(refused)
+    ctx = replace(ctx, clock=_coarse(ctx.clock))
     run, items = _start(ctx, patterns, dry_run, saved, listener)
     ticks = _on_pool(run, run.first, items)
     if dry_run:
@@ -300,6 +316,29 @@ def apply_all(
     if final.pushed is None:
         final = first
     return _result(run, final, degraded, rollbacks_pushed=first.pushed)
+
+
+CLOCK_RESOLUTION = 1.0
+"""Seconds in which a run's services share one reading of its clock. A reading can be a call
+(the emulator's virtual clock is read over gRPC): one per service was a thousand calls a run."""
+
+
+def _coarse(
+    clock: Callable[[], datetime], elapsed: Callable[[], float] = time.monotonic
+) -> Callable[[], datetime]:
+    """`clock`, read again only once the last reading is `CLOCK_RESOLUTION` seconds old by
+    `elapsed` (for one run: a clock moved between runs is always read)."""
+    lock = threading.Lock()
+    last: list[tuple[float, datetime]] = []
+
+    def read() -> datetime:
+        with lock:
+            at = elapsed()
+            if not last or at - last[0][0] >= CLOCK_RESOLUTION:
+                last[:] = [(at, clock())]
+            return last[0][1]
+
+    return read
 
 
 @dataclass(frozen=True)
@@ -337,30 +376,24 @@ def _start(
     inputs, and the services that can be decided (the others already have an outcome)."""
     files = rollout_files(ctx.repo / "rollout", patterns)
     dirty = set() if dry_run or ctx.git is None else _dirty(ctx)
-    specs, load_errors = load_all(files, ctx.shard)
-    book = Book(ctx, labels(ref_of(s) for _, s in specs))
-    run = _Run(ctx, dry_run, dirty, saved_mod.by_service(saved), listener, book)
-    if listener is not None:
-        listener.started(len(specs) + len(load_errors))
-    by_stem = {p.stem: p for p in files}
-    for e in load_errors:
-        path = by_stem.get(e.service)
-        if path is not None and path.resolve() in dirty:
-            run.done(
-                ServiceOutcome(
-                    e.service,
-                    error=f"{_uncommitted(ctx, path)}; it does not load either: {e.message}",
-                )
-            )
-        else:
-            run.done(ServiceOutcome(e.service, error=e.message))
-    if not dry_run:
-        unmoved = _migrate(ctx, files, [s for _, s in specs])
-        for _, s in specs:
-            if ref_of(s).key in unmoved:
-                run.done(ServiceOutcome(s.service, error=unmoved[ref_of(s).key]), ref_of(s))
-        specs = [(p, s) for p, s in specs if ref_of(s).key not in unmoved]
-    lives = observe(ctx.backend, [s for _, s in specs], ctx.max_workers)
+    with live_reads(ctx.backend, ctx.max_workers) as reads:
+        # A region's list calls start as soon as its specs are parsed, and wait on the API
+        # while this thread parses the other files and reads state/.
+        specs, load_errors = load_all(files, ctx.shard, reads.seen)
+        book = Book(ctx, labels(ref_of(s) for _, s in specs))
+        run = _Run(ctx, dry_run, dirty, saved_mod.by_service(saved), listener, book)
+        if listener is not None:
+            listener.started(len(specs) + len(load_errors))
+        _unloadable(run, files, load_errors)
+        if not dry_run:
+            unmoved = _migrate(ctx, files, [s for _, s in specs])
+            for _, s in specs:
+                if ref_of(s).key in unmoved:
+                    run.done(ServiceOutcome(s.service, error=unmoved[ref_of(s).key]), ref_of(s))
+            specs = [(p, s) for p, s in specs if ref_of(s).key not in unmoved]
+        reads.finish([s for _, s in specs])
+        run.statuses = {ref_of(s).key: _load_status(ctx, s) for _, s in specs}
+        lives = reads.result([s for _, s in specs])
     items: list[Item] = []
     for path, spec in specs:
         live = lives[ref_of(spec).key]
@@ -368,9 +401,36 @@ def _start(
             run.done(ServiceOutcome(spec.service, error=live), ref_of(spec))
         else:
             items.append((path, spec, live))
-    run.windows, run.metric_errors = measure(ctx, [(s, lv) for _, s, lv in items], ctx.clock())
+    measured = [(s, lv, _status_of(run.statuses[ref_of(s).key])) for _, s, lv in items]
+    run.windows, run.metric_errors = measure(ctx, measured, ctx.clock())
     run.deadline = time.monotonic() + ctx.probe_budget
     return run, items
+
+
+def _unloadable(run: _Run, files: Sequence[Path], errors: Sequence[ServiceError]) -> None:
+    """The outcome of each rollout file that does not load (and says so when it is also an
+    uncommitted edit)."""
+    by_stem = {p.stem: p for p in files}
+    for e in errors:
+        path = by_stem.get(e.service)
+        if path is not None and path.resolve() in run.dirty:
+            why = f"{_uncommitted(run.ctx, path)}; it does not load either: {e.message}"
+            run.done(ServiceOutcome(e.service, error=why))
+        else:
+            run.done(ServiceOutcome(e.service, error=e.message))
+
+
+def _load_status(ctx: Context, spec: RolloutSpec) -> st.StatusLoad | ReconcileError:
+    """A service's status file, salvaged when corrupt; a refused path (a symbolic link) is
+    kept as the error its own tick raises."""
+    try:
+        return st.load_status(ctx.state_root, ref_of(spec))
+    except ReconcileError as exc:
+        return exc
+
+
+def _status_of(loaded: st.StatusLoad | ReconcileError) -> st.ServiceStatus | None:
+    return None if isinstance(loaded, ReconcileError) else loaded.status
 
 
 _T = TypeVar("_T")

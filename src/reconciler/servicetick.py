@@ -53,12 +53,15 @@ def prepare(
     *,
     dry_run: bool = False,
     probe_deadline: float | None = None,
+    loaded: st.StatusLoad | None = None,
 ) -> Tick:
-    """Gather what only this service needs (state/, a late record, probes) and decide."""
+    """Gather what only this service needs (state/ unless `loaded` is the run's read of it,
+    a late record, probes) and decide."""
     now = ctx.clock()
     # A corrupt status file must not stop this service's rollback: what parses is kept, the
     # rest is rebuilt from live traffic and git, and an event says what was dropped.
-    loaded = st.load_status(ctx.state_root, ref_of(spec))
+    if loaded is None:
+        loaded = st.load_status(ctx.state_root, ref_of(spec))
     status = loaded.status
     spec_id = spec_id_of(path)
     run = ServiceRun(path, spec, live, now)

@@ -49,6 +49,8 @@ once.
 
 from __future__ import annotations
 
+import functools
+import io
 import json
 import logging
 import math
@@ -305,15 +307,24 @@ def atomic_write_text(path: Path, text: str) -> None:
 
 
 def status_text(status: ServiceStatus) -> str:
-    """The text of `status.yaml` for `status` (what `write_status` writes)."""
-    return yaml.dump(
-        _scrubbed(_status_to_data(status)),
-        Dumper=_StatusDumper,
-        sort_keys=False,
-        default_flow_style=False,
-        allow_unicode=True,
-        width=100,
+    """The text of `status.yaml` for `status` (what `write_status` writes): the bytes of
+    `yaml.dump(data, Dumper=_StatusDumper, sort_keys=False, default_flow_style=False,
+    allow_unicode=True, width=100)`, with the node tree built by `_node`."""
+    return _yaml_text(_scrubbed(_status_to_data(status)))
+
+
+def _yaml_text(data: Any) -> str:
+    stream = io.StringIO()
+    dumper = _StatusDumper(
+        stream, default_flow_style=False, allow_unicode=True, width=100, sort_keys=False
     )
+    try:
+        dumper.open()
+        dumper.serialize(_node(dumper, data))
+        dumper.close()
+    finally:
+        dumper.dispose()
+    return stream.getvalue()
 
 
 def write_status(root: Path, ref: ServiceRef, status: ServiceStatus) -> Path:
@@ -674,13 +685,51 @@ class _StatusDumper(_BaseDumper):  # type: ignore[misc]
     """SafeDumper that double-quotes any string holding a line separator, so it is written
     escaped (`\\L`, `\\N`, `\\n`) rather than as a raw break a line reader splits at."""
 
+    def resolve(self, kind: Any, value: Any, implicit: Any) -> Any:
+        # The emitter asks twice per scalar; keys and most values repeat across files.
+        if kind is yaml.ScalarNode:
+            return _scalar_tag(value, implicit)
+        return super().resolve(kind, value, implicit)
+
+
+@functools.lru_cache(maxsize=4096)
+def _scalar_tag(value: str, implicit: tuple[bool, bool]) -> str:
+    """The tag a scalar resolves to (the SafeDumper's resolver has no path resolvers, so
+    the answer depends on the text alone)."""
+    return str(_BaseDumper.resolve(_RESOLVER, yaml.ScalarNode, value, implicit))
+
+
+_RESOLVER = _BaseDumper(io.StringIO())
+
 
 def _represent_str(dumper: yaml.SafeDumper, value: str) -> yaml.Node:
-    style = '"' if any(ch in _SPLITS for ch in value) else None
+    style = None if _SPLITS.isdisjoint(value) else '"'
     return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
 
 
 _StatusDumper.add_representer(str, _represent_str)
+
+
+def _node(dumper: Any, data: Any) -> yaml.Node:
+    """The node `dumper.represent_data(data)` builds for the plain data of a state file, without
+    the representer's per-node dispatch and alias bookkeeping (`_scrubbed` data shares no
+    object, so there is no alias to make); any other type goes through the representer."""
+    kind = type(data)
+    if kind is str:
+        return yaml.ScalarNode(_STR, data, style=None if _SPLITS.isdisjoint(data) else '"')
+    if data is None:
+        return yaml.ScalarNode(_NULL, "null")
+    if kind is bool:
+        return yaml.ScalarNode(_BOOL, "true" if data else "false")
+    if kind is int:
+        return yaml.ScalarNode(_INT, str(data))
+    if kind is dict:
+        pairs = [(_node(dumper, k), _node(dumper, v)) for k, v in data.items()]
+        return yaml.MappingNode(_MAP, pairs, flow_style=False)
+    if kind is list:
+        return yaml.SequenceNode(_SEQ, [_node(dumper, v) for v in data], flow_style=False)
+    node: yaml.Node = dumper.represent_data(data)
+    return node
 
 
 def _status_to_data(s: ServiceStatus) -> dict[str, Any]:

@@ -112,6 +112,40 @@ def test_writes_send_only_traffic_and_annotations(
     assert live.etag != after.etag
 
 
+def test_a_write_on_a_fresh_read_goes_out_on_its_etag_and_keeps_others_annotations(
+    emulator: Emulator,
+) -> None:
+    now = [0.0]
+    backend = CloudRunBackend(max_wait=0.05, clock=lambda: now[0])
+    first = backend.set_traffic(REF, canary_at(5), "", {"other-tool/note": "keep me"})
+    emulator.reset_counters()
+    now[0] += 59.0  # within `fresh_for` of the read-back
+    after = backend.set_traffic(REF, canary_at(10), first.etag, {"reconciler/at": "x"})
+    # No read before the write; one GetService after it (no ListRevisions: none is new).
+    assert emulator.calls == {"UpdateService": 1, "GetService": 1}
+    assert after.traffic.same_routing(canary_at(10)) and after.revisions == frozenset()
+    assert after.annotations == {"other-tool/note": "keep me", "reconciler/at": "x"}
+    # A read older than `fresh_for` is not trusted with the write: the service is read first.
+    emulator.reset_counters()
+    now[0] += 61.0
+    backend.set_traffic(REF, canary_at(5), after.etag)
+    assert emulator.calls == {"GetService": 2, "UpdateService": 1}
+
+
+def test_a_change_since_a_fresh_read_is_refused_by_the_etag_and_nothing_is_written(
+    emulator: Emulator, backend: CloudRunBackend
+) -> None:
+    live = backend.list_services(REF.project, REF.region)[REF.service]
+    emulator.drift("ion-api", {STABLE: 80, CANARY: 20})
+    emulator.reset_counters()
+    with pytest.raises(Conflict, match="changed since it was read \\(The etag provided"):
+        backend.set_traffic(REF, canary_at(5), live.etag, {"reconciler/at": "x"})
+    assert emulator.writes == 0 and emulator.write_attempts == 1
+    after = backend.get_service(REF)
+    assert after.traffic.percents() == {STABLE: 80, CANARY: 20}
+    assert "reconciler/at" not in after.annotations
+
+
 def test_resource_exhausted_is_retried_with_backoff(
     emulator: Emulator, backend: CloudRunBackend
 ) -> None:

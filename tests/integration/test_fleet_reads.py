@@ -3,6 +3,7 @@ services (`services/-`), paged, instead of two reads per service; counted on the
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -12,7 +13,7 @@ from reconciler.backends.cloudrun import CloudRunBackend
 from reconciler.emulator import Emulator
 from reconciler.gather import observe
 from reconciler.loader import load_spec
-from reconciler.model import LiveService
+from reconciler.model import LiveService, ServiceRef
 from reconciler.spec import RolloutSpec
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -104,3 +105,49 @@ def clients_for(emu: Emulator) -> tuple[object, object]:
     from reconciler import clients
 
     return clients.services_client(emu.grpc_target), clients.revisions_client(emu.grpc_target)
+
+
+def test_a_change_tick_writes_each_service_on_its_listed_etag_and_reads_it_back_once(
+    fleet: Emulator, tmp_path: Path
+) -> None:
+    # Every rollout of the region moves 5% -> 10%: the list read's etags carry the writes (no
+    # GetService before them), and each write is read back with one GetService (a traffic
+    # write makes no revision: no ListRevisions per service).
+    from datetime import UTC, datetime
+
+    from reconciler.reconcile import Context, apply_all
+
+    repo = tmp_path / "repo"
+    for i in range(N):
+        spec = _spec(tmp_path, f"svc-{i:02d}")
+        text = (tmp_path / REGION / f"{spec.service}.yaml").read_text(encoding="utf-8")
+        text = re.sub(r"(?m)^dependencies:.*\n(?:[ #].*\n)*", "", text)
+        text = text.replace("canary_percent: 5 ", "canary_percent: 10") + "force: true\n"
+        (repo / "rollout").mkdir(parents=True, exist_ok=True)
+        (repo / "rollout" / f"{spec.service}.yaml").write_text(text, encoding="utf-8")
+    backend = CloudRunBackend(*clients_for(fleet))
+    readings: list[datetime] = []
+
+    def clock() -> datetime:
+        readings.append(datetime.now(UTC))
+        return readings[-1]
+
+    ctx = Context(repo=repo, backend=backend, clock=clock, run_probes=False)
+    fleet.reset_counters()
+
+    result = apply_all(ctx)
+
+    assert [o.error for o in result.outcomes if o.error] == []
+    assert sum(o.applied for o in result.outcomes) == N
+    assert fleet.calls == {
+        "ListServices": 1,
+        "ListRevisions": 1,
+        "UpdateService": N,
+        "GetService": N,
+    }
+    assert fleet.writes == N
+    # The services share readings of the clock (one a second at most), not one each.
+    assert len(readings) < N
+    live = backend.get_service(ServiceRef(PROJECT, REGION, "svc-07"))
+    assert live.traffic.percent_of("svc-07-00042-xyz") == 10
+    assert live.annotations.keys() == {"cloudrun-reconciler/last-apply"}

@@ -90,6 +90,31 @@ def test_commit_returns_none_when_nothing_changed(remote: Path, tmp_path: Path) 
     assert run_git(work, "rev-list", "--count", f"{before}..HEAD") == "1"
 
 
+def test_commit_of_a_fleet_run_past_the_command_line_limits(remote: Path, tmp_path: Path) -> None:
+    # One run's commit at 2,000 services: a message over the 128 KiB cap of one argument and
+    # 2,000 paths; only the named ones are committed.
+    work = clone(remote, tmp_path / "a")
+    ops = _ops(work)
+    names = [f"state/p/r/svc-{i:04d}" for i in range(2000)]
+    for name in names:
+        write(work, f"{name}/status.yaml", "phase: progressing\n")
+    write(work, "state/p/r/other/status.yaml", "not named\n")
+    body = "\n".join(f"svc-{i:04d}: observed, {'x' * 60}" for i in range(2000))
+    assert len(body) > 128 * 1024
+
+    sha = ops.commit(names, "reconcile: 2000 observed", body)
+
+    assert sha is not None
+    changed = run_git(work, "show", "--name-only", "--format=", sha).splitlines()
+    assert changed == [f"{name}/status.yaml" for name in names]
+    assert run_git(work, "log", "-1", "--format=%b", sha).strip().startswith(body[:200])
+    assert "?? state/p/r/other/" in run_git(work, "status", "--porcelain").splitlines()
+    # Nothing new is nothing; a change under the last named path alone is seen.
+    assert ops.commit(names, "reconcile: again") is None
+    write(work, f"{names[-1]}/status.yaml", "phase: done\n")
+    assert ops.commit(names, "reconcile: the last one") is not None
+
+
 def test_commit_records_deletions_inside_a_directory(remote: Path, tmp_path: Path) -> None:
     work = clone(remote, tmp_path / "a")
     ops = _ops(work)

@@ -25,7 +25,7 @@ from reconciler.plan import Reason, split_for
 from reconciler.reconcile import Context, apply_all, ref_of
 from reconciler.sandbox import Sandbox, sandbox
 from reconciler.servicetick import prepare
-from reconciler.state import read_events
+from reconciler.state import read_events, read_status
 from reconciler.testing.git import run_git
 from tests.builders import rollout_text
 from tests.refs import ION, ION_DIR
@@ -61,7 +61,8 @@ def killed_advance(ctx: Context, path: Path, *, edited: bool) -> Decision:
     spec = load_spec(path)
     ref = ref_of(spec)
     current = ctx.backend.get_service(ref)
-    windows, errors = measure(ctx, [(spec, current)], ctx.clock())
+    status = read_status(ctx.state_root, ref)
+    windows, errors = measure(ctx, [(spec, current, status)], ctx.clock())
     revisions = (spec.revisions.canary, spec.revisions.stable)
     measured = [w for rev in revisions if rev for w in windows.get((ref.key, rev), [])]
     tick = prepare(ctx, path, spec, current, measured, errors.get(ref.key))

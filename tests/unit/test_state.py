@@ -739,3 +739,53 @@ def test_a_bad_geometric_distribution_is_skipped_and_named(
     path.write_text('{"r":"00042-xyz","e":1777637400,"w":300,"n":1,"x":0,"k":1,"g":' + g + "}\n")
     assert read_metrics(tmp_path, ION) == []
     assert f"{path}:1: invalid metrics line skipped" in caplog.text
+
+
+def _reference_text(data: Any) -> str:
+    """What the status writer wrote before it built its own nodes: PyYAML's representer."""
+    return yaml.dump(
+        data,
+        Dumper=state._StatusDumper,
+        sort_keys=False,
+        default_flow_style=False,
+        allow_unicode=True,
+        width=100,
+    )
+
+
+@pytest.mark.parametrize(("name", "status"), STATUSES)
+def test_status_text_is_the_representer_s_bytes(name: str, status: ServiceStatus) -> None:
+    data = state._scrubbed(state._status_to_data(status))
+    assert state.status_text(status) == _reference_text(data)
+
+
+def test_status_nodes_are_the_representer_s_for_random_data() -> None:
+    # Keys and values a state file can hold, and ones that resolve to other types when plain.
+    import random
+
+    rng = random.Random(15)
+    words = [
+        *["null", "true", "No", "~", "1e3", "0x1f", "1_000", "2026-12-07", "12:30", "-", ""],
+        *["a: b", "# x", "'q'", '"d"', "ion-api", "é", "x\u2028y", "a\nb", "tab\tx", " lead"],
+        *["trail ", "[x]", "{y}", "&a", "*b", "!t", "%p", "@", "`", "? k", "1.5", ".inf"],
+    ]
+
+    def value(depth: int) -> Any:
+        pick = rng.randrange(12 if depth < 4 else 8)
+        if pick < 3:
+            return rng.choice(words) + rng.choice(["", "", " " + "long " * rng.randrange(30)])
+        if pick == 3:
+            return rng.choice([0, -1, 7, 2**70, True, False, None])
+        if pick == 4:
+            return rng.choice([0.0, -0.0, 0.1, 1e20, 1e-7, float("inf"), float("nan"), 2.5])
+        if pick == 5:
+            return T0 + timedelta(seconds=rng.randrange(10**6))  # the representer's path
+        if pick < 8:
+            return rng.choice(words)
+        if pick < 10:
+            return [value(depth + 1) for _ in range(rng.randrange(4))]
+        return {rng.choice(words) + str(i): value(depth + 1) for i in range(rng.randrange(4))}
+
+    for _ in range(300):
+        data = {"k": value(0), "l": [value(1) for _ in range(3)]}
+        assert state._yaml_text(data) == _reference_text(data)

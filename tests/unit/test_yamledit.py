@@ -6,6 +6,7 @@ import difflib
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -313,3 +314,70 @@ def test_a_reason_ending_in_a_line_break_round_trips(reason: str) -> None:
     after = record_rollback(ION_API, revision="ion-api-00042-xyz", at=AT, reason=reason)
     assert yaml.safe_load(after)["rolled_back"]["reason"] == reason
     assert yaml.safe_load(edit_rollout("a: x\n", set_values={"a": reason}))["a"] == reason
+
+
+# --- libyaml and PyYAML edit alike ----------------------------------------------------------
+def _both(
+    monkeypatch: pytest.MonkeyPatch,
+    text: str,
+    set_values: dict[str, object],
+    remove: tuple[str, ...],
+) -> tuple[str, str]:
+    """The edit on libyaml's parser (when the text allows it) and on PyYAML's alone: the text,
+    or the error's message."""
+    import reconciler.yamledit as ye
+
+    def edit() -> str:
+        try:
+            return edit_rollout(text, set_values=set_values, remove=remove)
+        except YamlEditError as exc:
+            return f"error: {exc}"
+
+    fast = edit()
+    with monkeypatch.context() as m:
+        m.setattr(ye, "_CLoader", None)
+        return fast, edit()
+
+
+ROLLOUTS = [ION_API, COMMENTED] + [
+    p.read_text(encoding="utf-8")
+    for p in sorted((Path(__file__).parents[1] / "data" / "good").iterdir())
+]
+EDITS: list[tuple[dict[str, object], tuple[str, ...]]] = [
+    ({"canary_percent": 10}, ("force",)),
+    ({"canary_percent": 0, "rolled_back": {"revision": "r", "at": AT, "reason": "장점 # x"}}, ()),
+    ({"revisions.stable": "ion-api-00042-xyz", "canary_percent": 0}, ("revisions.canary",)),
+    ({"gates.error_rate.max": "6%", "gates.new.key": 1}, ("gates.window",)),
+]
+
+
+@pytest.mark.parametrize("text", ROLLOUTS)
+@pytest.mark.parametrize(("set_values", "remove"), EDITS)
+def test_rollout_edits_are_the_same_on_both_parsers(
+    monkeypatch: pytest.MonkeyPatch,
+    text: str,
+    set_values: dict[str, object],
+    remove: tuple[str, ...],
+) -> None:
+    fast, reference = _both(monkeypatch, text, set_values, remove)
+    assert fast == reference
+
+
+@pytest.mark.parametrize("case", CASES + ERRORS, ids=[c[0] for c in CASES + ERRORS])
+def test_formatting_cases_are_the_same_on_both_parsers(
+    monkeypatch: pytest.MonkeyPatch, case: tuple[Any, ...]
+) -> None:
+    fast, reference = _both(monkeypatch, case[1], case[2], case[3])
+    assert fast == reference
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    text=st.text(alphabet="ab1 :-[]{},'\"#&*!|>?\n\t%@`~.\\\x85\ufeff장😀", max_size=60),
+    value=st.sampled_from([10, "x y", "yes", "장점"]),
+)
+def test_random_texts_edit_the_same_on_both_parsers(text: str, value: object) -> None:
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        for edit in ({"a": value}, {"a.b": value}):
+            fast, reference = _both(monkeypatch, text, edit, ("b",))
+            assert fast == reference

@@ -53,6 +53,9 @@ RECONCILING_POLL_SECONDS = 0.5
 TRANSIENT = (gexc.ServiceUnavailable, gexc.DeadlineExceeded, gexc.RetryError)
 LIST_PAGE_SIZE = 1000
 """Page size asked of list calls (the emulator's maximum; Google may return fewer)."""
+FRESH_READ_SECONDS = 60.0
+"""A write sent on the etag of this backend's own read of the service at most this old skips
+the read before it: Cloud Run refuses it if the service changed since (see `set_traffic`)."""
 
 QUOTA = (gexc.ResourceExhausted, gexc.TooManyRequests)
 _REVISION = run_v2.TrafficTargetAllocationType.TRAFFIC_TARGET_ALLOCATION_TYPE_REVISION
@@ -147,6 +150,8 @@ class CloudRunBackend:
         writes_per_minute: int | None = None,
         pace_clock: Callable[[], float] = time.monotonic,
         pace_sleep: Callable[[float], None] = time.sleep,
+        fresh_for: float = FRESH_READ_SECONDS,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if services is None or revisions is None:
             from reconciler import clients
@@ -173,6 +178,10 @@ class CloudRunBackend:
         # The pacing's time: the wall clock, or a benchmark's virtual one (emulator time).
         self._pace = (pace_clock, pace_sleep)
         self._lock = threading.Lock()
+        self._fresh_for = fresh_for
+        self._clock = clock
+        self._reads: dict[str, tuple[float, str, dict[str, str]]] = {}
+        """Service key -> when this backend last read it, its etag and annotations then."""
         self.calls = 0
         """API calls made (reads and writes), for benchmarks and tests."""
         self.retries = 0
@@ -318,8 +327,24 @@ class CloudRunBackend:
         for raw in raw_services:
             service_id = raw.name.rsplit("/", 1)[-1]
             ref = ServiceRef(project, region, service_id)
-            out[service_id] = to_live(ref, raw, frozenset(names.get(service_id, ())))
+            out[service_id] = self._seen(to_live(ref, raw, frozenset(names.get(service_id, ()))))
         return out
+
+    def _seen(self, live: LiveService) -> LiveService:
+        """Remember when the service was read, with its etag and annotations (a write soon
+        after can be sent on them, `set_traffic`)."""
+        with self._lock:
+            self._reads[live.ref.key] = (self._clock(), live.etag, dict(live.annotations))
+        return live
+
+    def _fresh(self, ref: ServiceRef, etag: str) -> dict[str, str] | None:
+        """The annotations of this backend's read of `ref` with `etag`, if it is recent."""
+        with self._lock:
+            seen = self._reads.get(ref.key)
+        if seen is None or not etag or seen[1] != etag:
+            return None
+        at, _, annotations = seen
+        return annotations if self._clock() - at <= self._fresh_for else None
 
     def _pages(self, pager: Any, field: str, bucket: TokenBucket) -> Any:
         """Walk a pager page by page; each page after the first is a call of its own, paced
@@ -336,7 +361,7 @@ class CloudRunBackend:
     def get_service(self, ref: ServiceRef) -> LiveService:
         """A fresh read of the service and the names of its revisions."""
         raw = self._get_raw(ref)
-        return to_live(ref, raw, self._revision_names(ref))
+        return self._seen(to_live(ref, raw, self._revision_names(ref)))
 
     def set_traffic(
         self,
@@ -351,13 +376,26 @@ class CloudRunBackend:
         service itself remembers what the reconciler last did (crash recovery).
         Raises `Conflict` (etag mismatch), `OperationFailed` (accepted, not serving) or
         `BackendError`; a write reported failed that in fact landed is returned as landed.
+
+        The write carries an etag read moments before: when `etag` is the one this backend
+        read the service with at most `fresh_for` seconds ago (a run's list read), the write
+        goes out on it and Cloud Run's etag check refuses it if the service changed since
+        (the v2 API follows Google's AIPs, and AIP-154 refuses a stale etag; the emulator
+        enforces it); otherwise the service is read first and an etag that moved is a
+        conflict without a write. The service is read back after the operation
+        (`traffic_statuses`); its revisions are not listed again (a traffic write makes
+        none), so the returned `revisions` is empty.
         """
         if split.total() != 100:
             raise BackendError(f"{ref.name}: refusing a split that sums to {split.total()}%")
-        raw = self._get_raw(ref)  # no write without a fresh read
-        if etag and raw.etag != etag:
-            raise Conflict(f"{ref.name}: etag {raw.etag} != {etag} (changed since it was read)")
-        sent_etag = raw.etag
+        kept = self._fresh(ref, etag)
+        if kept is not None:
+            sent_etag = etag
+        else:
+            raw = self._get_raw(ref)  # no write without a fresh read
+            if etag and raw.etag != etag:
+                raise Conflict(f"{ref.name}: etag {raw.etag} != {etag} (changed since it was read)")
+            sent_etag, kept = raw.etag, dict(raw.annotations)
         paths = ["traffic"]
         body = run_v2.Service(
             name=ref.name,
@@ -371,7 +409,7 @@ class CloudRunBackend:
         )
         if annotations:
             # The mask replaces the whole map: send the service's own annotations with ours.
-            body.annotations = {**dict(raw.annotations), **annotations}
+            body.annotations = {**kept, **annotations}
             paths.append("annotations")
         request = run_v2.UpdateServiceRequest(
             service=body, update_mask=field_mask_pb2.FieldMask(paths=paths)
@@ -422,7 +460,7 @@ class CloudRunBackend:
             if landed is not None:
                 return landed
             raise
-        live = self.get_service(ref)
+        live = self._seen(to_live(ref, self._get_raw(ref), frozenset()))
         if not (live.traffic.same_routing(split) and live.requested.same_routing(split)):
             raise BackendError(
                 f"{ref.name}: traffic not live after update: wanted {split.describe()}, "
