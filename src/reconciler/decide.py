@@ -712,23 +712,19 @@ def paused_plan(spec: RolloutSpec, sp: ServicePlan) -> ServicePlan:
     note = "paused: traffic held at " + sp.before.describe()
     if held:
         note += f" ({held} not made)"
-    return replace(
-        sp,
-        after=sp.before,
-        changes=(),
-        edit=None,
-        reason=Reason.NONE,
-        phase=Phase.PAUSED,
-        drift=False,
-        blocked=None,
-        notes=(*sp.notes, note + "; reconcile resume to continue"),
-    )
+    held_plan = _held(sp, note + "; reconcile resume to continue")
+    return replace(held_plan, phase=Phase.PAUSED, blocked=None)
 
 
 def left_alone_plan(sp: ServicePlan, why: str) -> ServicePlan:
     """The plan of a service a run leaves alone because live traffic shows a young write
     state/ does not record yet (`execute.Unrecorded.young`): traffic held where it is, no
     edit, `why` as a note. Never applied to a rollback, which always goes through."""
+    return _held(sp, why)
+
+
+def _held(sp: ServicePlan, note: str) -> ServicePlan:
+    """`sp` with traffic held where it is: no change, edit or drift correction; `note` said."""
     return replace(
         sp,
         after=sp.before,
@@ -736,7 +732,7 @@ def left_alone_plan(sp: ServicePlan, why: str) -> ServicePlan:
         edit=None,
         reason=Reason.NONE,
         drift=False,
-        notes=(*sp.notes, why),
+        notes=(*sp.notes, note),
     )
 
 
