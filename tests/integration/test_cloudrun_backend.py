@@ -11,16 +11,21 @@ from typing import Any
 
 import pytest
 from google.api_core import exceptions
+from google.cloud import run_v2
 
 from reconciler import clients
-from reconciler.backends import BackendError, Conflict, OperationFailed
+from reconciler.backends import BackendError, Conflict, OperationFailed, cloudrun
 from reconciler.backends.cloudrun import CloudRunBackend, TokenBucket
 from reconciler.emulator import Emulator
+from reconciler.emulator.scenario import LroResponse
 from reconciler.model import ServiceRef, Target, TrafficSplit
 
 STABLE = "ion-api-00041-abc"
 CANARY = "ion-api-00042-xyz"
 REF = ServiceRef("naeda-genesis", "us-central1", "ion-api")
+_SUCCEEDED = run_v2.Condition.State.CONDITION_SUCCEEDED
+_FAILED = run_v2.Condition.State.CONDITION_FAILED
+_RECONCILING = run_v2.Condition.State.CONDITION_RECONCILING
 
 
 def canary_at(pct: int, canary: str = CANARY) -> TrafficSplit:
@@ -32,9 +37,11 @@ def backend(emulator: Emulator) -> CloudRunBackend:
     return CloudRunBackend(max_wait=0.05)
 
 
+@pytest.mark.parametrize("response", ["service", "no-status"])
 def test_a_revision_that_cannot_serve_is_an_operation_failure_naming_the_reason(
-    emulator: Emulator, backend: CloudRunBackend
+    emulator: Emulator, backend: CloudRunBackend, response: LroResponse
 ) -> None:
+    emulator.lro(done=True, response=response)
     bad = emulator.deploy("ion-api", "ion-api-00043-bad", ready=False)
     live = backend.get_service(REF)
     with pytest.raises(OperationFailed) as caught:
@@ -121,15 +128,91 @@ def test_a_write_on_a_fresh_read_goes_out_on_its_etag_and_keeps_others_annotatio
     emulator.reset_counters()
     now[0] += 59.0  # within `fresh_for` of the read-back
     after = backend.set_traffic(REF, canary_at(10), first.etag, {"reconciler/at": "x"})
-    # No read before the write; one GetService after it (no ListRevisions: none is new).
-    assert emulator.calls == {"UpdateService": 1, "GetService": 1}
+    # No read before the write, none after it: the operation's response says what serves.
+    assert emulator.calls == {"UpdateService": 1}
     assert after.traffic.same_routing(canary_at(10)) and after.revisions == frozenset()
     assert after.annotations == {"other-tool/note": "keep me", "reconciler/at": "x"}
     # A read older than `fresh_for` is not trusted with the write: the service is read first.
     emulator.reset_counters()
     now[0] += 61.0
     backend.set_traffic(REF, canary_at(5), after.etag)
-    assert emulator.calls == {"GetService": 2, "UpdateService": 1}
+    assert emulator.calls == {"GetService": 1, "UpdateService": 1}
+
+
+@pytest.mark.parametrize("polls", [None, 2], ids=["done-at-once", "polled"])
+def test_a_write_is_verified_from_its_operation_s_response_without_a_read(
+    emulator: Emulator, backend: CloudRunBackend, polls: int | None
+) -> None:
+    live = backend.list_services(REF.project, REF.region)[REF.service]
+    if polls is not None:
+        emulator.lro(done=False, polls=polls)
+    emulator.reset_counters()
+    after = backend.set_traffic(REF, canary_at(5), live.etag, {"reconciler/at": "x"})
+    # UpdateService (and the polls of a pending operation), never a GetService.
+    calls = dict(emulator.calls)
+    assert calls.pop("UpdateService") == 1
+    assert calls == ({} if polls is None else {"GetOperation": calls.get("GetOperation", 0)})
+    assert polls is None or calls["GetOperation"] >= polls
+    assert after.traffic.same_routing(canary_at(5)) and after.requested.same_routing(canary_at(5))
+    assert not after.reconciling and after.observed_generation == after.generation
+    assert after.etag == backend.get_service(REF).etag  # the service as it is after the write
+    assert after.annotations["reconciler/at"] == "x"
+
+
+def test_a_response_that_does_not_say_what_serves_is_checked_by_a_read(
+    emulator: Emulator, backend: CloudRunBackend
+) -> None:
+    live = backend.list_services(REF.project, REF.region)[REF.service]
+    emulator.lro(done=True, response="no-status")
+    emulator.reset_counters()
+    after = backend.set_traffic(REF, canary_at(5), live.etag)
+    assert emulator.calls == {"UpdateService": 1, "GetService": 1}
+    assert after.traffic.same_routing(canary_at(5))
+    assert after.statuses.same_routing(canary_at(5)) and not after.reconciling
+
+
+def _service(**fields: Any) -> run_v2.Service:
+    settled_service: dict[str, Any] = {
+        "generation": 4,
+        "observed_generation": 4,
+        "reconciling": False,
+        "terminal_condition": run_v2.Condition(type_="Ready", state=_SUCCEEDED),
+        "traffic_statuses": [run_v2.TrafficTargetStatus(revision=STABLE, percent=100)],
+    }
+    return run_v2.Service(**{**settled_service, **fields})
+
+
+@pytest.mark.parametrize(
+    ("service", "written_on", "settled"),
+    [
+        (_service(), 3, True),
+        (_service(), 4, True),  # a write that changed nothing keeps the generation
+        (_service(terminal_condition=run_v2.Condition(state=_FAILED)), 3, True),
+        (_service(reconciling=True), 3, False),
+        (_service(terminal_condition=None), 3, False),
+        (_service(terminal_condition=run_v2.Condition(state=_RECONCILING)), 3, False),
+        (_service(observed_generation=3), 3, False),
+        (_service(generation=2, observed_generation=2), 3, False),
+        (_service(traffic_statuses=[]), 3, False),
+        (run_v2.Service(), 3, False),
+    ],
+    ids=[
+        "settled",
+        "unchanged",
+        "failed",
+        "reconciling",
+        "no-terminal-condition",
+        "terminal-condition-in-progress",
+        "not-yet-observed",
+        "older-than-the-write",
+        "no-traffic-statuses",
+        "empty",
+    ],
+)
+def test_a_response_settles_a_write_only_when_it_says_what_serves_after_it(
+    service: run_v2.Service, written_on: int, settled: bool
+) -> None:
+    assert cloudrun.settled(service, written_on) is settled
 
 
 def test_a_change_since_a_fresh_read_is_refused_by_the_etag_and_nothing_is_written(

@@ -132,6 +132,17 @@ def test_serve_speaks_to_the_official_clients_and_keeps_state(
         svc.traffic = [run_v2.TrafficTarget(revision="shop-00001-one", percent=100)]
         with pytest.raises(exceptions.InternalServerError):
             services.update_service(service=svc).result(timeout=10)
+        # An operation's response that does not say what serves: a client must read it back.
+        reconcile(capsys, "lro", "--response", "no-status")
+        svc = services.get_service(name=name)
+        svc.traffic = [
+            run_v2.TrafficTarget(revision="shop-00001-one", percent=50, tag="stable"),
+            run_v2.TrafficTarget(revision="shop-00002-two", percent=50, tag="canary"),
+        ]
+        done = services.update_service(service=svc).result(timeout=10)
+        assert len(done.traffic) == 2 and not done.traffic_statuses
+        assert len(services.get_service(name=name).traffic_statuses) == 2
+        reconcile(capsys, "lro", "--done")
 
         # One virtual clock: the reconciler reads the emulator's time, which the CLI moves.
         before = utc_now()

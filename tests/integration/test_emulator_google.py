@@ -18,6 +18,7 @@ from google.protobuf import duration_pb2
 
 from reconciler import clients
 from reconciler.emulator import Emulator
+from reconciler.emulator.world import ApiError
 from reconciler.errors import ReconcileError
 
 STABLE = "ion-api-00041-abc"
@@ -280,6 +281,41 @@ def test_wait_operation_blocks_until_the_operation_is_done(
             )
         )
     assert done.done and done.HasField("response")
+
+
+def test_a_completed_update_s_response_is_the_service_as_the_operation_left_it(
+    emulator: Emulator, services: run_v2.ServicesClient, name: str
+) -> None:
+    emulator.lro(done=False, polls=1)
+    op = write(services, name, target(STABLE, 90, "stable"), target(CANARY, 10, "canary"))
+    done = op.result(timeout=30)
+    # Reconciliation over and succeeded: what serves is what was asked (service.proto).
+    assert not done.reconciling
+    assert done.terminal_condition.state == run_v2.Condition.State.CONDITION_SUCCEEDED
+    assert done.observed_generation == done.generation
+    wanted = [(STABLE, 90, "stable"), (CANARY, 10, "canary")]
+    assert split(done.traffic) == split(done.traffic_statuses) == wanted
+    assert all(t.uri for t in done.traffic_statuses)
+    assert done.etag == services.get_service(name=name).etag
+    # A later change is the service's, not the finished operation's.
+    emulator.drift("ion-api", {STABLE: 100})
+    polled = clients.operations_client().get_operation(op.operation.name)
+    again = run_v2.Service.deserialize(polled.response.value)
+    assert split(again.traffic_statuses) == wanted and again.etag == done.etag
+
+
+def test_an_operation_response_without_what_serves_on_request(
+    emulator: Emulator, services: run_v2.ServicesClient, name: str
+) -> None:
+    emulator.lro(done=True, response="no-status")
+    done = write(services, name, target(STABLE, 90), target(CANARY, 10)).result(timeout=10)
+    assert split(done.traffic) == [(STABLE, 90, ""), (CANARY, 10, "")]
+    assert not done.traffic_statuses and not done.observed_generation and not done.conditions
+    assert "terminal_condition" not in done
+    served = services.get_service(name=name)  # the service itself still says it
+    assert split(served.traffic_statuses) == [(STABLE, 90, ""), (CANARY, 10, "")]
+    with pytest.raises(ApiError, match="lro response 'bare' is not one of"):
+        emulator.lro(done=True, response="bare")  # type: ignore[arg-type]
 
 
 # --- 5. Cloud Monitoring: sampled, late, coarse, sometimes partial ----------------------------

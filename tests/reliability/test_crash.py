@@ -46,10 +46,12 @@ def kill_after_write(sb: Sandbox, repo: Path, *args: str) -> None:
     """Run `reconcile ARGS` (default: apply) in `repo`; SIGKILL it once the emulator accepted
     its write.
 
-    GetService is slowed down, so the read-back that follows the write (and precedes the
-    commit) leaves a wide window to kill in.
+    The write's operation answers without what serves, so the reconciler reads the service
+    back, and GetService is slowed down: that read-back, between the write and the commit,
+    leaves a wide window to kill in (the crash, not the read-back, is under test).
     """
     writes = sb.emu.writes
+    sb.emu.lro(done=True, response="no-status")
     sb.emu.fault("GetService", rate=0.0, latency_ms=1200)
     proc = popen_cli(repo, *(args or ("apply",)))
     try:
@@ -65,6 +67,7 @@ def kill_after_write(sb: Sandbox, repo: Path, *args: str) -> None:
             proc.kill()
             proc.communicate(timeout=30)
         sb.emu.clear_faults()
+        sb.emu.lro(done=True)
     assert proc.returncode == -signal.SIGKILL
 
 

@@ -29,9 +29,11 @@ def sb(tmp_path: Path) -> Iterator[Sandbox]:
 
 
 def fail_read_back(sb: Sandbox) -> None:
-    """Once the emulator accepts a traffic write, GetService is unavailable for a while: the
-    read-back right after the write fails after its bounded retries."""
+    """Once the emulator accepts a traffic write, GetService is unavailable for a while, and
+    the write's operation answers without what serves: the read-back right after the write
+    fails after its bounded retries."""
     world = sb.emu.world
+    world.set_lro(done=True, response="no-status")
     inner = world.update_service
 
     def update_service(name: str, **kw: Any) -> Any:

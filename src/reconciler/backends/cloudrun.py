@@ -2,7 +2,9 @@
 
 Writes send only `traffic` (and `annotations` when given) under an update mask, with the etag
 they were read with, never the template (so no echoed `template.revision`); they wait for the
-long-running operation, then read back what serves (`traffic_statuses`). Cloud Run's failures
+long-running operation and verify what serves (`traffic_statuses`) from the service its
+response carries, or from a read of the service when that response has not settled on the
+write (`settled`). Cloud Run's failures
 are kept apart: a stale etag is a `Conflict`, an operation that failed (a revision that cannot
 serve) is `OperationFailed` with `terminal_condition`'s reason, never a conflict. Reads and
 writes are paced by a token bucket per project and region (Cloud Run's per-minute quotas);
@@ -18,6 +20,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
 
 from google.api_core import exceptions as gexc
@@ -61,6 +64,17 @@ QUOTA = (gexc.ResourceExhausted, gexc.TooManyRequests)
 _REVISION = run_v2.TrafficTargetAllocationType.TRAFFIC_TARGET_ALLOCATION_TYPE_REVISION
 _LATEST = run_v2.TrafficTargetAllocationType.TRAFFIC_TARGET_ALLOCATION_TYPE_LATEST
 _FAILED = run_v2.Condition.State.CONDITION_FAILED
+_TERMINAL = (run_v2.Condition.State.CONDITION_SUCCEEDED, _FAILED)
+
+
+@dataclass(frozen=True)
+class _Read:
+    """This backend's read of a service: when (its clock), etag, generation, annotations."""
+
+    at: float
+    etag: str
+    generation: int
+    annotations: dict[str, str]
 
 
 class TokenBucket:
@@ -180,8 +194,8 @@ class CloudRunBackend:
         self._lock = threading.Lock()
         self._fresh_for = fresh_for
         self._clock = clock
-        self._reads: dict[str, tuple[float, str, dict[str, str]]] = {}
-        """Service key -> when this backend last read it, its etag and annotations then."""
+        self._reads: dict[str, _Read] = {}
+        """Service key -> this backend's last read of it."""
         self.calls = 0
         """API calls made (reads and writes), for benchmarks and tests."""
         self.retries = 0
@@ -331,20 +345,20 @@ class CloudRunBackend:
         return out
 
     def _seen(self, live: LiveService) -> LiveService:
-        """Remember when the service was read, with its etag and annotations (a write soon
-        after can be sent on them, `set_traffic`)."""
+        """Remember when the service was read, with its etag, generation and annotations (a
+        write soon after can be sent on them, `set_traffic`)."""
+        read = _Read(self._clock(), live.etag, live.generation, dict(live.annotations))
         with self._lock:
-            self._reads[live.ref.key] = (self._clock(), live.etag, dict(live.annotations))
+            self._reads[live.ref.key] = read
         return live
 
-    def _fresh(self, ref: ServiceRef, etag: str) -> dict[str, str] | None:
-        """The annotations of this backend's read of `ref` with `etag`, if it is recent."""
+    def _fresh(self, ref: ServiceRef, etag: str) -> _Read | None:
+        """This backend's read of `ref` with `etag`, if it is recent."""
         with self._lock:
             seen = self._reads.get(ref.key)
-        if seen is None or not etag or seen[1] != etag:
+        if seen is None or not etag or seen.etag != etag:
             return None
-        at, _, annotations = seen
-        return annotations if self._clock() - at <= self._fresh_for else None
+        return seen if self._clock() - seen.at <= self._fresh_for else None
 
     def _pages(self, pager: Any, field: str, bucket: TokenBucket) -> Any:
         """Walk a pager page by page; each page after the first is a call of its own, paced
@@ -382,20 +396,20 @@ class CloudRunBackend:
         goes out on it and Cloud Run's etag check refuses it if the service changed since
         (the v2 API follows Google's AIPs, and AIP-154 refuses a stale etag; the emulator
         enforces it); otherwise the service is read first and an etag that moved is a
-        conflict without a write. The service is read back after the operation
-        (`traffic_statuses`); its revisions are not listed again (a traffic write makes
-        none), so the returned `revisions` is empty.
+        conflict without a write. What serves after the write (`traffic_statuses`) comes from
+        the completed operation's response, the service, when it has settled on the write
+        (`settled`), else from a GetService; its revisions are not listed again (a traffic
+        write makes none), so the returned `revisions` is empty.
         """
         if split.total() != 100:
             raise BackendError(f"{ref.name}: refusing a split that sums to {split.total()}%")
-        kept = self._fresh(ref, etag)
-        if kept is not None:
-            sent_etag = etag
-        else:
+        read = self._fresh(ref, etag)
+        if read is None:
             raw = self._get_raw(ref)  # no write without a fresh read
             if etag and raw.etag != etag:
                 raise Conflict(f"{ref.name}: etag {raw.etag} != {etag} (changed since it was read)")
-            sent_etag, kept = raw.etag, dict(raw.annotations)
+            read = _Read(self._clock(), raw.etag, int(raw.generation), dict(raw.annotations))
+        sent_etag, kept = read.etag, read.annotations
         paths = ["traffic"]
         body = run_v2.Service(
             name=ref.name,
@@ -431,7 +445,7 @@ class CloudRunBackend:
                 raise  # polling the operation failed, not the operation: retried or reported
 
         try:
-            self._call(f"update traffic of {ref.name}", update, "write", ref)
+            done = self._call(f"update traffic of {ref.name}", update, "write", ref)
         except _Failed as failed:
             after = self.get_service(ref)
             reason = after.failure or failed.message
@@ -460,7 +474,10 @@ class CloudRunBackend:
             if landed is not None:
                 return landed
             raise
-        live = self._seen(to_live(ref, self._get_raw(ref), frozenset()))
+        # The completed operation's response is the service (AIP-151); once it has settled on
+        # this write it says what serves, and reading the service again would say the same.
+        after = done if settled(done, read.generation) else self._get_raw(ref)
+        live = self._seen(to_live(ref, after, frozenset()))
         if not (live.traffic.same_routing(split) and live.requested.same_routing(split)):
             raise BackendError(
                 f"{ref.name}: traffic not live after update: wanted {split.describe()}, "
@@ -504,6 +521,25 @@ class CloudRunBackend:
             log.info("%s: the write was reported failed but the split serves", ref.name)
             return after
         return None
+
+
+def settled(raw: Any, generation: int) -> bool:
+    """Whether a `run_v2.Service` (a write's operation response) shows the serving state after
+    a write made on `generation`: reconciliation is over (`reconciling` false, a
+    `terminal_condition` that is no longer in progress), it has observed a generation at least
+    as new as the write's, and it lists what serves (`traffic_statuses`). service.proto's
+    comment on `reconciling`: only then do `traffic_statuses` and `terminal_condition` match
+    the serving state. Anything less (a response without those fields, a failed or unfinished
+    reconciliation) is no evidence, and the service is read again."""
+    pb = run_v2.Service.pb(raw)
+    return (
+        not pb.reconciling
+        and pb.HasField("terminal_condition")
+        and pb.terminal_condition.state in _TERMINAL
+        and pb.generation >= generation
+        and pb.observed_generation >= pb.generation
+        and len(pb.traffic_statuses) > 0
+    )
 
 
 def _msg(exc: Exception) -> str:

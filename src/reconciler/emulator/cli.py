@@ -366,9 +366,16 @@ def drift(url: str, service: str, split: tuple[str, ...], tags: tuple[str, ...])
     show_default=True,
     help="GetOperation calls answered done=false.",
 )
-def lro(url: str, pending: bool, polls: int) -> None:
+@click.option(
+    "--response",
+    type=click.Choice(["service", "no-status"]),
+    default="service",
+    show_default=True,
+    help="A completed operation's response: the Service, or the Service without what serves.",
+)
+def lro(url: str, pending: bool, polls: int, response: str) -> None:
     """How UpdateService's long-running operations complete."""
-    admin_call(url, "lro", {"done": not pending, "polls": polls})
+    admin_call(url, "lro", {"done": not pending, "polls": polls, "response": response})
 
 
 @emulator.command()

@@ -200,16 +200,36 @@ def render_operation(
     op: Operation, svc: Service, url_for: UrlFor, ready: Callable[[str], bool] = lambda _r: True
 ) -> operations_pb2.Operation:
     """A `google.longrunning.Operation` whose metadata is the service, as Cloud Run's
-    UpdateService returns; once done, the service as `response`, or the failure as `error`."""
+    UpdateService returns; once done, the service as `response` (AIP-151: an Update's
+    response is the resource; `svc` is then the service as the operation left it), or the
+    failure as `error`."""
+    service = run_v2.Service.pb(render_service(svc, url_for, ready))
     packed = any_pb2.Any()
-    packed.Pack(run_v2.Service.pb(render_service(svc, url_for, ready)))
+    packed.Pack(service)
     out = operations_pb2.Operation(name=op.name, done=op.done, metadata=packed)
     if op.done and op.error_code:
         code = grpc.StatusCode[op.error_code].value[0]
         out.error.CopyFrom(status_pb2.Status(code=code, message=op.error_message))
-    elif op.done:
+    elif op.done and op.status_in_response:
         out.response.CopyFrom(packed)
+    elif op.done:
+        # `lro.response: no-status`: a response that cannot tell the client what serves.
+        bare = run_v2.Service.pb(run_v2.Service())
+        bare.CopyFrom(service)
+        for name in _SERVING_STATUS:
+            bare.ClearField(name)
+        out.response.Pack(bare)
     return out
+
+
+_SERVING_STATUS = (
+    "reconciling",
+    "terminal_condition",
+    "conditions",
+    "observed_generation",
+    "traffic_statuses",
+)
+"""The Service's fields that say what serves (service.proto, the comment on `reconciling`)."""
 
 
 # --- request parsing ---------------------------------------------------------------------
@@ -278,7 +298,7 @@ class Control:
         return self._operation(op)
 
     def _operation(self, op: Operation) -> operations_pb2.Operation:
-        svc = op.preview or self.world.get_service(op.service)
+        svc = op.preview or op.result or self.world.get_service(op.service)
         return render_operation(op, svc, self.url_for, self.world.ready_of(svc))
 
     # Revisions

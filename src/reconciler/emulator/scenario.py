@@ -16,7 +16,7 @@ dependencies:                              # served at {http_url}/deps/<name>/..
   - name: lumen-gateway
     body: {status: healthy, gemini_api: connected}
 # Google's rules, on by default (docs/emulator.md has the table and the sources):
-lro: {done: true, polls: 1, failure_code: FAILED_PRECONDITION}
+lro: {done: true, polls: 1, failure_code: FAILED_PRECONDITION, response: service}
 etag: {mode: enforce, code: FAILED_PRECONDITION}
 quotas: {read_per_minute: 1000, write_per_minute: 60}      # per project and region
 limits: {tags_per_region: 2000}
@@ -166,6 +166,9 @@ StatusCode = Literal[
 """A `grpc.StatusCode` name other than OK."""
 
 
+LroResponse = Literal["service", "no-status"]
+
+
 class LroScenario(_Frozen):
     """How UpdateService operations complete."""
 
@@ -175,6 +178,11 @@ class LroScenario(_Frozen):
     """Pending operations answer `done=false` to this many GetOperation calls."""
     failure_code: StatusCode = "FAILED_PRECONDITION"
     """The code of an operation that fails because a revision it routes to is not ready."""
+    response: LroResponse = "service"
+    """What a completed operation's `response` holds: `service`, the Service as the
+    operation left it (AIP-151, its serving status included); `no-status`, that Service
+    without its serving status (`reconciling`, `terminal_condition`, `conditions`,
+    `observed_generation`, `traffic_statuses`), so a client must read the service back."""
 
 
 class EtagScenario(_Frozen):

@@ -22,7 +22,13 @@ from reconciler.emulator.control import Control, serve
 from reconciler.emulator.dataplane import DataPlane, LoadResult, send_load
 from reconciler.emulator.logs import DEFAULT_DELAY_SECONDS as DEFAULT_LOG_DELAY_SECONDS
 from reconciler.emulator.logs import Logs
-from reconciler.emulator.scenario import Behavior, Scenario, ScenarioError, load_scenario
+from reconciler.emulator.scenario import (
+    Behavior,
+    LroResponse,
+    Scenario,
+    ScenarioError,
+    load_scenario,
+)
 from reconciler.emulator.world import ApiError, World
 
 ENV_HOST = "CLOUD_RUN_EMULATOR_HOST"
@@ -256,9 +262,10 @@ class Emulator:
         """Remove every injected fault."""
         self.world.clear_faults()
 
-    def lro(self, done: bool, polls: int = 1) -> None:
-        """UpdateService operations: already done, or pending for `polls` GetOperation calls."""
-        self.world.set_lro(done, polls)
+    def lro(self, done: bool, polls: int = 1, response: LroResponse = "service") -> None:
+        """UpdateService operations: already done, or pending for `polls` GetOperation calls;
+        `response="no-status"`: a completed one's response leaves out what serves."""
+        self.world.set_lro(done, polls, response)
 
     def drift(
         self, service: str, traffic: Mapping[str, int], tags: Mapping[str, str] | None = None
@@ -371,7 +378,7 @@ class Emulator:
             )
             return result.to_dict()
         if op == "lro":
-            self.lro(bool(p["done"]), int(p.get("polls", 1)))
+            self.lro(bool(p["done"]), int(p.get("polls", 1)), p.get("response", "service"))
             return {"ok": True}
         if op == "drift":
             self.drift(p["service"], p["traffic"], p.get("tags"))

@@ -24,7 +24,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, get_args
 
-from reconciler.emulator.scenario import Behavior, Dependency, Scenario, StatusCode
+from reconciler.emulator.scenario import (
+    Behavior,
+    Dependency,
+    LroResponse,
+    Scenario,
+    StatusCode,
+)
 
 # Names are checked with `fullmatch`: a pattern ending in `$` also matches before a final
 # newline, and Google refuses `stable\n` as a tag or a revision name.
@@ -146,6 +152,10 @@ class Operation:
     error_code: str = ""
     """Set when the operation fails: a `grpc.StatusCode` name, with `error_message`."""
     error_message: str = ""
+    result: Service | None = None
+    """The service as the operation left it when it completed (its `response`)."""
+    status_in_response: bool = True
+    """False: the response leaves out the service's serving status (`lro.response`)."""
 
 
 @dataclass(frozen=True)
@@ -221,6 +231,7 @@ class World:
         self.lro_done = scenario.lro.done
         self.lro_polls = scenario.lro.polls
         self.failure_code = scenario.lro.failure_code
+        self.lro_response = scenario.lro.response
         self.etag_mode = scenario.etag.mode
         self.etag_code = scenario.etag.code
         self.quotas = scenario.quotas
@@ -362,7 +373,7 @@ class World:
                 else:
                     self._complete(op)
             self._settle()
-            svc = op.preview or self._service(op.service)
+            svc = op.preview or op.result or self._service(op.service)
             return copy.deepcopy(op), copy.deepcopy(svc)
 
     def ready_of(self, svc: Service) -> Callable[[str], bool]:
@@ -400,6 +411,9 @@ class World:
                 svc.statuses = self._resolve(svc, svc.traffic)
                 svc.failure = ""
             svc.updated = self.now()
+        if svc is not None:
+            # The response is the service at completion, not as later writes change it.
+            op.result = copy.deepcopy(svc)
         self.version += 1
 
     def _not_ready(self, svc: Service, routes: Iterable[Route]) -> list[str]:
@@ -515,6 +529,7 @@ class World:
                 done=False,
                 polls_left=self.lro_polls,
                 deadline=self.now() + PENDING_OPERATION_MAX_SECONDS,
+                status_in_response=self.lro_response == "service",
             )
             broken = self._not_ready(target, target.traffic) if changed else []
             if broken:
@@ -667,11 +682,15 @@ class World:
             svc.updated = self.now()
             self.version += 1
 
-    def set_lro(self, done: bool, polls: int = 1) -> None:
-        """How later UpdateService operations complete."""
+    def set_lro(self, done: bool, polls: int = 1, response: LroResponse = "service") -> None:
+        """How later UpdateService operations complete, and what their response holds."""
+        if response not in get_args(LroResponse):
+            allowed = ", ".join(get_args(LroResponse))
+            raise ApiError("INVALID_ARGUMENT", f"lro response {response!r} is not one of {allowed}")
         with self._lock:
             self.lro_done = done
             self.lro_polls = polls
+            self.lro_response = response
 
     def set_fault(
         self,
@@ -839,7 +858,11 @@ class World:
                 "region": self.region,
                 "latency_mode": self.latency_mode,
                 "latency_scale": self.latency_scale,
-                "lro": {"done": self.lro_done, "polls": self.lro_polls},
+                "lro": {
+                    "done": self.lro_done,
+                    "polls": self.lro_polls,
+                    "response": self.lro_response,
+                },
                 "clock_offset": self.clock_offset,
                 "services": [_dump_service(s) for s in self.services.values()],
                 "revisions": [
@@ -866,6 +889,7 @@ class World:
             self.latency_scale = state["latency_scale"]
             self.lro_done = state["lro"]["done"]
             self.lro_polls = state["lro"]["polls"]
+            self.lro_response = state["lro"].get("response", "service")
             self.clock_offset = state["clock_offset"]
             self.services = {}
             for s in state["services"]:
