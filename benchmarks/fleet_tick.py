@@ -26,8 +26,9 @@ committed. Then, taking turns with its floor (median of `--reps`):
   too). It reports the calls by method, the client's retries, the services that failed, and
   the time against the write quota's own floor.
 
-Wall times are medians; API calls come from the emulator's per-method counter; peak memory is
-this process's maximum resident set.
+Wall times are medians; CPU seconds (medians) are this process's and its git processes' (not
+the emulator's); API calls come from the emulator's per-method counter; peak memory is this
+process's maximum resident set.
 
 Run: `python benchmarks/fleet_tick.py [--services 1000] [--reps 3] [--quota-services N]
 [--no-quota] [--no-commit]`.
@@ -48,7 +49,7 @@ import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -319,9 +320,21 @@ def emulator(scenario: Path) -> Iterator[dict[str, str]]:
                     os.environ[k] = v
 
 
+CPU: list[float] = []
+"""CPU seconds of each `timed` call, in order: this process (every thread) and the git
+processes it waited for. The emulator is another process, so this is the product's or the
+floor's own side, which the machine's load does not inflate as it does wall time."""
+
+
+def cpu_seconds() -> float:
+    t = os.times()
+    return t.user + t.system + t.children_user + t.children_system
+
+
 def timed(fn: Callable[[], Any]) -> tuple[float, Any]:
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), cpu_seconds()
     out = fn()
+    CPU.append(cpu_seconds() - cpu)
     return time.perf_counter() - start, out
 
 
@@ -333,6 +346,8 @@ class Row:
     calls: dict[str, int]
     commits: int
     detail: str = ""
+    product_cpu: list[float] = field(default_factory=list)
+    floor_cpu: list[float] = field(default_factory=list)
 
 
 def check(result: Any, *, changed: bool) -> None:
@@ -368,6 +383,7 @@ def steady(base: Path, n: int, reps: int, commit: bool) -> list[Row]:
             check(result, changed=False)
             files = touched(repo, before)
             row = rows[bool(files)]
+            cpu = CPU[-1]
             if len(row.product) >= reps:
                 continue
             row.calls = ps.calls(http)
@@ -381,6 +397,8 @@ def steady(base: Path, n: int, reps: int, commit: bool) -> list[Row]:
             )
             row.product.append(wall)
             row.floor.append(floor_wall)
+            row.product_cpu.append(cpu)
+            row.floor_cpu.append(CPU[-1])
             row.detail = f"{len(replay)} metric queries, {len(files)} files written"
     return [r for r in rows.values() if r.product]
 
@@ -399,6 +417,7 @@ def change(base: Path, n: int, reps: int, commit: bool) -> Row:
         with emulator(scenario) as env:
             admin_call(env["CLOUD_RUN_EMULATOR_HTTP"], "reset-counters", {})
             wall, result = timed(lambda: product_tick(repo, commit=commit))
+            cpu = CPU[-1]
             check(result, changed=True)
             calls = ps.calls(env["CLOUD_RUN_EMULATOR_HTTP"])
         files = touched(repo, before)
@@ -417,6 +436,8 @@ def change(base: Path, n: int, reps: int, commit: bool) -> Row:
         if rep:
             row.product.append(wall)
             row.floor.append(floor_wall)
+            row.product_cpu.append(cpu)
+            row.floor_cpu.append(CPU[-1])
             row.calls, row.commits = calls, commits
             row.detail = f"{len(files)} files written"
     return row
@@ -514,18 +535,19 @@ def main() -> None:
           f"median of {args.reps}; {'git commits' if commit else 'no git on either side'}; "
           f"{datetime.now(UTC):%Y-%m-%d}")  # fmt: skip
     print()
-    print("| tick | services | apply, median s | floor, median s | ratio | Cloud Run read calls "
-          "| calls by method | commits | what |")  # fmt: skip
-    print("|---|---:|---:|---:|---:|---:|---|---:|---|")
+    print("| tick | services | apply, median s | floor, median s | ratio | apply CPU s "
+          "| floor CPU s | Cloud Run read calls | calls by method | commits | what |")  # fmt: skip
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---|---:|---|")
     ratios = {}
     for row in rows:
         p, f = statistics.median(row.product), statistics.median(row.floor)
         ratios[row.name] = p / f
         reads = sum(v for k, v in row.calls.items() if k in READS)
         detail = ", ".join(f"{k} {v}" for k, v in sorted(row.calls.items()))
+        pc, fc = statistics.median(row.product_cpu), statistics.median(row.floor_cpu)
         print(
-            f"| {row.name} | {n:,} | {p:.2f} | {f:.2f} | {p / f:.2f} | {reads} | {detail} "
-            f"| {row.commits} | {row.detail} |"
+            f"| {row.name} | {n:,} | {p:.2f} | {f:.2f} | {p / f:.2f} | {pc:.2f} | {fc:.2f} "
+            f"| {reads} | {detail} | {row.commits} | {row.detail} |"
         )
     print()
     print(f"peak RSS {peak_mib:.0f} MiB (this process: product, floor and set-up)")
