@@ -37,15 +37,16 @@ class UnsafePathError(ReconcileError):
 
 def inside(root: Path, path: Path | str) -> Path:
     """`path` (absolute, or relative to `root`) after the checks above; returns it unresolved."""
-    base = Path(os.path.abspath(root))
-    full = Path(os.path.abspath(base / path))
-    try:
-        rel = full.relative_to(base)
-    except ValueError:
-        raise UnsafePathError(f"{path}: outside the repository {base}") from None
+    # On strings, not `Path` objects: every state and rollout file a run reads or writes
+    # passes here, several times a service, and pathlib's parsing was most of the cost.
+    base = os.path.abspath(root)
+    full = os.path.abspath(os.path.join(base, path))
+    rel = _below(base, full)
+    if rel is None:
+        raise UnsafePathError(f"{path}: outside the repository {base}")
     current = base
-    for part in rel.parts:
-        current = current / part
+    for part in rel.split(os.sep) if rel else ():
+        current = os.path.join(current, part)
         try:
             mode = os.lstat(current).st_mode
         except FileNotFoundError:
@@ -59,7 +60,16 @@ def inside(root: Path, path: Path | str) -> Path:
             )
     # No `..` (abspath removed them) and no link below `root`: the path cannot resolve
     # anywhere but under `root`, so no realpath call is needed (plan reads hundreds of files).
-    return full
+    return Path(full)
+
+
+def _below(base: str, full: str) -> str | None:
+    """`full` relative to `base` ('' when equal), None when it is not under `base` (both
+    absolute and normalized)."""
+    if full == base:
+        return ""
+    prefix = base if base.endswith(os.sep) else base + os.sep
+    return full[len(prefix) :] if full.startswith(prefix) else None
 
 
 def repository_of(path: Path | str) -> Path | None:
@@ -82,17 +92,15 @@ _REPOSITORIES: dict[str, Path] = {}
 def guard(path: Path | str) -> Path:
     """`path`, checked by `inside` when it lies under a repository's rollout/ or state/."""
     root = repository_of(path)
-    full = Path(os.path.abspath(path))
     if root is None:
         return Path(path)
-    rel = full.relative_to(root)
-    if rel.parts and rel.parts[0] in GUARDED:
+    full = os.path.abspath(path)
+    rel = _below(str(root), full)
+    if rel and rel.split(os.sep, 1)[0] in GUARDED:
         inside(root, full)
     return Path(path)
 
 
-def _show(base: Path, path: Path) -> str:
-    try:
-        return path.relative_to(base).as_posix()
-    except ValueError:
-        return str(path)
+def _show(base: str, path: str) -> str:
+    rel = _below(base, path)
+    return str(path) if rel is None else rel.replace(os.sep, "/")

@@ -158,6 +158,17 @@ def test_a_path_leading_out_of_the_repository_is_refused(repo: Path, outside: Pa
     assert safepath.inside(repo, "state/ion-api/new/file") == repo / "state/ion-api/new/file"
 
 
+def test_a_sibling_whose_name_starts_with_the_repository_s_is_outside(repo: Path) -> None:
+    sibling = repo.parent / f"{repo.name}-other" / "state" / "x"
+    with pytest.raises(safepath.UnsafePathError, match="outside the repository"):
+        safepath.inside(repo, sibling)
+    with pytest.raises(safepath.UnsafePathError, match="outside the repository"):
+        safepath.inside(repo, Path("..") / f"{repo.name}-other" / "x")
+    assert safepath.inside(repo, repo / "state" / "." / "x") == repo / "state" / "x"
+    assert safepath.inside(repo, ".") == repo
+    assert safepath.inside(Path("/"), "no-such-dir/x") == Path("/no-such-dir/x")
+
+
 def test_a_symlinked_rollout_file_is_an_error_naming_it(repo: Path, outside: Path) -> None:
     (outside / "creds.yaml").write_text(f"service: {TOKEN}\n")
     link = repo / "rollout" / "ion-api.yaml"
