@@ -15,6 +15,7 @@ Pure: text in, text out. No I/O.
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from collections.abc import Iterable, Mapping
@@ -24,7 +25,7 @@ from typing import Any
 
 import yaml
 
-from reconciler import redact
+from reconciler import redact, yamlvalues
 from reconciler.errors import ReconcileError
 from reconciler.loader import libyaml_differs
 
@@ -170,15 +171,36 @@ def _parse(text: str, parse: Any) -> Any:
         raise YamlEditError(f"cannot edit an invalid YAML document: {exc}") from None
 
 
+def _tree(text: str) -> yaml.Node | None:
+    """The node tree of `text`, cached: an edit reads the original text's tree for its data
+    and again to edit its first key. Nothing here changes a tree (`_load` builds with the
+    constructor, which may, from a tree of its own)."""
+    return _cached_tree(text, _CLoader)
+
+
+@functools.lru_cache(maxsize=64)
+def _cached_tree(text: str, _loader: Any) -> yaml.Node | None:
+    # Keyed by the loader too: a tree is the one `_parse` gives with the loader of the time.
+    node: yaml.Node | None = _parse(text, yaml.compose)
+    return node
+
+
 def _compose(text: str) -> yaml.MappingNode:
-    node = _parse(text, yaml.compose)
+    node = _tree(text)
     if not isinstance(node, yaml.MappingNode):
         raise YamlEditError("cannot edit: the rollout file is not a mapping")
     return node
 
 
 def _load(text: str) -> Any:
-    return _parse(text, yaml.load)
+    """`yaml.load` of `text` (as `_parse` reads it), the common nodes built by `yamlvalues`."""
+    node = _tree(text)
+    if node is None:
+        return None
+    try:
+        return yamlvalues.build(yaml.constructor.SafeConstructor(), node)
+    except yamlvalues.Unusual:
+        return _parse(text, yaml.load)
 
 
 def _style(node: yaml.ScalarNode) -> str | None:
