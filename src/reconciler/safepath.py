@@ -75,18 +75,23 @@ def _below(base: str, full: str) -> str | None:
 def repository_of(path: Path | str) -> Path | None:
     """The working tree holding `path`: its nearest ancestor with a `.git` entry, if any."""
     folder = os.path.dirname(os.path.abspath(path))
-    # Cached when found: a plan checks every rollout and state file, all in a few folders.
-    # A miss is not cached (a repository may be created there later).
+    # Cached when found: a run checks every rollout and state file, in a few folders per
+    # service. A miss is not cached (a repository may be created there later).
     found = _REPOSITORIES.get(folder)
     if found is None:
         here = Path(folder)
         found = next((c for c in (here, *here.parents) if (c / ".git").exists()), None)
-        if found is not None and len(_REPOSITORIES) < 1024:
+        if found is not None:
+            if len(_REPOSITORIES) >= _MAX_REPOSITORIES:
+                # Full: start again rather than stop caching (a fleet has thousands of
+                # folders; a cache that stopped at the first 1,024 missed on most of them).
+                _REPOSITORIES.clear()
             _REPOSITORIES[folder] = found
     return found
 
 
 _REPOSITORIES: dict[str, Path] = {}
+_MAX_REPOSITORIES = 16384
 
 
 def guard(path: Path | str) -> Path:

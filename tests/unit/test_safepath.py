@@ -198,3 +198,16 @@ def test_validate_and_plan_never_print_a_linked_file(
     out = capsys.readouterr()
     assert "leak.yaml: is a symbolic link" in out.out + out.err
     assert TOKEN not in out.out + out.err
+
+
+def test_the_repository_of_every_folder_of_a_fleet_is_remembered(
+    repo: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A fleet has thousands of state folders: the cache of where their repository is must
+    # keep serving past any size (it starts again when full, never stops caching).
+    monkeypatch.setattr(safepath, "_REPOSITORIES", {})
+    monkeypatch.setattr(safepath, "_MAX_REPOSITORIES", 3)
+    folders = [repo / "state" / f"svc-{i}" for i in range(5)]
+    for folder in folders:
+        assert safepath.repository_of(folder / "status.yaml") == repo
+    assert {str(folders[3]): repo, str(folders[4]): repo} == safepath._REPOSITORIES
