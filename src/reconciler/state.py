@@ -277,10 +277,12 @@ def status_text(status: ServiceStatus) -> str:
     """The text of `status.yaml` for `status` (what `write_status` writes): the bytes of
     `yaml.dump(data, Dumper=_StatusDumper, sort_keys=False, default_flow_style=False,
     allow_unicode=True, width=100)`, with the node tree built by `_node`."""
-    return _yaml_text(_scrubbed(_status_to_data(status)))
+    return _yaml_text(_status_to_data(status))
 
 
 def _yaml_text(data: Any) -> str:
+    """The YAML text of `data` with probe secrets scrubbed from its string values (as
+    `_scrubbed` does, in the one walk that builds the nodes)."""
     stream = io.StringIO()
     dumper = _StatusDumper(
         stream, default_flow_style=False, allow_unicode=True, width=100, sort_keys=False
@@ -678,25 +680,34 @@ _StatusDumper.add_representer(str, _represent_str)
 
 
 def _node(dumper: Any, data: Any) -> yaml.Node:
-    """The node `dumper.represent_data(data)` builds for the plain data of a state file, without
-    the representer's per-node dispatch and alias bookkeeping (`_scrubbed` data shares no
-    object, so there is no alias to make); any other type goes through the representer."""
+    """The node `dumper.represent_data(_scrubbed(data))` builds for the plain data of a state
+    file, without the representer's per-node dispatch and alias bookkeeping (like `_scrubbed`
+    data, the tree shares no node, so there is no alias to make); any other type goes
+    through the representer."""
     kind = type(data)
     if kind is str:
-        return yaml.ScalarNode(_STR, data, style=None if _SPLITS.isdisjoint(data) else '"')
+        return _str_node(redact.scrub(data))
     if data is None:
         return yaml.ScalarNode(_NULL, "null")
     if kind is bool:
         return yaml.ScalarNode(_BOOL, "true" if data else "false")
     if kind is int:
         return yaml.ScalarNode(_INT, str(data))
-    if kind is dict:
-        pairs = [(_node(dumper, k), _node(dumper, v)) for k, v in data.items()]
+    if kind is dict or isinstance(data, Mapping):
+        # Keys are not scrubbed (as `_scrubbed` leaves them).
+        pairs = [
+            (_str_node(k) if type(k) is str else _node(dumper, k), _node(dumper, v))
+            for k, v in data.items()
+        ]
         return yaml.MappingNode(_MAP, pairs, flow_style=False)
-    if kind is list:
+    if kind is list or isinstance(data, tuple):
         return yaml.SequenceNode(_SEQ, [_node(dumper, v) for v in data], flow_style=False)
     node: yaml.Node = dumper.represent_data(data)
     return node
+
+
+def _str_node(text: str) -> yaml.ScalarNode:
+    return yaml.ScalarNode(_STR, text, style=None if _SPLITS.isdisjoint(text) else '"')
 
 
 def _status_to_data(s: ServiceStatus) -> dict[str, Any]:
