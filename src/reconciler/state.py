@@ -143,9 +143,17 @@ log = logging.getLogger(__name__)
 # record holding one would become two lines for any reader that splits lines that way.
 _LINE_BREAKS = {"\x85": "\\u0085", "\u2028": "\\u2028", "\u2029": "\\u2029"}
 _SPLITS = frozenset("\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029")
+
+
 # libyaml when PyYAML has it: a plan reads every service's status file, and the pure-Python
 # loader takes ~10x longer on them (same constructor and resolver, so the same values).
-_SafeLoader: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+_BaseLoader: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+class _SafeLoader(yamlvalues.CachedResolver, _BaseLoader):  # type: ignore[misc]
+    """The safe loader (on libyaml when there), each scalar's tag resolved once."""
+
+
 _STR, _INT, _NULL, _BOOL, _SEQ, _MAP = (
     f"tag:yaml.org,2002:{t}" for t in ("str", "int", "null", "bool", "seq", "map")
 )

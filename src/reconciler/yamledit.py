@@ -152,11 +152,17 @@ class _Entry:
 
 
 # libyaml's loader when PyYAML has it, for texts it reads as PyYAML does (the rollout loader's
-# check): an edit parses the file three times, which on the pure-Python parser was most of a
-# 1,000-service change tick's CPU. Its marks (character index, line, column) are PyYAML's;
+# check): an edit parses the file at least twice, which on the pure-Python parser was most of
+# a 1,000-service change tick's CPU. Its marks (character index, line, column) are PyYAML's;
 # a plain scalar's style is '' there, None here (`_style`). Anything it refuses is read again
 # by PyYAML, whose message is the one reported.
-_CLoader: Any = getattr(yaml, "CSafeLoader", None)
+_CLoader: Any = None
+if hasattr(yaml, "CSafeLoader"):
+
+    class _CLoaderType(yamlvalues.CachedResolver, yaml.CSafeLoader):
+        """libyaml's safe loader, each scalar's tag resolved once (`yamlvalues`)."""
+
+    _CLoader = _CLoaderType
 
 
 def _parse(text: str, parse: Any) -> Any:
@@ -199,7 +205,9 @@ def _load(text: str) -> Any:
         return None
     try:
         return yamlvalues.build(yaml.constructor.SafeConstructor(), node)
-    except yamlvalues.Unusual:
+    except (yamlvalues.Unusual, yaml.YAMLError):
+        # The constructor's own reading: its values, or its error (an unknown tag) said as
+        # `_parse` says it.
         return _parse(text, yaml.load)
 
 

@@ -9,12 +9,13 @@ half the cost of reading a status file and of checking a rollout-file edit.
 
 from __future__ import annotations
 
+import functools
 import re
 from typing import Any
 
 import yaml
 
-__all__ = ["Unusual", "build"]
+__all__ = ["CachedResolver", "Unusual", "build"]
 
 _STR, _INT, _NULL, _BOOL, _SEQ, _MAP = (
     f"tag:yaml.org,2002:{t}" for t in ("str", "int", "null", "bool", "seq", "map")
@@ -60,3 +61,31 @@ def _build(constructor: Any, node: yaml.Node, seen: set[int]) -> Any:
             raise Unusual  # merge keys (<<) and non-text keys: the constructor's rules
         out[key.value] = _build(constructor, value, seen)
     return out
+
+
+class CachedResolver:
+    """A loader mixin (`class L(CachedResolver, yaml.CSafeLoader)`) that resolves the tag of
+    a scalar once per text, value and implicitness: the loader's resolver tries its regular
+    expressions on every scalar of every file, and state and rollout files repeat their keys
+    and most of their values. Without path resolvers (the safe loaders have none) the tag
+    depends on nothing else."""
+
+    yaml_path_resolvers: dict[Any, Any]
+
+    def resolve(self, kind: Any, value: Any, implicit: Any) -> Any:
+        """The tag `kind`'s node with `value` resolves to (cached for scalars)."""
+        if kind is yaml.ScalarNode and not self.yaml_path_resolvers:
+            loader: Any = type(self)
+            return _scalar_tag(loader, value, implicit)
+        return super().resolve(kind, value, implicit)  # type: ignore[misc]
+
+
+@functools.lru_cache(maxsize=8192)
+def _scalar_tag(loader: Any, value: str, implicit: tuple[bool, bool]) -> Any:
+    return super(CachedResolver, _probe(loader)).resolve(yaml.ScalarNode, value, implicit)
+
+
+@functools.lru_cache(maxsize=16)
+def _probe(loader: Any) -> Any:
+    """An instance of `loader` to ask (its resolver reads only class attributes)."""
+    return loader("")

@@ -381,3 +381,9 @@ def test_random_texts_edit_the_same_on_both_parsers(text: str, value: object) ->
         for edit in ({"a": value}, {"a.b": value}):
             fast, reference = _both(monkeypatch, text, edit, ("b",))
             assert fast == reference
+
+
+@pytest.mark.parametrize("text", ["!1", "a: !x 1\n", "a: !!python/name:os.system ''\n"])
+def test_a_tag_no_constructor_knows_is_an_edit_error(text: str) -> None:
+    with pytest.raises(YamlEditError, match="could not determine a constructor"):
+        edit_rollout(text, set_values={"b": 1})

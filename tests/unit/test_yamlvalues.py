@@ -68,3 +68,35 @@ def test_random_documents_read_as_the_constructor_reads_them(text: str) -> None:
     except yamlvalues.Unusual:
         return
     assert repr(fast) == repr(slow)
+
+
+class _Cached(yamlvalues.CachedResolver, yaml.SafeLoader):
+    pass
+
+
+def _tags(node: yaml.Node | None) -> object:
+    if node is None:
+        return None
+    if isinstance(node, yaml.ScalarNode):
+        return (node.tag, node.value)
+    if isinstance(node, yaml.SequenceNode):
+        return (node.tag, [_tags(n) for n in node.value])
+    return (node.tag, [(_tags(k), _tags(v)) for k, v in node.value])
+
+
+@settings(max_examples=400, deadline=None)
+@given(text=st.text(alphabet="ab01 :-[]{},'\"#&*!|>?\n%@.~+_xeEyYnN", max_size=50))
+def test_a_cached_resolver_resolves_as_the_loader_does(text: str) -> None:
+    try:
+        plain = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError:
+        return
+    cached = yaml.compose(text, Loader=_Cached)
+    assert _tags(cached) == _tags(plain)
+    again = yaml.compose(text, Loader=_Cached)  # from the cache this time
+    assert _tags(again) == _tags(plain)
+
+
+@pytest.mark.parametrize("text", TEXTS)
+def test_a_cached_resolver_reads_the_same_documents(text: str) -> None:
+    assert repr(yaml.load(text, Loader=_Cached)) == repr(yaml.safe_load(text))
