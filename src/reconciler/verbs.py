@@ -72,9 +72,8 @@ def pick(
     if missing or not any(chosen(r) for r in everyone):
         asked = [f"project {project}"] if project is not None else []
         asked += [f"region {r}" for r in missing or regions]
-        known = ", ".join(
-            r.key if len({x.project for x in everyone}) > 1 else r.region for r in everyone
-        )
+        by_key = len({r.project for r in everyone}) > 1
+        known = ", ".join(r.key if by_key else r.region for r in everyone)
         raise VerbError(f"{service}: no rollout in {', '.join(asked)} (its rollouts: {known})")
     out = [FileRollouts(f.file, tuple(r for r in f.refs if chosen(r))) for f in files]
     return [f for f in out if f.refs]

@@ -71,7 +71,7 @@ def rollback(
     if not force:
         if not sys.stdin.isatty():
             raise ReconcileError("refusing to prompt without a terminal; pass --force to roll back")
-        where = f" in {', '.join(regions)}" if regions else ""
+        where = f" in {', '.join(regions)}" if regions else " (every region it runs in)"
         click.confirm(
             f"Roll back {service}{where}: 100% of traffic to its stable revision?", abort=True
         )
