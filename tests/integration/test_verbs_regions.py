@@ -1,6 +1,6 @@
-"""The operator verbs when one service id is in several regions, on the emulator and a real
-git repository with a bare remote: a file per region (`rollout/<region>/ion-api.yaml`), and
-one file with `waves:`.
+"""The operator verbs (and `probe`, `bench`) when one service id is in several regions, on
+the emulator and a real git repository with a bare remote: a file per region
+(`rollout/<region>/ion-api.yaml`), and one file with `waves:`.
 
 Without `--region`, a verb that edits one file refuses a service id in several files in one
 line (exit 1, no API write, no commit); `--region` picks the rollout; `rollback` rolls back
@@ -217,6 +217,18 @@ def test_plan_errors_from_gather_name_the_region(two: Sandbox) -> None:
     assert sum("names the same rollout" in x and "(us-central1)" in x for x in errors) == 2
     regions = {e.get("region") for e in json.loads(plan_json(plan))["errors"]}
     assert regions == {US, EU}
+
+
+def test_probe_and_bench_act_on_the_region_named(two: Sandbox) -> None:
+    refused = reconcile(two, "probe", "ion-api")
+    assert refused.returncode == 1
+    assert refused.stderr.splitlines() == [
+        "error: ion-api is in 2 regions: europe-west1, us-central1; pass --region"
+    ]
+    run = reconcile(two, "bench", "ion-api", "--iterations", "1", "--region", EU)
+    assert run.returncode == 0, (run.stdout, run.stderr)
+    assert (two.repo / "state" / PROJECT / EU / "ion-api" / "baselines" / "latest.json").is_file()
+    assert not (two.repo / "state" / PROJECT / US / "ion-api" / "baselines").exists()
 
 
 # --- one file with waves ------------------------------------------------------------------------
