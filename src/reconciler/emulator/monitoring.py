@@ -12,7 +12,8 @@ Supported: filters joined by AND over `metric.type`, `resource.type`,
 points in 60 s samples), ALIGN_DELTA, ALIGN_SUM, ALIGN_RATE, ALIGN_PERCENTILE_{99,95,50,05};
 reducers REDUCE_NONE, REDUCE_SUM, REDUCE_MEAN, REDUCE_MIN, REDUCE_MAX, REDUCE_COUNT,
 REDUCE_PERCENTILE_{99,95,50,05}; `group_by_fields`; view FULL/HEADERS; paging (page_size
-counts time series). Anything else is INVALID_ARGUMENT, never a silent approximation.
+counts points in FULL view, a cut series going on in the next page, and time series in
+HEADERS view). Anything else is INVALID_ARGUMENT, never a silent approximation.
 
 As Google's (scenario `monitoring:`): each request is reported in the sample (60 s) that holds
 it, stamped at the sample's end, and readable only `ingestion_delay` (180 s) after that end;
@@ -314,8 +315,7 @@ def _align(
 ) -> Value:
     value = _value_of(metric_type, records)
     if aligner in (_A.ALIGN_DELTA, _A.ALIGN_SUM):
-        if aligner == _A.ALIGN_SUM and isinstance(value, Dist):
-            raise ApiError("INVALID_ARGUMENT", "ALIGN_SUM does not apply to a distribution")
+        # Google documents ALIGN_SUM for DELTA metrics "with numeric and distribution values".
         return value
     if aligner == _A.ALIGN_RATE:
         if isinstance(value, Dist):
@@ -497,12 +497,29 @@ def list_time_series(
     out.sort(key=lambda item: sorted(item[0].items()))
 
     size = min(req.page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
-    start_at = _decode_token(req.page_token, len(out))
-    chunk = out[start_at : start_at + size]
-    token = _encode_token(start_at + size) if start_at + size < len(out) else ""
     headers_only = req.view == monitoring_v3.ListTimeSeriesRequest.TimeSeriesView.HEADERS
+    chunk: list[tuple[dict[str, str], dict[int, Value], list[int]]] = []
+    if headers_only:
+        # HEADERS: page_size counts time series.
+        at = _decode_token(req.page_token, len(out))
+        chunk = [(labels, pts, []) for labels, pts in out[at : at + size]]
+        token = _encode_token(at + size) if at + size < len(out) else ""
+    else:
+        # FULL: page_size counts points (Google's field doc), so a series longer than what is
+        # left of a page is cut and goes on, same labels, at the top of the next page.
+        total = sum(len(pts) for _, pts in out)
+        at = _decode_token(req.page_token, total)
+        seen = 0
+        for labels, pts in out:
+            # Newest point first, as Cloud Monitoring returns them.
+            ks = sorted(pts)
+            lo, hi = max(at - seen, 0), min(at + size - seen, len(ks))
+            if lo < hi:
+                chunk.append((labels, pts, ks[lo:hi]))
+            seen += len(ks)
+        token = _encode_token(at + size) if at + size < total else ""
     series = []
-    for labels, pts in chunk:
+    for labels, pts, ks in chunk:
         sample = next(iter(pts.values()), None)
         kind, vtype = _kinds(metric_type, aligner, reducer, sample)
         series.append(
@@ -515,8 +532,7 @@ def list_time_series(
                 metric_kind=kind,
                 value_type=vtype,
                 unit="ms" if vtype == _VTYPE.DISTRIBUTION else "1",
-                # Newest point first, as Cloud Monitoring returns them.
-                points=[] if headers_only else [_point(*bounds[k], pts[k]) for k in sorted(pts)],
+                points=[_point(*bounds[k], pts[k]) for k in ks],
             )
         )
     return monitoring_v3.ListTimeSeriesResponse(
@@ -529,7 +545,7 @@ def _prefixed(labels: Mapping[str, str], prefix: str) -> dict[str, str]:
 
 
 def _encode_token(offset: int) -> str:
-    return base64.urlsafe_b64encode(f"series:{offset}".encode()).decode()
+    return base64.urlsafe_b64encode(f"at:{offset}".encode()).decode()
 
 
 def _decode_token(token: str, total: int) -> int:
