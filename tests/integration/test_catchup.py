@@ -9,13 +9,14 @@ metric (one point per window), and each window is what asking it alone answers.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 
 import pytest
 from tests.builders import context, rollout_text
 
-from reconciler.gather import measure, ref_of, spans
+from reconciler.gather import SAMPLE_PERIOD, measure, ref_of, spans
 from reconciler.loader import load_spec
 from reconciler.metrics import StatsQuery
 from reconciler.metrics.cloud_monitoring import (
@@ -23,7 +24,7 @@ from reconciler.metrics.cloud_monitoring import (
     REQUEST_LATENCIES,
     CloudMonitoringProvider,
 )
-from reconciler.model import WindowStats
+from reconciler.model import SpanKind, WindowStats
 from reconciler.reconcile import apply_all
 from reconciler.sandbox import Sandbox, sandbox
 from reconciler.state import read_status
@@ -101,14 +102,10 @@ def _as_measured(
     w: WindowStats,
     start: datetime,
     end: datetime,
-    kind: str,
+    kind: SpanKind,
     now: datetime,
     provider: CloudMonitoringProvider,
 ) -> WindowStats:
     """A single answer as `measure` stamps it (its span, start, end and provisional flag)."""
-    from dataclasses import replace
-
-    from reconciler.gather import SAMPLE_PERIOD
-
     provisional = end > now - provider.ingestion_lag - SAMPLE_PERIOD
-    return replace(w, start=start, end=end, span=kind, provisional=provisional)  # type: ignore[arg-type]
+    return replace(w, start=start, end=end, span=kind, provisional=provisional)

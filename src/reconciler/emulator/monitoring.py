@@ -24,6 +24,7 @@ out and say so in `execution_errors`.
 from __future__ import annotations
 
 import base64
+import itertools
 import math
 import re
 from collections import defaultdict
@@ -328,6 +329,26 @@ def _align(
     raise ApiError("INVALID_ARGUMENT", f"emulator: unsupported aligner {_A(aligner).name}")
 
 
+def _interpolated(points: Mapping[int, Value]) -> dict[int, Value]:
+    """A series' aligned points (by period index, 0 the newest) with every period without
+    data between two with data filled in by linear interpolation between them.
+
+    Google documents ALIGN_DELTA and ALIGN_RATE so ("If the selected alignment period
+    results in periods with no data, then the aligned value for such a period is created by
+    interpolation"); how is not said: linearly between the neighbours is the reading here,
+    and distributions (no documented way to interpolate one) are left without a point.
+    """
+    out = dict(points)
+    known = sorted(k for k, v in points.items() if not isinstance(v, Dist))
+    for newer, older in itertools.pairwise(known):
+        a, b = points[newer], points[older]
+        assert not isinstance(a, Dist) and not isinstance(b, Dist)
+        for k in range(newer + 1, older):
+            value = a + (b - a) * (k - newer) / (older - newer)
+            out[k] = round(value) if isinstance(a, int) and isinstance(b, int) else value
+    return out
+
+
 def _reduce(reducer: int, values: Sequence[Value]) -> Value:
     if reducer == _R.REDUCE_SUM:
         return _merge_values(values)
@@ -460,8 +481,11 @@ def list_time_series(
                         periods[k].append(r)
             points = {}
             for k, rs in periods.items():
-                bounds[k] = (end - (k + 1) * period, end - k * period)
                 points[k] = _align(metric_type, aligner, rs, period)
+            if aligner in (_A.ALIGN_DELTA, _A.ALIGN_RATE):
+                points = _interpolated(points)
+            for k in points:
+                bounds[k] = (end - (k + 1) * period, end - k * period)
             if points:
                 aligned[key] = points
 
