@@ -103,7 +103,9 @@ def load_all(
             ):
                 loaded(spec)
     clashes = duplicate_identities(specs)
-    errors += [(p, ServiceError(s.service, clashes[p])) for p, s in specs if p in clashes]
+    errors += [
+        (p, ServiceError(s.service, clashes[p], ref_of(s))) for p, s in specs if p in clashes
+    ]
     specs = [(p, s) for p, s in specs if p not in clashes]
     if shard is not None:
         specs = [(p, s) for p, s in specs if shard.owns(s.project, s.region, s.service)]
@@ -281,7 +283,7 @@ def gather(
                 # way): what parses is kept, the plan warns about the rest.
                 statuses[ref_of(spec).key] = st.load_status(repo, ref_of(spec))
             except ReconcileError as exc:  # a symbolic link: refused, this service only
-                statuses[ref_of(spec).key] = ServiceError(spec.service, str(exc))
+                statuses[ref_of(spec).key] = ServiceError(spec.service, str(exc), ref_of(spec))
         lives = reads.result(specs) if reads is not None else {}
     gathered: list[_Inputs | ServiceError] = list(errors)
     for path, spec in ok:

@@ -380,7 +380,8 @@ def _start(
         # A region's list calls start as soon as its specs are parsed, and wait on the API
         # while this thread parses the other files and reads state/.
         specs, load_errors = load_all(files, ctx.shard, reads.seen)
-        book = Book(ctx, labels(ref_of(s) for _, s in specs))
+        refs = [ref_of(s) for _, s in specs] + [e.ref for e in load_errors if e.ref]
+        book = Book(ctx, labels(refs))
         run = _Run(ctx, dry_run, dirty, saved_mod.by_service(saved), listener, book)
         if listener is not None:
             listener.started(len(specs) + len(load_errors))
@@ -415,9 +416,9 @@ def _unloadable(run: _Run, files: Sequence[Path], errors: Sequence[ServiceError]
         path = by_stem.get(e.service)
         if path is not None and path.resolve() in run.dirty:
             why = f"{_uncommitted(run.ctx, path)}; it does not load either: {e.message}"
-            run.done(ServiceOutcome(e.service, error=why))
+            run.done(ServiceOutcome(e.service, error=why), e.ref)
         else:
-            run.done(ServiceOutcome(e.service, error=e.message))
+            run.done(ServiceOutcome(e.service, error=e.message), e.ref)
 
 
 def _load_status(ctx: Context, spec: RolloutSpec) -> st.StatusLoad | ReconcileError:

@@ -71,7 +71,12 @@ class ServiceView:
     problem: str | None = None
     """Why part of the service could not be read (shown, never fatal for the site)."""
     where: str = ""
-    """`project.region` when another rollout shares the service id, else empty."""
+    """`project.region` when another rollout shares the service id, else empty: its page's
+    file name (`page_name`)."""
+    name: str = ""
+    """How the site names it when the service id alone is ambiguous, as apply and status do
+    (`model.labels`: `ion-api (europe-west1)`, or `project/region/service` across projects);
+    empty for the id alone."""
 
 
 def page_name(service: str, where: str = "") -> str:
@@ -81,8 +86,8 @@ def page_name(service: str, where: str = "") -> str:
 
 
 def _title(v: ServiceView) -> str:
-    """The service id, with its project and region when the id alone is ambiguous."""
-    return f"{v.service} ({v.where.replace('.', ' / ')})" if v.where else v.service
+    """The service as the site names it (`ServiceView.name`, else its id)."""
+    return v.name or v.service
 
 
 def _e(text: object) -> str:
@@ -230,4 +235,4 @@ def service_page(v: ServiceView, now: datetime) -> str:
             )
     else:
         body.append('<p class="muted">No report yet (<code>reconcile report SERVICE</code>).</p>')
-    return _page(f"{v.service}: canary rollout", body, now)
+    return _page(f"{_title(v)}: canary rollout", body, now)

@@ -13,7 +13,7 @@ from pathlib import Path
 from reconciler import state as st
 from reconciler.charts import chart_data
 from reconciler.errors import ReconcileError
-from reconciler.model import ServiceRef
+from reconciler.model import ServiceRef, labels
 from reconciler.site import EventRow, ServiceView, index_page, page_name, service_page
 from reconciler.spec import RolloutSpec
 from reconciler.waves import expand
@@ -56,14 +56,17 @@ def view(
     spec: RolloutSpec | None = None,
     problem: str | None = None,
     where: str = "",
+    name: str = "",
 ) -> ServiceView | None:
     """What the site shows of one rollout (None when it has no status); `spec` is its rollout
-    file when it loads, `problem` why it does not."""
+    file when it loads, `problem` why it does not; `where` and `name` as `ServiceView`."""
     service = ref.service
     try:
         status = st.read_status(repo, ref)
     except ReconcileError as exc:
-        return ServiceView(service, "unknown", "", None, 0, problem=str(exc), where=where)
+        return ServiceView(
+            service, "unknown", "", None, 0, problem=str(exc), where=where, name=name
+        )
     if status is None:
         return None
     problems: list[str] = [problem] if problem else []
@@ -105,6 +108,7 @@ def view(
         reports=reports,
         problem="; ".join(problems) or None,
         where=where,
+        name=name,
     )
 
 
@@ -113,6 +117,8 @@ def build(repo: Path, out: Path, now: datetime) -> list[Path]:
     refs = services(repo)
     specs, broken = rollouts(repo)
     ids = Counter(r.service for r in refs)
+    # Named as apply and status name them: the id alone unless the fleet holds it twice.
+    names = labels(refs)
     views = [
         v
         for v in (
@@ -121,8 +127,10 @@ def build(repo: Path, out: Path, now: datetime) -> list[Path]:
                 r,
                 now,
                 specs.get(r.key),
-                broken.get(r.service),
+                # A broken file of the id is this rollout's problem only when no file loads it.
+                broken.get(r.service) if r.key not in specs else None,
                 f"{r.project}.{r.region}" if ids[r.service] > 1 else "",
+                names[r] if names[r] != r.service else "",
             )
             for r in refs
         )

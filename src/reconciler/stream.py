@@ -148,7 +148,7 @@ def roll_back(ctx: Context, canary: Canary, reason: str) -> bool:
     False when it was rolled back already."""
     from reconciler import manual
 
-    outcome = manual.roll_back_now(ctx, canary.service, reason, canary.region)
+    outcome = manual.roll_back_now(ctx, canary.service, reason, canary.region, canary.project)
     if outcome.rolled_back:
         _notify(ctx, outcome)
     manual.publish(ctx, outcome)

@@ -2,25 +2,112 @@
 
 Every verb (`promote`, `pause`, `resume`, `abort`, `retry`, `canary start`) is decided here
 from the rollout file, what state/ remembers and `now`, as the complete edit the loop's one
-edit path writes, or a `VerbError` saying why not. No I/O, no clock: table-tested.
+edit path writes, or a `VerbError` saying why not; so is which rollouts of a service id a verb
+acts on when the id is in several regions or projects (`pick`, `one_file`). No I/O, no clock:
+table-tested.
 """
 
 from __future__ import annotations
 
-from collections.abc import Collection
-from dataclasses import replace
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
 from reconciler.analysis import promotion_blockers
 from reconciler.decide import Commit, Decision, decide_rollback
-from reconciler.model import CommitAction, LiveService, Phase, ServiceStatus
+from reconciler.model import CommitAction, LiveService, Phase, ServiceRef, ServiceStatus
 from reconciler.plan import History, Reason, SpecEdit, baked, is_rolled_back
 from reconciler.spec import RolloutSpec, format_duration
 
 
 class VerbError(Exception):
     """The verb may not run now; the message says why and what would let it."""
+
+
+# --- which rollouts of a service id a verb acts on -----------------------------------------------
+@dataclass(frozen=True)
+class FileRollouts:
+    """A rollout file named after the service id, and the rollouts it names: one, or one per
+    region of its `waves:` (in wave order)."""
+
+    file: str
+    refs: tuple[ServiceRef, ...]
+
+
+def several(service: str, refs: Sequence[ServiceRef]) -> str:
+    """The one line refusing a verb that needs one rollout of `service`, which has `refs`:
+    `ion-api is in 3 regions: us-central1, europe-west1, asia-northeast1; pass --region`."""
+    regions = [r.region for r in refs]
+    projects = {r.project for r in refs}
+    if len(projects) == 1:
+        return f"{service} is in {len(refs)} regions: {', '.join(regions)}; pass --region"
+    if len(set(regions)) == len(refs):
+        flag = "--region"
+    elif len(projects) == len(refs):
+        flag = "--project"
+    else:
+        flag = "--project and --region"
+    keys = ", ".join(r.key for r in refs)
+    return f"{service} is in {len(projects)} projects: {keys}; pass {flag}"
+
+
+def pick(
+    service: str,
+    files: Sequence[FileRollouts],
+    regions: Collection[str] = (),
+    project: str | None = None,
+) -> list[FileRollouts]:
+    """The rollouts `--region` (repeatable) and `--project` name, file by file (files naming
+    none left out); every one when neither is given. A region or project that names none of
+    the service's rollouts is refused, listing them."""
+    everyone = [r for f in files for r in f.refs]
+
+    def chosen(ref: ServiceRef) -> bool:
+        return (not regions or ref.region in regions) and (
+            project is None or ref.project == project
+        )
+
+    missing = [r for r in regions if not any(chosen(x) and x.region == r for x in everyone)]
+    if missing or not any(chosen(r) for r in everyone):
+        asked = [f"project {project}"] if project is not None else []
+        asked += [f"region {r}" for r in missing or regions]
+        by_key = len({r.project for r in everyone}) > 1
+        known = ", ".join(r.key if by_key else r.region for r in everyone)
+        raise VerbError(f"{service}: no rollout in {', '.join(asked)} (its rollouts: {known})")
+    out = [FileRollouts(f.file, tuple(r for r in f.refs if chosen(r))) for f in files]
+    return [f for f in out if f.refs]
+
+
+def one_file(
+    service: str,
+    verb: str,
+    picked: Sequence[FileRollouts],
+    files: Sequence[FileRollouts],
+    *,
+    per_region: bool = False,
+) -> FileRollouts:
+    """The one rollout file a verb edits, from what `pick` chose among `files`.
+
+    Rollouts in several files are refused (`several`): a verb never guesses which region an
+    operator meant. A file with `waves:` is edited as a whole (`canary_percent`, `paused`,
+    the revisions are the file's, for every region), so picking some of its regions only is
+    refused, unless the verb is `per_region` (retry: each region has its own entry in
+    `rolled_back_regions`).
+    """
+    if len(picked) != 1:
+        raise VerbError(several(service, [r for f in picked for r in f.refs]))
+    (chosen,) = picked
+    whole = next(f for f in files if f.file == chosen.file)
+    if len(chosen.refs) < len(whole.refs) and not per_region:
+        every = ", ".join(r.region for r in whole.refs)
+        mine = ", ".join(r.region for r in chosen.refs)
+        raise VerbError(
+            f"{chosen.file}: {verb} edits the whole file, whose waves roll {service} out in "
+            f"{every} together; it cannot act on {mine} alone (pass no --region, or every "
+            "region of the file)"
+        )
+    return chosen
 
 
 def _canary(spec: RolloutSpec) -> str:
@@ -148,15 +235,23 @@ def abort(spec: RolloutSpec) -> SpecEdit:
     )
 
 
-def retry(spec: RolloutSpec, reason: str | None) -> SpecEdit:
+def retry(
+    spec: RolloutSpec, reason: str | None, regions: Collection[str] | None = None
+) -> SpecEdit:
     """`reconcile retry`: clear the `rolled_back` block (and, in a file with waves, every
-    region's `rolled_back_regions` entry, which lifts the hold on the other regions).
+    region's `rolled_back_regions` entry, which lifts the hold on the other regions; with
+    `regions`, only theirs: the hold stays while another region's entry names the canary).
 
     A block naming an older canary (a new one is named) is cleared as stale; re-trying the
     very canary that was rolled back needs a `reason` recorded in the commit.
     """
+    if regions is not None and spec.rolled_back is not None:
+        raise VerbError(
+            f"{spec.service}: the rolled_back block is the whole file's (every region was "
+            "rolled back); retry it without --region"
+        )
     if spec.rolled_back_regions and spec.rolled_back is None:
-        return _retry_regions(spec, reason)
+        return _retry_regions(spec, reason, regions)
     rb = spec.rolled_back
     if rb is None:
         raise VerbError(f"{spec.service}: no rolled_back block to clear")
@@ -175,11 +270,24 @@ def retry(spec: RolloutSpec, reason: str | None) -> SpecEdit:
     )
 
 
-def _retry_regions(spec: RolloutSpec, reason: str | None) -> SpecEdit:
+def _retry_regions(
+    spec: RolloutSpec, reason: str | None, regions: Collection[str] | None
+) -> SpecEdit:
     """Retry the regions of a file with waves: each climbs back from the first stage."""
+    entries = spec.rolled_back_regions
+    asked = set(entries) if regions is None else set(regions)
+    if not asked & set(entries):
+        raise VerbError(
+            f"{spec.service}: {', '.join(sorted(asked))} not rolled back (rolled back: "
+            f"{', '.join(sorted(entries))})"
+        )
     canary = spec.revisions.canary
-    mine = sorted(r for r, e in spec.rolled_back_regions.items() if e.revision == canary)
-    values = {"rolled_back_regions": None}
+    mine = sorted(r for r, e in entries.items() if e.revision == canary and r in asked)
+    values: dict[str, Any] = (
+        {"rolled_back_regions": None}
+        if set(entries) <= asked
+        else {f"rolled_back_regions.{r}": None for r in sorted(asked & set(entries))}
+    )
     if not mine:
         return SpecEdit(Reason.NONE, values, "cleared rolled_back_regions of older canaries")
     if not reason:
@@ -259,14 +367,18 @@ def decide_abort(
 
 
 __all__ = [
+    "FileRollouts",
     "VerbError",
     "abort",
     "bake_block",
     "canary_start",
     "commit",
     "decide_abort",
+    "one_file",
     "pause",
+    "pick",
     "promote",
     "resume",
     "retry",
+    "several",
 ]

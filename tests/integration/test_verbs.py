@@ -127,10 +127,10 @@ def test_pause_holds_drift_and_new_stages_until_resume(sb: Sandbox) -> None:
 
 def test_abort_sends_traffic_to_stable_pauses_without_a_sticky_block(sb: Sandbox) -> None:
     assert apply_all(context(sb)).exit_code == 0
-    dry = abort(context(sb), "ion-api", dry_run=True)
+    (dry,) = abort(context(sb), "ion-api", dry_run=True)
     assert dry.plan is not None and dry.plan.after.percents() == {STABLE: 100}
     assert live_percents(sb) == {STABLE: 95, CANARY: 5}
-    outcome = abort(context(sb), "ion-api")
+    (outcome,) = abort(context(sb), "ion-api")
     assert outcome.commit is not None
     assert live_percents(sb) == {STABLE: 100}
     spec = load_spec(sb.rollout())

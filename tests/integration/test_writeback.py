@@ -40,7 +40,7 @@ def live_percents(sb: Sandbox) -> dict[str, int]:
 def test_manual_rollback_keeps_every_comment_and_is_sticky(sb: Sandbox) -> None:
     assert apply_all(context(sb)).exit_code == 0
     before = sb.rollout().read_text(encoding="utf-8")
-    outcome = rollback(context(sb), "ion-api", "5xx spike after deploy")
+    (outcome,) = rollback(context(sb), "ion-api", "5xx spike after deploy")
     assert outcome.rolled_back
     assert live_percents(sb) == {STABLE: 100}
 
@@ -199,9 +199,9 @@ def test_crash_after_a_forced_stage_still_removes_force(sb: Sandbox) -> None:
 
 def test_a_second_rollback_is_a_no_op(sb: Sandbox) -> None:
     assert apply_all(context(sb)).exit_code == 0
-    assert rollback(context(sb), "ion-api", "first").rolled_back
+    assert rollback(context(sb), "ion-api", "first")[0].rolled_back
     head, writes = sb.git("rev-parse", "HEAD"), sb.emu.writes
-    again = rollback(context(sb), "ion-api", "second")
+    (again,) = rollback(context(sb), "ion-api", "second")
     assert again.plan is None and again.commit is None
     assert sb.git("rev-parse", "HEAD") == head and sb.emu.writes == writes
 

@@ -9,9 +9,9 @@ import pytest
 
 from reconciler import verbs
 from reconciler.decide import decide
-from reconciler.model import GateResult, Outcome, Phase, Target, Verdict
+from reconciler.model import GateResult, Outcome, Phase, ServiceRef, Target, Verdict
 from reconciler.plan import Reason
-from reconciler.verbs import VerbError
+from reconciler.verbs import FileRollouts, VerbError
 from tests.unit.test_decide import (
     ALL_STABLE,
     AT_5,
@@ -139,6 +139,215 @@ def test_retry_rules(over: dict[str, Any], reason: str | None, expected: Any) ->
             verbs.retry(spec, reason)
     else:
         assert dict(verbs.retry(spec, reason).values) == expected
+
+
+THREE = [["us-central1"], ["europe-west1", "asia-northeast1"]]
+RETRY_REGIONS = [
+    # id, spec overrides, reason, regions -> values or error part
+    (
+        "one-region-of-two-keeps-the-other-entry",
+        {
+            "waves": THREE,
+            "rolled_back_regions": {"europe-west1": RB, "asia-northeast1": RB},
+        },
+        "fixed",
+        ["europe-west1"],
+        {"rolled_back_regions.europe-west1": None},
+    ),
+    (
+        "the-last-entry-removes-the-key",
+        {"waves": THREE, "rolled_back_regions": {"europe-west1": RB}},
+        "fixed",
+        ["europe-west1"],
+        {"rolled_back_regions": None},
+    ),
+    (
+        "a-region-not-rolled-back",
+        {"waves": THREE, "rolled_back_regions": {"europe-west1": RB}},
+        "fixed",
+        ["asia-northeast1"],
+        "asia-northeast1 not rolled back \\(rolled back: europe-west1\\)",
+    ),
+    (
+        "the-same-canary-needs-a-reason",
+        {"waves": THREE, "rolled_back_regions": {"europe-west1": RB}},
+        None,
+        ["europe-west1"],
+        "pass --reason",
+    ),
+    (
+        "the-file-wide-block-is-not-a-region-s",
+        {"waves": THREE, "canary_percent": 0, "rolled_back": RB},
+        "fixed",
+        ["europe-west1"],
+        "the whole file's .*retry it without --region",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("over", "reason", "regions", "expected"),
+    [c[1:] for c in RETRY_REGIONS],
+    ids=[c[0] for c in RETRY_REGIONS],
+)
+def test_retry_of_some_regions_of_a_file_with_waves(
+    over: dict[str, Any], reason: str | None, regions: list[str], expected: Any
+) -> None:
+    spec = make_spec(**over)
+    if isinstance(expected, str):
+        with pytest.raises(VerbError, match=expected):
+            verbs.retry(spec, reason, regions)
+    else:
+        edit = verbs.retry(spec, reason, regions)
+        assert dict(edit.values) == expected
+        assert "europe-west1" in edit.summary
+
+
+# --- which rollouts of a service id a verb acts on -----------------------------------------------
+def _ref(region: str, project: str = "naeda-genesis") -> ServiceRef:
+    return ServiceRef(project, region, "ion-api")
+
+
+US, EU, ASIA = _ref("us-central1"), _ref("europe-west1"), _ref("asia-northeast1")
+PER_REGION = [FileRollouts("us/ion-api.yaml", (US,)), FileRollouts("eu/ion-api.yaml", (EU,))]
+WAVES = [FileRollouts("ion-api.yaml", (US, EU, ASIA))]
+MIXED = [FileRollouts("ion-api.yaml", (US, EU)), FileRollouts("asia/ion-api.yaml", (ASIA,))]
+PROJECTS = [
+    FileRollouts("a/ion-api.yaml", (_ref("us-central1", "proj-a"),)),
+    FileRollouts("b/ion-api.yaml", (_ref("us-central1", "proj-b"),)),
+]
+
+ONE_FILE = [
+    # id, files, --region, --project, per_region -> (file, regions) or error text
+    (
+        "one-file-needs-nothing",
+        [FileRollouts("ion-api.yaml", (US,))],
+        [],
+        None,
+        False,
+        ("ion-api.yaml", ["us-central1"]),
+    ),
+    (
+        "two-files-are-refused-listing-the-regions",
+        PER_REGION,
+        [],
+        None,
+        False,
+        "ion-api is in 2 regions: us-central1, europe-west1; pass --region",
+    ),
+    (
+        "region-picks-its-file",
+        PER_REGION,
+        ["europe-west1"],
+        None,
+        False,
+        ("eu/ion-api.yaml", ["europe-west1"]),
+    ),
+    (
+        "an-unknown-region-lists-the-known",
+        PER_REGION,
+        ["asia-northeast1"],
+        None,
+        False,
+        "ion-api: no rollout in region asia-northeast1 (its rollouts: us-central1, europe-west1)",
+    ),
+    (
+        "a-file-with-waves-is-one-file",
+        WAVES,
+        [],
+        None,
+        False,
+        ("ion-api.yaml", ["us-central1", "europe-west1", "asia-northeast1"]),
+    ),
+    (
+        "some-regions-of-waves-are-refused-for-a-file-wide-verb",
+        WAVES,
+        ["europe-west1"],
+        None,
+        False,
+        "ion-api.yaml: pause edits the whole file, whose waves roll ion-api out in us-central1, "
+        "europe-west1, asia-northeast1 together; it cannot act on europe-west1 alone",
+    ),
+    (
+        "some-regions-of-waves-for-a-per-region-verb",
+        WAVES,
+        ["europe-west1"],
+        None,
+        True,
+        ("ion-api.yaml", ["europe-west1"]),
+    ),
+    (
+        "waves-and-a-file-need-every-region-of-the-waves",
+        MIXED,
+        ["us-central1", "europe-west1"],
+        None,
+        False,
+        ("ion-api.yaml", ["us-central1", "europe-west1"]),
+    ),
+    (
+        "waves-and-a-file-are-refused-without-region",
+        MIXED,
+        [],
+        None,
+        False,
+        "ion-api is in 3 regions: us-central1, europe-west1, asia-northeast1; pass --region",
+    ),
+    (
+        "two-projects-one-region-need-project",
+        PROJECTS,
+        [],
+        None,
+        False,
+        "ion-api is in 2 projects: proj-a/us-central1/ion-api, proj-b/us-central1/ion-api; "
+        "pass --project",
+    ),
+    ("project-picks-its-file", PROJECTS, [], "proj-b", False, ("b/ion-api.yaml", ["us-central1"])),
+    (
+        "an-unknown-project-lists-the-rollouts",
+        PROJECTS,
+        [],
+        "proj-c",
+        False,
+        "no rollout in project proj-c (its rollouts: proj-a/us-central1/ion-api, "
+        "proj-b/us-central1/ion-api)",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("files", "regions", "project", "per_region", "expected"),
+    [c[1:] for c in ONE_FILE],
+    ids=[c[0] for c in ONE_FILE],
+)
+def test_one_file_picks_the_file_a_verb_edits_or_refuses_in_one_line(
+    files: list[FileRollouts],
+    regions: list[str],
+    project: str | None,
+    per_region: bool,
+    expected: Any,
+) -> None:
+    def chosen() -> FileRollouts:
+        picked = verbs.pick("ion-api", files, regions, project)
+        return verbs.one_file("ion-api", "pause", picked, files, per_region=per_region)
+
+    if isinstance(expected, str):
+        with pytest.raises(VerbError) as err:
+            chosen()
+        assert expected in str(err.value)
+        assert "\n" not in str(err.value)
+    else:
+        got = chosen()
+        assert (got.file, [r.region for r in got.refs]) == expected
+
+
+def test_pick_chooses_every_rollout_by_default_and_the_named_ones_otherwise() -> None:
+    assert verbs.pick("ion-api", MIXED) == MIXED
+    assert verbs.pick("ion-api", MIXED, ["asia-northeast1", "europe-west1"]) == [
+        FileRollouts("ion-api.yaml", (EU,)),
+        FileRollouts("asia/ion-api.yaml", (ASIA,)),
+    ]
+    with pytest.raises(VerbError, match="no rollout in region mars-1"):
+        verbs.pick("ion-api", MIXED, ["europe-west1", "mars-1"])
 
 
 NEW = "ion-api-00043-new"

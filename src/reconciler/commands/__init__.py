@@ -69,21 +69,48 @@ def echo_err(message: str) -> None:
     click.echo(message, err=True)
 
 
-def rollout_for(app: App, service: str) -> RolloutSpec:
-    """The loaded rollout file of `service`; one line naming the file when it is missing."""
+def rollout_for(
+    app: App, service: str, *, region: str | None = None, project: str | None = None
+) -> RolloutSpec:
+    """The one rollout of `service` a check acts on (`probe`, `bench`), from its rollout files
+    in any folder of rollout/ (one region of a file with `waves:`); `region` and `project`
+    pick it when the id is in several (`verbs.pick`), which is refused without them, in one
+    line listing them. One line naming the file when there is none."""
     import re
 
-    from reconciler.loader import load_spec
+    from reconciler import verbs
+    from reconciler.loader import duplicate_identities, find_rollout_files, load_spec
+    from reconciler.model import ServiceRef
     from reconciler.spec import SERVICE_RE
+    from reconciler.waves import expand
 
     # Checked before it becomes a path: `../x` or `/tmp/x` would read a rollout file from
     # outside rollout/ (and `bench` would write its baseline outside state/).
     if not re.fullmatch(SERVICE_RE, service):
         raise ReconcileError(f"{service!r} is not a Cloud Run service id")
-    path = app.rollout_dir / f"{service}.yaml"
-    if not path.is_file():
-        raise ReconcileError(f"{path}: no rollout file for service {service!r}")
-    return load_spec(path)
+    folder = app.rollout_dir
+    paths = [p for p in find_rollout_files(folder) if p.stem == service] if folder.is_dir() else []
+    if not paths:
+        raise ReconcileError(
+            f"{folder / (service + '.yaml')}: no rollout file for service {service!r}"
+        )
+    by_file = {path: expand(load_spec(path)) for path in paths}
+    clashes = duplicate_identities([(path, one) for path, ss in by_file.items() for one in ss])
+    if clashes:
+        raise ReconcileError(next(iter(clashes.values())))
+    specs = {ServiceRef(s.project, s.region, s.service): s for ss in by_file.values() for s in ss}
+    files = [
+        verbs.FileRollouts(str(path), tuple(ServiceRef(s.project, s.region, s.service) for s in ss))
+        for path, ss in by_file.items()
+    ]
+    try:
+        picked = verbs.pick(service, files, [region] if region else (), project)
+    except verbs.VerbError as exc:
+        raise ReconcileError(str(exc)) from None
+    refs = [r for f in picked for r in f.refs]
+    if len(refs) > 1:
+        raise ReconcileError(verbs.several(service, refs))
+    return specs[refs[0]]
 
 
 def state_refs_for(

@@ -80,6 +80,10 @@ def _placeholders(checks: Sequence[Check]) -> set[str]:
 )
 @click.option("--canary-url", metavar="URL", help="Use this canary URL, not Cloud Run's tag URL.")
 @click.option("--stable-url", metavar="URL", help="Use this stable URL, not Cloud Run's tag URL.")
+@click.option(
+    "--region", metavar="REGION", help="The rollout in REGION, when the service is in several."
+)
+@click.option("--project", metavar="PROJECT", help="The rollout in PROJECT, when it is in several.")
 @pass_app
 def probe(
     app: App,
@@ -91,6 +95,8 @@ def probe(
     probe_name: str | None,
     canary_url: str | None,
     stable_url: str | None,
+    region: str | None,
+    project: str | None,
 ) -> None:
     """Check a service's canary now: its `dependencies:` and `probes:`, or --compare.
 
@@ -104,15 +110,19 @@ def probe(
     when too few requests to tell, with how many would be needed; PASS otherwise. Exits 1
     on FAIL only (0 on PASS and INCONCLUSIVE).
 
+    A service in several regions or projects (a file with `waves:`, or a file per region)
+    is probed in one: --region (and --project) picks it.
+
     \b
     Example:
       reconcile probe ion-api
       reconcile probe ion-api --compare --requests 10 --delay 1s
+      reconcile probe ion-api --region europe-west1
     """
     from reconciler.probes import run_checks
     from reconciler.views.checks import checks_summary, results_table
 
-    spec = rollout_for(app, service)
+    spec = rollout_for(app, service, region=region, project=project)
     overrides = {"canary": canary_url, "stable": stable_url}
     if compare:
         _compare(spec, overrides, requests_, delay, path, probe_name, app.color)
@@ -200,6 +210,10 @@ def _compare(
     help="GET this path when the rollout file has no probes.",
 )
 @click.option("--stable-url", metavar="URL", help="Bench this URL, not Cloud Run's stable tag URL.")
+@click.option(
+    "--region", metavar="REGION", help="The rollout in REGION, when the service is in several."
+)
+@click.option("--project", metavar="PROJECT", help="The rollout in PROJECT, when it is in several.")
 @pass_app
 def bench(
     app: App,
@@ -208,17 +222,21 @@ def bench(
     probe_names: tuple[str, ...],
     path: str,
     stable_url: str | None,
+    region: str | None,
+    project: str | None,
 ) -> None:
     """Take the pre-deploy baseline: the service's probes, --iterations times each.
 
     Measures the stable revision (its `stable` tag URL, else the service URL): response time
     per iteration, p50/p95/mean, success rate and the `confidence` field where the answer
     has one. Saves state/PROJECT/REGION/SERVICE/baselines/<UTC time>.json and latest.json,
-    which later stages are compared against.
+    which later stages are compared against. A service in several regions or projects is
+    benched in one: --region (and --project) picks it.
 
     \b
     Example:
       reconcile bench ion-api --iterations 5
+      reconcile bench ion-api --iterations 5 --region europe-west1
     """
     from reconciler.model import ServiceRef
     from reconciler.probes import (
@@ -234,7 +252,7 @@ def bench(
     from reconciler.state import state_dir
     from reconciler.views.checks import baseline_lines, bench_lines
 
-    spec = rollout_for(app, service)
+    spec = rollout_for(app, service, region=region, project=project)
     # Baselines sit in the rollout's state folder: state/<project>/<region>/<service>/.
     folder = state_dir(app.repo, ServiceRef(spec.project, spec.region, spec.service)).parent
     checks = list(spec.probes)
