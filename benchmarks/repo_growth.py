@@ -26,9 +26,10 @@ after a week. At the last checkpoint it also says what the packed bytes are (met
 files, status.yaml, trees ..., from `git cat-file --batch-all-objects`), how many day-file
 versions git stored as deltas of a version of the same file, and the default pack's size
 against the wide repack of the same objects (the baseline of the same run: what a delta
-search of 250 candidates finds that git's default 10 miss). The size is also given per 1,000 services per day (target: a few MB), and so
-is the steady growth (what the days after the first added), which a small run's fixed
-overhead (the first commits, pack headers) does not inflate. `--ticks-per-day` below 288
+search of 250 candidates finds that git's default 10 miss). The size is also given per
+1,000 services per day (target: a few MB), and so is the steady growth (what the days after
+the first added), which a small run's fixed overhead (the first commits, pack headers) does
+not inflate. `--ticks-per-day` below 288
 simulates fewer, equally sized ticks; the per-day figures are then scaled to 288 ticks.
 
 Run: `python benchmarks/repo_growth.py [--services 100 1000] [--days 7] [--ticks-per-day 288]
@@ -262,7 +263,7 @@ def measure(repo: Path, base: Path, probe: Path, label: str) -> dict[str, float]
     size_mib = int(counts["size-pack"]) / 1024  # KiB
     # The same objects repacked with a wide delta search: what git's default window of 10
     # candidates misses where files of several services sort together by name (every
-    # service's `status.yaml`; before the identity hash in their names, the day files).
+    # service's `status.yaml`; before the hash in their names, the day files).
     wide = base / f"wide-{label}"
     git(base, "clone", "--quiet", "--bare", "--no-local", str(repo), str(wide))
     git(wide, "repack", "-adfq", "--window=250", "--depth=250")

@@ -5,7 +5,7 @@ state/P/R/S/status.yaml            what is live and what was judged, rewritten e
 state/P/R/S/events.jsonl           what the reconciler did, append-only, newest last
 state/P/R/S/metrics/YYYY-MM-DD.H.jsonl  one compact line per revision per record: the
                                    windows measured since the last record, rolled up
-                                   (H: `identity_hash`, six hex digits)
+                                   (H: `day_file_hash`, six hex digits)
 ```
 
 One folder per rollout identity (`ServiceRef`: project, region, service), so the same service
@@ -30,14 +30,14 @@ Bounded growth:
   the files of the newest `METRICS_MONTHS` calendar months are kept, older ones are deleted
   (again, git history keeps them). Older versions wrote one line per window, and before
   that one rewritten file a month (`YYYY-MM.jsonl`, full keys): both are still read.
-- a day file's name ends in a short hash of the rollout's identity (`identity_hash`),
-  because git's delta search pairs files by about the last 16 characters of their paths:
-  every rollout's `YYYY-MM-DD.jsonl` looked the same to it, so a day file's versions were
-  stored almost whole instead of as the lines each record added (benchmarks/README.md,
-  "Repository growth"). Day files older versions named `YYYY-MM-DD.jsonl` are still read
-  and pruned, never renamed (nothing is appended to a day file after its day, so a rename
-  would save nothing); on the day of an upgrade a day's lines sit in both files, and each
-  is read once.
+- a day file's name ends in a short hash of the rollout's identity and the day
+  (`day_file_hash`), because git's delta search pairs files by about the last 16 characters
+  of their paths: every rollout's `YYYY-MM-DD.jsonl` looked the same to it, so a day file's
+  versions were stored almost whole instead of as the lines each record added
+  (benchmarks/README.md, "Repository growth"). Day files older versions named
+  `YYYY-MM-DD.jsonl` are still read and pruned, never renamed (nothing is appended to a day
+  file after its day, so a rename would save nothing); on the day of an upgrade a day's
+  lines sit in both files, and each is read once.
 
 Sinks defend themselves: every path goes through `safepath` (no symbolic link anywhere under
 `state/`, nothing outside the repository), every string is scrubbed of probe secrets
@@ -102,12 +102,12 @@ from reconciler.spec import PROJECT_RE, REGION_RE, SERVICE_RE
 from reconciler.stats import bucket_percentile, roll_up
 
 __all__ = [
+    "DAY_FILE_HASH_DIGITS",
     "MAX_EVENTS",
     "MAX_WINDOWS",
     "METRICS_MONTHS",
     "RECORDED_WINDOWS",
     "STATUS_SCHEMA",
-    "IDENTITY_HASH_DIGITS",
     "Event",
     "EventKind",
     "Phase",
@@ -120,8 +120,8 @@ __all__ = [
     "append_lines",
     "append_metrics",
     "atomic_write_text",
+    "day_file_hash",
     "events_path",
-    "identity_hash",
     "format_time",
     "keep_windows",
     "load_status",
@@ -145,8 +145,8 @@ RECORDED_WINDOWS = 2
 """Final windows per revision and length `status.yaml` keeps (see `recorded_windows`)."""
 MAX_EVENTS = 1000
 METRICS_MONTHS = 3
-IDENTITY_HASH_DIGITS = 6
-"""Hex digits of `identity_hash` in a day file's name: 1,000 rollouts' files of a day then
+DAY_FILE_HASH_DIGITS = 6
+"""Hex digits of `day_file_hash` in a day file's name: 1,000 rollouts' files of a day then
 fall in about as many of git's name-hash groups, at most two to a group."""
 _SERVICE = re.compile(SERVICE_RE)
 _PROJECT = re.compile(PROJECT_RE)
@@ -154,9 +154,9 @@ _REGION = re.compile(REGION_RE)
 _METRICS_FILE = re.compile(
     r"^(\d{4}-\d{2}-\d{2})\.[0-9a-f]+\.jsonl$|^(\d{4}-\d{2}(?:-\d{2})?)\.jsonl$"
 )
-"""A metrics file's name: a day and an identity hash (`2026-05-01.3fa2c1.jsonl`; any hex
-hash, so a folder moved to another identity by hand keeps its history), or as older
-versions named them, a day (`2026-05-01.jsonl`) or a month (`2026-05.jsonl`)."""
+"""A metrics file's name: a day and a hash (`2026-05-01.3fa2c1.jsonl`; any hex hash, so a
+folder moved to another identity by hand keeps its history), or as older versions named
+them, a day (`2026-05-01.jsonl`) or a month (`2026-05.jsonl`)."""
 log = logging.getLogger(__name__)
 # What `str.splitlines` splits on beyond `\n` and `\r` that `json.dumps` leaves raw: a
 # record holding one would become two lines for any reader that splits lines that way.
@@ -248,7 +248,7 @@ def events_path(root: Path, ref: ServiceRef) -> Path:
 
 def metrics_path(root: Path, ref: ServiceRef, when: datetime) -> Path:
     """`state/<project>/<region>/<service>/metrics/YYYY-MM-DD.<hash>.jsonl` for the UTC day
-    of `when`, `<hash>` being `identity_hash(ref)`.
+    of `when`, `<hash>` being `day_file_hash(ref, day)`.
 
     One file a day keeps what a run appends to small (a day of windows, not a month's):
     git hashes and compresses the whole file each commit, so a run costs the same on the
@@ -256,22 +256,26 @@ def metrics_path(root: Path, ref: ServiceRef, when: datetime) -> Path:
     `YYYY-MM.jsonl`; they are read.
     """
     day = _utc(when).strftime("%Y-%m-%d")
-    return _service_file(root, ref, "metrics", f"{day}.{identity_hash(ref)}.jsonl")
+    return _service_file(root, ref, "metrics", f"{day}.{day_file_hash(ref, day)}.jsonl")
 
 
-def identity_hash(ref: ServiceRef) -> str:
-    """The first `IDENTITY_HASH_DIGITS` hex digits of SHA-256 of `ref.key`, as a day file's
-    name holds them.
+def day_file_hash(ref: ServiceRef, day: str) -> str:
+    """The first `DAY_FILE_HASH_DIGITS` hex digits of SHA-256 of `<ref.key>/<day>` (`day` as
+    `YYYY-MM-DD`), as the day file's name holds them.
 
     git's packer (`git gc`, push, clone, at its defaults) sorts the objects it may store as
     deltas by a hash of about the last 16 characters of their paths and tries each only
-    against its 10 neighbours; a day file named by its date alone ends like every other
+    against its 10 neighbours. A day file named by its date alone ends like every other
     rollout's file of that day, so its neighbours were other rollouts' files and each
-    appended version was stored whole. With the identity among those characters, a day
-    file's versions sort next to each other and each is stored as the lines a record added.
+    appended version was stored whole. With this hash among those characters, a day file's
+    versions sort next to each other and each is stored as the lines a record added. Of the
+    day too, not the identity alone: with six digits, a rollout's files of several days
+    would share git's hash (the date's digits fall out of its 16 characters), and a repack
+    from scratch (`git repack -adf`) would again interleave their versions by size.
     Stable across runs, machines and versions (a new hash would start a second file a day).
     """
-    return hashlib.sha256(ref.key.encode("utf-8")).hexdigest()[:IDENTITY_HASH_DIGITS]
+    text = f"{ref.key}/{day}"
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:DAY_FILE_HASH_DIGITS]
 
 
 def state_refs(root: Path) -> list[ServiceRef]:

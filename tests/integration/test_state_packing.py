@@ -4,8 +4,8 @@ A record appends a line or two to the day file, so each version is the previous 
 those lines; stored as a delta against a version of the same file it costs about the new
 lines. git's default delta search only compares an object with its 10 neighbours in an
 order set by a hash of the last 16 characters of its path, so the day files' names must
-tell services apart (`state.identity_hash`): named by their date alone, every service's file of
-the day looked alike and most versions were stored whole. A real repository and `git gc`
+tell rollouts apart (`state.day_file_hash`): named by their date alone, every rollout's file
+of the day looked alike and most versions were stored whole. A real repository and `git gc`
 at git's defaults; no size is asserted (benchmarks/repo_growth.py measures that).
 """
 
@@ -74,9 +74,7 @@ def test_day_file_versions_are_deltas_of_each_other_after_gc(tmp_path: Path) -> 
         run_git(repo, "commit", "--quiet", "-m", f"record {k}")
     run_git(repo, "gc", "--quiet")
 
-    paths = {
-        state.metrics_path(repo, ref, START).relative_to(repo).as_posix(): ref for ref in refs
-    }
+    paths = {state.metrics_path(repo, ref, START).relative_to(repo).as_posix(): ref for ref in refs}
     path_of: dict[str, str] = {}
     for line in run_git(repo, "rev-list", "--objects", "--all").splitlines():
         sha, _, name = line.partition(" ")
