@@ -8,7 +8,7 @@ the script simulates ticks at the shipped `*/5` schedule (288 a day): per tick a
 canarying service, two new 5-minute windows (canary and stable, with their latency
 distribution) and a verdict, and an event every 3 hours. Whether a tick
 writes a service's record is the product's own rule (`decide.record_due`: news, or a last
-record older than `decide.checkpoint_interval`, 50 minutes for 5-minute gates); a record is
+record older than `decide.checkpoint_interval`, 3 hours for 5-minute gates); a record is
 written by the product's writers (`state.write_status`, which keeps the newest windows;
 `state.append_metrics` with every window since the last record, rolled up into one line per
 revision; `append_events`), and the product's `GitOps.commit` makes ONE
@@ -84,7 +84,7 @@ SPEC = RolloutSpec.model_validate(
         "gates": {"window": "5m", "error_rate": {"max": "5%"}, "latency_p95": {"max": "20s"}},
     }
 )
-"""The gates of every simulated service (5-minute windows: a record at least every 50 min)."""
+"""The gates of every simulated service (5-minute windows: a record at least every 3 hours)."""
 BOUNDS = [0.001 * 1.4**k for k in range(40)]
 """Cloud Run's request_latencies layout in seconds (exponential, like Cloud Monitoring's)."""
 

@@ -170,11 +170,16 @@ class Decision:
 
 
 # --- inputs that are configuration, not evidence --------------------------------------------
-CATCHUP = 12
+CATCHUP = 48
 """The most whole windows per gate length one run measures after late, missed or unrecorded
-runs (`gather.spans`); older unjudged traffic is measured once as a gap."""
-CHECKPOINT_MAX = timedelta(hours=1)
-"""The longest a canarying service goes without a committed record when nothing is new."""
+runs (`gather.spans`); older unjudged traffic is measured once as a gap. The run asks them
+in one provider query per metric (one point per window: 48 points per series, far under
+Cloud Monitoring's 100,000 points a page and its 6 weeks of retention), so 4 hours of
+5-minute windows cost what one window costs."""
+CHECKPOINT_MAX = timedelta(hours=3)
+"""The longest a canarying service goes without a committed record when nothing is new:
+news (a verdict or stage change, a rollback, an event) is recorded at once whatever this
+is, so it bounds how stale a steady canary's status in git may be."""
 SCHEDULE_MARGIN = timedelta(minutes=10)
 """Room for the scheduled run after a checkpoint falls due (twice the shipped `*/5`)."""
 
@@ -184,9 +189,10 @@ def checkpoint_interval(spec: RolloutSpec) -> timedelta:
 
     A run that writes nothing leaves the last judged window where the last record put it,
     and the next run measures again from there (the provider is the source of truth), but
-    at most `catchup` windows of the shortest gate length; older traffic becomes a gap that
+    at most `CATCHUP` windows of the shortest gate length; older traffic becomes a gap that
     lowers coverage. So a record is due before that horizon, less a schedule interval:
-    min(1h, catchup x shortest window - 10 min), never below the shortest window.
+    min(3h, 48 x shortest window - 10 min), never below the shortest window (5-minute gates:
+    3 hours; 1-minute gates: 38 minutes).
     """
     lengths = gate_windows(spec.gates)
     if not lengths:
@@ -581,7 +587,15 @@ def _judged(
     same_stage = status is not None and status.stage_since == since
     stage_probes = [p for p in probes if p.at >= since and p.name in configured]
     stable_rev = spec.revisions.stable
-    final = [w for w in current if not w.provisional]
+    # Every window that became final is counted, also one of a long catch-up older than
+    # the newest `window_keep` the verdict looks at: none goes uncounted.
+    final = list(
+        {
+            (w.revision, w.start, w.end): w
+            for w in (*(w for w in added if w.start >= since), *current)
+            if not w.provisional
+        }.values()
+    )
     streaks = count_streaks(
         status.streaks if status is not None and same_stage else {},
         [w for w in final if w.revision == canary],

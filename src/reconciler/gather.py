@@ -354,11 +354,13 @@ def measure(
     """The windows (see `spans`) of the canary and stable of every service with a live
     canary, each from its state/ status as the run read it (its last judged window).
 
-    Batched: one provider call per metrics configuration and span, covering every service
-    that shares it (the Cloud Monitoring provider makes one API call per metric per project).
-    Returns windows by (identity, revision) and metric errors by identity
-    (`ServiceRef.key`). Providers answer by (service, revision), so one call never holds
-    the same service id twice (the same service in two regions goes in separate calls).
+    Batched: one provider call per metrics configuration and run of consecutive spans of
+    one length (`runs`: a catch-up of many whole windows is one call per metric, answered
+    one point per window), covering every service that shares it (the Cloud Monitoring
+    provider makes one API call per metric per project). Returns windows by (identity,
+    revision) and metric errors by identity (`ServiceRef.key`). Providers answer by
+    (service, revision), so one call never holds the same service id twice (the same
+    service in two regions goes in separate calls).
     """
     out: dict[tuple[str, str], list[Window]] = {}
     errors: dict[str, str] = {}
@@ -366,12 +368,12 @@ def measure(
         return out, errors
     groups, providers = _query_groups(ctx.metrics_for, items, now)
 
-    def ask(group: _Group) -> Mapping[tuple[str, str], Window]:
-        key, _, start, end, _ = group
+    def ask(group: _Group) -> Sequence[Mapping[tuple[str, str], Window]]:
+        key, _, (start, length, count), _ = group
         provider = providers[key]
-        # The provider moves its window back by its lag: ask for the one wanted.
-        return provider.window_stats(
-            [q for _, q in groups[group]], end - start, end + lag_of(provider)
+        # The provider moves its windows back by its lag: ask for the ones wanted.
+        return provider.windows_stats(
+            [q for _, q in groups[group]], length, count, start + count * length + lag_of(provider)
         )
 
     # Services whose stages started at different times share no span: the queries of the
@@ -379,28 +381,50 @@ def measure(
     with ThreadPoolExecutor(max_workers=max(1, min(ctx.max_workers, len(groups)))) as pool:
         answers = {group: pool.submit(ask, group) for group in groups}
     for group, members in groups.items():
-        key, _, start, end, kind = group
+        key, _, (first, length, _), kind = group
         lag = lag_of(providers[key])
         try:
-            stats = answers[group].result()
+            found = answers[group].result()
         except MetricsError as exc:
             for spec, _ in members:
                 errors[ref_of(spec).key] = str(exc)
             continue
-        provisional = end > now - lag - SAMPLE_PERIOD
-        for spec, q in members:
-            for rev in q.revisions:
-                w = stats.get((spec.service, rev))
-                if w is not None:
-                    w = replace(w, start=start, end=end, span=kind, provisional=provisional)
-                    out.setdefault((ref_of(spec).key, rev), []).append(w)
-    for found in out.values():
-        found.sort(key=lambda w: (w.end, w.start))
+        for i, stats in enumerate(found):
+            start, end = first + i * length, first + (i + 1) * length
+            provisional = end > now - lag - SAMPLE_PERIOD
+            for spec, q in members:
+                for rev in q.revisions:
+                    w = stats.get((spec.service, rev))
+                    if w is not None:
+                        w = replace(w, start=start, end=end, span=kind, provisional=provisional)
+                        out.setdefault((ref_of(spec).key, rev), []).append(w)
+    for found_windows in out.values():
+        found_windows.sort(key=lambda w: (w.end, w.start))
     return out, errors
 
 
-_Group = tuple[str, int, datetime, datetime, SpanKind]
-"""(provider configuration, twin index, span start, span end, span kind): one provider call."""
+Run = tuple[datetime, timedelta, int]
+"""(start, length, count): `count` consecutive spans of `length` from `start`."""
+
+
+def runs(measured: Sequence[tuple[datetime, datetime, SpanKind]]) -> list[tuple[Run, SpanKind]]:
+    """`spans` joined into runs a provider answers in one query: consecutive whole windows
+    of one length make one run; a gap, a partial span or a lone window is a run of one.
+    Pure."""
+    out: list[tuple[Run, SpanKind]] = []
+    for start, end, kind in measured:
+        length = end - start
+        if out and kind == "window":
+            (first, last_length, count), last_kind = out[-1]
+            if last_kind == kind and last_length == length and first + count * length == start:
+                out[-1] = ((first, length, count + 1), kind)
+                continue
+        out.append(((start, length, 1), kind))
+    return out
+
+
+_Group = tuple[str, int, Run, SpanKind]
+"""(provider configuration, twin index, run of spans, span kind): one provider call."""
 
 
 def _query_groups(
@@ -408,8 +432,9 @@ def _query_groups(
     items: Sequence[tuple[RolloutSpec, LiveService, st.ServiceStatus | None]],
     now: datetime,
 ) -> tuple[dict[_Group, list[tuple[RolloutSpec, StatsQuery]]], dict[str, MetricsProvider]]:
-    """The provider calls `measure` makes: every service's spans, grouped by provider and
-    span (a twin index keeps one service id in two regions apart), and the providers."""
+    """The provider calls `measure` makes: every service's spans in runs, grouped by
+    provider and run (a twin index keeps one service id in two regions apart), and the
+    providers."""
     groups: dict[_Group, list[tuple[RolloutSpec, StatsQuery]]] = {}
     providers: dict[str, MetricsProvider] = {}
     seen: dict[str, int] = {}
@@ -423,8 +448,8 @@ def _query_groups(
         lag = lag_of(providers[key])
         query = StatsQuery(ref_of(spec), (canary, spec.revisions.stable))
         twin = seen[spec.service] = seen.get(spec.service, -1) + 1
-        for start, end, kind in spans(spec, status, live, now, lag, stamped_at(live)):
-            groups.setdefault((key, twin, start, end, kind), []).append((spec, query))
+        for run, kind in runs(spans(spec, status, live, now, lag, stamped_at(live))):
+            groups.setdefault((key, twin, run, kind), []).append((spec, query))
     return groups, providers
 
 

@@ -247,10 +247,28 @@ def test_interval_and_alignment_periods(
             per_series_aligner=A.ALIGN_DELTA,
         )
     )
-    assert [p.value.int64_value for p in both.points] == [15, 40]  # newest first
-    newest, oldest = both.points
-    assert newest.interval.end_time > oldest.interval.end_time
+    # Newest first; the empty period between is filled in by interpolation, as Google
+    # documents ALIGN_DELTA ("the aligned value for such a period is created by
+    # interpolation").
+    assert [p.value.int64_value for p in both.points] == [15, 28, 40]
+    newest, between, oldest = both.points
+    assert newest.interval.end_time > between.interval.end_time > oldest.interval.end_time
     assert newest.interval.end_time - newest.interval.start_time == timedelta(minutes=5)
+    assert between.interval.end_time - oldest.interval.end_time == timedelta(minutes=5)
+
+    # ALIGN_SUM sums what each period holds: no point where there was no data.
+    [summed] = metrics.list_time_series(
+        request=request(
+            emu,
+            flt,
+            window=timedelta(minutes=20),
+            alignment_period=timedelta(minutes=5),
+            per_series_aligner=A.ALIGN_SUM,
+        )
+    )
+    assert [p.value.int64_value for p in summed.points] == [15, 40]
+    gap = summed.points[0].interval.end_time - summed.points[1].interval.end_time
+    assert gap == timedelta(minutes=10)
 
     [rate] = metrics.list_time_series(
         request=request(
@@ -314,6 +332,31 @@ def test_paging_and_headers_view(emu: Emulator, metrics: monitoring_v3.MetricSer
     headers = list(metrics.list_time_series(request=req))
     assert len(headers) == len(everything)
     assert all(not ts.points for ts in headers)
+
+
+def test_full_pages_count_points_and_cut_a_series(
+    emu: Emulator, metrics: monitoring_v3.MetricServiceClient
+) -> None:
+    """In FULL view `page_size` is the most points a page holds (Google's field doc): a
+    series with more points goes on, same labels, at the top of the next page."""
+    for _ in range(5):
+        emu.load("search", 10)
+        emu.advance_clock(300)
+    emu.advance_clock(INGESTED)
+    req = request(
+        emu,
+        f'metric.type = "{COUNT}" AND resource.labels.service_name = "search"',
+        window=timedelta(minutes=30),
+        alignment_period=timedelta(minutes=5),
+        per_series_aligner=A.ALIGN_SUM,
+    )
+    [whole] = metrics.list_time_series(request=req)
+    assert len(whole.points) == 5
+    req.page_size = 2
+    pages = list(metrics.list_time_series(request=req).pages)
+    assert [len(p.time_series[0].points) for p in pages] == [2, 2, 1]
+    assert all(p.time_series[0].resource == whole.resource for p in pages)
+    assert [pt for p in pages for pt in p.time_series[0].points] == list(whole.points)
 
 
 @pytest.mark.parametrize(

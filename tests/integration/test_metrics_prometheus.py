@@ -185,6 +185,24 @@ def test_the_window_ends_at_end(setup: Setup) -> None:
     assert all(s.end == setup.before and s.start == setup.before - WINDOW for s in stats.values())
 
 
+def test_consecutive_windows_are_one_range_query_per_measure(setup: Setup) -> None:
+    """`windows_stats`: one range query per measure (step = the window) answers what one
+    instant query per window answers, oldest window first."""
+    end = datetime.now(UTC)
+    time.sleep(3)  # every scrape stamped before `end` has landed (1 s scrapes)
+    window = timedelta(minutes=5)
+    with PrometheusProvider(setup.prom.url) as many, PrometheusProvider(setup.prom.url) as one:
+        runs = many.windows_stats([ION, PAY], window, 4, end)
+        singles = [one.window_stats([ION, PAY], window, end - k * window) for k in (3, 2, 1, 0)]
+
+    assert many.calls == 6 and one.calls == 24
+    assert [list(r) for r in runs] == [list(s) for s in singles]
+    assert runs == singles
+    assert [r[("ion-api", STABLE)].end for r in runs] == [end - k * window for k in (3, 2, 1, 0)]
+    total = sum(w.requests for r in runs for w in r.values())
+    assert total == sum(LOAD.values()) + CANARY_EXTRA  # all served in the last 20 minutes
+
+
 def test_configured_queries_replace_the_defaults(setup: Setup) -> None:
     truth = served(setup.emu)
     # Non-2xx, non-5xx answers counted as "errors" by a custom query: here there are none,

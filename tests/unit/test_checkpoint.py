@@ -30,14 +30,15 @@ LAG = timedelta(minutes=3)
 @pytest.mark.parametrize(
     ("gates", "interval"),
     [
-        ({"window": "1m", "error_rate": {"max": "5%"}}, 2 * MIN),  # 12m - 10m
-        ({"window": "5m", "error_rate": {"max": "5%"}}, 50 * MIN),  # 60m - 10m
-        ({"window": "10m", "error_rate": {"max": "5%"}}, 60 * MIN),  # capped at 1h
-        ({"window": "1h", "error_rate": {"max": "5%"}}, 60 * MIN),
+        ({"window": "1m", "error_rate": {"max": "5%"}}, 38 * MIN),  # 48m - 10m
+        ({"window": "5m", "error_rate": {"max": "5%"}}, 180 * MIN),  # capped at 3h (< 230m)
+        ({"window": "10m", "error_rate": {"max": "5%"}}, 180 * MIN),
+        ({"window": "1h", "error_rate": {"max": "5%"}}, 180 * MIN),
+        ({"window": "3m", "error_rate": {"max": "5%"}}, 134 * MIN),  # 144m - 10m
         (  # the shortest gate length decides
             {"window": "10m", "error_rate": {"max": "5%"},
-             "latency_p95": {"max": "20s", "window": "5m"}},
-            50 * MIN,
+             "latency_p95": {"max": "20s", "window": "3m"}},
+            134 * MIN,
         ),
     ],
 )  # fmt: skip
@@ -186,3 +187,28 @@ def test_skipped_runs_give_the_same_streaks_verdicts_and_rollback(limit: int) ->
         pytest.fail("the failing windows never rolled back")
     assert skipped >= 4  # runs that wrote nothing, judged again by the next ones
     assert every.coverage.judged == every.coverage.served
+
+
+def test_a_catch_up_longer_than_the_kept_windows_counts_every_window() -> None:
+    """A run measuring more windows than the verdict keeps (`window_keep`, 12) after runs
+    that wrote nothing still counts the oldest ones: two failing windows, then inconclusive
+    ones (too few requests), roll back as they did when every run recorded."""
+    spec = make_spec(
+        gates={"window": "5m", "min_requests": 100, "consecutive_failures": 2,
+               "error_rate": {"max": "5%"}}
+    )  # fmt: skip
+    committed = status_at(AT_5)
+    now = T0 + 20 * 5 * MIN + LAG + timedelta(seconds=30)
+    windows = []
+    for start, end, kind in spans(spec, committed, AT_5, now, LAG):
+        slot = int((start - T0) / (5 * MIN))
+        canary = (1000, 90) if slot < 2 else (50, 0)
+        for rev, (requests, errors) in ((CANARY, canary), (STABLE, (19000, 0))):
+            windows.append(
+                WindowStats("ion-api", rev, start, end, requests, errors, requests - errors,
+                            p95=0.2, span=kind)
+            )  # fmt: skip
+    assert sum(1 for w in windows if w.span == "window" and w.revision == CANARY) == 20
+    d = decide(spec, committed, AT_5, now=now, windows=windows)
+    assert d.verdict is not None and d.verdict.outcome is Outcome.FAIL
+    assert d.rollback

@@ -12,7 +12,8 @@ Supported: filters joined by AND over `metric.type`, `resource.type`,
 points in 60 s samples), ALIGN_DELTA, ALIGN_SUM, ALIGN_RATE, ALIGN_PERCENTILE_{99,95,50,05};
 reducers REDUCE_NONE, REDUCE_SUM, REDUCE_MEAN, REDUCE_MIN, REDUCE_MAX, REDUCE_COUNT,
 REDUCE_PERCENTILE_{99,95,50,05}; `group_by_fields`; view FULL/HEADERS; paging (page_size
-counts time series). Anything else is INVALID_ARGUMENT, never a silent approximation.
+counts points in FULL view, a cut series going on in the next page, and time series in
+HEADERS view). Anything else is INVALID_ARGUMENT, never a silent approximation.
 
 As Google's (scenario `monitoring:`): each request is reported in the sample (60 s) that holds
 it, stamped at the sample's end, and readable only `ingestion_delay` (180 s) after that end;
@@ -23,6 +24,7 @@ out and say so in `execution_errors`.
 from __future__ import annotations
 
 import base64
+import itertools
 import math
 import re
 from collections import defaultdict
@@ -314,8 +316,7 @@ def _align(
 ) -> Value:
     value = _value_of(metric_type, records)
     if aligner in (_A.ALIGN_DELTA, _A.ALIGN_SUM):
-        if aligner == _A.ALIGN_SUM and isinstance(value, Dist):
-            raise ApiError("INVALID_ARGUMENT", "ALIGN_SUM does not apply to a distribution")
+        # Google documents ALIGN_SUM for DELTA metrics "with numeric and distribution values".
         return value
     if aligner == _A.ALIGN_RATE:
         if isinstance(value, Dist):
@@ -326,6 +327,26 @@ def _align(
             raise ApiError("INVALID_ARGUMENT", "percentile aligners need a distribution metric")
         return value.percentile(_PERCENTILE_ALIGNERS[aligner])
     raise ApiError("INVALID_ARGUMENT", f"emulator: unsupported aligner {_A(aligner).name}")
+
+
+def _interpolated(points: Mapping[int, Value]) -> dict[int, Value]:
+    """A series' aligned points (by period index, 0 the newest) with every period without
+    data between two with data filled in by linear interpolation between them.
+
+    Google documents ALIGN_DELTA and ALIGN_RATE so ("If the selected alignment period
+    results in periods with no data, then the aligned value for such a period is created by
+    interpolation"); how is not said: linearly between the neighbours is the reading here,
+    and distributions (no documented way to interpolate one) are left without a point.
+    """
+    out = dict(points)
+    known = sorted(k for k, v in points.items() if not isinstance(v, Dist))
+    for newer, older in itertools.pairwise(known):
+        a, b = points[newer], points[older]
+        assert not isinstance(a, Dist) and not isinstance(b, Dist)
+        for k in range(newer + 1, older):
+            value = a + (b - a) * (k - newer) / (older - newer)
+            out[k] = round(value) if isinstance(a, int) and isinstance(b, int) else value
+    return out
 
 
 def _reduce(reducer: int, values: Sequence[Value]) -> Value:
@@ -460,8 +481,11 @@ def list_time_series(
                         periods[k].append(r)
             points = {}
             for k, rs in periods.items():
-                bounds[k] = (end - (k + 1) * period, end - k * period)
                 points[k] = _align(metric_type, aligner, rs, period)
+            if aligner in (_A.ALIGN_DELTA, _A.ALIGN_RATE):
+                points = _interpolated(points)
+            for k in points:
+                bounds[k] = (end - (k + 1) * period, end - k * period)
             if points:
                 aligned[key] = points
 
@@ -497,12 +521,29 @@ def list_time_series(
     out.sort(key=lambda item: sorted(item[0].items()))
 
     size = min(req.page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
-    start_at = _decode_token(req.page_token, len(out))
-    chunk = out[start_at : start_at + size]
-    token = _encode_token(start_at + size) if start_at + size < len(out) else ""
     headers_only = req.view == monitoring_v3.ListTimeSeriesRequest.TimeSeriesView.HEADERS
+    chunk: list[tuple[dict[str, str], dict[int, Value], list[int]]] = []
+    if headers_only:
+        # HEADERS: page_size counts time series.
+        at = _decode_token(req.page_token, len(out))
+        chunk = [(labels, pts, []) for labels, pts in out[at : at + size]]
+        token = _encode_token(at + size) if at + size < len(out) else ""
+    else:
+        # FULL: page_size counts points (Google's field doc), so a series longer than what is
+        # left of a page is cut and goes on, same labels, at the top of the next page.
+        total = sum(len(pts) for _, pts in out)
+        at = _decode_token(req.page_token, total)
+        seen = 0
+        for labels, pts in out:
+            # Newest point first, as Cloud Monitoring returns them.
+            ks = sorted(pts)
+            lo, hi = max(at - seen, 0), min(at + size - seen, len(ks))
+            if lo < hi:
+                chunk.append((labels, pts, ks[lo:hi]))
+            seen += len(ks)
+        token = _encode_token(at + size) if at + size < total else ""
     series = []
-    for labels, pts in chunk:
+    for labels, pts, ks in chunk:
         sample = next(iter(pts.values()), None)
         kind, vtype = _kinds(metric_type, aligner, reducer, sample)
         series.append(
@@ -515,8 +556,7 @@ def list_time_series(
                 metric_kind=kind,
                 value_type=vtype,
                 unit="ms" if vtype == _VTYPE.DISTRIBUTION else "1",
-                # Newest point first, as Cloud Monitoring returns them.
-                points=[] if headers_only else [_point(*bounds[k], pts[k]) for k in sorted(pts)],
+                points=[_point(*bounds[k], pts[k]) for k in ks],
             )
         )
     return monitoring_v3.ListTimeSeriesResponse(
@@ -529,7 +569,7 @@ def _prefixed(labels: Mapping[str, str], prefix: str) -> dict[str, str]:
 
 
 def _encode_token(offset: int) -> str:
-    return base64.urlsafe_b64encode(f"series:{offset}".encode()).decode()
+    return base64.urlsafe_b64encode(f"at:{offset}".encode()).decode()
 
 
 def _decode_token(token: str, total: int) -> int:

@@ -35,7 +35,8 @@ class StatsQuery:
 
 
 class MetricsProvider(Protocol):
-    """Window statistics for many services at once (batched per project and metric)."""
+    """Window statistics for many services at once (batched per project and metric), for one
+    window or for a run of consecutive windows of one length."""
 
     def window_stats(
         self, queries: Sequence[StatsQuery], window: timedelta, end: datetime
@@ -45,6 +46,14 @@ class MetricsProvider(Protocol):
         A revision with no traffic in the window is absent or has `requests == 0`; that is
         'no data', never a pass.
         """
+        ...
+
+    def windows_stats(
+        self, queries: Sequence[StatsQuery], window: timedelta, count: int, end: datetime
+    ) -> list[Mapping[tuple[str, str], WindowStats]]:
+        """`count` consecutive windows of length `window`, the newest ending at `end`, oldest
+        first, each keyed as `window_stats` keys one; asked in ONE query per metric (a run
+        catching up on missed windows costs what one window costs)."""
         ...
 
 

@@ -1,12 +1,14 @@
 """`MetricsProvider` on Cloud Monitoring: Cloud Run's own request metrics per revision.
 
-Two ListTimeSeries calls per project and window, whatever the number of services:
+Two ListTimeSeries calls per project and region, whatever the number of services, and
+whatever the number of consecutive windows asked (`windows_stats`: the interval spans them
+all, `alignment_period` is one window, and each series answers one point per window):
 
-- `run.googleapis.com/request_count`: ALIGN_DELTA over the window, REDUCE_SUM grouped by
+- `run.googleapis.com/request_count`: ALIGN_SUM per window, REDUCE_SUM grouped by
   service, revision and `response_code_class` -> requests, 5xx errors, 2xx successes.
-- `run.googleapis.com/request_latencies`: ALIGN_DELTA over the window, REDUCE_SUM grouped by
-  service and revision -> one merged distribution per revision; p50/p95/p99 are computed here
-  from its buckets, whatever bucket layout the API reports.
+- `run.googleapis.com/request_latencies`: ALIGN_SUM per window, REDUCE_SUM grouped by
+  service and revision -> one merged distribution per revision and window; p50/p95/p99 are
+  computed here from its buckets, whatever bucket layout the API reports.
 
 Ingestion lag: Cloud Monitoring makes a point readable only after it is ingested, up to a few
 minutes after the request was served. A window ending "now" would miss its newest minutes and
@@ -66,6 +68,7 @@ __all__ = [
     "merge_histograms",
     "point_inside",
     "series_filter",
+    "window_of",
 ]
 
 REQUEST_COUNT = "run.googleapis.com/request_count"
@@ -260,15 +263,35 @@ class CloudMonitoringProvider:
         asking for one service in several regions ask one region per call, since the keys
         do not name the region.
         """
-        start, stop = lagged_window(window, end, self.ingestion_lag)
+        return self.windows_stats(queries, window, 1, end)[0]
+
+    def windows_stats(
+        self, queries: Sequence[StatsQuery], window: timedelta, count: int, end: datetime
+    ) -> list[Mapping[tuple[str, str], WindowStats]]:
+        """`count` consecutive windows of length `window`, the newest ending `ingestion_lag`
+        before `end`, oldest first, each as `window_stats` answers one.
+
+        Still one listing per metric, project and region: the interval spans every window
+        and `alignment_period` is one window, so Cloud Monitoring answers one point per
+        window, its periods counted back from the interval's end.
+        """
+        if count < 1:
+            raise ValueError(f"count must be at least 1, got {count}")
+        first, stop = lagged_window(window, end, self.ingestion_lag)
+        bounds = [
+            (first - (count - 1 - i) * window, stop - (count - 1 - i) * window)
+            for i in range(count)
+        ]
         by_place: dict[tuple[str, str], list[StatsQuery]] = {}
         for q in queries:
             if q.revisions:
                 by_place.setdefault((q.ref.project, q.ref.region), []).append(q)
-        out: dict[tuple[str, str], WindowStats] = {}
+        out: list[dict[tuple[str, str], WindowStats]] = [{} for _ in bounds]
         for (project, region), batch in sorted(by_place.items()):
-            out.update(self._project_stats(project, region, batch, window, start, stop))
-        return out
+            found = self._project_stats(project, region, batch, window, bounds)
+            for mine, got in zip(out, found, strict=True):
+                mine.update(got)
+        return list(out)
 
     def _project_stats(
         self,
@@ -276,43 +299,47 @@ class CloudMonitoringProvider:
         region: str,
         batch: Sequence[StatsQuery],
         window: timedelta,
-        start: datetime,
-        stop: datetime,
-    ) -> dict[tuple[str, str], WindowStats]:
+        bounds: Sequence[tuple[datetime, datetime]],
+    ) -> list[dict[tuple[str, str], WindowStats]]:
         wanted = sorted({(q.ref.service, r) for q in batch for r in q.revisions})
         services = {s for s, _ in wanted}
         revisions = {r for _, r in wanted}
         problems: list[str] = []
         where = (project, region)
-        counts = self._counts(where, services, revisions, window, start, stop, problems)
-        latencies = self._latencies(where, services, revisions, window, start, stop, problems)
+        counts = self._counts(where, services, revisions, window, bounds, problems)
+        latencies = self._latencies(where, services, revisions, window, bounds, problems)
         incomplete = "; ".join(dict.fromkeys(problems)) or None
-        out: dict[tuple[str, str], WindowStats] = {}
-        for key in wanted:
-            by_class = counts.get(key, Counter())
-            hist, unit = latencies.get(key, (None, 1.0))
+        out: list[dict[tuple[str, str], WindowStats]] = []
+        for i, (start, stop) in enumerate(bounds):
+            stats: dict[tuple[str, str], WindowStats] = {}
+            for key in wanted:
+                by_class = counts.get((i, key), Counter())
+                hist, unit = latencies.get((i, key), (None, 1.0))
 
-            def pct(q: float, hist: Histogram | None = hist, unit: float = unit) -> float | None:
-                value = hist.percentile(q) if hist is not None else None
-                return None if value is None else value * unit
+                def pct(
+                    q: float, hist: Histogram | None = hist, unit: float = unit
+                ) -> float | None:
+                    value = hist.percentile(q) if hist is not None else None
+                    return None if value is None else value * unit
 
-            out[key] = WindowStats(
-                service=key[0],
-                revision=key[1],
-                start=start,
-                end=stop,
-                requests=sum(by_class.values()),
-                errors=by_class["5xx"],
-                successes=by_class["2xx"],
-                p50=pct(0.50),
-                p95=pct(0.95),
-                p99=pct(0.99),
-                # Kept so reports can merge windows into exact span percentiles.
-                latency_buckets=buckets_from_counts(hist.bounds, hist.counts, scale=unit)
-                if hist is not None
-                else None,
-                incomplete=incomplete,
-            )
+                stats[key] = WindowStats(
+                    service=key[0],
+                    revision=key[1],
+                    start=start,
+                    end=stop,
+                    requests=sum(by_class.values()),
+                    errors=by_class["5xx"],
+                    successes=by_class["2xx"],
+                    p50=pct(0.50),
+                    p95=pct(0.95),
+                    p99=pct(0.99),
+                    # Kept so reports can merge windows into exact span percentiles.
+                    latency_buckets=buckets_from_counts(hist.bounds, hist.counts, scale=unit)
+                    if hist is not None
+                    else None,
+                    incomplete=incomplete,
+                )
+            out.append(stats)
         return out
 
     def _counts(
@@ -321,21 +348,21 @@ class CloudMonitoringProvider:
         services: Iterable[str],
         revisions: Iterable[str],
         window: timedelta,
-        start: datetime,
-        stop: datetime,
+        bounds: Sequence[tuple[datetime, datetime]],
         problems: list[str],
-    ) -> dict[tuple[str, str], Counter[str]]:
-        """Requests per (service, revision) and response code class (`2xx`, `5xx`, ...)."""
-        out: dict[tuple[str, str], Counter[str]] = {}
-        listed = self._list(where, REQUEST_COUNT, services, revisions, window, start, stop)
+    ) -> dict[tuple[int, tuple[str, str]], Counter[str]]:
+        """Requests per (window index, (service, revision)) and response code class
+        (`2xx`, `5xx`, ...)."""
+        out: dict[tuple[int, tuple[str, str]], Counter[str]] = {}
+        listed = self._list(where, REQUEST_COUNT, services, revisions, window, bounds)
         problems.extend(listed.problems)
         for ts in listed.series:
             key = _revision_key(ts)
             code_class = str(ts.metric.labels.get("response_code_class", ""))
-            by_class = out.setdefault(key, Counter())
             for point in ts.points:
-                if point_inside(point, start, stop):
-                    by_class[code_class] += _count(point)
+                i = window_of(point, bounds)
+                if i is not None:
+                    out.setdefault((i, key), Counter())[code_class] += _count(point)
         return out
 
     def _latencies(
@@ -344,25 +371,30 @@ class CloudMonitoringProvider:
         services: Iterable[str],
         revisions: Iterable[str],
         window: timedelta,
-        start: datetime,
-        stop: datetime,
+        bounds: Sequence[tuple[datetime, datetime]],
         problems: list[str],
-    ) -> dict[tuple[str, str], tuple[Histogram | None, float]]:
-        """The merged latency histogram per (service, revision) and its unit in seconds."""
-        parts: dict[tuple[str, str], list[Histogram]] = {}
+    ) -> dict[tuple[int, tuple[str, str]], tuple[Histogram | None, float]]:
+        """The merged latency histogram per (window index, (service, revision)) and its unit
+        in seconds."""
+        parts: dict[tuple[int, tuple[str, str]], list[Histogram]] = {}
         units: dict[tuple[str, str], float] = {}
-        listed = self._list(where, REQUEST_LATENCIES, services, revisions, window, start, stop)
+        listed = self._list(where, REQUEST_LATENCIES, services, revisions, window, bounds)
         problems.extend(listed.problems)
         for ts in listed.series:
             key = _revision_key(ts)
             units[key] = _unit_seconds(ts.unit)
             for point in ts.points:
-                if not point_inside(point, start, stop):
+                i = window_of(point, bounds)
+                if i is None:
                     continue
                 hist = histogram_of(point.value.distribution_value)
                 if hist is not None and any(hist.counts):
-                    parts.setdefault(key, []).append(hist)
-        return {key: (merge_histograms(parts.get(key, [])), unit) for key, unit in units.items()}
+                    parts.setdefault((i, key), []).append(hist)
+        return {
+            (i, key): (merge_histograms(parts.get((i, key), [])), unit)
+            for key, unit in units.items()
+            for i in range(len(bounds))
+        }
 
     def _list(
         self,
@@ -371,10 +403,10 @@ class CloudMonitoringProvider:
         services: Iterable[str],
         revisions: Iterable[str],
         window: timedelta,
-        start: datetime,
-        stop: datetime,
+        bounds: Sequence[tuple[datetime, datetime]],
     ) -> _Listing:
-        """Every series of one aggregated listing, following page tokens, and the
+        """Every series of one aggregated listing over all `bounds`, following page tokens
+        (a series cut by a page goes on in the next one: pages count points), and the
         `execution_errors` any page reported."""
         from google.cloud import monitoring_v3
 
@@ -383,10 +415,14 @@ class CloudMonitoringProvider:
         request = monitoring_v3.ListTimeSeriesRequest(
             name=f"projects/{project}",
             filter=series_filter(metric, services, revisions, region),
-            interval=monitoring_v3.TimeInterval(start_time=start, end_time=stop),
+            interval=monitoring_v3.TimeInterval(start_time=bounds[0][0], end_time=bounds[-1][1]),
             aggregation=monitoring_v3.Aggregation(
                 alignment_period=window,
-                per_series_aligner=monitoring_v3.Aggregation.Aligner.ALIGN_DELTA,
+                # ALIGN_SUM, not ALIGN_DELTA: Google documents ALIGN_DELTA as filling a period
+                # without data by interpolation, which would give a window without traffic
+                # made-up requests; ALIGN_SUM sums what each period holds, DELTA
+                # distributions included.
+                per_series_aligner=monitoring_v3.Aggregation.Aligner.ALIGN_SUM,
                 cross_series_reducer=monitoring_v3.Aggregation.Reducer.REDUCE_SUM,
                 group_by_fields=group_by,
             ),
@@ -478,6 +514,17 @@ def point_inside(point: Any, start: datetime, stop: datetime) -> bool:
     end = interval.end_time
     begin = interval.start_time if type(interval).pb(interval).HasField("start_time") else end
     return bool(start - _SLACK <= begin and end <= stop + _SLACK and end > start)
+
+
+def window_of(point: Any, bounds: Sequence[tuple[datetime, datetime]]) -> int | None:
+    """The index of the window in `bounds` (consecutive, oldest first) that a point's
+    interval lies inside, None when it lies inside none (a period cut by the interval's
+    start, or not ours)."""
+    end = point.interval.end_time
+    i = bisect.bisect_left([stop for _, stop in bounds], end - _SLACK)
+    if i < len(bounds) and point_inside(point, *bounds[i]):
+        return i
+    return None
 
 
 def _revision_key(ts: Any) -> tuple[str, str]:

@@ -1,9 +1,10 @@
-"""`MetricsProvider` on a Prometheus server: PromQL instant queries over the HTTP API.
+"""`MetricsProvider` on a Prometheus server: PromQL queries over the HTTP API.
 
 One `/api/v1/query` per measure (requests, errors, successes, p50, p95, p99) per call of
 `window_stats`, however many services and revisions: `{service}` and `{revision}` expand to
 regex alternations of the whole batch and each query returns one sample per
-`(service, revision)`.
+`(service, revision)`. Several consecutive windows (`windows_stats`) are still one query per
+measure: `/api/v1/query_range` with `step` = the window, one sample per window's end.
 
 The default queries read the metrics the emulator's data plane exposes at `/metrics` (names
 and labels of a typical Prometheus-instrumented Cloud Run service):
@@ -152,53 +153,80 @@ class PrometheusProvider:
     ) -> Mapping[tuple[str, str], WindowStats]:
         """Stats keyed by (service, revision) for the window ending at `end` (the query
         time). Every asked revision gets an entry; `requests == 0` means no data."""
+        return self.windows_stats(queries, window, 1, end)[0]
+
+    def windows_stats(
+        self, queries: Sequence[StatsQuery], window: timedelta, count: int, end: datetime
+    ) -> list[Mapping[tuple[str, str], WindowStats]]:
+        """`count` consecutive windows of length `window`, the newest ending at `end`, oldest
+        first, each as `window_stats` answers one: one query per measure, an instant query
+        for one window, a range query stepping by the window for several (each step
+        evaluates the same expression at one window's end)."""
+        if count < 1:
+            raise ValueError(f"count must be at least 1, got {count}")
         wanted = sorted({(q.ref.service, r) for q in queries for r in q.revisions})
+        ends = [end - (count - 1 - i) * window for i in range(count)]
         if not wanted:
-            return {}
+            return [{} for _ in ends]
         services = {s for s, _ in wanted}
         revisions = {r for _, r in wanted}
-        values: dict[str, dict[tuple[str, str], float]] = {}
+        values: dict[str, dict[tuple[int, tuple[str, str]], float]] = {}
         for measure in MEASURES:
             promql = render_query(self.queries[measure], services, revisions, window)
-            values[measure] = self._query(measure, promql, end)
+            values[measure] = self._query(measure, promql, ends, window)
 
-        def count(measure: str, key: tuple[str, str]) -> int:
-            value = values[measure].get(key, 0.0)
+        def count_of(measure: str, at: tuple[int, tuple[str, str]]) -> int:
+            value = values[measure].get(at, 0.0)
             return max(0, round(value)) if math.isfinite(value) else 0
 
-        def latency(measure: str, key: tuple[str, str]) -> float | None:
-            value = values[measure].get(key)
+        def latency(measure: str, at: tuple[int, tuple[str, str]]) -> float | None:
+            value = values[measure].get(at)
             return None if value is None or not math.isfinite(value) else value
 
-        start = end - window
-        out: dict[tuple[str, str], WindowStats] = {}
-        for key in wanted:
-            requests = count("requests", key)
-            out[key] = WindowStats(
-                service=key[0],
-                revision=key[1],
-                start=start,
-                end=end,
-                requests=requests,
-                # Separate instant queries can see different scrapes: never more errors or
-                # successes than requests.
-                errors=min(count("errors", key), requests),
-                successes=min(count("successes", key), requests),
-                p50=latency("latency_p50", key) if requests else None,
-                p95=latency("latency_p95", key) if requests else None,
-                p99=latency("latency_p99", key) if requests else None,
-            )
+        out: list[Mapping[tuple[str, str], WindowStats]] = []
+        for i, stop in enumerate(ends):
+            stats: dict[tuple[str, str], WindowStats] = {}
+            for key in wanted:
+                at = (i, key)
+                requests = count_of("requests", at)
+                stats[key] = WindowStats(
+                    service=key[0],
+                    revision=key[1],
+                    start=stop - window,
+                    end=stop,
+                    requests=requests,
+                    # Separate queries can see different scrapes: never more errors or
+                    # successes than requests.
+                    errors=min(count_of("errors", at), requests),
+                    successes=min(count_of("successes", at), requests),
+                    p50=latency("latency_p50", at) if requests else None,
+                    p95=latency("latency_p95", at) if requests else None,
+                    p99=latency("latency_p99", at) if requests else None,
+                )
+            out.append(stats)
         return out
 
-    def _query(self, measure: str, promql: str, end: datetime) -> dict[tuple[str, str], float]:
-        """One instant query; the result vector by (service, revision)."""
+    def _query(
+        self, measure: str, promql: str, ends: Sequence[datetime], step: timedelta
+    ) -> dict[tuple[int, tuple[str, str]], float]:
+        """One query evaluated at every time of `ends` (spaced by `step`): an instant query
+        for one, a range query for several; the values by (index in `ends`, (service,
+        revision))."""
         where = f"prometheus {self.url}: {measure}"
         self.calls += 1
+        if len(ends) == 1:
+            path, params = "query", {"query": promql, "time": f"{ends[0].timestamp():.3f}"}
+        else:
+            path = "query_range"
+            params = {
+                "query": promql,
+                "start": f"{ends[0].timestamp():.3f}",
+                "end": f"{ends[-1].timestamp():.3f}",
+                "step": promql_duration(step),
+            }
         try:
             resp = self._client.get(
-                f"{self.url}/api/v1/query",
-                params={"query": promql, "time": f"{end.timestamp():.3f}"},
-                timeout=self.timeout,
+                f"{self.url}/api/v1/{path}", params=params, timeout=self.timeout
             )
         except httpx.HTTPError as exc:
             raise MetricsError(f"{where}: {type(exc).__name__}: {exc}".splitlines()[0]) from exc
@@ -212,11 +240,12 @@ class PrometheusProvider:
             error = str(body.get("error", "")).splitlines()[0:1] or ["no error text"]
             raise MetricsError(f"{where}: {body.get('errorType', 'error')}: {error[0]}")
         data = body.get("data") or {}
-        if data.get("resultType") != "vector":
-            raise MetricsError(
-                f"{where}: expected an instant vector, got {data.get('resultType')!r}"
-            )
-        out: dict[tuple[str, str], float] = {}
+        expected = "vector" if len(ends) == 1 else "matrix"
+        if data.get("resultType") != expected:
+            kind = "an instant vector" if expected == "vector" else "a range matrix"
+            raise MetricsError(f"{where}: expected {kind}, got {data.get('resultType')!r}")
+        first = ends[0].timestamp()
+        out: dict[tuple[int, tuple[str, str]], float] = {}
         for sample in data.get("result", []):
             labels = sample.get("metric", {})
             service, revision = labels.get("service"), labels.get("revision")
@@ -226,10 +255,15 @@ class PrometheusProvider:
                     "group the query by (service, revision)"
                 )
             key = (service, revision)
-            if key in out:
-                raise MetricsError(
-                    f"{where}: several samples for {service}/{revision}; "
-                    "aggregate the query by (service, revision)"
-                )
-            out[key] = float(sample["value"][1])
+            points = [sample["value"]] if expected == "vector" else sample.get("values", [])
+            for stamp, value in points:
+                i = round((float(stamp) - first) / step.total_seconds()) if len(ends) > 1 else 0
+                if not 0 <= i < len(ends):
+                    continue
+                if (i, key) in out:
+                    raise MetricsError(
+                        f"{where}: several samples for {service}/{revision}; "
+                        "aggregate the query by (service, revision)"
+                    )
+                out[(i, key)] = float(value)
         return out
