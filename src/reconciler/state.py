@@ -3,8 +3,9 @@
 ```
 state/P/R/S/status.yaml            what is live and what was judged, rewritten every run
 state/P/R/S/events.jsonl           what the reconciler did, append-only, newest last
-state/P/R/S/metrics/YYYY-MM-DD.jsonl  one compact line per revision per record: the windows
-                                   measured since the last record, rolled up
+state/P/R/S/metrics/YYYY-MM-DD.H.jsonl  one compact line per revision per record: the
+                                   windows measured since the last record, rolled up
+                                   (H: `day_file_hash`, six hex digits)
 ```
 
 One folder per rollout identity (`ServiceRef`: project, region, service), so the same service
@@ -29,6 +30,14 @@ Bounded growth:
   the files of the newest `METRICS_MONTHS` calendar months are kept, older ones are deleted
   (again, git history keeps them). Older versions wrote one line per window, and before
   that one rewritten file a month (`YYYY-MM.jsonl`, full keys): both are still read.
+- a day file's name ends in a short hash of the rollout's identity and the day
+  (`day_file_hash`), because git's delta search pairs files by about the last 16 characters
+  of their paths: every rollout's `YYYY-MM-DD.jsonl` looked the same to it, so a day file's
+  versions were stored almost whole instead of as the lines each record added
+  (benchmarks/README.md, "Repository growth"). Day files older versions named
+  `YYYY-MM-DD.jsonl` are still read and pruned, never renamed (nothing is appended to a day
+  file after its day, so a rename would save nothing); on the day of an upgrade a day's
+  lines sit in both files, and each is read once.
 
 Sinks defend themselves: every path goes through `safepath` (no symbolic link anywhere under
 `state/`, nothing outside the repository), every string is scrubbed of probe secrets
@@ -50,6 +59,7 @@ once.
 from __future__ import annotations
 
 import functools
+import hashlib
 import io
 import json
 import logging
@@ -92,6 +102,7 @@ from reconciler.spec import PROJECT_RE, REGION_RE, SERVICE_RE
 from reconciler.stats import bucket_percentile, roll_up
 
 __all__ = [
+    "DAY_FILE_HASH_DIGITS",
     "MAX_EVENTS",
     "MAX_WINDOWS",
     "METRICS_MONTHS",
@@ -109,6 +120,7 @@ __all__ = [
     "append_lines",
     "append_metrics",
     "atomic_write_text",
+    "day_file_hash",
     "events_path",
     "format_time",
     "keep_windows",
@@ -133,11 +145,18 @@ RECORDED_WINDOWS = 2
 """Final windows per revision and length `status.yaml` keeps (see `recorded_windows`)."""
 MAX_EVENTS = 1000
 METRICS_MONTHS = 3
+DAY_FILE_HASH_DIGITS = 6
+"""Hex digits of `day_file_hash` in a day file's name: 1,000 rollouts' files of a day then
+fall in about as many of git's name-hash groups, at most two to a group."""
 _SERVICE = re.compile(SERVICE_RE)
 _PROJECT = re.compile(PROJECT_RE)
 _REGION = re.compile(REGION_RE)
-_METRICS_FILE = re.compile(r"^\d{4}-\d{2}(?:-\d{2})?$")
-"""A metrics file's stem: a day (`2026-05-01`), or a month as older versions wrote them."""
+_METRICS_FILE = re.compile(
+    r"^(\d{4}-\d{2}-\d{2})\.[0-9a-f]+\.jsonl$|^(\d{4}-\d{2}(?:-\d{2})?)\.jsonl$"
+)
+"""A metrics file's name: a day and a hash (`2026-05-01.3fa2c1.jsonl`; any hex hash, so a
+folder moved to another identity by hand keeps its history), or as older versions named
+them, a day (`2026-05-01.jsonl`) or a month (`2026-05.jsonl`)."""
 log = logging.getLogger(__name__)
 # What `str.splitlines` splits on beyond `\n` and `\r` that `json.dumps` leaves raw: a
 # record holding one would become two lines for any reader that splits lines that way.
@@ -203,14 +222,35 @@ def events_path(root: Path, ref: ServiceRef) -> Path:
 
 
 def metrics_path(root: Path, ref: ServiceRef, when: datetime) -> Path:
-    """`state/<project>/<region>/<service>/metrics/YYYY-MM-DD.jsonl` for the UTC day of `when`.
+    """`state/<project>/<region>/<service>/metrics/YYYY-MM-DD.<hash>.jsonl` for the UTC day
+    of `when`, `<hash>` being `day_file_hash(ref, day)`.
 
     One file a day keeps what a run appends to small (a day of windows, not a month's):
     git hashes and compresses the whole file each commit, so a run costs the same on the
-    last day of a month as on the first. Older versions wrote `YYYY-MM.jsonl`; they are read.
+    last day of a month as on the first. Older versions wrote `YYYY-MM-DD.jsonl` and
+    `YYYY-MM.jsonl`; they are read.
     """
     day = _utc(when).strftime("%Y-%m-%d")
-    return _service_file(root, ref, "metrics", f"{day}.jsonl")
+    return _service_file(root, ref, "metrics", f"{day}.{day_file_hash(ref, day)}.jsonl")
+
+
+def day_file_hash(ref: ServiceRef, day: str) -> str:
+    """The first `DAY_FILE_HASH_DIGITS` hex digits of SHA-256 of `<ref.key>/<day>` (`day` as
+    `YYYY-MM-DD`), as the day file's name holds them.
+
+    git's packer (`git gc`, push, clone, at its defaults) sorts the objects it may store as
+    deltas by a hash of about the last 16 characters of their paths and tries each only
+    against its 10 neighbours. A day file named by its date alone ends like every other
+    rollout's file of that day, so its neighbours were other rollouts' files and each
+    appended version was stored whole. With this hash among those characters, a day file's
+    versions sort next to each other and each is stored as the lines a record added. Of the
+    day too, not the identity alone: with six digits, a rollout's files of several days
+    would share git's hash (the date's digits fall out of its 16 characters), and a repack
+    from scratch (`git repack -adf`) would again interleave their versions by size.
+    Stable across runs, machines and versions (a new hash would start a second file a day).
+    """
+    text = f"{ref.key}/{day}"
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:DAY_FILE_HASH_DIGITS]
 
 
 def state_refs(root: Path) -> list[ServiceRef]:
@@ -349,8 +389,8 @@ def append_metrics(root: Path, ref: ServiceRef, stats: Iterable[WindowStats]) ->
     first = min(_utc(s.end) for s in new.values()).strftime("%Y-%m-%d")
     recorded: dict[tuple[str, timedelta], list[WindowStats]] = {}
     for path in sorted(_safe(root, directory).glob("*.jsonl")):
-        stem = path.stem
-        if _METRICS_FILE.match(stem) and stem >= first[: len(stem)] and not path.is_symlink():
+        period = _period(path)
+        if period is not None and period >= first[: len(period)] and not path.is_symlink():
             for w in _parse_metrics(path, ref.service):
                 recorded.setdefault((w.revision, w.step), []).append(w)
     fresh = [
@@ -397,12 +437,18 @@ def _prune_months(directory: Path) -> None:
     safepath.guard(directory)
     if directory.is_symlink():
         raise StateError(f"{directory}: is a symbolic link; not pruning it")
-    files = [p for p in directory.glob("*.jsonl") if _METRICS_FILE.match(p.stem)]
-    months = sorted({p.stem[:7] for p in files})
-    keep = set(months[-METRICS_MONTHS:])
-    for old in files:
-        if old.stem[:7] not in keep and not old.is_symlink():
+    files = {p: period[:7] for p in directory.glob("*.jsonl") if (period := _period(p))}
+    keep = set(sorted(set(files.values()))[-METRICS_MONTHS:])
+    for old, month in files.items():
+        if month not in keep and not old.is_symlink():
             old.unlink()
+
+
+def _period(path: Path) -> str | None:
+    """The day (`2026-05-01`) or month (`2026-05`) of a metrics file, from its name in any
+    of the formats versions wrote (`_METRICS_FILE`); None for any other name."""
+    match = _METRICS_FILE.match(path.name)
+    return None if match is None else match[1] or match[2]
 
 
 # --- reading --------------------------------------------------------------------------------
@@ -522,9 +568,10 @@ def read_metrics(
         if path.is_symlink():
             log.warning("%s: a symbolic link; skipped", path)
             continue
-        # `2026-05` sorts before `2026-05-01`: a month file is read for any day of it.
-        stem = path.stem
-        if first is not None and _METRICS_FILE.match(stem) and stem < first[: len(stem)]:
+        # A month file (`2026-05`) is read for any day of it; a day's lines may be in two
+        # files (`2026-05-01.jsonl` and `2026-05-01.<hash>.jsonl` on the day of an upgrade).
+        period = _period(path)
+        if first is not None and period is not None and period < first[: len(period)]:
             continue
         for stats in _parse_metrics(path, ref.service, warn=True):
             if since is None or stats.end > since:

@@ -27,6 +27,7 @@ CASES = [
     ("cold_start", ["--runs", "1"], "target: `reconcile --help` under 0.3 s"),
     ("stream_breach", ["--quick"], "ROLLED BACK: stream: error_rate above 5%"),
     ("stream_simulation", ["--stages", "2", "--bad-stages", "2"], "target: a good canary"),
+    ("day_file_names", ["--services", "2", "--days", "2", "--records", "2"], "| `product` |"),
     ("catchup_queries", ["--behind", "2"], "the same windows as one query each: met"),
     (
         "repo_growth",

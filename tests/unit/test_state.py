@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections import Counter
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
@@ -328,7 +329,7 @@ def test_metrics_go_to_day_files_and_round_trip(tmp_path: Path) -> None:
     may_end = datetime(2026, 5, 31, 23, 55, tzinfo=UTC)
     windows = [_window(CANARY, 0, at=may_end), _window(STABLE, 0, at=may_end), _window(CANARY, 1)]
     written = append_metrics(tmp_path, ION, windows)
-    assert [p.name for p in written] == ["2026-05-01.jsonl", "2026-06-01.jsonl"]
+    assert [p.name for p in written] == ["2026-05-01.6bfbca.jsonl", "2026-06-01.b8b4b5.jsonl"]
     assert read_metrics(tmp_path, ION) == sorted(
         windows, key=lambda w: (w.end, w.revision, w.start)
     )
@@ -476,7 +477,7 @@ def test_a_roll_up_goes_to_the_file_of_its_end(tmp_path: Path) -> None:
     late = datetime(2026, 5, 1, 23, 45, tzinfo=UTC)
     append_metrics(tmp_path, ION, [_window(CANARY, n, at=late) for n in range(6)])
     files = sorted((state_dir(tmp_path, ION) / "metrics").glob("*.jsonl"))
-    assert [p.name for p in files] == ["2026-05-02.jsonl"]
+    assert [p.name for p in files] == ["2026-05-02.c0edb7.jsonl"]
     (one,) = read_metrics(tmp_path, ION, since=datetime(2026, 5, 2, tzinfo=UTC))
     assert one.start == late and one.rolled == 6
 
@@ -507,7 +508,110 @@ def test_old_metrics_months_are_pruned(tmp_path: Path) -> None:
             at = datetime(2026, month, day, tzinfo=UTC)
             append_metrics(tmp_path, ION, [_window(CANARY, 0, at=at)])
     names = sorted(p.name for p in (state_dir(tmp_path, ION) / "metrics").iterdir())
-    assert names == [f"2026-0{m}-0{d}.jsonl" for m in (4, 5, 6) for d in (2, 3)]
+    assert names == [_day_file(f"2026-0{m}-0{d}") for m in (4, 5, 6) for d in (2, 3)]
+
+
+def _day_file(day: str) -> str:
+    """The name of ION's day file of `day` (`YYYY-MM-DD`)."""
+    return f"{day}.{state.day_file_hash(ION, day)}.jsonl"
+
+
+@pytest.mark.parametrize(
+    ("project", "region", "service", "day", "digits"),
+    [
+        ("naeda-genesis", "us-central1", "ion-api", "2026-05-01", "6bfbca"),
+        ("naeda-genesis", "us-central1", "ion-api", "2026-05-02", "c0edb7"),
+        ("naeda-genesis", "europe-west1", "ion-api", "2026-05-01", "f21584"),
+        ("other-project", "us-central1", "ion-api", "2026-05-01", "4a48e5"),
+    ],
+    ids=["ion-api", "next-day", "another-region", "another-project"],
+)
+def test_a_day_file_is_named_by_its_day_and_a_stable_hash(
+    tmp_path: Path, project: str, region: str, service: str, day: str, digits: str
+) -> None:
+    # Pinned: a new hash for the same rollout and day would start a second file that day.
+    rollout = ServiceRef(project, region, service)
+    assert state.day_file_hash(rollout, day) == digits
+    path = metrics_path(tmp_path, rollout, datetime.fromisoformat(day).replace(tzinfo=UTC))
+    assert path.relative_to(tmp_path).as_posix() == (
+        f"state/{project}/{region}/{service}/metrics/{day}.{digits}.jsonl"
+    )
+
+
+def _name_hash(path: str) -> int:
+    """git's 32-bit name hash of a path (pack-objects sorts delta candidates by it): each
+    character enters at the top, shifted down two bits per later one, whitespace skipped."""
+    value = 0
+    for c in path.encode():
+        if not chr(c).isspace():
+            value = ((value >> 2) + (c << 24)) & 0xFFFFFFFF
+    return value
+
+
+def test_day_files_look_different_to_gits_delta_search(tmp_path: Path) -> None:
+    refs = [ServiceRef("bench-project", "us-central1", f"svc-{i:04d}") for i in range(1000)]
+
+    def hashes(refs: list[ServiceRef], days: int) -> Counter[int]:
+        return Counter(
+            _name_hash(
+                metrics_path(tmp_path, r, T0 + timedelta(days=d)).relative_to(tmp_path).as_posix()
+            )
+            for r in refs
+            for d in range(days)
+        )
+
+    # One day's files of 1,000 rollouts: at most two to a hash (the date alone gave all
+    # 1,000 one hash); 20 rollouts' files over three months: at most two to a hash too,
+    # so a repack from scratch finds each file's versions next to each other.
+    assert len(hashes(refs, 1)) > 950 and max(hashes(refs, 1).values()) <= 2
+    assert max(hashes(refs[:20], 92).values()) <= 2
+    undistinguished = {_name_hash(f"state/{r.key}/metrics/2026-05-01.jsonl") for r in refs}
+    assert len(undistinguished) == 1
+
+
+def _old_day_file(root: Path, windows: list[WindowStats]) -> Path:
+    """The windows as an older version wrote them: one line each, a day file without a hash."""
+    elsewhere = root / "old-version"
+    for w in windows:
+        (path,) = append_metrics(elsewhere, ION, [w])
+    old = state_dir(root, ION) / "metrics" / f"{path.name.split('.')[0]}.jsonl"
+    old.parent.mkdir(parents=True, exist_ok=True)
+    old.write_bytes(path.read_bytes())
+    return old
+
+
+def test_a_day_split_across_the_old_and_the_new_name_is_read_once(tmp_path: Path) -> None:
+    # The day of an upgrade: the older version wrote the morning to 2026-05-01.jsonl, this
+    # one appends to 2026-05-01.<hash>.jsonl; a run repeated after a failed push measures
+    # the morning's last window again, which must not be written a second time.
+    old = _old_day_file(tmp_path, [_window(CANARY, n) for n in range(3)])
+    assert old.name == "2026-05-01.jsonl"
+    (new,) = append_metrics(tmp_path, ION, [_window(CANARY, n) for n in range(2, 5)])
+    assert new.name == _day_file("2026-05-01")
+    assert len(new.read_text(encoding="utf-8").splitlines()) == 1  # windows 3 and 4, rolled
+    got = read_metrics(tmp_path, ION)
+    assert sum(w.requests for w in got) == sum(_window(CANARY, n).requests for n in range(5))
+    assert [(w.start, w.rolled) for w in got] == [
+        (T0 + timedelta(minutes=5 * n), 1) for n in range(3)
+    ] + [(T0 + timedelta(minutes=15), 2)]
+    since = T0 + timedelta(minutes=12)
+    assert [w.start for w in read_metrics(tmp_path, ION, since=since)] == [
+        T0 + timedelta(minutes=10),
+        T0 + timedelta(minutes=15),
+    ]
+    # The same lines in both files (copied by hand, or merged twice): still read once.
+    new.write_text(new.read_text(encoding="utf-8") + old.read_text(encoding="utf-8"))
+    assert read_metrics(tmp_path, ION) == got
+
+
+def test_old_day_files_are_pruned_with_their_month(tmp_path: Path) -> None:
+    _old_day_file(tmp_path, [_window(CANARY, 0, at=datetime(2026, 1, 5, tzinfo=UTC))])
+    unknown = state_dir(tmp_path, ION) / "metrics" / "notes.jsonl"
+    unknown.write_text("{}\n", encoding="utf-8")
+    for month in range(2, 6):
+        append_metrics(tmp_path, ION, [_window(CANARY, 0, at=datetime(2026, month, 2, tzinfo=UTC))])
+    names = sorted(p.name for p in (state_dir(tmp_path, ION) / "metrics").iterdir())
+    assert names == [_day_file(f"2026-0{m}-02") for m in (3, 4, 5)] + ["notes.jsonl"]
 
 
 def test_metrics_of_another_service_are_refused(tmp_path: Path) -> None:
