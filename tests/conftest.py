@@ -1,6 +1,9 @@
 """Every test runs away from the real cloud: no Application Default Credentials, and Google's
 auth library may not probe the GCE metadata server (it is not on loopback). A test that
-reaches for real credentials fails at once with the reconciler's no-credentials error."""
+reaches for real credentials fails at once with the reconciler's no-credentials error.
+
+`isolated_git`, for modules that run git themselves: no user configuration, hooks or leaked
+`GIT_*` variables reach the test's git processes."""
 
 from __future__ import annotations
 
@@ -9,6 +12,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from reconciler.testing.git import git_environment
 
 _NO_CLOUD = {
     "NO_GCE_CHECK": "true",
@@ -35,3 +40,13 @@ def no_real_cloud(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
+
+
+@pytest.fixture
+def isolated_git(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """git as a fresh machine has it: a temporary home, no system configuration."""
+    for key, value in git_environment(tmp_path / "home").items():
+        if value is None:
+            monkeypatch.delenv(key)
+        else:
+            monkeypatch.setenv(key, value)

@@ -26,19 +26,13 @@ from reconciler.gitops import (
     reconcile_trailers,
 )
 from reconciler.loader import spec_id_of
-from reconciler.testing.git import clone, git_environment, make_remote, run_git, write
+from reconciler.testing.git import clone, make_remote, run_git, write
 
 ROLLOUT = "service: ion-api\ncanary_percent: 5  # keep me\n"
 BOT = BotIdentity("reconciler-test[bot]", "bot@example.com")
 
 
-@pytest.fixture(autouse=True)
-def _isolated_git(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    for key, value in git_environment(tmp_path / "home").items():
-        if value is None:
-            monkeypatch.delenv(key)
-        else:
-            monkeypatch.setenv(key, value)
+pytestmark = pytest.mark.usefixtures("isolated_git")
 
 
 @pytest.fixture

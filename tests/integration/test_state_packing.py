@@ -20,20 +20,14 @@ import pytest
 
 from reconciler import state
 from reconciler.model import LatencyBucket, ServiceRef, WindowStats
-from reconciler.testing.git import git_environment, run_git
+from reconciler.testing.git import run_git
 
 START = datetime(2026, 5, 1, tzinfo=UTC)
 SERVICES = 16
 RECORDS = 8
 
 
-@pytest.fixture(autouse=True)
-def _isolated_git(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    for key, value in git_environment(tmp_path / "home").items():
-        if value is None:
-            monkeypatch.delenv(key)
-        else:
-            monkeypatch.setenv(key, value)
+pytestmark = pytest.mark.usefixtures("isolated_git")
 
 
 def _window(rng: random.Random, ref: ServiceRef, revision: str, end: datetime) -> WindowStats:

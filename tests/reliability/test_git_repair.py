@@ -21,19 +21,13 @@ import pytest
 
 import reconciler
 from reconciler.gitops import BotIdentity, GitOps
-from reconciler.testing.git import clone, git_environment, make_remote, run_git, write
+from reconciler.testing.git import clone, make_remote, run_git, write
 
 BOT = BotIdentity("reconciler-test[bot]", "bot@example.com")
 HOLD = "#!/bin/sh\n{condition}sleep 60\n"
 
 
-@pytest.fixture(autouse=True)
-def _isolated_git(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    for key, value in git_environment(tmp_path / "home").items():
-        if value is None:
-            monkeypatch.delenv(key)
-        else:
-            monkeypatch.setenv(key, value)
+pytestmark = pytest.mark.usefixtures("isolated_git")
 
 
 @pytest.fixture
