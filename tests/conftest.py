@@ -2,7 +2,8 @@
 auth library may not probe the GCE metadata server (it is not on loopback). A test that
 reaches for real credentials fails at once with the reconciler's no-credentials error.
 
-`isolated_git`, for modules that run git themselves: no user configuration, hooks or leaked
+`hooks`: a loopback webhook receiver that records what it is sent. `isolated_git`, for
+modules that run git themselves: no user configuration, hooks or leaked
 `GIT_*` variables reach the test's git processes."""
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from reconciler.testing.git import git_environment
+from reconciler.testing.webhooks import WebhookRecorder
 
 _NO_CLOUD = {
     "NO_GCE_CHECK": "true",
@@ -50,3 +52,10 @@ def isolated_git(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
             monkeypatch.delenv(key)
         else:
             monkeypatch.setenv(key, value)
+
+
+@pytest.fixture
+def hooks() -> Iterator[WebhookRecorder]:
+    """A webhook receiver on loopback recording each request, for notification tests."""
+    with WebhookRecorder.start() as recorder:
+        yield recorder

@@ -20,12 +20,6 @@ KEY = "e2e-hmac-key"
 
 
 @pytest.fixture
-def hooks() -> Iterator[WebhookRecorder]:
-    with WebhookRecorder.start() as recorder:
-        yield recorder
-
-
-@pytest.fixture
 def sb(tmp_path: Path) -> Iterator[Sandbox]:
     with sandbox(tmp_path) as s:
         s.emu.behave("ion-api-00042-xyz", error_rate=0.0)

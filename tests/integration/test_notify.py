@@ -34,12 +34,6 @@ notify:
 
 
 @pytest.fixture
-def hooks() -> Iterator[WebhookRecorder]:
-    with WebhookRecorder.start() as recorder:
-        yield recorder
-
-
-@pytest.fixture
 def sb(tmp_path: Path, hooks: WebhookRecorder) -> Iterator[Sandbox]:
     with sandbox(tmp_path) as s:
         # Shared defaults carry the channels: the rollout file itself names none.

@@ -207,12 +207,6 @@ notify:
 
 
 @pytest.fixture
-def hooks() -> Iterator[WebhookRecorder]:
-    with WebhookRecorder.start() as recorder:
-        yield recorder
-
-
-@pytest.fixture
 def sb_fleet(tmp_path: Path) -> Iterator[Sandbox]:
     """The waves file in a sub-folder of rollout/, with a signed webhook channel."""
     files = {"rollout/fleet/ion-api.yaml": ROLLOUT + NOTIFY}
