@@ -782,9 +782,12 @@ def test_status_windows_keep_what_the_judge_reads(tmp_path: Path) -> None:
     text = status_path(tmp_path, ION).read_text(encoding="utf-8")
     block = text[text.index("windows:") : text.index("applied:")]
     assert re.findall(r"^[- ] (\w+):", block, re.M) == [
-        "revision", "start", "end", "requests", "errors", "successes", "p95"
+        "service", "revision", "start", "end", "requests", "errors", "successes",
+        "p50", "p95", "p99",
     ]  # fmt: skip
-    assert "p95: 0.276286\n" in block  # rounded up to six significant digits
+    # Rounded up to six significant digits; p50 and p99 are the metrics files' to keep (the
+    # keys stay, so that a previous version reads the file).
+    assert "  p50: null\n  p95: 0.276286\n  p99: null\n" in block
     status = read_status(tmp_path, ION)
     assert status is not None
     assert status.windows == (replace(w, p50=None, p95=0.276286, p99=None),)
