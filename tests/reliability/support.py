@@ -17,6 +17,7 @@ from typing import Any
 
 import reconciler
 from reconciler import clients
+from reconciler.backends.cloudrun import CloudRunBackend
 from reconciler.emulator import Emulator
 from reconciler.model import Target, TrafficSplit
 from tests.builders import context as context  # re-exported: the reliability tests' context
@@ -34,6 +35,13 @@ def live(emu: Emulator, service: str = "ion-api") -> TrafficSplit:
     """What the service serves now, from the emulator's admin view (immune to injected faults;
     `Sampler` reads through the official client)."""
     return split_of(emu.world.get_service(emu.service_name(service)).statuses)
+
+
+def paced_by_emulator(emu: Emulator) -> CloudRunBackend:
+    """The Cloud Run backend with its pacing and retry waits in emulator time: a backoff moves
+    the emulator's clock instead of sleeping, so an outage of a set length (`emu.fault(...,
+    seconds=S)`) and the retries that ride it out play out at once, whatever the load."""
+    return CloudRunBackend(pace_clock=emu.world.now, pace_sleep=emu.advance_clock)
 
 
 def routing(split: TrafficSplit) -> tuple[dict[str, int], dict[str, str]]:
