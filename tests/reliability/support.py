@@ -107,7 +107,7 @@ class Sampler:
         self._thread.start()
         return self
 
-    def wait_until_seen(self, split: TrafficSplit, timeout: float = 10.0) -> bool:
+    def wait_until_seen(self, split: TrafficSplit, timeout: float = 30.0) -> bool:
         """Wait until the sampler has observed `split` live (bounded)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
