@@ -59,6 +59,8 @@ class WriteRecorder:
 
     def __init__(self, emu: Emulator) -> None:
         self.splits: list[tuple[str, TrafficSplit]] = []
+        self.at: list[float] = []
+        """When each of `splits` was accepted (`time.time()`)."""
         world = emu.world
         inner = world.update_service
         lock = threading.Lock()
@@ -69,6 +71,7 @@ class WriteRecorder:
                 if not kw.get("validate_only") and kw.get("traffic") is not None:
                     with lock:
                         self.splits.append((name, split_of(world.services[name].traffic)))
+                        self.at.append(time.time())
                 return op
 
         world.update_service = update_service  # type: ignore[method-assign]
