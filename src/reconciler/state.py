@@ -17,11 +17,14 @@ observes nothing new writes identical bytes and a run that does changes only a f
 Times are written in UTC as `2026-05-01T12:00:00Z`.
 
 Bounded growth:
-- `status.yaml` keeps the provisional windows and the newest `RECORDED_WINDOWS` final ones
-  per revision and window length (`recorded_windows`): where the next run's measuring
-  starts and what a verdict reports; failing streaks are counters (`streaks`), so
-  `consecutive_failures` does not depend on how many windows are kept, and older windows
-  are in the metrics files.
+- `status.yaml` keeps the provisional windows and the newest final one per revision and
+  window length, the newest `RECORDED_WINDOWS` while a gate has a failing streak
+  (`recorded_windows`): where the next run's measuring starts and what a verdict reports;
+  failing streaks are counters (`streaks`), so `consecutive_failures` does not depend on how
+  many windows are kept, and older windows are in the metrics files. A window there holds
+  what the judge reads back (`_stats_to_data`): its counts and its p95 rounded up to
+  `P95_DIGITS` significant digits; p50, p99 (null there) and the rates are in the metrics
+  files.
 - `events.jsonl` keeps the newest `MAX_EVENTS` events; older ones are dropped from the file
   (every event was committed, so `git log -p` still has them).
 - metrics go to one file per UTC day (by window end), appended to, never rewritten, in a
@@ -70,6 +73,7 @@ import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
+from decimal import ROUND_CEILING, Context, Decimal
 from pathlib import Path
 from typing import Any
 
@@ -106,6 +110,7 @@ __all__ = [
     "MAX_EVENTS",
     "MAX_WINDOWS",
     "METRICS_MONTHS",
+    "P95_DIGITS",
     "RECORDED_WINDOWS",
     "STATUS_SCHEMA",
     "Event",
@@ -142,7 +147,11 @@ __all__ = [
 
 STATUS_SCHEMA = 1
 RECORDED_WINDOWS = 2
-"""Final windows per revision and length `status.yaml` keeps (see `recorded_windows`)."""
+"""Final windows per revision and length `status.yaml` keeps while a gate has a failing
+streak (one otherwise; see `recorded_windows`)."""
+P95_DIGITS = 6
+"""Significant digits of a window's p95 in `status.yaml`, rounded up (`_up`): a relative
+change below 1e-5, where Cloud Run's latency buckets are 15% wide."""
 MAX_EVENTS = 1000
 METRICS_MONTHS = 3
 DAY_FILE_HASH_DIGITS = 6
@@ -637,22 +646,29 @@ def _window_key(s: WindowStats) -> tuple[str, datetime, datetime, int]:
     return (s.revision, s.start, s.end, s.rolled)
 
 
-def recorded_windows(windows: Sequence[WindowStats]) -> list[WindowStats]:
+def recorded_windows(
+    windows: Sequence[WindowStats], streaks: Mapping[str, Streak] | None = None
+) -> list[WindowStats]:
     """The windows `status.yaml` keeps of a run's recent ones: every provisional window (the
-    next run measures it again) and the newest `RECORDED_WINDOWS` final ones per revision
-    and length (where the next run's measuring starts, and the newest a verdict reports).
+    next run measures it again) and, per revision and length, the newest final one (where
+    the next run's measuring starts, and what a verdict rests on when that run measures no
+    newer window), or the newest `RECORDED_WINDOWS` while any gate of `streaks` has a
+    failing streak.
 
     Everything older was already judged and counted (streak counters, coverage) and is in
     the metrics files; a checkpoint rewriting a dozen windows per revision was most of the
-    file's churn in git.
+    file's churn in git. Without a failing streak the older windows change no verdict: each
+    gate's outcome is its newest window's, and a failing streak's windows are the only
+    older ones a verdict pools. With one, the newest two are kept as before, so a failing
+    reason pools what it did (every window of the streak for `consecutive_failures` up to 3:
+    each failing window is news, recorded by the run that saw it).
     """
+    keep = RECORDED_WINDOWS if any(k.failures for k in (streaks or {}).values()) else 1
     final: dict[tuple[str, timedelta], list[WindowStats]] = {}
     for w in windows:
         if not w.provisional:
             final.setdefault((w.revision, w.window), []).append(w)
-    newest = {
-        id(w) for ws in final.values() for w in sorted(ws, key=lambda w: w.end)[-RECORDED_WINDOWS:]
-    }
+    newest = {id(w) for ws in final.values() for w in sorted(ws, key=lambda w: w.end)[-keep:]}
     return [w for w in windows if w.provisional or id(w) in newest]
 
 
@@ -780,7 +796,7 @@ def _status_to_data(s: ServiceStatus) -> dict[str, Any]:
         "last_reconcile": format_time(s.last_reconcile),
         "spec_id": s.spec_id,
         "verdict": None if s.verdict is None else _verdict_to_data(s.verdict, s.verdict_at),
-        "windows": [_stats_to_data(w) for w in recorded_windows(s.windows)],
+        "windows": [_stats_to_data(w) for w in recorded_windows(s.windows, s.streaks)],
         "applied": None if s.applied is None else _split_to_data(s.applied),
         "passing_since": None if s.passing_since is None else format_time(s.passing_since),
         "probes": [
@@ -971,7 +987,12 @@ def _reported(d: Any) -> dict[str, datetime]:
 
 
 def _verdict_to_data(v: Verdict, at: datetime | None) -> dict[str, Any]:
-    return {"at": None if at is None else format_time(at), **verdict_to_data(v)}
+    data = verdict_to_data(v)
+    # Reported, never judged again: six digits say it (a float's 17 are noise git cannot
+    # compress, rewritten at every record).
+    for gate in data["gates"]:
+        gate["value"] = _sig(gate["value"], 6)
+    return {"at": None if at is None else format_time(at), **data}
 
 
 def _verdict_from_data(d: Any) -> tuple[Verdict | None, datetime | None]:
@@ -981,8 +1002,16 @@ def _verdict_from_data(d: Any) -> tuple[Verdict | None, datetime | None]:
 
 
 def _stats_to_data(s: WindowStats) -> dict[str, Any]:
-    """A window as status.yaml keeps it (no distribution: the judge needs none; the
-    metrics files keep it, see `_metric_to_data`)."""
+    """A window as status.yaml keeps it: what the next run's judge reads back, its counts
+    and its p95, rounded up to `P95_DIGITS` significant digits (`_up`).
+
+    Every record rewrites these lines, so what no reader needs is left out: the rates (the
+    counts give them) and the values of p50 and p99 (the judge reads p95 alone; the metrics
+    files keep all three and the distribution, see `_metric_to_data`). Their keys stay, null,
+    and so does the service: a previous version reads the file whole (and git stores these
+    constant lines as copies: without them the repository grew 4% faster, measured with
+    benchmarks/repo_growth.py).
+    """
     data: dict[str, Any] = {
         "service": s.service,
         "revision": s.revision,
@@ -991,13 +1020,9 @@ def _stats_to_data(s: WindowStats) -> dict[str, Any]:
         "requests": s.requests,
         "errors": s.errors,
         "successes": s.successes,
-        # Derived, for readers of the file (never read back): 4 digits say it, and the
-        # 17 of a float are noise git cannot compress.
-        "error_rate": _sig4(s.error_rate),
-        "success_rate": _sig4(s.success_rate),
-        "p50": s.p50,
-        "p95": s.p95,
-        "p99": s.p99,
+        "p50": None,
+        "p95": _up(s.p95, P95_DIGITS),
+        "p99": None,
     }
     if s.provisional:  # absent when final, so final windows keep their old bytes
         data["provisional"] = True
@@ -1009,7 +1034,7 @@ def _stats_to_data(s: WindowStats) -> dict[str, Any]:
 def _stats_from_data(d: Any) -> WindowStats:
     if not isinstance(d, dict):
         raise TypeError("not a mapping")
-    # error_rate and success_rate are derived: written for readers of the file, not read back.
+    # error_rate and success_rate are derived (older versions wrote them): never read back.
     return WindowStats(
         service=str(d["service"]),
         revision=str(d["revision"]),
@@ -1122,12 +1147,28 @@ def _seconds(delta: timedelta) -> tuple[int, int]:
     return divmod(micros, 1_000_000)
 
 
-def _sig4(value: float | None) -> float | None:
-    return None if value is None else float(f"{value:.4g}")
+def _sig(value: float | None, digits: int = 10) -> float | None:
+    """`value` to `digits` significant digits, the nearest."""
+    return None if value is None else float(f"{value:.{digits}g}")
 
 
-def _sig(value: float | None) -> float | None:
-    return None if value is None else float(f"{value:.10g}")
+def _up(value: float | None, digits: int) -> float | None:
+    """The least number of `digits` significant digits whose float is at least `value`.
+
+    A recorded p95 is judged again against `latency_p95.max` (`p95 > max` fails a window)
+    and its `target`. Rounded up, a window that failed still fails, whatever the threshold;
+    one that passed still passes when the threshold has at most `digits` significant digits
+    (the least such number at or above the p95 is at most the threshold), and otherwise
+    reads as failing only when its p95 was within one unit of the last digit below the
+    threshold (relative 1e-5 at 6 digits). See docs/git-and-state.md.
+    """
+    if value is None or not math.isfinite(value):
+        return value
+    nearest = float(f"{value:.{digits}g}")
+    if nearest >= value:
+        return nearest
+    # The exact binary value rounded up in decimal: its float is at least `value`.
+    return float(Context(prec=digits, rounding=ROUND_CEILING).plus(Decimal(value)))
 
 
 def _buckets_to_data(buckets: Sequence[LatencyBucket]) -> dict[str, Any]:

@@ -430,11 +430,13 @@ def test_metrics_lines_keep_the_distribution_and_old_lines_still_read(tmp_path: 
     assert read_metrics(tmp_path, ION) == sorted(
         [replace(w, latency_buckets=kept), old], key=lambda s: s.revision
     )
-    # status.yaml's windows serve the judge: no distribution there, so it stays small.
+    # status.yaml's windows serve the judge: no distribution there (nor p50 and p99, which
+    # it never reads), so it stays small.
     write_status(tmp_path, ION, with_windows(_status(), [w]))
     assert "latency_buckets" not in (tmp_path / ION_DIR / "status.yaml").read_text()
     back = read_status(tmp_path, ION)
-    assert back is not None and back.windows == (replace(w, latency_buckets=None),)
+    expected = replace(w, latency_buckets=None, p50=None, p99=None)
+    assert back is not None and back.windows == (expected,)
 
 
 # --- markdown -------------------------------------------------------------------------------

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from collections import Counter
@@ -14,6 +15,7 @@ import pytest
 import yaml
 
 from reconciler import state
+from reconciler.analysis import judge
 from reconciler.model import (
     GateResult,
     LatencyBucket,
@@ -24,6 +26,7 @@ from reconciler.model import (
     Verdict,
     WindowStats,
 )
+from reconciler.spec import Gates, parse_latency
 from reconciler.state import (
     Event,
     EventKind,
@@ -72,6 +75,12 @@ def _window(revision: str, n: int, *, service: str = "ion-api", at: datetime = T
     )
 
 
+def _recorded(w: WindowStats) -> WindowStats:
+    """`w` as status.yaml keeps it: the judge reads p95 alone (p50 and p99 are in the
+    metrics files)."""
+    return replace(w, p50=None, p99=None)
+
+
 def _status(**changes: Any) -> ServiceStatus:
     base = ServiceStatus(
         service="ion-api",
@@ -97,7 +106,8 @@ def _status(**changes: Any) -> ServiceStatus:
             ),
         ),
         verdict_at=T0 + timedelta(minutes=30),
-        windows=(_window(STABLE, 0), _window(CANARY, 0), _window(STABLE, 1), _window(CANARY, 1)),
+        # The newest final window per revision: what status.yaml keeps without a failing streak.
+        windows=(_recorded(_window(STABLE, 1)), _recorded(_window(CANARY, 1))),
     )
     return replace(base, **changes)
 
@@ -258,15 +268,15 @@ def test_keep_windows_is_bounded_per_revision_and_deduplicated() -> None:
 
 
 def test_with_windows_merges_into_the_status(tmp_path: Path) -> None:
-    status = with_windows(_status(), [_window(CANARY, 2)], keep=2)
+    status = with_windows(_status(), [_recorded(_window(CANARY, 2))], keep=2)
     assert [(w.revision, w.start) for w in status.windows] == [
-        (STABLE, _window(STABLE, 0).start),
         (STABLE, _window(STABLE, 1).start),
         (CANARY, _window(CANARY, 1).start),
         (CANARY, _window(CANARY, 2).start),
     ]
     write_status(tmp_path, ION, status)
-    assert read_status(tmp_path, ION) == status
+    # The newest final window per revision is written (no gate is failing).
+    assert read_status(tmp_path, ION) == replace(status, windows=status.windows[::2])
 
 
 # --- events.jsonl ---------------------------------------------------------------------------
@@ -731,34 +741,85 @@ def test_metrics_are_appended_not_rewritten(tmp_path: Path) -> None:
     assert read_metrics(tmp_path, ION) == [_window(CANARY, 0), _window(CANARY, 1)]
 
 
+@pytest.mark.parametrize(
+    ("streaks", "newest"),
+    [
+        ({}, 1),
+        ({"error_rate": Streak(0, T0, inconclusive=3)}, 1),
+        ({"latency_p95": Streak(1, T0)}, 2),  # a failing reason pools the streak's windows
+        ({"probe:health": Streak(2, T0)}, 2),
+    ],
+    ids=["no-streak", "inconclusive-only", "failing-gate", "failing-probe"],
+)
 def test_status_keeps_provisional_windows_and_the_newest_final_ones_per_length(
-    tmp_path: Path,
+    streaks: dict[str, Streak], newest: int, tmp_path: Path
 ) -> None:
     five, fifteen = timedelta(minutes=5), timedelta(minutes=15)
     short = [_window(rev, n) for n in range(8) for rev in (CANARY, STABLE)]
     long = [replace(_window(CANARY, 3 * k), end=T0 + fifteen * (k + 1)) for k in range(2)]
     late = replace(_window(CANARY, 8), provisional=True)
     windows = keep_windows([], [*short, *long, late], keep=12)
-    write_status(tmp_path, ION, _status(windows=windows))
+    write_status(tmp_path, ION, _status(windows=windows, streaks=streaks))
     status = read_status(tmp_path, ION)
     assert status is not None
     kept = sorted((w.revision, w.window, w.start, w.provisional) for w in status.windows)
     at = [T0 + timedelta(minutes=m) for m in (0, 15, 30, 35, 40)]
-    assert kept == sorted(
-        [
-            (CANARY, fifteen, at[0], False),
-            (CANARY, fifteen, at[1], False),
-            (CANARY, five, at[2], False),
-            (CANARY, five, at[3], False),
-            (CANARY, five, at[4], True),  # measured again by the next run
-            (STABLE, five, at[2], False),
-            (STABLE, five, at[3], False),
-        ]
-    )
-    # Derived rates: four digits, not a float's seventeen.
+    expected = [
+        (CANARY, fifteen, at[1], False),
+        (CANARY, five, at[3], False),
+        (CANARY, five, at[4], True),  # measured again by the next run
+        (STABLE, five, at[3], False),
+    ]
+    if newest == 2:
+        expected += [(CANARY, fifteen, at[0], False), (CANARY, five, at[2], False)]
+        expected += [(STABLE, five, at[2], False)]
+    assert kept == sorted(expected)
+
+
+def test_status_windows_keep_what_the_judge_reads(tmp_path: Path) -> None:
+    w = replace(_window(CANARY, 1), p50=0.1234567891, p95=0.2762853674079367, p99=0.9)
+    write_status(tmp_path, ION, _status(windows=(w,)))
     text = status_path(tmp_path, ION).read_text(encoding="utf-8")
-    rates = re.findall(r"(?:error|success)_rate: (\S+)", text)
-    assert rates and all(len(r.lstrip("0.")) <= 4 for r in rates), rates
+    block = text[text.index("windows:") : text.index("applied:")]
+    assert re.findall(r"^[- ] (\w+):", block, re.M) == [
+        "service", "revision", "start", "end", "requests", "errors", "successes",
+        "p50", "p95", "p99",
+    ]  # fmt: skip
+    # Rounded up to six significant digits; p50 and p99 are the metrics files' to keep (the
+    # keys stay, so that a previous version reads the file).
+    assert "  p50: null\n  p95: 0.276286\n  p99: null\n" in block
+    status = read_status(tmp_path, ION)
+    assert status is not None
+    assert status.windows == (replace(w, p50=None, p95=0.276286, p99=None),)
+
+
+def test_a_status_written_with_every_window_field_still_reads(tmp_path: Path) -> None:
+    # As versions before this one wrote it: the service, derived rates, p50/p95/p99 at full
+    # precision, the newest two final windows per revision.
+    write_status(tmp_path, ION, _status())
+    text = status_path(tmp_path, ION).read_text(encoding="utf-8")
+    old = [_window(rev, n) for n in (0, 1) for rev in (STABLE, CANARY)]
+    lines = []
+    for w in old:
+        lines += [
+            f"- service: {w.service}",
+            f"  revision: {w.revision}",
+            f"  start: '{format_time(w.start)}'",
+            f"  end: '{format_time(w.end)}'",
+            f"  requests: {w.requests}",
+            f"  errors: {w.errors}",
+            f"  successes: {w.successes}",
+            f"  error_rate: {w.errors / w.requests:.4g}",
+            f"  success_rate: {w.successes / w.requests:.4g}",
+            f"  p50: {w.p50!r}",
+            f"  p95: {w.p95!r}",
+            f"  p99: {'null' if w.p99 is None else repr(w.p99)}",
+        ]
+    head, rest = text.split("windows:\n", 1)
+    text = head + "windows:\n" + "\n".join(lines) + "\n" + rest[rest.index("applied:") :]
+    status_path(tmp_path, ION).write_text(text, encoding="utf-8")
+    assert read_status(tmp_path, ION) == _status(windows=tuple(old))
+    assert state.load_status(tmp_path, ION).problem is None
 
 
 # --- distributions in metrics lines ---------------------------------------------------------
@@ -893,3 +954,66 @@ def test_status_nodes_are_the_representer_s_for_random_data() -> None:
     for _ in range(300):
         data = {"k": value(0), "l": [value(1) for _ in range(3)]}
         assert state._yaml_text(data) == _reference_text(data)
+
+
+# --- a recorded p95 judged again ------------------------------------------------------------
+def _judged_again(p95: float, limit: str, tmp_path: Path) -> tuple[tuple[Any, ...], ...]:
+    """The latency gate's outcome and target, judged on a canary window as measured and as
+    status.yaml gives it back to the next run."""
+    gates = Gates.model_validate(
+        {"latency_p95": {"max": limit, "target": limit}, "consecutive_failures": 1}
+    )
+    measured = replace(_window(CANARY, 1), p95=p95)
+    write_status(tmp_path, ION, _status(windows=(measured,)))
+    status = read_status(tmp_path, ION)
+    assert status is not None
+    (recorded,) = status.windows
+    out = []
+    for w in (measured, recorded):
+        (gate,) = judge([w], gates).gates
+        out.append((gate.outcome, gate.target_met))
+    return tuple(out)
+
+
+# Relative offsets from the threshold, and the float next to it on either side.
+OFFSETS = [-1e-3, -1e-5, -1e-7, "below", 0.0, "above", 1e-7, 1e-5, 1e-3]
+
+
+def _near(threshold: float, offset: float | str) -> float:
+    if offset == "below":
+        return math.nextafter(threshold, 0.0)
+    if offset == "above":
+        return math.nextafter(threshold, math.inf)
+    assert isinstance(offset, float)
+    return threshold * (1 + offset)
+
+
+@pytest.mark.parametrize("offset", OFFSETS, ids=str)
+@pytest.mark.parametrize("limit", ["20s", "15s", "500ms", "300ms", "250ms", "1.5s", "2m"])
+def test_a_recorded_p95_gives_the_verdict_its_measurement_gave(
+    limit: str, offset: float | str, tmp_path: Path
+) -> None:
+    # A threshold that parses to the float of a number of at most six significant digits
+    # (the usual ones): the p95 rounded up to six digits is judged exactly as measured,
+    # however close to it.
+    threshold = parse_latency(limit)
+    assert threshold == float(f"{threshold:.6g}")
+    measured, recorded = _judged_again(_near(threshold, offset), limit, tmp_path)
+    assert recorded == measured
+
+
+@pytest.mark.parametrize("offset", OFFSETS, ids=str)
+@pytest.mark.parametrize("limit", ["123.456ms", "123.4567891ms"])
+def test_a_recorded_p95_never_hides_a_breach_of_any_threshold(
+    limit: str, offset: float | str, tmp_path: Path
+) -> None:
+    # Any other threshold (more digits than the p95 keeps, or a float just above its
+    # decimal: 123.456ms parses to 0.12345600000000001): a failing window still fails; a
+    # passing one can read as failing only within the documented bound (1e-5 relative).
+    threshold = parse_latency(limit)
+    p95 = _near(threshold, offset)
+    measured, recorded = _judged_again(p95, limit, tmp_path)
+    if measured[0] is Outcome.FAIL or p95 < threshold * (1 - 1e-5):
+        assert recorded == measured
+    else:
+        assert recorded in (measured, (Outcome.FAIL, False))
