@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import yaml
 
-from reconciler import state
+from reconciler import blockyaml, redact, state
 from reconciler.model import (
     GateResult,
     LatencyBucket,
@@ -861,6 +861,15 @@ def _reference_text(data: Any) -> str:
 def test_status_text_is_the_representer_s_bytes(name: str, status: ServiceStatus) -> None:
     data = state._scrubbed(state._status_to_data(status))
     assert state.status_text(status) == _reference_text(data)
+
+
+def test_a_usual_status_is_written_without_the_emitter() -> None:
+    # The fast path is taken for ordinary statuses (the test above then compares it).
+    plain = [s for name, s in STATUSES if "\u2028" not in state.status_text(s)]
+    assert plain
+    for status in plain:
+        data = state._status_to_data(status)
+        assert blockyaml.text(data, state._scalar_tag, redact.scrub) is not None
 
 
 def test_status_nodes_are_the_representer_s_for_random_data() -> None:
