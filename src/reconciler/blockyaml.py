@@ -19,6 +19,11 @@ choice is not certain from the rules below, so the caller's emitter writes that 
 - keys must be texts written plain, shorter than libyaml's simple-key limit;
 - lists of lists, empty collections inside lists and any other type give up.
 
+`parse` reads such a text back, optimistically: its answer is the document only if `text`
+of it gives the same text again (the caller checks, and otherwise loads the text with
+libyaml). Then libyaml would read the same values: the text is the emitter's bytes of them,
+and the safe loader reads the safe emitter's text back to what was written.
+
 Pure: no I/O. `tag_of` is the safe dumper's resolver (its answer depends on the text
 alone: the safe dumper has no path resolvers), passed in so its cache is the caller's;
 `scrub` is applied to every text value (never to keys) before it is written.
@@ -26,10 +31,11 @@ alone: the safe dumper has no path resolvers), passed in so its cache is the cal
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["text"]
+__all__ = ["parse", "text"]
 
 WIDTH = 100
 """The emitter's `width`: plain and single-quoted scalars fold at a space beyond it."""
@@ -37,8 +43,10 @@ _SIMPLE_KEY = 128
 """libyaml writes a longer key in the `? key` form."""
 _INDICATORS = frozenset("#,[]{}&*!|>'\"%@`")
 """First characters that make libyaml refuse a plain scalar (block context)."""
+_INT = re.compile(r"-?(?:0|[1-9][0-9]*)")
+_FLOAT = re.compile(r"-?(?:[0-9]+\.[0-9]*(?:e[-+][0-9]+)?|\.inf)|\.nan")
 _STR = "tag:yaml.org,2002:str"
-_FLOAT = "tag:yaml.org,2002:float"
+_FLOAT_TAG = "tag:yaml.org,2002:float"
 
 TagOf = Callable[[str, tuple[bool, bool]], str]
 
@@ -121,7 +129,7 @@ class _Writer:
             return str(value)
         if kind is float:
             written = _float(value)
-            if self.tag_of(written, (True, False)) != _FLOAT:
+            if self.tag_of(written, (True, False)) != _FLOAT_TAG:
                 raise _GiveUp
             return written
         raise _GiveUp
@@ -162,4 +170,83 @@ def _float(value: float) -> str:
     written = repr(value).lower()
     if "." not in written and "e" in written:
         written = written.replace("e", ".0e", 1)
+    return written
+
+
+def parse(text: str) -> Any:
+    """The document `text` holds if it is one `text` writes, else None or any value (the
+    caller keeps it only when `text` of it is `text` again, see the module's docstring)."""
+    lines = text.split("\n")
+    if len(lines) < 2 or lines[-1] or lines[0].startswith(" "):
+        return None
+    reader = _Reader(lines[:-1])
+    try:
+        data = reader.mapping(0)
+    except (_GiveUp, IndexError, ValueError):
+        return None
+    return data if reader.at == len(reader.lines) else None
+
+
+class _Reader:
+    def __init__(self, lines: list[str]) -> None:
+        self.lines = lines
+        self.at = 0
+
+    def mapping(self, indent: int) -> dict[str, Any]:
+        """The entries at `indent` from the current line on."""
+        lines = self.lines
+        out: dict[str, Any] = {}
+        while self.at < len(lines):
+            line = lines[self.at]
+            if len(line) - len(line.lstrip(" ")) != indent or line[indent] == "-":
+                break
+            # A key is plain: it holds no `: ` and does not end in `:` (`Writer.scalar`).
+            key, space, value = line[indent:].partition(": ")
+            self.at += 1
+            if space:
+                out[key] = [] if value == "[]" else {} if value == "{}" else _scalar(value)
+            elif not key.endswith(":") or len(key) == 1:
+                raise _GiveUp
+            elif self.at < len(lines) and lines[self.at].startswith(" " * indent + "- "):
+                out[key[:-1]] = self.sequence(indent)
+            else:
+                out[key[:-1]] = self.mapping(indent + 2)
+        if not out:
+            raise _GiveUp
+        return out
+
+    def sequence(self, indent: int) -> list[Any]:
+        """The items at `indent` (`- ` at that column) from the current line on."""
+        lines = self.lines
+        lead = " " * indent + "- "
+        out: list[Any] = []
+        while self.at < len(lines) and lines[self.at].startswith(lead):
+            rest = lines[self.at][len(lead) :]
+            if not rest.startswith("'") and (": " in rest or rest.endswith(":")):
+                # A mapping whose first entry shares the item's line: read it as if the
+                # `- ` were its indentation.
+                lines[self.at] = " " * len(lead) + rest
+                out.append(self.mapping(len(lead)))
+            else:
+                self.at += 1
+                out.append(_scalar(rest))
+        return out
+
+
+def _scalar(written: str) -> Any:
+    """A scalar as `Writer.value` writes it (a plain one read by its form alone)."""
+    if written.startswith("'"):
+        if len(written) < 2 or not written.endswith("'"):
+            raise _GiveUp
+        return written[1:-1].replace("''", "'")
+    if written.startswith('"'):
+        raise _GiveUp
+    if written == "null":
+        return None
+    if written == "true" or written == "false":
+        return written == "true"
+    if _INT.fullmatch(written):
+        return int(written)
+    if _FLOAT.fullmatch(written):
+        return float(written.replace(".inf", "inf").replace(".nan", "nan"))
     return written

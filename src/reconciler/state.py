@@ -183,7 +183,11 @@ def _load_yaml(text: str) -> Any:
     """`yaml.load(text, Loader=_SafeLoader)`, the common nodes of a state file built by
     `yamlvalues` (half the cost of the constructor's generic path, which reads every status
     file of a run); any other node, and any document with an alias, goes through the
-    SafeConstructor: the same values."""
+    SafeConstructor: the same values. A text `blockyaml` wrote (the usual status file) is
+    read by it, kept only when written again it gives the same text (see `blockyaml`)."""
+    fast = blockyaml.parse(text)
+    if fast is not None and blockyaml.text(fast, _scalar_tag) == text:
+        return fast
     loader = _SafeLoader(text)
     try:
         node = loader.get_single_node()

@@ -136,3 +136,64 @@ def test_what_it_cannot_prove_it_gives_up(data: Any) -> None:
 def test_text_values_are_scrubbed_and_keys_are_not() -> None:
     out = blockyaml.text({"secret": "secret", "l": ["secret"]}, state._scalar_tag, str.upper)
     assert out == "secret: SECRET\nl:\n- SECRET\n"
+
+
+def test_what_it_writes_it_reads_back_as_libyaml_does() -> None:
+    rng = random.Random(16)
+    read = 0
+    for _ in range(2000):
+        direct = _direct(_document(rng))
+        if direct is None:
+            continue
+        back = blockyaml.parse(direct)
+        assert blockyaml.text(back, state._scalar_tag) == direct
+        assert _has_nan(back) or back == yaml.load(direct, Loader=yaml.SafeLoader)
+        read += 1
+    assert read > 300
+
+
+def _mutants(rng: random.Random, text: str) -> list[str]:
+    """Texts near `text`: what a hand edit, a bad merge or a truncation leaves."""
+    lines = text.split("\n")
+    out = []
+    for _ in range(40):
+        i = rng.randrange(len(lines) - 1)
+        edit = rng.randrange(7)
+        changed = list(lines)
+        if edit == 0:  # a value YAML 1.1 reads as another type
+            head = changed[i].partition(": ")[0]
+            value = rng.choice(["yes", "0o17", "1_0", "~", "1.50", "0x1f", "'a''b'", '"q"'])
+            changed[i] = f"{head}: {value}"
+        elif edit == 1:  # a duplicate key
+            changed.insert(i, changed[i])
+        elif edit == 2:  # a comment, a blank line or a tab
+            changed.insert(i, rng.choice(["# note", "", "\t"]))
+        elif edit == 3:  # an indentation slip
+            changed[i] = " " + changed[i]
+        elif edit == 4:  # a truncation
+            changed = changed[:i] + [changed[i][: rng.randrange(len(changed[i]) + 1)], ""]
+        elif edit == 5:  # an alias or a flow collection
+            changed[i] = changed[i] + rng.choice([" &a", " [1, 2]", " {x: 1}"])
+        else:  # a character changed
+            line = changed[i]
+            if line:
+                at = rng.randrange(len(line))
+                changed[i] = line[:at] + rng.choice(" :-'\"#x0") + line[at + 1 :]
+        out.append("\n".join(changed))
+    return out
+
+
+def test_a_status_text_changed_by_hand_reads_as_libyaml_reads_it() -> None:
+    rng = random.Random(17)
+    texts = [d for d in (_direct(_document(rng)) for _ in range(200)) if d is not None]
+    assert texts
+    for text in texts:
+        for mutant in _mutants(rng, text):
+            try:
+                want = yaml.load(mutant, Loader=yaml.SafeLoader)
+            except yaml.YAMLError:
+                with pytest.raises(yaml.YAMLError):
+                    state._load_yaml(mutant)
+                continue
+            got = state._load_yaml(mutant)
+            assert _has_nan(want) or got == want, mutant
