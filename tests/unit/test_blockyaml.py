@@ -171,7 +171,7 @@ def _mutants(rng: random.Random, text: str) -> list[str]:
         elif edit == 3:  # an indentation slip
             changed[i] = " " + changed[i]
         elif edit == 4:  # a truncation
-            changed = changed[:i] + [changed[i][: rng.randrange(len(changed[i]) + 1)], ""]
+            changed = [*changed[:i], changed[i][: rng.randrange(len(changed[i]) + 1)], ""]
         elif edit == 5:  # an alias or a flow collection
             changed[i] = changed[i] + rng.choice([" &a", " [1, 2]", " {x: 1}"])
         else:  # a character changed
