@@ -8,7 +8,9 @@ status holds are simple: nested mappings with text keys, lists of mappings, and 
 that are text, integers, floats, booleans or null. This module writes those directly, with
 the emitter's settings (`default_flow_style=False`, indent 2, sequences in a mapping not
 indented, `width=100`, `allow_unicode=True`), and gives up (None) wherever the emitter's
-choice is not certain from the rules below, so the caller's emitter writes that document:
+choice is not certain from the rules below, so the caller's emitter writes that document
+(PyYAML's pure-Python emitter writes the same bytes as libyaml's for what is written here;
+both are compared on random documents in the tests):
 
 - a text value is written plain when libyaml's analysis of it surely allows a block plain
   scalar and the resolver reads the plain text back as text; single-quoted when it surely
