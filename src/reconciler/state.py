@@ -327,7 +327,7 @@ def _replace(path: Path, text: str) -> None:
     """`atomic_write_text` for a path its caller has just checked (`_service_file`): the
     same write without walking the same folders a second time."""
     text = redact.scrub(text)
-    folder = os.path.dirname(path)
+    folder = os.path.dirname(path) or "."
     os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
     try:
@@ -462,7 +462,7 @@ def append_lines(path: Path, lines: Sequence[str]) -> None:
 
 def _append(path: Path, lines: Sequence[str]) -> None:
     """`append_lines` for a path its caller has just checked (`_service_file`)."""
-    os.makedirs(os.path.dirname(path), exist_ok=True)
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     text = redact.scrub("".join(line + "\n" for line in lines))
     # O_NOFOLLOW: a link put in the file's place after the check is not followed either.
     flags = os.O_RDWR | os.O_CREAT | os.O_APPEND | getattr(os, "O_NOFOLLOW", 0)

@@ -902,3 +902,14 @@ def test_status_nodes_are_the_representer_s_for_random_data() -> None:
     for _ in range(300):
         data = {"k": value(0), "l": [value(1) for _ in range(3)]}
         assert state._yaml_text(data) == _reference_text(data)
+
+
+def test_a_file_named_without_a_folder_is_written_in_the_current_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # `plan --out plan.json` names a file relative to where it runs.
+    monkeypatch.chdir(tmp_path)
+    state.atomic_write_text(Path("plan.json"), "{}\n")
+    state.append_lines(Path("lines.jsonl"), ["{}"])
+    assert (tmp_path / "plan.json").read_text() == "{}\n"
+    assert (tmp_path / "lines.jsonl").read_text() == "{}\n"
