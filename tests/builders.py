@@ -142,7 +142,9 @@ def context(sb: Sandbox, repo: Path | None = None, *, metrics: bool = False, **k
         provider = CloudMonitoringProvider()
         kw.setdefault("metrics_for", lambda _config: provider)
     kw.setdefault("clock", sb.now)
-    return Context(repo=where, backend=CloudRunBackend(), git=GitOps(where), **kw)
+    if "backend" not in kw:
+        kw["backend"] = CloudRunBackend()
+    return Context(repo=where, git=GitOps(where), **kw)
 
 
 # --- plans ---------------------------------------------------------------------------------------

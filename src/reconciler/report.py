@@ -852,6 +852,7 @@ def build_report(
     since: timedelta | None = None,
     source: Source | None = None,
     name: str = "",
+    span: Span | None = None,
 ) -> Report:
     """Build the report of `status.service` (pure: values in, a `Report` out).
 
@@ -860,21 +861,22 @@ def build_report(
 
     `windows`: recorded metric windows (any span; those ending inside the report's span
     count): the charts, and the figures unless `source` carries the provider's answer for
-    the span. The probe runs are `status.probes`. `since` overrides the span (see
-    `report_span`).
+    the span. The probe runs are `status.probes`. `span` is the span the report covers, the
+    one `source` was asked for; None: `report_span` of these inputs (`since` overrides it).
     """
     if kind not in KINDS:
         raise ValueError(f"report kind must be one of {KINDS}, got {kind!r}")
     canary_rev = _canary_of(status, spec)
-    span = report_span(
-        kind,
-        now=now,
-        canary=canary_rev,
-        events=events,
-        windows=windows,
-        stage_since=status.stage_since,
-        since=since,
-    )
+    if span is None:
+        span = report_span(
+            kind,
+            now=now,
+            canary=canary_rev,
+            events=events,
+            windows=windows,
+            stage_since=status.stage_since,
+            since=since,
+        )
     inside = [w for w in windows if span.holds_window(w)]
     preferred = spec.gates.window if spec is not None else None
     measured_to: datetime | None = None
@@ -1028,22 +1030,23 @@ def generate(
     earliest = None if kind == "final" and since is None else now - (since or INTERIM_SPAN)
     windows = read_metrics(root, ref, since=earliest)
     baseline = load_baseline(state_dir(root, ref).parent, service)
+    canary = _canary_of(status, spec)
+    # One span: the one the provider is asked for is the one the report says it covers.
+    span = report_span(
+        kind,
+        now=now,
+        canary=canary,
+        events=events,
+        windows=windows,
+        stage_since=status.stage_since,
+        since=since,
+    )
     source: Source
     if spec is None:
         source = Source(None, reason="no rollout file, so no metrics provider to ask")
     elif metrics_for is None:
         source = Source(provider_name(spec.metrics), reason=unasked)
     else:
-        canary = _canary_of(status, spec)
-        span = report_span(
-            kind,
-            now=now,
-            canary=canary,
-            events=events,
-            windows=windows,
-            stage_since=status.stage_since,
-            since=since,
-        )
         revisions = tuple(r for r in (canary, status.stable_revision) if r)
         name = provider_name(spec.metrics)
         try:
@@ -1065,9 +1068,9 @@ def generate(
         events=events,
         windows=windows,
         baseline=baseline,
-        since=since,
         source=source,
         name=label,
+        span=span,
     )
 
 

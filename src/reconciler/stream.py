@@ -288,21 +288,44 @@ class Controller:
 
     def _tick(self, stop: threading.Event, deadline: datetime | None) -> None:
         """Every second: retry pending rollbacks, end the run at the deadline; every
-        `refresh`: pull git and re-read the canaries, reopening the stream if they changed."""
-        last = self.ctx.clock()
+        `refresh`: pull git and re-read the canaries, reopening the stream if they changed.
+
+        This thread is what retries a rollback that failed, so no error ends it: a round that
+        raises is reported (once while it keeps failing the same way) and tried again a
+        second later."""
+        last: datetime | None = None
+        failing: str | None = None
         while not stop.wait(1.0):
-            if self._pending:
-                self._retry()
-            if deadline is not None and self._past(deadline):
-                self._reopen()
+            try:
+                last = self._round(deadline, last)
+            except Exception as exc:  # reported; the next round tries again
+                why = f"{type(exc).__name__}: {exc}"
+                if why != failing:
+                    self.report(f"stream refresh failed ({why}); trying again every second")
+                failing = why
+                continue
+            if last is None:
                 return
-            if self.ctx.clock() - last >= self.refresh:
-                last = self.ctx.clock()
-                held = self._holding
-                changed = self._reload(pull=True)
-                if self._renew() != held or changed:
-                    self._reopen()
+            failing = None
         self._reopen()
+
+    def _round(self, deadline: datetime | None, last: datetime | None) -> datetime | None:
+        """One round of `_tick`; returns the time of the last refresh, None at the deadline."""
+        if self._pending:
+            self._retry()
+        now = self.ctx.clock()
+        if deadline is not None and now >= deadline:
+            self._reopen()
+            return None
+        if last is None:
+            return now
+        if now - last >= self.refresh:
+            held = self._holding
+            changed = self._reload(pull=True)
+            if self._renew() != held or changed:
+                self._reopen()
+            return now
+        return last
 
     def _renew(self) -> bool:
         """Take or renew the lease (when there is one); returns whether this controller
@@ -386,9 +409,10 @@ class Controller:
         with self._git:
             try:
                 done = self.rollback(self.ctx, canary, reason)
-            except ReconcileError as exc:
+            except Exception as exc:  # retried; never the end of the stream
                 self._pending[key] = (canary, reason)
-                self.report(f"{name} rollback incomplete, retrying: {exc}")
+                why = exc if isinstance(exc, ReconcileError) else f"{type(exc).__name__}: {exc}"
+                self.report(f"{name} rollback incomplete, retrying: {why}")
                 return
             # The rollout file now says rolled back, which keeps the canary out of the stream;
             # a human who deletes the block retries it, and the stream watches it again.

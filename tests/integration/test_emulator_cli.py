@@ -120,6 +120,12 @@ def test_serve_speaks_to_the_official_clients_and_keeps_state(
         with pytest.raises(exceptions.ServiceUnavailable):
             services.get_service(name=name, retry=None)
         assert services.get_service(name=name, retry=None).name == name
+        # An outage of a set length: over once the clock has moved past it.
+        reconcile(capsys, "fault", "--method", "GetService", "--seconds", "60")
+        with pytest.raises(exceptions.ServiceUnavailable):
+            services.get_service(name=name, retry=None)
+        reconcile(capsys, "clock", "+1m")
+        assert services.get_service(name=name, retry=None).name == name
 
         # Google's failure modes: a revision that cannot start, an operation that fails.
         reconcile(capsys, "deploy", "shop", "--revision", "shop-00003-bad", "--not-ready")

@@ -77,6 +77,15 @@ def test_list_refuses_what_google_refuses(
         list(client.list_log_entries(request=request_))
 
 
+def sessions_open(emu: Emulator, n: int) -> None:
+    """Wait (bounded) until the emulator holds `n` open tail sessions: a session opens when
+    the server reads its first request, some time after the client's call returns."""
+    deadline = time.monotonic() + 30
+    while emu.logs.open_sessions != n:
+        assert time.monotonic() < deadline, f"{emu.logs.open_sessions} tail sessions open, not {n}"
+        time.sleep(0.01)
+
+
 def _tail(flt: str, buffer_s: int = 0) -> Iterator[TailLogEntriesRequest]:
     yield TailLogEntriesRequest(
         resource_names=[PROJECT], filter=flt, buffer_window={"seconds": buffer_s}
@@ -90,7 +99,7 @@ def test_tail_streams_new_entries_only_once_visible(emu: Emulator) -> None:
     got: list[LogEntry] = []
 
     def drive() -> None:
-        time.sleep(0.3)
+        sessions_open(emu, 1)  # what is served from now on is the session's to stream
         emu.load("ion-api", 60)
         time.sleep(0.5)
         assert got == []  # still inside the 5 s ingestion delay
@@ -117,7 +126,7 @@ def test_tail_sessions_are_capped_per_project(emu: Emulator) -> None:
     for _ in range(10):
         call = client.transport.tail_log_entries(_tail("", 0))
         opened.append(call)
-    time.sleep(0.5)
+    sessions_open(emu, 10)
     with pytest.raises(exceptions.ResourceExhausted, match="10 open tail sessions"):
         next(iter(client.tail_log_entries(requests=_tail(""))))
     for call in opened:

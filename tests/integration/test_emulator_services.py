@@ -353,6 +353,20 @@ def test_transient_fault_heals_and_latency_is_added(
     assert emulator.calls["GetRevision"] == 3
 
 
+def test_an_outage_of_a_set_length_heals_in_emulator_time(
+    services: run_v2.ServicesClient, emulator: Emulator, name: str
+) -> None:
+    emulator.fault("GetService", rate=1.0, seconds=30)
+    for _ in range(3):  # every call fails while it lasts, however many
+        with pytest.raises(exceptions.ServiceUnavailable):
+            services.get_service(name=name, retry=None)
+    emulator.advance_clock(29)
+    with pytest.raises(exceptions.ServiceUnavailable):
+        services.get_service(name=name, retry=None)
+    emulator.advance_clock(1)
+    assert services.get_service(name=name, retry=None).name == name
+
+
 def test_list_revisions_across_services_with_dash_pages(many_services: Emulator) -> None:
     # Cloud Run: "To list all Revisions across Services, use - instead of Service name."
     many_services.deploy("svc-3", "svc-3-00002-bbb")

@@ -97,7 +97,8 @@ def test_a_list_failure_is_an_error_for_every_service_of_the_region(
 ) -> None:
     specs = [_spec(tmp_path, f"svc-{i:02d}") for i in range(3)]
     fleet.fault("ListServices", rate=1.0)
-    lives = observe(CloudRunBackend(*clients_for(fleet), attempts=2, max_wait=0.01), specs)
+    backend = CloudRunBackend(*clients_for(fleet), attempts=2, max_wait=0.01, read_deadline=0)
+    lives = observe(backend, specs)
     assert all(isinstance(v, str) and "still failing after 2 attempts" in v for v in lives.values())
 
 

@@ -189,7 +189,11 @@ def test_consecutive_windows_are_one_range_query_per_measure(setup: Setup) -> No
     """`windows_stats`: one range query per measure (step = the window) answers what one
     instant query per window answers, oldest window first."""
     end = datetime.now(UTC)
-    time.sleep(3)  # every scrape stamped before `end` has landed (1 s scrapes)
+    # Every scrape stamped before `end` has landed once one stamped after it has (scrapes of
+    # a target land in order), however long that takes on a loaded machine.
+    setup.prom.wait_until(
+        "min(timestamp(cloudrun_request_count_total))", lambda t: t > end.timestamp()
+    )
     window = timedelta(minutes=5)
     with PrometheusProvider(setup.prom.url) as many, PrometheusProvider(setup.prom.url) as one:
         runs = many.windows_stats([ION, PAY], window, 4, end)

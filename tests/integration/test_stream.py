@@ -8,7 +8,8 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from datetime import timedelta
+from dataclasses import replace
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -16,10 +17,18 @@ import pytest
 
 from reconciler.emulator import Emulator
 from reconciler.lease import Lease
+from reconciler.reconcile import Context
 from reconciler.runtime import build_context
 from reconciler.sandbox import Sandbox, example_rollout, sandbox
 from reconciler.spec import ErrorRateGate
-from reconciler.stream import CloudLogging, Controller, StreamResult, live_canaries
+from reconciler.stream import (
+    Canary,
+    CloudLogging,
+    Controller,
+    StreamResult,
+    live_canaries,
+    roll_back,
+)
 from reconciler.testing.webhooks import WebhookRecorder
 
 SERVICE, STABLE, CANARY = "ion-api", "ion-api-00041-abc", "ion-api-00042-xyz"
@@ -49,13 +58,20 @@ def canary_percent(emu: Emulator) -> int:
 
 @contextmanager
 def running(
-    sb: Sandbox, repo: Path | None = None, lease: str | None = None
+    sb: Sandbox,
+    repo: Path | None = None,
+    lease: str | None = None,
+    rollback: Callable[[Context, Canary, str], bool] = roll_back,
+    clock: Callable[[Callable[[], datetime]], Callable[[], datetime]] = lambda c: c,
 ) -> Iterator[tuple[threading.Event, list[str], list[StreamResult]]]:
     """The controller on its own thread, as `watch --stream` runs it (with a lease held as
-    `lease` when given); setting the yielded event stops it, as leaving the block does."""
+    `lease` when given; `rollback` and `clock(ctx.clock)` in place of the product's, for
+    tests that make them fail); setting the yielded event stops it, as leaving the block
+    does."""
     ctx = build_context(repo or sb.repo, with_metrics=False)
     assert ctx.git is not None
     ctx.git.backoff = 0.01  # git outages in these tests: retry fast
+    ctx = replace(ctx, clock=clock(ctx.clock))
     lines: list[str] = []
     results: list[StreamResult] = []
     controller = Controller(
@@ -63,6 +79,7 @@ def running(
         CloudLogging(),
         refresh=timedelta(seconds=1),
         report=lines.append,
+        rollback=rollback,
         lease=Lease(ctx.repo, lease, timedelta(seconds=10)) if lease else None,
     )
     stop = threading.Event()
@@ -196,6 +213,57 @@ def test_an_api_outage_during_the_rollback_is_retried_until_it_is_live(sb: Sandb
         sb.emu.clear_faults()
         assert until(lambda: canary_percent(sb.emu) == 0, sb.emu), lines
         assert until(lambda: "rolled_back:" in sb.remote_file("rollout/ion-api.yaml"), sb.emu)
+    assert results[0].rollbacks == [SERVICE]
+
+
+def test_an_unexpected_error_in_a_rollback_is_retried_not_the_end_of_the_stream(
+    sb: Sandbox,
+) -> None:
+    calls: list[str] = []
+
+    def failing_twice(ctx: Context, canary: Canary, reason: str) -> bool:
+        calls.append(threading.current_thread().name)
+        if len(calls) <= 2:  # not a ReconcileError: say a full disk under the rollout file
+            raise OSError(28, "No space left on device")
+        return roll_back(ctx, canary, reason)
+
+    with running(sb, rollback=failing_twice) as (_, lines, results):
+        assert until(lambda: any("streaming" in line for line in lines), sb.emu)
+        sb.emu.behave(CANARY, error_rate=0.5)
+        assert until(lambda: canary_percent(sb.emu) == 0, sb.emu), lines
+        assert until(lambda: "rolled_back:" in sb.remote_file("rollout/ion-api.yaml"), sb.emu)
+    assert len(calls) == 3
+    assert any("rollback incomplete, retrying: OSError" in line for line in lines), lines
+    assert results[0].rollbacks == [SERVICE]
+
+
+def test_the_refresh_thread_outlives_a_failing_round_and_still_retries_rollbacks(
+    sb: Sandbox,
+) -> None:
+    broken = threading.Event()
+    broken.set()
+
+    def clock(inner: Callable[[], datetime]) -> Callable[[], datetime]:
+        def read() -> datetime:
+            if broken.is_set() and threading.current_thread().name == "stream-refresh":
+                raise RuntimeError("clock unreadable")
+            return inner()
+
+        return read
+
+    with running(sb, clock=clock) as (_, lines, results):
+        assert until(lambda: any("stream refresh failed" in line for line in lines), sb.emu)
+        assert until(lambda: any("streaming" in line for line in lines), sb.emu)
+        broken.clear()
+        sb.emu.fault("UpdateService", rate=1.0)  # the first rollback attempt cannot land
+        sb.emu.behave(CANARY, error_rate=0.5)
+        assert until(lambda: any("rollback incomplete" in line for line in lines), sb.emu, 30)
+        sb.emu.clear_faults()
+        # Only the refresh thread retries a pending rollback: it must still be running.
+        assert until(lambda: canary_percent(sb.emu) == 0, sb.emu), lines
+    refresh_failures = [line for line in lines if "stream refresh failed" in line]
+    assert refresh_failures == ["stream refresh failed (RuntimeError: clock unreadable); "
+                                "trying again every second"]  # fmt: skip
     assert results[0].rollbacks == [SERVICE]
 
 

@@ -17,6 +17,7 @@ from typing import Any
 
 import reconciler
 from reconciler import clients
+from reconciler.backends.cloudrun import CloudRunBackend
 from reconciler.emulator import Emulator
 from reconciler.model import Target, TrafficSplit
 from tests.builders import context as context  # re-exported: the reliability tests' context
@@ -36,6 +37,13 @@ def live(emu: Emulator, service: str = "ion-api") -> TrafficSplit:
     return split_of(emu.world.get_service(emu.service_name(service)).statuses)
 
 
+def paced_by_emulator(emu: Emulator) -> CloudRunBackend:
+    """The Cloud Run backend with its pacing and retry waits in emulator time: a backoff moves
+    the emulator's clock instead of sleeping, so an outage of a set length (`emu.fault(...,
+    seconds=S)`) and the retries that ride it out play out at once, whatever the load."""
+    return CloudRunBackend(pace_clock=emu.world.now, pace_sleep=emu.advance_clock)
+
+
 def routing(split: TrafficSplit) -> tuple[dict[str, int], dict[str, str]]:
     """Percents (of revisions taking traffic) and tags: what `same_routing` compares."""
     return {r: p for r, p in split.percents().items() if p}, split.tags()
@@ -51,6 +59,8 @@ class WriteRecorder:
 
     def __init__(self, emu: Emulator) -> None:
         self.splits: list[tuple[str, TrafficSplit]] = []
+        self.at: list[float] = []
+        """When each of `splits` was accepted (`time.time()`)."""
         world = emu.world
         inner = world.update_service
         lock = threading.Lock()
@@ -61,6 +71,7 @@ class WriteRecorder:
                 if not kw.get("validate_only") and kw.get("traffic") is not None:
                     with lock:
                         self.splits.append((name, split_of(world.services[name].traffic)))
+                        self.at.append(time.time())
                 return op
 
         world.update_service = update_service  # type: ignore[method-assign]
@@ -99,7 +110,7 @@ class Sampler:
         self._thread.start()
         return self
 
-    def wait_until_seen(self, split: TrafficSplit, timeout: float = 10.0) -> bool:
+    def wait_until_seen(self, split: TrafficSplit, timeout: float = 30.0) -> bool:
         """Wait until the sampler has observed `split` live (bounded)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

@@ -20,7 +20,16 @@ from reconciler.sandbox import Sandbox, example_rollout, sandbox
 from reconciler.state import read_events
 from tests.refs import ION
 
-from .support import CANARY, STABLE, Sampler, WriteRecorder, context, live, routing
+from .support import (
+    CANARY,
+    STABLE,
+    Sampler,
+    WriteRecorder,
+    context,
+    live,
+    paced_by_emulator,
+    routing,
+)
 
 RUNS = 4
 """Runs allowed to converge: a run may end in a bounded-retry error; the next one goes on."""
@@ -93,7 +102,7 @@ def test_apply_converges_under_faults_and_never_serves_a_foreign_split(
 
 def test_errors_after_bounded_retries_are_one_line_and_move_nothing(sb: Sandbox) -> None:
     sb.emu.fault("GetService", rate=1.0)  # an outage, not a blip
-    result = apply_all(context(sb))
+    result = apply_all(context(sb, backend=paced_by_emulator(sb.emu)))
     assert result.exit_code == 1
     (outcome,) = result.outcomes
     assert outcome.error is not None and "\n" not in outcome.error
@@ -101,3 +110,16 @@ def test_errors_after_bounded_retries_are_one_line_and_move_nothing(sb: Sandbox)
     assert sb.emu.write_attempts == 0
     sb.emu.clear_faults()
     assert converge(sb, split_for(STABLE, CANARY, 5))[-1].exit_code == 0
+
+
+def test_a_read_outage_google_s_client_would_ride_out_does_not_fail_the_run(
+    sb: Sandbox,
+) -> None:
+    """GetService down for 6 s: longer than six quick attempts take, shorter than the 10 s
+    Google's Cloud Run client retries its reads for; the run rides it out and goes on."""
+    sb.emu.fault("GetService", rate=1.0, seconds=6)
+    backend = paced_by_emulator(sb.emu)
+    result = apply_all(context(sb, backend=backend))
+    assert result.exit_code == 0, result
+    assert backend.retries >= 6  # the outage was met, and outlasted six attempts
+    assert routing(live(sb.emu)) == routing(split_for(STABLE, CANARY, 5))

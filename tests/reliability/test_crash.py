@@ -11,6 +11,7 @@ import time
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -47,12 +48,22 @@ def kill_after_write(sb: Sandbox, repo: Path, *args: str) -> None:
     its write.
 
     The write's operation answers without what serves, so the reconciler reads the service
-    back, and GetService is slowed down: that read-back, between the write and the commit,
-    leaves a wide window to kill in (the crash, not the read-back, is under test).
+    back, and from the write on GetService is slowed down: that read-back, between the write
+    and the commit, leaves a wide window to kill in (the crash, not the read-back, is under
+    test), however late a loaded machine lets this test see the write.
     """
     writes = sb.emu.writes
     sb.emu.lro(done=True, response="no-status")
-    sb.emu.fault("GetService", rate=0.0, latency_ms=1200)
+    world = sb.emu.world
+    inner = world.update_service
+
+    def update_service(name: str, **kw: Any) -> Any:
+        op = inner(name, **kw)
+        if kw.get("traffic") is not None and not kw.get("validate_only"):
+            world.set_fault("GetService", 0.0, 5000.0)
+        return op
+
+    world.update_service = update_service  # type: ignore[method-assign]
     proc = popen_cli(repo, *(args or ("apply",)))
     try:
         deadline = time.monotonic() + 60
@@ -66,6 +77,7 @@ def kill_after_write(sb: Sandbox, repo: Path, *args: str) -> None:
         if proc.poll() is None:
             proc.kill()
             proc.communicate(timeout=30)
+        world.update_service = inner  # type: ignore[method-assign]
         sb.emu.clear_faults()
         sb.emu.lro(done=True)
     assert proc.returncode == -signal.SIGKILL

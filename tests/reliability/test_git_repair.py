@@ -54,6 +54,32 @@ ops.push()
 """
 
 
+def _group_alive(pgid: int) -> bool:
+    """Whether a process of group `pgid` still runs (zombies excluded: they hold no working
+    directory, so `GitOps` no longer counts them as a git at work)."""
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rpartition(")")[2].split()
+        except OSError:
+            continue  # gone meanwhile
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            return True
+    return False
+
+
+def _kill_group(proc: subprocess.Popen[bytes]) -> None:
+    """SIGKILL `proc`'s whole group and wait until every member is dead, not only `proc`:
+    a killed git still counts as a live git in the clone (and `GitOps` rightly leaves its
+    locks alone) until the kernel has torn it down, which under load can come after `proc`
+    has been reaped."""
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=10)
+    deadline = time.monotonic() + 30
+    while _group_alive(proc.pid):
+        assert time.monotonic() < deadline, "a killed process outlived SIGKILL"
+        time.sleep(0.01)
+
+
 @pytest.fixture
 def killed() -> Iterator[Callable[[Path, str, Callable[[], bool]], None]]:
     """Run `GitOps` commit+push (or push) in a new process group; SIGKILL the whole group
@@ -76,8 +102,7 @@ def killed() -> Iterator[Callable[[Path, str, Callable[[], bool]], None]]:
             assert proc.poll() is None, proc.communicate()
             assert time.monotonic() < deadline, "git never reached the hook"
             time.sleep(0.02)
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=10)
+        _kill_group(proc)
 
     yield run
     for proc in started:
@@ -215,7 +240,7 @@ def test_kill_at_any_moment_of_commit_and_push_never_wedges(
     )
     time.sleep(when)
     if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGKILL)
+        _kill_group(proc)
     proc.wait(timeout=30)
 
     ops = GitOps(work, BOT, backoff=0.01, lock_grace=0.0)

@@ -18,7 +18,7 @@ from reconciler.sandbox import Sandbox, sandbox
 from reconciler.state import Event, EventKind, Phase, append_events, parse_time, read_status
 from tests.refs import ION
 
-from .support import CANARY, STABLE, context, live, routing
+from .support import CANARY, STABLE, context, live, paced_by_emulator, routing
 
 
 @pytest.fixture
@@ -29,9 +29,9 @@ def sb(tmp_path: Path) -> Iterator[Sandbox]:
 
 
 def fail_read_back(sb: Sandbox) -> None:
-    """Once the emulator accepts a traffic write, GetService is unavailable for a while, and
-    the write's operation answers without what serves: the read-back right after the write
-    fails after its bounded retries."""
+    """Once the emulator accepts a traffic write, GetService is unavailable for a minute of
+    emulator time, and the write's operation answers without what serves: the read-back right
+    after the write fails after its bounded retries (which take less than that minute)."""
     world = sb.emu.world
     world.set_lro(done=True, response="no-status")
     inner = world.update_service
@@ -39,7 +39,7 @@ def fail_read_back(sb: Sandbox) -> None:
     def update_service(name: str, **kw: Any) -> Any:
         op = inner(name, **kw)
         if kw.get("traffic") is not None and not kw.get("validate_only"):
-            world.set_fault("GetService", 1.0, 0.0, 12)
+            world.set_fault("GetService", 1.0, seconds=60)
         return op
 
     world.update_service = update_service  # type: ignore[method-assign]
@@ -50,7 +50,8 @@ def test_a_rollback_whose_read_back_failed_is_recorded_and_never_undone(sb: Sand
     assert routing(live(sb.emu)) == routing(split_for(STABLE, CANARY, 5))
     fail_read_back(sb)
     with pytest.raises(ReconcileError, match="not confirmed serving"):
-        rollback(context(sb), "ion-api", "error burst")
+        # Retry waits in emulator time: the outage and the retries play out at once.
+        rollback(context(sb, backend=paced_by_emulator(sb.emu)), "ion-api", "error burst")
     sb.emu.clear_faults()
     # The write landed; git has the sticky block and state/ the rollback, though unconfirmed.
     assert routing(live(sb.emu)) == routing(split_for(STABLE, None, 0))

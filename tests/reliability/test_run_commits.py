@@ -12,6 +12,7 @@ import pytest
 from reconciler.emulator.scenario import DEFAULT_SCENARIO
 from reconciler.gitops import trailer_pairs
 from reconciler.loader import load_spec
+from reconciler.outcome import ServiceOutcome
 from reconciler.reconcile import RunResult, apply_all
 from reconciler.sandbox import Sandbox, sandbox
 from reconciler.testing.git import run_git
@@ -86,13 +87,15 @@ def test_one_advance_one_rollback_one_steady_make_a_rollback_and_a_record_commit
     passing = apply_all_after(sb, good_api=400, bad_api=600)
     assert passing.exit_code == 0, passing
     assert not any(o.applied for o in passing.outcomes), passing
+    verdicts = {o.service: _verdict(o) for o in passing.outcomes}
+    assert verdicts["good-api"] == "PASS" and verdicts["bad-api"] != "PASS", verdicts
     before = len(_messages(sb))
 
     run = apply_all_after(sb, good_api=400, bad_api=600)
 
     by = {o.service: o for o in run.outcomes}
     assert by["bad-api"].rolled_back and run.exit_code == 4, run
-    assert by["good-api"].applied and by["good-api"].plan is not None
+    assert by["good-api"].applied and by["good-api"].plan is not None, _why(by["good-api"])
     assert by["good-api"].plan.reason.value == "advance"
     assert not by["ion-api"].applied and not by["ion-api"].error
     assert load_spec(sb.rollout("good-api")).canary_percent == 10
@@ -127,6 +130,21 @@ def test_one_advance_one_rollback_one_steady_make_a_rollback_and_a_record_commit
     shown = run_git(sb.remote, "show", "main") if again.commits else ""
     assert again.commits == () and run_git(sb.remote, "rev-parse", "main") == head, shown
     assert run_git(sb.repo, "status", "--porcelain") == ""
+
+
+def _verdict(outcome: ServiceOutcome) -> str:
+    plan = outcome.plan
+    return plan.verdict.outcome.value if plan and plan.verdict else "none"
+
+
+def _why(outcome: ServiceOutcome) -> str:
+    """What a service's run decided and why, in full (a failing assertion's repr is cut)."""
+    plan = outcome.plan
+    if plan is None:
+        return f"no plan: {outcome.error}"
+    verdict = plan.verdict
+    gates = [g.reason for g in verdict.gates] if verdict else []
+    return f"{plan.reason.value}, blocked {plan.blocked!r}, notes {plan.notes}, gates {gates}"
 
 
 def apply_all_after(sb: Sandbox, **canary: int) -> RunResult:

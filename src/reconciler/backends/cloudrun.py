@@ -8,7 +8,8 @@ write (`settled`). Cloud Run's failures
 are kept apart: a stale etag is a `Conflict`, an operation that failed (a revision that cannot
 serve) is `OperationFailed` with `terminal_condition`'s reason, never a conflict. Reads and
 writes are paced by a token bucket per project and region (Cloud Run's per-minute quotas);
-RESOURCE_EXHAUSTED and transient errors are retried with bounded backoff, and a write whose
+RESOURCE_EXHAUSTED and transient errors are retried with bounded backoff (reads, which are
+idempotent, for at least as long as Google's own retry policy for them), and a write whose
 call failed is read back before it is reported failed (it may have landed).
 """
 
@@ -54,6 +55,11 @@ WRITES_ENV = "RECONCILE_WRITES_PER_MINUTE"
 
 RECONCILING_POLL_SECONDS = 0.5
 TRANSIENT = (gexc.ServiceUnavailable, gexc.DeadlineExceeded, gexc.RetryError)
+READ_RETRY_SECONDS = 10.0
+"""A read failing with a transient or quota error is retried for at least this long (and at
+least `attempts` times): the deadline of the retry policy Google's Cloud Run client ships for
+its reads (GetService, ListServices, ListRevisions: UNAVAILABLE retried for 10 s), so an outage
+that client would ride out does not fail a run. Writes keep their count of attempts alone."""
 LIST_PAGE_SIZE = 1000
 """Page size asked of list calls (the emulator's maximum; Google may return fewer)."""
 FRESH_READ_SECONDS = 60.0
@@ -158,6 +164,7 @@ class CloudRunBackend:
         max_wait: float = 2.0,
         quota_wait: float = 30.0,
         call_timeout: float = 30.0,
+        read_deadline: float = READ_RETRY_SECONDS,
         operation_timeout: float = 300.0,
         page_size: int = LIST_PAGE_SIZE,
         reads_per_minute: int | None = None,
@@ -178,6 +185,7 @@ class CloudRunBackend:
         self._max_wait = max_wait
         self._quota_wait = quota_wait
         self._call_timeout = call_timeout
+        self._read_deadline = read_deadline
         self._operation_timeout = operation_timeout
         self._page_size = page_size
         self._quotas: dict[Kind, int] = {
@@ -219,19 +227,30 @@ class CloudRunBackend:
 
     def _call(self, what: str, fn: Callable[[], T], kind: Kind, ref: ServiceRef) -> T:
         """Run one API call, paced, with bounded retries on transient and quota errors only."""
+        clock = self._pace[0]
+        started = clock()
+        enough = stop_after_attempt(self._attempts)
+
+        def stop(state: RetryCallState) -> bool:
+            if not enough(state):
+                return False
+            return kind != "read" or clock() - started >= self._read_deadline
+
         retrying = Retrying(
             retry=retry_if_exception_type((*TRANSIENT, *QUOTA)),
-            stop=stop_after_attempt(self._attempts),
+            stop=stop,
             wait=self._wait,
             sleep=self._pace[1],
             reraise=True,
         )
         bucket = self.bucket(kind, ref)
+        tried = 0
         try:
             for attempt in retrying:
                 with attempt:
                     bucket.acquire()
-                    again = attempt.retry_state.attempt_number > 1
+                    tried = attempt.retry_state.attempt_number
+                    again = tried > 1
                     with self._lock:
                         self.calls += 1
                         self.retries += again
@@ -257,12 +276,13 @@ class CloudRunBackend:
             ) from None
         except QUOTA as exc:
             raise BackendError(
-                f"{what}: Cloud Run quota still exhausted after {self._attempts} attempts "
+                f"{what}: Cloud Run quota still exhausted after {tried} attempts "
                 f"({_msg(exc)}); lower the pace ({READS_ENV}, {WRITES_ENV}) or ask for more quota"
             ) from None
         except TRANSIENT as exc:
             raise BackendError(
-                f"{what}: still failing after {self._attempts} attempts ({_msg(exc)})"
+                f"{what}: still failing after {tried} attempts over {clock() - started:.0f}s "
+                f"({_msg(exc)})"
             ) from None
         except gexc.GoogleAPICallError as exc:
             raise BackendError(f"{what}: {type(exc).__name__}: {exc.message}") from None

@@ -260,6 +260,11 @@ def behave(
     help="Delay added to every call.",
 )
 @click.option("--times", type=click.IntRange(min=1), help="Heal after this many failures.")
+@click.option(
+    "--seconds",
+    type=click.FloatRange(min=0, min_open=True),
+    help="Heal after this many seconds of emulator time (an outage of a set length).",
+)
 @click.option("--clear", is_flag=True, help="Remove every injected fault.")
 def fault(
     url: str,
@@ -269,6 +274,7 @@ def fault(
     message: str,
     latency_ms: float,
     times: int | None,
+    seconds: float | None,
     clear: bool,
 ) -> None:
     """Inject errors (any status code) and latency into the gRPC API."""
@@ -276,7 +282,7 @@ def fault(
         admin_call(url, "clear-faults", {})
         return
     payload = {"method": method, "rate": rate, "latency_ms": latency_ms, "code": code.upper()}
-    admin_call(url, "fault", {**payload, "times": times, "message": message})
+    admin_call(url, "fault", {**payload, "times": times, "seconds": seconds, "message": message})
 
 
 @emulator.command("partial-results")

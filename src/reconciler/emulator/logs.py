@@ -371,6 +371,12 @@ class Logs:
             with self._lock:
                 self._sessions.remove(session)
 
+    @property
+    def open_sessions(self) -> int:
+        """How many TailLogEntries sessions are open now (a test waits for its own)."""
+        with self._lock:
+            return len(self._sessions)
+
     def _open(self, project: str) -> _Session:
         with self._lock:
             if sum(s.project == project for s in self._sessions) >= MAX_TAIL_SESSIONS_PER_PROJECT:

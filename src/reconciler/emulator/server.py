@@ -237,12 +237,14 @@ class Emulator:
         times: int | None = None,
         code: str = "UNAVAILABLE",
         message: str = "",
+        seconds: float | None = None,
     ) -> None:
         """Inject faults into a gRPC method (`GetService`, `UpdateService`, ... or `*`), or into
         the result of UpdateService's operation (`Operation`: the write is accepted, its
         operation fails and the old split keeps serving): status `code` with probability
-        `rate`, after `latency_ms`; `times` heals the fault after that many failures."""
-        self.world.set_fault(method, rate, latency_ms, times, code, message)
+        `rate`, after `latency_ms`; `times` heals the fault after that many failures,
+        `seconds` after that long in emulator time (an outage; `advance_clock` ends it too)."""
+        self.world.set_fault(method, rate, latency_ms, times, code, message, seconds)
 
     def partial_results(
         self,
@@ -355,6 +357,7 @@ class Emulator:
                 p.get("times"),
                 str(p.get("code", "UNAVAILABLE")),
                 str(p.get("message", "")),
+                None if p.get("seconds") is None else float(p["seconds"]),
             )
             return {"ok": True}
         if op == "partial-results":

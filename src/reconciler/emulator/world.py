@@ -183,6 +183,8 @@ class Fault:
     """Fail at most this many calls, then heal (None: until cleared)."""
     code: str = "UNAVAILABLE"
     message: str = ""
+    until: float | None = None
+    """Emulator time at which the fault heals by itself (an outage of a set length)."""
 
 
 @dataclass
@@ -700,15 +702,20 @@ class World:
         times: int | None = None,
         code: str = "UNAVAILABLE",
         message: str = "",
+        seconds: float | None = None,
     ) -> None:
         """Make a gRPC method (`*`: all; `Operation`: UpdateService's operation result) fail
-        with `code` with probability `rate`, after `latency_ms`."""
+        with `code` with probability `rate`, after `latency_ms`; `seconds` heals it that many
+        seconds of emulator time from now."""
         if not 0.0 <= rate <= 1.0:
             raise ApiError("INVALID_ARGUMENT", "rate must be within 0..1")
         if code == "OK" or code not in _STATUS_CODES:
             raise ApiError("INVALID_ARGUMENT", f"fault code {code!r} is not a gRPC error code")
+        if seconds is not None and seconds <= 0:
+            raise ApiError("INVALID_ARGUMENT", "seconds must be positive")
         with self._lock:
-            self.faults[method] = Fault(rate, latency_ms, times, code, message)
+            until = None if seconds is None else self.now() + seconds
+            self.faults[method] = Fault(rate, latency_ms, times, code, message, until)
 
     def set_partial_results(
         self, message: str, drop: Mapping[str, str] | None = None, times: int | None = None
@@ -768,12 +775,19 @@ class World:
             self.calls[method] += 1
             if method == "UpdateService":
                 self.write_attempts += 1
+            self._heal_outages()
             fault = self.faults.get(method) or self.faults.get("*")
             if fault is None:
                 return 0.0, None
             return fault.latency_ms / 1000.0, self._draw_fault(method)
 
+    def _heal_outages(self) -> None:
+        now = self.now()
+        if any(f.until is not None and now >= f.until for f in self.faults.values()):
+            self.faults = {k: f for k, f in self.faults.items() if f.until is None or now < f.until}
+
     def _draw_fault(self, method: str) -> Fault | None:
+        self._heal_outages()
         fault = self.faults.get(method) or (self.faults.get("*") if method != "Operation" else None)
         if fault is None or self.rng.random() >= fault.rate:
             return None
