@@ -61,6 +61,7 @@ once.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import io
@@ -79,7 +80,7 @@ from typing import Any
 
 import yaml
 
-from reconciler import redact, safepath, yamlvalues
+from reconciler import blockyaml, redact, safepath, yamlvalues
 from reconciler.errors import ReconcileError
 from reconciler.model import (
     MAX_WINDOWS,
@@ -191,7 +192,11 @@ def _load_yaml(text: str) -> Any:
     """`yaml.load(text, Loader=_SafeLoader)`, the common nodes of a state file built by
     `yamlvalues` (half the cost of the constructor's generic path, which reads every status
     file of a run); any other node, and any document with an alias, goes through the
-    SafeConstructor: the same values."""
+    SafeConstructor: the same values. A text `blockyaml` wrote (the usual status file) is
+    read by it, kept only when written again it gives the same text (see `blockyaml`)."""
+    fast = blockyaml.parse(text)
+    if fast is not None and blockyaml.text(fast, _scalar_tag) == text:
+        return fast
     loader = _SafeLoader(text)
     try:
         node = loader.get_single_node()
@@ -240,7 +245,12 @@ def metrics_path(root: Path, ref: ServiceRef, when: datetime) -> Path:
     `YYYY-MM.jsonl`; they are read.
     """
     day = _utc(when).strftime("%Y-%m-%d")
-    return _service_file(root, ref, "metrics", f"{day}.{day_file_hash(ref, day)}.jsonl")
+    return _service_file(root, ref, "metrics", _day_file_name(ref, day))
+
+
+def _day_file_name(ref: ServiceRef, day: str) -> str:
+    """The name of the rollout's day file of `day` (`YYYY-MM-DD`)."""
+    return f"{day}.{day_file_hash(ref, day)}.jsonl"
 
 
 def day_file_hash(ref: ServiceRef, day: str) -> str:
@@ -283,6 +293,14 @@ def state_refs(root: Path) -> list[ServiceRef]:
 
 def _service_file(root: Path, ref: ServiceRef, *parts: str) -> Path:
     """`state/<project>/<region>/<service>/<parts...>`, checked once along its whole path."""
+    _check_ids(ref)
+    # Joined as text: pathlib's parsing of each part was most of a path check's cost, and
+    # every record builds several of these.
+    return _safe(root, os.path.join("state", ref.project, ref.region, ref.service, *parts))
+
+
+def _check_ids(ref: ServiceRef) -> None:
+    """Raise `StateError` unless each id of `ref` is usable as a path component."""
     if not isinstance(ref, ServiceRef):
         raise TypeError(f"state paths take a ServiceRef, not {ref!r}")
     for value, pattern, what in (
@@ -292,16 +310,15 @@ def _service_file(root: Path, ref: ServiceRef, *parts: str) -> Path:
     ):
         if not isinstance(value, str) or not pattern.fullmatch(value):
             raise StateError(f"{value!r} is not a valid {what}")
-    return _safe(root, Path("state", ref.project, ref.region, ref.service, *parts))
 
 
-def _safe(root: Path, path: Path) -> Path:
+def _safe(root: Path, path: Path | str) -> Path:
     """`root / path` through the safe-path helper (a symbolic link is a `StateError`)."""
     try:
         safepath.inside(root, path)
     except safepath.UnsafePathError as exc:
         raise StateError(str(exc)) from None
-    return path if path.is_absolute() else root / path
+    return Path(path) if os.path.isabs(path) else Path(root, path)
 
 
 # --- writing --------------------------------------------------------------------------------
@@ -312,9 +329,16 @@ def atomic_write_text(path: Path, text: str) -> None:
     state/ must pass the safe-path check (no symbolic link, nothing outside the repository).
     """
     safepath.guard(path)
+    _replace(path, text)
+
+
+def _replace(path: Path, text: str) -> None:
+    """`atomic_write_text` for a path its caller has just checked (`_service_file`): the
+    same write without walking the same folders a second time."""
     text = redact.scrub(text)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    folder = os.path.dirname(path) or "."
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
     try:
         # mkstemp creates 0600; state files are ordinary repository files.
         os.chmod(tmp, 0o644)
@@ -326,7 +350,8 @@ def atomic_write_text(path: Path, text: str) -> None:
             fh.write(text)
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
         raise
 
 
@@ -340,6 +365,11 @@ def status_text(status: ServiceStatus) -> str:
 def _yaml_text(data: Any) -> str:
     """The YAML text of `data` with probe secrets scrubbed from its string values (as
     `_scrubbed` does, in the one walk that builds the nodes)."""
+    # Written directly when `blockyaml` can prove the emitter's bytes (a status file's
+    # usual content), else by the emitter from nodes.
+    direct = blockyaml.text(data, _scalar_tag, redact.scrub)
+    if direct is not None:
+        return direct
     stream = io.StringIO()
     dumper = _StatusDumper(
         stream, default_flow_style=False, allow_unicode=True, width=100, sort_keys=False
@@ -357,8 +387,10 @@ def write_status(root: Path, ref: ServiceRef, status: ServiceStatus) -> Path:
     """Write `status.yaml` of the rollout `ref` (whose service `status` must be); its path."""
     if status.service != ref.service:
         raise ValueError(f"status of {status.service} written as the status of {ref.key}")
+    text = status_text(status)
+    # Checked right before the write, once (no symbolic link on the way).
     path = status_path(root, ref)
-    atomic_write_text(path, status_text(status))
+    _replace(path, text)
     return path
 
 
@@ -369,7 +401,8 @@ def append_events(root: Path, ref: ServiceRef, events: Iterable[Event]) -> Path:
     # keeps them, and the file heals instead of failing every later run.
     lines = [line for line in _read_lines(path) if _event_or_none(line) is not None]
     lines.extend(_json_line(_event_to_data(e)) for e in events)
-    atomic_write_text(path, "".join(line + "\n" for line in lines[-MAX_EVENTS:]))
+    # `path` was checked when built, a moment ago: the write does not walk it again.
+    _replace(path, "".join(line + "\n" for line in lines[-MAX_EVENTS:]))
     return path
 
 
@@ -392,15 +425,18 @@ def append_metrics(root: Path, ref: ServiceRef, stats: Iterable[WindowStats]) ->
         new.setdefault(_window_key(s), s)
     if not new:
         return []
-    directory = state_dir(root, ref) / "metrics"
+    # The record's folders are checked once, here; the folder is listed once (for the
+    # recorded lines and the pruning), and each day file written is checked when named.
+    directory = _service_file(root, ref, "metrics")
+    listing = _listing(directory)
     # A recorded line holding one of these windows ends at or after it: the files from the
     # day of the earliest end on (a month file of older versions for any day of its month).
     first = min(_utc(s.end) for s in new.values()).strftime("%Y-%m-%d")
     recorded: dict[tuple[str, timedelta], list[WindowStats]] = {}
-    for path in sorted(_safe(root, directory).glob("*.jsonl")):
-        period = _period(path)
-        if period is not None and period >= first[: len(period)] and not path.is_symlink():
-            for w in _parse_metrics(path, ref.service):
+    for name in sorted(listing):
+        period = _period_of(name)
+        if period is not None and period >= first[: len(period)] and not listing[name]:
+            for w in _parse_metrics(directory / name, ref.service):
                 recorded.setdefault((w.revision, w.step), []).append(w)
     fresh = [
         s
@@ -409,14 +445,16 @@ def append_metrics(root: Path, ref: ServiceRef, stats: Iterable[WindowStats]) ->
             r.start <= s.start and s.end <= r.end for r in recorded.get((s.revision, s.step), ())
         )
     ]
-    by_path: dict[Path, list[WindowStats]] = {}
+    by_day: dict[str, list[WindowStats]] = {}
     for s in roll_up(fresh):
-        by_path.setdefault(metrics_path(root, ref, s.end), []).append(s)
+        by_day.setdefault(_utc(s.end).strftime("%Y-%m-%d"), []).append(s)
     written = []
-    for path, lines in sorted(by_path.items()):
-        append_lines(path, [_json_line(_metric_to_data(s)) for s in lines])
+    for day, lines in sorted(by_day.items()):
+        path = _service_file(root, ref, "metrics", _day_file_name(ref, day))
+        _append(path, [_json_line(_metric_to_data(s)) for s in lines])
         written.append(path)
-    _prune_months(directory)
+        listing.setdefault(path.name, False)
+    _prune_months(directory, listing)
     return written
 
 
@@ -428,8 +466,14 @@ def append_lines(path: Path, lines: Sequence[str]) -> None:
     safe-path check as `atomic_write_text` applies.
     """
     safepath.guard(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    _append(path, lines)
+
+
+def _append(path: Path, lines: Sequence[str]) -> None:
+    """`append_lines` for a path its caller has just checked (`_service_file`)."""
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     text = redact.scrub("".join(line + "\n" for line in lines))
+    # O_NOFOLLOW: a link put in the file's place after the check is not followed either.
     flags = os.O_RDWR | os.O_CREAT | os.O_APPEND | getattr(os, "O_NOFOLLOW", 0)
     fd = os.open(path, flags, 0o644)
     with os.fdopen(fd, "r+b") as fh:
@@ -441,30 +485,52 @@ def append_lines(path: Path, lines: Sequence[str]) -> None:
         fh.write(text.encode("utf-8"))
 
 
-def _prune_months(directory: Path) -> None:
-    # Checked right before listing: a `metrics` link to elsewhere must never be pruned.
+def _listing(directory: Path) -> dict[str, bool]:
+    """The entries of a (checked) folder, each with whether it is a symbolic link; empty
+    when the folder does not exist yet."""
+    try:
+        with os.scandir(directory) as entries:
+            return {e.name: e.is_symlink() for e in entries if e.name.endswith(".jsonl")}
+    except FileNotFoundError:
+        return {}
+
+
+def _prune_months(directory: Path, listing: Mapping[str, bool]) -> None:
+    """Delete the metrics files of months beyond the newest `METRICS_MONTHS` of `listing`
+    (the folder's `.jsonl` entries, symbolic link or not); links are never deleted."""
+    files = {name: period[:7] for name in listing if (period := _period_of(name))}
+    keep = set(sorted(set(files.values()))[-METRICS_MONTHS:])
+    old = [name for name, month in files.items() if month not in keep and not listing[name]]
+    if not old:
+        return
+    # Checked again right before deleting: a `metrics` link to elsewhere must never be pruned.
     safepath.guard(directory)
     if directory.is_symlink():
         raise StateError(f"{directory}: is a symbolic link; not pruning it")
-    files = {p: period[:7] for p in directory.glob("*.jsonl") if (period := _period(p))}
-    keep = set(sorted(set(files.values()))[-METRICS_MONTHS:])
-    for old, month in files.items():
-        if month not in keep and not old.is_symlink():
-            old.unlink()
+    for name in old:
+        (directory / name).unlink()
 
 
 def _period(path: Path) -> str | None:
     """The day (`2026-05-01`) or month (`2026-05`) of a metrics file, from its name in any
     of the formats versions wrote (`_METRICS_FILE`); None for any other name."""
-    match = _METRICS_FILE.match(path.name)
+    return _period_of(path.name)
+
+
+def _period_of(name: str) -> str | None:
+    """`_period` of a file name."""
+    match = _METRICS_FILE.match(name)
     return None if match is None else match[1] or match[2]
 
 
 # --- reading --------------------------------------------------------------------------------
 def read_status(root: Path, ref: ServiceRef) -> ServiceStatus | None:
     """The last written status of the rollout `ref`, None if there is none yet."""
-    service = ref.service
-    path = status_path(root, ref)
+    return _read_status_file(status_path(root, ref), ref.service)
+
+
+def _read_status_file(path: Path, service: str) -> ServiceStatus | None:
+    """`read_status` of a status path already checked (`status_path`)."""
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
@@ -545,7 +611,7 @@ def load_status(root: Path, ref: ServiceRef) -> StatusLoad:
     """
     path = status_path(root, ref)
     try:
-        return StatusLoad(read_status(root, ref))
+        return StatusLoad(_read_status_file(path, ref.service))
     except StateError as exc:
         whole = str(exc)
     try:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 from google.api import distribution_pb2
@@ -252,3 +252,54 @@ def test_only_points_inside_the_window_count(
     start: datetime | None, end: datetime, inside: bool
 ) -> None:
     assert point_inside(_point(start, end), W_START, END) is inside
+
+
+def test_a_listing_request_is_the_one_proto_plus_builds() -> None:
+    # The request is built as the protobuf message (proto-plus' marshalling was a sixth of a
+    # steady tick's client CPU): the same bytes for random times, lengths and metrics.
+    import random
+
+    from google.cloud import monitoring_v3
+
+    from reconciler.metrics.cloud_monitoring import (
+        REQUEST_COUNT,
+        REQUEST_LATENCIES,
+        list_request,
+    )
+
+    rng = random.Random(15)
+    base = datetime(2026, 5, 1, 12, 0, tzinfo=UTC)
+    for _ in range(300):
+        window = timedelta(
+            seconds=rng.choice([60, 300, 600, 3600]), microseconds=rng.choice([0, 7])
+        )
+        first = base + timedelta(seconds=rng.randrange(10**8), microseconds=rng.randrange(10**6))
+        if rng.random() < 0.3:
+            first = first.astimezone(timezone(timedelta(hours=rng.randrange(-12, 13))))
+        bounds = [
+            (first + i * window, first + (i + 1) * window) for i in range(rng.randrange(1, 5))
+        ]
+        metric = rng.choice([REQUEST_COUNT, REQUEST_LATENCIES])
+        group_by = [
+            "resource.labels.service_name",
+            "resource.labels.revision_name",
+            *(["metric.labels.response_code_class"] if metric == REQUEST_COUNT else []),
+        ]
+        want = monitoring_v3.ListTimeSeriesRequest(
+            name="projects/p-1",
+            filter=f"metric.type = {metric!r}",
+            interval=monitoring_v3.TimeInterval(start_time=bounds[0][0], end_time=bounds[-1][1]),
+            aggregation=monitoring_v3.Aggregation(
+                alignment_period=window,
+                per_series_aligner=monitoring_v3.Aggregation.Aligner.ALIGN_SUM,
+                cross_series_reducer=monitoring_v3.Aggregation.Reducer.REDUCE_SUM,
+                group_by_fields=group_by,
+            ),
+            view=monitoring_v3.ListTimeSeriesRequest.TimeSeriesView.FULL,
+            page_size=100,
+        )
+        got = list_request("p-1", metric, f"metric.type = {metric!r}", window, bounds)
+        got.page_size = 100
+        pb = monitoring_v3.ListTimeSeriesRequest.pb
+        assert pb(got).SerializeToString() == pb(want).SerializeToString()
+        assert isinstance(got, monitoring_v3.ListTimeSeriesRequest)

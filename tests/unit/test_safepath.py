@@ -8,13 +8,14 @@ import os
 import subprocess
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from reconciler import safepath
+from reconciler import safepath, state
 from reconciler.cli import main
 from reconciler.loader import SpecError, load_spec
-from reconciler.model import WindowStats
+from reconciler.model import Phase, ServiceStatus, TrafficSplit, WindowStats
 from reconciler.probes import Baseline, save_baseline
 from reconciler.state import (
     Event,
@@ -23,10 +24,12 @@ from reconciler.state import (
     append_events,
     append_metrics,
     atomic_write_text,
+    load_status,
     metrics_path,
     read_events,
     read_metrics,
     read_status,
+    write_status,
 )
 from tests.refs import ION, ION_DIR
 
@@ -58,6 +61,21 @@ def outside(tmp_path: Path) -> Path:
     folder.mkdir()
     (folder / "keep.txt").write_text("not the reconciler's\n")
     return folder
+
+
+STATUS = ServiceStatus(
+    service="ion-api",
+    phase=Phase.PROGRESSING,
+    stable_revision="ion-api-00041-abc",
+    canary_revision="ion-api-00042-xyz",
+    stage=5,
+    stage_since=T0,
+    traffic=TrafficSplit.of([]),
+    etag="e1",
+    generation=1,
+    observed_generation=1,
+    last_reconcile=T0,
+)
 
 
 def _snapshot(folder: Path) -> dict[str, bytes]:
@@ -211,3 +229,62 @@ def test_the_repository_of_every_folder_of_a_fleet_is_remembered(
     for folder in folders:
         assert safepath.repository_of(folder / "status.yaml") == repo
     assert {str(folders[3]): repo, str(folders[4]): repo} == safepath._REPOSITORIES
+
+
+def _swap_for_link(folder: Path, outside: Path) -> None:
+    """What a hostile change does to a folder the reconciler already wrote in."""
+    for child in sorted(folder.rglob("*"), reverse=True):
+        child.rmdir() if child.is_dir() else child.unlink()
+    folder.rmdir()
+    folder.symlink_to(outside)
+
+
+def test_a_folder_replaced_by_a_link_after_a_record_is_refused_at_the_next(
+    repo: Path, outside: Path
+) -> None:
+    # Each record checks its folders again (nothing verified is remembered across records).
+    write_status(repo, ION, STATUS)
+    append_metrics(repo, ION, [_window(1)])
+    _swap_for_link(repo / ION_DIR, outside)
+    before = _snapshot(outside)
+    with pytest.raises(StateError, match="symbolic link"):
+        write_status(repo, ION, STATUS)
+    with pytest.raises(StateError, match="symbolic link"):
+        append_metrics(repo, ION, [_window(2)])
+    with pytest.raises(StateError, match="symbolic link"):
+        load_status(repo, ION)
+    assert _snapshot(outside) == before
+
+
+def test_a_link_swapped_in_while_a_status_is_serialized_is_refused(
+    repo: Path, outside: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The status path is checked after its text is made, right before the write.
+    write_status(repo, ION, STATUS)
+    serialize = state.status_text
+
+    def racing(status: ServiceStatus) -> str:
+        _swap_for_link(repo / ION_DIR, outside)
+        return serialize(status)
+
+    monkeypatch.setattr(state, "status_text", racing)
+    with pytest.raises(StateError, match="symbolic link"):
+        write_status(repo, ION, STATUS)
+    assert _snapshot(outside) == {"keep.txt": b"not the reconciler's\n"}
+
+
+def test_a_link_swapped_in_before_a_day_file_is_appended_to_is_refused(
+    repo: Path, outside: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The metrics folder is checked and listed first; the day file is checked when named.
+    append_metrics(repo, ION, [_window(1)])
+    roll_up = state.roll_up
+
+    def racing(windows: Any) -> Any:
+        _swap_for_link(repo / ION_DIR / "metrics", outside)
+        return roll_up(windows)
+
+    monkeypatch.setattr(state, "roll_up", racing)
+    with pytest.raises(StateError, match="metrics: is a symbolic link"):
+        append_metrics(repo, ION, [_window(2)])
+    assert _snapshot(outside) == {"keep.txt": b"not the reconciler's\n"}

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 import yaml
 
-from reconciler import state
+from reconciler import blockyaml, redact, state
 from reconciler.analysis import judge
 from reconciler.model import (
     GateResult,
@@ -924,6 +924,15 @@ def test_status_text_is_the_representer_s_bytes(name: str, status: ServiceStatus
     assert state.status_text(status) == _reference_text(data)
 
 
+def test_a_usual_status_is_written_without_the_emitter() -> None:
+    # The fast path is taken for ordinary statuses (the test above then compares it).
+    plain = [s for name, s in STATUSES if "\u2028" not in state.status_text(s)]
+    assert plain
+    for status in plain:
+        data = state._status_to_data(status)
+        assert blockyaml.text(data, state._scalar_tag, redact.scrub) is not None
+
+
 def test_status_nodes_are_the_representer_s_for_random_data() -> None:
     # Keys and values a state file can hold, and ones that resolve to other types when plain.
     import random
@@ -1017,3 +1026,14 @@ def test_a_recorded_p95_never_hides_a_breach_of_any_threshold(
         assert recorded == measured
     else:
         assert recorded in (measured, (Outcome.FAIL, False))
+
+
+def test_a_file_named_without_a_folder_is_written_in_the_current_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # `plan --out plan.json` names a file relative to where it runs.
+    monkeypatch.chdir(tmp_path)
+    state.atomic_write_text(Path("plan.json"), "{}\n")
+    state.append_lines(Path("lines.jsonl"), ["{}"])
+    assert (tmp_path / "plan.json").read_text() == "{}\n"
+    assert (tmp_path / "lines.jsonl").read_text() == "{}\n"

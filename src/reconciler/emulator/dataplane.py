@@ -59,6 +59,22 @@ LATENCY_BUCKETS_SECONDS = (
 _STATUS_OF = {"NOT_FOUND": 404, "ALREADY_EXISTS": 409, "ABORTED": 409}
 
 
+class _Server(ThreadingHTTPServer):
+    """The data plane's HTTP server, whose listening socket never blocks: `stop` waits for
+    the serving loop, which must not sit in `accept` for a connection that is gone by the
+    time it is accepted (a teardown hung there once, under load); socketserver skips the
+    resulting BlockingIOError. Each accepted connection is blocking, as handlers expect."""
+
+    def server_activate(self) -> None:
+        super().server_activate()
+        self.socket.setblocking(False)
+
+    def get_request(self) -> tuple[socket.socket, Any]:
+        conn, address = self.socket.accept()
+        conn.setblocking(True)
+        return conn, address
+
+
 class DataPlane:
     """The HTTP server of one emulator."""
 
@@ -79,7 +95,7 @@ class DataPlane:
             buckets=LATENCY_BUCKETS_SECONDS,
             registry=self.registry,
         )
-        self.server = ThreadingHTTPServer(("127.0.0.1", port), _Handler)
+        self.server = _Server(("127.0.0.1", port), _Handler)
         self.server.daemon_threads = True
         self.server.plane = self  # type: ignore[attr-defined]
         self.port = int(self.server.server_address[1])

@@ -408,27 +408,11 @@ class CloudMonitoringProvider:
         """Every series of one aggregated listing over all `bounds`, following page tokens
         (a series cut by a page goes on in the next one: pages count points), and the
         `execution_errors` any page reported."""
-        from google.cloud import monitoring_v3
-
         project, region = where
-        group_by = [_SERVICE, _REVISION] + ([_CODE_CLASS] if metric == REQUEST_COUNT else [])
-        request = monitoring_v3.ListTimeSeriesRequest(
-            name=f"projects/{project}",
-            filter=series_filter(metric, services, revisions, region),
-            interval=monitoring_v3.TimeInterval(start_time=bounds[0][0], end_time=bounds[-1][1]),
-            aggregation=monitoring_v3.Aggregation(
-                alignment_period=window,
-                # ALIGN_SUM, not ALIGN_DELTA: Google documents ALIGN_DELTA as filling a period
-                # without data by interpolation, which would give a window without traffic
-                # made-up requests; ALIGN_SUM sums what each period holds, DELTA
-                # distributions included.
-                per_series_aligner=monitoring_v3.Aggregation.Aligner.ALIGN_SUM,
-                cross_series_reducer=monitoring_v3.Aggregation.Reducer.REDUCE_SUM,
-                group_by_fields=group_by,
-            ),
-            view=monitoring_v3.ListTimeSeriesRequest.TimeSeriesView.FULL,
-            page_size=self.page_size,
+        request = list_request(
+            project, metric, series_filter(metric, services, revisions, region), window, bounds
         )
+        request.page_size = self.page_size
         self.calls[(project, metric)] += 1
         series: list[Any] = []
         problems: list[str] = []
@@ -495,6 +479,40 @@ class CloudMonitoringProvider:
                     f"{_first_line(exc)}"
                 ) from exc
         return self._client
+
+
+def list_request(
+    project: str,
+    metric: str,
+    series: str,
+    window: timedelta,
+    bounds: Sequence[tuple[datetime, datetime]],
+) -> monitoring_v3.ListTimeSeriesRequest:
+    """The aggregated ListTimeSeries request over `bounds` for `metric`'s `series` filter.
+
+    Built as the protobuf message and wrapped: proto-plus builds the same message through
+    Python marshalling of every field (three message constructors a request, about a
+    sixth of a steady tick's client CPU at 1,000 services)."""
+    from google.cloud import monitoring_v3
+
+    group_by = [_SERVICE, _REVISION] + ([_CODE_CLASS] if metric == REQUEST_COUNT else [])
+    pb = monitoring_v3.ListTimeSeriesRequest.pb()(
+        name=f"projects/{project}",
+        filter=series,
+        view=monitoring_v3.ListTimeSeriesRequest.TimeSeriesView.FULL,
+    )
+    pb.interval.start_time.FromDatetime(bounds[0][0])
+    pb.interval.end_time.FromDatetime(bounds[-1][1])
+    aggregation = pb.aggregation
+    aggregation.alignment_period.FromTimedelta(window)
+    # ALIGN_SUM, not ALIGN_DELTA: Google documents ALIGN_DELTA as filling a period without
+    # data by interpolation, which would give a window without traffic made-up requests;
+    # ALIGN_SUM sums what each period holds, DELTA distributions included.
+    aggregation.per_series_aligner = monitoring_v3.Aggregation.Aligner.ALIGN_SUM
+    aggregation.cross_series_reducer = monitoring_v3.Aggregation.Reducer.REDUCE_SUM
+    aggregation.group_by_fields.extend(group_by)
+    request: monitoring_v3.ListTimeSeriesRequest = monitoring_v3.ListTimeSeriesRequest.wrap(pb)
+    return request
 
 
 @dataclass(frozen=True)
