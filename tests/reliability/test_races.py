@@ -176,7 +176,8 @@ def test_four_reconcilers_racing_one_change_write_once_and_record_once(sb: Sandb
     for t in threads:
         t.start()
     for t in threads:
-        t.join(60)
+        t.join(120)
+    assert not any(t.is_alive() for t in threads), "a run outlasted its join"
     assert sorted(r.exit_code for r in results) == [0, 0, 0, 0], [
         (
             r.exit_code,
