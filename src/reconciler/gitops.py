@@ -4,8 +4,9 @@
 
 - `commit(paths, subject, ...)` commits only the given paths (state files, a rollout file),
   never unrelated changes in the tree, and nothing at all when they did not change.
-- `push()` pushes the current branch; a non-fast-forward (another reconciler pushed first)
-  fetches, rebases and retries, bounded, with a short jittered backoff. It never force-pushes.
+- `push()` pushes the current branch; a non-fast-forward or a remote ref lock lost to a
+  concurrent push (another reconciler pushed first) fetches, rebases and retries, bounded,
+  with a short jittered backoff. It never force-pushes.
   A rebase conflict aborts the rebase, keeps the local commit and raises `ReconcileError`.
 - `sync()` repairs the clone (below) and brings the branch onto the remote's tip before a
   run; its `SyncResult(at_tip, reason)` is the loop's signal for degraded mode. `pull()` is
@@ -111,7 +112,10 @@ _STATUS_DRIVER = f"{shlex.quote(sys.executable)} -m reconciler.statemerge %O %A 
 
 _TRAILER_KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9-]*$")
 _TRAILER_LINE = re.compile(r"^([A-Za-z0-9][A-Za-z0-9-]*):\s*(.*)$")
-_REJECTED = ("[rejected]", "non-fast-forward", "fetch first")
+# Another push moved the branch first. "cannot lock ref" is the same race lost a moment later:
+# the remote's ref moved (or was being moved) between our push's check and its update, so it is
+# answered alike (fetch and replay) rather than retried from the same stale base.
+_REJECTED = ("[rejected]", "non-fast-forward", "fetch first", "cannot lock ref")
 STALE_LOCK_WITHOUT_PROC = 600.0
 """Seconds after which a lock counts as stale where live processes cannot be listed."""
 

@@ -301,6 +301,37 @@ def test_two_clones_pushing_at_the_same_time_both_land(remote: Path, tmp_path: P
         assert mine == [f'{{"by":"{service}","n":{n}}}' for n in range(rounds)]
 
 
+def test_a_push_that_loses_the_remote_ref_lock_fetches_and_lands(
+    remote: Path, tmp_path: Path
+) -> None:
+    """Another runner's push moves the branch while ours is being received: git refuses ours
+    with "cannot lock ref" ([remote rejected]), not a non-fast-forward. That is the same race
+    lost, so the retry must replay on the new tip; retried from the stale base it is refused
+    again as a non-fast-forward and a whole attempt is wasted per competing push."""
+    other = _ops(clone(remote, tmp_path / "other"))
+    write(other.root, "state/api-b/status.yaml", "b\n")
+    theirs = other.commit(["state/api-b"], "reconcile(api-b): record")
+    run_git(other.root, "push", "--quiet", "origin", "HEAD:refs/heads/side")
+    # The remote's update hook lands that commit on main once, between our push's ref check
+    # and its ref update, as a concurrent receive-pack would.
+    hook = remote / "hooks" / "update"
+    write(remote, "race-once", theirs + "\n")
+    hook.write_text(
+        "#!/bin/sh\n"
+        'if [ -f race-once ]; then git update-ref refs/heads/main "$(cat race-once)"; '
+        "rm race-once; fi\n"
+    )
+    hook.chmod(0o755)
+    ops = _ops(clone(remote, tmp_path / "a"))
+    write(ops.root, "state/api-a/status.yaml", "a\n")
+    ops.commit(["state/api-a"], "reconcile(api-a): record")
+    assert ops.push(retries=1) is True
+    assert _remote_log(remote)[:2] == [
+        "reconcile(api-a): record [skip reconcile]",
+        "reconcile(api-b): record [skip reconcile]",
+    ]
+
+
 def test_push_to_an_unreachable_remote_fails_and_the_next_call_recovers(
     remote: Path, tmp_path: Path
 ) -> None:

@@ -176,8 +176,17 @@ def test_four_reconcilers_racing_one_change_write_once_and_record_once(sb: Sandb
     for t in threads:
         t.start()
     for t in threads:
-        t.join(60)
-    assert sorted(r.exit_code for r in results) == [0, 0, 0, 0], results
+        t.join(120)
+    assert not any(t.is_alive() for t in threads), "a run outlasted its join"
+    assert sorted(r.exit_code for r in results) == [0, 0, 0, 0], [
+        (
+            r.exit_code,
+            r.git_error,
+            r.degraded,
+            [(o.error, o.held, o.left_alone) for o in r.outcomes],
+        )
+        for r in results
+    ]
     assert sb.emu.writes == 1
     assert sb.emu.write_attempts >= 2, "the writes did not race"
     assert routing(live(sb.emu)) == routing(split_for(STABLE, CANARY, 5))
