@@ -13,6 +13,9 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import yaml
+
+from reconciler import state
 from reconciler.backends.cloudrun import CloudRunBackend
 from reconciler.emulator import Emulator
 from reconciler.execute import Context
@@ -156,4 +159,17 @@ def canary_moves(stable: str, canary: str, before: int, after: int) -> tuple[Cha
         Change(Action.CHANGE, canary, before, after, "canary", "canary")
         if before
         else Change(Action.ADD, canary, 0, after, "", "canary"),
+    )
+
+
+def emitter_text(data: Any) -> str:
+    """What the status writer's emitter writes for `data` from PyYAML's representer nodes
+    (libyaml, the writer's settings): the reference its direct writers are held to."""
+    return yaml.dump(
+        data,
+        Dumper=state._StatusDumper,
+        sort_keys=False,
+        default_flow_style=False,
+        allow_unicode=True,
+        width=100,
     )

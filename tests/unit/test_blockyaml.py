@@ -9,18 +9,7 @@ import pytest
 import yaml
 
 from reconciler import blockyaml, state
-
-
-def _emitter(data: Any) -> str:
-    """What the status writer's emitter (libyaml, from nodes) writes for `data`."""
-    return yaml.dump(
-        data,
-        Dumper=state._StatusDumper,
-        sort_keys=False,
-        default_flow_style=False,
-        allow_unicode=True,
-        width=100,
-    )
+from tests.builders import emitter_text
 
 
 class _PythonDumper(yaml.SafeDumper):
@@ -98,7 +87,7 @@ def test_random_documents_are_the_emitter_s_bytes_when_written() -> None:
         direct = _direct(data)
         if direct is not None:
             written += 1
-            assert direct == _emitter(data) == _python_emitter(data), data
+            assert direct == emitter_text(data) == _python_emitter(data), data
             assert yaml.load(direct, Loader=state._SafeLoader) == data or _has_nan(data)
     # Most documents are written directly: the comparison above is not vacuous.
     assert written > 500
@@ -125,7 +114,7 @@ def test_long_lines_fold_only_where_the_emitter_would_not() -> None:
         direct = _direct(data)
         if direct is not None:
             written += 1
-            assert direct == _emitter(data)
+            assert direct == emitter_text(data)
     assert written > 500
 
 

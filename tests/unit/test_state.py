@@ -53,6 +53,7 @@ from reconciler.state import (
     with_windows,
     write_status,
 )
+from tests.builders import emitter_text
 from tests.refs import ION, ION_DIR, ref
 
 T0 = datetime(2026, 5, 1, 12, 0, tzinfo=UTC)
@@ -906,22 +907,10 @@ def test_a_bad_geometric_distribution_is_skipped_and_named(
     assert f"{path}:1: invalid metrics line skipped" in caplog.text
 
 
-def _reference_text(data: Any) -> str:
-    """What the status writer wrote before it built its own nodes: PyYAML's representer."""
-    return yaml.dump(
-        data,
-        Dumper=state._StatusDumper,
-        sort_keys=False,
-        default_flow_style=False,
-        allow_unicode=True,
-        width=100,
-    )
-
-
 @pytest.mark.parametrize(("name", "status"), STATUSES)
 def test_status_text_is_the_representer_s_bytes(name: str, status: ServiceStatus) -> None:
     data = state._scrubbed(state._status_to_data(status))
-    assert state.status_text(status) == _reference_text(data)
+    assert state.status_text(status) == emitter_text(data)
 
 
 def test_a_usual_status_is_written_without_the_emitter() -> None:
@@ -962,7 +951,7 @@ def test_status_nodes_are_the_representer_s_for_random_data() -> None:
 
     for _ in range(300):
         data = {"k": value(0), "l": [value(1) for _ in range(3)]}
-        assert state._yaml_text(data) == _reference_text(data)
+        assert state._yaml_text(data) == emitter_text(data)
 
 
 # --- a recorded p95 judged again ------------------------------------------------------------
