@@ -214,6 +214,28 @@ class Report:
 
 
 # --- the span -------------------------------------------------------------------------------
+def status_span(
+    kind: ReportKind,
+    status: ServiceStatus,
+    spec: RolloutSpec | None,
+    *,
+    now: datetime,
+    events: Sequence[Event],
+    windows: Sequence[WindowStats],
+    since: timedelta | None = None,
+) -> Span:
+    """`report_span` of a rollout's recorded state: its canary, events, windows and stage."""
+    return report_span(
+        kind,
+        now=now,
+        canary=_canary_of(status, spec),
+        events=events,
+        windows=windows,
+        stage_since=status.stage_since,
+        since=since,
+    )
+
+
 def report_span(
     kind: ReportKind,
     *,
@@ -868,15 +890,7 @@ def build_report(
         raise ValueError(f"report kind must be one of {KINDS}, got {kind!r}")
     canary_rev = _canary_of(status, spec)
     if span is None:
-        span = report_span(
-            kind,
-            now=now,
-            canary=canary_rev,
-            events=events,
-            windows=windows,
-            stage_since=status.stage_since,
-            since=since,
-        )
+        span = status_span(kind, status, spec, now=now, events=events, windows=windows, since=since)
     inside = [w for w in windows if span.holds_window(w)]
     preferred = spec.gates.window if spec is not None else None
     measured_to: datetime | None = None
@@ -1032,15 +1046,7 @@ def generate(
     baseline = load_baseline(state_dir(root, ref).parent, service)
     canary = _canary_of(status, spec)
     # One span: the one the provider is asked for is the one the report says it covers.
-    span = report_span(
-        kind,
-        now=now,
-        canary=canary,
-        events=events,
-        windows=windows,
-        stage_since=status.stage_since,
-        since=since,
-    )
+    span = status_span(kind, status, spec, now=now, events=events, windows=windows, since=since)
     source: Source
     if spec is None:
         source = Source(None, reason="no rollout file, so no metrics provider to ask")
