@@ -6,8 +6,8 @@ state/P/R/S/events.jsonl           what the reconciler did, append-only, newest 
 state/P/R/S/windows-YYYY-MM-DD.H.jsonl  one compact line per revision per record: the
                                    windows measured since the last record, rolled up
                                    (H: `day_file_hash`, six hex digits)
-state/P/R/S/metrics/*.jsonl        the same lines as older versions wrote them: read and
-                                   pruned, never written
+state/P/R/S/metrics/*.jsonl        the windows as older versions wrote them (day files,
+                                   month files): read and pruned, never written
 ```
 
 One folder per rollout identity (`ServiceRef`: project, region, service), so the same service
@@ -41,9 +41,9 @@ Bounded growth:
   of their paths: every rollout's `YYYY-MM-DD.jsonl` looked the same to it, so a day file's
   versions were stored almost whole instead of as the lines each record added
   (benchmarks/README.md, "Repository growth"). Day files older versions named
-  `YYYY-MM-DD.jsonl` are still read and pruned, never renamed (nothing is appended to a day
-  file after its day, so a rename would save nothing); on the day of an upgrade a day's
-  lines sit in both files, and each is read once.
+  `metrics/YYYY-MM-DD.jsonl` are still read and pruned, never renamed (nothing is appended
+  to a day file after its day, so a rename would save nothing); on the day of an upgrade a
+  day's lines sit in both files, and each is read once.
 - the day files sit beside status.yaml, not in a `metrics/` folder of their own as older
   versions wrote them: every record rewrote that folder's tree as well as the service's (git
   stores a small tree whole when two of its hashes change), a fixed cost per record. Files
