@@ -678,11 +678,11 @@ def read_metrics(
 
     Reads the day files beside status.yaml and what older versions wrote in `metrics/` (day
     files with and without a hash, month files), both line formats; only files whose day or
-    month can hold a window ending after `since` are opened. Lines may be
-    rolled up (one line for several consecutive windows, `WindowStats.rolled`). A window
-    recorded twice, or inside a rolled-up line of the same revision and window length (lines
-    merged by git's union driver), is returned once. A line that does not parse
-    is skipped with a warning naming the file and line.
+    month can hold a window ending after `since` are opened. Lines may be rolled up (one line
+    for several consecutive windows, `WindowStats.rolled`). A window recorded twice (in one
+    file or in both places), or inside a rolled-up line of the same revision and window
+    length (lines merged by git's union driver), is returned once. A line that does not
+    parse is skipped with a warning naming the file and line.
     """
     first = None if since is None else _utc(since).strftime("%Y-%m-%d")
     out: dict[tuple[str, datetime, datetime, int], WindowStats] = {}
