@@ -122,6 +122,11 @@ def judge(
     return Verdict(outcome=_overall(results), gates=tuple(results) or (_NOTHING,))
 
 
+VS_STABLE = "vs_stable"
+"""The name of the canary-versus-stable gate: the one gate that reads the stable revision's
+windows (a verdict names every configured gate, so a verdict without it read none)."""
+
+
 def _rules(gates: Gates) -> list[_Rule]:
     """The configured gates, in the rollout file's order."""
     rules = []
@@ -163,7 +168,7 @@ def _rules(gates: Gates) -> list[_Rule]:
         )
     if (v := gates.vs_stable) is not None:
         rules.append(
-            _Rule("vs_stable", v.error_rate_delta, None, gates.window, _vs_stable, pool=_pool_delta)
+            _Rule(VS_STABLE, v.error_rate_delta, None, gates.window, _vs_stable, pool=_pool_delta)
         )
     return rules
 

@@ -19,7 +19,8 @@ Times are written in UTC as `2026-05-01T12:00:00Z`.
 Bounded growth:
 - `status.yaml` keeps the provisional windows and the newest final one per revision and
   window length, the newest `RECORDED_WINDOWS` while a gate has a failing streak
-  (`recorded_windows`): where the next run's measuring starts and what a verdict reports;
+  (`recorded_windows`; the stable revision's only when a `vs_stable` gate reads them,
+  `status_unread`): where the next run's measuring starts and what a verdict reports;
   failing streaks are counters (`streaks`), so `consecutive_failures` does not depend on how
   many windows are kept, and older windows are in the metrics files. A window there holds
   what the judge reads back (`_stats_to_data`): its counts and its p95 rounded up to
@@ -81,6 +82,7 @@ from typing import Any
 import yaml
 
 from reconciler import blockyaml, redact, safepath, yamlvalues
+from reconciler.analysis import VS_STABLE
 from reconciler.errors import ReconcileError
 from reconciler.model import (
     MAX_WINDOWS,
@@ -142,6 +144,7 @@ __all__ = [
     "state_dir",
     "state_refs",
     "status_path",
+    "status_unread",
     "with_windows",
     "write_status",
 ]
@@ -713,7 +716,10 @@ def _window_key(s: WindowStats) -> tuple[str, datetime, datetime, int]:
 
 
 def recorded_windows(
-    windows: Sequence[WindowStats], streaks: Mapping[str, Streak] | None = None
+    windows: Sequence[WindowStats],
+    streaks: Mapping[str, Streak] | None = None,
+    *,
+    unread: str | None = None,
 ) -> list[WindowStats]:
     """The windows `status.yaml` keeps of a run's recent ones: every provisional window (the
     next run measures it again) and, per revision and length, the newest final one (where
@@ -728,14 +734,32 @@ def recorded_windows(
     older ones a verdict pools. With one, the newest two are kept as before, so a failing
     reason pools what it did (every window of the streak for `consecutive_failures` up to 3:
     each failing window is news, recorded by the run that saw it).
+
+    `unread`: a revision none of whose windows the next run reads back (`status_unread`: the
+    stable revision when no `vs_stable` gate compares the canary with it), left out.
     """
     keep = RECORDED_WINDOWS if any(k.failures for k in (streaks or {}).values()) else 1
     final: dict[tuple[str, timedelta], list[WindowStats]] = {}
+    windows = [w for w in windows if unread is None or w.revision != unread]
     for w in windows:
         if not w.provisional:
             final.setdefault((w.revision, w.window), []).append(w)
     newest = {id(w) for ws in final.values() for w in sorted(ws, key=lambda w: w.end)[-keep:]}
     return [w for w in windows if w.provisional or id(w) in newest]
+
+
+def status_unread(s: ServiceStatus) -> str | None:
+    """The revision whose windows `status.yaml` need not keep: the stable one when the verdict
+    judged no `vs_stable` gate, the one gate that reads the stable revision's windows (the
+    next run's measuring starts from the canary's; the metrics files keep both). None when
+    there is no verdict (nothing says which gates read them: everything is kept).
+
+    A rollout file that adds `vs_stable` later reads, for one run at most, a kept canary
+    window without its stable twin: that gate is INCONCLUSIVE for it, which never advances a
+    stage; every newer window is measured with its twin."""
+    if s.verdict is None or any(g.gate == VS_STABLE for g in s.verdict.gates):
+        return None
+    return s.stable_revision
 
 
 # --- time -----------------------------------------------------------------------------------
@@ -862,7 +886,10 @@ def _status_to_data(s: ServiceStatus) -> dict[str, Any]:
         "last_reconcile": format_time(s.last_reconcile),
         "spec_id": s.spec_id,
         "verdict": None if s.verdict is None else _verdict_to_data(s.verdict, s.verdict_at),
-        "windows": [_stats_to_data(w) for w in recorded_windows(s.windows, s.streaks)],
+        "windows": [
+            _stats_to_data(w)
+            for w in recorded_windows(s.windows, s.streaks, unread=status_unread(s))
+        ],
         "applied": None if s.applied is None else _split_to_data(s.applied),
         "passing_since": None if s.passing_since is None else format_time(s.passing_since),
         "probes": [

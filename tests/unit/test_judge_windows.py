@@ -6,12 +6,17 @@ from __future__ import annotations
 import itertools
 from dataclasses import replace
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Any
+
+import pytest
 
 from reconciler.decide import Decision, decide
 from reconciler.gather import MAX_CATCHUP, SAMPLE_PERIOD, spans
 from reconciler.model import Outcome, ServiceStatus, SpanKind, WindowStats
 from reconciler.plan import Reason
+from reconciler.state import read_status, write_status
+from tests.refs import ION
 from tests.unit.test_decide import AT_5, CANARY, STABLE, T0, make_spec, status_at
 
 LAG = timedelta(minutes=3)
@@ -179,3 +184,74 @@ def test_inconclusive_windows_in_a_row_hold_the_service() -> None:
     plain = make_spec(gates=gates)
     d = tick(plain, replace(status, streaks={}), T0 + FIVE + LAG, [])
     assert not any(w.startswith("HELD") for w in d.plan.warnings)
+
+
+# --- what status.yaml keeps of the stable revision ------------------------------------------
+GATES = {"window": "5m", "min_requests": 100, "error_rate": {"max": "5%"}}
+VS_STABLE = {**GATES, "vs_stable": {"error_rate_delta": "2%"}}
+
+
+def _pair(i: int, canary_errors: int, stable_errors: int = 10) -> list[WindowStats]:
+    start = T0 + i * FIVE
+    return [
+        stats(start, start + FIVE, 1000, canary_errors),
+        stats(start, start + FIVE, 19000, stable_errors, revision=STABLE),
+    ]
+
+
+def _read_back(tmp_path: Path, status: ServiceStatus) -> ServiceStatus:
+    """`status` as the next run reads it: written to status.yaml, read again."""
+    write_status(tmp_path, ION, status)
+    again = read_status(tmp_path, ION)
+    assert again is not None
+    return again
+
+
+@pytest.mark.parametrize(
+    "canary_errors",
+    [[5, 5, 5], [5, 5, 80], [80, 80, 5], [5, 80, 80]],
+    ids=["passing", "one-failing", "failing-then-passing", "failing-streak"],
+)
+def test_a_status_without_the_stable_windows_judges_the_next_run_alike(
+    canary_errors: list[int], tmp_path: Path
+) -> None:
+    """Without a `vs_stable` gate status.yaml leaves the stable revision's windows out: the
+    next run judges exactly as it would from the status in memory, also when it measures
+    nothing new (the verdict then rests on the kept windows alone)."""
+    spec = make_spec(gates={**GATES, "consecutive_failures": 3})
+    status = status_at(AT_5)
+    now = T0
+    for i, errors in enumerate(canary_errors):
+        now = T0 + (i + 1) * FIVE + LAG + SAMPLE_PERIOD
+        status = tick(spec, status, now, _pair(i, errors)).status
+    read = _read_back(tmp_path, status)
+    assert {w.revision for w in read.windows} == {CANARY}  # the stable's were left out
+    later = now + timedelta(minutes=1)  # no new whole window: judged on what was kept
+    for_memory, for_read = tick(spec, status, later, []), tick(spec, read, later, [])
+    assert for_read.verdict == for_memory.verdict
+    assert for_read.plan == for_memory.plan
+
+
+def test_a_vs_stable_gate_added_later_is_inconclusive_for_one_run_then_judged(
+    tmp_path: Path,
+) -> None:
+    """status.yaml written without a `vs_stable` gate holds no stable window; a rollout file
+    that adds the gate finds the kept canary window without its twin: INCONCLUSIVE for that
+    run (no stage advance, no rollback), judged from the next window measured with its twin."""
+    before, after = make_spec(gates=GATES), make_spec(gates=VS_STABLE, bake="5m")
+    now = T0 + FIVE + LAG + SAMPLE_PERIOD
+    status = _read_back(tmp_path, tick(before, status_at(AT_5), now, _pair(0, 5)).status)
+    assert {w.revision for w in status.windows} == {CANARY}
+    d = tick(after, status, now + timedelta(minutes=1), [])
+    assert d.verdict is not None
+    vs = next(g for g in d.verdict.gates if g.gate == "vs_stable")
+    assert vs.outcome is Outcome.INCONCLUSIVE, vs.reason
+    assert d.plan.reason not in (Reason.ROLLBACK, Reason.ADVANCE), d.plan.reason
+    status = _read_back(tmp_path, d.status)
+    # With the gate configured, the stable windows are kept from now on.
+    now += FIVE
+    d = tick(after, status, now, _pair(1, 5))
+    assert d.verdict is not None
+    vs = next(g for g in d.verdict.gates if g.gate == "vs_stable")
+    assert vs.outcome is Outcome.PASS, vs.reason
+    assert STABLE in {w.revision for w in _read_back(tmp_path, d.status).windows}

@@ -50,6 +50,7 @@ from reconciler.state import (
     state_dir,
     state_refs,
     status_path,
+    status_unread,
     with_windows,
     write_status,
 )
@@ -104,10 +105,12 @@ def _status(**changes: Any) -> ServiceStatus:
                 GateResult("error_rate", Outcome.FAIL, 0.071, 0.05, 1002, "error_rate 7.1% > 5%"),
                 GateResult("latency_p95", Outcome.PASS, 0.301, 20.0, 1002, "ok"),
                 GateResult("success_rate", Outcome.INCONCLUSIVE, None, 0.9, 0, "no data"),
+                GateResult("vs_stable", Outcome.PASS, 0.002, 0.02, 1002, "ok"),
             ),
         ),
         verdict_at=T0 + timedelta(minutes=30),
-        # The newest final window per revision: what status.yaml keeps without a failing streak.
+        # The newest final window per revision: what status.yaml keeps without a failing streak
+        # (the stable revision's because a `vs_stable` gate reads it).
         windows=(_recorded(_window(STABLE, 1)), _recorded(_window(CANARY, 1))),
     )
     return replace(base, **changes)
@@ -775,6 +778,39 @@ def test_status_keeps_provisional_windows_and_the_newest_final_ones_per_length(
         expected += [(CANARY, fifteen, at[0], False), (CANARY, five, at[2], False)]
         expected += [(STABLE, five, at[2], False)]
     assert kept == sorted(expected)
+
+
+@pytest.mark.parametrize(
+    ("gates", "stable_kept"),
+    [
+        (("error_rate", "latency_p95"), False),
+        (("error_rate", "vs_stable"), True),  # the one gate that reads them back
+        ((), True),  # no verdict: nothing says which windows are read, all are kept
+    ],
+    ids=["no-vs-stable", "vs-stable", "no-verdict"],
+)
+def test_status_keeps_the_stable_windows_only_when_a_vs_stable_gate_reads_them(
+    gates: tuple[str, ...], stable_kept: bool, tmp_path: Path
+) -> None:
+    verdict = (
+        Verdict(
+            Outcome.PASS, tuple(GateResult(g, Outcome.PASS, 0.0, 0.05, 1002, "ok") for g in gates)
+        )
+        if gates
+        else None
+    )
+    provisional = replace(_window(STABLE, 2), provisional=True)
+    windows = (_window(STABLE, 1), _window(CANARY, 1), provisional)
+    write_status(tmp_path, ION, _status(verdict=verdict, windows=windows))
+    status = read_status(tmp_path, ION)
+    assert status is not None
+    assert status_unread(status) == (None if stable_kept else STABLE)
+    kept = {(w.revision, w.provisional) for w in status.windows}
+    stable = {(STABLE, False), (STABLE, True)}
+    assert kept == ({(CANARY, False)} | stable if stable_kept else {(CANARY, False)})
+    # The metrics files keep both revisions whatever status.yaml leaves out.
+    append_metrics(tmp_path, ION, windows[:2])
+    assert {w.revision for w in read_metrics(tmp_path, ION)} == {STABLE, CANARY}
 
 
 def test_status_windows_keep_what_the_judge_reads(tmp_path: Path) -> None:
