@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import os
 import random
 import subprocess
 import tempfile
@@ -39,7 +38,7 @@ from pathlib import Path
 
 from reconciler import state as st
 from reconciler.model import ServiceRef
-from reconciler.testing.git import git_environment
+from reconciler.testing.git import isolate_git
 
 START = datetime(2026, 5, 1, tzinfo=UTC)
 
@@ -117,11 +116,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="day-file-names-") as tmp:
         base = Path(tmp)
         # Isolated git: no user config, hooks or leaked GIT_* variables change the figures.
-        for key, value in git_environment(base / "home").items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+        isolate_git(base / "home")
         sizes = {name: run(name, base, args.services, args.days, args.records) for name in NAMES}
     print(
         f"day files of {args.services} rollouts, {args.days} days, {args.records} records a "

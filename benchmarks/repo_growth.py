@@ -42,7 +42,6 @@ Run: `python benchmarks/repo_growth.py [--services 100 1000] [--days 7] [--ticks
 from __future__ import annotations
 
 import argparse
-import os
 import random
 import shutil
 import statistics
@@ -69,7 +68,7 @@ from reconciler.model import (
     WindowStats,
 )
 from reconciler.spec import RolloutSpec
-from reconciler.testing.git import git_environment
+from reconciler.testing.git import isolate_git
 
 PROJECT, REGION = "bench-project", "us-central1"
 START = datetime(2026, 5, 1, tzinfo=UTC)
@@ -394,11 +393,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="repo-growth-") as tmp:
         base = Path(tmp)
         # Isolated git: no user config, hooks or leaked GIT_* variables change the figures.
-        for key, value in git_environment(base / "home").items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+        isolate_git(base / "home")
         for n in args.services:
             rows, (shares, own) = run(n, args.days, args.ticks_per_day, base, args.canarying)
             last = rows[-1]

@@ -8,12 +8,12 @@ modules that run git themselves: no user configuration, hooks or leaked
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from reconciler.testing.env import isolated_env
 from reconciler.testing.git import git_environment
 from reconciler.testing.webhooks import WebhookRecorder
 
@@ -26,22 +26,11 @@ _NO_CLOUD = {
 
 @pytest.fixture(autouse=True, scope="session")
 def no_real_cloud(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
-    saved = {
-        k: os.environ.get(k)
-        for k in (*_NO_CLOUD, "GOOGLE_APPLICATION_CREDENTIALS", "CLOUDSDK_CONFIG")
-    }
-    os.environ.update(_NO_CLOUD)
-    os.environ.pop("GOOGLE_APPLICATION_CREDENTIALS", None)
+    changes: dict[str, str | None] = {**_NO_CLOUD, "GOOGLE_APPLICATION_CREDENTIALS": None}
     # gcloud's ADC file lives in its config directory: point it at an empty one.
-    os.environ["CLOUDSDK_CONFIG"] = str(Path(tmp_path_factory.mktemp("gcloud-config")))
-    try:
+    changes["CLOUDSDK_CONFIG"] = str(Path(tmp_path_factory.mktemp("gcloud-config")))
+    with isolated_env(changes):
         yield
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
 
 
 @pytest.fixture

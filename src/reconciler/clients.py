@@ -9,9 +9,10 @@ imported inside the functions so the CLI starts fast.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from reconciler.errors import ReconcileError
 
@@ -34,7 +35,7 @@ def emulator_host(host: str | None = None) -> str | None:
     return host or os.environ.get(EMULATOR_HOST_ENV) or None
 
 
-def _channel(host: str) -> grpc.Channel:
+def _channel(host: str, options: Sequence[tuple[str, Any]] = ()) -> grpc.Channel:
     import grpc
 
     return grpc.insecure_channel(
@@ -42,6 +43,7 @@ def _channel(host: str) -> grpc.Channel:
         options=[
             ("grpc.max_receive_message_length", _MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", _MAX_MESSAGE_BYTES),
+            *options,
         ],
     )
 
@@ -112,21 +114,38 @@ def emulator_clock(host: str) -> Callable[[], datetime]:
 
     While the emulator is unreachable (restarting), the clock runs on from its last reading
     at wall-clock pace, so a long-running loop keeps its sense of time; it fails (one line)
-    only if it never read the emulator at all."""
+    only if it never read the emulator at all. The first read after an emulator listens at
+    `host` again reads it (`_clock_channel`)."""
     import grpc
     from google.protobuf import empty_pb2, timestamp_pb2
 
-    now = _channel(host).unary_unary(
-        CLOCK_METHOD,
-        request_serializer=empty_pb2.Empty.SerializeToString,
-        response_deserializer=timestamp_pb2.Timestamp.FromString,
-    )
     offset: list[timedelta] = []
+    calls: list[Callable[..., timestamp_pb2.Timestamp]] = []
+    lock = threading.Lock()
+
+    def call() -> Callable[..., timestamp_pb2.Timestamp]:
+        with lock:
+            if not calls:
+                calls.append(
+                    _clock_channel(host).unary_unary(
+                        CLOCK_METHOD,
+                        request_serializer=empty_pb2.Empty.SerializeToString,
+                        response_deserializer=timestamp_pb2.Timestamp.FromString,
+                    )
+                )
+            return calls[0]
 
     def read() -> datetime:
+        now = call()
         try:
             stamp = now(empty_pb2.Empty(), timeout=10)
         except grpc.RpcError as exc:
+            # The channel's connection now waits out gRPC's reconnect backoff (1 s, growing
+            # to 2 min): a new emulator at `host` would go unread for that long. The next
+            # read opens a new channel (this one closes once no read holds it).
+            with lock:
+                if calls and calls[0] is now:
+                    calls.clear()
             if offset:
                 return datetime.now(UTC) + offset[-1]
             raise ReconcileError(
@@ -138,6 +157,14 @@ def emulator_clock(host: str) -> Callable[[], datetime]:
         return when
 
     return read
+
+
+def _clock_channel(host: str) -> grpc.Channel:
+    """A channel for the emulator clock, in a connection pool of its own: a new one never
+    shares a connection, nor its reconnect backoff, with a channel to `host` still held
+    elsewhere (a failed read's, another client's), and the clock, which a process keeps for
+    good (`runtime.utc_now`), holds no connection that clients made later would share."""
+    return _channel(host, [("grpc.use_local_subchannel_pool", 1)])
 
 
 def logging_client(host: str | None = None) -> LoggingServiceV2Client:

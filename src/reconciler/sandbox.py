@@ -6,7 +6,6 @@ same real parts: the official Google clients against the emulator, and real git 
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 import tempfile
@@ -18,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from reconciler.emulator import Emulator
+from reconciler.testing.env import isolated_env
 from reconciler.testing.git import git_environment, make_remote, run_git
 
 EXAMPLE_ROLLOUT = """\
@@ -109,25 +109,6 @@ class Sandbox:
     def now(self) -> datetime:
         """Emulator time: the clock the reconciler must use in this sandbox."""
         return self.emu.now()
-
-
-@contextmanager
-def isolated_env(changes: Mapping[str, str | None]) -> Iterator[None]:
-    """Apply environment changes (None unsets) for the duration of the block."""
-    saved = {k: os.environ.get(k) for k in changes}
-    try:
-        for k, v in changes.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-        yield
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 @contextmanager

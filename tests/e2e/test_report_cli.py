@@ -22,7 +22,7 @@ from reconciler.state import (
     write_status,
 )
 from reconciler.stats import buckets_from_counts, exponential_bounds
-from reconciler.testing.git import clone, git_environment, make_remote, run_git
+from reconciler.testing.git import clone, make_remote, run_git
 from tests.builders import CANARY, STABLE, status_at
 from tests.refs import ION, ION_DIR
 
@@ -72,13 +72,8 @@ def _windows(now: datetime) -> list[WindowStats]:
 
 
 @pytest.fixture
-def repo(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+def repo(tmp_path: Path, isolated_git: None) -> Path:
     """A clone of a real repository whose state/ holds 1 h of a canary at 5%."""
-    for key, value in git_environment(tmp_path / "home").items():
-        if value is None:
-            monkeypatch.delenv(key, raising=False)
-        else:
-            monkeypatch.setenv(key, value)
     work = clone(make_remote(tmp_path, {"rollout/ion-api.yaml": ROLLOUT}), tmp_path / "work")
     now = datetime.now(UTC)
     start = now - timedelta(hours=30)

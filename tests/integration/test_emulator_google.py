@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Iterator
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import grpc
@@ -20,6 +20,7 @@ from reconciler import clients
 from reconciler.emulator import Emulator
 from reconciler.emulator.world import ApiError
 from reconciler.errors import ReconcileError
+from reconciler.runtime import utc_now
 
 STABLE = "ion-api-00041-abc"
 CANARY = "ion-api-00042-xyz"
@@ -389,6 +390,26 @@ def test_the_reconciler_s_clock_is_the_emulator_s_and_survives_a_restart() -> No
     # The emulator is gone (restarting): the clock runs on from its last reading.
     after = clock()
     assert timedelta(0) <= after - moved < timedelta(minutes=1)
+
+
+def test_an_emulator_started_again_on_the_same_port_is_read_at_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The process keeps one clock per emulator address: a read that failed while nothing
+    listened must not leave it (or the clients made after it) on a connection in gRPC's
+    reconnect backoff (1 s at first, growing to 2 min), reading the old emulator's time."""
+    with Emulator.start(latency_mode="simulated") as old:
+        target = old.grpc_target
+        monkeypatch.setenv(clients.EMULATOR_HOST_ENV, target)
+        old.advance_clock(10 * 86400)
+        assert utc_now() - datetime.now(UTC) > timedelta(days=9)
+    # Nothing listens: the clock runs on from the old emulator's reading.
+    assert utc_now() - datetime.now(UTC) > timedelta(days=9)
+    port = int(target.rsplit(":", 1)[1])
+    with Emulator.start(port=port, latency_mode="simulated") as new:
+        services = clients.services_client()
+        assert services.get_service(name=new.service_name("ion-api"), retry=None, timeout=5)
+        assert abs(utc_now() - new.now()) < timedelta(seconds=30)
 
 
 def test_a_clock_that_never_reached_the_emulator_is_one_line() -> None:

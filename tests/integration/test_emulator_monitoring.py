@@ -85,6 +85,25 @@ def by_revision(
     return out
 
 
+def checkout_sums(
+    emu: Emulator,
+    metrics: monitoring_v3.MetricServiceClient,
+    metric: str,
+    *group_by: str,
+) -> dict[tuple[str, ...], Any]:
+    """The checkout service's `metric` over the last 5 minutes, one 5-minute delta summed per
+    value of the `group_by` labels (keyed as `by_revision` keys them)."""
+    req = request(
+        emu,
+        f'metric.type = "{metric}" AND resource.labels.service_name = "checkout"',
+        alignment_period=timedelta(minutes=5),
+        per_series_aligner=A.ALIGN_DELTA,
+        cross_series_reducer=R.REDUCE_SUM,
+        group_by_fields=list(group_by),
+    )
+    return by_revision(metrics, req)
+
+
 def percentile(dist: distribution_pb2.Distribution, q: float) -> float:
     """Percentile from exponential buckets, interpolated inside the bucket (client-side)."""
     opts = dist.bucket_options.exponential_buckets
@@ -105,16 +124,8 @@ def test_split_and_latencies_are_measured_from_served_traffic(
     assert served.sent == 2000
     emu.advance_clock(INGESTED)
 
-    counts = by_revision(
-        metrics,
-        request(
-            emu,
-            f'metric.type = "{COUNT}" AND resource.labels.service_name = "checkout"',
-            alignment_period=timedelta(minutes=5),
-            per_series_aligner=A.ALIGN_DELTA,
-            cross_series_reducer=R.REDUCE_SUM,
-            group_by_fields=["resource.labels.revision_name", "metric.labels.response_code_class"],
-        ),
+    counts = checkout_sums(
+        emu, metrics, COUNT, "resource.labels.revision_name", "metric.labels.response_code_class"
     )
     n = {k: ts.points[0].value.int64_value for k, ts in counts.items()}
     stable = n[("2xx", "checkout-00001-sta")]
@@ -132,17 +143,7 @@ def test_split_and_latencies_are_measured_from_served_traffic(
     assert series.metric_kind == metric_pb2.MetricDescriptor.DELTA
     assert series.value_type == metric_pb2.MetricDescriptor.INT64
 
-    dists = by_revision(
-        metrics,
-        request(
-            emu,
-            f'metric.type = "{LATENCIES}" AND resource.labels.service_name = "checkout"',
-            alignment_period=timedelta(minutes=5),
-            per_series_aligner=A.ALIGN_DELTA,
-            cross_series_reducer=R.REDUCE_SUM,
-            group_by_fields=["resource.labels.revision_name"],
-        ),
-    )
+    dists = checkout_sums(emu, metrics, LATENCIES, "resource.labels.revision_name")
     stable_d = dists[("checkout-00001-sta",)].points[0].value.distribution_value
     canary_d = dists[("checkout-00002-can",)].points[0].value.distribution_value
     assert stable_d.bucket_options.exponential_buckets.growth_factor > 1

@@ -59,6 +59,26 @@ class GatedClock:
         return self.sb.now()
 
 
+class RacingClock:
+    """Each racing run's clock, holding the run right after it observed live traffic until
+    every racer has (the seam `GatedClock` uses): all of them then hold the same etag, so their
+    writes race by construction, however far apart the threads started."""
+
+    def __init__(self, sb: Sandbox, barrier: threading.Barrier) -> None:
+        self.sb = sb
+        self.barrier = barrier
+        self.held = False
+
+    def __call__(self) -> datetime:
+        if not self.held:
+            self.held = True
+            try:
+                self.barrier.wait()
+            except threading.BrokenBarrierError:
+                raise AssertionError("the racing runs never all observed live traffic") from None
+        return self.sb.now()
+
+
 def in_thread(fn: Callable[[], RunResult]) -> tuple[threading.Thread, list[RunResult]]:
     out: list[RunResult] = []
     thread = threading.Thread(target=lambda: out.append(fn()))
@@ -161,14 +181,16 @@ def test_a_reconciler_with_older_git_never_undoes_a_newer_apply(sb: Sandbox) -> 
 
 def test_four_reconcilers_racing_one_change_write_once_and_record_once(sb: Sandbox) -> None:
     repos = [sb.repo, *(sb.clone(f"runner-{i}") for i in range(3))]
-    # A slow UpdateService (the delay is served before the write is judged) makes the runs'
-    # writes overlap: several send the same etag, one lands, the others are refused.
+    # Every run reads live before any writes, so all four send the same etag: one lands, the
+    # others are refused. A slow UpdateService (the delay is served before the write is
+    # judged) makes the writes overlap in flight too.
+    racing = threading.Barrier(len(repos), timeout=60)
     sb.emu.fault("UpdateService", rate=0.0, latency_ms=800)
     results: list[RunResult] = []
     lock = threading.Lock()
 
     def run(repo: Path) -> None:
-        result = apply_all(context(sb, repo))
+        result = apply_all(context(sb, repo, clock=RacingClock(sb, racing)))
         with lock:
             results.append(result)
 

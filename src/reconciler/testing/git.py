@@ -20,7 +20,18 @@ import subprocess
 from collections.abc import Mapping
 from pathlib import Path
 
-__all__ = ["TEST_EMAIL", "TEST_NAME", "clone", "git_environment", "make_remote", "run_git", "write"]
+from reconciler.testing.env import set_env
+
+__all__ = [
+    "TEST_EMAIL",
+    "TEST_NAME",
+    "clone",
+    "git_environment",
+    "isolate_git",
+    "make_remote",
+    "run_git",
+    "write",
+]
 
 TEST_NAME = "Test Human"
 TEST_EMAIL = "human@example.com"
@@ -47,6 +58,13 @@ def git_environment(home: Path, environ: Mapping[str, str] | None = None) -> dic
         }
     )
     return changes
+
+
+def isolate_git(home: Path) -> None:
+    """Isolate git (`git_environment(home)`) for the rest of this process: for scripts that
+    own their process, such as the benchmarks; a test changes its environment for itself
+    (pytest's `monkeypatch`, or `testing.env.isolated_env`)."""
+    set_env(git_environment(home))
 
 
 def run_git(cwd: Path, *args: str) -> str:
