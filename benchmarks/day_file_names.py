@@ -5,11 +5,15 @@ as deltas by a hash of about the last 16 characters of their paths, then by size
 each only against its 10 neighbours. The day files' names decide whether a file's versions
 are neighbours:
 
-- `date`: `YYYY-MM-DD.jsonl`, as older versions named them: every rollout's file of a day
-  has the same hash;
-- `rollout-hash`: `YYYY-MM-DD.<6 hex digits of the rollout>.jsonl`: rollouts differ, but the
-  date's digits fall out of the 16 characters, so a rollout's files of many days share one;
+- `date`: `windows-YYYY-MM-DD.jsonl`, the date alone as older versions named them
+  (`metrics/YYYY-MM-DD.jsonl`): every rollout's file of a day has the same hash;
+- `rollout-hash`: `windows-YYYY-MM-DD.<6 hex digits of the rollout>.jsonl`: rollouts differ,
+  but the date's digits fall out of the 16 characters, so a rollout's files of many days
+  share one;
 - `product`: what `state.metrics_path` writes (a hash of the rollout and the day).
+
+All three sit where the product writes day files (beside status.yaml), so the trees each
+record rewrites are the same for all three and only the names differ.
 
 For each name, N rollouts x D days, R records a day (each appends two rolled-up lines of
 random counts to the day's file, as `state.append_metrics` does), one commit per record,
@@ -52,12 +56,12 @@ def packed_kib(repo: Path) -> int:
 
 
 def _date_only(root: Path, ref: ServiceRef, when: datetime) -> Path:
-    return st.state_dir(root, ref) / "metrics" / f"{when:%Y-%m-%d}.jsonl"
+    return st.state_dir(root, ref) / f"windows-{when:%Y-%m-%d}.jsonl"
 
 
 def _rollout_hash(root: Path, ref: ServiceRef, when: datetime) -> Path:
     digits = hashlib.sha256(ref.key.encode()).hexdigest()[:6]
-    return st.state_dir(root, ref) / "metrics" / f"{when:%Y-%m-%d}.{digits}.jsonl"
+    return st.state_dir(root, ref) / f"windows-{when:%Y-%m-%d}.{digits}.jsonl"
 
 
 NAMES: dict[str, Callable[[Path, ServiceRef, datetime], Path]] = {

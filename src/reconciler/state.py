@@ -3,9 +3,11 @@
 ```
 state/P/R/S/status.yaml            what is live and what was judged, rewritten every run
 state/P/R/S/events.jsonl           what the reconciler did, append-only, newest last
-state/P/R/S/metrics/YYYY-MM-DD.H.jsonl  one compact line per revision per record: the
+state/P/R/S/windows-YYYY-MM-DD.H.jsonl  one compact line per revision per record: the
                                    windows measured since the last record, rolled up
                                    (H: `day_file_hash`, six hex digits)
+state/P/R/S/metrics/*.jsonl        the windows as older versions wrote them (day files,
+                                   month files): read and pruned, never written
 ```
 
 One folder per rollout identity (`ServiceRef`: project, region, service), so the same service
@@ -39,9 +41,16 @@ Bounded growth:
   of their paths: every rollout's `YYYY-MM-DD.jsonl` looked the same to it, so a day file's
   versions were stored almost whole instead of as the lines each record added
   (benchmarks/README.md, "Repository growth"). Day files older versions named
-  `YYYY-MM-DD.jsonl` are still read and pruned, never renamed (nothing is appended to a day
-  file after its day, so a rename would save nothing); on the day of an upgrade a day's
-  lines sit in both files, and each is read once.
+  `metrics/YYYY-MM-DD.jsonl` are still read and pruned, never renamed (nothing is appended
+  to a day file after its day, so a rename would save nothing); on the day of an upgrade a
+  day's lines sit in both files, and each is read once.
+- the day files sit beside status.yaml, not in a `metrics/` folder of their own as older
+  versions wrote them: every record rewrote that folder's tree as well as the service's (git
+  stores a small tree whole when two of its hashes change), a fixed cost per record. Files
+  in `metrics/` are still read and pruned, never moved or written to (nothing is appended to
+  a day after its day): on the day of an upgrade a day's lines sit in `metrics/` and beside
+  status.yaml, and each window is read once. An older version reads `metrics/` only: it
+  misses the windows written here (see docs/git-and-state.md, "Metrics lines").
 
 Sinks defend themselves: every path goes through `safepath` (no symbolic link anywhere under
 `state/`, nothing outside the repository), every string is scrubbed of probe secrets
@@ -164,12 +173,17 @@ fall in about as many of git's name-hash groups, at most two to a group."""
 _SERVICE = re.compile(SERVICE_RE)
 _PROJECT = re.compile(PROJECT_RE)
 _REGION = re.compile(REGION_RE)
-_METRICS_FILE = re.compile(
+_DAY_FILE = re.compile(r"^windows-(\d{4}-\d{2}-\d{2})\.[0-9a-f]+\.jsonl$")
+"""A day file's name in the service folder: a day and a hash (`windows-2026-05-01.3fa2c1.jsonl`;
+any hex hash, so a folder moved to another identity by hand keeps its history). Nothing else
+in that folder is ever read as metrics or pruned."""
+_OLD_METRICS = "metrics"
+"""The folder older versions wrote their metrics files in, still read and pruned."""
+_OLD_METRICS_FILE = re.compile(
     r"^(\d{4}-\d{2}-\d{2})\.[0-9a-f]+\.jsonl$|^(\d{4}-\d{2}(?:-\d{2})?)\.jsonl$"
 )
-"""A metrics file's name: a day and a hash (`2026-05-01.3fa2c1.jsonl`; any hex hash, so a
-folder moved to another identity by hand keeps its history), or as older versions named
-them, a day (`2026-05-01.jsonl`) or a month (`2026-05.jsonl`)."""
+"""A metrics file's name in `metrics/`, as older versions named them: a day and a hash
+(`2026-05-01.3fa2c1.jsonl`), a day (`2026-05-01.jsonl`) or a month (`2026-05.jsonl`)."""
 log = logging.getLogger(__name__)
 # What `str.splitlines` splits on beyond `\n` and `\r` that `json.dumps` leaves raw: a
 # record holding one would become two lines for any reader that splits lines that way.
@@ -239,21 +253,23 @@ def events_path(root: Path, ref: ServiceRef) -> Path:
 
 
 def metrics_path(root: Path, ref: ServiceRef, when: datetime) -> Path:
-    """`state/<project>/<region>/<service>/metrics/YYYY-MM-DD.<hash>.jsonl` for the UTC day
+    """`state/<project>/<region>/<service>/windows-YYYY-MM-DD.<hash>.jsonl` for the UTC day
     of `when`, `<hash>` being `day_file_hash(ref, day)`.
 
     One file a day keeps what a run appends to small (a day of windows, not a month's):
     git hashes and compresses the whole file each commit, so a run costs the same on the
-    last day of a month as on the first. Older versions wrote `YYYY-MM-DD.jsonl` and
-    `YYYY-MM.jsonl`; they are read.
+    last day of a month as on the first. Beside status.yaml, not in a folder of their own:
+    every record rewrote that folder's tree too (stored whole by git, a fixed cost per
+    record). Older versions wrote `metrics/YYYY-MM-DD.<hash>.jsonl`,
+    `metrics/YYYY-MM-DD.jsonl` and `metrics/YYYY-MM.jsonl`; they are read.
     """
     day = _utc(when).strftime("%Y-%m-%d")
-    return _service_file(root, ref, "metrics", _day_file_name(ref, day))
+    return _service_file(root, ref, _day_file_name(ref, day))
 
 
 def _day_file_name(ref: ServiceRef, day: str) -> str:
     """The name of the rollout's day file of `day` (`YYYY-MM-DD`)."""
-    return f"{day}.{day_file_hash(ref, day)}.jsonl"
+    return f"windows-{day}.{day_file_hash(ref, day)}.jsonl"
 
 
 def day_file_hash(ref: ServiceRef, day: str) -> str:
@@ -428,18 +444,16 @@ def append_metrics(root: Path, ref: ServiceRef, stats: Iterable[WindowStats]) ->
         new.setdefault(_window_key(s), s)
     if not new:
         return []
-    # The record's folders are checked once, here; the folder is listed once (for the
-    # recorded lines and the pruning), and each day file written is checked when named.
-    directory = _service_file(root, ref, "metrics")
-    listing = _listing(directory)
+    # The record's folders are checked once, here; they are listed once (for the recorded
+    # lines and the pruning), and each day file written is checked when named.
+    files = _metrics_files(root, ref)
     # A recorded line holding one of these windows ends at or after it: the files from the
     # day of the earliest end on (a month file of older versions for any day of its month).
     first = min(_utc(s.end) for s in new.values()).strftime("%Y-%m-%d")
     recorded: dict[tuple[str, timedelta], list[WindowStats]] = {}
-    for name in sorted(listing):
-        period = _period_of(name)
-        if period is not None and period >= first[: len(period)] and not listing[name]:
-            for w in _parse_metrics(directory / name, ref.service):
+    for f in files:
+        if f.period is not None and f.period >= first[: len(f.period)] and not f.link:
+            for w in _parse_metrics(f.path, ref.service):
                 recorded.setdefault((w.revision, w.step), []).append(w)
     fresh = [
         s
@@ -452,12 +466,14 @@ def append_metrics(root: Path, ref: ServiceRef, stats: Iterable[WindowStats]) ->
     for s in roll_up(fresh):
         by_day.setdefault(_utc(s.end).strftime("%Y-%m-%d"), []).append(s)
     written = []
+    listed = {f.path for f in files}
     for day, lines in sorted(by_day.items()):
-        path = _service_file(root, ref, "metrics", _day_file_name(ref, day))
+        path = _service_file(root, ref, _day_file_name(ref, day))
         _append(path, [_json_line(_metric_to_data(s)) for s in lines])
         written.append(path)
-        listing.setdefault(path.name, False)
-    _prune_months(directory, listing)
+        if path not in listed:
+            files.append(_MetricsFile(path, day, link=False))
+    _prune_months(root, files)
     return written
 
 
@@ -488,42 +504,70 @@ def _append(path: Path, lines: Sequence[str]) -> None:
         fh.write(text.encode("utf-8"))
 
 
-def _listing(directory: Path) -> dict[str, bool]:
-    """The entries of a (checked) folder, each with whether it is a symbolic link; empty
-    when the folder does not exist yet."""
+@dataclass(frozen=True)
+class _MetricsFile:
+    """A file that may hold a rollout's metrics lines, as its folder's listing shows it."""
+
+    path: Path
+    period: str | None
+    """Its day (`2026-05-01`) or month (`2026-05`, older versions) from its name; None for a
+    `.jsonl` file in `metrics/` whose name no version wrote (read, never pruned)."""
+    link: bool
+    """A symbolic link: never read, followed or deleted."""
+
+
+def _metrics_files(root: Path, ref: ServiceRef) -> list[_MetricsFile]:
+    """The rollout's day files beside status.yaml (names matching `_DAY_FILE` only) and the
+    `.jsonl` files of the `metrics/` folder older versions wrote, sorted by path.
+
+    Each folder is checked (a symbolic link in place of the service folder or of `metrics/`
+    is a `StateError`) and listed once; links among the files are listed, flagged."""
+    folder = _service_file(root, ref)
+    out = []
+    old = False
+    for entry in _scan(folder):
+        if entry.name == _OLD_METRICS:
+            old = True
+        elif (match := _DAY_FILE.match(entry.name)) and not entry.is_dir(follow_symlinks=False):
+            out.append(_MetricsFile(folder / entry.name, match[1], entry.is_symlink()))
+    if old:
+        older = _service_file(root, ref, _OLD_METRICS)
+        out.extend(
+            _MetricsFile(older / e.name, _old_period(e.name), e.is_symlink())
+            for e in _scan(older)
+            if e.name.endswith(".jsonl") and not e.is_dir(follow_symlinks=False)
+        )
+    return sorted(out, key=lambda f: f.path)
+
+
+def _scan(folder: Path) -> list[os.DirEntry[str]]:
+    """The entries of a (checked) folder; none when it does not exist or is not a folder."""
     try:
-        with os.scandir(directory) as entries:
-            return {e.name: e.is_symlink() for e in entries if e.name.endswith(".jsonl")}
-    except FileNotFoundError:
-        return {}
+        with os.scandir(folder) as entries:
+            return list(entries)
+    except (FileNotFoundError, NotADirectoryError):
+        return []
 
 
-def _prune_months(directory: Path, listing: Mapping[str, bool]) -> None:
-    """Delete the metrics files of months beyond the newest `METRICS_MONTHS` of `listing`
-    (the folder's `.jsonl` entries, symbolic link or not); links are never deleted."""
-    files = {name: period[:7] for name in listing if (period := _period_of(name))}
-    keep = set(sorted(set(files.values()))[-METRICS_MONTHS:])
-    old = [name for name, month in files.items() if month not in keep and not listing[name]]
-    if not old:
-        return
-    # Checked again right before deleting: a `metrics` link to elsewhere must never be pruned.
-    safepath.guard(directory)
-    if directory.is_symlink():
-        raise StateError(f"{directory}: is a symbolic link; not pruning it")
-    for name in old:
-        (directory / name).unlink()
-
-
-def _period(path: Path) -> str | None:
-    """The day (`2026-05-01`) or month (`2026-05`) of a metrics file, from its name in any
-    of the formats versions wrote (`_METRICS_FILE`); None for any other name."""
-    return _period_of(path.name)
-
-
-def _period_of(name: str) -> str | None:
-    """`_period` of a file name."""
-    match = _METRICS_FILE.match(name)
+def _old_period(name: str) -> str | None:
+    """The day or month of a file in `metrics/` from its name (`_OLD_METRICS_FILE`), None
+    for any other name."""
+    match = _OLD_METRICS_FILE.match(name)
     return None if match is None else match[1] or match[2]
+
+
+def _prune_months(root: Path, files: Sequence[_MetricsFile]) -> None:
+    """Delete the metrics files of months beyond the newest `METRICS_MONTHS` of `files` (in
+    both places, symbolic link or not); links and names no version wrote are never deleted."""
+    months = {f.period[:7] for f in files if f.period}
+    keep = set(sorted(months)[-METRICS_MONTHS:])
+    old = [f for f in files if f.period and f.period[:7] not in keep and not f.link]
+    # Checked again right before deleting: a folder swapped for a link to elsewhere since it
+    # was listed must never be pruned.
+    for folder in sorted({f.path.parent for f in old}):
+        _safe(root, folder)
+    for f in old:
+        f.path.unlink()
 
 
 # --- reading --------------------------------------------------------------------------------
@@ -632,26 +676,27 @@ def read_metrics(
 ) -> list[WindowStats]:
     """Recorded windows (optionally those ending after `since`), by end time then revision.
 
-    Reads day files and the month files of older versions, both line formats; only files
-    whose day or month can hold a window ending after `since` are opened. Lines may be
-    rolled up (one line for several consecutive windows, `WindowStats.rolled`). A window
-    recorded twice, or inside a rolled-up line of the same revision and window length (lines
-    merged by git's union driver), is returned once. A line that does not parse
-    is skipped with a warning naming the file and line.
+    Reads the day files beside status.yaml and what older versions wrote in `metrics/` (day
+    files with and without a hash, month files), both line formats; only files whose day or
+    month can hold a window ending after `since` are opened. Lines may be rolled up (one line
+    for several consecutive windows, `WindowStats.rolled`). A window recorded twice (in one
+    file or in both places), or inside a rolled-up line of the same revision and window
+    length (lines merged by git's union driver), is returned once. A line that does not
+    parse is skipped with a warning naming the file and line.
     """
-    directory = _safe(root, state_dir(root, ref) / "metrics")
     first = None if since is None else _utc(since).strftime("%Y-%m-%d")
     out: dict[tuple[str, datetime, datetime, int], WindowStats] = {}
-    for path in sorted(directory.glob("*.jsonl")):
-        if path.is_symlink():
-            log.warning("%s: a symbolic link; skipped", path)
+    for f in _metrics_files(root, ref):
+        if f.link:
+            log.warning("%s: a symbolic link; skipped", f.path)
             continue
-        # A month file (`2026-05`) is read for any day of it; a day's lines may be in two
-        # files (`2026-05-01.jsonl` and `2026-05-01.<hash>.jsonl` on the day of an upgrade).
-        period = _period(path)
+        # A month file (`2026-05`) is read for any day of it; a day's lines may be in several
+        # files on the day of an upgrade (`metrics/2026-05-01.jsonl`,
+        # `metrics/2026-05-01.<hash>.jsonl`, `windows-2026-05-01.<hash>.jsonl`).
+        period = f.period
         if first is not None and period is not None and period < first[: len(period)]:
             continue
-        for stats in _parse_metrics(path, ref.service, warn=True):
+        for stats in _parse_metrics(f.path, ref.service, warn=True):
             if since is None or stats.end > since:
                 out.setdefault(_window_key(stats), stats)
     return _uncovered(out.values())

@@ -56,7 +56,7 @@ def canary_windows(sb: Sandbox) -> list[tuple[datetime, datetime, int]]:
     each rolls up; each line is read back, so a window written twice would appear twice."""
     lines = sum(
         len(path.read_text(encoding="utf-8").splitlines())
-        for path in (state_dir(sb.repo, ION) / "metrics").glob("*.jsonl")
+        for path in state_dir(sb.repo, ION).glob("windows-*.jsonl")
     )
     recorded = read_metrics(sb.repo, ION)
     assert lines == len(recorded)

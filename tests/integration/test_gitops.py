@@ -11,10 +11,12 @@ from pathlib import Path
 
 import pytest
 import yaml
+from tests.refs import ION, ION_DIR
 
 from reconciler import yamledit
 from reconciler.gitops import (
     DEFAULT_NAME,
+    UNION_ATTRIBUTES,
     Action,
     BotIdentity,
     GitOps,
@@ -26,6 +28,8 @@ from reconciler.gitops import (
     reconcile_trailers,
 )
 from reconciler.loader import spec_id_of
+from reconciler.model import WindowStats
+from reconciler.state import append_metrics, metrics_path, read_metrics
 from reconciler.testing.git import clone, make_remote, run_git, write
 
 ROLLOUT = "service: ion-api\ncanary_percent: 5  # keep me\n"
@@ -299,6 +303,33 @@ def test_two_clones_pushing_at_the_same_time_both_land(remote: Path, tmp_path: P
     for service in clones:
         mine = [e for e in events if service in e]
         assert mine == [f'{{"by":"{service}","n":{n}}}' for n in range(rounds)]
+
+
+def test_two_clones_appending_to_one_day_file_both_land(remote: Path, tmp_path: Path) -> None:
+    """Two runners record windows of the same rollout and day: the second push rebases on the
+    first, and the day file beside status.yaml keeps both lines (union merge)."""
+    start = datetime(2026, 5, 1, 12, tzinfo=UTC)
+    windows = [
+        WindowStats("ion-api", f"ion-api-{rev}", start, start + timedelta(minutes=5), 100, 1, 99)
+        for rev in ("00041-abc", "00042-xyz")
+    ]
+    a, b = (_ops(clone(remote, tmp_path / name)) for name in ("a", "b"))
+    for ops, window in ((a, windows[0]), (b, windows[1])):
+        append_metrics(ops.root, ION, [window])
+        assert ops.commit([ION_DIR], f"reconcile(ion-api): {window.revision}") is not None
+    assert a.push() and b.push()
+    day_file = metrics_path(remote, ION, start).relative_to(remote).as_posix()
+    assert day_file.startswith(f"{ION_DIR}/windows-2026-05-01.")
+    assert len(_remote_file(remote, day_file).splitlines()) == 2
+    fresh = clone(remote, tmp_path / "fresh")
+    assert read_metrics(fresh, ION) == windows
+    # A rebase merges the file with git's union driver: the attributes name it.
+    attributes = tmp_path / "attributes"
+    attributes.write_text(UNION_ATTRIBUTES, encoding="utf-8")
+    merge = run_git(
+        fresh, "-c", f"core.attributesFile={attributes}", "check-attr", "merge", "--", day_file
+    )
+    assert merge.strip() == f"{day_file}: merge: union"
 
 
 def test_a_push_that_loses_the_remote_ref_lock_fetches_and_lands(

@@ -95,6 +95,10 @@ def test_a_symlinked_service_dir_is_refused(repo: Path, outside: Path) -> None:
         append_events(repo, ION, [Event(T0, EventKind.APPLIED, "bot")])
     with pytest.raises(StateError, match="symbolic link"):
         read_status(repo, ION)
+    with pytest.raises(StateError, match=rf"^{ION_DIR}: is a symbolic link"):
+        append_metrics(repo, ION, [_window(5)])
+    with pytest.raises(StateError, match=rf"^{ION_DIR}: is a symbolic link"):
+        read_metrics(repo, ION)
     assert _snapshot(outside) == before
 
 
@@ -131,7 +135,7 @@ def test_a_symlinked_metrics_dir_is_never_written_or_pruned(repo: Path, outside:
     assert _snapshot(outside) == before
 
 
-def test_a_symlinked_month_file_is_neither_followed_nor_pruned(repo: Path, outside: Path) -> None:
+def test_a_symlinked_day_file_is_neither_followed_nor_pruned(repo: Path, outside: Path) -> None:
     append_metrics(repo, ION, [_window(1)])
     january = metrics_path(repo, ION, _window(1).end)
     january.unlink()
@@ -141,6 +145,23 @@ def test_a_symlinked_month_file_is_neither_followed_nor_pruned(repo: Path, outsi
     append_metrics(repo, ION, [_window(m) for m in (2, 3, 4, 5)])  # prunes months
     assert (outside / "keep.txt").read_text() == "not the reconciler's\n"
     assert read_metrics(repo, ION) == [_window(m) for m in (3, 4, 5)]  # 3 months kept
+
+
+@pytest.mark.parametrize("name", ["2026-01.jsonl", "2026-01-01.jsonl", "2026-01-01.6bfbca.jsonl"])
+def test_a_symlinked_file_in_an_old_metrics_folder_is_neither_followed_nor_pruned(
+    repo: Path, outside: Path, name: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # What older versions wrote in `metrics/` is read and pruned with the same care.
+    line = '{"r":"r1","e":1767225900,"w":300,"n":9,"x":0,"k":9,"p":[0.1,0.2,null]}'
+    (outside / "keep.txt").write_text(line + "\n")  # a window of 1 January, if followed
+    (repo / ION_DIR / "metrics").mkdir(parents=True)
+    (repo / ION_DIR / "metrics" / name).symlink_to(outside / "keep.txt")
+    assert read_metrics(repo, ION) == []
+    assert f"metrics/{name}: a symbolic link; skipped" in caplog.text
+    append_metrics(repo, ION, [_window(m) for m in (2, 3, 4, 5)])  # prunes January
+    assert (repo / ION_DIR / "metrics" / name).is_symlink()
+    assert _snapshot(outside)["keep.txt"].startswith(b'{"r":"r1"')
+    assert read_metrics(repo, ION) == [_window(m) for m in (3, 4, 5)]
 
 
 def test_a_symlinked_status_file_is_refused(repo: Path, outside: Path) -> None:
@@ -276,8 +297,28 @@ def test_a_link_swapped_in_while_a_status_is_serialized_is_refused(
 def test_a_link_swapped_in_before_a_day_file_is_appended_to_is_refused(
     repo: Path, outside: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # The metrics folder is checked and listed first; the day file is checked when named.
+    # The service folder is checked and listed first; the day file is checked when named.
     append_metrics(repo, ION, [_window(1)])
+    roll_up = state.roll_up
+
+    def racing(windows: Any) -> Any:
+        _swap_for_link(repo / ION_DIR, outside)
+        return roll_up(windows)
+
+    monkeypatch.setattr(state, "roll_up", racing)
+    with pytest.raises(StateError, match=f"{ION_DIR}: is a symbolic link"):
+        append_metrics(repo, ION, [_window(2)])
+    assert _snapshot(outside) == {"keep.txt": b"not the reconciler's\n"}
+
+
+def test_an_old_metrics_folder_swapped_for_a_link_before_pruning_is_not_pruned(
+    repo: Path, outside: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The folders are checked again right before anything in them is deleted.
+    (repo / ION_DIR / "metrics").mkdir(parents=True)
+    (repo / ION_DIR / "metrics" / "2026-01.jsonl").write_text("{}\n")
+    (outside / "2026-01.jsonl").write_text("someone else's file\n")
+    before = _snapshot(outside)
     roll_up = state.roll_up
 
     def racing(windows: Any) -> Any:
@@ -286,5 +327,5 @@ def test_a_link_swapped_in_before_a_day_file_is_appended_to_is_refused(
 
     monkeypatch.setattr(state, "roll_up", racing)
     with pytest.raises(StateError, match="metrics: is a symbolic link"):
-        append_metrics(repo, ION, [_window(2)])
-    assert _snapshot(outside) == {"keep.txt": b"not the reconciler's\n"}
+        append_metrics(repo, ION, [_window(m) for m in (2, 3, 4, 5)])
+    assert _snapshot(outside) == before

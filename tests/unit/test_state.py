@@ -343,7 +343,13 @@ def test_metrics_go_to_day_files_and_round_trip(tmp_path: Path) -> None:
     may_end = datetime(2026, 5, 31, 23, 55, tzinfo=UTC)
     windows = [_window(CANARY, 0, at=may_end), _window(STABLE, 0, at=may_end), _window(CANARY, 1)]
     written = append_metrics(tmp_path, ION, windows)
-    assert [p.name for p in written] == ["2026-05-01.6bfbca.jsonl", "2026-06-01.b8b4b5.jsonl"]
+    assert [p.name for p in written] == [
+        "windows-2026-05-01.6bfbca.jsonl",
+        "windows-2026-06-01.b8b4b5.jsonl",
+    ]
+    # Beside status.yaml: no `metrics/` folder (its tree was rewritten by every record).
+    assert {p.parent for p in written} == {state_dir(tmp_path, ION)}
+    assert not (state_dir(tmp_path, ION) / "metrics").exists()
     assert read_metrics(tmp_path, ION) == sorted(
         windows, key=lambda w: (w.end, w.revision, w.start)
     )
@@ -490,8 +496,8 @@ def test_windows_of_other_lengths_are_rolled_up_apart(tmp_path: Path) -> None:
 def test_a_roll_up_goes_to_the_file_of_its_end(tmp_path: Path) -> None:
     late = datetime(2026, 5, 1, 23, 45, tzinfo=UTC)
     append_metrics(tmp_path, ION, [_window(CANARY, n, at=late) for n in range(6)])
-    files = sorted((state_dir(tmp_path, ION) / "metrics").glob("*.jsonl"))
-    assert [p.name for p in files] == ["2026-05-02.c0edb7.jsonl"]
+    files = sorted(state_dir(tmp_path, ION).glob("*.jsonl"))
+    assert [p.name for p in files] == ["windows-2026-05-02.c0edb7.jsonl"]
     (one,) = read_metrics(tmp_path, ION, since=datetime(2026, 5, 2, tzinfo=UTC))
     assert one.start == late and one.rolled == 6
 
@@ -517,16 +523,33 @@ def test_old_metrics_months_are_pruned(tmp_path: Path) -> None:
     old = state_dir(tmp_path, ION) / "metrics" / "2026-01.jsonl"
     old.parent.mkdir(parents=True)
     old.write_text("{}\n", encoding="utf-8")  # a month file of an older version
+    write_status(tmp_path, ION, _status())
+    append_events(tmp_path, ION, [_event(0)])
+    # Named like nothing this version writes: never pruned (nor read as metrics).
+    others = ["windows-2026-01.jsonl", "windows-2026-01-02.jsonl", "2026-01-02.abcdef.jsonl"]
+    for name in others:
+        (state_dir(tmp_path, ION) / name).write_text("{}\n", encoding="utf-8")
     for month in range(1, 7):
         for day in (2, 3):
             at = datetime(2026, month, day, tzinfo=UTC)
             append_metrics(tmp_path, ION, [_window(CANARY, 0, at=at)])
-    names = sorted(p.name for p in (state_dir(tmp_path, ION) / "metrics").iterdir())
-    assert names == [_day_file(f"2026-0{m}-0{d}") for m in (4, 5, 6) for d in (2, 3)]
+    names = sorted(p.name for p in state_dir(tmp_path, ION).iterdir())
+    assert names == sorted(
+        ["events.jsonl", "metrics", "status.yaml", *others]
+        + [_day_file(f"2026-0{m}-0{d}") for m in (4, 5, 6) for d in (2, 3)]
+    )
+    assert not any((state_dir(tmp_path, ION) / "metrics").iterdir())
+    assert read_events(tmp_path, ION) == [_event(0)]
+    assert read_status(tmp_path, ION) == _status()
 
 
 def _day_file(day: str) -> str:
     """The name of ION's day file of `day` (`YYYY-MM-DD`)."""
+    return f"windows-{day}.{state.day_file_hash(ION, day)}.jsonl"
+
+
+def _old_hashed_day_file(day: str) -> str:
+    """The name an older version gave ION's day file of `day` in `metrics/`."""
     return f"{day}.{state.day_file_hash(ION, day)}.jsonl"
 
 
@@ -548,7 +571,7 @@ def test_a_day_file_is_named_by_its_day_and_a_stable_hash(
     assert state.day_file_hash(rollout, day) == digits
     path = metrics_path(tmp_path, rollout, datetime.fromisoformat(day).replace(tzinfo=UTC))
     assert path.relative_to(tmp_path).as_posix() == (
-        f"state/{project}/{region}/{service}/metrics/{day}.{digits}.jsonl"
+        f"state/{project}/{region}/{service}/windows-{day}.{digits}.jsonl"
     )
 
 
@@ -584,20 +607,29 @@ def test_day_files_look_different_to_gits_delta_search(tmp_path: Path) -> None:
 
 
 def _old_day_file(root: Path, windows: list[WindowStats]) -> Path:
-    """The windows as an older version wrote them: one line each, a day file without a hash."""
+    """The windows as an older version wrote them: one line each, a day file without a hash
+    in `metrics/`."""
     elsewhere = root / "old-version"
     for w in windows:
         (path,) = append_metrics(elsewhere, ION, [w])
-    old = state_dir(root, ION) / "metrics" / f"{path.name.split('.')[0]}.jsonl"
+    day = path.name.removeprefix("windows-").split(".")[0]
+    old = state_dir(root, ION) / "metrics" / f"{day}.jsonl"
     old.parent.mkdir(parents=True, exist_ok=True)
     old.write_bytes(path.read_bytes())
     return old
 
 
+def _new_lines(root: Path, windows: list[WindowStats]) -> bytes:
+    """The bytes this version writes for `windows` (one record), elsewhere than `root`."""
+    elsewhere = root / f"record-{len(list(root.glob('record-*')))}"
+    (path,) = append_metrics(elsewhere, ION, windows)
+    return path.read_bytes()
+
+
 def test_a_day_split_across_the_old_and_the_new_name_is_read_once(tmp_path: Path) -> None:
-    # The day of an upgrade: the older version wrote the morning to 2026-05-01.jsonl, this
-    # one appends to 2026-05-01.<hash>.jsonl; a run repeated after a failed push measures
-    # the morning's last window again, which must not be written a second time.
+    # The day of an upgrade: an older version wrote the morning to metrics/2026-05-01.jsonl,
+    # this one appends to windows-2026-05-01.<hash>.jsonl; a run repeated after a failed push
+    # measures the morning's last window again, which must not be written a second time.
     old = _old_day_file(tmp_path, [_window(CANARY, n) for n in range(3)])
     assert old.name == "2026-05-01.jsonl"
     (new,) = append_metrics(tmp_path, ION, [_window(CANARY, n) for n in range(2, 5)])
@@ -618,14 +650,49 @@ def test_a_day_split_across_the_old_and_the_new_name_is_read_once(tmp_path: Path
     assert read_metrics(tmp_path, ION) == got
 
 
+def test_a_day_split_across_metrics_and_the_service_folder_is_read_once(tmp_path: Path) -> None:
+    # The day of this upgrade: the previous version recorded the morning, rolled up, in
+    # metrics/<day>.<hash>.jsonl; this one appends beside status.yaml. A run repeated after a
+    # failed push measures the morning again: only what is not recorded in either is written.
+    old = state_dir(tmp_path, ION) / "metrics" / _old_hashed_day_file("2026-05-01")
+    old.parent.mkdir(parents=True)
+    old.write_bytes(_new_lines(tmp_path, [_window(CANARY, n) for n in range(3)]))
+    before = old.read_bytes()
+    (new,) = append_metrics(tmp_path, ION, [_window(CANARY, n) for n in range(5)])
+    assert new == metrics_path(tmp_path, ION, T0) and new.parent == state_dir(tmp_path, ION)
+    assert len(new.read_text(encoding="utf-8").splitlines()) == 1  # windows 3 and 4, rolled
+    assert old.read_bytes() == before  # never rewritten, moved or appended to
+    got = read_metrics(tmp_path, ION)
+    assert [(w.start, w.rolled) for w in got] == [(T0, 3), (T0 + timedelta(minutes=15), 2)]
+    assert sum(w.requests for w in got) == sum(_window(CANARY, n).requests for n in range(5))
+    assert append_metrics(tmp_path, ION, [_window(CANARY, n) for n in range(5)]) == []
+    # The same lines in both places (a union merge of a clone still on the older version):
+    # each window is still read once.
+    new.write_text(new.read_text(encoding="utf-8") + old.read_text(encoding="utf-8"))
+    old.write_text(old.read_text(encoding="utf-8") + new.read_text(encoding="utf-8"))
+    assert read_metrics(tmp_path, ION) == got
+
+
 def test_old_day_files_are_pruned_with_their_month(tmp_path: Path) -> None:
     _old_day_file(tmp_path, [_window(CANARY, 0, at=datetime(2026, 1, 5, tzinfo=UTC))])
-    unknown = state_dir(tmp_path, ION) / "metrics" / "notes.jsonl"
+    older = state_dir(tmp_path, ION) / "metrics"
+    unknown = older / "notes.jsonl"
     unknown.write_text("{}\n", encoding="utf-8")
-    for month in range(2, 6):
+    for month in (2, 3):  # what the previous version wrote in `metrics/`, one file a month
+        (older / _old_hashed_day_file(f"2026-0{month}-02")).write_bytes(
+            _new_lines(tmp_path, [_window(CANARY, 0, at=datetime(2026, month, 2, tzinfo=UTC))])
+        )
+    for month in range(4, 6):
         append_metrics(tmp_path, ION, [_window(CANARY, 0, at=datetime(2026, month, 2, tzinfo=UTC))])
-    names = sorted(p.name for p in (state_dir(tmp_path, ION) / "metrics").iterdir())
-    assert names == [_day_file(f"2026-0{m}-02") for m in (3, 4, 5)] + ["notes.jsonl"]
+    # The months of both places count: February and January are beyond the newest three.
+    assert sorted(p.name for p in older.iterdir()) == [
+        _old_hashed_day_file("2026-03-02"),
+        "notes.jsonl",
+    ]
+    assert sorted(p.name for p in state_dir(tmp_path, ION).glob("windows-*")) == [
+        _day_file(f"2026-0{m}-02") for m in (4, 5)
+    ]
+    assert [w.start.month for w in read_metrics(tmp_path, ION)] == [3, 4, 5]
 
 
 def test_metrics_of_another_service_are_refused(tmp_path: Path) -> None:
