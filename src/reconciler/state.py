@@ -40,17 +40,16 @@ Bounded growth:
   (`day_file_hash`), because git's delta search pairs files by about the last 16 characters
   of their paths: every rollout's `YYYY-MM-DD.jsonl` looked the same to it, so a day file's
   versions were stored almost whole instead of as the lines each record added
-  (benchmarks/README.md, "Repository growth"). Day files older versions named
-  `metrics/YYYY-MM-DD.jsonl` are still read and pruned, never renamed (nothing is appended
-  to a day file after its day, so a rename would save nothing); on the day of an upgrade a
-  day's lines sit in both files, and each is read once.
+  (benchmarks/README.md, "Repository growth").
 - the day files sit beside status.yaml, not in a `metrics/` folder of their own as older
   versions wrote them: every record rewrote that folder's tree as well as the service's (git
-  stores a small tree whole when two of its hashes change), a fixed cost per record. Files
-  in `metrics/` are still read and pruned, never moved or written to (nothing is appended to
-  a day after its day): on the day of an upgrade a day's lines sit in `metrics/` and beside
-  status.yaml, and each window is read once. An older version reads `metrics/` only: it
-  misses the windows written here (see docs/git-and-state.md, "Metrics lines").
+  stores a small tree whole when two of its hashes change), a fixed cost per record.
+  Everything older versions wrote in `metrics/` (`YYYY-MM-DD.<hash>.jsonl`,
+  `YYYY-MM-DD.jsonl`, `YYYY-MM.jsonl`) is still read and pruned, never moved, renamed or
+  written to (nothing is appended to a day after its day): on the day of an upgrade a day's
+  lines sit in both places, and each window is read once. An older version reads
+  `metrics/` only: it misses the windows written here (docs/git-and-state.md, "Metrics
+  lines").
 
 Sinks defend themselves: every path goes through `safepath` (no symbolic link anywhere under
 `state/`, nothing outside the repository), every string is scrubbed of probe secrets
