@@ -798,9 +798,10 @@ def status_unread(s: ServiceStatus) -> str | None:
     next run's measuring starts from the canary's; the metrics files keep both). None when
     there is no verdict (nothing says which gates read them: everything is kept).
 
-    A rollout file that adds `vs_stable` later reads, for one run at most, a kept canary
-    window without its stable twin: that gate is INCONCLUSIVE for it, which never advances a
-    stage; every newer window is measured with its twin."""
+    A rollout file that adds `vs_stable` later reads a kept canary window without its stable
+    twin until a newer window is measured (one window length at most): that gate is
+    INCONCLUSIVE meanwhile, which never advances a stage; every newer window is measured with
+    its twin."""
     if s.verdict is None or any(g.gate == VS_STABLE for g in s.verdict.gates):
         return None
     return s.stable_revision

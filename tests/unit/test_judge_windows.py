@@ -236,8 +236,9 @@ def test_a_vs_stable_gate_added_later_is_inconclusive_for_one_run_then_judged(
     tmp_path: Path,
 ) -> None:
     """status.yaml written without a `vs_stable` gate holds no stable window; a rollout file
-    that adds the gate finds the kept canary window without its twin: INCONCLUSIVE for that
-    run (no stage advance, no rollback), judged from the next window measured with its twin."""
+    that adds the gate finds the kept canary window without its twin: INCONCLUSIVE until a
+    newer window is measured (no stage advance, no rollback), then judged from it and its
+    twin."""
     before, after = make_spec(gates=GATES), make_spec(gates=VS_STABLE, bake="5m")
     now = T0 + FIVE + LAG + SAMPLE_PERIOD
     status = _read_back(tmp_path, tick(before, status_at(AT_5), now, _pair(0, 5)).status)
